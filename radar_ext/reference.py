@@ -1,0 +1,225 @@
+"""Executable specification of every radar_ext custom op, in plain PyTorch.
+
+Written for clarity, not speed: each function states the exact result the C++/CUDA kernels must
+produce (integers exactly, floats within the tolerances declared in python_tests/conftest.py).
+The argument checkers here are also the fake (meta) implementations' checkers, and their messages
+are the same, word for word, as the C++ checkers in csrc/checks.h.
+
+Numerics shared by reference and kernels:
+- topk_expand picks the top-W children by the raw logits (dividing by a temperature > 0 keeps the
+  order), ties to the lower token id. Log-probs are computed in float64 here and rounded to float32.
+  Child scores are summed in float32 (beam score + rounded child log-prob), so the selection of the
+  next beams (ties to the lower flat index n*W + j) sees the same numbers on every device.
+- policy_step sums in float64 here; the kernels use float32 ATen matrix products.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class TopkExpandOut(NamedTuple):
+    child_logp: torch.Tensor    # [B, N, W] float32, log-prob of each beam's top-W children
+    child_ids: torch.Tensor     # [B, N, W] int64, their token ids (draft vocabulary)
+    child_scores: torch.Tensor  # [B, N, W] float32, beam score + child log-prob
+    next_scores: torch.Tensor   # [B, W] float32, the best W child scores, descending
+    next_parent: torch.Tensor   # [B, W] int64, beam index n of each chosen child
+    next_ids: torch.Tensor      # [B, W] int64, token id of each chosen child
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks (metadata only unless stated; shared with the fake impls in radar_ext/ops.py)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def describe(t: torch.Tensor) -> str:
+    """'float32 [2, 7]': how the error messages show a tensor."""
+    return f"{dtype_name(t.dtype)} [{', '.join(str(s) for s in t.shape)}]"
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def _check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        _fail(f"{name} must be a tensor, got {type(t).__name__}")
+
+
+def _check_device(name, t, ref_name, ref):
+    if t.device != ref.device:
+        _fail(f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
+
+
+def check_topk_expand_args(logits, beam_scores, tree_topk, temperature):
+    _check_tensor("logits", logits)
+    _check_tensor("beam_scores", beam_scores)
+    if logits.dtype != torch.float32 or logits.dim() != 3:
+        _fail(f"logits must be float32 [B, N, Vd], got {describe(logits)}")
+    B, N, Vd = logits.shape
+    if N < 1:
+        _fail(f"logits must have N >= 1 beams, got {describe(logits)}")
+    if beam_scores.dtype != torch.float32 or tuple(beam_scores.shape) != (B, N):
+        _fail(f"beam_scores must be float32 [B, N] = [{B}, {N}], got {describe(beam_scores)}")
+    _check_device("beam_scores", beam_scores, "logits", logits)
+    if isinstance(tree_topk, bool) or not isinstance(tree_topk, int) or not 1 <= tree_topk <= Vd:
+        _fail(f"tree_topk must be an int in [1, Vd] = [1, {Vd}], got {tree_topk!r}")
+    if not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature > 0):
+        _fail(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def check_policy_step_args(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
+    names = ("features", "h", "c", "w_ih", "w_hh", "b", "w1", "b1", "w2", "b2")
+    tensors = (features, h, c, w_ih, w_hh, b, w1, b1, w2, b2)
+    for name, t in zip(names, tensors):
+        _check_tensor(name, t)
+    if features.dtype != torch.float32 or features.dim() != 2:
+        _fail(f"features must be float32 [B, F], got {describe(features)}")
+    B, F = features.shape
+    if h.dtype != torch.float32 or h.dim() != 2 or h.shape[0] != B:
+        _fail(f"h must be float32 [B, H] with B = {B}, got {describe(h)}")
+    H = h.shape[1]
+    if w1.dtype != torch.float32 or w1.dim() != 2 or w1.shape[1] != H + F:
+        _fail(f"w1 must be float32 [G, H+F] with H+F = {H + F}, got {describe(w1)}")
+    G = w1.shape[0]
+    if w2.dtype != torch.float32 or w2.dim() != 2 or w2.shape[1] != G or w2.shape[0] < 1:
+        _fail(f"w2 must be float32 [O, G] with O >= 1 and G = {G}, got {describe(w2)}")
+    O = w2.shape[0]
+    expected = {"c": (B, H), "w_ih": (4 * H, F), "w_hh": (4 * H, H), "b": (4 * H,), "b1": (G,), "b2": (O,)}
+    layouts = {"c": "[B, H]", "w_ih": "[4H, F]", "w_hh": "[4H, H]", "b": "[4H]", "b1": "[G]", "b2": "[O]"}
+    for name, t in zip(names, tensors):
+        if name in expected and (t.dtype != torch.float32 or tuple(t.shape) != expected[name]):
+            shape = ", ".join(str(s) for s in expected[name])
+            _fail(f"{name} must be float32 {layouts[name]} = [{shape}], got {describe(t)}")
+    for name, t in zip(names[1:], tensors[1:]):
+        _check_device(name, t, "features", features)
+
+
+def check_build_tree_args(parents, n_nodes):
+    _check_tensor("parents", parents)
+    _check_tensor("n_nodes", n_nodes)
+    if parents.dtype != torch.int64 or parents.dim() != 2 or parents.shape[1] < 1:
+        _fail(f"parents must be int64 [B, M] with M >= 1, got {describe(parents)}")
+    B = parents.shape[0]
+    if n_nodes.dtype != torch.int64 or tuple(n_nodes.shape) != (B,):
+        _fail(f"n_nodes must be int64 [B] = [{B}], got {describe(n_nodes)}")
+    _check_device("n_nodes", n_nodes, "parents", parents)
+
+
+def check_build_tree_values(parents, n_nodes):
+    """Data checks (read the values). Reports the first bad batch row, and in it the first bad node."""
+    M = parents.shape[1]
+    parents, n_nodes = parents.cpu(), n_nodes.cpu()
+    for b in range(parents.shape[0]):
+        n = int(n_nodes[b])
+        if not 1 <= n <= M:
+            _fail(f"n_nodes[{b}] = {n} must be in [1, M] = [1, {M}]")
+        p = int(parents[b, 0])
+        if p != -1:
+            _fail(f"parents[{b}, 0] = {p} must be -1 (node 0 is the root)")
+        for i in range(1, n):
+            p = int(parents[b, i])
+            if not 0 <= p < i:
+                _fail(f"parents[{b}, {i}] = {p} must be in [0, {i}) (node {i})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the ops
+
+
+def topk_expand(logits: torch.Tensor, beam_scores: torch.Tensor, tree_topk: int,
+                temperature: float = 1.0) -> TopkExpandOut:
+    """Expand N beams by their top-W children and keep the best W of the N*W children.
+
+    logits [B, N, Vd] float32, beam_scores [B, N] float32 (-inf marks a dead beam).
+    """
+    check_topk_expand_args(logits, beam_scores, tree_topk, temperature)
+    B, N, Vd = logits.shape
+    W = tree_topk
+    # Top-W by the raw logits; a stable descending sort keeps equal logits in increasing id order.
+    child_ids = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :W]  # [B, N, W]
+
+    # log_softmax(logits / T) in float64. A row whose logits are all -inf has no distribution:
+    # its children all get log-prob -inf (ids 0..W-1 by the tie rule), like a dead beam.
+    x = logits.double() / temperature                                    # [B, N, Vd]
+    row_max = x.amax(dim=-1, keepdim=True)                               # [B, N, 1]
+    dead_row = row_max == -math.inf
+    shift = torch.where(dead_row, torch.zeros_like(row_max), row_max)
+    lse = shift + torch.log(torch.exp(x - shift).sum(dim=-1, keepdim=True))
+    logp = torch.where(dead_row, torch.full_like(x, -math.inf), x - lse)
+    child_logp = logp.gather(-1, child_ids).float()                      # [B, N, W]
+
+    # float32 sum, as in the kernels (see the module docstring).
+    child_scores = beam_scores.unsqueeze(-1) + child_logp                # [B, N, W]
+
+    flat = child_scores.reshape(B, N * W)
+    order = torch.sort(flat, dim=-1, descending=True, stable=True).indices[:, :W]  # [B, W]
+    next_scores = flat.gather(1, order)
+    next_parent = order // W
+    next_ids = child_ids.reshape(B, N * W).gather(1, order)
+    return TopkExpandOut(child_logp, child_ids, child_scores, next_scores, next_parent, next_ids)
+
+
+def policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
+    """One LSTM cell step (gate order i, f, g, o) and an MLP head on cat(h_new, features).
+
+    features [B, F], h, c [B, H] (H may be 0: a plain MLP), w_ih [4H, F], w_hh [4H, H],
+    b [4H] (= b_ih + b_hh), w1 [G, H+F], b1 [G], w2 [O, G], b2 [O].
+    Returns (probs [B, O] = softmax of the MLP output, h_new [B, H], c_new [B, H]), float32.
+    """
+    check_policy_step_args(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2)
+    f64 = [t.double() for t in (features, h, c, w_ih, w_hh, b, w1, b1, w2, b2)]
+    features, h, c, w_ih, w_hh, b, w1, b1, w2, b2 = f64
+    gates = features @ w_ih.T + h @ w_hh.T + b                           # [B, 4H]
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)      # [B, H]
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)                         # [B, H]
+    hidden = torch.relu(torch.cat([h_new, features], dim=1) @ w1.T + b1)  # [B, G]
+    probs = torch.softmax(hidden @ w2.T + b2, dim=1)                     # [B, O]
+    return probs.float(), h_new.float(), c_new.float()
+
+
+def build_tree(parents: torch.Tensor, n_nodes: torch.Tensor):
+    """Ancestor mask, depth and root-to-leaf paths of B trees given by parent indices.
+
+    parents [B, M] int64: node 0 is the root (parent -1), node i > 0 has its parent in [0, i);
+    entries at i >= n_nodes[b] are padding and ignored. n_nodes [B] int64 in [1, M].
+    Returns (mask [B, M, M] bool: node i sees j iff j is i or an ancestor of i, padding False;
+             depth [B, M] int64: root 0, padding -1;
+             paths [B, M, M] int64: one root-to-leaf path of node indices per leaf, leaves in
+                 increasing index, -1 padded;
+             n_paths [B] int64: number of leaves).
+    """
+    check_build_tree_args(parents, n_nodes)
+    check_build_tree_values(parents, n_nodes)
+    B, M = parents.shape
+    device = parents.device
+    par = parents.cpu().tolist()
+    mask = torch.zeros(B, M, M, dtype=torch.bool)
+    depth = torch.full((B, M), -1, dtype=torch.int64)
+    paths = torch.full((B, M, M), -1, dtype=torch.int64)
+    n_paths = torch.zeros(B, dtype=torch.int64)
+    for bi in range(B):
+        n = int(n_nodes[bi])
+        has_child = [False] * n
+        for i in range(n):
+            j = i
+            while j != -1:                       # walk up to the root
+                mask[bi, i, j] = True
+                j = par[bi][j] if j > 0 else -1
+            depth[bi, i] = 0 if i == 0 else depth[bi, par[bi][i]] + 1
+            if i > 0:
+                has_child[par[bi][i]] = True
+        for leaf in (i for i in range(n) if not has_child[i]):
+            row = int(n_paths[bi])
+            node = leaf
+            for d in range(int(depth[bi, leaf]), -1, -1):
+                paths[bi, row, d] = node
+                node = par[bi][node]
+            n_paths[bi] += 1
+    return mask.to(device), depth.to(device), paths.to(device), n_paths.to(device)
