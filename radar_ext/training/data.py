@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from ..eagle_head import default_feature_layers
 from ..models import cache_dir
 
 # ShareGPT prompts whose question_id-like hash falls in this bucket are held out for validation.
@@ -164,15 +165,75 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
 
 def main(argv=None) -> None:
     import argparse
-    p = argparse.ArgumentParser(description="Regenerate ShareGPT answers with the default target")
+    p = argparse.ArgumentParser(description="Self-distillation data for the default target: "
+                                "`gen` regenerates ShareGPT answers, `features` records target features")
+    p.add_argument("stage", choices=["gen", "features"], nargs="?", default="gen")
     p.add_argument("--out-dir", type=Path, default=default_data_dir())
     p.add_argument("--num-prompts", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
+    if a.stage == "features":
+        extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads))
+        return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
                               max_new_tokens=a.max_new_tokens, threads=a.threads))
+
+
+
+# ----------------------------------------------------------------------------- features stage
+
+@dataclass
+class FeatureConfig:
+    data_dir: Path
+    soft_topk: int = 16        # target distribution kept per position (ids + probs)
+    max_tokens_per_pass: int = 2048
+    threads: int = 0
+
+
+def extract_features(cfg: FeatureConfig, target=None) -> None:
+    """Stage `features`: for each gen shard write feat_XXXXX.safetensors with
+    features [N, 3H] fp16 (target hidden states at the three feature layers, every position),
+    top_ids [N, k] int32 / top_probs [N, k] fp16 (target next-token distribution at every position)."""
+    from safetensors import safe_open
+    from tqdm import tqdm
+    from ..models import load_default_target
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if target is None:
+        target, _ = load_default_target()
+    layers = default_feature_layers(target.config.num_hidden_layers)
+    shards = sorted(cfg.data_dir.glob("gen_*.safetensors"))
+    todo = [s for s in shards if not (cfg.data_dir / s.name.replace("gen_", "feat_")).exists()]
+    total = 0
+    for s in todo:
+        with safe_open(str(s), "pt") as f:
+            total += int(f.get_tensor("lengths").sum())
+    bar = tqdm(total=total, desc="features", unit="tok")
+    for s in todo:
+        with safe_open(str(s), "pt") as f:
+            tokens = f.get_tensor("tokens").long()
+            lengths = f.get_tensor("lengths")
+        feats, tids, tprobs = [], [], []
+        start = 0
+        for L in lengths.tolist():
+            seq = tokens[start:start + L][None]
+            start += L
+            with torch.no_grad():
+                out = target(input_ids=seq, output_hidden_states=True, use_cache=False)
+            hs = out.hidden_states
+            feats.append(torch.cat([hs[i][0] for i in layers], -1).to(torch.float16))
+            probs = torch.softmax(out.logits[0].float(), -1)
+            p, i = probs.topk(cfg.soft_topk, -1)
+            tids.append(i.to(torch.int32))
+            tprobs.append(p.to(torch.float16))
+            bar.update(L)
+        _save_shard(cfg.data_dir / s.name.replace("gen_", "feat_"),
+                    {"features": torch.cat(feats), "top_ids": torch.cat(tids), "top_probs": torch.cat(tprobs)},
+                    {"feature_layers": layers, "soft_topk": cfg.soft_topk, "source": s.name})
+    bar.close()
 
 
 if __name__ == "__main__":
