@@ -1,0 +1,297 @@
+"""Benchmark harness: question loading, aggregation math, report schema, plotting, method errors,
+and a tiny end-to-end run on a random Llama."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from radar_ext.benchmark import (BASELINE, METHODS, BenchContext, BenchOptions, MethodUnavailable,
+                                 QuestionFileError, RunConfig, UnknownMethod, aggregate, build_report,
+                                 format_table, load_questions, mismatches, parse_methods, plot,
+                                 run_benchmark, select_questions, write_json)
+from radar_ext.benchmark.methods import HFGenerate, read_static_gs
+from radar_ext.benchmark.questions import Question
+from radar_ext.benchmark.runner import ForwardCounter
+
+# ---------------------------------------------------------------- questions
+
+
+def _write(tmp_path, lines, name="q.jsonl"):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_spec_bench_loading_multi_turn(tmp_path):
+    p = _write(tmp_path, [
+        json.dumps({"question_id": 81, "category": "writing", "turns": ["a", "b"], "reference": ["x"]}),
+        "",
+        json.dumps({"question_id": "q2", "category": "math", "turns": ["c"]}),
+    ])
+    qs = load_questions(str(p))
+    assert qs == [Question(81, "writing", ("a", "b")), Question("q2", "math", ("c",))]
+
+
+@pytest.mark.parametrize("line, msg", [
+    ('{"question_id": 1, "category": "w", "turns": ["a"]', "q.jsonl:2: not valid JSON"),
+    ('[1, 2]', "q.jsonl:2: expected a JSON object, got list"),
+    ('{"question_id": 1, "turns": ["a"]}', "q.jsonl:2: missing field(s) category"),
+    ('{"question_id": 1, "category": "w", "turns": []}', "q.jsonl:2: turns must be a non-empty list"),
+    ('{"question_id": 1, "category": "w", "turns": "hello"}', "q.jsonl:2: turns must be a non-empty list"),
+    ('{"question_id": 1, "category": "w", "turns": ["a", 3]}', "q.jsonl:2: turns[1] must be a non-empty string"),
+    ('{"question_id": 1.5, "category": "w", "turns": ["a"]}', "q.jsonl:2: question_id must be"),
+    ('{"question_id": 1, "category": "", "turns": ["a"]}', "q.jsonl:2: category must be a non-empty string"),
+    ('{"question_id": 0, "category": "w", "turns": ["a"]}', "q.jsonl:2: duplicate question_id 0 (first on line 1)"),
+])
+def test_spec_bench_malformed_lines_name_the_line(tmp_path, line, msg):
+    p = _write(tmp_path, [json.dumps({"question_id": 0, "category": "w", "turns": ["x"]}), line])
+    with pytest.raises(QuestionFileError) as e:
+        load_questions(str(p))
+    assert msg in str(e.value)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(QuestionFileError, match="--questions: no such file"):
+        load_questions(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(QuestionFileError, match="no questions"):
+        load_questions(str(_write(tmp_path, [""])))
+
+
+def test_humaneval_builtin():
+    qs = load_questions("humaneval")
+    assert len(qs) == 164 and qs[0].question_id == "HumanEval/0"
+    assert all(q.category == "humaneval" and len(q.turns) == 1 for q in qs)
+    assert "def has_close_elements" in qs[0].turns[0]
+
+
+def test_select_round_robin_and_categories():
+    qs = [Question(i, c, ("t",)) for i, c in enumerate("aaabbc")]
+    assert [q.question_id for q in select_questions(qs, limit=4)] == [0, 1, 3, 5]
+    assert [q.question_id for q in select_questions(qs, categories=["b", "c"])] == [3, 4, 5]
+    assert [q.question_id for q in select_questions(qs, categories=["a"], limit=2)] == [0, 1]
+    assert len(select_questions(qs, limit=100)) == 6
+    with pytest.raises(QuestionFileError, match="--categories: unknown category z; this file has a, b, c"):
+        select_questions(qs, categories=["z"])
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _rec(method, repeat, qid, cat, seconds, new_tokens=10, turn=0, **kw):
+    r = {"method": method, "repeat": repeat, "question_id": qid, "category": cat, "turn": turn,
+         "seconds": seconds, "new_tokens": new_tokens, "output_ids": [1] * new_tokens}
+    r.update(kw)
+    return r
+
+
+def test_aggregation_math():
+    recs = []
+    # ar: 10 tokens per answer; repeat 0 takes 1 s per answer, repeat 1 takes 2 s
+    for rep, s in ((0, 1.0), (1, 2.0)):
+        recs += [_rec("ar", rep, 1, "x", s), _rec("ar", rep, 2, "y", s),
+                 _rec("ar", rep, 2, "y", s, turn=1)]
+    # fast: x answers twice as fast, y answers four times as fast; stats per answer
+    for rep, s in ((0, 1.0), (1, 2.0)):
+        recs += [_rec("fast", rep, 1, "x", s / 2, accepted_hist=[1, 1, 2], cycles=4, draft_calls=8.0,
+                      verify_tokens=20.0, policy_seconds=0.1 * s / 2, exact=True),
+                 _rec("fast", rep, 2, "y", s / 4, accepted_hist=[0, 0, 0, 4], cycles=4, draft_calls=4.0,
+                      verify_tokens=40.0, exact=False),
+                 _rec("fast", rep, 2, "y", s / 4, turn=1, accepted_hist=[0, 2], cycles=2, draft_calls=2.0,
+                      verify_tokens=10.0, exact=True)]
+    s = aggregate(recs, ["ar", "fast"])
+    assert s["categories"] == ["x", "y"]
+    ar, fast = s["methods"]["ar"], s["methods"]["fast"]
+    assert ar["tokens_per_s"] == pytest.approx((10 + 5) / 2)
+    assert ar["tokens_per_s_min"] == pytest.approx(5) and ar["tokens_per_s_max"] == pytest.approx(10)
+    assert ar["tokens_per_s_std"] == pytest.approx(2.5)
+    assert ar["speedup"] == pytest.approx(1.0)
+    # fast, repeat 0: 30 tokens in 0.5 + 0.25 + 0.25 = 1 s -> 30 tok/s vs ar 10 tok/s -> 3x
+    assert fast["tokens_per_s_max"] == pytest.approx(30) and fast["speedup"] == pytest.approx(3.0)
+    assert fast["speedup_min"] == pytest.approx(3.0) and fast["speedup_max"] == pytest.approx(3.0)
+    assert fast["per_category"]["x"]["speedup"] == pytest.approx(2.0)
+    assert fast["per_category"]["y"]["speedup"] == pytest.approx(4.0)
+    # summed hist (two repeats): [2, 6, 4, 8] -> tau = (1*2 + 2*6 + 3*4 + 4*8) / 20
+    assert fast["accepted_hist"] == [2, 6, 4, 8]
+    assert fast["tau"] == pytest.approx((2 + 12 + 12 + 32) / 20)
+    assert fast["draft_calls"] == pytest.approx(2 * 14 / 20)
+    assert fast["verify_budget"] == pytest.approx(2 * 70 / 20)
+    # policy share only over answers that report policy time: 0.1 of their seconds
+    assert fast["policy_share"] == pytest.approx(0.1)
+    assert fast["exact_match"] == pytest.approx(4 / 6) and fast["exact_checked"] == 6
+    assert ar["exact_match"] is None and ar["tau"] is None
+    assert fast["per_category"]["y"]["exact_match"] == pytest.approx(0.5)
+    text = format_table(s)
+    assert "== x ==" in text and "== overall ==" in text and "3.00x [3.00-3.00]" in text
+
+
+def test_speedup_needs_pairing_and_mismatch_positions():
+    recs = [_rec("ar", 0, 1, "x", 1.0), _rec("m", 0, 1, "x", 0.5), _rec("m", 0, 2, "x", 0.5)]
+    # m has an answer ar lacks: its speedup is not computed on unpaired answers
+    assert aggregate(recs, ["ar", "m"])["methods"]["m"]["speedup"] is None
+    a = _rec("ar", 0, 1, "x", 1.0, new_tokens=4)
+    a["output_ids"] = [1, 2, 3, 4]
+    b = _rec("m", 0, 1, "x", 1.0, new_tokens=4, exact=False)
+    b["output_ids"] = [1, 2, 9, 4]
+    assert mismatches([a, b]) == [("m", 0, 1, 0, 2)]
+
+
+def test_forward_counter_derived_stats():
+    class Fake:
+        calls = [(torch.arange(0, 8), 8), (torch.tensor([7]), 4), (torch.tensor([10]), 1), (torch.tensor([11]), 3)]
+    # prompt 7 tokens, prefill also sends 1 candidate; 4 forwards emit 4, 3, 1, and 6 - ... tokens
+    st = ForwardCounter.derived_stats(Fake, 7, 9)
+    # roots: 6, 7, 10, 11, end 6 + 9 = 15 -> emitted 1, 3, 1, 4 -> accepted 0, 2, 0, 3
+    assert st["target_forwards"] == 4 and st["accepted_hist"] == [2, 0, 1, 1]
+    assert st["verify_tokens"] == pytest.approx(1 + 3 + 0 + 2)
+
+# ---------------------------------------------------------------- report, plot, methods
+
+
+def test_report_json_schema_and_plot(tmp_path):
+    recs = [_rec("ar", r, q, c, 1.0) for r in (0, 1) for q, c in ((1, "x"), (2, "y"))]
+    recs += [_rec("hf-pld", r, q, c, 0.8, accepted_hist=[3, 1], cycles=4, exact=True)
+             for r in (0, 1) for q, c in ((1, "x"), (2, "y"))]
+    s = aggregate(recs, ["ar", "hf-pld"])
+    rep = build_report(s, {"temperature": 0.0, "max_new_tokens": 10, "repeats": 2}, {"cpu": "test"}, recs)
+    out = tmp_path / "sub" / "r.json"
+    write_json(rep, out)
+    back = json.loads(out.read_text())
+    assert set(back) >= {"methods", "config", "machine", "records", "categories", "schema", "interrupted"}
+    for name in ("ar", "hf-pld"):
+        m = back["methods"][name]
+        for k in ("tokens_per_s", "speedup", "tau", "draft_calls", "verify_budget", "exact_match",
+                  "per_category", "policy_share", "tokens_per_s_min", "tokens_per_s_max"):
+            assert k in m, (name, k)
+        assert set(m["per_category"]) == {"x", "y"}
+    assert back["methods"]["hf-pld"]["speedup"] == pytest.approx(1.25)
+    assert len(back["records"]) == 8
+    png = tmp_path / "p.png"
+    plot(back, png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_method_errors(tmp_path):
+    with pytest.raises(UnknownMethod, match="unknown method 'nope'; known: ar, hf-pld"):
+        parse_methods("ar,nope")
+    with pytest.raises(UnknownMethod, match="--methods: give"):
+        parse_methods(" , ")
+    assert parse_methods("hf-pld,ar,hf-pld") == ["hf-pld", "ar"]
+    missing = tmp_path / "gs.json"
+    with pytest.raises(MethodUnavailable, match="static-gs.*gs.json"):
+        read_static_gs(missing)
+    missing.write_text(json.dumps({"max_draft_calls": 6, "tree_topk": 0}))
+    with pytest.raises(MethodUnavailable, match="bad or missing: tree_topk, verify_budget"):
+        read_static_gs(missing)
+    missing.write_text(json.dumps({"max_draft_calls": 6, "tree_topk": 8, "verify_budget": 48}))
+    assert read_static_gs(missing)["verify_budget"] == 48
+
+
+def test_cli_errors(capsys):
+    from radar_ext.cli import main
+    assert main(["bench", "--questions", "humaneval", "--methods", "ar,bogus"]) == 2
+    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert main(["bench", "--questions", "humaneval", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["bench", "--questions", "humaneval", "--categories", "math"]) == 2
+    assert "--categories: unknown category math" in capsys.readouterr().err
+
+# ---------------------------------------------------------------- tiny end-to-end
+
+
+class TinyChatTokenizer:
+    """Tokenizer-free chat path: characters -> ids 3..62, role markers 63/62, eos 2."""
+    eos_token_id = 2
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        ids = [1]
+        for m in messages:
+            ids += [63 if m["role"] == "user" else 62] + [3 + ord(c) % 59 for c in m["content"][:48]]
+        return ids + ([62] if add_generation_prompt else [])
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + i % 26) * 2 for i in ids if i > 2)  # repetitive, so lookup finds matches
+
+
+@pytest.fixture(scope="module")
+def tiny_ctx():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      eos_token_id=2, bos_token_id=1, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).to(torch.float64).eval()  # float64: no near-ties flip argmax
+    return BenchContext(model, TinyChatTokenizer(), eos_token_id=2, pad_token_id=0, options=BenchOptions())
+
+
+QS = [Question(1, "writing", ("hello there hello there", "again please")),
+      Question("b", "math", ("one two one two one two",))]
+
+
+def _tiny_methods():
+    names = ["ar", "hf-pld"]
+    try:
+        METHODS["ngram"].check(BenchOptions())
+        names.append("ngram")
+    except MethodUnavailable:
+        pass
+    return names
+
+
+def test_tiny_end_to_end(tiny_ctx, tmp_path):
+    names = _tiny_methods()
+    cfg = RunConfig(methods=names, max_new_tokens=12, temperature=0.0, repeats=2, seed=3)
+    res = run_benchmark(tiny_ctx, QS, cfg, progress=False)
+    assert not res.interrupted and res.questions_done == 4
+    assert len(res.records) == 2 * 3 * len(names)  # repeats x turns x methods
+    by = {(r["method"], r["repeat"], str(r["question_id"]), r["turn"]): r for r in res.records}
+    for (m, rep, q, t), r in by.items():
+        assert 1 <= r["new_tokens"] <= 12 and r["seconds"] > 0 and r["target_forwards"] >= 1
+        if m != BASELINE:
+            assert r["exact"] is True, (m, q, t)
+    # multi-turn: turn 2 carries the first turn and its answer
+    assert by[("ar", 0, "1", 1)]["prompt_tokens"] > by[("ar", 0, "1", 0)]["prompt_tokens"] + 20
+    # ar: one target forward per token
+    assert all(r["accepted_hist"] == [r["new_tokens"]] for r in res.records if r["method"] == "ar")
+    # method order rotates per question and repeat
+    assert {r["order"] for r in res.records if r["method"] == "ar"} == set(range(len(names)))
+    s = aggregate(res.records, names)
+    assert s["methods"]["ar"]["speedup"] == pytest.approx(1.0)
+    assert s["methods"]["ar"]["tau"] == pytest.approx(1.0)
+    assert s["methods"]["hf-pld"]["exact_match"] == 1.0 and s["methods"]["hf-pld"]["repeats"] == 2
+    assert s["methods"]["hf-pld"]["tau"] >= 1.0
+
+
+def test_sampling_is_seeded_and_unchecked(tiny_ctx):
+    cfg = RunConfig(methods=["ar"], max_new_tokens=8, temperature=1.0, repeats=1, seed=5, warmup=0)
+    a = run_benchmark(tiny_ctx, QS[1:], cfg, progress=False).records
+    b = run_benchmark(tiny_ctx, QS[1:], cfg, progress=False).records
+    assert [r["output_ids"] for r in a] == [r["output_ids"] for r in b]
+    assert all(r["exact"] is None for r in a)
+
+
+def test_ctrl_c_keeps_complete_questions(tiny_ctx, monkeypatch):
+    class Interrupting(HFGenerate):
+        name = "ar"
+        calls = 0
+
+        def generate(self, *a, **kw):
+            type(self).calls += 1
+            if type(self).calls > 4:  # warm-up (1) + question 1 (2 turns) + question b (1) -> 5th call
+                raise KeyboardInterrupt
+            return super().generate(*a, **kw)
+
+    monkeypatch.setitem(METHODS, "ar", Interrupting)
+    cfg = RunConfig(methods=["ar", "hf-pld"], max_new_tokens=6, repeats=2)
+    res = run_benchmark(tiny_ctx, QS, cfg, progress=False, log=lambda s: None)
+    assert res.interrupted
+    done = {(r["repeat"], str(r["question_id"])) for r in res.records}
+    # every kept question has both methods on all its turns
+    for rep, q in done:
+        turns = 2 if q == "1" else 1
+        assert sum(1 for r in res.records if (r["repeat"], str(r["question_id"])) == (rep, q)) == 2 * turns
+    assert res.questions_done == len(done) >= 1
+    assert not math.isnan(aggregate(res.records, ["ar", "hf-pld"])["methods"]["hf-pld"]["speedup"])

@@ -1,0 +1,333 @@
+"""The decoding methods the benchmark compares, as small adapters behind one registry.
+
+Each adapter class has
+- `name`, `summary`;
+- `check(options)` (classmethod, cheap, runs before any model is loaded): raises `MethodUnavailable`
+  naming the method and what is missing (a class this version does not have, shipped weights, a file);
+- `__init__(ctx)`: builds the method on the loaded target;
+- `generate(input_ids [1, P], max_new_tokens, temperature, generator) -> LongTensor [1, P + N]`:
+  the only call the runner times;
+- `stats() -> dict`: what the method itself reports about its last call (may be empty), read after
+  the timer stopped. Additive keys: `cycles`, `draft_calls`, `verify_tokens`, `policy_seconds`,
+  `accepted_hist` (list, index = accepted length). The runner fills missing ones from its own count
+  of target forwards.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class MethodUnavailable(RuntimeError):
+    """A known method that cannot run in this installation (message says why)."""
+
+
+class UnknownMethod(ValueError):
+    pass
+
+
+@dataclass
+class BenchOptions:
+    """Paths and knobs the adapters need, before the target is loaded."""
+    drafter_path: str | None = None      # EAGLE-3 head directory; default: the shipped one
+    static_gs_path: str | None = None    # grid-searched static setting; default: the shipped JSON
+    radar_policy_path: str | None = None
+    ltd_policy_path: str | None = None
+    ngram_max: int | None = None         # NgramDrafter(max_ngram=...) override
+    pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
+
+
+@dataclass
+class BenchContext:
+    """The loaded target and what the adapters share (the EAGLE drafter is loaded once, lazily)."""
+    target: object
+    tokenizer: object
+    eos_token_id: object                 # int, list of int or None
+    pad_token_id: int | None
+    options: BenchOptions = field(default_factory=BenchOptions)
+    drafter: object = None               # set by the loader when it comes with the target
+
+    def eagle_drafter(self):
+        if self.drafter is None:
+            EagleDrafter = _import("radar_ext.drafters", "EagleDrafter", "eagle drafter")
+            path = self.options.drafter_path
+            if path is None:
+                raise MethodUnavailable("no EAGLE-3 head: radar_ext.models.load_default() is not available "
+                                        "in this version and --drafter PATH was not given")
+            self.drafter = EagleDrafter.from_pretrained(path, self.target)
+        return self.drafter
+
+
+def _import(module: str, name: str, method: str):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise MethodUnavailable(f"method {method!r} needs {module}.{name}, which is not available in "
+                                f"this version ({type(e).__name__}: {e})") from None
+
+
+def _sampling_kwargs(temperature: float) -> dict:
+    # Plain temperature sampling for every method: top_k=0 and top_p=1.0 switch HF's filters off
+    # (its default top_k is 50), so all methods sample from the same distribution.
+    if temperature > 0:
+        return dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+    return dict(do_sample=False)
+
+
+class HFGenerate:
+    """`ar`: the target's own `generate`, the 1.00x baseline."""
+    name = "ar"
+    summary = "the target's own HF generate (baseline)"
+    extra: dict = {}
+
+    @classmethod
+    def check(cls, options: BenchOptions) -> None:
+        pass
+
+    def __init__(self, ctx: BenchContext):
+        from transformers import GenerationConfig
+        self.ctx = ctx
+        self._base = GenerationConfig(eos_token_id=ctx.eos_token_id, pad_token_id=ctx.pad_token_id,
+                                      **self._extra(ctx))
+
+    def _extra(self, ctx) -> dict:
+        return {}
+
+    def generate(self, input_ids, max_new_tokens, temperature, generator=None):
+        import copy
+        cfg = copy.deepcopy(self._base)
+        cfg.update(max_new_tokens=max_new_tokens, **_sampling_kwargs(temperature))
+        # HF generate has no generator argument: the runner seeds torch's global RNG before the call.
+        import torch
+        mask = torch.ones_like(input_ids)
+        return self.ctx.target.generate(input_ids, attention_mask=mask, generation_config=cfg)
+
+    def stats(self) -> dict:
+        return {}
+
+
+class HFPromptLookup(HFGenerate):
+    """`hf-pld`: HF prompt lookup decoding (n-gram candidates from the context, linear verification)."""
+    name = "hf-pld"
+    summary = "HF prompt lookup decoding (prompt_lookup_num_tokens)"
+
+    def _extra(self, ctx) -> dict:
+        return dict(prompt_lookup_num_tokens=ctx.options.pld_tokens)
+
+
+class _DecoderMethod:
+    """Ours: RadarDecoder with a drafter and a policy (built by `_parts`)."""
+    name = ""
+    summary = ""
+
+    @classmethod
+    def check(cls, options: BenchOptions) -> None:
+        _import("radar_ext.decoder", "RadarDecoder", cls.name)
+
+    def __init__(self, ctx: BenchContext):
+        RadarDecoder = _import("radar_ext.decoder", "RadarDecoder", self.name)
+        drafter, policy, kwargs = self._parts(ctx)
+        self.settings = {"drafter": type(drafter).__name__, "policy": repr(policy), **kwargs}
+        self.decoder = RadarDecoder(ctx.target, drafter, policy=policy, **kwargs)
+        self.ctx = ctx
+        params = inspect.signature(self.decoder.generate).parameters
+        self._takes_generator = "generator" in params
+
+    def _parts(self, ctx):
+        raise NotImplementedError
+
+    def generate(self, input_ids, max_new_tokens, temperature, generator=None):
+        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.ctx.eos_token_id,
+                  **_sampling_kwargs(temperature))
+        if self._takes_generator and generator is not None:
+            kw["generator"] = generator
+        return self.decoder.generate(input_ids, **kw)
+
+    def stats(self) -> dict:
+        return decoder_stats(getattr(self.decoder, "last_stats", None))
+
+
+def _get(stats, *names):
+    for n in names:
+        v = stats.get(n) if isinstance(stats, dict) else getattr(stats, n, None)
+        if v is not None:
+            return v
+    return None
+
+
+def decoder_stats(stats) -> dict:
+    """RadarDecoder.last_stats -> the runner's additive keys (totals over the answer)."""
+    if stats is None:
+        return {}
+    out = {}
+    hist = _get(stats, "accepted_hist", "accepted_len_hist", "accepted_length_hist", "hist")
+    if hist is not None:
+        hist = hist.tolist() if hasattr(hist, "tolist") else list(hist)
+        if isinstance(hist, dict):
+            hist = [int(hist.get(k, hist.get(str(k), 0))) for k in range(max(map(int, hist)) + 1)]
+        out["accepted_hist"] = [int(h) for h in hist]
+    cycles = _get(stats, "cycles")
+    if cycles is None and hist is not None:
+        cycles = sum(out["accepted_hist"])
+    if cycles is not None:
+        cycles = int(cycles)
+        out["cycles"] = cycles
+        for key, names in (("draft_calls", ("draft_calls", "mean_draft_calls")),
+                           ("verify_tokens", ("verify_budget", "mean_verify_budget"))):
+            mean = _get(stats, *names)
+            if mean is not None:
+                out[key] = float(mean) * cycles
+    split = _get(stats, "time_split", "times", "time")
+    policy = _get(split, "policy") if split is not None else _get(stats, "policy_seconds", "policy_time")
+    if policy is not None:
+        out["policy_seconds"] = float(policy)
+    return out
+
+
+class Ngram(_DecoderMethod):
+    name = "ngram"
+    summary = "RadarDecoder + NgramDrafter (prompt lookup drafting through the tree path)"
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        _import("radar_ext.drafters", "NgramDrafter", cls.name)
+        _import("radar_ext.policies", "StaticPolicy", cls.name)
+
+    def _parts(self, ctx):
+        NgramDrafter = _import("radar_ext.drafters", "NgramDrafter", self.name)
+        StaticPolicy = _import("radar_ext.policies", "StaticPolicy", self.name)
+        drafter = NgramDrafter() if ctx.options.ngram_max is None else NgramDrafter(max_ngram=ctx.options.ngram_max)
+        return drafter, StaticPolicy(max_draft_calls=8), dict(tree_topk=10, verify_budget=60)
+
+
+class Static(_DecoderMethod):
+    name = "static"
+    summary = "RadarDecoder + EagleDrafter + StaticPolicy(max_draft_calls=8), tree_topk=10, verify_budget=60"
+    setting = dict(max_draft_calls=8, tree_topk=10, verify_budget=60)
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        _import("radar_ext.drafters", "EagleDrafter", cls.name)
+        _import("radar_ext.policies", "StaticPolicy", cls.name)
+        if options.drafter_path is None:
+            _import("radar_ext.models", "load_default", cls.name)
+
+    def _setting(self, ctx) -> dict:
+        return dict(self.setting)
+
+    def _parts(self, ctx):
+        StaticPolicy = _import("radar_ext.policies", "StaticPolicy", self.name)
+        s = self._setting(ctx)
+        return (ctx.eagle_drafter(), StaticPolicy(max_draft_calls=int(s["max_draft_calls"])),
+                dict(tree_topk=int(s["tree_topk"]), verify_budget=int(s["verify_budget"])))
+
+
+STATIC_GS_RESOURCE = ("radar_ext", "data/static_gs.json")
+STATIC_GS_KEYS = ("max_draft_calls", "tree_topk", "verify_budget")
+
+
+def static_gs_path(options: BenchOptions) -> Path:
+    if options.static_gs_path:
+        return Path(options.static_gs_path)
+    import radar_ext
+    return Path(radar_ext.__file__).parent / STATIC_GS_RESOURCE[1]
+
+
+def read_static_gs(path: Path) -> dict:
+    """The grid-searched static setting: a JSON object with max_draft_calls, tree_topk, verify_budget
+    (ints >= 1); other keys (e.g. how it was searched) are kept in the report config only."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MethodUnavailable(f"method 'static-gs' needs the grid-searched setting {path}, which is "
+                                "not shipped in this version (run the tune-static tool, or pass "
+                                "--static-gs FILE)") from None
+    except json.JSONDecodeError as e:
+        raise MethodUnavailable(f"method 'static-gs': {path} is not valid JSON ({e})") from None
+    bad = [k for k in STATIC_GS_KEYS if not (isinstance(obj, dict) and isinstance(obj.get(k), int)
+                                               and not isinstance(obj.get(k), bool) and obj[k] >= 1)]
+    if bad:
+        raise MethodUnavailable(f"method 'static-gs': {path} must hold ints >= 1 for "
+                                f"{', '.join(STATIC_GS_KEYS)}; bad or missing: {', '.join(bad)}")
+    return obj
+
+
+class StaticGS(Static):
+    name = "static-gs"
+    summary = "like static, with the grid-searched (max_draft_calls, tree_topk, verify_budget)"
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        read_static_gs(static_gs_path(options))
+
+    def _setting(self, ctx):
+        return read_static_gs(static_gs_path(ctx.options))
+
+
+class _Learned(Static):
+    policy_class = ""
+    option = ""
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        _import("radar_ext.policies", cls.policy_class, cls.name)
+
+    def _parts(self, ctx):
+        Policy = _import("radar_ext.policies", self.policy_class, self.name)
+        path = getattr(ctx.options, self.option)
+        try:
+            policy = Policy.from_pretrained(path) if path else Policy.from_pretrained()
+        except (FileNotFoundError, TypeError) as e:
+            raise MethodUnavailable(f"method {self.name!r}: no shipped {self.policy_class} weights "
+                                    f"({type(e).__name__}: {e}); pass --{self.option.replace('_path', '').replace('_', '-')} "
+                                    "PATH") from None
+        return ctx.eagle_drafter(), policy, dict(tree_topk=10, verify_budget=60)
+
+
+class Radar(_Learned):
+    name = "radar"
+    summary = "RadarDecoder + EagleDrafter + RadarPolicy (learned stop rule)"
+    policy_class = "RadarPolicy"
+    option = "radar_policy_path"
+
+
+class Ltd(_Learned):
+    name = "ltd"
+    summary = "RadarDecoder + EagleDrafter + LtdPolicy (learned depth and verify budget)"
+    policy_class = "LtdPolicy"
+    option = "ltd_policy_path"
+
+
+METHODS = {m.name: m for m in (HFGenerate, HFPromptLookup, Ngram, Static, StaticGS, Radar, Ltd)}
+BASELINE = "ar"
+
+
+def parse_methods(spec: str) -> list:
+    """'ar,hf-pld,...' -> names in the given order, duplicates dropped; unknown names are an error."""
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if not names:
+        raise UnknownMethod(f"--methods: give a comma-separated list of {', '.join(METHODS)}; got {spec!r}")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise UnknownMethod(f"--methods: unknown method{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; known: {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def availability(options: BenchOptions) -> dict:
+    """name -> None if available, else the reason (for `--methods all` and the help text)."""
+    out = {}
+    for name, cls in METHODS.items():
+        try:
+            cls.check(options)
+            out[name] = None
+        except MethodUnavailable as e:
+            out[name] = str(e)
+    return out

@@ -1,0 +1,156 @@
+"""End-to-end benchmark of radar_ext's decoders against the peers (HF generate, HF prompt lookup)
+on Spec-Bench style questions: a table per category, JSON with every raw answer record, and a plot.
+
+Protocol: one process, warm-up first, methods interleaved per question with the order rotated,
+tokens/s = new tokens / wall time of the whole generate call; speedup = tokens/s over ar's tokens/s
+on the same answers; at temperature 0 every answer is checked token by token against ar."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from radar_ext.benchmark.methods import METHODS
+    p.add_argument("--questions", required=True,
+                   help="Spec-Bench .jsonl file (question_id, category, turns) or 'humaneval'")
+    p.add_argument("--categories", default=None, help="comma-separated categories to keep (default: all)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N questions, taken round-robin over categories (default: all)")
+    p.add_argument("--methods", default="all",
+                   help=f"comma-separated, from {', '.join(METHODS)}; 'all' = every available one "
+                        "(ar is always run: it is the baseline)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (exactness is checked)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (per repeat, question and turn)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds over all methods")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--plot", default=None, help="write a PNG here (speedup per category, accepted lengths)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--drafter", default=None, help="EAGLE-3 head directory (default: the shipped head)")
+    p.add_argument("--static-gs", default=None, help="grid-searched static setting JSON "
+                   "(default: the one shipped in radar_ext/data/static_gs.json)")
+    p.add_argument("--radar-policy", default=None, help="RadarPolicy weights (default: shipped)")
+    p.add_argument("--ltd-policy", default=None, help="LtdPolicy weights (default: shipped)")
+    p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _fail(msg: str) -> int:
+    print(f"radar bench: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_args(args):
+    for name, value, lo in (("--max-new-tokens", args.max_new_tokens, 1), ("--repeats", args.repeats, 1),
+                            ("--warmup", args.warmup, 0), ("--pld-tokens", args.pld_tokens, 1),
+                            ("--limit", args.limit, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+
+
+def resolve_methods(spec: str, options) -> list:
+    """--methods -> names (ar first if missing). Unknown or unavailable names raise with the reason."""
+    from radar_ext.benchmark.methods import BASELINE, METHODS, availability, parse_methods
+    if spec.strip() == "all":
+        avail = availability(options)
+        for name, why in avail.items():
+            if why:
+                print(f"[bench] skipping {name}: {why}", file=sys.stderr)
+        return [n for n, why in avail.items() if why is None]
+    names = parse_methods(spec)
+    for n in names:
+        METHODS[n].check(options)
+    if BASELINE not in names:
+        print(f"[bench] adding {BASELINE!r}: it is the baseline for speedup and exactness", file=sys.stderr)
+        names = [BASELINE] + names
+    return names
+
+
+def load_target():
+    """(target, tokenizer, drafter or None): the default SmolLM2 target (+ shipped head once it exists)."""
+    from radar_ext import models
+    if hasattr(models, "load_default"):
+        return models.load_default()
+    target, tok = models.load_default_target()
+    return target, tok, None
+
+
+def make_context(target, tokenizer, options, drafter=None):
+    from radar_ext.benchmark.methods import BenchContext
+    eos = getattr(getattr(target, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else (
+        eos[0] if isinstance(eos, (list, tuple)) else eos)
+    return BenchContext(target, tokenizer, eos, pad, options, drafter)
+
+
+def run(args) -> int:
+    import torch
+
+    from radar_ext.benchmark import (BenchOptions, MethodUnavailable, QuestionFileError, RunConfig,
+                                     UnknownMethod, aggregate, build_report, format_table, load_questions,
+                                     machine_info, mismatches, plot, run_benchmark, select_questions,
+                                     write_json)
+    try:
+        _check_args(args)
+        options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs,
+                               radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
+                               pld_tokens=args.pld_tokens)
+        methods = resolve_methods(args.methods, options)
+        cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+        questions = select_questions(load_questions(args.questions), cats, args.limit)
+    except (ValueError, QuestionFileError, UnknownMethod, MethodUnavailable) as e:
+        return _fail(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"[bench] {len(questions)} question(s), {sum(len(q.turns) for q in questions)} turn(s), "
+          f"methods {', '.join(methods)}, repeats {args.repeats}", file=sys.stderr)
+    target, tok, drafter = load_target()
+    ctx = make_context(target, tok, options, drafter)
+    cfg = RunConfig(methods=methods, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    repeats=args.repeats, seed=args.seed, warmup=args.warmup)
+    try:
+        result = run_benchmark(ctx, questions, cfg, progress=not args.no_progress,
+                               log=lambda s: print(s, file=sys.stderr))
+    except MethodUnavailable as e:
+        return _fail(str(e))
+    return finish(result, methods, questions, args, ctx)
+
+
+def finish(result, methods, questions, args, ctx) -> int:
+    from radar_ext.benchmark import aggregate, build_report, format_table, machine_info, mismatches, plot, write_json
+    if not result.records:
+        print("[bench] no complete question, nothing to report", file=sys.stderr)
+        return 130 if result.interrupted else 1
+    summary = aggregate(result.records, methods)
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    config.update(methods=methods, questions_run=result.questions_done, questions_selected=len(questions),
+                  eos_token_id=ctx.eos_token_id, target=getattr(ctx.target.config, "_name_or_path", None),
+                  timing="wall time of the whole generate call per answer; tokens/s = sum(new tokens) / "
+                         "sum(seconds) per repeat; speedup per repeat vs ar on the same answers")
+    report = build_report(summary, config, machine_info(), result.records, result.interrupted,
+                          result.settings)
+    print(format_table(summary))
+    bad = mismatches(result.records)
+    if bad:
+        print(f"\n[bench] {len(bad)} answer(s) differ from ar (method, repeat, question, turn, first diff):")
+        for b in bad[:20]:
+            print("   ", b)
+    if args.out:
+        write_json(report, args.out)
+        print(f"[bench] wrote {args.out}", file=sys.stderr)
+    if args.plot:
+        plot(report, args.plot)
+        print(f"[bench] wrote {args.plot}", file=sys.stderr)
+    return 130 if result.interrupted else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_e2e", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
