@@ -1,0 +1,124 @@
+"""Acceptance rules over a verified draft tree (METHOD.md 4).
+
+Greedy: follow the target's argmax from the root; the first node whose children do not contain it
+ends the walk and the argmax there is the bonus token. Vectorised over the root-to-leaf paths.
+
+Sampling (lossless): at each node visit the distinct children in index order; accept child x with
+probability p(x) of the (renormalised) warped target distribution (the draft is treated as
+deterministic); on rejection set p(x) = 0 and renormalise; when every child is rejected, the bonus
+token is drawn from what is left of p. A tree node can then only be emitted with its target
+probability, so the output distribution equals the target's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radar_ext.tree import DraftTree
+
+
+@dataclass
+class Acceptance:
+    path: torch.Tensor    # [B, D+1] int64 tree nodes root..last accepted node, -1 padded
+    tokens: torch.Tensor  # [B, D+1] int64 emitted tokens: accepted draft tokens then the bonus, -1 padded
+    accepted_len: list    # [B] host ints: accepted draft tokens per row (emitted = accepted_len + 1)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def warpers(self):
+        """HF's own logits warpers in HF generate's order, so "the target's distribution" is the
+        same distribution `target.generate(do_sample=True)` samples from."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        out = []
+        if self.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k != 0:
+            out.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+        return out
+
+
+def target_probs(logits: torch.Tensor, params: SamplingParams, warpers=None) -> torch.Tensor:
+    """Warped target distribution. logits [N, V] -> probs [N, V] float32."""
+    scores = logits.float()
+    for w in (params.warpers() if warpers is None else warpers):
+        scores = w(None, scores)
+    return torch.softmax(scores, dim=-1)
+
+
+def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
+    """logits [B, M, V]. The longest root-to-leaf prefix that matches the target's argmax."""
+    pred = logits.argmax(dim=-1)                                   # [B, M]
+    paths = tree.paths                                             # [B, P, D+1]
+    B, P, L = paths.shape
+    safe = paths.clamp(min=0)
+    node_tok = tree.tokens.gather(1, safe.view(B, -1)).view(B, P, L)
+    want = pred.gather(1, safe.view(B, -1)).view(B, P, L)          # argmax at each path node
+    match = (node_tok[..., 1:] == want[..., :-1]) & (paths[..., 1:] >= 0)  # [B, P, L-1]
+    acc = match.long().cumprod(dim=-1).sum(dim=-1)                 # [B, P]
+    best = acc.argmax(dim=-1)                                      # [B] first longest path
+    acc_len = acc.gather(1, best.view(B, 1)).view(B)
+    path = paths[torch.arange(B), best]                            # [B, L]
+    keep = torch.arange(L, device=paths.device) <= acc_len.view(B, 1)
+    path = torch.where(keep, path, torch.full_like(path, -1))
+    tokens = torch.full_like(path, -1)
+    # accepted draft tokens (path nodes 1..acc) then the bonus = argmax at the last accepted node
+    tokens[:, :-1] = torch.where(keep[:, 1:], node_tok[torch.arange(B), best, 1:], -1)
+    last = path.gather(1, acc_len.view(B, 1))                      # [B, 1]
+    tokens.scatter_(1, acc_len.view(B, 1), pred.gather(1, last))
+    return Acceptance(path, tokens, acc_len.tolist())  # host sync: the loop needs the lengths
+
+
+def sample_node(p: torch.Tensor, child_tokens: list, generator) -> tuple[int, int]:
+    """One node of the sampling walk. p [V] float32 target probs at the node (modified in place).
+    Returns (index of the accepted child or -1, token emitted: the child's token or the bonus)."""
+    for k, x in enumerate(child_tokens):
+        u = torch.rand((), generator=generator, device=p.device)
+        total = p.sum()
+        if bool(u * total < p[x]):  # host sync: one accept/reject decision
+            return k, x
+        p[x] = 0.0
+    total = p.sum()
+    if not bool(total > 0):  # host sync; cannot happen unless all mass sat on rejected tokens
+        raise RuntimeError("sampling acceptance: residual distribution is empty")
+    return -1, int(torch.multinomial(p / total, 1, generator=generator))  # host sync: the bonus token
+
+
+def sample_accept(tree: DraftTree, logits: torch.Tensor, params: SamplingParams, generator=None) -> Acceptance:
+    """logits [B, M, V]. Lossless sampling walk from the root (B = 1 rows processed one by one)."""
+    B, M, _ = logits.shape
+    warpers = params.warpers()
+    tokens_h = tree.tokens.tolist()                                # host sync: tree structure
+    parents_h = tree.parents.tolist()
+    n_nodes = tree.n_nodes.tolist()
+    D = tree.paths.shape[2]
+    path = torch.full((B, D), -1, dtype=torch.int64)
+    out = torch.full((B, D), -1, dtype=torch.int64)
+    acc_lens = []
+    for b in range(B):
+        children = [[] for _ in range(n_nodes[b])]
+        for i in range(1, n_nodes[b]):
+            children[parents_h[b][i]].append(i)
+        node, n = 0, 0
+        path[b, 0] = 0
+        while True:
+            p = target_probs(logits[b, node:node + 1], params, warpers)[0]
+            kids = children[node]
+            k, tok = sample_node(p, [tokens_h[b][c] for c in kids], generator)
+            out[b, n] = tok
+            if k < 0:
+                break
+            node = kids[k]
+            n += 1
+            path[b, n] = node
+        acc_lens.append(n)
+    dev = tree.tokens.device
+    return Acceptance(path.to(dev), out.to(dev), acc_lens)

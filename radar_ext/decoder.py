@@ -1,0 +1,285 @@
+"""RadarDecoder: lossless tree speculative decoding for stock Hugging Face causal LMs.
+
+One cycle = draft (drafter + policy) -> build tree -> verify (one target forward) -> accept ->
+commit caches. `generate` below is the whole algorithm; the detail lives in the callees.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from radar_ext import kv_cache
+from radar_ext.acceptance import Acceptance, SamplingParams, greedy_accept, sample_accept, target_probs
+from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.policies import CostInfo, Policy, StaticPolicy
+from radar_ext.verifier import prefill, verify
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class DecodeStats:
+    tokens: int = 0                 # new tokens emitted
+    seconds: float = 0.0            # wall time of generate()
+    cycles: int = 0                 # target forwards after the prefill
+    draft_calls: int = 0            # summed over cycles
+    verify_tokens: int = 0          # draft tokens verified, summed over cycles (root excluded)
+    accepted_hist: list = field(default_factory=list)  # accepted_hist[n] = cycles accepting n drafts
+    time_prefill: float = 0.0
+    time_draft: float = 0.0         # drafter forwards (policy excluded)
+    time_policy: float = 0.0
+    time_verify: float = 0.0        # target forwards over trees
+    time_other: float = 0.0         # acceptance, cache commits, streaming, bookkeeping
+
+    @property
+    def tau(self) -> float:
+        """Mean (accepted length + 1) over the cycles (the prefill's first token not counted)."""
+        return sum((n + 1) * c for n, c in enumerate(self.accepted_hist)) / self.cycles if self.cycles else 0.0
+
+    @property
+    def mean_draft_calls(self) -> float:
+        return self.draft_calls / self.cycles if self.cycles else 0.0
+
+    @property
+    def mean_verify_budget(self) -> float:
+        return self.verify_tokens / self.cycles if self.cycles else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(tau=self.tau, mean_draft_calls=self.mean_draft_calls,
+                 mean_verify_budget=self.mean_verify_budget, tokens_per_second=self.tokens_per_second)
+        return d
+
+    def summary(self) -> str:
+        t = self.seconds or 1.0
+        return (f"tokens={self.tokens} time={self.seconds:.2f}s tok/s={self.tokens_per_second:.2f} "
+                f"cycles={self.cycles} tau={self.tau:.2f} draft_calls={self.mean_draft_calls:.2f} "
+                f"V={self.mean_verify_budget:.1f} accepted_hist={self.accepted_hist} | time: "
+                f"prefill {self.time_prefill / t:.0%} draft {self.time_draft / t:.0%} "
+                f"policy {self.time_policy / t:.0%} verify {self.time_verify / t:.0%} "
+                f"other {self.time_other / t:.0%}")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int
+    do_sample: bool
+    sampling: SamplingParams
+    eos_token_ids: tuple            # empty: no EOS stop
+
+
+class _TimedPolicy(Policy):
+    """Forwards to the real policy and adds its time to the stats (policy share of the cycle)."""
+
+    def __init__(self, policy: Policy, stats: DecodeStats):
+        self.policy, self.stats = policy, stats
+        self.max_draft_calls = policy.max_draft_calls
+
+    def _timed(self, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.stats.time_policy += time.perf_counter() - t0
+
+    def reset(self):
+        return self._timed(self.policy.reset)
+
+    def should_continue(self, step):
+        return self._timed(self.policy.should_continue, step)
+
+    def verify_budget(self, step):
+        return self._timed(self.policy.verify_budget, step)
+
+
+class RadarDecoder:
+    def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
+                 verify_budget: int = 60):
+        model_type = getattr(getattr(target, "config", None), "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
+                                      f"got {model_type!r}")
+        if not isinstance(drafter, Drafter):
+            raise TypeError(f"drafter must be a radar_ext Drafter (EagleDrafter, NgramDrafter), got {type(drafter).__name__}")
+        policy = StaticPolicy() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a radar_ext Policy (e.g. StaticPolicy), got {type(policy).__name__}")
+        for name, v in (("tree_topk", tree_topk), ("verify_budget", verify_budget)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        drafter.check_target(target)
+        self.target, self.drafter, self.policy = target, drafter, policy
+        self.tree_topk, self.verify_budget = tree_topk, verify_budget
+        self.costs = CostInfo()
+        self.last_stats = DecodeStats()
+
+    # ------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=None, do_sample=None, temperature=None,
+                 top_p=None, top_k=None, eos_token_id=None, streamer=None, generation_config=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Like `target.generate`: returns LongTensor [B, prompt + new]. Unset arguments come from
+        `generation_config` (else the target's), then the defaults max_new_tokens=128, greedy,
+        temperature 1, top_p 1, top_k 0. `generator` drives the sampling draws."""
+        t_start = time.perf_counter()
+        cfg = self._settings(max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generation_config)
+        input_ids = self._check_inputs(input_ids, attention_mask)
+        stats = self.last_stats = DecodeStats()
+        policy = _TimedPolicy(self.policy, stats)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
+        cache, out = self._prefill(input_ids, cfg, stats, generator)
+        emitted = out.new_empty(1, 0)
+        while True:
+            emitted = torch.cat([emitted, out], 1)  # tokens of this cycle, already checked for EOS/limit
+            if streamer is not None:
+                streamer.put(out[0].cpu())
+            if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg):
+                break
+            tree = self._draft(emitted, input_ids.shape[1], policy, stats)
+            logits, features = self._verify(cache, tree, input_ids.shape[1] + emitted.shape[1] - 1, stats)
+            acc = self._accept(tree, logits, cfg, generator)
+            out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
+                               cfg, emitted.shape[1], stats)
+        if streamer is not None:
+            streamer.end()
+        stats.tokens = emitted.shape[1]
+        stats.seconds = time.perf_counter() - t_start
+        stats.time_other = max(0.0, stats.seconds - stats.time_prefill - stats.time_draft - stats.time_policy
+                               - stats.time_verify)
+        return torch.cat([input_ids, emitted.to(input_ids.device)], 1)
+
+    # ------------------------------------------------------------------ steps
+    def _prefill(self, input_ids, cfg, stats, generator):
+        t0 = time.perf_counter()
+        cache = kv_cache.new_target_cache(self.target)
+        res = prefill(self.target, cache, input_ids, self.drafter.feature_layers)
+        root = self._first_token(res.logits[:, -1], cfg, generator)            # [B]
+        self.drafter.start(input_ids, res.features, root)
+        stats.time_prefill += time.perf_counter() - t0
+        return cache, root.view(-1, 1)
+
+    def _draft(self, emitted, prompt_len, policy, stats):
+        t0 = time.perf_counter()
+        t_policy = stats.time_policy
+        req = DraftRequest(root=emitted[:, -1], seq_len=prompt_len + emitted.shape[1], tree_topk=self.tree_topk,
+                           verify_budget=self.verify_budget, policy=policy, costs=self.costs)
+        tree = self.drafter.draft(req)
+        dt = time.perf_counter() - t0 - (stats.time_policy - t_policy)
+        stats.time_draft += dt
+        stats.draft_calls += tree.draft_calls
+        stats.verify_tokens += tree.verify_budget
+        if tree.draft_calls:
+            self.costs.draft_call = _ema(self.costs.draft_call, dt / tree.draft_calls)
+        return tree
+
+    def _verify(self, cache, tree, prefix_len, stats):
+        t0 = time.perf_counter()
+        res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers)
+        dt = time.perf_counter() - t0
+        stats.time_verify += dt
+        stats.cycles += 1
+        self.costs.verify = _ema(self.costs.verify, dt)
+        self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.verify_budget))
+        return res.logits, res.features
+
+    def _accept(self, tree, logits, cfg, generator) -> Acceptance:
+        if cfg.do_sample:
+            return sample_accept(tree, logits, cfg.sampling, generator)
+        return greedy_accept(tree, logits)
+
+    def _commit(self, cache, tree, acc, features, prefix_len, cfg, n_done, stats):
+        """Compact the target cache to the accepted path, tell the drafter, and return the tokens
+        this cycle emits [1, n], cut at the first EOS and at max_new_tokens."""
+        n = acc.accepted_len[0] + 1
+        path = acc.path[0, :n]
+        kv_cache.commit_path(cache, prefix_len, path)
+        feats = features[:, path] if features is not None else None
+        self.drafter.commit(acc.tokens, n, feats)
+        stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
+        stats.accepted_hist[n - 1] += 1
+        out = acc.tokens[:, :n]
+        n_keep = min(n, cfg.max_new_tokens - n_done)
+        if cfg.eos_token_ids:
+            is_eos = torch.isin(out[0, :n_keep], torch.tensor(cfg.eos_token_ids, device=out.device))
+            hit = is_eos.nonzero()
+            if hit.numel():
+                n_keep = int(hit[0, 0]) + 1   # host sync: stop right after the first EOS
+        return out[:, :n_keep]
+
+    # ------------------------------------------------------------------ helpers
+    def _first_token(self, logits, cfg, generator):
+        """The token after the prompt from the prefill logits [B, V]."""
+        if not cfg.do_sample:
+            return logits.argmax(-1)
+        probs = target_probs(logits, cfg.sampling)
+        return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+    @staticmethod
+    def _hit_eos(out, cfg) -> bool:
+        return bool(cfg.eos_token_ids) and int(out[0, -1]) in cfg.eos_token_ids  # host sync: 1 int
+
+    def _check_inputs(self, input_ids, attention_mask):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.int64 or input_ids.dim() != 2:
+            got = f"{input_ids.dtype} {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be an int64 tensor [B, prompt_len], got {got}")
+        B, P = input_ids.shape
+        if B != 1:
+            raise NotImplementedError(f"input_ids: batch size > 1 is not supported yet, got batch size {B}")
+        if P < 1:
+            raise ValueError(f"input_ids must hold at least one token, got an empty prompt {list(input_ids.shape)}")
+        limit = getattr(self.target.config, "max_position_embeddings", None)
+        if limit is not None and P >= limit:
+            raise ValueError(f"input_ids: prompt length must be < the model's max_position_embeddings = {limit}, got {P}")
+        vocab = self.target.get_input_embeddings().weight.shape[0]
+        lo, hi = int(input_ids.min()), int(input_ids.max())  # host sync: once per generate
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"input_ids must be token ids in [0, {vocab}), got values in [{lo}, {hi}]")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, P):
+                raise ValueError(f"attention_mask must have the shape of input_ids {[B, P]}, got {list(attention_mask.shape)}")
+            if not bool((attention_mask == 1).all()):  # host sync: once per generate
+                raise NotImplementedError("attention_mask: padding (zeros) is not supported yet; pass an all-ones mask or None")
+        return input_ids.to(self.target.device)
+
+    def _settings(self, max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generation_config):
+        base = generation_config if generation_config is not None else getattr(self.target, "generation_config", None)
+
+        def pick(value, name, default):
+            if value is not None:
+                return value
+            from_cfg = getattr(base, name, None) if base is not None else None
+            return default if from_cfg is None else from_cfg
+
+        for name, default in (("num_beams", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+            v = getattr(base, name, None) if base is not None else None
+            if v is not None and v != default:
+                raise NotImplementedError(f"generation_config.{name} = {v!r} is not supported (only {default!r})")
+        max_new_tokens = pick(max_new_tokens, "max_new_tokens", 128)
+        do_sample = bool(pick(do_sample, "do_sample", False))
+        temperature = pick(temperature, "temperature", 1.0)
+        top_p = pick(top_p, "top_p", 1.0)
+        top_k = pick(top_k, "top_k", 0)
+        eos = pick(eos_token_id, "eos_token_id", None)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if do_sample:
+            if not isinstance(temperature, (int, float)) or not temperature > 0:
+                raise ValueError(f"temperature must be a number > 0 when sampling, got {temperature!r}")
+            if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+                raise ValueError(f"top_k must be an int >= 0 (0: off), got {top_k!r}")
+        eos_ids = () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+        return GenerationSettings(max_new_tokens, do_sample,
+                                  SamplingParams(float(temperature), int(top_k), float(top_p)), eos_ids)
+
+
+def _ema(old: float, new: float, rate: float = 0.1) -> float:
+    return new if old == 0.0 else (1 - rate) * old + rate * new

@@ -1,0 +1,44 @@
+"""The drafter interface: propose a DraftTree rooted at the last emitted token, then learn what the
+target accepted. EagleDrafter and NgramDrafter implement it; the decoder loop never looks inside."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radar_ext.policies.base import CostInfo, Policy
+from radar_ext.tree import DraftTree
+
+
+@dataclass
+class DraftRequest:
+    root: torch.Tensor    # [B] int64 last emitted token, not yet seen by the target
+    seq_len: int          # tokens so far (prompt + emitted, root included)
+    tree_topk: int        # W
+    verify_budget: int    # V (the policy may lower or raise it)
+    policy: Policy
+    costs: CostInfo
+
+
+class Drafter:
+    """Base drafter. `feature_layers`: indices into the target's `output_hidden_states` tuple the
+    drafter needs at the accepted positions (None: it needs no target features)."""
+
+    feature_layers: list | None = None
+
+    def check_target(self, target) -> None:
+        """Raise if this drafter cannot serve `target` (e.g. a vocabulary mismatch)."""
+
+    def start(self, input_ids: torch.Tensor, features: torch.Tensor | None, root: torch.Tensor) -> None:
+        """A new sequence: prompt input_ids [B, P], target features at the prompt [B, P, F] or None,
+        root [B] the first emitted token."""
+        raise NotImplementedError
+
+    def draft(self, req: DraftRequest) -> DraftTree:
+        raise NotImplementedError
+
+    def commit(self, emitted: torch.Tensor, n_emitted: int, features: torch.Tensor | None) -> None:
+        """After acceptance. emitted [B, D+1] accepted draft tokens then the bonus (-1 padded),
+        n_emitted = accepted_len + 1; features [B, n_emitted, F] target features at the root and
+        the accepted nodes (None unless feature_layers is set)."""
+        raise NotImplementedError

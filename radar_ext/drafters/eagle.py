@@ -1,0 +1,133 @@
+"""EagleDrafter: the EAGLE-3 head drafting a dynamic tree (METHOD.md 3).
+
+Head cache convention (radar_ext/eagle_head.py): entry t is the pair (target feature of position t,
+embedding of token t+1) at position id t. Per cycle:
+  call 1    consumes the pending pairs (the previous cycle's accepted path, or the prompt) with a
+            causal mask; its last output gives the root's children (top-W: the first beams).
+  call k>1  runs the W beams at once, all at position id P-1+(k-1) (P = committed entries), each
+            seeing the committed entries, its own ancestors' speculative entries and itself.
+After drafting the speculative entries are cropped; the next cycle's call 1 re-encodes the
+accepted path from the target's true features.
+"""
+from __future__ import annotations
+
+import torch
+
+from radar_ext import ops
+from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.policies.base import BudgetStep, DraftStep
+from radar_ext.tree import CandidatePool, DraftTree
+
+
+class EagleDrafter(Drafter):
+    def __init__(self, head, target):
+        from radar_ext.eagle_head import default_feature_layers
+
+        self.head = head
+        self.embed = target.get_input_embeddings()
+        cfg = head.config
+        self.feature_layers = list(cfg.feature_layers or default_feature_layers(target.config.num_hidden_layers))
+        self.check_target(target)
+        self.cache = None
+        self._pending_feats = None   # [B, n, F]
+        self._pending_tokens = None  # [B, n]
+
+    # ------------------------------------------------------------------ construction and I/O
+    @classmethod
+    def from_pretrained(cls, path, target) -> "EagleDrafter":
+        from radar_ext.eagle_head import EagleHead
+
+        dtype = next(target.parameters()).dtype
+        return cls(EagleHead.from_pretrained(path, dtype=dtype), target)
+
+    @classmethod
+    def init_random(cls, target, draft_vocab: int | None = None, seed: int = 0) -> "EagleDrafter":
+        """An untrained head shaped for `target` (exactness tests: the output must not depend on it)."""
+        from radar_ext.eagle_head import EagleConfig, EagleHead
+
+        cfg = EagleConfig.for_target(target.config, draft_vocab_size=draft_vocab)
+        dtype = next(target.parameters()).dtype
+        return cls(EagleHead.init_random(cfg, seed=seed).to(dtype), target)
+
+    def save_pretrained(self, path) -> None:
+        self.head.save_pretrained(path)
+
+    def check_target(self, target) -> None:
+        cfg = self.head.config
+        vocab = target.get_output_embeddings().weight.shape[0]
+        if cfg.vocab_size != vocab:
+            raise ValueError(f"EAGLE head vocab_size must equal the target's vocabulary ({vocab}), got {cfg.vocab_size}")
+        if cfg.target_hidden_size != target.config.hidden_size:
+            raise ValueError(f"EAGLE head target_hidden_size must equal the target's hidden_size "
+                             f"({target.config.hidden_size}), got {cfg.target_hidden_size}")
+        n_states = target.config.num_hidden_layers + 1
+        bad = [i for i in self.feature_layers if not -n_states <= i < n_states]
+        if bad:
+            raise ValueError(f"EAGLE head feature_layers must index the target's {n_states} hidden states, got {bad}")
+
+    # ------------------------------------------------------------------ the sequence
+    def start(self, input_ids, features, root) -> None:
+        from radar_ext.eagle_head import HeadCache
+
+        if input_ids.shape[0] != 1:
+            raise NotImplementedError(f"EagleDrafter: batch size must be 1 for now, got {input_ids.shape[0]}")
+        self.cache = HeadCache()
+        self._pending_feats = features                                          # [B, P, F]
+        self._pending_tokens = torch.cat([input_ids[:, 1:], root.view(-1, 1)], 1)  # [B, P]
+
+    def commit(self, emitted, n_emitted, features) -> None:
+        self._pending_feats = features                                          # [B, n, F]
+        self._pending_tokens = emitted[:, :n_emitted]                           # [B, n]
+
+    @torch.no_grad()
+    def draft(self, req: DraftRequest) -> DraftTree:
+        head, cache, W = self.head, self.cache, req.tree_topk
+        B = req.root.shape[0]
+        dev = req.root.device
+        policy = req.policy
+        max_calls = policy.max_draft_calls
+        pool = CandidatePool(B, W + (max_calls - 1) * W * W, dev)
+
+        # call 1: the pending pairs, causal over the committed cache
+        n_new = self._pending_tokens.shape[1]
+        pos = torch.arange(cache.length, cache.length + n_new, device=dev).expand(B, n_new)
+        out = head(self._pending_feats, self.embed(self._pending_tokens), pos, cache)  # [B, n, H]
+        committed = cache.length
+        hidden = out[:, -1:]                                                    # [B, 1, H]
+        exp = ops.topk_expand(head.logits(hidden).float(), torch.zeros(B, 1, device=dev), W)
+        ids = head.to_target_ids(exp.child_ids[:, 0])                           # [B, W]
+        beam_pool = pool.add(ids, torch.full_like(ids, -1), exp.child_scores[:, 0]).expand(B, W)
+        beam_ids, beam_scores = ids, exp.child_scores[:, 0]                     # children in score order
+        hidden = hidden.expand(B, W, -1)                                        # parent output per beam
+        calls = 1
+        policy.reset()
+        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+        vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
+        eye = torch.eye(W, dtype=torch.bool, device=dev).expand(B, W, W)
+        neg = torch.finfo(out.dtype).min
+        while calls < max_calls and policy.should_continue(step):
+            # call k: the W beams at one position, tree attention over [committed | own ancestors]
+            vis = torch.cat([vis, eye], 2)                                      # [B, W, (k-1)W]
+            mask = torch.zeros(B, 1, W, committed + vis.shape[2], dtype=out.dtype, device=dev)
+            mask[:, 0, :, committed:].masked_fill_(~vis, neg)
+            pos = torch.full((B, W), committed - 1 + calls, dtype=torch.int64, device=dev)
+            out = head(hidden, self.embed(beam_ids), pos, cache, attn_mask=mask)  # [B, W, H]
+            calls += 1
+            exp = ops.topk_expand(head.logits(out).float(), beam_scores, W)
+            child_ids = head.to_target_ids(exp.child_ids)                       # [B, W, W]
+            child_pool = pool.add(child_ids.view(B, W * W),
+                                  beam_pool.unsqueeze(2).expand(B, W, W).reshape(B, W * W),
+                                  exp.child_scores.view(B, W * W)).view(1, W, W)
+            # j of each chosen child inside its parent's top-W (ids within one parent are distinct)
+            parent_ids = exp.child_ids.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, W))  # [B, W, W]
+            j = (parent_ids == exp.next_ids.unsqueeze(2)).long().argmax(2)      # [B, W]
+            beam_pool = child_pool.expand(B, W, W).reshape(B, W * W).gather(1, exp.next_parent * W + j)
+            beam_ids = head.to_target_ids(exp.next_ids)
+            beam_scores = exp.next_scores
+            hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
+            vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
+            step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+        cache.crop(committed)  # drop the speculative entries of calls 2..k
+        budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
+                                                 req.verify_budget, req.costs))
+        return pool.to_tree(req.root, budget, calls)

@@ -1,0 +1,115 @@
+"""NgramDrafter: prompt-lookup drafting, no training needed.
+
+The last `k` tokens of the context (prompt + emitted, root included) are looked up earlier in the
+context, for k = max_ngram down to min_ngram. Every earlier occurrence proposes the tokens that
+followed it. The continuations are merged into a trie rooted at the root token (distinct siblings),
+so several guesses are verified in one target forward. Each occurrence weighs its match length;
+a trie node scores the summed weight of the occurrences passing through it, so a parent never
+scores below its child and the best `verify_budget` nodes (ties: older node first; occurrences are
+inserted longest match first, then most recent first) always form a tree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.tree import DraftTree, make_tree, root_only_tree
+
+
+class NgramDrafter(Drafter):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, max_depth: int = 8, max_matches: int = 24):
+        for name, v, lo in (("max_ngram", max_ngram, 1), ("min_ngram", min_ngram, 1),
+                            ("max_depth", max_depth, 1), ("max_matches", max_matches, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if min_ngram > max_ngram:
+            raise ValueError(f"min_ngram must be <= max_ngram = {max_ngram}, got {min_ngram}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.max_depth, self.max_matches = max_depth, max_matches
+        self._ctx = np.zeros(0, dtype=np.int64)
+        self._n = 0
+
+    def __repr__(self) -> str:
+        return (f"NgramDrafter(max_ngram={self.max_ngram}, min_ngram={self.min_ngram}, "
+                f"max_depth={self.max_depth}, max_matches={self.max_matches})")
+
+    # ------------------------------------------------------------------ context
+    def _append(self, tokens) -> None:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        need = self._n + tokens.size
+        if need > self._ctx.size:  # amortised growth
+            grown = np.zeros(max(need, 2 * self._ctx.size, 256), dtype=np.int64)
+            grown[:self._n] = self._ctx[:self._n]
+            self._ctx = grown
+        self._ctx[self._n:need] = tokens
+        self._n = need
+
+    def start(self, input_ids, features, root) -> None:
+        if input_ids.shape[0] != 1:
+            raise NotImplementedError(f"NgramDrafter: batch size must be 1 for now, got {input_ids.shape[0]}")
+        self._n = 0
+        self._append(input_ids[0].tolist() + [int(root[0])])  # host sync: once per sequence
+
+    def commit(self, emitted, n_emitted, features) -> None:
+        self._append(emitted[0, :n_emitted].tolist())          # host sync: a few ints per cycle
+
+    # ------------------------------------------------------------------ proposal
+    def matches(self) -> tuple[np.ndarray, np.ndarray]:
+        """Earlier occurrences of the context's suffix: (end positions j, match lengths), best first.
+        Position j ends an occurrence (c[j] == root); its continuation starts at j + 1."""
+        c, n = self._ctx, self._n
+        cand = np.flatnonzero(c[:n - 1] == c[n - 1])
+        if cand.size == 0:
+            return cand, cand
+        mlen = np.ones(cand.size, dtype=np.int64)
+        alive = np.ones(cand.size, dtype=bool)
+        for l in range(1, min(self.max_ngram, n - 1)):
+            prev = cand - l
+            alive &= prev >= 0
+            alive &= c[np.maximum(prev, 0)] == c[n - 1 - l]
+            mlen += alive
+        ok = mlen >= self.min_ngram
+        cand, mlen = cand[ok], mlen[ok]
+        order = np.lexsort((-cand, -mlen))[:self.max_matches]   # longest match, then most recent
+        return cand[order], mlen[order]
+
+    def draft(self, req: DraftRequest) -> DraftTree:
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"NgramDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        ends, mlen = self.matches()
+        budget = req.verify_budget
+        if ends.size == 0 or budget < 1:
+            tree = root_only_tree(req.root)
+            tree.draft_calls = 1
+            return tree
+        c, n = self._ctx, self._n
+        # trie: children[node] = {token: child}; node 0 = root
+        children = [{}]
+        tokens, parents, scores = [int(req.root[0])], [-1], [0.0]
+        for j, w in zip(ends.tolist(), mlen.tolist()):
+            node = 0
+            for tok in c[j + 1:min(j + 1 + self.max_depth, n)].tolist():
+                nxt = children[node].get(tok)
+                if nxt is None:
+                    nxt = len(tokens)
+                    children[node][tok] = nxt
+                    children.append({})
+                    tokens.append(tok)
+                    parents.append(node)
+                    scores.append(0.0)
+                scores[nxt] += w
+                node = nxt
+        n_draft = len(tokens) - 1
+        if n_draft > budget:
+            # best `budget` nodes by score (stable: ties to the older node), kept in creation order
+            s = np.asarray(scores[1:])
+            picked = np.sort(np.argsort(-s, kind="stable")[:budget]) + 1
+            node_of = np.zeros(len(tokens), dtype=np.int64)
+            node_of[picked] = np.arange(1, budget + 1)
+            tokens = [tokens[0]] + [tokens[i] for i in picked]
+            parents = [-1] + [int(node_of[parents[i]]) for i in picked]
+        dev = req.root.device
+        t = torch.tensor([tokens], dtype=torch.int64, device=dev)
+        p = torch.tensor([parents], dtype=torch.int64, device=dev)
+        return make_tree(t, p, torch.tensor([len(tokens)], dtype=torch.int64, device=dev), draft_calls=1)

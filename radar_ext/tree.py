@@ -1,0 +1,105 @@
+"""Draft tree structure: the candidate pool filled by the draft calls, best-V selection, and the
+`DraftTree` handed to verification (tokens, parents, depth, ancestor mask, root-to-leaf paths).
+
+Node 0 of every tree is the root (the last emitted token the target has not seen yet). Nodes are in
+creation order, so a parent always has a lower index than its children (METHOD.md 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radar_ext import ops
+
+
+@dataclass
+class DraftTree:
+    tokens: torch.Tensor   # [B, M] int64 target token ids, node 0 = root, -1 padded
+    parents: torch.Tensor  # [B, M] int64 parent node index, root -1, padding -1
+    n_nodes: torch.Tensor  # [B] int64 real nodes per row (root included), in [1, M]
+    depth: torch.Tensor    # [B, M] int64 root 0, padding -1 (= position offset from the root)
+    mask: torch.Tensor     # [B, M, M] bool node i sees node j iff j is i or an ancestor of i
+    paths: torch.Tensor    # [B, P, M] int64 root-to-leaf node paths, one row per leaf, -1 padded
+    n_paths: torch.Tensor  # [B] int64 leaves per row
+    draft_calls: int = 0   # drafter forward passes spent on this tree (host int)
+
+    @property
+    def verify_budget(self) -> int:
+        """Draft tokens sent to the target (root excluded), for row 0 (B = 1 for now)."""
+        return self.tokens.shape[1] - 1
+
+
+def make_tree(tokens: torch.Tensor, parents: torch.Tensor, n_nodes: torch.Tensor,
+              draft_calls: int = 0) -> DraftTree:
+    """tokens, parents [B, M] int64 (node 0 = root, parent -1) -> DraftTree via the build_tree op."""
+    mask, depth, paths, n_paths = ops.build_tree(parents, n_nodes)
+    # Only the first max(n_paths) path rows can be non-empty; keep the verifier's gathers small.
+    n_rows = int(n_paths.max())  # host sync: one small read per cycle
+    return DraftTree(tokens, parents, n_nodes, depth, mask, paths[:, :n_rows], n_paths, draft_calls)
+
+
+def root_only_tree(root: torch.Tensor) -> DraftTree:
+    """A tree with no draft tokens (plain autoregressive step). root [B] int64."""
+    B = root.shape[0]
+    dev = root.device
+    tokens = root.view(B, 1)
+    parents = torch.full((B, 1), -1, dtype=torch.int64, device=dev)
+    return DraftTree(tokens, parents, torch.ones(B, dtype=torch.int64, device=dev),
+                     torch.zeros(B, 1, dtype=torch.int64, device=dev),
+                     torch.ones(B, 1, 1, dtype=torch.bool, device=dev),
+                     torch.zeros(B, 1, 1, dtype=torch.int64, device=dev),
+                     torch.ones(B, dtype=torch.int64, device=dev), 0)
+
+
+class CandidatePool:
+    """Every drafted node of one cycle, preallocated for `capacity` nodes (root not stored).
+
+    `parents` holds pool indices; -1 means "child of the root". Scores are cumulative
+    log-probabilities, so a child never scores above its parent and best-V is closed under parent.
+    """
+
+    def __init__(self, batch: int, capacity: int, device):
+        self.tokens = torch.empty(batch, capacity, dtype=torch.int64, device=device)   # [B, C]
+        self.parents = torch.empty(batch, capacity, dtype=torch.int64, device=device)  # [B, C]
+        self.scores = torch.empty(batch, capacity, dtype=torch.float32, device=device)  # [B, C]
+        self.count = 0
+
+    def add(self, tokens: torch.Tensor, parents: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Append K nodes: tokens, parents [B, K] int64, scores [B, K] float32.
+        Returns their pool indices [K] int64 (same for every row)."""
+        K = tokens.shape[1]
+        if self.count + K > self.tokens.shape[1]:
+            raise RuntimeError(f"candidate pool overflow: capacity {self.tokens.shape[1]}, "
+                               f"have {self.count}, adding {K}")
+        sl = slice(self.count, self.count + K)
+        self.tokens[:, sl] = tokens
+        self.parents[:, sl] = parents
+        self.scores[:, sl] = scores
+        self.count += K
+        return torch.arange(sl.start, sl.stop, device=tokens.device)
+
+    def best(self, verify_budget: int) -> torch.Tensor:
+        """Pool indices of the best `verify_budget` nodes, ascending (parents first). [B, V]"""
+        V = min(verify_budget, self.count)
+        scores = self.scores[:, :self.count]
+        # Stable descending sort: ties go to the lower (older) index, so a parent, whose score is
+        # >= its child's, always ranks before the child and the picked set is closed under parent.
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :V]
+        return torch.sort(order, dim=1).values
+
+    def to_tree(self, root: torch.Tensor, verify_budget: int, draft_calls: int) -> DraftTree:
+        """The tree of the root [B] plus the best V pool nodes."""
+        B = root.shape[0]
+        picked = self.best(verify_budget)                           # [B, V]
+        V = picked.shape[1]
+        dev = root.device
+        # pool index -> tree node index (picked[k] becomes node k + 1; the root is node 0)
+        node_of = torch.zeros(B, self.count + 1, dtype=torch.int64, device=dev)  # slot 0 = "-1"
+        node_of.scatter_(1, picked + 1, torch.arange(1, V + 1, device=dev).expand(B, V))
+        pool_parent = self.parents[:, :self.count].gather(1, picked)  # [B, V], -1 = root
+        tokens = torch.cat([root.view(B, 1), self.tokens[:, :self.count].gather(1, picked)], 1)
+        parents = torch.cat([torch.full((B, 1), -1, dtype=torch.int64, device=dev),
+                             node_of.gather(1, pool_parent + 1)], 1)
+        n_nodes = torch.full((B,), V + 1, dtype=torch.int64, device=dev)
+        return make_tree(tokens, parents, n_nodes, draft_calls)
