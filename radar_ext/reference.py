@@ -53,7 +53,7 @@ def _check_tensor(name, t):
 
 def _check_device(name, t, ref_name, ref):
     if t.device != ref.device:
-        _fail(f"{name} must be on {ref_name}'s device {ref.device}, got {t.device}")
+        _fail(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
 
 
 def check_topk_expand_args(logits, beam_scores, tree_topk, temperature):

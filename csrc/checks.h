@@ -1,0 +1,27 @@
+// One argument checker per op, shared by the CPU and CUDA implementations. Messages name the tensor,
+// the rule and the value seen, word for word as radar_ext/reference.py (the tests compare them).
+// All raise ValueError in Python (TORCH_CHECK_VALUE).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace radar_ext {
+
+void check_topk_expand(const at::Tensor& logits, const at::Tensor& beam_scores, int64_t tree_topk,
+                       double temperature);
+
+void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at::Tensor& c,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                       const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                       const at::Tensor& b2);
+
+void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes);
+
+// Raises the message for a kernels::build_tree_validate code != kTreeOk of tree b
+// (parents_row: that tree's M parents on the host).
+[[noreturn]] void fail_build_tree(int64_t code, int64_t b, int64_t n_nodes_b, const int64_t* parents_row,
+                                  int64_t M);
+
+}  // namespace radar_ext

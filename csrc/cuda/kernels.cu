@@ -1,0 +1,148 @@
+// CUDA kernels of the radar_ext ops. Torch-free on purpose (includes only the kernel headers and the
+// CUDA runtime), so this file compiles in seconds; the per-row arithmetic is the same header code
+// the CPU path runs.
+// topk_expand: one block per row (b, n). W rounds of a block-wide arg-best over the row, each round
+// taking the best element ranked after the previous pick (same total order as the CPU insertion,
+// so the same ids), then a block-wide double sum of exp((x - max) / T); then one thread per batch
+// element selects the next beams. policy_step: one thread per element of z, one per softmax row.
+// build_tree: one thread per tree validates; one block per tree, a thread per node for mask/depth,
+// thread 0 for the leaves and paths.
+#include <cuda_runtime.h>
+
+#include "launchers.h"
+
+namespace radar_ext {
+namespace cuda {
+namespace {
+
+using namespace radar_ext::kernels;
+
+constexpr int kRowThreads = 256;
+constexpr int kWarps = kRowThreads / 32;
+
+struct Pick {
+  float v;
+  int64_t i;
+};
+
+__device__ Pick better_of(Pick a, Pick b) { return ranks_before(b.v, b.i, a.v, a.i) ? b : a; }
+
+// Block-wide best pick (ranks_before order); every thread gets the result.
+__device__ Pick block_best(Pick mine, Pick* shared /* [kWarps] */) {
+  for (int off = 16; off > 0; off >>= 1) {
+    Pick other{__shfl_down_sync(0xffffffffu, mine.v, off), __shfl_down_sync(0xffffffffu, mine.i, off)};
+    mine = better_of(mine, other);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // shared is reused across rounds
+  if (lane == 0) shared[warp] = mine;
+  __syncthreads();
+  Pick best = shared[0];
+  for (int w = 1; w < kWarps; ++w) best = better_of(best, shared[w]);
+  return best;
+}
+
+__device__ double block_sum(double mine, double* shared /* [kWarps] */) {
+  for (int off = 16; off > 0; off >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = mine;
+  __syncthreads();
+  double s = 0.0;
+  for (int w = 0; w < kWarps; ++w) s += shared[w];
+  return s;
+}
+
+__global__ void topk_expand_rows_kernel(TopkExpandParams p) {
+  __shared__ Pick picks[kWarps];
+  __shared__ double sums[kWarps];
+  const int64_t row = blockIdx.x;
+  const float* x = p.logits + row * p.Vd;
+  // "Nothing" ranks after every element; "before everything" ranks before every element.
+  const Pick nothing{kNegInf, INT64_MAX};
+  Pick prev{INFINITY, -1};
+  float m = kNegInf;
+  for (int64_t r = 0; r < p.W; ++r) {
+    Pick mine = nothing;
+    for (int64_t i = threadIdx.x; i < p.Vd; i += blockDim.x) {
+      const float v = x[i];
+      if (ranks_before(prev.v, prev.i, v, i) && ranks_before(v, i, mine.v, mine.i)) mine = Pick{v, i};
+    }
+    prev = block_best(mine, picks);
+    if (r == 0) m = prev.v;
+    if (threadIdx.x == 0) p.child_ids[row * p.W + r] = prev.i;
+  }
+  double s = 0.0;
+  if (m != kNegInf)
+    for (int64_t i = threadIdx.x; i < p.Vd; i += blockDim.x)
+      s += static_cast<double>(exp_accurate((x[i] - m) * p.inv_temperature));
+  s = block_sum(s, sums);
+  if (threadIdx.x == 0) topk_expand_finish_row(p, row, m, m == kNegInf ? 0.0 : log(s));
+}
+
+__global__ void topk_expand_select_kernel(TopkExpandParams p) {
+  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (b < p.B) topk_expand_select(p, b);
+}
+
+__global__ void policy_cell_kernel(PolicyCellParams p) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t width = p.H + p.F;
+  if (e < p.B * width) policy_cell_elem(p, e / width, e % width);
+}
+
+__global__ void softmax_rows_kernel(const float* in, float* out, int64_t B, int64_t O) {
+  const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (r < B) softmax_row(in + r * O, out + r * O, O);
+}
+
+__global__ void build_tree_validate_kernel(BuildTreeParams p, int64_t* status) {
+  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (b < p.B) status[b] = build_tree_validate(p, b);
+}
+
+__global__ void build_tree_kernel(BuildTreeParams p, unsigned char* has_child) {
+  const int64_t b = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < p.n_nodes[b]; i += blockDim.x) build_tree_node(p, b, i);
+  __syncthreads();  // the paths need every depth
+  if (threadIdx.x == 0) build_tree_paths(p, b, has_child + b * p.M);
+}
+
+unsigned int blocks_for(int64_t n, int threads) { return static_cast<unsigned int>((n + threads - 1) / threads); }
+
+}  // namespace
+
+cudaError_t launch_topk_expand(const TopkExpandParams& p, cudaStream_t stream) {
+  if (p.B * p.N == 0) return cudaSuccess;
+  topk_expand_rows_kernel<<<static_cast<unsigned int>(p.B * p.N), kRowThreads, 0, stream>>>(p);
+  topk_expand_select_kernel<<<blocks_for(p.B, 128), 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_policy_cell(const PolicyCellParams& p, cudaStream_t stream) {
+  const int64_t n = p.B * (p.H + p.F);
+  if (n == 0) return cudaSuccess;
+  policy_cell_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_softmax_rows(const float* in, float* out, int64_t B, int64_t O, cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  softmax_rows_kernel<<<blocks_for(B, 128), 128, 0, stream>>>(in, out, B, O);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_build_tree_validate(const BuildTreeParams& p, int64_t* status, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  build_tree_validate_kernel<<<blocks_for(p.B, 128), 128, 0, stream>>>(p, status);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_build_tree(const BuildTreeParams& p, unsigned char* has_child, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  build_tree_kernel<<<static_cast<unsigned int>(p.B), 128, 0, stream>>>(p, has_child);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace radar_ext

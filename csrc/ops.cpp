@@ -1,0 +1,249 @@
+// radar_ext custom ops: the TORCH_LIBRARY schema table, the shared argument checkers and the CPU
+// implementations. The CPU paths loop rows (or trees) with at::parallel_for and call the same
+// per-row functions from csrc/kernels/*.h that the CUDA kernels call. The CUDA implementations live
+// in csrc/cuda/dispatch.cpp (compiled only when the CUDA kernels are built).
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <vector>
+
+#include "checks.h"
+#include "kernels/build_tree.h"
+#include "kernels/policy_step.h"
+#include "kernels/topk_expand.h"
+
+namespace radar_ext {
+namespace {
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
+// "float32 [2, 7]", as reference.describe.
+std::string describe(const at::Tensor& t) {
+  std::ostringstream s;
+  s << dtype_name(t.scalar_type()) << " [";
+  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
+  s << "]";
+  return s.str();
+}
+
+// Python's f"{x:g}".
+std::string format_g(double x) {
+  if (std::isnan(x)) return "nan";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+void check_device(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (",
+                    ref.device().str(), "), got ", t.device().str());
+}
+
+bool is_f32(const at::Tensor& t, std::initializer_list<int64_t> shape) {
+  return t.scalar_type() == at::kFloat && t.sizes().equals(shape);
+}
+
+}  // namespace
+
+void check_topk_expand(const at::Tensor& logits, const at::Tensor& beam_scores, int64_t tree_topk,
+                       double temperature) {
+  TORCH_CHECK_VALUE(logits.scalar_type() == at::kFloat && logits.dim() == 3,
+                    "logits must be float32 [B, N, Vd], got ", describe(logits));
+  const int64_t B = logits.size(0), N = logits.size(1), Vd = logits.size(2);
+  TORCH_CHECK_VALUE(N >= 1, "logits must have N >= 1 beams, got ", describe(logits));
+  TORCH_CHECK_VALUE(is_f32(beam_scores, {B, N}), "beam_scores must be float32 [B, N] = [", B, ", ", N,
+                    "], got ", describe(beam_scores));
+  check_device("beam_scores", beam_scores, "logits", logits);
+  TORCH_CHECK_VALUE(tree_topk >= 1 && tree_topk <= Vd, "tree_topk must be an int in [1, Vd] = [1, ", Vd,
+                    "], got ", tree_topk);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
+                    "temperature must be a finite number > 0, got ", format_g(temperature));
+}
+
+void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at::Tensor& c,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                       const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                       const at::Tensor& b2) {
+  TORCH_CHECK_VALUE(features.scalar_type() == at::kFloat && features.dim() == 2,
+                    "features must be float32 [B, F], got ", describe(features));
+  const int64_t B = features.size(0), F = features.size(1);
+  TORCH_CHECK_VALUE(h.scalar_type() == at::kFloat && h.dim() == 2 && h.size(0) == B,
+                    "h must be float32 [B, H] with B = ", B, ", got ", describe(h));
+  const int64_t H = h.size(1);
+  TORCH_CHECK_VALUE(w1.scalar_type() == at::kFloat && w1.dim() == 2 && w1.size(1) == H + F,
+                    "w1 must be float32 [G, H+F] with H+F = ", H + F, ", got ", describe(w1));
+  const int64_t G = w1.size(0);
+  TORCH_CHECK_VALUE(w2.scalar_type() == at::kFloat && w2.dim() == 2 && w2.size(1) == G && w2.size(0) >= 1,
+                    "w2 must be float32 [O, G] with O >= 1 and G = ", G, ", got ", describe(w2));
+  const int64_t O = w2.size(0);
+  TORCH_CHECK_VALUE(is_f32(c, {B, H}), "c must be float32 [B, H] = [", B, ", ", H, "], got ", describe(c));
+  TORCH_CHECK_VALUE(is_f32(w_ih, {4 * H, F}), "w_ih must be float32 [4H, F] = [", 4 * H, ", ", F, "], got ",
+                    describe(w_ih));
+  TORCH_CHECK_VALUE(is_f32(w_hh, {4 * H, H}), "w_hh must be float32 [4H, H] = [", 4 * H, ", ", H, "], got ",
+                    describe(w_hh));
+  TORCH_CHECK_VALUE(is_f32(b, {4 * H}), "b must be float32 [4H] = [", 4 * H, "], got ", describe(b));
+  TORCH_CHECK_VALUE(is_f32(b1, {G}), "b1 must be float32 [G] = [", G, "], got ", describe(b1));
+  TORCH_CHECK_VALUE(is_f32(b2, {O}), "b2 must be float32 [O] = [", O, "], got ", describe(b2));
+  const char* names[] = {"h", "c", "w_ih", "w_hh", "b", "w1", "b1", "w2", "b2"};
+  const at::Tensor* tensors[] = {&h, &c, &w_ih, &w_hh, &b, &w1, &b1, &w2, &b2};
+  for (int k = 0; k < 9; ++k) check_device(names[k], *tensors[k], "features", features);
+}
+
+void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes) {
+  TORCH_CHECK_VALUE(parents.scalar_type() == at::kLong && parents.dim() == 2 && parents.size(1) >= 1,
+                    "parents must be int64 [B, M] with M >= 1, got ", describe(parents));
+  const int64_t B = parents.size(0);
+  TORCH_CHECK_VALUE(n_nodes.scalar_type() == at::kLong && n_nodes.sizes().equals({B}),
+                    "n_nodes must be int64 [B] = [", B, "], got ", describe(n_nodes));
+  check_device("n_nodes", n_nodes, "parents", parents);
+}
+
+void fail_build_tree(int64_t code, int64_t b, int64_t n_nodes_b, const int64_t* parents_row, int64_t M) {
+  TORCH_CHECK_VALUE(code != kernels::kTreeBadCount, "n_nodes[", b, "] = ", n_nodes_b, " must be in [1, M] = [1, ",
+                    M, "]");
+  TORCH_CHECK_VALUE(code != 0, "parents[", b, ", 0] = ", parents_row[0], " must be -1 (node 0 is the root)");
+  TORCH_CHECK_VALUE(false, "parents[", b, ", ", code, "] = ", parents_row[code], " must be in [0, ", code,
+                    ") (node ", code, ")");
+}
+
+namespace {
+
+// Rows per parallel_for task: enough logits that a task outweighs the thread hand-off (~10 us).
+int64_t rows_grain(int64_t Vd) { return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(Vd, 1)); }
+
+// Both passes of one topk_expand row. Compiled for several x86 ISAs (dispatched once at load by the
+// dynamic linker), because the wheel is built without -march=native.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void topk_expand_rows_cpu(const kernels::TopkExpandParams& p, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) kernels::topk_expand_row_host(p, row);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_expand_cpu(
+    const at::Tensor& logits_in, const at::Tensor& beam_scores_in, int64_t tree_topk, double temperature) {
+  check_topk_expand(logits_in, beam_scores_in, tree_topk, temperature);
+  const at::Tensor logits = logits_in.contiguous(), beam_scores = beam_scores_in.contiguous();
+  const int64_t B = logits.size(0), N = logits.size(1), Vd = logits.size(2), W = tree_topk;
+  const auto f32 = logits.options(), i64 = logits.options().dtype(at::kLong);
+  at::Tensor child_logp = at::empty({B, N, W}, f32), child_ids = at::empty({B, N, W}, i64);
+  at::Tensor child_scores = at::empty({B, N, W}, f32);
+  at::Tensor next_scores = at::empty({B, W}, f32), next_parent = at::empty({B, W}, i64);
+  at::Tensor next_ids = at::empty({B, W}, i64);
+  const kernels::TopkExpandParams p{logits.data_ptr<float>(), beam_scores.data_ptr<float>(), B, N, Vd, W,
+                                    static_cast<float>(1.0 / temperature), child_logp.data_ptr<float>(),
+                                    child_ids.data_ptr<int64_t>(), child_scores.data_ptr<float>(),
+                                    next_scores.data_ptr<float>(), next_parent.data_ptr<int64_t>(),
+                                    next_ids.data_ptr<int64_t>()};
+  at::parallel_for(0, B * N, rows_grain(Vd), [&](int64_t begin, int64_t end) { topk_expand_rows_cpu(p, begin, end); });
+  for (int64_t b = 0; b < B; ++b) kernels::topk_expand_select(p, b);
+  return {child_logp, child_ids, child_scores, next_scores, next_parent, next_ids};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cpu(
+    const at::Tensor& features, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& w1, const at::Tensor& b1,
+    const at::Tensor& w2, const at::Tensor& b2) {
+  check_policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2);
+  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), O = w2.size(0);
+  at::Tensor gates = at::addmm(b, features, w_ih.t());  // [B, 4H]
+  gates.addmm_(h, w_hh.t());
+  const at::Tensor feats = features.contiguous(), c_in = c.contiguous();
+  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
+  at::Tensor z = at::empty({B, H + F}, features.options());  // cat(h_new, features)
+  const kernels::PolicyCellParams p{gates.data_ptr<float>(), c_in.data_ptr<float>(), feats.data_ptr<float>(),
+                                    h_new.data_ptr<float>(), c_new.data_ptr<float>(), z.data_ptr<float>(), B, H, F};
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t k = 0; k < H + F; ++k) kernels::policy_cell_elem(p, r, k);
+  at::Tensor hidden = at::addmm(b1, z, w1.t()).clamp_min_(0);  // [B, G], ReLU
+  const at::Tensor out = at::addmm(b2, hidden, w2.t());       // [B, O]
+  at::Tensor probs = at::empty({B, O}, features.options());
+  for (int64_t r = 0; r < B; ++r) kernels::softmax_row(out.data_ptr<float>() + r * O, probs.data_ptr<float>() + r * O, O);
+  return {probs, h_new, c_new};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents_in,
+                                                                          const at::Tensor& n_nodes_in) {
+  check_build_tree(parents_in, n_nodes_in);
+  const at::Tensor parents = parents_in.contiguous(), n_nodes = n_nodes_in.contiguous();
+  const int64_t B = parents.size(0), M = parents.size(1);
+  at::Tensor mask = at::zeros({B, M, M}, parents.options().dtype(at::kBool));
+  at::Tensor depth = at::full({B, M}, -1, parents.options());
+  at::Tensor paths = at::full({B, M, M}, -1, parents.options());
+  at::Tensor n_paths = at::empty({B}, parents.options());
+  const kernels::BuildTreeParams p{parents.data_ptr<int64_t>(), n_nodes.data_ptr<int64_t>(), B, M,
+                                   mask.data_ptr<bool>(), depth.data_ptr<int64_t>(), paths.data_ptr<int64_t>(),
+                                   n_paths.data_ptr<int64_t>()};
+  for (int64_t t = 0; t < B; ++t) {  // first bad tree, first bad node: same report as the reference
+    const int64_t code = kernels::build_tree_validate(p, t);
+    if (code != kernels::kTreeOk) fail_build_tree(code, t, p.n_nodes[t], p.parents + t * M, M);
+  }
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / (M * M)), [&](int64_t begin, int64_t end) {
+    std::vector<unsigned char> has_child(M);
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t i = 0; i < p.n_nodes[t]; ++i) kernels::build_tree_node(p, t, i);
+      kernels::build_tree_paths(p, t, has_child.data());
+    }
+  });
+  return {mask, depth, paths, n_paths};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(radar_ext, m) {
+  m.def("topk_expand(Tensor logits, Tensor beam_scores, int tree_topk, float temperature=1.0) -> "
+        "(Tensor child_logp, Tensor child_ids, Tensor child_scores, Tensor next_scores, Tensor next_parent, "
+        "Tensor next_ids)");
+  m.def("policy_step(Tensor features, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor b, Tensor w1, "
+        "Tensor b1, Tensor w2, Tensor b2) -> (Tensor probs, Tensor h_new, Tensor c_new)");
+  m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
+}
+
+TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
+  m.impl("topk_expand", &topk_expand_cpu);
+  m.impl("policy_step", &policy_step_cpu);
+  m.impl("build_tree", &build_tree_cpu);
+}
+
+}  // namespace radar_ext
+
+// The Python module radar_ext._C: importing it runs the registrations above.
+namespace {
+
+PyObject* built_with_cuda(PyObject*, PyObject*) {
+#ifdef RADAR_EXT_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"built_with_cuda", built_with_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "radar_ext custom ops (torch.ops.radar_ext.*)", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }
