@@ -1,0 +1,57 @@
+"""Build self-distillation data with the default target and train an EAGLE-3 head for it.
+
+Stages (each resumable; run them all with `--stage all`):
+  gen       the target answers ShareGPT first turns itself (batched greedy generation)
+  features  one teacher-forced target pass records the 3 feature layers + its top-k next-token distribution
+  train     training-time-test training of the head (checkpoints, resume, held-out acceptance per epoch)
+Data and checkpoints live in the radar_ext cache directory ($RADAR_EXT_CACHE or ~/.cache/radar_ext).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    from ..training.data import default_data_dir
+    p.add_argument("--stage", choices=["gen", "features", "train", "all"], default="all")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="where generated sequences and features are written (default: %(default)s)")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="checkpoints and the trained head (default: <cache>/head_runs/default)")
+    p.add_argument("--num-prompts", type=int, default=4096, help="ShareGPT prompts to answer (gen)")
+    p.add_argument("--gen-batch-size", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--draft-vocab-size", type=int, default=8192)
+    p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--tokens-per-batch", type=int, default=3072)
+    p.add_argument("--eval-every", type=int, default=0, help="optimizer steps between evaluations (0: per epoch)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+
+
+def run(args) -> int:
+    from ..training.data import FeatureConfig, GenConfig, extract_features, generate_shards
+    from ..training.train_head import TrainConfig, train
+
+    for name in ("num_prompts", "gen_batch_size", "max_new_tokens", "draft_vocab_size", "unroll_steps",
+                 "tokens_per_batch"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.epochs <= 0 or args.lr <= 0:
+        raise SystemExit(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
+    stages = ["gen", "features", "train"] if args.stage == "all" else [args.stage]
+    if "gen" in stages:
+        generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts,
+                                  batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
+                                  threads=args.threads))
+    if "features" in stages:
+        extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads))
+    if "train" in stages:
+        out = args.out_dir or (args.data_dir.parent.parent / "head_runs" / "default")
+        best = train(TrainConfig(data_dir=args.data_dir, out_dir=out, draft_vocab_size=args.draft_vocab_size,
+                                 unroll_steps=args.unroll_steps, epochs=args.epochs, lr=args.lr,
+                                 tokens_per_batch=args.tokens_per_batch, eval_every=args.eval_every,
+                                 threads=args.threads))
+        print(f"trained head: {best}")
+    return 0

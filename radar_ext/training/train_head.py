@@ -1,0 +1,406 @@
+"""Train an EAGLE-3 head on self-distillation data with training-time test (METHOD.md 2).
+
+Step 1 is teacher-forced on the target's features; steps 2..K unroll the head on its own outputs.
+A query of step k at position t sees the step-1 keys at positions <= t (the committed prefix, built
+from real target features) and its own chain: the step-2..k keys at position t. That is exactly what
+a beam at draft depth k sees at inference (prefix + its ancestors), computed for every t at once.
+
+Loss at step k, position t: cross-entropy of the head's draft-vocab distribution against the
+target's own next-token distribution at position t+k (top-k probabilities recorded in the features
+stage, restricted to the draft vocabulary and renormalised), on assistant positions only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..eagle_head import EagleConfig, EagleHead
+from .data import default_data_dir
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path
+    out_dir: Path                 # checkpoints + final head
+    draft_vocab_size: int = 8192
+    unroll_steps: int = 5         # K: training-time-test depth
+    step_weight_decay: float = 0.8  # loss weight of step k = decay**(k-1)
+    epochs: float = 2.0
+    lr: float = 6e-4
+    warmup_steps: int = 20
+    tokens_per_batch: int = 3072
+    seed: int = 0
+    threads: int = 0
+    checkpoint_every: int = 100   # optimizer steps
+    eval_every: int = 0           # 0 = once per epoch
+    max_eval_sequences: int = 40
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Sequence:
+    tokens: torch.Tensor      # [T] int64
+    features: torch.Tensor    # [T, 3H] fp16
+    top_ids: torch.Tensor     # [T, k] int64 (target ids)
+    top_probs: torch.Tensor   # [T, k] fp16
+    prompt_len: int
+    heldout: bool
+
+
+def load_sequences(data_dir: Path) -> list[Sequence]:
+    from safetensors import safe_open
+    seqs = []
+    feats = sorted(data_dir.glob("feat_*.safetensors"))
+    if not feats:
+        raise FileNotFoundError(f"no feature shards (feat_*.safetensors) in {data_dir}: run the `gen` and "
+                                "`features` stages first (`radar train-draft --stage gen` / `--stage features`)")
+    for fp in feats:
+        gp = data_dir / fp.name.replace("feat_", "gen_")
+        with safe_open(str(gp), "pt") as g, safe_open(str(fp), "pt") as f:
+            meta = json.loads(g.metadata()["meta"])
+            tokens, lengths = g.get_tensor("tokens").long(), g.get_tensor("lengths").tolist()
+            plens = g.get_tensor("prompt_lengths").tolist()
+            feat, tid, tpr = f.get_tensor("features"), f.get_tensor("top_ids").long(), f.get_tensor("top_probs")
+        start = 0
+        for i, L in enumerate(lengths):
+            sl = slice(start, start + L)
+            seqs.append(Sequence(tokens[sl], feat[sl], tid[sl], tpr[sl], plens[i], bool(meta["heldout"][i])))
+            start += L
+    return seqs
+
+
+def choose_draft_vocab(seqs: list[Sequence], size: int, vocab_size: int, always=()) -> tuple[torch.Tensor, float]:
+    """The `size` target tokens the target most often predicts (top-1) on assistant positions of the
+    training split; returns (ids sorted by frequency, coverage of those predictions)."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for s in seqs:
+        if s.heldout:
+            continue
+        top1 = s.top_ids[max(s.prompt_len - 1, 0):, 0]
+        counts += torch.bincount(top1, minlength=vocab_size)
+    for t in always:
+        counts[t] = counts.max() + 1
+    ids = counts.argsort(descending=True, stable=True)[:size]
+    coverage = float(counts[ids].sum()) / max(1, int(counts.sum()))
+    return ids, coverage
+
+
+def make_batches(seqs: list[Sequence], tokens_per_batch: int, rng: random.Random) -> list[list[Sequence]]:
+    order = sorted(seqs, key=lambda s: len(s.tokens))
+    batches, cur, cur_max = [], [], 0
+    for s in order:
+        m = max(cur_max, len(s.tokens))
+        if cur and m * (len(cur) + 1) > tokens_per_batch:
+            batches.append(cur)
+            cur, m = [], len(s.tokens)
+        cur.append(s)
+        cur_max = m
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: list[Sequence], t2d: torch.Tensor, dtype):
+    """-> tokens [B, T], features [B, T, 3H], soft targets as (draft ids [B, T, k], probs [B, T, k]),
+    valid_pred [B, T] (position t's target distribution is trained on)."""
+    B, T = len(batch), max(len(s.tokens) for s in batch)
+    k = batch[0].top_ids.shape[1]
+    tokens = torch.zeros(B, T, dtype=torch.int64)
+    feats = torch.zeros(B, T, batch[0].features.shape[1], dtype=dtype)
+    tids = torch.zeros(B, T, k, dtype=torch.int64)
+    tprobs = torch.zeros(B, T, k, dtype=torch.float32)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    for i, s in enumerate(batch):
+        L = len(s.tokens)
+        tokens[i, :L] = s.tokens
+        feats[i, :L] = s.features.to(dtype)
+        d = t2d[s.top_ids]                       # -1 where not in the draft vocabulary
+        p = s.top_probs.float() * (d >= 0)
+        tids[i, :L] = d.clamp(min=0)
+        tprobs[i, :L] = p / p.sum(-1, keepdim=True).clamp(min=1e-9)
+        # position t predicts token t+1: train where that token is an assistant token present in the data
+        valid[i, max(s.prompt_len - 1, 0):L - 1] = p.sum(-1)[max(s.prompt_len - 1, 0):L - 1] > 0
+    return tokens, feats, tids, tprobs, valid
+
+
+# ----------------------------------------------------------------------------- the unrolled forward
+
+def ttt_forward(head: EagleHead, embed: torch.nn.Embedding, tokens, feats, K: int):
+    """Training-time test. tokens [B, T], feats [B, T, 3H]. Returns the head's output hidden states
+    per step: a list of K tensors [B, T, H]; step k's output at position t predicts the token at t+k+1
+    (its target distribution is the target's at position t+k). The LM head is applied by the caller
+    on trained positions only: on a CPU it is the most expensive part."""
+    B, T = tokens.shape
+    layer, attn = head.midlayer, head.midlayer.self_attn
+    c = head.config
+    D, rep = c.head_dim, c.num_attention_heads // c.num_key_value_heads
+    scale = 1.0 / math.sqrt(D)
+    pos = torch.arange(T)[None].expand(B, T)
+    # input token of step k at position t is tokens[t + k] (zero-padded past the end; masked in the loss)
+    padded = torch.cat([tokens, tokens.new_zeros(B, K)], 1)
+    hidden = head.fc(feats)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    k1 = v1 = None
+    diag_k, diag_v = [], []
+    outs = []
+    for k in range(1, K + 1):
+        emb = embed(padded[:, k:k + T])
+        q, kk, vv = attn.project(layer.attn_input(hidden, emb), pos + (k - 1))
+        if k == 1:
+            k1 = kk.repeat_interleave(rep, 1)
+            v1 = vv.repeat_interleave(rep, 1)
+        else:
+            diag_k.append(kk.repeat_interleave(rep, 1))
+            diag_v.append(vv.repeat_interleave(rep, 1))
+        s1 = torch.matmul(q, k1.transpose(-1, -2)) * scale          # [B, Hq, T, T]
+        s1 = s1.masked_fill(~causal, float("-inf"))
+        sd = [(q * dk).sum(-1, keepdim=True) * scale for dk in diag_k]  # each [B, Hq, T, 1]
+        p = torch.softmax(torch.cat([s1] + sd, -1), -1)
+        o = torch.matmul(p[..., :T], v1)
+        for i, dv in enumerate(diag_v):
+            o = o + p[..., T + i:T + i + 1] * dv
+        o = attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        hidden = layer.finish(hidden, o)
+        outs.append(hidden)
+    return outs
+
+
+def step_mask(valid, k: int):
+    """[B, T] bool: positions t whose step-k prediction is trained (target position t+k is valid)."""
+    B, T = valid.shape
+    m = torch.zeros(B, T, dtype=torch.bool)
+    m[:, :T - k] = valid[:, k:]
+    return m
+
+
+def ttt_loss(head, hidden_steps, tids, tprobs, valid, decay: float):
+    """Weighted soft cross-entropy over steps; also returns per-step top-1 agreement counts."""
+    B, T = valid.shape
+    total, wsum, stats = 0.0, 0.0, []
+    for k, hidden in enumerate(hidden_steps, start=1):
+        # step k at t is trained against the target distribution at position t+k
+        m = step_mask(valid, k)
+        if not m.any():
+            stats.append((0, 0))
+            continue
+        lp = torch.log_softmax(head.logits(hidden[m]).float(), -1)
+        ids = tids[:, k:][m[:, :T - k]]
+        pr = tprobs[:, k:][m[:, :T - k]]
+        ce = -(pr * lp.gather(-1, ids)).sum(-1).mean()
+        w = decay ** (k - 1)
+        total = total + w * ce
+        wsum += w
+        correct = (lp.argmax(-1) == ids[:, 0]).sum().item()  # host sync: metrics
+        stats.append((correct, int(m.sum())))
+    return total / max(wsum, 1e-9), stats
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(head, embed, seqs, t2d, K, dtype) -> dict:
+    """Held-out metrics: per-step top-1 agreement with the target, and the chain acceptance rate
+    alpha_k (fraction of assistant positions where steps 1..k all agree), a proxy of tau for a
+    single-chain draft: tau_chain = 1 + sum_k alpha_k."""
+    head.eval()
+    agree = torch.zeros(K)
+    chain = torch.zeros(K)
+    n_pos = 0
+    for s in seqs:
+        tokens, feats, tids, tprobs, valid = collate([s], t2d, dtype)
+        hiddens = ttt_forward(head, embed, tokens, feats, K)
+        T = tokens.shape[1]
+        ok_chain = None
+        base = valid[0].clone()
+        for k in range(1, K + 1):
+            pred = head.logits(hiddens[k - 1][0]).argmax(-1)    # [T]
+            ok = torch.zeros(T, dtype=torch.bool)
+            ok[:T - k] = (pred[:T - k] == tids[0, k:, 0]) & valid[0, k:]
+            ok_chain = ok if ok_chain is None else ok_chain & ok
+            agree[k - 1] += ok[base].sum()
+            chain[k - 1] += ok_chain[base].sum()
+        n_pos += int(base.sum())
+    head.train()
+    n = max(n_pos, 1)
+    alpha = (chain / n).tolist()
+    return {"positions": n_pos, "top1_agree": (agree / n).tolist(), "alpha": alpha,
+            "tau_chain": 1.0 + sum(alpha)}
+
+
+# ----------------------------------------------------------------------------- training loop
+
+def _load_target_embedding_and_lm_head():
+    from safetensors import safe_open
+    from ..models import _converted_dir, load_default_target
+    d = _converted_dir()
+    if not (d / "model.safetensors").is_file():
+        load_default_target()
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        emb = f.get_tensor("model.embed_tokens.weight")
+        norm = f.get_tensor("model.norm.weight")
+        keys = set(f.keys())
+        lm = f.get_tensor("lm_head.weight") if "lm_head.weight" in keys else emb
+    cfg = json.loads((d / "config.json").read_text())
+    return emb, norm, lm, cfg
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a head; returns the directory of the final head."""
+    from tqdm import tqdm
+    from transformers import LlamaConfig
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    emb_w, norm_w, lm_w, tcfg_d = _load_target_embedding_and_lm_head()
+    tcfg = LlamaConfig(**{k: v for k, v in tcfg_d.items() if k not in ("architectures",)})
+    embed = torch.nn.Embedding.from_pretrained(emb_w, freeze=True)
+
+    t0 = time.time()
+    seqs = load_sequences(cfg.data_dir)
+    train_seqs = [s for s in seqs if not s.heldout]
+    eval_seqs = [s for s in seqs if s.heldout][: cfg.max_eval_sequences]
+    eos = tcfg_d.get("eos_token_id")
+    vocab_ids, coverage = choose_draft_vocab(seqs, cfg.draft_vocab_size, tcfg.vocab_size,
+                                             always=[eos] if isinstance(eos, int) else [])
+    n_train_tok = sum(len(s.tokens) for s in train_seqs)
+    print(f"[train] {len(train_seqs)} train / {len(eval_seqs)} held-out sequences, {n_train_tok} train tokens, "
+          f"draft vocab {cfg.draft_vocab_size} covers {coverage:.4f} of target top-1 predictions "
+          f"(loaded in {time.time() - t0:.1f}s)", flush=True)
+
+    hcfg = EagleConfig.for_target(tcfg, draft_vocab_size=cfg.draft_vocab_size)
+    head = EagleHead(hcfg)
+    head.set_draft_vocab(vocab_ids)
+    with torch.no_grad():  # start from the target's own output layer: logits are right from step 0
+        for name, p in head.named_parameters():
+            if p.dim() == 2 and not name.startswith("lm_head"):
+                torch.nn.init.normal_(p, 0.0, 0.02)
+        head.lm_head.weight.copy_(lm_w[vocab_ids])
+        head.norm.weight.copy_(norm_w)
+        # target features are large (RMS ~70, outliers ~2.5e4 on attention-sink positions): scale fc's
+        # init so that its output starts at RMS ~1 instead of swamping the residual stream
+        sample = torch.cat([s.features[:256].float() for s in train_seqs[:64]])
+        feat_rms = float(sample.pow(2).mean().sqrt())
+        head.fc.weight.normal_(0.0, 1.0 / (math.sqrt(head.fc.in_features) * feat_rms))
+    t2d = head.target_to_draft()
+    dtype = torch.float32
+
+    steps_per_epoch = len(make_batches(train_seqs, cfg.tokens_per_batch, random.Random(0)))
+    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def lr_at(step):
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        prog = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog))))
+
+    ckpt = cfg.out_dir / "checkpoint.pt"
+    step, history, best = 0, [], None
+    if ckpt.is_file():
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        history = json.loads(state["history"])
+        best = json.loads(state["best"]) if state.get("best") else None
+        rng.setstate(json.loads(state["rng"]) if isinstance(state["rng"], str) else state["rng"])
+        print(f"[train] resumed at step {step}/{total_steps}", flush=True)
+    (cfg.out_dir / "train_config.json").write_text(json.dumps(
+        {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, indent=1))
+
+    def save_ckpt():
+        tmp = ckpt.with_suffix(".tmp")
+        rs = rng.getstate()
+        torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": torch.tensor(step),
+                    "history": json.dumps(history), "best": json.dumps(best) if best else "",
+                    "rng": json.dumps([rs[0], list(rs[1]), rs[2]])}, str(tmp))
+        os.replace(tmp, ckpt)
+
+    def run_eval(tag):
+        nonlocal best
+        m = evaluate(head, embed, eval_seqs, t2d, cfg.unroll_steps, dtype)
+        m.update(step=step, tag=tag, elapsed_s=round(time.time() - t_start, 1))
+        history.append(m)
+        print(f"[eval step {step}] top1/step {[round(a, 3) for a in m['top1_agree']]} "
+              f"alpha {[round(a, 3) for a in m['alpha']]} tau_chain {m['tau_chain']:.3f}", flush=True)
+        if best is None or m["tau_chain"] > best["tau_chain"]:
+            best = m
+            head.save_pretrained(cfg.out_dir / "best")
+        return m
+
+    head.train()
+    t_start = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc="train head", unit="step")
+    epoch_batches, done_in_epoch = [], 0
+    eval_every = cfg.eval_every or steps_per_epoch
+    while step < total_steps:
+        if not epoch_batches:
+            # deterministic epoch order from (seed, epoch index): resume replays the same order
+            epoch = step // steps_per_epoch
+            epoch_batches = make_batches(train_seqs, cfg.tokens_per_batch, random.Random(cfg.seed * 1000 + epoch))
+            done_in_epoch = step % steps_per_epoch
+            epoch_batches = epoch_batches[done_in_epoch:]
+            if not epoch_batches:
+                continue
+        batch = epoch_batches.pop(0)
+        tokens, feats, tids, tprobs, valid = collate(batch, t2d, dtype)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
+        loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        step += 1
+        acc = [c / max(n, 1) for c, n in stats]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc1=f"{acc[0]:.2f}", accK=f"{acc[-1]:.2f}")
+        if step % cfg.checkpoint_every == 0:
+            save_ckpt()
+        if step % eval_every == 0 or step == total_steps:
+            run_eval("epoch" if step % steps_per_epoch == 0 else "periodic")
+            save_ckpt()
+    bar.close()
+    final = cfg.out_dir / "final"
+    head.save_pretrained(final)
+    (cfg.out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    print(f"[train] done: {step} steps in {time.time() - t_start:.0f}s; best tau_chain "
+          f"{best['tau_chain'] if best else float('nan'):.3f} saved in {cfg.out_dir / 'best'}", flush=True)
+    return cfg.out_dir / "best"
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description="Train an EAGLE-3 head on self-distillation data")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--draft-vocab-size", type=int, default=8192)
+    p.add_argument("--unroll-steps", type=int, default=5)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--tokens-per-batch", type=int, default=3072)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    out = a.out_dir or (a.data_dir.parent.parent / "head_runs" / "default")
+    train(TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
+                      unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr,
+                      tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads))
+
+
+if __name__ == "__main__":
+    main()
