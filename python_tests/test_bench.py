@@ -139,12 +139,20 @@ def test_speedup_needs_pairing_and_mismatch_positions():
 
 def test_forward_counter_derived_stats():
     class Fake:
-        calls = [(torch.arange(0, 8), 8), (torch.tensor([7]), 4), (torch.tensor([10]), 1), (torch.tensor([11]), 3)]
-    # prompt 7 tokens, prefill also sends 1 candidate; 4 forwards emit 4, 3, 1, and 6 - ... tokens
+        calls = [(None, 8), (torch.tensor([[7, 8, 8, 9]]), 4), (torch.tensor([10]), 1), (torch.tensor([11]), 4)]
+    # prompt 7 tokens (the prefill also carried a candidate); cycles start at 7, 10, 11 (tree
+    # positions: the root is the minimum); the answer has 9 tokens -> ends at 6 + 9 = 15
     st = ForwardCounter.derived_stats(Fake, 7, 9)
-    # roots: 6, 7, 10, 11, end 6 + 9 = 15 -> emitted 1, 3, 1, 4 -> accepted 0, 2, 0, 3
-    assert st["target_forwards"] == 4 and st["accepted_hist"] == [2, 0, 1, 1]
-    assert st["verify_tokens"] == pytest.approx(1 + 3 + 0 + 2)
+    # cycles emit 3, 1, 4 -> accepted 2, 0, 3; the prefill is no cycle
+    assert st["target_forwards"] == 4 and st["cycles"] == 3 and st["accepted_hist"] == [1, 0, 1, 1]
+    assert st["verify_tokens"] == pytest.approx(3 + 0 + 3)
+    Fake.calls = Fake.calls[:1]  # a one-token answer: the prefill only
+    assert ForwardCounter.derived_stats(Fake, 7, 1) == {"target_forwards": 1, "accepted_hist": [], "cycles": 0,
+                                                          "verify_tokens": 0.0}
+    Fake.calls = [(None, 7), (torch.tensor([6]), 1)]  # 1 input cannot emit 3 tokens: another pattern
+    assert "accepted_hist" not in ForwardCounter.derived_stats(Fake, 7, 3)
+    Fake.calls = [(None, 7), (torch.tensor([7]), 1), (torch.tensor([6]), 1)]  # going backwards
+    assert "accepted_hist" not in ForwardCounter.derived_stats(Fake, 7, 3)
 
 # ---------------------------------------------------------------- report, plot, methods
 
@@ -255,7 +263,8 @@ def test_tiny_end_to_end(tiny_ctx, tmp_path):
     # multi-turn: turn 2 carries the first turn and its answer
     assert by[("ar", 0, "1", 1)]["prompt_tokens"] > by[("ar", 0, "1", 0)]["prompt_tokens"] + 20
     # ar: one target forward per token
-    assert all(r["accepted_hist"] == [r["new_tokens"]] for r in res.records if r["method"] == "ar")
+    assert all(r["accepted_hist"] == [r["new_tokens"] - 1] and r["target_forwards"] == r["new_tokens"]
+               for r in res.records if r["method"] == "ar")
     # method order rotates per question and repeat
     assert {r["order"] for r in res.records if r["method"] == "ar"} == set(range(len(names)))
     s = aggregate(res.records, names)

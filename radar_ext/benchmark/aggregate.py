@@ -6,7 +6,10 @@ Per method and per category (and overall), per repeat r:
 The reported value is the mean over repeats, with min, max and std (ddof=0) as the spread.
 tau = mean(accepted_len + 1) over cycles, from the summed accepted-length histogram;
 draft_calls and verify_budget are means per cycle; policy_share = policy seconds / total seconds;
-exact_match = fraction of answers token-identical to the baseline (T = 0 only).
+exact_match = fraction of answers token-identical to the baseline (T = 0 only); time_split =
+the decoder's own time split as shares of the wall time (our methods only).
+A cycle is a target forward after the prefill (RadarDecoder's definition; for HF methods it is
+derived from the positions of the target forwards, see runner.ForwardCounter).
 """
 from __future__ import annotations
 
@@ -72,6 +75,10 @@ def summarize(records, baseline_records) -> dict:
 
     pol = [r for r in records if r.get("policy_seconds") is not None]
     exact = [r["exact"] for r in records if r.get("exact") is not None]
+    split = [r for r in records if r.get("time_split")]
+    split_secs = sum(r["seconds"] for r in split)
+    time_split = ({k: sum(r["time_split"].get(k, 0.0) for r in split) / split_secs
+                   for k in split[0]["time_split"]} if split and split_secs > 0 else None)
     tps_s, sp_s = _spread(tps), _spread(speedups)
     return {
         "tokens_per_s": tps_s["mean"], "tokens_per_s_min": tps_s["min"],
@@ -85,6 +92,7 @@ def summarize(records, baseline_records) -> dict:
                          if pol and sum(r["seconds"] for r in pol) > 0 else None),
         "exact_match": (sum(exact) / len(exact)) if exact else None,
         "exact_checked": len(exact),
+        "time_split": time_split,
         "answers": len(records),
         "new_tokens": sum(r["new_tokens"] for r in records),
         "seconds": sum(r["seconds"] for r in records),

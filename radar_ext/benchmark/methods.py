@@ -32,11 +32,13 @@ class UnknownMethod(ValueError):
 @dataclass
 class BenchOptions:
     """Paths and knobs the adapters need, before the target is loaded."""
-    drafter_path: str | None = None      # EAGLE-3 head directory; default: the shipped one
-    static_gs_path: str | None = None    # grid-searched static setting; default: the shipped JSON
+    drafter_path: str | None = None      # EAGLE-3 head directory; default: models.default_head_path()
+    static_gs_path: str | None = None    # grid-searched static setting; default: static_tree.json beside the head
     radar_policy_path: str | None = None
     ltd_policy_path: str | None = None
     ngram_max: int | None = None         # NgramDrafter(max_ngram=...) override
+    ngram_budget: int = 15               # verify_budget of `ngram`: 16 tree tokens stay in the flat part
+                                         # of a CPU target forward's cost (2..16 tokens cost about the same)
     pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
 
 
@@ -48,17 +50,28 @@ class BenchContext:
     eos_token_id: object                 # int, list of int or None
     pad_token_id: int | None
     options: BenchOptions = field(default_factory=BenchOptions)
-    drafter: object = None               # set by the loader when it comes with the target
+    drafter: object = None               # the EagleDrafter, loaded on first use
 
     def eagle_drafter(self):
         if self.drafter is None:
             EagleDrafter = _import("radar_ext.drafters", "EagleDrafter", "eagle drafter")
-            path = self.options.drafter_path
-            if path is None:
-                raise MethodUnavailable("no EAGLE-3 head: radar_ext.models.load_default() is not available "
-                                        "in this version and --drafter PATH was not given")
-            self.drafter = EagleDrafter.from_pretrained(path, self.target)
+            self.drafter = EagleDrafter.from_pretrained(eagle_head_path(self.options), self.target)
         return self.drafter
+
+
+def eagle_head_path(options: BenchOptions) -> Path:
+    if options.drafter_path:
+        return Path(options.drafter_path)
+    from radar_ext.models import default_head_path
+    return default_head_path()
+
+
+def _check_head(options: BenchOptions, method: str) -> None:
+    path = eagle_head_path(options)
+    if not (path / "config.json").is_file():
+        where = "--drafter" if options.drafter_path else "the shipped EAGLE-3 head"
+        raise MethodUnavailable(f"method {method!r} needs an EAGLE-3 head: {where} {str(path)!r} has no "
+                                "config.json (not shipped in this version; pass --drafter DIR)")
 
 
 def _import(module: str, name: str, method: str):
@@ -130,7 +143,7 @@ class _DecoderMethod:
     def __init__(self, ctx: BenchContext):
         RadarDecoder = _import("radar_ext.decoder", "RadarDecoder", self.name)
         drafter, policy, kwargs = self._parts(ctx)
-        self.settings = {"drafter": type(drafter).__name__, "policy": repr(policy), **kwargs}
+        self.settings = {"drafter": repr(drafter), "policy": repr(policy), **kwargs}
         self.decoder = RadarDecoder(ctx.target, drafter, policy=policy, **kwargs)
         self.ctx = ctx
         params = inspect.signature(self.decoder.generate).parameters
@@ -150,41 +163,15 @@ class _DecoderMethod:
         return decoder_stats(getattr(self.decoder, "last_stats", None))
 
 
-def _get(stats, *names):
-    for n in names:
-        v = stats.get(n) if isinstance(stats, dict) else getattr(stats, n, None)
-        if v is not None:
-            return v
-    return None
-
-
 def decoder_stats(stats) -> dict:
-    """RadarDecoder.last_stats -> the runner's additive keys (totals over the answer)."""
+    """RadarDecoder.last_stats (DecodeStats: totals over the answer) -> the runner's additive keys."""
     if stats is None:
         return {}
-    out = {}
-    hist = _get(stats, "accepted_hist", "accepted_len_hist", "accepted_length_hist", "hist")
-    if hist is not None:
-        hist = hist.tolist() if hasattr(hist, "tolist") else list(hist)
-        if isinstance(hist, dict):
-            hist = [int(hist.get(k, hist.get(str(k), 0))) for k in range(max(map(int, hist)) + 1)]
-        out["accepted_hist"] = [int(h) for h in hist]
-    cycles = _get(stats, "cycles")
-    if cycles is None and hist is not None:
-        cycles = sum(out["accepted_hist"])
-    if cycles is not None:
-        cycles = int(cycles)
-        out["cycles"] = cycles
-        for key, names in (("draft_calls", ("draft_calls", "mean_draft_calls")),
-                           ("verify_tokens", ("verify_budget", "mean_verify_budget"))):
-            mean = _get(stats, *names)
-            if mean is not None:
-                out[key] = float(mean) * cycles
-    split = _get(stats, "time_split", "times", "time")
-    policy = _get(split, "policy") if split is not None else _get(stats, "policy_seconds", "policy_time")
-    if policy is not None:
-        out["policy_seconds"] = float(policy)
-    return out
+    return {"cycles": int(stats.cycles), "draft_calls": float(stats.draft_calls),
+            "verify_tokens": float(stats.verify_tokens), "accepted_hist": [int(c) for c in stats.accepted_hist],
+            "policy_seconds": float(stats.time_policy),
+            "time_split": {"prefill": stats.time_prefill, "draft": stats.time_draft, "policy": stats.time_policy,
+                           "verify": stats.time_verify, "other": stats.time_other}}
 
 
 class Ngram(_DecoderMethod):
@@ -201,7 +188,9 @@ class Ngram(_DecoderMethod):
         NgramDrafter = _import("radar_ext.drafters", "NgramDrafter", self.name)
         StaticPolicy = _import("radar_ext.policies", "StaticPolicy", self.name)
         drafter = NgramDrafter() if ctx.options.ngram_max is None else NgramDrafter(max_ngram=ctx.options.ngram_max)
-        return drafter, StaticPolicy(max_draft_calls=8), dict(tree_topk=10, verify_budget=60)
+        # one lookup per cycle (draft_calls = 1): the policy and tree_topk do not shape an n-gram tree
+        return drafter, StaticPolicy(max_draft_calls=1), dict(tree_topk=10,
+                                                              verify_budget=ctx.options.ngram_budget)
 
 
 class Static(_DecoderMethod):
@@ -214,8 +203,7 @@ class Static(_DecoderMethod):
         super().check(options)
         _import("radar_ext.drafters", "EagleDrafter", cls.name)
         _import("radar_ext.policies", "StaticPolicy", cls.name)
-        if options.drafter_path is None:
-            _import("radar_ext.models", "load_default", cls.name)
+        _check_head(options, cls.name)
 
     def _setting(self, ctx) -> dict:
         return dict(self.setting)
@@ -227,15 +215,14 @@ class Static(_DecoderMethod):
                 dict(tree_topk=int(s["tree_topk"]), verify_budget=int(s["verify_budget"])))
 
 
-STATIC_GS_RESOURCE = ("radar_ext", "data/static_gs.json")
+STATIC_GS_FILE = "static_tree.json"  # shipped beside the head (as `radar demo` reads it)
 STATIC_GS_KEYS = ("max_draft_calls", "tree_topk", "verify_budget")
 
 
 def static_gs_path(options: BenchOptions) -> Path:
     if options.static_gs_path:
         return Path(options.static_gs_path)
-    import radar_ext
-    return Path(radar_ext.__file__).parent / STATIC_GS_RESOURCE[1]
+    return eagle_head_path(options) / STATIC_GS_FILE
 
 
 def read_static_gs(path: Path) -> dict:

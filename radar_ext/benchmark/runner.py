@@ -52,23 +52,24 @@ class ForwardCounter:
         self.calls = []
 
     def derived_stats(self, prompt_len: int, new_tokens: int) -> dict:
-        """Per-forward accepted lengths from consecutive start positions (method-agnostic).
+        """Per-cycle accepted lengths from consecutive start positions (method-agnostic).
 
-        Forward i emits r[i+1] - r[i] tokens, where r[i] is the position of the last token before the
-        ones it predicts: P - 1 for the prefill, its first input position afterwards; the run ends at
-        r = P - 1 + new_tokens. Draft tokens sent = inputs - 1 (prefill: inputs beyond the prompt)."""
-        starts = [0 if p is None else int(p.reshape(-1)[0]) for p, _ in self.calls]  # host reads, after timing
-        if not starts:
-            return {"target_forwards": 0}
-        roots = [prompt_len - 1] + starts[1:] + [prompt_len - 1 + new_tokens]
-        emitted = [roots[i + 1] - roots[i] for i in range(len(starts))]
-        sent = [n - (prompt_len - s if i == 0 else 1) for i, (s, (_, n)) in enumerate(zip(starts, self.calls))]
+        As in RadarDecoder's own stats, a cycle is a target forward after the prefill. Cycle i emits
+        r[i+1] - r[i] tokens, r[i] being its first input position (the root: the last emitted token,
+        not yet seen by the target); the run ends at r = P - 1 + new_tokens. Draft tokens sent =
+        inputs - 1. The prefill (and any draft tokens it carried, as HF prompt lookup does) is not a
+        cycle: the forward count includes it, the histogram does not."""
+        starts = [0 if p is None else int(p.reshape(-1).min()) for p, _ in self.calls]  # host reads, after timing
         out = {"target_forwards": len(starts)}
-        if min(emitted) >= 1:  # a decoder whose prefill emits nothing is left to its own stats
-            hist = [0] * max(emitted)
+        roots = starts[1:] + [prompt_len - 1 + new_tokens]
+        emitted = [roots[i + 1] - roots[i] for i in range(len(roots) - 1)]
+        # a forward of n inputs emits 1..n tokens; otherwise the method's forwards follow another pattern
+        if all(1 <= e <= n for e, (_, n) in zip(emitted, self.calls[1:])):
+            hist = [0] * max(emitted, default=0)
             for e in emitted:
                 hist[e - 1] += 1
-            out.update(accepted_hist=hist, cycles=len(starts), verify_tokens=float(sum(sent)))
+            out.update(accepted_hist=hist, cycles=len(emitted),
+                       verify_tokens=float(sum(n - 1 for _, n in self.calls[1:])))
         return out
 
     def close(self):

@@ -29,11 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="write a PNG here (speedup per category, accepted lengths)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--drafter", default=None, help="EAGLE-3 head directory (default: the shipped head)")
-    p.add_argument("--static-gs", default=None, help="grid-searched static setting JSON "
-                   "(default: the one shipped in radar_ext/data/static_gs.json)")
+    p.add_argument("--static-gs", default=None, help="grid-searched static setting JSON with max_draft_calls, "
+                   "tree_topk, verify_budget (default: static_tree.json beside the head)")
     p.add_argument("--radar-policy", default=None, help="RadarPolicy weights (default: shipped)")
     p.add_argument("--ltd-policy", default=None, help="LtdPolicy weights (default: shipped)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
+    p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,6 +46,7 @@ def _fail(msg: str) -> int:
 def _check_args(args):
     for name, value, lo in (("--max-new-tokens", args.max_new_tokens, 1), ("--repeats", args.repeats, 1),
                             ("--warmup", args.warmup, 0), ("--pld-tokens", args.pld_tokens, 1),
+                            ("--ngram-budget", args.ngram_budget, 1),
                             ("--limit", args.limit, 1), ("--threads", args.threads, 1)):
         if value is not None and value < lo:
             raise ValueError(f"{name} must be >= {lo}, got {value}")
@@ -71,12 +73,10 @@ def resolve_methods(spec: str, options) -> list:
 
 
 def load_target():
-    """(target, tokenizer, drafter or None): the default SmolLM2 target (+ shipped head once it exists)."""
-    from radar_ext import models
-    if hasattr(models, "load_default"):
-        return models.load_default()
-    target, tok = models.load_default_target()
-    return target, tok, None
+    """(target, tokenizer): the default SmolLM2 target (the EAGLE head is loaded by the methods
+    that use it, from --drafter or the shipped one)."""
+    from radar_ext.models import load_default_target
+    return load_default_target()
 
 
 def make_context(target, tokenizer, options, drafter=None):
@@ -100,7 +100,7 @@ def run(args) -> int:
         _check_args(args)
         options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs,
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
-                               pld_tokens=args.pld_tokens)
+                               pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget)
         methods = resolve_methods(args.methods, options)
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
         questions = select_questions(load_questions(args.questions), cats, args.limit)
@@ -110,8 +110,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     print(f"[bench] {len(questions)} question(s), {sum(len(q.turns) for q in questions)} turn(s), "
           f"methods {', '.join(methods)}, repeats {args.repeats}", file=sys.stderr)
-    target, tok, drafter = load_target()
-    ctx = make_context(target, tok, options, drafter)
+    target, tok = load_target()
+    ctx = make_context(target, tok, options)
     cfg = RunConfig(methods=methods, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     repeats=args.repeats, seed=args.seed, warmup=args.warmup)
     try:
