@@ -53,7 +53,7 @@ def build_tree(parents, n_nodes):
 
 if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::topk_expand")
-    def _topk_expand_fake(logits, beam_scores, tree_topk, temperature):
+    def _topk_expand_fake(logits, beam_scores, tree_topk, temperature=1.0):
         reference.check_topk_expand_args(logits, beam_scores, tree_topk, temperature)
         B, N, _ = logits.shape
         W = tree_topk
