@@ -304,3 +304,28 @@ def test_ctrl_c_keeps_complete_questions(tiny_ctx, monkeypatch):
         assert sum(1 for r in res.records if (r["repeat"], str(r["question_id"])) == (rep, q)) == 2 * turns
     assert res.questions_done == len(done) >= 1
     assert not math.isnan(aggregate(res.records, ["ar", "hf-pld"])["methods"]["hf-pld"]["speedup"])
+
+
+def test_cli_finish_writes_table_json_and_plot(tiny_ctx, tmp_path, capsys):
+    import argparse
+
+    from radar_ext.commands import bench
+    names = ["ar", "hf-pld"]
+    res = run_benchmark(tiny_ctx, QS[1:], RunConfig(methods=names, max_new_tokens=6, warmup=0), progress=False)
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args(["--questions", "x.jsonl", "--out", str(tmp_path / "r.json"),
+                         "--plot", str(tmp_path / "r.png"), "--repeats", "1"])
+    assert bench.finish(res, names, QS[1:], args, tiny_ctx) == 0
+    out = capsys.readouterr().out
+    assert "== math ==" in out and "== overall ==" in out and "hf-pld" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["config"]["methods"] == names and rep["config"]["questions_run"] == 1
+    assert rep["machine"]["cores"] >= 1 and rep["machine"]["torch"] == torch.__version__
+    assert rep["methods"]["hf-pld"]["exact_match"] == 1.0 and len(rep["records"]) == 2
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    # nothing complete (interrupted before the first question) -> exit 130, no files
+    empty = type(res)(interrupted=True)
+    assert bench.finish(empty, names, QS, p.parse_args(["--questions", "x", "--out", str(tmp_path / "e.json")]),
+                        tiny_ctx) == 130
+    assert not (tmp_path / "e.json").exists()

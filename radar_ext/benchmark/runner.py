@@ -147,9 +147,14 @@ def run_benchmark(ctx: BenchContext, questions, cfg: RunConfig, progress=True, l
         if cfg.warmup and questions:
             warm = [{"role": "user", "content": questions[0].turns[0]}]
             wcfg = RunConfig(cfg.methods, min(cfg.max_new_tokens, 16), cfg.temperature, 1, cfg.seed)
-            for _ in range(cfg.warmup):
-                for m in methods.values():
-                    answer(ctx, m, counter, warm, wcfg, -1, "warmup", 0)
+            try:
+                for _ in range(cfg.warmup):
+                    for m in methods.values():
+                        answer(ctx, m, counter, warm, wcfg, -1, "warmup", 0)
+            except KeyboardInterrupt:
+                log("\ninterrupted during warm-up: nothing measured")
+                result.interrupted = True
+                return result
         _run_loop(ctx, questions, cfg, methods, counter, result, progress, log)
     finally:
         counter.close()
