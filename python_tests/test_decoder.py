@@ -1,0 +1,196 @@
+"""RadarDecoder on a tiny random Llama: greedy output == the target's own greedy generate (eager
+and sdpa attention, n-gram and untrained EAGLE drafters), EOS and max_new_tokens handling,
+streaming, generation_config, and every input error."""
+import pytest
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from radar_ext import EagleDrafter, NgramDrafter, RadarDecoder, StaticPolicy
+from radar_ext.drafters import Drafter
+
+VOCAB = 61
+
+
+def tiny_llama(attn="sdpa", vocab=VOCAB, seed=0, model_type_ok=True):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.3, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {a: tiny_llama(a) for a in ("eager", "sdpa")}
+
+
+def prompts():
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for n in (1, 6, 17):
+        p = torch.randint(0, VOCAB, (1, n), generator=g)
+        out.append(torch.cat([p, p], 1))  # a repeat so that n-gram lookups find something
+    return out
+
+
+def reference(model, ids, n, eos=None):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          eos_token_id=eos, pad_token_id=0)
+
+
+def make_drafter(kind, model):
+    return NgramDrafter(max_ngram=3) if kind == "ngram" else EagleDrafter.init_random(model, seed=1)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+def test_greedy_exact(models, attn, kind):
+    model = models[attn]
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    for ids, n in zip(prompts(), (1, 9, 30)):
+        out = dec.generate(ids, max_new_tokens=n)
+        assert torch.equal(out, reference(model, ids, n)), (attn, kind, n)
+        s = dec.last_stats
+        assert s.tokens == n and sum(s.accepted_hist) == s.cycles
+        # emitted = first token + (accepted + 1) per cycle, the last cycle possibly cut at max_new_tokens
+        assert s.tokens <= 1 + sum((k + 1) * c for k, c in enumerate(s.accepted_hist))
+
+
+def test_ngram_drafts_get_accepted(models):
+    """The random model repeats bigrams now and then; prompt lookup must catch some of them
+    (a drafter proposing wrong continuations would give tau = 1 exactly)."""
+    model = models["sdpa"]
+    ids = prompts()[2]
+    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=10)
+    out = dec.generate(ids, max_new_tokens=60)
+    assert torch.equal(out, reference(model, ids, 60))
+    s = dec.last_stats
+    assert s.tau > 1.2 and len(s.accepted_hist) > 2 and s.mean_verify_budget > 0
+
+
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+def test_eos_stops_exactly(models, kind):
+    model = models["sdpa"]
+    ids = prompts()[1]
+    free = reference(model, ids, 30)[0, ids.shape[1]:].tolist()
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    for k in (0, 4, 11):  # EOS = a token the model emits at step k (first occurrence)
+        eos = free[k]
+        ref = reference(model, ids, 30, eos=eos)
+        out = dec.generate(ids, max_new_tokens=30, eos_token_id=eos)
+        assert torch.equal(out, ref)
+        assert out[0, -1].item() == eos and out.shape[1] == ids.shape[1] + free.index(eos) + 1
+    # a list of EOS ids, and EOS taken from generation_config
+    ref = reference(model, ids, 30, eos=[free[6], free[9]])
+    assert torch.equal(dec.generate(ids, max_new_tokens=30, eos_token_id=[free[6], free[9]]), ref)
+    gc = GenerationConfig(eos_token_id=free[5], max_new_tokens=30)
+    assert torch.equal(dec.generate(ids, generation_config=gc), reference(model, ids, 30, eos=free[5]))
+
+
+def test_max_new_tokens_never_exceeded(models):
+    model = models["sdpa"]
+    ids = prompts()[2]
+    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=12)
+    for n in (1, 2, 3, 5, 8):
+        out = dec.generate(ids, max_new_tokens=n)
+        assert out.shape[1] == ids.shape[1] + n and torch.equal(out, reference(model, ids, n))
+
+
+def test_streamer_protocol(models):
+    model = models["sdpa"]
+    ids = prompts()[1]
+
+    class Recorder:
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.clone())
+
+        def end(self):
+            self.ended = True
+
+    rec = Recorder()
+    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=5)
+    out = dec.generate(ids, max_new_tokens=12, streamer=rec)
+    assert rec.ended and torch.equal(rec.puts[0], ids)  # the prompt first, like HF
+    assert torch.equal(torch.cat(rec.puts[1:]), out[0, ids.shape[1]:])
+
+
+def test_stats_fields(models):
+    model = models["sdpa"]
+    dec = RadarDecoder(model, EagleDrafter.init_random(model), StaticPolicy(2), tree_topk=2, verify_budget=4)
+    dec.generate(prompts()[0], max_new_tokens=6)
+    s = dec.last_stats
+    assert s.cycles >= 1 and s.mean_draft_calls == 2 and 1 <= s.mean_verify_budget <= 4
+    assert s.seconds >= s.time_draft + s.time_verify and s.tau >= 1
+    d = s.as_dict()
+    assert {"tau", "mean_draft_calls", "mean_verify_budget", "accepted_hist", "time_policy"} <= set(d)
+    assert "tau=" in s.summary()
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_input_errors(models):
+    model = models["sdpa"]
+    dec = RadarDecoder(model, NgramDrafter())
+    ids = prompts()[1]
+    with pytest.raises(NotImplementedError, match="batch size > 1 is not supported yet, got batch size 2"):
+        dec.generate(ids.repeat(2, 1))
+    with pytest.raises(ValueError, match="at least one token, got an empty prompt"):
+        dec.generate(ids[:, :0])
+    with pytest.raises(ValueError, match="must be an int64 tensor"):
+        dec.generate(ids.int())
+    with pytest.raises(ValueError, match=r"prompt length must be < the model's max_position_embeddings = 256, got 300"):
+        dec.generate(torch.zeros(1, 300, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 61\), got values in"):
+        dec.generate(ids + 100)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=f"max_new_tokens must be an int >= 1, got {bad}"):
+            dec.generate(ids, max_new_tokens=bad)
+    with pytest.raises(NotImplementedError, match="padding"):
+        mask = torch.ones_like(ids)
+        mask[0, 0] = 0
+        dec.generate(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+        dec.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="temperature must be a number > 0 when sampling, got 0"):
+        dec.generate(ids, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 1.5"):
+        dec.generate(ids, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k must be an int >= 0"):
+        dec.generate(ids, do_sample=True, top_k=-1)
+    with pytest.raises(NotImplementedError, match="generation_config.num_beams = 4 is not supported"):
+        dec.generate(ids, generation_config=GenerationConfig(num_beams=4))
+    with pytest.raises(NotImplementedError, match="repetition_penalty = 1.3"):
+        dec.generate(ids, generation_config=GenerationConfig(repetition_penalty=1.3))
+
+
+def test_constructor_errors(models):
+    model = models["sdpa"]
+    with pytest.raises(ValueError, match="tree_topk must be an int >= 1, got 0"):
+        RadarDecoder(model, NgramDrafter(), tree_topk=0)
+    with pytest.raises(ValueError, match="verify_budget must be an int >= 1, got -1"):
+        RadarDecoder(model, NgramDrafter(), verify_budget=-1)
+    with pytest.raises(TypeError, match="drafter must be a radar_ext Drafter"):
+        RadarDecoder(model, object())
+    with pytest.raises(TypeError, match="policy must be a radar_ext Policy"):
+        RadarDecoder(model, NgramDrafter(), policy="static")
+    with pytest.raises(ValueError, match="max_draft_calls must be an int >= 1, got 0"):
+        StaticPolicy(0)
+    other = tiny_llama(vocab=VOCAB + 3)
+    with pytest.raises(ValueError, match=r"EAGLE head vocab_size must equal the target's vocabulary \(61\), got 64"):
+        RadarDecoder(model, EagleDrafter.init_random(other))
+
+    class NotLlama(torch.nn.Module):
+        config = type("C", (), {"model_type": "gpt2"})()
+    with pytest.raises(NotImplementedError, match=r"target model_type must be one of .*got 'gpt2'"):
+        RadarDecoder(NotLlama(), NgramDrafter())
+
+
+def test_drafter_base_is_abstract():
+    d = Drafter()
+    with pytest.raises(NotImplementedError):
+        d.start(None, None, None)
