@@ -31,7 +31,8 @@ $(VENV)/.stamp-requirements: requirements.txt $(VENV)/.stamp-torch
 	touch $@
 
 $(VENV)/.stamp-package: $(EXT_SOURCES) $(VENV)/.stamp-requirements
-	$(PIP) install --no-build-isolation --no-deps -e .
+	@start=$$(date +%s); $(PIP) install --no-build-isolation --no-deps -e . && \
+	  echo "radar_ext extension build: $$(( $$(date +%s) - start )) s"
 	touch $@
 
 ctest: $(BUILD_DIR)/CMakeCache.txt
