@@ -1,0 +1,162 @@
+"""Acceptance rules: greedy walk on hand-made trees, and statistical losslessness of the sampling
+rule end to end (the decoder's token distribution vs the target's exact distribution), with a
+deliberately wrong rule shown to fail the same threshold."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import radar_ext.acceptance as acceptance
+from radar_ext import RadarDecoder, StaticPolicy
+from radar_ext.acceptance import SamplingParams, greedy_accept, sample_accept, target_probs
+from radar_ext.drafters import Drafter
+from radar_ext.tree import make_tree
+
+
+def tree_of(tokens, parents):
+    t = torch.tensor([tokens])
+    return make_tree(t, torch.tensor([parents]), torch.tensor([len(tokens)]))
+
+
+def onehot_logits(argmaxes, vocab=8):
+    logits = torch.zeros(1, len(argmaxes), vocab)
+    logits[0, torch.arange(len(argmaxes)), torch.tensor(argmaxes)] = 5.0
+    return logits
+
+
+def test_greedy_walk():
+    # root(5) -> a(1) -> c(3); root -> b(2) -> d(4); a -> e(6)
+    tree = tree_of([5, 1, 2, 3, 4, 6], [-1, 0, 0, 1, 2, 1])
+    # target: after root 2, after b 4, after d 7  => accept b, d, bonus 7
+    acc = greedy_accept(tree, onehot_logits([2, 0, 4, 0, 7, 0]))
+    assert acc.accepted_len == [2]
+    assert acc.path[0, :3].tolist() == [0, 2, 4] and acc.tokens[0, :3].tolist() == [2, 4, 7]
+    assert (acc.tokens[0, 3:] == -1).all() and (acc.path[0, 3:] == -1).all()
+    # target wants a token no child has: nothing accepted, bonus = argmax at the root
+    acc = greedy_accept(tree, onehot_logits([7, 0, 0, 0, 0, 0]))
+    assert acc.accepted_len == [0] and acc.tokens[0, 0].item() == 7 and acc.path[0, 0].item() == 0
+    # deeper branch through a: root->a->e, e is a leaf so the bonus comes from e's argmax
+    acc = greedy_accept(tree, onehot_logits([1, 6, 0, 0, 0, 3]))
+    assert acc.accepted_len == [2] and acc.tokens[0, :3].tolist() == [1, 6, 3]
+
+
+def test_greedy_root_only():
+    tree = tree_of([4], [-1])
+    acc = greedy_accept(tree, onehot_logits([2]))
+    assert acc.accepted_len == [0] and acc.tokens.tolist() == [[2]]
+
+
+def test_sample_accept_onehot_is_greedy():
+    """With all mass on one token the sampling walk must follow it exactly."""
+    tree = tree_of([5, 1, 2, 3, 4, 6], [-1, 0, 0, 1, 2, 1])
+    logits = onehot_logits([2, 0, 4, 0, 7, 0]) * 100
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        acc = sample_accept(tree, logits, SamplingParams(), g)
+        assert acc.accepted_len == [2] and acc.tokens[0, :3].tolist() == [2, 4, 7]
+
+
+def test_target_probs_match_hf_warpers():
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    p = target_probs(logits, SamplingParams(temperature=0.7, top_k=5, top_p=0.8))
+    assert torch.allclose(p.sum(-1), torch.ones(3))
+    assert ((p > 0).sum(-1) <= 5).all()
+    assert torch.equal(target_probs(logits, SamplingParams()), torch.softmax(logits, -1))
+
+
+# ------------------------------------------------------------------ statistical losslessness
+
+VOCAB = 6
+PARAMS = SamplingParams(temperature=1.3, top_k=5, top_p=0.97)
+
+
+class FixedTreeDrafter(Drafter):
+    """Proposes the same tree every cycle: root -> 0, 1, 2; 0 -> 0, 3; 1 -> 4."""
+
+    def start(self, input_ids, features, root):
+        pass
+
+    def commit(self, emitted, n_emitted, features):
+        pass
+
+    def draft(self, req):
+        t = torch.tensor([[int(req.root[0]), 0, 1, 2, 0, 3, 4]])
+        p = torch.tensor([[-1, 0, 0, 0, 1, 1, 2]])
+        return make_tree(t, p, torch.tensor([7]), draft_calls=1)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def exact_distribution(model, prompt):
+    """P(new tokens 2, 3) of the target's own warped sampling, summed over token 1: [V, V]."""
+    def probs(seq):
+        with torch.no_grad():
+            return target_probs(model(torch.tensor([seq])).logits[0, -1:], PARAMS)[0].double()
+    out = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    p1 = probs(prompt)
+    for a in range(VOCAB):
+        p2 = probs(prompt + [a])
+        for b in range(VOCAB):
+            out[b] += p1[a] * p2[b] * probs(prompt + [a, b])
+    return out
+
+
+def empirical_distribution(model, prompt, n):
+    dec = RadarDecoder(model, FixedTreeDrafter(), StaticPolicy(1), verify_budget=6)
+    g = torch.Generator().manual_seed(1234)
+    counts = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    ids = torch.tensor([prompt])
+    for _ in range(n):
+        out = dec.generate(ids, max_new_tokens=3, do_sample=True, temperature=PARAMS.temperature,
+                           top_k=PARAMS.top_k, top_p=PARAMS.top_p, generator=g)
+        counts[out[0, -2], out[0, -1]] += 1
+    return counts / n
+
+
+N_SAMPLES = 800
+
+
+def tv_threshold(exact, n):
+    """The largest TV that 400 simulated n-sample draws from the exact distribution reach: what
+    sampling noise alone produces (about 0.1 here); a lossless rule stays below it."""
+    g = torch.Generator().manual_seed(0)
+    flat = exact.flatten().float()
+    draws = torch.multinomial(flat.expand(400, -1), n, replacement=True, generator=g)
+    freq = torch.zeros(400, flat.numel()).scatter_add_(1, draws, torch.ones(400, n)) / n
+    return (0.5 * (freq - flat).abs().sum(1)).max().item()
+
+
+def tv_of_decoder(model):
+    prompt = [1, 2, 3]
+    exact = exact_distribution(model, prompt)
+    assert abs(exact.sum().item() - 1) < 1e-6
+    tv = 0.5 * (empirical_distribution(model, prompt, N_SAMPLES) - exact).abs().sum().item()
+    return tv, tv_threshold(exact, N_SAMPLES)
+
+
+def test_sampling_is_lossless(small_model):
+    tv, threshold = tv_of_decoder(small_model)
+    assert tv < threshold, (tv, threshold)
+
+
+def test_wrong_rule_fails_the_same_test(small_model, monkeypatch):
+    """Bonus drawn from the unmodified p (rejected tokens not removed): biased towards drafted
+    tokens. The statistical test above must be able to see that."""
+    def wrong_sample_node(p, child_tokens, generator):
+        original = p.clone()
+        for k, x in enumerate(child_tokens):
+            u = torch.rand((), generator=generator)
+            if bool(u * p.sum() < p[x]):
+                return k, x
+            p[x] = 0.0
+        return -1, int(torch.multinomial(original, 1, generator=generator))
+
+    monkeypatch.setattr(acceptance, "sample_node", wrong_sample_node)
+    tv, threshold = tv_of_decoder(small_model)
+    assert tv > threshold, (tv, threshold)
