@@ -1,0 +1,94 @@
+"""KV compaction: after verifying a tree and committing the accepted path, the target cache must
+equal the cache of a plain forward over prefix + path tokens."""
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from radar_ext import kv_cache
+from radar_ext.tree import make_tree
+from radar_ext.verifier import prefill, tree_attention_mask, verify
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def model(request):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg._attn_implementation = request.param
+    return LlamaForCausalLM(cfg).eval()
+
+
+def fake_cache(n_layers, T, B=1, H=2, D=3):
+    cache = DynamicCache()
+    for i in range(n_layers):
+        k = torch.arange(B * H * T * D, dtype=torch.float32).view(B, H, T, D) + 1000 * i
+        cache.update(k, -k, i)
+    return cache
+
+
+@pytest.mark.parametrize("keep", [[0], [0, 1, 2], [0, 2, 5], [0, 3], []])
+def test_commit_path_moves_entries(keep):
+    prefix, tree_len = 4, 6
+    cache = fake_cache(3, prefix + tree_len)
+    before = [(l.keys.clone(), l.values.clone()) for l in cache.layers]
+    kv_cache.commit_path(cache, prefix, torch.tensor(keep, dtype=torch.int64))
+    for (k0, v0), layer in zip(before, cache.layers):
+        idx = list(range(prefix)) + [prefix + i for i in keep]
+        assert torch.equal(layer.keys, k0[:, :, idx]) and torch.equal(layer.values, v0[:, :, idx])
+    assert cache.get_seq_length() == prefix + len(keep)
+    # the cache keeps growing correctly after compaction
+    cache.update(torch.ones(1, 2, 1, 3), torch.ones(1, 2, 1, 3), 0)
+    assert cache.layers[0].keys.shape[2] == prefix + len(keep) + 1
+
+
+def test_crop():
+    cache = fake_cache(2, 9)
+    kv_cache.crop(cache, 5)
+    assert all(l.keys.shape[2] == 5 and l.values.shape[2] == 5 for l in cache.layers)
+    kv_cache.crop(cache, 7)  # longer than the cache: nothing to do
+    assert cache.get_seq_length() == 5
+
+
+def test_tree_mask_is_float_additive():
+    tree = make_tree(torch.tensor([[3, 4, 5]]), torch.tensor([[-1, 0, 0]]), torch.tensor([3]))
+    m = tree_attention_mask(tree, 2, torch.float32)
+    assert m.dtype == torch.float32 and m.shape == (1, 1, 3, 5)
+    neg = torch.finfo(torch.float32).min
+    assert (m[0, 0, :, :2] == 0).all()
+    # columns: prefix 0-1, root 2, node1 3, node2 4; siblings do not see each other
+    assert m[0, 0, 1, 4] == neg and m[0, 0, 2, 3] == neg
+    assert m[0, 0, 1, 2] == 0 and m[0, 0, 1, 3] == 0 and m[0, 0, 2, 4] == 0 and m[0, 0, 0, 3] == neg
+
+
+def test_verify_then_commit_equals_plain_forward(model):
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 50, (1, 7), generator=g)
+    # root 11 -> (a 12 -> c 14 -> e 16), (b 13 -> d 15)
+    tree = make_tree(torch.tensor([[11, 12, 13, 14, 15, 16]]), torch.tensor([[-1, 0, 0, 1, 2, 3]]),
+                     torch.tensor([6]))
+    for path in ([0, 1, 3, 5], [0, 2, 4], [0]):
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, prompt)
+        res = verify(model, cache, tree, prompt.shape[1])
+        toks = tree.tokens[0, path]
+        ref_cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            ref = model(torch.cat([prompt, toks.view(1, -1)], 1), past_key_values=ref_cache, use_cache=True)
+        # the tree forward's logits at the path nodes equal the plain forward's
+        torch.testing.assert_close(res.logits[0, path], ref.logits[0, prompt.shape[1]:].float(), rtol=1e-4, atol=1e-4)
+        kv_cache.commit_path(cache, prompt.shape[1], torch.tensor(path))
+        for a, b in zip(cache.layers, ref_cache.layers):
+            torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_cache_is_rejected():
+    class Sliding:
+        is_sliding, is_croppable = True, True
+
+    class FakeCache:
+        layers = [Sliding()]
+    with pytest.raises(NotImplementedError, match="cache layer 0 is a Sliding .*sliding window"):
+        kv_cache.check_cache(FakeCache())
+    with pytest.raises(TypeError, match="cache must be a transformers DynamicCache with `.layers`, got object"):
+        kv_cache.check_cache(object())
