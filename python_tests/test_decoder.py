@@ -194,3 +194,64 @@ def test_drafter_base_is_abstract():
     d = Drafter()
     with pytest.raises(NotImplementedError):
         d.start(None, None, None)
+
+
+class RecordingPolicy(StaticPolicy):
+    """Stops after `stop_after` calls, sets V = 3, and records what it was shown."""
+
+    def __init__(self, stop_after):
+        super().__init__(max_draft_calls=5)
+        self.stop_after, self.steps, self.budgets, self.resets = stop_after, [], [], 0
+
+    def reset(self):
+        self.resets += 1
+
+    def should_continue(self, step):
+        self.steps.append(step)
+        return step.draft_calls < self.stop_after
+
+    def verify_budget(self, step):
+        self.budgets.append(step)
+        return 3
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_policy_interface(models, stop_after):
+    model = models["sdpa"]
+    pol = RecordingPolicy(stop_after)
+    W = 2
+    dec = RadarDecoder(model, EagleDrafter.init_random(model), pol, tree_topk=W, verify_budget=9)
+    ids = prompts()[1]
+    assert torch.equal(dec.generate(ids, max_new_tokens=6), reference(model, ids, 6))
+    cycles = dec.last_stats.cycles
+    assert pol.resets == cycles and len(pol.budgets) == cycles and len(pol.steps) == cycles * stop_after
+    assert dec.last_stats.mean_draft_calls == stop_after and dec.last_stats.mean_verify_budget == min(3, W + (stop_after - 1) * W * W)
+    first = pol.steps[0]
+    assert first.draft_calls == 1 and first.beam_scores.shape == (1, W) and first.child_scores.shape == (1, 1, W)
+    assert first.seq_len == ids.shape[1] + 1
+    assert bool((first.beam_scores[:, :-1] >= first.beam_scores[:, 1:]).all())
+    if stop_after > 1:
+        assert pol.steps[1].draft_calls == 2 and pol.steps[1].child_scores.shape == (1, W, W)
+    assert pol.budgets[0].pool_scores.shape == (1, W + (stop_after - 1) * W * W)
+    assert pol.budgets[0].default_budget == 9
+
+
+def test_eagle_save_and_load(models, tmp_path):
+    model = models["sdpa"]
+    d = EagleDrafter.init_random(model, seed=5)
+    d.save_pretrained(tmp_path / "head")
+    d2 = EagleDrafter.from_pretrained(tmp_path / "head", model)
+    ids = prompts()[1]
+    outs = []
+    for drafter in (d, d2):
+        dec = RadarDecoder(model, drafter, StaticPolicy(3), tree_topk=3, verify_budget=6)
+        outs.append(dec.generate(ids, max_new_tokens=10))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], reference(model, ids, 10))
+
+
+def test_eagle_reduced_draft_vocab(models):
+    model = models["eager"]
+    d = EagleDrafter.init_random(model, draft_vocab=20)
+    dec = RadarDecoder(model, d, StaticPolicy(4), tree_topk=4, verify_budget=12)
+    ids = prompts()[2]
+    assert torch.equal(dec.generate(ids, max_new_tokens=15), reference(model, ids, 15))
