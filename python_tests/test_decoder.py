@@ -40,7 +40,7 @@ def reference(model, ids, n, eos=None):
 
 
 def make_drafter(kind, model):
-    return NgramDrafter(max_ngram=3) if kind == "ngram" else EagleDrafter.init_random(model, seed=1)
+    return NgramDrafter(max_ngram=3, min_ngram=1) if kind == "ngram" else EagleDrafter.init_random(model, seed=1)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -58,11 +58,11 @@ def test_greedy_exact(models, attn, kind):
 
 
 def test_ngram_drafts_get_accepted(models):
-    """The random model repeats bigrams now and then; prompt lookup must catch some of them
+    """The random model repeats token pairs now and then; single-token lookups must catch some of them
     (a drafter proposing wrong continuations would give tau = 1 exactly)."""
     model = models["sdpa"]
     ids = prompts()[2]
-    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=10)
+    dec = RadarDecoder(model, NgramDrafter(min_ngram=1), StaticPolicy(1), verify_budget=10)
     out = dec.generate(ids, max_new_tokens=60)
     assert torch.equal(out, reference(model, ids, 60))
     s = dec.last_stats

@@ -26,7 +26,7 @@ def tree_paths(tree):
 
 def test_longest_match_first_then_recent():
     # context ... 1 2 3 | 9 9 | ... 2 3 | 7 7 | ... 5 3 | 4 | ... 1 2 3(root)
-    d = drafter_on([1, 2, 3, 9, 9, 0, 2, 3, 7, 7, 0, 5, 3, 4, 0, 1, 2, 3], max_ngram=3)
+    d = drafter_on([1, 2, 3, 9, 9, 0, 2, 3, 7, 7, 0, 5, 3, 4, 0, 1, 2, 3], max_ngram=3, min_ngram=1, max_depth=8)
     ends, mlen = d.matches()
     assert ends.tolist() == [2, 7, 12] and mlen.tolist() == [3, 2, 1]
     tree = d.draft(request(3))
@@ -42,7 +42,7 @@ def test_longest_match_first_then_recent():
 
 
 def test_shared_prefixes_merge_and_siblings_are_distinct():
-    d = drafter_on([5, 1, 2, 0, 5, 1, 3, 0, 5, 1, 2, 0, 5], max_ngram=1, max_depth=2)
+    d = drafter_on([5, 1, 2, 0, 5, 1, 3, 0, 5, 1, 2, 0, 5], max_ngram=1, min_ngram=1, max_depth=2)
     tree = d.draft(request(5))
     tok, par = tree.tokens[0].tolist(), tree.parents[0].tolist()
     assert tree_paths(tree) == [(1, 2), (1, 3)]
@@ -53,7 +53,7 @@ def test_shared_prefixes_merge_and_siblings_are_distinct():
 
 
 def test_no_match_gives_root_only():
-    d = drafter_on([1, 2, 3, 4])
+    d = drafter_on([1, 2, 3, 4], min_ngram=1)
     tree = d.draft(request(4))
     assert tree.verify_budget == 0 and tree.draft_calls == 1
     d = drafter_on([1, 2, 3, 9, 2, 3], min_ngram=3)  # only a 2-gram match exists
@@ -61,7 +61,7 @@ def test_no_match_gives_root_only():
 
 
 def test_commit_extends_context():
-    d = drafter_on([1, 2, 3])
+    d = drafter_on([1, 2, 3], min_ngram=1)
     assert d.draft(request(3)).verify_budget == 0
     d.commit(torch.tensor([[1, 2, 3, -1]]), 3, None)  # context 1 2 3 1 2 3
     tree = d.draft(request(3))
@@ -71,6 +71,10 @@ def test_commit_extends_context():
 def test_errors():
     with pytest.raises(ValueError, match="max_ngram must be an int >= 1, got 0"):
         NgramDrafter(max_ngram=0)
+    assert NgramDrafter().min_ngram == 2  # single-token matches do not trigger drafts by default
+    d = drafter_on([7, 1, 5, 0, 1], min_ngram=2)  # only a 1-token match for root 1
+    assert d.draft(request(1)).verify_budget == 0
+    assert drafter_on([7, 1, 5, 0, 1], min_ngram=1).draft(request(1)).verify_budget == 3
     with pytest.raises(ValueError, match="min_ngram must be <= max_ngram = 2, got 3"):
         NgramDrafter(max_ngram=2, min_ngram=3)
     with pytest.raises(ValueError, match="max_depth must be an int >= 1, got 1.5"):
