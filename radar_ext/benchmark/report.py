@@ -32,7 +32,7 @@ def machine_info() -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "radar_ext": radar_ext.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
@@ -119,6 +119,7 @@ def plot(report: dict, path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 1.3 * len(cats) + 6), 4.8),
                                    gridspec_kw={"width_ratios": [max(2, len(cats) / 3), 1.4]})
     width = 0.8 / max(1, len(names))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(names)}  # one colour per method in both panels
     for i, m in enumerate(names):
         vals, lo, hi = [], [], []
         for c in cats:
@@ -128,7 +129,7 @@ def plot(report: dict, path) -> None:
             lo.append(s - cell["speedup_min"] if s is not None else 0.0)
             hi.append(cell["speedup_max"] - s if s is not None else 0.0)
         xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(cats))]
-        ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=2, label=m)
+        ax1.bar(xs, vals, width, yerr=[lo, hi], capsize=2, label=m, color=colors[m])
     ax1.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax1.set_xticks(range(len(cats)))
     ax1.set_xticklabels(cats, rotation=30, ha="right")
@@ -143,7 +144,7 @@ def plot(report: dict, path) -> None:
         if m == "ar" or sum(h) == 0:
             continue
         n = sum(h)
-        ax2.plot(range(len(h)), [c / n for c in h], marker="o", ms=3,
+        ax2.plot(range(len(h)), [c / n for c in h], marker="o", ms=3, color=colors[m],
                  label=f"{m} (tau {methods[m]['tau']:.2f})")
         drawn += 1
     ax2.set_xlabel("accepted length (draft tokens accepted per target forward)")

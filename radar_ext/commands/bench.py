@@ -72,6 +72,21 @@ def resolve_methods(spec: str, options) -> list:
     return names
 
 
+def busy_warning():
+    """Other processes on the cores make tokens/s noisy (and with more torch threads than free cores,
+    erratic): say so before timing. The load average is also recorded in the JSON."""
+    import os
+
+    import torch
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cores:
+        return (f"[bench] warning: load average {load:.1f} on {cores} cores before the run: timings will be "
+                f"noisy; {torch.get_num_threads()} torch threads (--threads 1 is steadier on a busy machine)")
+    return None
+
+
 def load_target():
     """(target, tokenizer): the default SmolLM2 target (the EAGLE head is loaded by the methods
     that use it, from --drafter or the shipped one)."""
@@ -108,6 +123,11 @@ def run(args) -> int:
         return _fail(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
+    import os
+    args._loadavg_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    busy = busy_warning()
+    if busy:
+        print(busy, file=sys.stderr)
     print(f"[bench] {len(questions)} question(s), {sum(len(q.turns) for q in questions)} turn(s), "
           f"methods {', '.join(methods)}, repeats {args.repeats}", file=sys.stderr)
     target, tok = load_target()
@@ -128,12 +148,14 @@ def finish(result, methods, questions, args, ctx) -> int:
         print("[bench] no complete question, nothing to report", file=sys.stderr)
         return 130 if result.interrupted else 1
     summary = aggregate(result.records, methods)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not k.startswith("_")}
     config.update(methods=methods, questions_run=result.questions_done, questions_selected=len(questions),
                   eos_token_id=ctx.eos_token_id, target=getattr(ctx.target.config, "_name_or_path", None),
                   timing="wall time of the whole generate call per answer; tokens/s = sum(new tokens) / "
                          "sum(seconds) per repeat; speedup per repeat vs ar on the same answers")
-    report = build_report(summary, config, machine_info(), result.records, result.interrupted,
+    machine = machine_info()
+    machine["loadavg_start"] = getattr(args, "_loadavg_start", None)
+    report = build_report(summary, config, machine, result.records, result.interrupted,
                           result.settings)
     print(format_table(summary))
     bad = mismatches(result.records)
