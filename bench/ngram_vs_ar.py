@@ -81,7 +81,8 @@ def main(argv=None) -> int:
                 res[name] = (out, time.perf_counter() - t0)
             same = torch.equal(res["ar"][0], res["ngram"][0])
             s = dec.last_stats
-            rec = dict(repeat=rep, question=i, new_tokens=int(res["ar"][0].shape[1] - ids.shape[1]),
+            rec = dict(repeat=rep, question=i, prompt_len=int(ids.shape[1]), tokens=res["ar"][0][0].tolist(),
+                       new_tokens=int(res["ar"][0].shape[1] - ids.shape[1]),
                        ar_seconds=res["ar"][1], ngram_seconds=res["ngram"][1], identical=same,
                        cycles=s.cycles, tau=s.tau, accepted_hist=s.accepted_hist,
                        mean_verify_budget=s.mean_verify_budget, time_split=dict(
