@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
-DEMO_CMD ?= $(VENV)/bin/python bench/bench_ops.py
+DEMO_CMD ?= $(VENV)/bin/radar demo
 PYTEST_ARGS ?= -q
 BUILD_DIR ?= build/ctest
 # CUDA kernels are compiled when nvcc exists (setup.py also honours RADAR_EXT_CUDA=0/1).
