@@ -235,20 +235,6 @@ class HeadCache:
             raise ValueError(f"HeadCache.crop: n must be in [0, {self.length}], got {n}")
         self.length = n
 
-    def keep(self, index) -> None:
-        """Keep entries `index` [B, n] int64 (in that order) as the new contiguous cache [0, n)."""
-        if index.dim() != 2 or index.dtype != torch.int64:
-            raise ValueError(f"HeadCache.keep: index must be int64 [B, n], got {index.dtype} {list(index.shape)}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.length):  # host sync: validation
-            raise ValueError(f"HeadCache.keep: index entries must be in [0, {self.length})")
-        n = index.shape[1]
-        idx = index[:, None, :, None].expand(-1, self.k.shape[1], -1, self.k.shape[3])
-        k = torch.gather(self.k[:, :, :self.length], 2, idx)
-        v = torch.gather(self.v[:, :, :self.length], 2, idx)
-        self.k[:, :, :n] = k
-        self.v[:, :, :n] = v
-        self.length = n
-
 
 class EagleHead(nn.Module):
     def __init__(self, config: EagleConfig):

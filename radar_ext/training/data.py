@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from ..eagle_head import default_feature_layers
+from ..eagle_head import default_feature_layers, target_features
 from ..models import cache_dir
 
 # ShareGPT prompts whose question_id-like hash falls in this bucket are held out for validation.
@@ -224,7 +224,7 @@ def extract_features(cfg: FeatureConfig, target=None) -> None:
             with torch.no_grad():
                 out = target(input_ids=seq, output_hidden_states=True, use_cache=False)
             hs = out.hidden_states
-            feats.append(torch.cat([hs[i][0] for i in layers], -1).to(torch.float16))
+            feats.append(target_features(hs, layers)[0].to(torch.float16))
             probs = torch.softmax(out.logits[0].float(), -1)
             p, i = probs.topk(cfg.soft_topk, -1)
             tids.append(i.to(torch.int32))
