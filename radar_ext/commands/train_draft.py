@@ -21,6 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--num-prompts", type=int, default=4096, help="ShareGPT prompts to answer (gen)")
     p.add_argument("--gen-batch-size", type=int, default=96)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--gen-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="target dtype while generating answers (features always use the fp32 target)")
     p.add_argument("--draft-vocab-size", type=int, default=8192)
     p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
     p.add_argument("--epochs", type=float, default=2.0)
@@ -44,7 +46,7 @@ def run(args) -> int:
     if "gen" in stages:
         generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts,
                                   batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
-                                  threads=args.threads))
+                                  threads=args.threads, dtype=args.gen_dtype))
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads))
     if "train" in stages:

@@ -88,6 +88,13 @@ class GenConfig:
     max_prompt_tokens: int = 384
     seed: int = 0
     threads: int = 0  # 0 = torch default
+    # The text only has to be the target's own kind of answer, not bit-exact greedy: bfloat16 runs ~3x
+    # faster on CPUs with AMX/AVX512-BF16 (measured 276 vs ~90 tok/s at batch 64). The features stage
+    # re-runs the fp32 target, so features and soft labels stay exact.
+    dtype: str = "bfloat16"
+
+
+GEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _save_shard(path: Path, tensors: dict, meta: dict) -> None:
@@ -104,8 +111,10 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.dtype not in GEN_DTYPES:
+        raise ValueError(f"GenConfig.dtype must be one of {list(GEN_DTYPES)}, got {cfg.dtype!r}")
     if target is None:
-        target, tokenizer = load_default_target()
+        target, tokenizer = load_default_target(dtype=GEN_DTYPES[cfg.dtype])
     tok = tokenizer
     tok.padding_side = "left"
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,7 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
     n_shards = (len(rendered) + cfg.batch_size - 1) // cfg.batch_size
     (cfg.out_dir / "gen_config.json").write_text(json.dumps(
         {"num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
-         "seed": cfg.seed, "decoding": "greedy"}, indent=1))
+         "seed": cfg.seed, "decoding": "greedy", "dtype": cfg.dtype}, indent=1))
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     bar = tqdm(range(n_shards), desc="gen shards", unit="shard")
@@ -173,12 +182,15 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--gen-dtype", choices=sorted(GEN_DTYPES), default="bfloat16",
+                   help="target dtype for the gen stage (features always use float32)")
     a = p.parse_args(argv)
     if a.stage == "features":
         extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads))
         return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
-                              max_new_tokens=a.max_new_tokens, threads=a.threads))
+                              max_new_tokens=a.max_new_tokens, threads=a.threads,
+                              dtype=a.gen_dtype))
 
 
 
