@@ -31,6 +31,9 @@ class EagleDrafter(Drafter):
         self.cache = None
         self._pending_feats = None   # [B, n, F]
         self._pending_tokens = None  # [B, n]
+        # Optional observer (episode collection, radar_ext/training/episodes.py): called after every
+        # draft call as recorder(draft_calls, pool, beam_scores [B, W], child_scores [B, N, W]).
+        self.recorder = None
 
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
@@ -102,6 +105,8 @@ class EagleDrafter(Drafter):
         calls = 1
         policy.reset()
         step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+        if self.recorder is not None:
+            self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
         eye = torch.eye(W, dtype=torch.bool, device=dev).expand(B, W, W)
         neg = torch.finfo(out.dtype).min
@@ -127,6 +132,8 @@ class EagleDrafter(Drafter):
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
             step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+            if self.recorder is not None:
+                self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
         budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
                                                  req.verify_budget, req.costs))

@@ -1,0 +1,436 @@
+"""Offline episodes for the learned controllers (METHOD.md 5 and 6 Decision).
+
+Each cycle drafts at full depth (max_draft_calls N, tree_topk W) and records what any controller
+could have seen and earned:
+  beam_scores   [N, W]       the W beam scores after every draft call (descending)
+  child_scores  [N, W, W]    the W*W child scores of each level (call 1: one row of W, rest -inf)
+  pool_top      [N, K]       the best K pool scores after n calls, descending, -inf padded
+  accept_dist   [N, nV, N+1] for every stopping point n and budget V, the exact distribution of the
+                             accepted length of the tree "best V of the pool after n calls"
+  t_draft [N], t_verify, verify_nodes, seq_len, accepted_len (of the full tree, which advances the text)
+
+Drafting is deterministic given the prefix and the pool after n calls is a prefix of the full pool,
+so every (n, V) tree is a subset of the full pool. All of them are verified in ONE target forward
+over their union (each node's logits depend only on its ancestors, which every tree containing it
+also contains). Probability that the sampling walk reaches node u = product of the target's p along
+its path (distinct children are visited in a fixed order, so child x is accepted with unconditional
+probability p(x)); P(L >= d) = sum of reach over the tree's nodes at depth d. Greedy: p is the
+one-hot of the target's argmax, which makes every distribution a one-hot.
+
+The text advances with the lossless acceptance of the full tree (n = N, V = max), so it is the
+target's own. Shards are written atomically and skipped when present (resumable).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from radar_ext import kv_cache
+from radar_ext.acceptance import SamplingParams, greedy_accept, sample_accept, target_probs
+from radar_ext.drafters.base import DraftRequest
+from radar_ext.policies import CostInfo, StaticPolicy
+from radar_ext.tree import make_tree
+from radar_ext.verifier import prefill, verify
+
+DEFAULT_BUDGETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 60, 64)
+FORMAT = 1
+# Keys of the meta JSON that must agree when a collection is resumed.
+_RESUME_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "temperature", "pool_topk", "head",
+                "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard")
+TENSOR_KEYS = ("beam_scores", "child_scores", "pool_top", "accept_dist", "t_draft", "t_verify",
+               "verify_nodes", "seq_len", "accepted_len", "prompt")
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def tree_sets(scores: torch.Tensor, counts: list, budgets) -> torch.Tensor:
+    """Membership of every (n, V) tree. scores [C] pool scores, counts[n-1] = pool size after n calls.
+    Returns member [N, nV, C] bool: best min(V, count_n) nodes of the first count_n, by stable
+    descending score (ties -> lower index), exactly as CandidatePool.best."""
+    C = scores.shape[0]
+    member = torch.zeros(len(counts), len(budgets), C, dtype=torch.bool)
+    for n, cnt in enumerate(counts):
+        order = torch.sort(scores[:cnt], descending=True, stable=True).indices
+        for k, V in enumerate(budgets):
+            member[n, k, order[:min(V, cnt)]] = True
+    return member
+
+
+def reach_probs(parents: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """parents [U] (node 0 = root, parents before children), q [U] = target p at the parent of the
+    node's token. Returns reach [U] float64: probability the acceptance walk reaches each node."""
+    reach = torch.ones(parents.shape[0], dtype=torch.float64)
+    par, qq = parents.tolist(), q.double().tolist()
+    for i in range(1, len(par)):
+        reach[i] = reach[par[i]] * qq[i]
+    return reach
+
+
+def accept_distributions(member: torch.Tensor, depth: torch.Tensor, reach: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """member [..., U] bool over non-root nodes, depth [U] (>= 1), reach [U] float64.
+    Returns dist [..., max_depth + 1] float32: P(accepted length = L) for each tree."""
+    onehot = torch.nn.functional.one_hot(depth - 1, max_depth).double() * reach.unsqueeze(1)  # [U, D]
+    ge = member.double() @ onehot                                              # [..., D] P(L >= d)
+    ones = torch.ones(*ge.shape[:-1], 1, dtype=torch.float64)
+    zeros = torch.zeros_like(ones)
+    ge = torch.cat([ones, ge, zeros], -1)                                      # P(L >= 0..D+1)
+    return (ge[..., :-1] - ge[..., 1:]).clamp(min=0).float()
+
+
+def node_probs(logits: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, sampling) -> torch.Tensor:
+    """logits [U, V] target logits at the nodes, tokens/parents [U]. q[i] = p_parent(i)(token i)
+    (q[0] = 1). Greedy (sampling None): p is the one-hot of the argmax."""
+    par = parents.clamp(min=0)
+    if sampling is None:
+        q = (logits.argmax(-1)[par] == tokens).double()
+    else:
+        probs = target_probs(logits, sampling)                                 # [U, V]
+        q = probs[par, tokens].double()
+    q[0] = 1.0
+    return q
+
+
+def subtree(tokens, parents, keep: torch.Tensor, draft_calls: int):
+    """The DraftTree of the union nodes `keep` [K] (ascending, keep[0] = 0 the root, closed under parent)."""
+    new_of = torch.full((tokens.shape[0] + 1,), -1, dtype=torch.int64)
+    new_of[keep + 1] = torch.arange(keep.shape[0])
+    sub_par = new_of[parents[keep] + 1]
+    return make_tree(tokens[keep].view(1, -1), sub_par.view(1, -1), torch.tensor([keep.shape[0]]), draft_calls)
+
+
+# ----------------------------------------------------------------------------- one sequence
+
+class _Recorder:
+    """Called by EagleDrafter after each draft call; keeps references and the per-call wall time."""
+
+    def __init__(self):
+        self.pool = None
+        self.counts, self.beams, self.children, self.times = [], [], [], []
+        self.t_last = time.perf_counter()
+
+    def __call__(self, calls, pool, beam_scores, child_scores):
+        t = time.perf_counter()
+        self.times.append(t - self.t_last)
+        self.pool = pool
+        self.counts.append(pool.count)
+        self.beams.append(beam_scores[0])
+        self.children.append(child_scores[0])
+        self.t_last = time.perf_counter()  # the recorder's own time is not a draft call's
+
+
+class EpisodeCollector:
+    def __init__(self, target, drafter, max_draft_calls: int = 12, tree_topk: int = 10,
+                 budgets=DEFAULT_BUDGETS, temperature: float = 0.0, pool_topk: int = 64):
+        if not hasattr(drafter, "recorder"):
+            raise TypeError(f"drafter must be an EagleDrafter (it records the pool per call), got {type(drafter).__name__}")
+        if isinstance(max_draft_calls, bool) or not isinstance(max_draft_calls, int) or max_draft_calls < 1:
+            raise ValueError(f"max_draft_calls must be an int >= 1, got {max_draft_calls!r}")
+        if isinstance(tree_topk, bool) or not isinstance(tree_topk, int) or tree_topk < 1:
+            raise ValueError(f"tree_topk must be an int >= 1, got {tree_topk!r}")
+        budgets = tuple(int(v) for v in budgets)
+        if not budgets or list(budgets) != sorted(set(budgets)) or budgets[0] < 1:
+            raise ValueError(f"budgets must be distinct increasing ints >= 1, got {list(budgets)}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        self.target, self.drafter = target, drafter
+        self.N, self.W, self.budgets, self.K = max_draft_calls, tree_topk, budgets, pool_topk
+        self.sampling = SamplingParams(float(temperature)) if temperature > 0 else None
+
+    @torch.no_grad()
+    def run(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), generator=None) -> dict:
+        """Decode one prompt [1, P]; returns the per-cycle tensors (TENSOR_KEYS but `prompt`) stacked
+        over cycles, plus `tokens` [T] the emitted text."""
+        tgt, dr = self.target, self.drafter
+        P = input_ids.shape[1]
+        cache = kv_cache.new_target_cache(tgt)
+        res = prefill(tgt, cache, input_ids, dr.feature_layers)
+        if self.sampling is None:
+            root = res.logits[:, -1].argmax(-1)
+        else:
+            root = torch.multinomial(target_probs(res.logits[:, -1], self.sampling), 1, generator=generator).view(-1)
+        dr.start(input_ids, res.features, root)
+        emitted = [int(root)]
+        rows = []
+        while len(emitted) < max_new_tokens and emitted[-1] not in eos_ids:
+            row, out = self._cycle(cache, P + len(emitted) - 1, emitted[-1], generator)
+            rows.append(row)
+            for t in out:
+                emitted.append(t)
+                if t in eos_ids or len(emitted) >= max_new_tokens:
+                    break
+        batch = {k: torch.stack([r[k] for r in rows]) if rows else torch.empty(0) for k in (rows[0] if rows else {})}
+        batch["tokens"] = torch.tensor(emitted, dtype=torch.int64)
+        return batch
+
+    def _cycle(self, cache, prefix_len, root_token: int, generator):
+        """One full-depth cycle whose root (the last emitted token) sits at prefix_len.
+        Returns (record, emitted tokens)."""
+        N, W, dr = self.N, self.W, self.drafter
+        root = torch.tensor([root_token])
+        rec = _Recorder()
+        dr.recorder = rec
+        try:
+            rec.t_last = time.perf_counter()
+            dr.draft(DraftRequest(root=root, seq_len=prefix_len + 1, tree_topk=W, verify_budget=self.budgets[-1],
+                                  policy=StaticPolicy(N), costs=CostInfo()))
+        finally:
+            dr.recorder = None
+        if len(rec.counts) != N:
+            raise RuntimeError(f"expected {N} draft calls, the drafter made {len(rec.counts)}")
+        pool = rec.pool
+        C = pool.count
+        scores, ptok, ppar = pool.scores[0, :C].cpu(), pool.tokens[0, :C].cpu(), pool.parents[0, :C].cpu()
+        member = tree_sets(scores, rec.counts, self.budgets)                   # [N, nV, C]
+        union = member.any(0).any(0).nonzero().view(-1)                        # [U-1] ascending pool idx
+        # union tree: node 0 = root, node k + 1 = pool index union[k]
+        node_of = torch.zeros(C + 1, dtype=torch.int64)
+        node_of[union + 1] = torch.arange(1, union.shape[0] + 1)
+        tokens = torch.cat([root, ptok[union]])
+        parents = torch.cat([torch.tensor([-1]), node_of[ppar[union] + 1]])
+        tree = make_tree(tokens.view(1, -1), parents.view(1, -1), torch.tensor([tokens.shape[0]]), N)
+        t0 = time.perf_counter()
+        vr = verify(self.target, cache, tree, prefix_len, dr.feature_layers)
+        t_verify = time.perf_counter() - t0
+        logits = vr.logits[0].cpu()                                            # [U, V]
+        q = node_probs(logits, tokens, parents, self.sampling)
+        reach = reach_probs(parents, q)
+        depth = tree.depth[0].cpu()
+        dist = accept_distributions(member[:, :, union], depth[1:], reach[1:], N)  # [N, nV, N+1]
+        # advance with the full tree (n = N, V = max): its nodes inside the union
+        keep = torch.cat([torch.tensor([0]), member[N - 1, -1, union].nonzero().view(-1) + 1])
+        sub = subtree(tokens, parents, keep, N)
+        sub_logits = vr.logits[:, keep.to(vr.logits.device)]
+        acc = (greedy_accept(sub, sub_logits) if self.sampling is None
+               else sample_accept(sub, sub_logits, self.sampling, generator))
+        n = acc.accepted_len[0] + 1
+        if self.sampling is None and float(dist[N - 1, -1, n - 1]) != 1.0:
+            raise RuntimeError(f"greedy walk accepted {n - 1} tokens but the recorded distribution says "
+                               f"{dist[N - 1, -1].tolist()}")
+        path = keep[acc.path[0, :n].cpu()]
+        kv_cache.commit_path(cache, prefix_len, path.to(vr.logits.device))
+        feats = vr.features[:, path.to(vr.features.device)] if vr.features is not None else None
+        dr.commit(acc.tokens, n, feats)
+        # per-call controller inputs
+        child = torch.full((N, W, W), -float("inf"))
+        for k, cs in enumerate(rec.children):
+            child[k, :cs.shape[0]] = cs.float().cpu()
+        pool_top = torch.full((N, self.K), -float("inf"))
+        for k, cnt in enumerate(rec.counts):
+            top = torch.sort(scores[:cnt], descending=True).values[:self.K]
+            pool_top[k, :top.shape[0]] = top
+        row = dict(beam_scores=torch.stack(rec.beams).float().cpu(), child_scores=child, pool_top=pool_top,
+                   accept_dist=dist, t_draft=torch.tensor(rec.times, dtype=torch.float32),
+                   t_verify=torch.tensor(t_verify, dtype=torch.float32),
+                   verify_nodes=torch.tensor(tokens.shape[0] - 1), seq_len=torch.tensor(prefix_len + 1),
+                   accepted_len=torch.tensor(n - 1))
+        return row, acc.tokens[0, :n].tolist()
+
+
+# ----------------------------------------------------------------------------- dataset
+
+@dataclass
+class CollectConfig:
+    out_dir: Path
+    num_prompts: int = 64
+    # Prompts [0, prompt_offset) of the seed-0 shuffle of ShareGPT first turns are the head's training
+    # set (`radar train-draft` default --num-prompts 4096); episodes come from the next ones.
+    prompt_offset: int = 4096
+    val_fraction: float = 0.1
+    prompts_per_shard: int = 8
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 384
+    max_draft_calls: int = 12
+    tree_topk: int = 10
+    budgets: tuple = DEFAULT_BUDGETS
+    temperature: float = 0.0
+    pool_topk: int = 64
+    seed: int = 0
+    threads: int = 0
+    head: str | None = None
+
+
+def is_validation(conv_id: str, val_fraction: float) -> bool:
+    """Train/validation split by prompt (a hash of the conversation id, stable across runs)."""
+    return zlib.crc32(("episodes:" + conv_id).encode()) % 10000 < round(val_fraction * 10000)
+
+
+def _meta(cfg: CollectConfig, target_name: str) -> dict:
+    d = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "threads")}
+    d["budgets"] = list(cfg.budgets)
+    d.update(format=FORMAT, target=target_name, head=str(cfg.head) if cfg.head else "default")
+    return d
+
+
+def check_config(cfg: CollectConfig) -> None:
+    for name in ("num_prompts", "prompts_per_shard", "max_new_tokens", "max_prompt_tokens", "max_draft_calls",
+                 "tree_topk", "pool_topk"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if cfg.prompt_offset < 0:
+        raise ValueError(f"prompt_offset must be >= 0, got {cfg.prompt_offset}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if not cfg.temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    b = list(cfg.budgets)
+    if not b or b != sorted(set(b)) or b[0] < 1:
+        raise ValueError(f"budgets must be distinct increasing ints >= 1, got {b}")
+
+
+def shard_plan(prompts: list, cfg: CollectConfig) -> list:
+    """[(shard name, [(global index, conv id, input ids)])], train and val shards separately."""
+    plan = []
+    for split in ("train", "val"):
+        items = [p for p in prompts if is_validation(p[1], cfg.val_fraction) == (split == "val")]
+        for s in range(0, len(items), cfg.prompts_per_shard):
+            plan.append((f"{split}_{s // cfg.prompts_per_shard:05d}", items[s:s + cfg.prompts_per_shard]))
+    return plan
+
+
+def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, prompts=None) -> Path:
+    """Write episode shards to cfg.out_dir. `prompts`: optional [(conv id, input ids list)] (tests);
+    default: ShareGPT first turns in the target's chat template. Returns the meta path."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if target is None:
+        from radar_ext.drafters import EagleDrafter
+        from radar_ext.models import DEFAULT_TARGET_NAME, load_default, load_default_target
+        if cfg.head:
+            target, tokenizer = load_default_target()
+            drafter = EagleDrafter.from_pretrained(cfg.head, target)
+        else:
+            target, tokenizer, drafter = load_default()
+        target_name = DEFAULT_TARGET_NAME
+    else:
+        target_name = getattr(target.config, "_name_or_path", "") or target.config.model_type
+    if prompts is None:
+        prompts = _sharegpt_prompts(cfg, tokenizer)
+    indexed = [(i, cid, ids) for i, (cid, ids) in enumerate(prompts)]
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _meta(cfg, target_name)
+    meta_path = out / "episodes_meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        bad = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
+        if bad:
+            raise ValueError(f"{out} holds episodes collected with other settings ({', '.join(f'{k}: {old.get(k)!r} != {meta.get(k)!r}' for k in bad)}); "
+                             "use another --out-dir")
+    plan = shard_plan(indexed, cfg)
+    meta["shards"] = {name: [cid for _, cid, _ in items] for name, items in plan}
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+    eos_ids = _eos_ids(target, tokenizer)
+    col = EpisodeCollector(target, drafter, cfg.max_draft_calls, cfg.tree_topk, cfg.budgets, cfg.temperature, cfg.pool_topk)
+    todo = [(name, items) for name, items in plan if not (out / f"{name}.safetensors").exists()]
+    bar = tqdm(total=sum(len(items) for _, items in todo), desc="collect prompts", unit="prompt")
+    t_start, n_cycles, n_tok = time.perf_counter(), 0, 0
+    for name, items in todo:
+        rows = []
+        for k, (gi, cid, ids) in enumerate(items):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + gi)
+            ep = col.run(torch.tensor([ids], dtype=torch.int64), cfg.max_new_tokens, eos_ids, gen)
+            n_tok += ep["tokens"].shape[0]
+            if ep["tokens"].shape[0] and "accept_dist" in ep:
+                c = ep["accept_dist"].shape[0]
+                ep["prompt"] = torch.full((c,), k, dtype=torch.int64)
+                rows.append(ep)
+                n_cycles += c
+            bar.update(1)
+            bar.set_postfix(cycles=n_cycles, tok_s=f"{n_tok / (time.perf_counter() - t_start):.1f}")
+        tensors = {key: torch.cat([r[key] for r in rows]).contiguous() for key in TENSOR_KEYS} if rows else \
+            _empty_shard(cfg)
+        path = out / f"{name}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"conv_ids": json.dumps([cid for _, cid, _ in items])})
+        os.replace(tmp, path)
+    bar.close()
+    return meta_path
+
+
+def _empty_shard(cfg):
+    N, W, nV = cfg.max_draft_calls, cfg.tree_topk, len(cfg.budgets)
+    return dict(beam_scores=torch.zeros(0, N, W), child_scores=torch.zeros(0, N, W, W),
+                pool_top=torch.zeros(0, N, cfg.pool_topk), accept_dist=torch.zeros(0, N, nV, N + 1),
+                t_draft=torch.zeros(0, N), t_verify=torch.zeros(0), verify_nodes=torch.zeros(0, dtype=torch.int64),
+                seq_len=torch.zeros(0, dtype=torch.int64), accepted_len=torch.zeros(0, dtype=torch.int64),
+                prompt=torch.zeros(0, dtype=torch.int64))
+
+
+def _eos_ids(target, tokenizer) -> tuple:
+    eos = getattr(getattr(target, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    return () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+
+
+def _sharegpt_prompts(cfg: CollectConfig, tokenizer) -> list:
+    """(conv id, input ids) of ShareGPT first turns [prompt_offset, +num_prompts) of the seed-0 shuffle
+    (the head's data stage uses the same shuffle), rendered with the target's chat template."""
+    from radar_ext.training.data import first_user_turns
+
+    turns = first_user_turns()
+    random.Random(0).shuffle(turns)
+    out = []
+    for cid, q in turns[cfg.prompt_offset:]:
+        if len(out) >= cfg.num_prompts:
+            break
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        if len(ids) <= cfg.max_prompt_tokens:
+            out.append((cid, list(ids)))
+    if not out:
+        raise ValueError(f"no ShareGPT prompt left after prompt_offset = {cfg.prompt_offset}")
+    return out
+
+
+@dataclass
+class Episodes:
+    """All cycles of one split, concatenated (field shapes as in the module docstring, leading C)."""
+    meta: dict
+    tensors: dict = field(default_factory=dict)
+
+    @property
+    def cycles(self) -> int:
+        return int(self.tensors["accept_dist"].shape[0])
+
+    def __getitem__(self, key):
+        return self.tensors[key]
+
+
+def load_episodes(path, split: str) -> Episodes:
+    """Load the `train` or `val` shards of a `radar collect` directory."""
+    from safetensors.torch import load_file
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    path = Path(path)
+    meta_path = path / "episodes_meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an episodes directory (no episodes_meta.json); run `radar collect` first")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: episodes format {meta.get('format')!r} is not supported (expected {FORMAT})")
+    shards = sorted(path.glob(f"{split}_*.safetensors"))
+    parts = [load_file(str(s)) for s in shards]
+    if not parts:
+        return Episodes(meta, _empty_shard(_cfg_from_meta(meta)))
+    return Episodes(meta, {k: torch.cat([p[k] for p in parts]) for k in TENSOR_KEYS})
+
+
+def _cfg_from_meta(meta):
+    return CollectConfig(out_dir=Path("."), max_draft_calls=meta["max_draft_calls"], tree_topk=meta["tree_topk"],
+                         budgets=tuple(meta["budgets"]), pool_topk=meta["pool_topk"])
