@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--tokens-per-batch", type=int, default=3072)
     p.add_argument("--eval-every", type=int, default=0, help="optimizer steps between evaluations (0: per epoch)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm start the head from a saved head directory (e.g. the shipped one); keeps its draft vocab")
+    p.add_argument("--no-amp", action="store_true", help="train the head in plain fp32 (default: bfloat16 autocast)")
 
 
 def run(args) -> int:
@@ -54,6 +57,6 @@ def run(args) -> int:
         best = train(TrainConfig(data_dir=args.data_dir, out_dir=out, draft_vocab_size=args.draft_vocab_size,
                                  unroll_steps=args.unroll_steps, epochs=args.epochs, lr=args.lr,
                                  tokens_per_batch=args.tokens_per_batch, eval_every=args.eval_every,
-                                 threads=args.threads))
+                                 threads=args.threads, amp_bf16=not args.no_amp, init_from=args.init_from))
         print(f"trained head: {best}")
     return 0

@@ -42,6 +42,10 @@ class TrainConfig:
     checkpoint_every: int = 100   # optimizer steps
     eval_every: int = 0           # 0 = once per epoch
     max_eval_sequences: int = 40
+    # bfloat16 autocast for the forward/backward matmuls (fp32 master weights, fp32 optimizer state,
+    # loss in fp32). With AMX/AVX512-BF16 a step runs several times faster than in fp32.
+    amp_bf16: bool = True
+    init_from: Path | None = None  # warm start from a saved head (published layout); keeps its draft vocab
 
 
 # ----------------------------------------------------------------------------- data
@@ -92,6 +96,19 @@ def choose_draft_vocab(seqs: list[Sequence], size: int, vocab_size: int, always=
     ids = counts.argsort(descending=True, stable=True)[:size]
     coverage = float(counts[ids].sum()) / max(1, int(counts.sum()))
     return ids, coverage
+
+
+def draft_vocab_coverage(seqs: list[Sequence], vocab_ids: torch.Tensor, vocab_size: int) -> float:
+    """Fraction of the target's top-1 predictions (assistant positions, training split) in `vocab_ids`."""
+    inside = torch.zeros(vocab_size, dtype=torch.bool)
+    inside[vocab_ids] = True
+    hit = total = 0
+    for s in seqs:
+        if not s.heldout:
+            top1 = s.top_ids[max(s.prompt_len - 1, 0):, 0]
+            hit += int(inside[top1].sum())
+            total += top1.numel()
+    return hit / max(1, total)
 
 
 def make_batches(seqs: list[Sequence], tokens_per_batch: int, rng: random.Random) -> list[list[Sequence]]:
@@ -254,6 +271,24 @@ def _load_target_embedding_and_lm_head():
     return emb, norm, lm, cfg
 
 
+def new_head(hcfg: EagleConfig, vocab_ids, lm_w, norm_w, train_seqs) -> EagleHead:
+    """A fresh head whose output layer starts as the target's own (logits are right from step 0)."""
+    head = EagleHead(hcfg)
+    head.set_draft_vocab(vocab_ids)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if p.dim() == 2 and not name.startswith("lm_head"):
+                torch.nn.init.normal_(p, 0.0, 0.02)
+        head.lm_head.weight.copy_(lm_w[vocab_ids])
+        head.norm.weight.copy_(norm_w)
+        # target features are large (RMS ~70, outliers ~2.5e4 on attention-sink positions): scale fc's
+        # init so that its output starts at RMS ~1 instead of swamping the residual stream
+        sample = torch.cat([s.features[:256].float() for s in train_seqs[:64]])
+        feat_rms = float(sample.pow(2).mean().sqrt())
+        head.fc.weight.normal_(0.0, 1.0 / (math.sqrt(head.fc.in_features) * feat_rms))
+    return head
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a head; returns the directory of the final head."""
     from tqdm import tqdm
@@ -273,27 +308,25 @@ def train(cfg: TrainConfig) -> Path:
     train_seqs = [s for s in seqs if not s.heldout]
     eval_seqs = [s for s in seqs if s.heldout][: cfg.max_eval_sequences]
     eos = tcfg_d.get("eos_token_id")
-    vocab_ids, coverage = choose_draft_vocab(seqs, cfg.draft_vocab_size, tcfg.vocab_size,
-                                             always=[eos] if isinstance(eos, int) else [])
     n_train_tok = sum(len(s.tokens) for s in train_seqs)
+    if cfg.init_from is not None:
+        # warm start: keep the earlier head's weights and its draft vocabulary (its lm_head rows)
+        head = EagleHead.from_pretrained(cfg.init_from, dtype=torch.float32).train()
+        if head.config.vocab_size != tcfg.vocab_size or head.config.target_hidden_size != tcfg.hidden_size:
+            raise ValueError(f"--init-from {cfg.init_from}: head (vocab {head.config.vocab_size}, target hidden "
+                             f"{head.config.target_hidden_size}) does not fit the target (vocab {tcfg.vocab_size}, "
+                             f"hidden {tcfg.hidden_size})")
+        vocab_ids = head.to_target_ids(torch.arange(head.config.draft_vocab_size))
+        coverage = draft_vocab_coverage(seqs, vocab_ids, tcfg.vocab_size)
+    else:
+        vocab_ids, coverage = choose_draft_vocab(seqs, cfg.draft_vocab_size, tcfg.vocab_size,
+                                                 always=[eos] if isinstance(eos, int) else [])
+        head = new_head(EagleConfig.for_target(tcfg, draft_vocab_size=cfg.draft_vocab_size), vocab_ids,
+                        lm_w, norm_w, train_seqs)
     print(f"[train] {len(train_seqs)} train / {len(eval_seqs)} held-out sequences, {n_train_tok} train tokens, "
-          f"draft vocab {cfg.draft_vocab_size} covers {coverage:.4f} of target top-1 predictions "
-          f"(loaded in {time.time() - t0:.1f}s)", flush=True)
-
-    hcfg = EagleConfig.for_target(tcfg, draft_vocab_size=cfg.draft_vocab_size)
-    head = EagleHead(hcfg)
-    head.set_draft_vocab(vocab_ids)
-    with torch.no_grad():  # start from the target's own output layer: logits are right from step 0
-        for name, p in head.named_parameters():
-            if p.dim() == 2 and not name.startswith("lm_head"):
-                torch.nn.init.normal_(p, 0.0, 0.02)
-        head.lm_head.weight.copy_(lm_w[vocab_ids])
-        head.norm.weight.copy_(norm_w)
-        # target features are large (RMS ~70, outliers ~2.5e4 on attention-sink positions): scale fc's
-        # init so that its output starts at RMS ~1 instead of swamping the residual stream
-        sample = torch.cat([s.features[:256].float() for s in train_seqs[:64]])
-        feat_rms = float(sample.pow(2).mean().sqrt())
-        head.fc.weight.normal_(0.0, 1.0 / (math.sqrt(head.fc.in_features) * feat_rms))
+          f"draft vocab {len(vocab_ids)} covers {coverage:.4f} of target top-1 predictions "
+          f"(loaded in {time.time() - t0:.1f}s)" + (f", warm start from {cfg.init_from}" if cfg.init_from else ""),
+          flush=True)
     t2d = head.target_to_draft()
     dtype = torch.float32
 
@@ -359,8 +392,9 @@ def train(cfg: TrainConfig) -> Path:
         tokens, feats, tids, tprobs, valid = collate(batch, t2d, dtype)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
-        loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp_bf16):
+            hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
+            loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -395,11 +429,15 @@ def main(argv=None) -> None:
     p.add_argument("--tokens-per-batch", type=int, default=3072)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-amp", action="store_true", help="train in plain fp32 (default: bfloat16 autocast)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm start from a saved head directory (e.g. the shipped head); keeps its draft vocabulary")
     a = p.parse_args(argv)
     out = a.out_dir or (a.data_dir.parent.parent / "head_runs" / "default")
     train(TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
                       unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr,
-                      tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads))
+                      tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
+                      amp_bf16=not a.no_amp, init_from=a.init_from))
 
 
 if __name__ == "__main__":
