@@ -1,5 +1,20 @@
 """Draft controllers: decide how many draft calls to make and how many tokens to verify."""
 from radar_ext.policies.base import BudgetStep, CostInfo, DraftStep, Policy
+from radar_ext.policies.costs import PolicyCosts
+from radar_ext.policies.ltd import LtdPolicy
+from radar_ext.policies.radar import RadarPolicy
 from radar_ext.policies.static import StaticPolicy
 
-__all__ = ["BudgetStep", "CostInfo", "DraftStep", "Policy", "StaticPolicy"]
+__all__ = ["BudgetStep", "CostInfo", "DraftStep", "LtdPolicy", "Policy", "PolicyCosts", "RadarPolicy",
+           "StaticPolicy", "load_policy"]
+
+
+def load_policy(path):
+    """A saved learned policy (RadarPolicy or LtdPolicy), by the `kind` in its config.json."""
+    from radar_ext.policies.learned import LearnedPolicy
+
+    kind = LearnedPolicy.read_config(path).get("kind")
+    classes = {"radar": RadarPolicy, "ltd": LtdPolicy}
+    if kind not in classes:
+        raise ValueError(f"{path}: unknown policy kind {kind!r}, expected one of {sorted(classes)}")
+    return classes[kind].from_pretrained(path)

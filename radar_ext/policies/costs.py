@@ -1,0 +1,105 @@
+"""Calibrated costs a learned policy is trained with and stores (METHOD.md 7): seconds on the machine
+the policy will run on. Read from a calibration JSON (`radar calibrate`, radar_ext/calibration.py) or
+any plain dict with the keys t_draft, t_policy, t_ar and a T_verify(V) curve."""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class PolicyCosts:
+    t_draft: float          # one draft call
+    t_policy: float         # one policy decision
+    t_ar: float             # one plain autoregressive target forward (1 token)
+    verify_budgets: list    # V of the measured verify curve, increasing
+    verify_seconds: list    # T_verify(V) at those V
+
+    def __post_init__(self):
+        for name in ("t_draft", "t_policy", "t_ar"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"costs: {name} must be a finite number >= 0 (seconds), got {v!r}")
+        if not self.t_ar > 0:
+            raise ValueError(f"costs: t_ar must be > 0 (seconds of one target forward), got {self.t_ar!r}")
+        vb, vs = list(self.verify_budgets), list(self.verify_seconds)
+        if not vb or len(vb) != len(vs):
+            raise ValueError(f"costs: the T_verify curve needs matching non-empty V and seconds lists, "
+                             f"got {len(vb)} V and {len(vs)} times")
+        if vb != sorted(set(vb)):
+            raise ValueError(f"costs: T_verify V values must be distinct and increasing, got {vb}")
+        if any(not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0) for s in vs):
+            raise ValueError(f"costs: T_verify seconds must be finite numbers > 0, got {vs}")
+        self.verify_budgets = [int(v) for v in vb]
+        self.verify_seconds = [float(s) for s in vs]
+
+    def t_verify(self, V: float) -> float:
+        """T_verify(V): piecewise linear through the measured points, linear extrapolation outside."""
+        vb, vs = self.verify_budgets, self.verify_seconds
+        if len(vb) == 1:
+            return vs[0]
+        k = min(max(bisect.bisect_left(vb, V), 1), len(vb) - 1)
+        v0, v1, s0, s1 = vb[k - 1], vb[k], vs[k - 1], vs[k]
+        return max(s0 + (s1 - s0) * (V - v0) / (v1 - v0), 1e-9)
+
+    def features(self, budgets) -> list:
+        """Cost inputs of the LTD policies, unitless: t_draft, t_policy and T_verify(V) per budget,
+        each over t_ar."""
+        return [self.t_draft / self.t_ar, self.t_policy / self.t_ar] + [self.t_verify(v) / self.t_ar for v in budgets]
+
+    def to_dict(self) -> dict:
+        return {"t_draft": self.t_draft, "t_policy": self.t_policy, "t_ar": self.t_ar,
+                "t_verify": {"V": list(self.verify_budgets), "seconds": list(self.verify_seconds)}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyCosts":
+        """Accepts {"t_draft", "t_policy", "t_ar", curve}; the curve under "t_verify" or "T_verify"
+        as {"V": [...], "seconds": [...]}, as {V: seconds}, or as [[V, seconds], ...]; or as the
+        separate lists "verify_budgets" + "verify_seconds"."""
+        if not isinstance(d, dict):
+            raise ValueError(f"costs must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("t_draft", "t_policy", "t_ar") if k not in d]
+        if missing:
+            raise ValueError(f"costs: missing key(s) {missing}; expected t_draft, t_policy, t_ar and a T_verify curve")
+        curve = d.get("t_verify", d.get("T_verify"))
+        if curve is None and "verify_budgets" in d:
+            curve = {"V": d["verify_budgets"], "seconds": d.get("verify_seconds", [])}
+        if curve is None:
+            raise ValueError("costs: missing the T_verify(V) curve (key t_verify or T_verify)")
+        if isinstance(curve, dict) and "V" in curve:
+            vb, vs = list(curve["V"]), list(curve.get("seconds", curve.get("t", [])))
+        elif isinstance(curve, dict):
+            pts = sorted((int(k), v) for k, v in curve.items())
+            vb, vs = [p[0] for p in pts], [p[1] for p in pts]
+        elif isinstance(curve, (list, tuple)):
+            pts = sorted((int(p[0]), p[1]) for p in curve)
+            vb, vs = [p[0] for p in pts], [p[1] for p in pts]
+        else:
+            raise ValueError(f"costs: T_verify must be a dict or a list of [V, seconds], got {type(curve).__name__}")
+        return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs)
+
+    @classmethod
+    def load(cls, source) -> "PolicyCosts":
+        """From a JSON path, a dict, a PolicyCosts, or any object with t_draft/t_policy/t_ar and a
+        to_dict() (the calibration module's CostModel)."""
+        if isinstance(source, PolicyCosts):
+            return source
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if not p.is_file():
+                raise FileNotFoundError(f"costs file {p} does not exist (run `radar calibrate` to measure one)")
+            try:
+                d = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"costs file {p} is not valid JSON: {e}") from None
+            if isinstance(d, dict) and "t_draft" not in d and isinstance(d.get("costs"), dict):
+                d = d["costs"]
+            return cls.from_dict(d)
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        if hasattr(source, "to_dict"):
+            return cls.from_dict(source.to_dict())
+        raise TypeError(f"costs must be a path, a dict or a cost model, got {type(source).__name__}")

@@ -1,0 +1,185 @@
+"""Shared machinery of the learned controllers (RadarPolicy, LtdPolicy): the controller networks in
+plain torch (for training), their packing into the fused `policy_step` op's argument layout (for
+inference), input features, and safetensors + config.json I/O."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from radar_ext import ops
+from radar_ext.policies.base import Policy
+from radar_ext.policies.costs import PolicyCosts
+
+FORMAT = 1
+SCORE_FLOOR = -40.0   # -inf (dead beams, padding) and very unlikely scores are clamped here
+SCORE_SCALE = 10.0    # LTD inputs: scores / 10 (RADAR keeps the raw log-probs, METHOD.md 5)
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class ControllerNet(nn.Module):
+    """Optional LSTM cell (hidden H, may be 0) then MLP on cat(h, features): F (+H) -> G -> ReLU -> O.
+    Same arithmetic as ops.policy_step; `step` returns logits (training), `pack` the op arguments."""
+
+    def __init__(self, n_features: int, n_out: int, lstm_hidden: int = 0, mlp_hidden: int = 128):
+        super().__init__()
+        self.n_features, self.n_out, self.lstm_hidden, self.mlp_hidden = n_features, n_out, lstm_hidden, mlp_hidden
+        self.lstm = nn.LSTMCell(n_features, lstm_hidden) if lstm_hidden else None
+        self.fc1 = nn.Linear(lstm_hidden + n_features, mlp_hidden)
+        self.fc2 = nn.Linear(mlp_hidden, n_out)
+
+    def zero_state(self, batch: int):
+        z = torch.zeros(batch, self.lstm_hidden)
+        return z, z.clone()
+
+    def step(self, x, h, c):
+        """x [B, F], h, c [B, H] -> (logits [B, O], h_new, c_new)."""
+        if self.lstm is not None:
+            h, c = self.lstm(x, (h, c))
+        return self.fc2(torch.relu(self.fc1(torch.cat([h, x], 1)))), h, c
+
+    @torch.no_grad()
+    def pack(self) -> tuple:
+        """(w_ih, w_hh, b, w1, b1, w2, b2) in policy_step's layout (b = b_ih + b_hh, float32, contiguous)."""
+        F, H = self.n_features, self.lstm_hidden
+        if self.lstm is not None:
+            w_ih, w_hh = self.lstm.weight_ih, self.lstm.weight_hh
+            b = self.lstm.bias_ih + self.lstm.bias_hh
+        else:
+            w_ih, w_hh, b = torch.zeros(0, F), torch.zeros(0, 0), torch.zeros(0)
+        return tuple(t.detach().float().contiguous().clone() for t in
+                     (w_ih, w_hh, b, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias))
+
+
+class FusedHead:
+    """Inference wrapper: one ops.policy_step call per decision, recurrent state kept here."""
+
+    def __init__(self, net: ControllerNet):
+        self.weights = net.pack()
+        self.H = net.lstm_hidden
+        self.h = self.c = None
+
+    def reset(self, batch: int = 1):
+        self.h = torch.zeros(batch, self.H)
+        self.c = torch.zeros(batch, self.H)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        if self.h is None or self.h.shape[0] != features.shape[0]:
+            self.reset(features.shape[0])
+        probs, self.h, self.c = ops.policy_step(features, self.h, self.c, *self.weights)
+        return probs
+
+
+def decide(probs: torch.Tensor, sample: bool, generator) -> int:
+    """Index of the chosen action of row 0: argmax (ties -> lower index) or a draw."""
+    if sample:
+        return int(torch.multinomial(probs[0], 1, generator=generator))  # host sync: one decision
+    return int(probs[0].argmax())  # host sync: one decision
+
+
+def check_batch(t: torch.Tensor, name: str) -> None:
+    if t.shape[0] != 1:
+        raise NotImplementedError(f"learned policies decide for batch size 1 for now, got {name} with batch {t.shape[0]}")
+
+
+def sorted_padded(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """scores [B, K] -> [B, width]: the best `width` descending, clamped at SCORE_FLOOR, floor-padded."""
+    s = torch.sort(scores.float().clamp(min=SCORE_FLOOR), dim=1, descending=True).values[:, :width]
+    if s.shape[1] < width:
+        s = torch.cat([s, s.new_full((s.shape[0], width - s.shape[1]), SCORE_FLOOR)], 1)
+    return s
+
+
+def seq_len_feature(seq_len) -> torch.Tensor | float:
+    """log(1 + seq_len) / 8: about 0..1 over typical lengths."""
+    if isinstance(seq_len, torch.Tensor):
+        return torch.log1p(seq_len.float()) / 8.0
+    return math.log1p(seq_len) / 8.0
+
+
+# ----------------------------------------------------------------------------- I/O
+
+class LearnedPolicy(Policy):
+    kind = ""
+
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    def nets(self) -> dict:
+        """name -> ControllerNet (weights are saved as '<name>.<param>')."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Re-pack the fused weights after the nets changed (training, loading)."""
+        raise NotImplementedError
+
+    def save_pretrained(self, path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {f"{name}.{k}": v.detach().float().contiguous().clone()
+                 for name, net in self.nets().items() for k, v in net.state_dict().items()}
+        save_file(state, str(path / WEIGHTS), metadata={"format": "pt", "kind": self.kind})
+        (path / CONFIG).write_text(json.dumps(self.config_dict(), indent=1))
+
+    @classmethod
+    def read_config(cls, path) -> dict:
+        path = Path(path)
+        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} is not a saved policy: it needs {CONFIG} and {WEIGHTS} "
+                                    "(write one with `radar train-policy`)")
+        cfg = json.loads((path / CONFIG).read_text())
+        if cfg.get("format") != FORMAT:
+            raise ValueError(f"{path / CONFIG}: policy format {cfg.get('format')!r} is not supported (expected {FORMAT})")
+        return cfg
+
+    @classmethod
+    def from_pretrained(cls, path):
+        from safetensors.torch import load_file
+
+        cfg = cls.read_config(path)
+        if cfg.get("kind") != cls.kind:
+            raise ValueError(f"{Path(path) / CONFIG} holds a {cfg.get('kind')!r} policy, not {cls.kind!r}; "
+                             f"load it with its own class or radar_ext.policies.load_policy")
+        policy = cls.from_config(cfg)
+        state = load_file(str(Path(path) / WEIGHTS))
+        for name, net in policy.nets().items():
+            want = net.state_dict()
+            got = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if set(got) != set(want):
+                raise ValueError(f"{Path(path) / WEIGHTS}: the {name} weights {sorted(got)} do not match the "
+                                 f"config's network {sorted(want)}")
+            for k, v in want.items():
+                if tuple(got[k].shape) != tuple(v.shape):
+                    raise ValueError(f"{Path(path) / WEIGHTS}: {name}.{k} has shape {list(got[k].shape)}, the "
+                                     f"config ({CONFIG}) implies {list(v.shape)}")
+            net.load_state_dict(got)
+        policy.refresh()
+        return policy
+
+    @classmethod
+    def from_config(cls, cfg: dict):
+        raise NotImplementedError
+
+
+def config_value(cfg: dict, key: str, kind: str):
+    if key not in cfg:
+        raise ValueError(f"{kind} policy config is missing {key!r}")
+    return cfg[key]
+
+
+def check_features(cfg: dict, key: str, expected: list, kind: str) -> None:
+    got = cfg.get(key)
+    if got != expected:
+        raise ValueError(f"{kind} policy config: {key} = {got} does not match the features this version "
+                         f"computes ({expected}); retrain the policy")
+
+
+def costs_from_config(cfg: dict):
+    c = cfg.get("costs")
+    return None if c is None else PolicyCosts.from_dict(c)

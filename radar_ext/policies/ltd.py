@@ -1,0 +1,129 @@
+"""LtdPolicy: learned depth and verify budget, rewarded by throughput (METHOD.md 6).
+
+Depth head (queried after every draft call): MLP on [the W*W child scores of the last level sorted
+(call 1: its W root children, floor-padded), log seq_len, calls made / max_draft_calls, cost features]
+-> (P(stop), P(continue)). Size head (after drafting): MLP on [the best `pool_topk` pool scores
+sorted, log seq_len, calls / max_draft_calls, cost features] -> one probability per budget in
+`budgets`. Scores are divided by 10. Both run through ops.policy_step with H = 0 (no LSTM).
+Cost features are the calibrated costs relative to t_ar (PolicyCosts.features), so the same policy
+sees when the machine's cost curve changes.
+"""
+from __future__ import annotations
+
+import torch
+
+from radar_ext.policies.base import BudgetStep, DraftStep
+from radar_ext.policies.costs import PolicyCosts
+from radar_ext.policies.learned import (FORMAT, SCORE_FLOOR, SCORE_SCALE, ControllerNet, FusedHead, LearnedPolicy,
+                                        check_batch, check_features, config_value, costs_from_config, decide,
+                                        seq_len_feature, sorted_padded)
+
+STOP, CONTINUE = 0, 1
+
+
+def cost_feature_names(budgets) -> list:
+    return ["t_draft/t_ar", "t_policy/t_ar"] + [f"t_verify({v})/t_ar" for v in budgets]
+
+
+def depth_feature_names(W: int, budgets) -> list:
+    return [f"child_score_sorted_{i}" for i in range(W * W)] + ["log_seq_len", "calls_frac"] + cost_feature_names(budgets)
+
+
+def size_feature_names(pool_topk: int, budgets) -> list:
+    return [f"pool_score_sorted_{i}" for i in range(pool_topk)] + ["log_seq_len", "calls_frac"] + cost_feature_names(budgets)
+
+
+def depth_features(child_sorted: torch.Tensor, seq_len_f: torch.Tensor, calls_frac: torch.Tensor,
+                   cost_f: torch.Tensor) -> torch.Tensor:
+    """child_sorted [B, W*W] (descending, floored), seq_len_f, calls_frac [B], cost_f [nc] -> [B, F]."""
+    B = child_sorted.shape[0]
+    return torch.cat([child_sorted / SCORE_SCALE, seq_len_f.view(B, 1), calls_frac.view(B, 1),
+                      cost_f.view(1, -1).expand(B, -1)], 1).float()
+
+
+size_features = depth_features  # same layout with the pool's top scores in front
+
+
+class LtdPolicy(LearnedPolicy):
+    kind = "ltd"
+
+    def __init__(self, tree_topk: int = 10, max_draft_calls: int = 12, budgets=(2, 4, 6, 8, 12, 16, 24, 32, 48, 60, 64),
+                 costs=None, pool_topk: int = 64, mlp_hidden: int = 128, sample: bool = False, seed: int = 0,
+                 generator: torch.Generator | None = None):
+        for name, v in (("tree_topk", tree_topk), ("max_draft_calls", max_draft_calls), ("pool_topk", pool_topk),
+                        ("mlp_hidden", mlp_hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LtdPolicy: {name} must be an int >= 1, got {v!r}")
+        budgets = [int(v) for v in budgets]
+        if not budgets or budgets != sorted(set(budgets)) or budgets[0] < 1:
+            raise ValueError(f"LtdPolicy: budgets must be distinct increasing ints >= 1, got {budgets}")
+        if costs is None:
+            raise ValueError("LtdPolicy: costs are required (a calibration JSON path, dict or PolicyCosts): "
+                             "its inputs include the calibrated cost features")
+        self.costs = PolicyCosts.load(costs)
+        self.tree_topk, self.max_draft_calls, self.budgets, self.pool_topk = tree_topk, max_draft_calls, budgets, pool_topk
+        self.sample = bool(sample)
+        nc = len(cost_feature_names(budgets))
+        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            self.depth_net = ControllerNet(tree_topk * tree_topk + 2 + nc, 2, 0, mlp_hidden)
+            self.size_net = ControllerNet(pool_topk + 2 + nc, len(budgets), 0, mlp_hidden)
+        self.generator = generator or torch.Generator().manual_seed(seed)
+        self.refresh()
+
+    def cost_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.costs.features(self.budgets), dtype=torch.float32)
+
+    # ------------------------------------------------------------------ the Policy interface
+    def refresh(self) -> None:
+        self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
+        self._cost_f = self.cost_tensor()
+
+    def should_continue(self, step: DraftStep) -> bool:
+        cs = step.child_scores
+        check_batch(cs, "child_scores")
+        if cs.shape[2] != self.tree_topk:
+            raise ValueError(f"LtdPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
+                             f"{cs.shape[2]} children per beam; use --tree-topk {self.tree_topk}")
+        W = self.tree_topk
+        x = depth_features(sorted_padded(cs.reshape(1, -1).cpu(), W * W), torch.tensor([seq_len_feature(step.seq_len)]),
+                           torch.tensor([step.draft_calls / self.max_draft_calls]), self._cost_f)
+        return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
+
+    def verify_budget(self, step: BudgetStep) -> int:
+        check_batch(step.pool_scores, "pool_scores")
+        x = size_features(sorted_padded(step.pool_scores.cpu(), self.pool_topk),
+                          torch.tensor([seq_len_feature(step.seq_len)]),
+                          torch.tensor([step.draft_calls / self.max_draft_calls]), self._cost_f)
+        return self.budgets[decide(self.size_head(x), self.sample, self.generator)]
+
+    # ------------------------------------------------------------------ I/O
+    def nets(self) -> dict:
+        return {"depth": self.depth_net, "size": self.size_net}
+
+    def config_dict(self) -> dict:
+        W = self.tree_topk
+        return {"kind": self.kind, "format": FORMAT, "tree_topk": W, "max_draft_calls": self.max_draft_calls,
+                "budgets": list(self.budgets), "pool_topk": self.pool_topk, "mlp_hidden": self.depth_net.mlp_hidden,
+                "depth_features": depth_feature_names(W, self.budgets),
+                "size_features": size_feature_names(self.pool_topk, self.budgets),
+                "score_floor": SCORE_FLOOR, "depth_actions": ["stop", "continue"],
+                "size_actions": [f"V={v}" for v in self.budgets], "costs": self.costs.to_dict()}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "LtdPolicy":
+        W = config_value(cfg, "tree_topk", "ltd")
+        budgets = config_value(cfg, "budgets", "ltd")
+        pool_topk = config_value(cfg, "pool_topk", "ltd")
+        check_features(cfg, "depth_features", depth_feature_names(W, budgets), "ltd")
+        check_features(cfg, "size_features", size_feature_names(pool_topk, budgets), "ltd")
+        costs = costs_from_config(cfg)
+        if costs is None:
+            raise ValueError("ltd policy config is missing 'costs' (the calibration it was trained with)")
+        return cls(tree_topk=W, max_draft_calls=config_value(cfg, "max_draft_calls", "ltd"), budgets=budgets,
+                   costs=costs, pool_topk=pool_topk, mlp_hidden=config_value(cfg, "mlp_hidden", "ltd"))
+
+    def __repr__(self) -> str:
+        return (f"LtdPolicy(tree_topk={self.tree_topk}, max_draft_calls={self.max_draft_calls}, "
+                f"budgets={self.budgets}, {'sample' if self.sample else 'argmax'})")

@@ -1,0 +1,92 @@
+"""RadarPolicy: a learned stop rule for draft calls (METHOD.md 5).
+
+State after draft call t: the W cumulative beam scores, sorted descending (raw log-probs, clamped at
+SCORE_FLOOR so dead beams stay finite). An LSTM cell (hidden 128), reset at every cycle, runs over
+the states of the cycle; an MLP on [h, state] (138 -> 128 -> ReLU -> 2) gives (P(stop), P(continue)).
+One fused ops.policy_step per draft call. Deterministic argmax by default; `sample=True` draws.
+"""
+from __future__ import annotations
+
+import torch
+
+from radar_ext.policies.base import DraftStep
+from radar_ext.policies.costs import PolicyCosts
+from radar_ext.policies.learned import (FORMAT, SCORE_FLOOR, ControllerNet, FusedHead, LearnedPolicy,
+                                        check_batch, check_features, config_value, costs_from_config, decide)
+
+STOP, CONTINUE = 0, 1
+
+
+def radar_features(beam_scores: torch.Tensor) -> torch.Tensor:
+    """beam_scores [..., W] (descending) -> features [..., W] float32."""
+    return beam_scores.float().clamp(min=SCORE_FLOOR)
+
+
+def radar_feature_names(W: int) -> list:
+    return [f"beam_score_{i}" for i in range(W)]
+
+
+class RadarPolicy(LearnedPolicy):
+    kind = "radar"
+
+    def __init__(self, tree_topk: int = 10, max_draft_calls: int = 12, lstm_hidden: int = 128,
+                 mlp_hidden: int = 128, sample: bool = False, seed: int = 0, costs=None,
+                 verify_budget: int | None = None, generator: torch.Generator | None = None):
+        for name, v in (("tree_topk", tree_topk), ("max_draft_calls", max_draft_calls),
+                        ("lstm_hidden", lstm_hidden), ("mlp_hidden", mlp_hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"RadarPolicy: {name} must be an int >= 1, got {v!r}")
+        if verify_budget is not None and (not isinstance(verify_budget, int) or verify_budget < 1):
+            raise ValueError(f"RadarPolicy: verify_budget must be None or an int >= 1, got {verify_budget!r}")
+        self.tree_topk, self.max_draft_calls = tree_topk, max_draft_calls
+        self.sample = bool(sample)
+        self.costs = None if costs is None else PolicyCosts.load(costs)
+        self.trained_verify_budget = verify_budget  # the V the policy was trained for (a hint for callers)
+        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            self.net = ControllerNet(tree_topk, 2, lstm_hidden, mlp_hidden)
+        self.generator = generator or torch.Generator().manual_seed(seed)
+        self.refresh()
+
+    # ------------------------------------------------------------------ the Policy interface
+    def refresh(self) -> None:
+        self.head = FusedHead(self.net)
+
+    def reset(self) -> None:
+        self.head.reset(1)
+
+    def should_continue(self, step: DraftStep) -> bool:
+        check_batch(step.beam_scores, "beam_scores")
+        if step.beam_scores.shape[1] != self.tree_topk:
+            raise ValueError(f"RadarPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
+                             f"{step.beam_scores.shape[1]} beam scores; use --tree-topk {self.tree_topk}")
+        probs = self.head(radar_features(step.beam_scores.cpu()))
+        return decide(probs, self.sample, self.generator) == CONTINUE
+
+    # ------------------------------------------------------------------ I/O
+    def nets(self) -> dict:
+        return {"net": self.net}
+
+    def config_dict(self) -> dict:
+        return {"kind": self.kind, "format": FORMAT, "tree_topk": self.tree_topk,
+                "max_draft_calls": self.max_draft_calls, "lstm_hidden": self.net.lstm_hidden,
+                "mlp_hidden": self.net.mlp_hidden, "features": radar_feature_names(self.tree_topk),
+                "score_floor": SCORE_FLOOR, "actions": ["stop", "continue"],
+                "verify_budget": self.trained_verify_budget,
+                "costs": None if self.costs is None else self.costs.to_dict()}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "RadarPolicy":
+        W = config_value(cfg, "tree_topk", "radar")
+        check_features(cfg, "features", radar_feature_names(W), "radar")
+        if cfg.get("actions") != ["stop", "continue"]:
+            raise ValueError(f"radar policy config: actions must be ['stop', 'continue'], got {cfg.get('actions')}")
+        return cls(tree_topk=W, max_draft_calls=config_value(cfg, "max_draft_calls", "radar"),
+                   lstm_hidden=config_value(cfg, "lstm_hidden", "radar"),
+                   mlp_hidden=config_value(cfg, "mlp_hidden", "radar"),
+                   costs=costs_from_config(cfg), verify_budget=cfg.get("verify_budget"))
+
+    def __repr__(self) -> str:
+        return (f"RadarPolicy(tree_topk={self.tree_topk}, max_draft_calls={self.max_draft_calls}, "
+                f"{'sample' if self.sample else 'argmax'})")
