@@ -1,0 +1,76 @@
+"""Training-time test must compute exactly what the drafter computes at inference: step k of
+`ttt_forward` at position t == the head run with its KV cache on the committed pairs 0..t and then
+unrolled k-1 times on its own outputs (a chain of beams), METHOD.md 2."""
+import pytest
+import torch
+
+from radar_ext.eagle_head import EagleConfig, EagleHead, HeadCache
+from radar_ext.training.train_head import (Sequence, choose_draft_vocab, draft_vocab_coverage, step_mask,
+                                           ttt_forward)
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _tiny(seed=0):
+    cfg = EagleConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=40, draft_vocab_size=40, target_hidden_size=32, max_position_embeddings=64)
+    head = EagleHead.init_random(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-trivial norms so that a wrong input order cannot pass
+        for name, p in head.named_parameters():
+            if p.dim() == 1:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    embed = torch.nn.Embedding(40, 32)
+    torch.nn.init.normal_(embed.weight, 0.0, 1.0, generator=g)
+    return head.eval(), embed
+
+
+@pytest.mark.parametrize("T,K", [(1, 1), (7, 3), (12, 4)])
+def test_ttt_forward_matches_cached_chain(T, K):
+    head, embed = _tiny()
+    g = torch.Generator().manual_seed(T * 10 + K)
+    tokens = torch.randint(0, 40, (1, T), generator=g)
+    feats = torch.randn(1, T, 96, generator=g) * 3
+    with torch.no_grad():
+        steps = ttt_forward(head, embed, tokens, feats, K)
+        padded = torch.cat([tokens, tokens.new_zeros(1, K)], 1)
+        for t in range(T):
+            cache = HeadCache()
+            pos = torch.arange(t + 1)[None]
+            out = head(feats[:, :t + 1], embed(padded[:, 1:t + 2]), pos, cache)   # committed pairs 0..t
+            hidden = out[:, -1:]
+            torch.testing.assert_close(hidden[0, 0], steps[0][0, t], **TOL)
+            for k in range(2, K + 1):
+                # a beam at depth k: position t+k-1, sees the committed entries and its own chain
+                hidden = head(hidden, embed(padded[:, t + k:t + k + 1]), torch.tensor([[t + k - 1]]), cache)
+                torch.testing.assert_close(hidden[0, 0], steps[k - 1][0, t], **TOL)
+
+
+def test_ttt_forward_steps_differ_from_teacher_forcing():
+    # the unrolled steps must really feed the head's own outputs (not the target features again)
+    head, embed = _tiny(3)
+    tokens = torch.randint(0, 40, (1, 9), generator=torch.Generator().manual_seed(5))
+    feats = torch.randn(1, 9, 96, generator=torch.Generator().manual_seed(6)) * 3
+    with torch.no_grad():
+        s1, s2 = ttt_forward(head, embed, tokens, feats, 2)
+    assert not torch.allclose(s1, s2)
+
+
+def test_step_mask_shifts_validity():
+    valid = torch.tensor([[False, True, True, True, False]])
+    assert step_mask(valid, 1).tolist() == [[True, True, True, False, False]]
+    assert step_mask(valid, 2).tolist() == [[True, True, False, False, False]]
+
+
+def _seq(top1, prompt_len=1, heldout=False):
+    n = len(top1)
+    ids = torch.stack([torch.tensor(top1), torch.zeros(n, dtype=torch.int64)], 1)
+    return Sequence(torch.zeros(n, dtype=torch.int64), torch.zeros(n, 6), ids, torch.ones(n, 2), prompt_len, heldout)
+
+
+def test_draft_vocab_choice_and_coverage():
+    seqs = [_seq([9, 3, 3, 3, 5, 5, 7]), _seq([8, 8, 8, 8, 8], heldout=True)]  # held-out never counts
+    ids, cov = choose_draft_vocab(seqs, 2, 10)
+    assert ids.tolist() == [3, 5] and cov == pytest.approx(5 / 7)  # 7 positions from prompt_len - 1 = 0
+    assert draft_vocab_coverage(seqs, ids, 10) == pytest.approx(5 / 7)
+    assert draft_vocab_coverage(seqs, torch.tensor([7]), 10) == pytest.approx(1 / 7)
