@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "demo": ("radar_ext.commands.demo", "the embedded default: plain greedy vs RadarDecoder on one prompt"),
     "train-draft": ("radar_ext.commands.train_draft", "build self-distillation data and train an EAGLE-3 head"),
     "bench": ("radar_ext.commands.bench", "end-to-end benchmark against the peers"),
+    "calibrate": ("radar_ext.commands.calibrate", "measure draft, verify, policy and AR costs on this machine"),
 }
 
 

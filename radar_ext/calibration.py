@@ -1,0 +1,574 @@
+"""Hardware calibration (METHOD.md 7): what a cycle's parts cost on this machine, in seconds.
+
+`calibrate()` measures, for one target + drafter:
+  draft     one draft call at each tree_topk W: call 1 (it re-encodes the `pending` tokens the
+            previous cycle accepted) separately from the later calls (W beams at once);
+  verify    T_verify(V): one target forward (`radar_ext.verifier.verify`) over a real draft tree of
+            V draft tokens, at each prefix length, plus the tree build and the acceptance + cache
+            commit around it;
+  policy    one decision of a policy (StaticPolicy by default, or any Policy / callable);
+  ar        the target's plain 1-token decode step, and its per-token cost inside HF `generate`.
+Every figure is a `Stat` (median, p10, p90 over the repeats, after warm-up). Cycles are timed
+inside the real code paths: a stamping policy records the clock at each `should_continue`, so the
+draft calls are split without touching the drafter. The prefix is random token ids (the cost of a
+forward does not depend on which tokens it sees).
+
+`CostModel` holds the result, is saved as JSON and is what the learned policies and
+`radar tune-static` read: `t_verify(V)`, `t_draft(calls)`, `t_policy()`, `t_ar()`, `t_cycle(...)`.
+Offline tooling: nothing in the decoding loop imports this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+
+from radar_ext.policies.base import Policy
+
+SCHEMA = "radar_ext.calibration/1"
+DEFAULT_V_SET = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+DEFAULT_PREFIX_LENS = (256, 512)
+DEFAULT_TREE_TOPKS = (4, 6, 8, 10)
+
+
+class CalibrationError(ValueError):
+    """A calibration file or request that cannot be used (the message names the field)."""
+
+
+# ---------------------------------------------------------------------------------------- Stat
+@dataclass
+class Stat:
+    """Summary of repeated timings, in seconds."""
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+    @classmethod
+    def of(cls, samples) -> "Stat":
+        import numpy as np
+        if len(samples) == 0:
+            raise CalibrationError("no timing samples to summarise")
+        a = np.asarray(samples, dtype=np.float64)
+        return cls(float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90)), int(a.size))
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "Stat":
+        if not isinstance(d, dict) or any(k not in d for k in ("median", "p10", "p90", "n")):
+            raise CalibrationError(f"{where} must be an object with median, p10, p90, n; got {d!r:.80}")
+        return cls(float(d["median"]), float(d["p10"]), float(d["p90"]), int(d["n"]))
+
+
+# ------------------------------------------------------------------------------- interpolation
+def interp(xs, ys, x: float) -> float:
+    """Piecewise linear through the points (xs ascending). Below the first point: the first value
+    (a cost does not fall below what was measured); above the last: the last segment extended
+    (costs keep growing with V and with the prefix)."""
+    if len(xs) != len(ys) or not xs:
+        raise CalibrationError(f"interp needs as many xs as ys (>= 1), got {len(xs)} and {len(ys)}")
+    if len(xs) == 1 or x <= xs[0]:
+        return float(ys[0])
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            f = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return float(ys[i - 1] + f * (ys[i] - ys[i - 1]))
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return float(max(ys[-1] + slope * (x - xs[-1]), 0.0))
+
+
+def _interp_keyed(table: dict, x: float) -> float:
+    """table {x: Stat or float} -> median interpolated at x."""
+    xs = sorted(table)
+    ys = [table[k].median if isinstance(table[k], Stat) else float(table[k]) for k in xs]
+    return interp(xs, ys, x)
+
+
+# ----------------------------------------------------------------------------------- CostModel
+@dataclass
+class CostModel:
+    """Measured costs of one target + drafter on one machine (seconds; medians unless noted)."""
+    name: str
+    target: str                       # target config _name_or_path
+    drafter: str                      # repr of the drafter
+    prefix_lens: list                 # [int] prefix lengths the curves were taken at
+    v_set: list                       # [int] verify budgets of the T_verify curve
+    tree_topks: list                  # [int] W of the draft-call timings
+    verify_tree_topk: int             # W of the trees the verify curve was taken on
+    max_draft_calls: int              # draft calls per timed draft (call 1 + max_draft_calls - 1 later)
+    pending: int                      # tokens re-encoded by call 1 (accepted length + 1 of a cycle)
+    verify: dict                      # {prefix_len: {V: Stat}} one target forward over a V-token tree
+    tree_build: dict                  # {prefix_len: {V: Stat}} best-V selection + build_tree after drafting
+    overhead: dict                    # {prefix_len: {V: Stat}} greedy acceptance + cache commits
+    draft_first: dict                 # {W: {prefix_len: Stat}} draft call 1
+    draft_next: dict                  # {W: {prefix_len: Stat}} one later draft call
+    ar_step: dict                     # {prefix_len: Stat} target forward on 1 token + argmax
+    ar_generate: dict                 # {prefix_len: Stat} per new token inside HF generate (the bench baseline)
+    policy_name: str = "StaticPolicy"
+    policy_decision: Stat | None = None  # one should_continue
+    policy_budget: Stat | None = None    # one verify_budget choice
+    machine: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    # -------------------------------------------------------------- costs
+    def _prefix(self, prefix_len):
+        return float(sum(self.prefix_lens) / len(self.prefix_lens)) if prefix_len is None else float(prefix_len)
+
+    def _curve(self, table: dict, V: float, prefix_len) -> float:
+        """{prefix: {V: Stat}} -> interpolate in V on each prefix curve, then in the prefix."""
+        if V < 0:
+            raise CalibrationError(f"verify_budget V must be >= 0, got {V}")
+        return _interp_keyed({p: _interp_keyed(c, V) for p, c in table.items()}, self._prefix(prefix_len))
+
+    def t_verify(self, V: float, prefix_len: float | None = None) -> float:
+        """One target forward over a tree of V draft tokens (root extra), at prefix_len (default:
+        the mean of the measured prefix lengths)."""
+        return self._curve(self.verify, V, prefix_len)
+
+    def t_tree(self, V: float, prefix_len: float | None = None) -> float:
+        """Best-V selection and tree building after the last draft call."""
+        return self._curve(self.tree_build, V, prefix_len)
+
+    def t_overhead(self, V: float, prefix_len: float | None = None) -> float:
+        """Acceptance and cache commits of one cycle."""
+        return self._curve(self.overhead, V, prefix_len)
+
+    def t_draft(self, calls: int = 1, tree_topk: int | None = None, prefix_len: float | None = None) -> float:
+        """The drafter's time for a cycle of `calls` draft calls: call 1 + (calls - 1) later calls.
+        tree_topk: default the verify curve's W; other W are interpolated between measured ones."""
+        if calls < 0:
+            raise CalibrationError(f"calls must be >= 0, got {calls}")
+        if calls == 0:
+            return 0.0
+        W = self.verify_tree_topk if tree_topk is None else tree_topk
+        p = self._prefix(prefix_len)
+        first = _interp_keyed({w: _interp_keyed(t, p) for w, t in self.draft_first.items()}, W)
+        nxt = _interp_keyed({w: _interp_keyed(t, p) for w, t in self.draft_next.items()}, W)
+        return first + (calls - 1) * nxt
+
+    def t_policy(self) -> float:
+        """One policy decision (0 when none was measured)."""
+        return self.policy_decision.median if self.policy_decision is not None else 0.0
+
+    def t_ar(self, prefix_len: float | None = None) -> float:
+        """Seconds per token of the target's own greedy `generate` (the speedup baseline)."""
+        return _interp_keyed(self.ar_generate or self.ar_step, self._prefix(prefix_len))
+
+    def t_ar_step(self, prefix_len: float | None = None) -> float:
+        """One bare 1-token target forward + argmax."""
+        return _interp_keyed(self.ar_step, self._prefix(prefix_len))
+
+    def t_cycle(self, calls: int, V: int, tree_topk: int | None = None, prefix_len: float | None = None) -> float:
+        """Predicted wall time of one cycle: draft calls, one policy decision per call, tree build,
+        verify, acceptance and commits."""
+        return (self.t_draft(calls, tree_topk, prefix_len) + calls * self.t_policy()
+                + self.t_tree(V, prefix_len) + self.t_verify(V, prefix_len) + self.t_overhead(V, prefix_len))
+
+    def predicted_tokens_per_second(self, tau: float, calls: int, V: int, tree_topk: int | None = None,
+                                    prefix_len: float | None = None) -> float:
+        return tau / self.t_cycle(calls, V, tree_topk, prefix_len)
+
+    def cost_info(self, V: int, tree_topk: int | None = None, prefix_len: float | None = None):
+        """The decoder-side `CostInfo` (what policies see) filled from the calibration."""
+        from radar_ext.policies.base import CostInfo
+        return CostInfo(draft_call=self.t_draft(2, tree_topk, prefix_len) - self.t_draft(1, tree_topk, prefix_len),
+                        verify=self.t_verify(V, prefix_len), policy=self.t_policy(), mean_verify_budget=float(V))
+
+    # -------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        def stats(table):
+            return {str(k): (asdict(v) if isinstance(v, Stat) else stats(v)) for k, v in table.items()}
+
+        d = {"schema": SCHEMA}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            if k in _NESTED:
+                v = stats(v)
+            elif isinstance(v, Stat):
+                v = asdict(v)
+            d[k] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "calibration") -> "CostModel":
+        if not isinstance(d, dict):
+            raise CalibrationError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        if d.get("schema") != SCHEMA:
+            raise CalibrationError(f"{where}: schema must be {SCHEMA!r}, got {d.get('schema')!r}")
+        missing = [k for k, f in cls.__dataclass_fields__.items()
+                   if k not in d and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise CalibrationError(f"{where}: missing field(s) {', '.join(missing)}")
+
+        def stats(table, depth, name):
+            if not isinstance(table, dict) or not table:
+                raise CalibrationError(f"{where}: {name} must be a non-empty object, got {table!r:.80}")
+            try:
+                return {int(k): (Stat.from_dict(v, f"{where}: {name}[{k}]") if depth == 1
+                                 else stats(v, depth - 1, f"{name}[{k}]")) for k, v in table.items()}
+            except ValueError as e:
+                if isinstance(e, CalibrationError):
+                    raise
+                raise CalibrationError(f"{where}: {name} keys must be ints, got {list(table)!r:.80}") from None
+
+        kw = {}
+        for k in cls.__dataclass_fields__:
+            if k not in d:
+                continue
+            v = d[k]
+            if k in _NESTED:
+                v = {} if (k == "ar_generate" and not v) else stats(v, _NESTED[k], k)  # {}: not measured
+            elif k in ("policy_decision", "policy_budget"):
+                v = None if v is None else Stat.from_dict(v, f"{where}: {k}")
+            kw[k] = v
+        return cls(**kw)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "CostModel":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"no calibration file {str(path)!r}; measure one with `radar calibrate`") from None
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"{path} is not valid JSON ({e})") from None
+        return cls.from_dict(d, str(path))
+
+    # -------------------------------------------------------------- display
+    def format_table(self) -> str:
+        """The T_verify(V) curve per prefix length (ms, median [p10-p90]) and the scalar costs."""
+        ms = lambda s: f"{1e3 * s.median:7.2f} [{1e3 * s.p10:.2f}-{1e3 * s.p90:.2f}]"  # noqa: E731
+        prefixes = sorted(self.verify)
+        head = ["V"] + [f"verify P={p} ms" for p in prefixes] + [f"x V=1 P={p}" for p in prefixes] + \
+               [f"tree+accept P={prefixes[-1]} ms"]
+        rows = [head]
+        for V in sorted(self.verify[prefixes[0]]):
+            r = [str(V)] + [ms(self.verify[p][V]) for p in prefixes]
+            r += [f"{self.verify[p][V].median / self.verify[p][min(self.verify[p])].median:.2f}" for p in prefixes]
+            last = prefixes[-1]
+            r.append(f"{1e3 * (self.tree_build[last][V].median + self.overhead[last][V].median):.2f}")
+            rows.append(r)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(s.rjust(w) for s, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append("")
+        for W in sorted(self.draft_first):
+            parts = [f"P={p}: call 1 {ms(self.draft_first[W][p]).strip()} ms, later {ms(self.draft_next[W][p]).strip()} ms"
+                     for p in sorted(self.draft_first[W])]
+            lines.append(f"draft call W={W:<3} " + "; ".join(parts))
+        for p in sorted(self.ar_step):
+            g = f", per token in HF generate {ms(self.ar_generate[p]).strip()} ms" if p in self.ar_generate else ""
+            lines.append(f"AR P={p}: 1-token forward {ms(self.ar_step[p]).strip()} ms{g}")
+        if self.policy_decision is not None:
+            b = f", verify_budget {1e6 * self.policy_budget.median:.1f} us" if self.policy_budget else ""
+            lines.append(f"policy {self.policy_name}: one decision {1e6 * self.policy_decision.median:.1f} us "
+                         f"[{1e6 * self.policy_decision.p10:.1f}-{1e6 * self.policy_decision.p90:.1f}]{b}")
+        return "\n".join(lines)
+
+
+_NESTED = {"verify": 2, "tree_build": 2, "overhead": 2, "draft_first": 2, "draft_next": 2,
+           "ar_step": 1, "ar_generate": 1}
+
+
+def default_path(name: str) -> Path:
+    """Where calibrations live: <radar_ext cache>/calibration/<name>.json."""
+    from radar_ext.models import cache_dir
+    return cache_dir() / "calibration" / f"{name}.json"
+
+
+# ---------------------------------------------------------------------------------- measuring
+class _StampPolicy(Policy):
+    """Stops after `calls` draft calls and records the clock at every decision, so the draft calls
+    of one `draft()` are timed in place. Reports max_draft_calls = calls + 1 so that
+    `should_continue` is also asked after the last call (the decoder skips it at the cap)."""
+
+    def __init__(self, calls: int):
+        self.calls, self.max_draft_calls = calls, calls + 1
+        self.stamps, self.steps, self.budget_steps = [], [], []
+
+    def clear(self):
+        self.stamps, self.steps, self.budget_steps = [], [], []
+
+    def should_continue(self, step):
+        self.stamps.append(time.perf_counter())
+        self.steps.append(step)
+        return step.draft_calls < self.calls
+
+    def verify_budget(self, step):
+        self.budget_steps.append(step)
+        return step.default_budget
+
+
+def _head_length(drafter):
+    cache = getattr(drafter, "cache", None)
+    return getattr(cache, "length", None)
+
+
+def _crop_head(drafter, length):
+    cache = getattr(drafter, "cache", None)
+    if cache is not None and length is not None:
+        cache.crop(length)
+
+
+def _policy_timer(policy, max_draft_calls):
+    """(name, decide(step) -> None, budget(step) -> None or None, reset) for a Policy or a callable."""
+    from radar_ext.policies import Policy, StaticPolicy
+    if policy is None:
+        policy = StaticPolicy(max_draft_calls)
+    if isinstance(policy, Policy):
+        return repr(policy), policy.should_continue, policy.verify_budget, policy.reset
+    if callable(policy):
+        name = getattr(policy, "__qualname__", type(policy).__name__)
+        return name, policy, None, (lambda: None)
+    raise TypeError(f"policy must be a radar_ext Policy or a callable taking a DraftStep, got {type(policy).__name__}")
+
+
+def check_lists(v_set, prefix_lens, tree_topks, max_position=None) -> None:
+    for name, xs in (("v_set", v_set), ("prefix_lens", prefix_lens), ("tree_topks", tree_topks)):
+        if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs):
+            raise CalibrationError(f"{name} must be a non-empty list of ints >= 1, got {list(xs)!r}")
+        if len(set(xs)) != len(xs):
+            raise CalibrationError(f"{name} must not repeat values, got {list(xs)!r}")
+    if max_position is not None and max(prefix_lens) + max(v_set) + 2 > max_position:
+        raise CalibrationError(f"prefix_lens: the longest prefix + the largest V ({max(prefix_lens)} + "
+                               f"{max(v_set)}) must fit the target's max_position_embeddings = {max_position}")
+
+
+def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
+              prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
+              pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
+              seed: int = 0, progress: bool = False, log=None) -> CostModel:
+    """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
+    Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
+    are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
+    skips the HF generate measurement."""
+    import torch
+
+    from radar_ext import kv_cache
+    from radar_ext.acceptance import greedy_accept
+    from radar_ext.drafters.base import DraftRequest
+    from radar_ext.policies.base import CostInfo
+    from radar_ext.verifier import prefill, verify
+
+    v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
+    check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))
+    for k, v, lo in (("max_draft_calls", max_draft_calls, 1), ("pending", pending, 1), ("warmup", warmup, 0),
+                     ("repeats", repeats, 1), ("ar_tokens", ar_tokens, 0), ("ar_repeats", ar_repeats, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
+    pol_name, decide, budget, reset = _policy_timer(policy, max_draft_calls)
+    W_verify = max(tree_topks)
+    if pending > 1 + max_draft_calls:
+        raise CalibrationError(f"pending must be <= max_draft_calls + 1 = {max_draft_calls + 1}, got {pending}")
+    layers = drafter.feature_layers
+    vocab = target.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    rounds = warmup + repeats
+    total = len(prefix_lens) * (rounds * (len(tree_topks) + len(v_set)) + 1 + (ar_repeats + 1) * (ar_tokens > 0))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="calibrate", unit="run", leave=False)
+    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    say = log or (lambda s: None)
+
+    verify_t, build_t, over_t, first_t, next_t, ar_t, gen_t = {}, {}, {}, {}, {}, {}, {}
+    decisions, budgets = [], []
+    stamp = _StampPolicy(max_draft_calls)
+    device = next(target.parameters()).device
+    t_start = time.perf_counter()
+    with torch.no_grad():
+        for P in prefix_lens:
+            ids = torch.randint(0, vocab, (1, P), generator=gen).to(device)
+            cache = kv_cache.new_target_cache(target)
+            res = prefill(target, cache, ids, layers)
+            root = res.logits[:, -1].argmax(-1)                                  # [1]
+            drafter.start(ids, res.features, root)
+
+            def draft(W, V):
+                stamp.clear()
+                req = DraftRequest(root=root, seq_len=P + 1, tree_topk=W, verify_budget=V,
+                                   policy=stamp, costs=CostInfo())
+                t0 = time.perf_counter()
+                tree = drafter.draft(req)
+                t1 = time.perf_counter()
+                s = stamp.stamps
+                return tree, s[0] - t0, [b - a for a, b in zip(s, s[1:])], t1 - s[-1]
+
+            # The first draft consumes the whole prompt; afterwards every draft re-encodes the same
+            # `pending` accepted tokens (tokens and target features of a real tree path).
+            tree, *_ = draft(W_verify, max(v_set))
+            head_len = _head_length(drafter)
+            out = verify(target, cache, tree, P, layers)
+            kv_cache.crop(cache, P)
+            longest = int((tree.paths[0] >= 0).sum(1).argmax())  # host sync: once per prefix
+            path = tree.paths[0, longest]
+            path = path[path >= 0][:pending]
+            tpl_tokens = torch.cat([tree.tokens[:, path[1:]], out.logits[:, path[-1]].argmax(-1, keepdim=True)], 1)
+            tpl_feats = out.features[:, path] if out.features is not None else None
+            n_pend = tpl_tokens.shape[1]
+
+            def reset_state():
+                kv_cache.crop(cache, P)
+                _crop_head(drafter, head_len)
+                drafter.commit(tpl_tokens, n_pend, tpl_feats)
+
+            # draft calls at each W
+            firsts = {W: [] for W in tree_topks}
+            nexts = {W: [] for W in tree_topks}
+            for r in range(rounds):
+                for W in tree_topks:
+                    reset_state()
+                    _, f, n, _ = draft(W, max(v_set))
+                    if r >= warmup:
+                        firsts[W].append(f)
+                        nexts[W].extend(n)
+                    tick()
+            for W in tree_topks:
+                first_t.setdefault(W, {})[P] = Stat.of(firsts[W])
+                next_t.setdefault(W, {})[P] = Stat.of(nexts[W])
+
+            # verify curve (+ tree build and acceptance/commit around it), V interleaved per round
+            vt, bt, ot = ({V: [] for V in v_set} for _ in range(3))
+            for r in range(rounds):
+                order = v_set[r % len(v_set):] + v_set[:r % len(v_set)]
+                for V in order:
+                    reset_state()
+                    tree, _, _, build = draft(W_verify, V)
+                    if r >= warmup and len(decisions) < 200:
+                        decisions.append(list(stamp.steps))
+                        budgets.extend(stamp.budget_steps)
+                    t0 = time.perf_counter()
+                    out = verify(target, cache, tree, P, layers)
+                    t1 = time.perf_counter()
+                    acc = greedy_accept(tree, out.logits)
+                    n = acc.accepted_len[0] + 1
+                    p = acc.path[0, :n]
+                    kv_cache.commit_path(cache, P, p)
+                    drafter.commit(acc.tokens, n, out.features[:, p] if out.features is not None else None)
+                    t2 = time.perf_counter()
+                    if r >= warmup:
+                        vt[V].append(t1 - t0)
+                        bt[V].append(build)
+                        ot[V].append(t2 - t1)
+                    tick()
+            verify_t[P] = {V: Stat.of(vt[V]) for V in v_set}
+            build_t[P] = {V: Stat.of(bt[V]) for V in v_set}
+            over_t[P] = {V: Stat.of(ot[V]) for V in v_set}
+
+            # the plain 1-token decode step on the same prefix
+            steps = []
+            for r in range(rounds):
+                kv_cache.crop(cache, P)
+                t0 = time.perf_counter()
+                o = target(input_ids=root.view(1, 1), past_key_values=cache, use_cache=True)
+                int(o.logits[0, -1].argmax())  # host sync: generate reads the token too
+                if r >= warmup:
+                    steps.append(time.perf_counter() - t0)
+            tick()
+            ar_t[P] = Stat.of(steps)
+            kv_cache.crop(cache, P)
+
+            # per-token cost inside HF generate: (N + 1 tokens - 1 token) / N, prefill cancels out
+            if ar_tokens > 0:
+                per_tok = []
+                mask = torch.ones_like(ids)
+                g = dict(attention_mask=mask, do_sample=False, pad_token_id=0, eos_token_id=None)
+                for r in range(ar_repeats + 1):
+                    t0 = time.perf_counter()
+                    target.generate(ids, max_new_tokens=1, min_new_tokens=1, **g)
+                    t1 = time.perf_counter()
+                    target.generate(ids, max_new_tokens=ar_tokens + 1, min_new_tokens=ar_tokens + 1, **g)
+                    t2 = time.perf_counter()
+                    if r >= 1:
+                        per_tok.append(max((t2 - t1) - (t1 - t0), 0.0) / ar_tokens)
+                    tick()
+                gen_t[P] = Stat.of(per_tok)
+            say(f"[calibrate] prefix {P}: verify V={v_set[0]} {1e3 * verify_t[P][v_set[0]].median:.2f} ms, "
+                f"V={v_set[-1]} {1e3 * verify_t[P][v_set[-1]].median:.2f} ms")
+
+    # policy decisions on the recorded draft steps (one cycle's sequence per reset)
+    dec_t, bud_t = [], []
+    for _ in range(max(1, warmup)):
+        reset()
+        for s in decisions[0]:
+            decide(s)
+    for seq in decisions:
+        reset()
+        for s in seq:
+            t0 = time.perf_counter()
+            decide(s)
+            dec_t.append(time.perf_counter() - t0)
+    if budget is not None:
+        for s in budgets:
+            t0 = time.perf_counter()
+            budget(s)
+            bud_t.append(time.perf_counter() - t0)
+    if bar is not None:
+        bar.close()
+
+    from radar_ext.benchmark.report import machine_info
+    machine = machine_info()
+    machine["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    settings = dict(warmup=warmup, repeats=repeats, ar_tokens=ar_tokens, ar_repeats=ar_repeats, seed=seed,
+                    prefix="random token ids", seconds=time.perf_counter() - t_start,
+                    dtype=str(next(target.parameters()).dtype).replace("torch.", ""))
+    return CostModel(
+        name=name, target=str(getattr(target.config, "_name_or_path", "") or type(target).__name__),
+        drafter=type(drafter).__name__ + (f"(draft_vocab={drafter.head.config.draft_vocab_size})"
+                                          if hasattr(drafter, "head") else ""),
+        prefix_lens=list(prefix_lens), v_set=list(v_set), tree_topks=list(tree_topks),
+        verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=n_pend,
+        verify=verify_t, tree_build=build_t, overhead=over_t, draft_first=first_t, draft_next=next_t,
+        ar_step=ar_t, ar_generate=gen_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
+        policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings)
+
+
+def plot(model: CostModel, path) -> None:
+    """Left: T_verify(V) per prefix length (p10-p90 band) with the AR step for scale.
+    Right: one draft call (call 1 and later calls) against W."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, P in enumerate(sorted(model.verify)):
+        c = f"C{i}"
+        Vs = sorted(model.verify[P])
+        s = [model.verify[P][V] for V in Vs]
+        a.plot(Vs, [1e3 * x.median for x in s], "o-", color=c, label=f"verify, prefix {P}")
+        a.fill_between(Vs, [1e3 * x.p10 for x in s], [1e3 * x.p90 for x in s], color=c, alpha=0.2)
+        if P in model.ar_step:
+            a.axhline(1e3 * model.ar_step[P].median, color=c, ls=":", label=f"AR 1-token step, prefix {P}")
+    a.set_xlabel("verify budget V (draft tokens per target forward)")
+    a.set_ylabel("ms")
+    a.set_title("T_verify(V)")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    Ws = sorted(model.draft_first)
+    for i, P in enumerate(sorted(model.prefix_lens)):
+        b.plot(Ws, [1e3 * model.draft_first[W][P].median for W in Ws], "o-", color=f"C{i}",
+               label=f"call 1 (re-encodes {model.pending}), prefix {P}")
+        b.plot(Ws, [1e3 * model.draft_next[W][P].median for W in Ws], "s--", color=f"C{i}",
+               label=f"later call, prefix {P}")
+    b.set_xlabel("tree_topk W")
+    b.set_ylabel("ms")
+    b.set_title("one draft call")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    m = model.machine
+    fig.suptitle(f"{model.name}: {m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads, "
+                 f"torch {m.get('torch', '?')}, {m.get('date', '')}", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
