@@ -205,6 +205,8 @@ def test_cli_errors(capsys):
     assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err
     assert main(["bench", "--questions", "humaneval", "--categories", "math"]) == 2
     assert "--categories: unknown category math" in capsys.readouterr().err
+    assert main(["bench", "--questions", "humaneval", "--max-turns", "0"]) == 2
+    assert "--max-turns must be >= 1, got 0" in capsys.readouterr().err
 
 # ---------------------------------------------------------------- tiny end-to-end
 

@@ -7,6 +7,7 @@ on the same answers; at temperature 0 every answer is checked token by token aga
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 
@@ -17,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", default=None, help="comma-separated categories to keep (default: all)")
     p.add_argument("--limit", type=int, default=None,
                    help="at most N questions, taken round-robin over categories (default: all)")
+    p.add_argument("--max-turns", type=int, default=None,
+                   help="keep only the first N turns of each question (1 = first turns only; default: all)")
     p.add_argument("--methods", default="all",
                    help=f"comma-separated, from {', '.join(METHODS)}; 'all' = every available one "
                         "(ar is always run: it is the baseline)")
@@ -47,7 +50,8 @@ def _check_args(args):
     for name, value, lo in (("--max-new-tokens", args.max_new_tokens, 1), ("--repeats", args.repeats, 1),
                             ("--warmup", args.warmup, 0), ("--pld-tokens", args.pld_tokens, 1),
                             ("--ngram-budget", args.ngram_budget, 1),
-                            ("--limit", args.limit, 1), ("--threads", args.threads, 1)):
+                            ("--limit", args.limit, 1), ("--threads", args.threads, 1),
+                            ("--max-turns", args.max_turns, 1)):
         if value is not None and value < lo:
             raise ValueError(f"{name} must be >= {lo}, got {value}")
     if not args.temperature >= 0:
@@ -119,6 +123,8 @@ def run(args) -> int:
         methods = resolve_methods(args.methods, options)
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
         questions = select_questions(load_questions(args.questions), cats, args.limit)
+        if args.max_turns is not None:
+            questions = [dataclasses.replace(q, turns=q.turns[:args.max_turns]) for q in questions]
     except (ValueError, QuestionFileError, UnknownMethod, MethodUnavailable) as e:
         return _fail(str(e))
     if args.threads:
