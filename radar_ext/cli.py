@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "demo": ("radar_ext.commands.demo", "the embedded default: plain greedy vs RadarDecoder on one prompt"),
     "train-draft": ("radar_ext.commands.train_draft", "build self-distillation data and train an EAGLE-3 head"),
     "bench": ("radar_ext.commands.bench", "end-to-end benchmark against the peers"),
+    "collect": ("radar_ext.commands.collect", "record offline episodes for the learned draft controllers"),
+    "train-policy": ("radar_ext.commands.train_policy", "train a RADAR or LTD controller from the episodes"),
     "calibrate": ("radar_ext.commands.calibrate", "measure draft, verify, policy and AR costs on this machine"),
 }
 

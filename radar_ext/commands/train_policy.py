@@ -1,0 +1,56 @@
+"""Train a learned draft controller offline from `radar collect` episodes: `--kind radar` (REINFORCE
+stop rule, METHOD.md 5) or `--kind ltd` (depth + verify-budget heads, throughput reward, METHOD.md 6).
+Selects by expected throughput on the validation split and prints it against every static (n, V)
+setting of the same episodes. Resumable (checkpoint.pt in --out-dir); the policy is written to
+<out-dir>/best, loadable with `radar generate --policy PATH`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    from radar_ext.models import cache_dir
+
+    p.add_argument("--kind", choices=("radar", "ltd"), required=True)
+    p.add_argument("--episodes", type=Path, default=cache_dir() / "episodes" / "default",
+                   help="a `radar collect` directory (default: %(default)s)")
+    p.add_argument("--out-dir", type=Path, default=None, help="default: <cache>/policy_runs/<kind>")
+    p.add_argument("--costs", default=None,
+                   help="calibration JSON (t_draft, t_policy, t_ar, T_verify curve); default: estimated from "
+                        "the episodes' timings")
+    p.add_argument("--epochs", type=int, default=30, help="RADAR: epochs; LTD: epochs per phase")
+    p.add_argument("--rounds", type=int, default=2, help="LTD: (size, depth) training rounds")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: radar 1e-4, ltd 1e-3)")
+    p.add_argument("--gamma", type=float, default=0.99, help="RADAR discount")
+    p.add_argument("--alpha", type=float, default=0.0, help="RADAR penalty per continue")
+    p.add_argument("--beta", type=float, default=None, help="RADAR stop reward scale (default: t_ar)")
+    p.add_argument("--verify-budget", type=int, default=60, help="RADAR: the fixed verify budget V")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+
+
+def run(args) -> int:
+    from radar_ext.models import cache_dir
+    from radar_ext.training.train_policy import TrainPolicyConfig, _check, train
+
+    out = args.out_dir or cache_dir() / "policy_runs" / args.kind
+    cfg = TrainPolicyConfig(episodes=args.episodes, out_dir=out, kind=args.kind, costs=args.costs,
+                            epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
+                            gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
+                            seed=args.seed, threads=args.threads)
+    try:
+        if args.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {args.threads}")
+        _check(cfg)
+        best = train(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e)
+        for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "threads"):
+            if msg.startswith(name + " "):
+                msg = "--" + name.replace("_", "-") + msg[len(name):]
+        print(f"radar train-policy: error: {msg}", file=sys.stderr)
+        return 2
+    print(f"[radar] policy written to {best}")
+    return 0

@@ -1,0 +1,449 @@
+"""Offline training of the learned controllers from `radar collect` episodes (METHOD.md 5, 6).
+
+RADAR: REINFORCE. Per cycle, sample stop/continue after each draft call (forced stop at
+max_draft_calls), sample the accepted length L from the recorded distribution at the chosen n and
+the training budget V; reward -alpha per continue and beta * (L + 1) / T(n) at the stop,
+T(n) = T_verify(V) + n * (t_draft + t_policy); discount gamma; baseline = mean return per step.
+
+LTD: throughput reward E[L + 1] / T_cycle(n, V), T_cycle = n * t_draft + T_verify(V) + t_policy per
+decision. Offline policy gradient with the exact expectation (every action's reward is known from
+the recorded distributions, so the expected reward is differentiated directly instead of sampled):
+size head with the depth head frozen, then depth with size frozen, `rounds` times.
+
+Model selection: EXPECTED THROUGHPUT on the validation split, sum E[L + 1] / sum E[T_cycle] over
+cycles with the deterministic (argmax) policy, compared with every static (n, V) of the same episodes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from radar_ext.policies.costs import PolicyCosts
+from radar_ext.policies.learned import seq_len_feature, sorted_padded
+from radar_ext.policies.ltd import CONTINUE, STOP, LtdPolicy, depth_features, size_features
+from radar_ext.policies.radar import RadarPolicy, radar_features
+from radar_ext.training.episodes import Episodes, load_episodes
+
+
+@dataclass
+class TrainPolicyConfig:
+    episodes: Path
+    out_dir: Path
+    kind: str = "radar"             # radar | ltd
+    costs: str | None = None        # calibration JSON; None: estimated from the episodes' own timings
+    epochs: int = 30                # RADAR: epochs; LTD: epochs per phase
+    rounds: int = 2                 # LTD: (size, depth) rounds
+    batch_size: int = 256
+    lr: float | None = None         # default: RADAR 1e-4 (METHOD.md 5), LTD 1e-3
+    gamma: float = 0.99
+    alpha: float = 0.0              # RADAR: penalty per continue
+    beta: float | None = None       # RADAR: stop reward scale; default t_ar (reward ~ speedup over AR)
+    verify_budget: int = 60         # RADAR: the fixed V (must be in the episodes' budget set)
+    lstm_hidden: int = 128
+    mlp_hidden: int = 128
+    seed: int = 0
+    threads: int = 0
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def expected_tokens(ep: Episodes) -> torch.Tensor:
+    """E[L + 1] per cycle, stopping point and budget: [C, N, nV] float64."""
+    dist = ep["accept_dist"].double()                                    # [C, N, nV, N+1]
+    return (dist * torch.arange(1, dist.shape[-1] + 1, dtype=torch.float64)).sum(-1)
+
+
+def decisions(n: torch.Tensor, N: int) -> torch.Tensor:
+    """Depth decisions made when stopping after n calls (none is asked at the cap N)."""
+    return torch.clamp(n, max=N - 1)
+
+
+def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
+    """Expected throughput (tokens/s) of every static (n, V): [N, nV] float64."""
+    E = expected_tokens(ep).sum(0)                                       # [N, nV]
+    N, nV = E.shape
+    budgets = ep.meta["budgets"]
+    T = torch.tensor([[n * costs.t_draft + costs.t_verify(v) for v in budgets] for n in range(1, N + 1)],
+                     dtype=torch.float64)
+    return E / (ep.cycles * T)
+
+
+def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: torch.Tensor,
+                      size_decision: bool) -> dict:
+    """Expected throughput of per-cycle choices n [C] (1..N), v_idx [C] (index into budgets)."""
+    E = expected_tokens(ep)
+    C, N, _ = E.shape
+    e = E[torch.arange(C), n - 1, v_idx]
+    vt = torch.tensor([costs.t_verify(v) for v in ep.meta["budgets"]], dtype=torch.float64)
+    t = n * costs.t_draft + vt[v_idx] + (decisions(n, N) + int(size_decision)) * costs.t_policy
+    budgets = torch.tensor(ep.meta["budgets"])
+    return {"throughput": float(e.sum() / t.sum()), "tau": float(e.mean()), "mean_draft_calls": float(n.double().mean()),
+            "mean_verify_budget": float(budgets[v_idx].double().mean()), "cycles": C}
+
+
+@torch.no_grad()
+def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
+    """Argmax stopping point n [C] of a RadarPolicy on every recorded cycle (batched torch forward)."""
+    beams = ep["beam_scores"]
+    C, N, _ = beams.shape
+    net = policy.net
+    h, c = net.zero_state(C)
+    n = torch.full((C,), N, dtype=torch.int64)
+    for t in range(min(N, policy.max_draft_calls) - 1):
+        logits, h, c = net.step(radar_features(beams[:, t]), h, c)
+        stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
+        n[stop] = t + 1
+    return n.clamp(max=policy.max_draft_calls)
+
+
+def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
+    """Depth features [C, N, Fd] and size features [C, N, Fs] of every cycle and stopping point."""
+    child, pool = ep["child_scores"], ep["pool_top"]
+    C, N, W, _ = child.shape
+    cost = policy.cost_tensor()
+    sl = seq_len_feature(ep["seq_len"])
+    fd, fs = [], []
+    for t in range(N):
+        frac = torch.full((C,), (t + 1) / policy.max_draft_calls)
+        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, cost))
+        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, cost))
+    return torch.stack(fd, 1), torch.stack(fs, 1)
+
+
+@torch.no_grad()
+def ltd_choices(policy: LtdPolicy, ep: Episodes, feats=None):
+    """Argmax (n [C], v_idx [C]) of an LtdPolicy on every recorded cycle."""
+    fd, fs = feats or _ltd_inputs(policy, ep)
+    C, N, _ = fd.shape
+    n = torch.full((C,), N, dtype=torch.int64)
+    for t in range(N - 1):
+        logits, _, _ = policy.depth_net.step(fd[:, t], *policy.depth_net.zero_state(C))
+        stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
+        n[stop] = t + 1
+    logits, _, _ = policy.size_net.step(fs[torch.arange(C), n - 1], *policy.size_net.zero_state(C))
+    return n, logits.argmax(1)
+
+
+def evaluate(policy, ep: Episodes, costs: PolicyCosts, v_idx_fixed: int | None = None) -> dict:
+    if isinstance(policy, RadarPolicy):
+        n = radar_choices(policy, ep)
+        return policy_throughput(ep, costs, n, torch.full_like(n, v_idx_fixed), False)
+    n, v = ltd_choices(policy, ep)
+    return policy_throughput(ep, costs, n, v, True)
+
+
+# ----------------------------------------------------------------------------- costs
+
+def costs_from_episodes(ep: Episodes, t_policy: float) -> PolicyCosts:
+    """A rough PolicyCosts from the episodes' own timings (draft call mean; T_verify(V) from a
+    least-squares line through (union size, verify seconds)); for smoke runs without a calibration."""
+    t_draft = float(ep["t_draft"].double().mean())
+    x, y = ep["verify_nodes"].double(), ep["t_verify"].double()
+    if x.numel() > 1 and float(x.var()) > 0:
+        b = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        b = max(b, 0.0)
+    else:
+        b = 0.0
+    a = max(float(y.mean()) - b * float(x.mean()), 1e-6)
+    budgets = ep.meta["budgets"]
+    return PolicyCosts(t_draft, t_policy, a, [0] + list(budgets), [a] + [a + b * v for v in budgets])
+
+
+def measure_policy_time(policy, W: int, repeats: int = 200) -> float:
+    """Seconds of one fused decision on this machine (median of `repeats`)."""
+    from radar_ext.policies.base import BudgetStep, CostInfo, DraftStep
+
+    step = DraftStep(2, torch.sort(torch.randn(1, W), descending=True).values, torch.randn(1, W, W), 100, CostInfo())
+    policy.reset()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        policy.should_continue(step)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------- training
+
+def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
+    """One REINFORCE update on the cycles idx. Returns (mean return, mean n)."""
+    beams, dist = ep["beam_scores"][idx], ep["accept_dist"][idx, :, v_idx]  # [B, N, W], [B, N, N+1]
+    B, N, _ = beams.shape
+    net = policy.net
+    h, c = net.zero_state(B)
+    logps, acts = [], []
+    for t in range(N - 1):
+        logits, h, c = net.step(radar_features(beams[:, t]), h, c)
+        logp = torch.log_softmax(logits, 1)
+        a = torch.multinomial(logp.exp().detach(), 1, generator=gen).view(B)
+        logps.append(logp.gather(1, a.view(B, 1)).view(B))
+        acts.append(a)
+    K = N - 1                                                            # decision steps
+    if K == 0:
+        return 0.0, float(N)
+    acts = torch.stack(acts, 1)                                          # [B, K]
+    logps = torch.stack(logps, 1)
+    stopped = (acts == STOP)
+    first = torch.where(stopped.any(1), stopped.float().argmax(1), torch.full((B,), K - 1))  # last decision index
+    n = torch.where(stopped.any(1), first + 1, torch.full((B,), N))      # calls made
+    L = torch.multinomial(dist[torch.arange(B), n - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
+    T = costs.t_verify(cfg.verify_budget) + n.double() * (costs.t_draft + costs.t_policy)
+    steps = torch.arange(K)
+    alive = steps.view(1, K) <= first.view(B, 1)                         # decisions actually taken
+    r = torch.where(alive & (acts == CONTINUE), -cfg.alpha, 0.0).double()
+    r[torch.arange(B), first] += beta * (L + 1).double() / T             # at the stop (or the cap)
+    G = torch.zeros(B, K, dtype=torch.float64)
+    run = torch.zeros(B, dtype=torch.float64)
+    for t in reversed(range(K)):
+        run = r[:, t] + cfg.gamma * run * alive[:, t]
+        G[:, t] = run
+    base = (G * alive).sum(0) / alive.sum(0).clamp(min=1)               # mean return per step
+    adv = ((G - base) * alive).float()
+    loss = -(logps * adv).sum() / B
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(G[:, 0].mean()), float(n.double().mean())
+
+
+def _ltd_rewards(ep, costs, N, budgets) -> torch.Tensor:
+    """E[L + 1] / T_cycle for every (cycle, n, V), scaled by t_ar: [C, N, nV]."""
+    E = expected_tokens(ep)
+    n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
+    vt = torch.tensor([costs.t_verify(v) for v in budgets], dtype=torch.float64).view(1, -1)
+    T = n * costs.t_draft + vt + (decisions(n, N) + 1) * costs.t_policy
+    return (E * costs.t_ar / T).float()
+
+
+def _ltd_size_step(policy, opt, fs, R, n):
+    """Maximise E_v~pi[R(c, n_c, v)] over the size head. fs [B, N, F], R [B, N, nV], n [B]."""
+    B = n.shape[0]
+    x = fs[torch.arange(B), n - 1]
+    logits, _, _ = policy.size_net.step(x, *policy.size_net.zero_state(B))
+    exp_r = (torch.softmax(logits, 1) * R[torch.arange(B), n - 1]).sum(1)
+    opt.zero_grad()
+    (-exp_r.mean()).backward()
+    opt.step()
+    return float(exp_r.detach().mean())
+
+
+def _ltd_depth_step(policy, opt, fd, Rn):
+    """Maximise sum_n P(stop at n) R(c, n) over the depth head. fd [B, N, F], Rn [B, N]."""
+    B, N, _ = fd.shape
+    logits, _, _ = policy.depth_net.step(fd[:, :N - 1].reshape(B * (N - 1), -1),
+                                         *policy.depth_net.zero_state(B * (N - 1)))
+    p = torch.softmax(logits, 1).view(B, N - 1, 2)
+    cont = torch.cumprod(torch.cat([torch.ones(B, 1), p[:, :, CONTINUE]], 1), 1)   # P(reach call t+1) [B, N]
+    p_stop = torch.cat([p[:, :, STOP], torch.ones(B, 1)], 1) * cont                # P(stop after n)
+    exp_r = (p_stop * Rn).sum(1)
+    opt.zero_grad()
+    (-exp_r.mean()).backward()
+    opt.step()
+    return float(exp_r.detach().mean())
+
+
+def train(cfg: TrainPolicyConfig, log=print) -> Path:
+    """Train, select by validation expected throughput, write <out_dir>/best (the policy) and
+    report.json. Resumes from <out_dir>/checkpoint.pt."""
+    from tqdm import tqdm
+
+    _check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    train_ep, val_ep = load_episodes(cfg.episodes, "train"), load_episodes(cfg.episodes, "val")
+    if train_ep.cycles == 0:
+        raise ValueError(f"{cfg.episodes} has no training cycles; run `radar collect` with more prompts")
+    if val_ep.cycles == 0:
+        log("[train-policy] warning: the validation split is empty; selecting on the training split")
+        val_ep = train_ep
+    meta = train_ep.meta
+    W, N, budgets = meta["tree_topk"], meta["max_draft_calls"], list(meta["budgets"])
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lr = cfg.lr or (1e-4 if cfg.kind == "radar" else 1e-3)
+
+    if cfg.kind == "radar":
+        if cfg.verify_budget not in budgets:
+            raise ValueError(f"--verify-budget {cfg.verify_budget} is not in the episodes' budget set {budgets}")
+        v_idx = budgets.index(cfg.verify_budget)
+        probe = RadarPolicy(W, N, cfg.lstm_hidden, cfg.mlp_hidden, seed=cfg.seed)
+    else:
+        v_idx = None
+        probe = None
+    costs = _costs(cfg, train_ep, probe, W, N, budgets, log)
+    if cfg.kind == "radar":
+        policy = RadarPolicy(W, N, cfg.lstm_hidden, cfg.mlp_hidden, seed=cfg.seed, costs=costs,
+                             verify_budget=cfg.verify_budget)
+        phases = [("radar", 0)]
+    else:
+        policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed)
+        phases = [(p, r) for r in range(cfg.rounds) for p in ("size", "depth")]
+    opts = {"radar": lambda: torch.optim.Adam(policy.net.parameters(), lr=lr),
+            "size": lambda: torch.optim.Adam(policy.size_net.parameters(), lr=lr),
+            "depth": lambda: torch.optim.Adam(policy.depth_net.parameters(), lr=lr)}
+    beta = cfg.beta if cfg.beta is not None else costs.t_ar
+
+    grid = static_grid(val_ep, costs)
+    best_static = divmod(int(grid.argmax()), len(budgets))
+    state = {"phase": 0, "epoch": 0, "best": -1.0, "best_state": None, "history": []}
+    ckpt = out / "checkpoint.pt"
+    opt = None
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        if saved["config"] != _ckpt_config(cfg):
+            raise ValueError(f"{ckpt} was written with other settings ({saved['config']}); use another --out-dir")
+        for name, net in policy.nets().items():
+            net.load_state_dict(saved["nets"][name])
+        state = saved["state"]
+        gen.set_state(saved["rng"])
+        if state["phase"] < len(phases):
+            opt = opts[phases[state["phase"]][0]]()
+            if saved.get("opt") is not None:
+                opt.load_state_dict(saved["opt"])
+        log(f"[train-policy] resumed from {ckpt}: phase {state['phase']}, epoch {state['epoch']}")
+
+    ltd_train = _ltd_inputs(policy, train_ep) if cfg.kind == "ltd" else None
+    R_train = _ltd_rewards(train_ep, costs, N, budgets) if cfg.kind == "ltd" else None
+    C = train_ep.cycles
+    total = len(phases) * cfg.epochs
+    bar = tqdm(total=total, initial=state["phase"] * cfg.epochs + state["epoch"], desc=f"train {cfg.kind}", unit="epoch")
+    while state["phase"] < len(phases):
+        phase, rnd = phases[state["phase"]]
+        if opt is None:
+            opt = opts[phase]()
+        perm = torch.randperm(C, generator=gen)
+        stats = []
+        if phase == "size":
+            with torch.no_grad():
+                n_frozen, _ = ltd_choices(policy, train_ep, ltd_train)
+        if phase == "depth":
+            with torch.no_grad():
+                fs = ltd_train[1]
+                lg, _, _ = policy.size_net.step(fs.reshape(C * N, -1), *policy.size_net.zero_state(C * N))
+                v_frozen = lg.argmax(1).view(C, N)
+                Rn = R_train.gather(2, v_frozen.unsqueeze(2)).squeeze(2)          # [C, N]
+        for s in range(0, C, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            if phase == "radar":
+                stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen)[0])
+            elif phase == "size":
+                stats.append(_ltd_size_step(policy, opt, ltd_train[1][idx], R_train[idx], n_frozen[idx]))
+            else:
+                stats.append(_ltd_depth_step(policy, opt, ltd_train[0][idx], Rn[idx]))
+        policy.refresh()
+        res = evaluate(policy, val_ep, costs, v_idx)
+        state["epoch"] += 1
+        res.update(phase=phase, round=rnd, epoch=state["epoch"], train_objective=sum(stats) / max(len(stats), 1))
+        state["history"].append(res)
+        if res["throughput"] > state["best"]:
+            state["best"] = res["throughput"]
+            state["best_state"] = {k: {p: v.clone() for p, v in net.state_dict().items()} for k, net in policy.nets().items()}
+        bar.set_postfix(phase=f"{phase}{rnd}", val_tok_s=f"{res['throughput']:.2f}", best=f"{state['best']:.2f}",
+                        n=f"{res['mean_draft_calls']:.2f}", V=f"{res['mean_verify_budget']:.0f}")
+        bar.update(1)
+        if state["epoch"] >= cfg.epochs:
+            state["phase"] += 1
+            state["epoch"] = 0
+            opt = None
+            if cfg.kind == "ltd" and state["best_state"] is not None:
+                # next phase starts from the best policy so far (the frozen head is the selected one)
+                for k, net in policy.nets().items():
+                    net.load_state_dict(state["best_state"][k])
+                policy.refresh()
+        _save_checkpoint(ckpt, cfg, policy, state, opt, gen)
+    bar.close()
+
+    for k, net in policy.nets().items():
+        net.load_state_dict(state["best_state"][k])
+    policy.refresh()
+    best_dir = out / "best"
+    policy.save_pretrained(best_dir)
+    final = evaluate(policy, val_ep, costs, v_idx)
+    report = _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, train_ep.cycles)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    log(_format_report(report, grid, budgets))
+    return best_dir
+
+
+def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
+    if cfg.costs:
+        return PolicyCosts.load(cfg.costs)
+    if probe is None:
+        probe = LtdPolicy(W, N, budgets, costs={"t_draft": 1.0, "t_policy": 0.0, "t_ar": 1.0, "t_verify": {1: 1.0}},
+                          pool_topk=train_ep.meta["pool_topk"], mlp_hidden=cfg.mlp_hidden)
+    t_pol = measure_policy_time(probe, W)
+    costs = costs_from_episodes(train_ep, t_pol)
+    log(f"[train-policy] no --costs: estimated from the episodes' timings (t_draft {costs.t_draft * 1e3:.2f} ms, "
+        f"T_verify(0) {costs.t_ar * 1e3:.2f} ms, T_verify({budgets[-1]}) {costs.t_verify(budgets[-1]) * 1e3:.2f} ms, "
+        f"t_policy {t_pol * 1e6:.0f} us); use `--costs` with a `radar calibrate` JSON for real runs")
+    return costs
+
+
+def _ckpt_config(cfg) -> dict:
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    d.pop("threads")
+    return d
+
+
+def _save_checkpoint(path, cfg, policy, state, opt, gen) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"config": _ckpt_config(cfg), "nets": {k: n.state_dict() for k, n in policy.nets().items()},
+                "state": state, "opt": None if opt is None else opt.state_dict(), "rng": gen.get_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_train) -> dict:
+    bn, bv = best_static
+    rep = {"kind": cfg.kind, "validation_cycles": val_ep.cycles, "train_cycles": n_train, "costs": costs.to_dict(),
+           "policy": final,
+           "best_static": {"max_draft_calls": bn + 1, "verify_budget": budgets[bv], "throughput": float(grid[bn, bv])},
+           "static_grid": {"budgets": budgets, "throughput": grid.tolist()}}
+    if v_idx is not None:
+        col = grid[:, v_idx]
+        k = int(col.argmax())
+        rep["best_static_at_V"] = {"max_draft_calls": k + 1, "verify_budget": budgets[v_idx], "throughput": float(col[k])}
+    rep["gain_over_best_static"] = final["throughput"] / rep["best_static"]["throughput"] - 1
+    return rep
+
+
+def _format_report(rep, grid, budgets) -> str:
+    lines = [f"expected throughput on the validation split ({rep['validation_cycles']} cycles), tokens/s:",
+             "  static n\\V " + " ".join(f"{v:>7d}" for v in budgets)]
+    for n in range(grid.shape[0]):
+        lines.append(f"  {n + 1:>10d} " + " ".join(f"{x:7.2f}" for x in grid[n].tolist()))
+    p, b = rep["policy"], rep["best_static"]
+    lines.append(f"  best static: n={b['max_draft_calls']} V={b['verify_budget']}: {b['throughput']:.2f} tok/s")
+    if "best_static_at_V" in rep:
+        s = rep["best_static_at_V"]
+        lines.append(f"  best static at V={s['verify_budget']}: n={s['max_draft_calls']}: {s['throughput']:.2f} tok/s")
+    lines.append(f"  learned {rep['kind']}: {p['throughput']:.2f} tok/s (tau {p['tau']:.2f}, draft calls "
+                 f"{p['mean_draft_calls']:.2f}, V {p['mean_verify_budget']:.1f}) -> "
+                 f"{rep['gain_over_best_static']:+.1%} vs the best static")
+    return "\n".join(lines)
+
+
+def _check(cfg: TrainPolicyConfig) -> None:
+    if cfg.kind not in ("radar", "ltd"):
+        raise ValueError(f"kind must be 'radar' or 'ltd', got {cfg.kind!r}")
+    for name in ("epochs", "rounds", "batch_size", "verify_budget", "lstm_hidden", "mlp_hidden"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if not 0 < cfg.gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {cfg.gamma}")
+    if not (math.isfinite(cfg.alpha) and cfg.alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {cfg.alpha}")
+    if cfg.beta is not None and not cfg.beta > 0:
+        raise ValueError(f"beta must be > 0, got {cfg.beta}")
