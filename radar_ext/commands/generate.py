@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", choices=("eagle", "ngram"), default="ngram",
                    help="eagle: the shipped EAGLE-3 head (or --head); ngram: prompt lookup (default)")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (with --drafter eagle)")
-    p.add_argument("--policy", choices=("static",), default="static", help="draft controller")
+    p.add_argument("--policy", default="static",
+                   help="draft controller: static (default), radar or ltd (the policy trained by `radar "
+                        "train-policy` in the cache), or a saved policy directory (with --drafter eagle)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-draft-calls", type=int, default=None, help="static policy depth (eagle 8, ngram 1)")
     p.add_argument("--tree-topk", type=int, default=10, help="beams per level W (eagle)")
@@ -44,10 +46,34 @@ def _check(args) -> None:
         raise ValueError(f"--head needs --drafter eagle, got --drafter {args.drafter}")
     if not args.prompt.strip():
         raise ValueError("--prompt must not be empty")
+    if args.policy != "static":
+        if args.drafter != "eagle":
+            raise ValueError(f"--policy {args.policy} needs --drafter eagle, got --drafter {args.drafter}")
+        if args.max_draft_calls is not None:
+            raise ValueError("--max-draft-calls sets the static policy's depth; a learned --policy has its own")
 
 
-def build(args):
-    """(target, tokenizer, RadarDecoder) for the arguments."""
+def load_learned_policy(name: str):
+    """`radar` / `ltd`: the policy `radar train-policy` wrote to the cache; otherwise a directory."""
+    from pathlib import Path
+
+    from radar_ext.models import cache_dir
+    from radar_ext.policies import load_policy
+
+    if name in ("radar", "ltd"):
+        path = cache_dir() / "policy_runs" / name / "best"
+        if not (path / "config.json").is_file():
+            raise ValueError(f"--policy {name}: no trained {name} policy at {path}; train one with "
+                             f"`radar train-policy --kind {name}` or pass a policy directory")
+    else:
+        path = Path(name)
+        if not path.is_dir():
+            raise ValueError(f"--policy must be static, radar, ltd or a saved policy directory, got {name!r}")
+    return load_policy(path)
+
+
+def build(args, policy=None):
+    """(target, tokenizer, RadarDecoder) for the arguments; `policy`: a loaded learned policy or None."""
     from radar_ext.decoder import RadarDecoder
     from radar_ext.drafters import EagleDrafter, NgramDrafter
     from radar_ext.models import load_default, load_default_target
@@ -63,8 +89,8 @@ def build(args):
             drafter = EagleDrafter.from_pretrained(args.head, target)
         else:
             target, tok, drafter = load_default()
-        calls, budget = args.max_draft_calls or 8, args.verify_budget or 60
-    dec = RadarDecoder(target, drafter, policy=StaticPolicy(max_draft_calls=calls),
+        calls, budget = args.max_draft_calls or 8, args.verify_budget or getattr(policy, "trained_verify_budget", None) or 60
+    dec = RadarDecoder(target, drafter, policy=policy or StaticPolicy(max_draft_calls=calls),
                        tree_topk=args.tree_topk, verify_budget=budget)
     return target, tok, dec
 
@@ -77,12 +103,15 @@ def run(args) -> int:
 
     try:
         _check(args)
-    except ValueError as e:
+        policy = None if args.policy == "static" else load_learned_policy(args.policy)
+        if policy is not None and policy.tree_topk != args.tree_topk:
+            raise ValueError(f"--tree-topk must match the policy's tree_topk = {policy.tree_topk}, got {args.tree_topk}")
+    except (ValueError, FileNotFoundError) as e:
         print(f"radar generate: error: {e}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    target, tok, dec = build(args)
+    target, tok, dec = build(args, policy)
     if args.raw:
         ids = tok(args.prompt, return_tensors="pt")["input_ids"]
     else:
