@@ -1,0 +1,163 @@
+"""Episode collection on a tiny random Llama + untrained EAGLE head: the recorded per-(n, V)
+accepted-length distributions equal what decoding with StaticPolicy(n) at budget V does (greedy,
+cycle by cycle), the T=1 distributions are distributions and match a Monte-Carlo of sample_accept,
+the text is the target's own, and the on-disk dataset resumes."""
+import json
+
+import pytest
+import torch
+
+from radar_ext import EagleDrafter, RadarDecoder, StaticPolicy
+from radar_ext.acceptance import SamplingParams, sample_accept
+from radar_ext.training.episodes import (CollectConfig, EpisodeCollector, accept_distributions, collect,
+                                         load_episodes, node_probs, reach_probs, tree_sets)
+from radar_ext.tree import make_tree
+from test_decoder import tiny_llama
+
+VOCAB = 13  # a small vocabulary so that an untrained head's drafts get accepted now and then
+N, W, BUDGETS = 4, 4, (2, 4, 7, 12)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(vocab=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def drafter(model):
+    return EagleDrafter.init_random(model, seed=1)
+
+
+def prompt(seed, n=9):
+    return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_greedy_distributions_match_static_decoding(model, drafter):
+    col = EpisodeCollector(model, drafter, max_draft_calls=N, tree_topk=W, budgets=BUDGETS)
+    seen = set()
+    for seed in (3, 4):
+        ids = prompt(seed)
+        ep = col.run(ids, 24)
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             pad_token_id=0)
+        assert torch.equal(ep["tokens"], ref[0, ids.shape[1]:])          # the text is the target's own
+        full = torch.cat([ids[0], ep["tokens"]])
+        dist = ep["accept_dist"]
+        assert ((dist == 0) | (dist == 1)).all() and torch.equal(dist.sum(-1), torch.ones(dist.shape[:-1]))
+        for c in range(dist.shape[0]):
+            s = int(ep["seq_len"][c])
+            for n in range(1, N + 1):
+                for k, V in enumerate(BUDGETS):
+                    # one cycle of the real decoder from the same prefix: prefill emits the root, the
+                    # cycle emits >= 1 more token, so max_new_tokens=2 stops after exactly one cycle
+                    dec = RadarDecoder(model, drafter, StaticPolicy(n), tree_topk=W, verify_budget=V)
+                    dec.generate(full[:s - 1].view(1, -1), max_new_tokens=2)
+                    hist = dec.last_stats.accepted_hist
+                    assert dec.last_stats.cycles == 1
+                    got = int(dist[c, n - 1, k].argmax())
+                    assert hist[got] == 1 and sum(hist) == 1, (seed, c, n, V, hist, dist[c, n - 1, k])
+                    seen.add(got)
+        assert torch.equal(ep["accepted_len"], dist[:, -1, -1].argmax(-1))
+    assert max(seen) >= 2  # the check covered accepted drafts, not only rejections
+
+
+def test_sampling_distributions(model, drafter):
+    col = EpisodeCollector(model, drafter, max_draft_calls=N, tree_topk=W, budgets=BUDGETS, temperature=1.0)
+    ep = col.run(prompt(5), 30, generator=torch.Generator().manual_seed(0))
+    dist = ep["accept_dist"]
+    assert (dist >= 0).all()
+    torch.testing.assert_close(dist.sum(-1), torch.ones(dist.shape[:-1]), rtol=0, atol=1e-5)
+    assert ((dist > 1e-3) & (dist < 1 - 1e-3)).any()          # genuinely spread, not one-hot
+    # a deeper or bigger tree can only accept more: P(L >= d) is monotone in V at fixed n
+    ge = dist.flip(-1).cumsum(-1).flip(-1)
+    assert (ge[:, :, 1:] >= ge[:, :, :-1] - 1e-5).all()
+
+
+def test_sampling_distribution_matches_monte_carlo():
+    """accept_distributions on a hand-made tree vs repeated sample_accept walks over it."""
+    V = 6
+    # union tree: root(0) -> 1:tok1, 2:tok3, 3:tok4; 1 -> 4:tok0, 5:tok2; 2 -> 6:tok5; 4 -> 7:tok3
+    tokens = torch.tensor([2, 1, 3, 4, 0, 2, 5, 3])
+    parents = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 4])
+    logits = torch.randn(8, V, generator=torch.Generator().manual_seed(0)) * 1.5
+    logits[:, 1] += 1.0          # make some drafts likely
+    logits[:, 3] += 0.8
+    params = SamplingParams(1.0)
+    reach = reach_probs(parents, node_probs(logits, tokens, parents, params))
+    full = make_tree(tokens.view(1, -1), parents.view(1, -1), torch.tensor([8]))
+    depth = full.depth[0]
+    for keep in ([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 4, 7]):
+        keep_t = torch.tensor(keep)
+        member = torch.zeros(1, 7, dtype=torch.bool)
+        member[0, keep_t[1:] - 1] = True
+        dist = accept_distributions(member, depth[1:], reach[1:], 3)[0]
+        assert abs(float(dist.sum()) - 1) < 1e-6
+        new_of = {o: i for i, o in enumerate(keep)}
+        sub = make_tree(tokens[keep_t].view(1, -1), torch.tensor([[-1] + [new_of[int(parents[k])] for k in keep[1:]]]),
+                        torch.tensor([len(keep)]))
+        g = torch.Generator().manual_seed(1)
+        n_mc = 4000
+        counts = torch.zeros(4)
+        for _ in range(n_mc):
+            counts[sample_accept(sub, logits[keep_t].unsqueeze(0), params, g).accepted_len[0]] += 1
+        mc = counts / n_mc
+        assert (mc - dist).abs().max() < 0.03, (keep, dist, mc)   # ~4 standard errors at 4000 draws
+
+
+def test_tree_sets_match_candidate_pool_best():
+    from radar_ext.tree import CandidatePool
+
+    g = torch.Generator().manual_seed(2)
+    scores = -torch.rand(22, generator=g).round(decimals=1) * 5      # ties on purpose
+    counts = [4, 13, 22]
+    member = tree_sets(scores, counts, (3, 5, 30))
+    for n, cnt in enumerate(counts):
+        pool = CandidatePool(1, cnt, "cpu")
+        pool.add(torch.arange(cnt).view(1, -1), torch.full((1, cnt), -1), scores[:cnt].view(1, -1))
+        for k, V in enumerate((3, 5, 30)):
+            want = torch.zeros(22, dtype=torch.bool)
+            want[pool.best(V)[0]] = True
+            assert torch.equal(member[n, k], want)
+
+
+def test_collect_dataset_resume_and_split(model, drafter, tmp_path):
+    prompts = [(f"p{i}", prompt(10 + i, 5 + i).view(-1).tolist()) for i in range(6)]
+    cfg = CollectConfig(out_dir=tmp_path, num_prompts=6, max_new_tokens=12, max_draft_calls=N, tree_topk=W,
+                        budgets=BUDGETS, val_fraction=0.5, prompts_per_shard=2, pool_topk=16)
+    collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    meta = json.loads((tmp_path / "episodes_meta.json").read_text())
+    assert meta["tree_topk"] == W and meta["max_draft_calls"] == N and meta["budgets"] == list(BUDGETS)
+    assert meta["temperature"] == 0.0 and "target" in meta and "head" in meta
+    train_ids = [c for name, ids in meta["shards"].items() if name.startswith("train") for c in ids]
+    val_ids = [c for name, ids in meta["shards"].items() if name.startswith("val") for c in ids]
+    assert sorted(train_ids + val_ids) == sorted(p[0] for p in prompts) and not set(train_ids) & set(val_ids)
+    tr, va = load_episodes(tmp_path, "train"), load_episodes(tmp_path, "val")
+    assert tr.cycles + va.cycles > 6
+    assert tuple(tr["accept_dist"].shape[1:]) == (N, len(BUDGETS), N + 1)
+    assert tuple(tr["child_scores"].shape[1:]) == (N, W, W) and tuple(tr["pool_top"].shape[1:]) == (N, 16)
+    assert torch.isinf(tr["child_scores"][:, 0, 1:]).all() and torch.isfinite(tr["child_scores"][:, 0, 0]).all()
+    assert (tr["t_draft"] > 0).all() and (tr["t_verify"] > 0).all()
+    # resume: present shards are skipped (not rewritten)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
+    collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")} == mtimes
+    (tmp_path / sorted(mtimes)[0]).unlink()
+    collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    assert (tmp_path / sorted(mtimes)[0]).exists()
+    # other settings in the same directory are refused
+    cfg.budgets = (2, 4)
+    with pytest.raises(ValueError, match="budgets"):
+        collect(cfg, target=model, drafter=drafter, prompts=prompts)
+
+
+def test_collector_argument_errors(model, drafter):
+    from radar_ext import NgramDrafter
+
+    with pytest.raises(TypeError, match="drafter must be an EagleDrafter"):
+        EpisodeCollector(model, NgramDrafter())
+    with pytest.raises(ValueError, match="budgets must be distinct increasing"):
+        EpisodeCollector(model, drafter, budgets=(4, 2))
+    with pytest.raises(ValueError, match="max_draft_calls must be an int >= 1, got 0"):
+        EpisodeCollector(model, drafter, max_draft_calls=0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        EpisodeCollector(model, drafter, temperature=-1.0)
