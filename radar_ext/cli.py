@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "collect": ("radar_ext.commands.collect", "record offline episodes for the learned draft controllers"),
     "train-policy": ("radar_ext.commands.train_policy", "train a RADAR or LTD controller from the episodes"),
     "calibrate": ("radar_ext.commands.calibrate", "measure draft, verify, policy and AR costs on this machine"),
+    "tune-static": ("radar_ext.commands.tune_static", "grid-search the static tree (calls x V x W) on ShareGPT prompts"),
 }
 
 

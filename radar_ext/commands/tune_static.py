@@ -1,0 +1,142 @@
+"""Grid-search the static tree (max_draft_calls x verify_budget x tree_topk) for the default target
+on ShareGPT prompts, greedy: every setting's exact tau from one replay of the target's greedy
+answers, a predicted tokens/s from the calibrated CostModel (`radar calibrate` first), then the
+model's top few decoded for real, paired against the target's greedy generate and checked
+token-identical. Writes static_tree.json (read by `radar bench --methods static-gs` and `radar demo`).
+Never uses the dev benchmark questions."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from radar_ext.commands.calibrate import parse_int_list
+
+
+def add_arguments(p) -> None:
+    from radar_ext.models import DEFAULT_TARGET_NAME
+    p.add_argument("--calibration", default=None,
+                   help=f"CostModel JSON from `radar calibrate` (default: <cache>/calibration/{DEFAULT_TARGET_NAME}.json)")
+    p.add_argument("--head", default=None, help="EAGLE-3 head directory (default: the shipped head)")
+    p.add_argument("--max-draft-calls", default="1,2,3,4,5,6,7,8", help="grid of draft calls (default: %(default)s)")
+    p.add_argument("--verify-budget", default="4,8,12,16,20,24,32,40,48,64",
+                   help="grid of verify budgets V (default: %(default)s)")
+    p.add_argument("--tree-topk", default="4,6,8,10", help="grid of tree_topk W (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=16, help="ShareGPT prompts for the replay (default: %(default)s)")
+    p.add_argument("--time-prompts", type=int, default=8,
+                   help="of those, prompts decoded for the real timing (default: %(default)s)")
+    p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout",
+                   help="ShareGPT prompts the shipped head was not trained on (heldout, default) or the others")
+    p.add_argument("--max-prompt-tokens", type=int, default=384, help="skip longer prompts (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--top", type=int, default=3, help="settings of the model's ranking timed for real (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=2, help="timed rounds over the prompts (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (use the calibration's)")
+    p.add_argument("--out", default=None, help="write static_tree.json here (default: <cache>/tune_static/static_tree.json)")
+    p.add_argument("--install", action="store_true",
+                   help="also write static_tree.json beside the head (the shipped one without --head)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _fail(msg: str) -> int:
+    print(f"radar tune-static: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def check_args(args) -> dict:
+    out = dict(calls_list=parse_int_list(args.max_draft_calls, "--max-draft-calls"),
+               budget_list=parse_int_list(args.verify_budget, "--verify-budget"),
+               topk_list=parse_int_list(args.tree_topk, "--tree-topk"))
+    for name, v, lo in (("--prompts", args.prompts, 1), ("--time-prompts", args.time_prompts, 1),
+                        ("--max-prompt-tokens", args.max_prompt_tokens, 1), ("--max-new-tokens", args.max_new_tokens, 2),
+                        ("--top", args.top, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+                        ("--threads", args.threads, 1)):
+        if v is not None and v < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if args.time_prompts > args.prompts:
+        raise ValueError(f"--time-prompts must be <= --prompts ({args.prompts}), got {args.time_prompts}")
+    return out
+
+
+def sharegpt_prompts(tokenizer, n: int, split: str, max_tokens: int, seed: int) -> list:
+    """n chat-templated ShareGPT first user turns [1, P] (training data, never the dev benchmark),
+    from the held-out bucket or the training bucket of radar_ext.training.data, in a seeded order."""
+    import random
+
+    from radar_ext.benchmark.runner import encode_chat
+    from radar_ext.training.data import first_user_turns, is_heldout
+    import torch
+
+    turns = [(cid, q) for cid, q in first_user_turns() if is_heldout(cid) == (split == "heldout")]
+    random.Random(seed).shuffle(turns)
+    out = []
+    for _, q in turns:
+        ids = encode_chat(tokenizer, [{"role": "user", "content": q}])
+        if len(ids) <= max_tokens:
+            out.append(torch.tensor([ids], dtype=torch.long))
+            if len(out) == n:
+                return out
+    raise ValueError(f"--prompts: only {len(out)} ShareGPT {split} prompts have <= {max_tokens} tokens, asked for {n}")
+
+
+def write(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def run(args) -> int:
+    import torch
+
+    from radar_ext.calibration import CalibrationError, CostModel, default_path
+    from radar_ext.models import DEFAULT_TARGET_NAME, cache_dir, default_head_path
+    from radar_ext.static_search import format_rows, tune_static
+    try:
+        grid = check_args(args)
+        cal_path = Path(args.calibration) if args.calibration else default_path(DEFAULT_TARGET_NAME)
+        cost_model = CostModel.load(cal_path)
+        head = Path(args.head) if args.head else default_head_path()
+        if not (head / "config.json").is_file():
+            raise ValueError(f"--head {str(head)!r} has no config.json (an EAGLE-3 head directory)")
+    except (ValueError, CalibrationError) as e:
+        return _fail(str(e))
+    threads = cost_model.machine.get("torch_threads")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if threads and threads != torch.get_num_threads():
+        print(f"[tune-static] warning: the calibration was measured with {threads} torch thread(s), this run "
+              f"uses {torch.get_num_threads()} (pass --threads {threads})", file=sys.stderr)
+    from radar_ext.drafters import EagleDrafter
+    from radar_ext.models import load_default_target
+    target, tok = load_default_target()
+    drafter = EagleDrafter.from_pretrained(head, target)
+    try:
+        prompts = sharegpt_prompts(tok, args.prompts, args.prompt_split, args.max_prompt_tokens, args.seed)
+    except ValueError as e:
+        return _fail(str(e))
+    eos = getattr(target.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    result = tune_static(target, drafter, cost_model, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
+                         top=args.top, time_prompts=args.time_prompts, repeats=args.repeats, warmup=args.warmup,
+                         progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr), **grid)
+    result["search"].update(prompt_source=f"ShareGPT first user turns ({args.prompt_split} split), chat template",
+                            calibration_file=str(cal_path), head=str(head), seed=args.seed)
+    print("model ranking (top 15):")
+    print(format_rows(result["table"]))
+    print("\ntimed (paired vs ar, mean over repeats):")
+    print(format_rows(result["timed"]))
+    ar = result["ar"]
+    print(f"ar: {ar['tokens_per_s_mean']:.1f} tok/s | best: max_draft_calls={result['max_draft_calls']} "
+          f"tree_topk={result['tree_topk']} verify_budget={result['verify_budget']}")
+    out = Path(args.out) if args.out else cache_dir() / "tune_static" / "static_tree.json"
+    write(result, out)
+    print(f"[tune-static] wrote {out}", file=sys.stderr)
+    if args.install:
+        write(result, head / "static_tree.json")
+        print(f"[tune-static] installed {head / 'static_tree.json'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,371 @@
+"""Grid search of the static tree: max_draft_calls x verify_budget (x tree_topk), for `radar tune-static`.
+
+Cheap protocol, exact at temperature 0:
+1. Replay. The greedy answer y of each prompt is fixed (the target's own greedy `generate`). With a
+   static policy the drafter's state at every answer position is the same whatever the setting (its
+   cache holds the target's features of the true prefix), so one full-depth draft per position, kept
+   whole (the full candidate pool), gives the accepted length of every (calls, V) tree there: the
+   greedy path is the chain of pool nodes matching y, and a node is in the best-V tree of the pool
+   after c calls iff its stable descending score rank among the first W + (c-1)W^2 nodes is < V.
+   Walking the answer cycle by cycle then gives each setting's exact cycle count and tau (METHOD.md 5).
+2. Model. predicted tokens/s = tau / t_cycle(calls, V, W) from the calibrated CostModel
+   (draft calls + policy + tree build + T_verify(V) + acceptance/commit overhead).
+3. Timing. The model's top few are decoded for real with RadarDecoder, paired against the target's
+   own greedy generate, interleaved per prompt with a rotated order; every answer is checked
+   token-identical to the target's. The best measured tokens/s wins.
+Offline tooling: nothing in the decoding loop imports this module.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from radar_ext.policies.base import Policy
+
+SCHEMA = "radar_ext.static_tree/1"
+SETTING_KEYS = ("max_draft_calls", "tree_topk", "verify_budget")
+
+
+@dataclass(frozen=True)
+class StaticSetting:
+    max_draft_calls: int
+    tree_topk: int
+    verify_budget: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pool_size(tree_topk: int, calls: int) -> int:
+    """Candidate pool after `calls` draft calls: W root children, then W*W per later call."""
+    return tree_topk + (calls - 1) * tree_topk * tree_topk
+
+
+def make_grid(calls_list, topk_list, budget_list) -> list:
+    """Every (calls, W, V) with V cut to the pool size; settings that give the same tree (V above
+    the pool) are kept once, with V = the pool size."""
+    out = {}
+    for W in sorted(topk_list):
+        for c in sorted(calls_list):
+            for V in sorted(budget_list):
+                s = StaticSetting(c, W, min(V, pool_size(W, c)))
+                out[s] = None
+    return list(out)
+
+
+# ------------------------------------------------------------------------------------ replay
+def accepted_lengths(pool_tokens, pool_parents, pool_scores, future, tree_topk: int, max_calls: int,
+                     v_grid) -> np.ndarray:
+    """Accepted length of every (calls, V) tree at one position, from the full pool of a
+    `max_calls`-call draft. pool_tokens, pool_parents [C] (creation order; parent -1 = the root,
+    else a pool index), pool_scores [C]; future [<= max_calls] the target's next greedy tokens after
+    the root. Returns int [max_calls, len(v_grid)]."""
+    tok = np.asarray(pool_tokens)
+    par = np.asarray(pool_parents)
+    s = np.asarray(pool_scores, dtype=np.float64)
+    chain, prev = [], -1
+    for want in list(future)[:max_calls]:
+        hit = np.flatnonzero((par == prev) & (tok == int(want)))  # siblings have distinct tokens: <= 1 hit
+        if hit.size == 0:
+            break
+        prev = int(hit[0])
+        chain.append(prev)
+    out = np.zeros((max_calls, len(v_grid)), dtype=np.int64)
+    v = np.asarray(v_grid)
+    for c in range(1, max_calls + 1):
+        C = min(pool_size(tree_topk, c), s.size)
+        sc = s[:C]
+        ranks = []
+        for d, i in enumerate(chain[:c]):
+            if i >= C:
+                break
+            # stable descending order: ties go to the lower (older) index, as CandidatePool.best
+            ranks.append(int((sc > sc[i]).sum() + (sc[:i] == sc[i]).sum()))
+        for vi, V in enumerate(v):
+            n = 0
+            while n < len(ranks) and ranks[n] < V:
+                n += 1
+            out[c - 1, vi] = n
+    return out
+
+
+class _FullPool(Policy):
+    """Drafts exactly `calls` calls and records the pool scores; the returned budget keeps the
+    whole pool in the tree (so tree node k + 1 is pool node k)."""
+
+    def __init__(self, calls: int):
+        self.max_draft_calls = calls
+        self.pool_scores = None
+
+    def should_continue(self, step):
+        return step.draft_calls < self.max_draft_calls
+
+    def verify_budget(self, step):
+        self.pool_scores = step.pool_scores
+        return step.pool_scores.shape[1]
+
+
+@dataclass
+class Replay:
+    """Accepted lengths of every (calls, V) tree at every root position of one greedy answer."""
+    tree_topk: int
+    prompt_len: int
+    answer_len: int
+    v_grid: list
+    accepted: np.ndarray  # [answer_len - 1, max_calls, len(v_grid)] int, root = answer[t]
+
+
+@torch.no_grad()
+def replay_answer(target, drafter, prompt_ids, answer_ids, tree_topk: int, max_calls: int, v_grid) -> Replay:
+    """prompt_ids [1, P], answer_ids [1, N] the target's greedy answer. One teacher-forced target pass
+    for the features, then one full `max_calls`-call draft per root position."""
+    from radar_ext import kv_cache
+    from radar_ext.drafters.base import DraftRequest
+    from radar_ext.policies.base import CostInfo
+    from radar_ext.verifier import prefill
+
+    P, N = prompt_ids.shape[1], answer_ids.shape[1]
+    feats = prefill(target, kv_cache.new_target_cache(target), torch.cat([prompt_ids, answer_ids], 1),
+                    drafter.feature_layers).features                       # [1, P + N, F] or None
+    drafter.start(prompt_ids, feats[:, :P] if feats is not None else None, answer_ids[:, 0])
+    policy = _FullPool(max_calls)
+    y = answer_ids[0].tolist()
+    acc = np.zeros((max(N - 1, 0), max_calls, len(v_grid)), dtype=np.int64)
+    for t in range(N - 1):
+        req = DraftRequest(root=answer_ids[:, t], seq_len=P + t + 1, tree_topk=tree_topk,
+                           verify_budget=pool_size(tree_topk, max_calls), policy=policy, costs=CostInfo())
+        tree = drafter.draft(req)
+        C = tree.tokens.shape[1] - 1
+        acc[t] = accepted_lengths(tree.tokens[0, 1:].numpy(), (tree.parents[0, 1:] - 1).numpy(),
+                                  policy.pool_scores[0, :C].float().numpy(), y[t + 1:t + 1 + max_calls],
+                                  tree_topk, max_calls, v_grid)
+        drafter.commit(answer_ids[:, t + 1:t + 2], 1, feats[:, P + t:P + t + 1] if feats is not None else None)
+    return Replay(tree_topk, P, N, list(v_grid), acc)
+
+
+def simulate(replay: Replay, calls: int, verify_budget: int) -> tuple:
+    """(cycles, emitted_by_cycles) of the static setting on this answer: the decoder's loop on the
+    recorded accepted lengths (the first token comes from the prefill)."""
+    vi = replay.v_grid.index(verify_budget)
+    t = cycles = emitted = 0
+    while t + 1 < replay.answer_len:
+        L = int(replay.accepted[t, calls - 1, vi])
+        t += L + 1
+        emitted += L + 1
+        cycles += 1
+    return cycles, emitted
+
+
+# ------------------------------------------------------------------------------------- model
+@dataclass
+class GridRow:
+    setting: StaticSetting
+    tau: float                       # mean (accepted + 1) per cycle, replayed
+    cycles: int                      # summed over the answers
+    predicted_tokens_per_s: float    # tau / t_cycle
+    predicted_speedup: float         # over the calibrated AR per-token cost
+    measured: dict = field(default_factory=dict)  # filled for the timed settings
+
+    def as_dict(self) -> dict:
+        return {**self.setting.as_dict(), "tau": self.tau, "cycles": self.cycles,
+                "predicted_tokens_per_s": self.predicted_tokens_per_s,
+                "predicted_speedup": self.predicted_speedup, **({"measured": self.measured} if self.measured else {})}
+
+
+def rank_settings(replays: dict, settings, cost_model, prefix_len: float) -> list:
+    """replays {tree_topk: [Replay]} -> GridRows sorted by predicted tokens/s (best first; ties:
+    fewer calls, then smaller V, then smaller W, i.e. the cheaper tree)."""
+    rows = []
+    for s in settings:
+        reps = replays.get(s.tree_topk)
+        if not reps:
+            raise ValueError(f"no replay for tree_topk {s.tree_topk}")
+        cycles = emitted = 0
+        for r in reps:
+            c, e = simulate(r, s.max_draft_calls, s.verify_budget)
+            cycles += c
+            emitted += e
+        tau = emitted / cycles if cycles else 0.0
+        tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, s.tree_topk,
+                                                     prefix_len) if cycles else 0.0
+        rows.append(GridRow(s, tau, cycles, tps, tps * cost_model.t_ar(prefix_len)))
+    rows.sort(key=lambda r: (-r.predicted_tokens_per_s, r.setting.max_draft_calls, r.setting.verify_budget,
+                             r.setting.tree_topk))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ timing
+def greedy_answers(target, prompts, max_new_tokens: int, eos_token_id) -> list:
+    """The target's own greedy answers [1, N] (the replay references and the exactness check)."""
+    out = []
+    with torch.no_grad():
+        for ids in prompts:
+            g = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                do_sample=False, eos_token_id=eos_token_id, pad_token_id=_pad(eos_token_id))
+            out.append(g[:, ids.shape[1]:])
+    return out
+
+
+def _pad(eos):
+    if eos is None:
+        return 0
+    return eos[0] if isinstance(eos, (list, tuple)) else eos
+
+
+def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: int, eos_token_id,
+                  repeats: int = 2, warmup: int = 1, progress: bool = False) -> dict:
+    """Real tokens/s of each setting and of the target's greedy generate ("ar"), interleaved per
+    prompt with the order rotated. Returns {name: {"tokens_per_s": [per repeat], "speedup": [per
+    repeat], "tau", "cycles", "exact"}}; names are "ar" and str(StaticSetting)."""
+    from radar_ext.decoder import RadarDecoder
+    from radar_ext.policies import StaticPolicy
+
+    decoders = {str(s): RadarDecoder(target, drafter, StaticPolicy(s.max_draft_calls), tree_topk=s.tree_topk,
+                                     verify_budget=s.verify_budget) for s in settings}
+    names = ["ar"] + list(decoders)
+    pad = _pad(eos_token_id)
+
+    def run(name, ids):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if name == "ar":
+                out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad)
+            else:
+                out = decoders[name].generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                              eos_token_id=eos_token_id)
+        return out, time.perf_counter() - t0
+
+    for _ in range(warmup):
+        for name in names:
+            run(name, prompts[0][:, :min(prompts[0].shape[1], 64)])
+    res = {n: {"tokens": [0] * repeats, "seconds": [0.0] * repeats, "cycles": 0, "emitted": 0, "exact": True,
+               "answers": 0} for n in names}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=repeats * len(prompts) * len(names), desc="time", unit="answer", leave=False)
+    k = 0
+    for r in range(repeats):
+        for i, (ids, ans) in enumerate(zip(prompts, answers)):
+            order = names[k % len(names):] + names[:k % len(names)]
+            k += 1
+            for name in order:
+                out, secs = run(name, ids)
+                new = out[:, ids.shape[1]:]
+                rec = res[name]
+                rec["tokens"][r] += new.shape[1]
+                rec["seconds"][r] += secs
+                rec["answers"] += 1
+                rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
+                if name != "ar":
+                    st = decoders[name].last_stats
+                    rec["cycles"] += st.cycles
+                    rec["emitted"] += sum((n + 1) * c for n, c in enumerate(st.accepted_hist))
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    ar_tps = [t / s for t, s in zip(res["ar"]["tokens"], res["ar"]["seconds"])]
+    out = {}
+    for name, rec in res.items():
+        tps = [t / s for t, s in zip(rec["tokens"], rec["seconds"])]
+        out[name] = {"tokens_per_s": tps, "tokens_per_s_mean": float(np.mean(tps)),
+                     "speedup": [a / b for a, b in zip(tps, ar_tps)],
+                     "speedup_mean": float(np.mean([a / b for a, b in zip(tps, ar_tps)])),
+                     "exact": rec["exact"], "answers": rec["answers"]}
+        if name != "ar":
+            out[name].update(cycles=rec["cycles"] // repeats, tau=rec["emitted"] / rec["cycles"] if rec["cycles"] else 0.0)
+    return out
+
+
+# -------------------------------------------------------------------------------------- all
+def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, budget_list,
+                max_new_tokens: int = 128, eos_token_id=None, top: int = 3, time_prompts: int | None = None,
+                repeats: int = 2, warmup: int = 1, progress: bool = False, log=None) -> dict:
+    """The whole search (module docstring). prompts: list of [1, P] int64 (chat-templated).
+    Returns the static_tree.json object: the best setting's three keys at the top level, the timed
+    rows, the model's full table and the protocol."""
+    say = log or (lambda s: None)
+    for name, xs in (("calls_list", calls_list), ("topk_list", topk_list), ("budget_list", budget_list)):
+        if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs):
+            raise ValueError(f"{name} must be a non-empty list of ints >= 1, got {list(xs)!r}")
+    for name, v, lo in (("top", top, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                        ("max_new_tokens", max_new_tokens, 2)):
+        if v < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    t_start = time.perf_counter()
+    settings = make_grid(calls_list, topk_list, budget_list)
+    v_grid = sorted({s.verify_budget for s in settings})
+    K = max(calls_list)
+    answers = greedy_answers(target, prompts, max_new_tokens, eos_token_id)
+    say(f"[tune-static] {len(prompts)} prompt(s), {sum(a.shape[1] for a in answers)} greedy tokens; "
+        f"{len(settings)} settings; replaying W in {sorted(topk_list)} at {K} draft calls")
+    replays = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(topk_list) * len(prompts), desc="replay", unit="answer", leave=False)
+    for W in sorted(topk_list):
+        replays[W] = []
+        for ids, ans in zip(prompts, answers):
+            replays[W].append(replay_answer(target, drafter, ids, ans, W, K, v_grid))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    t_replay = time.perf_counter() - t_start
+    mean_len = float(np.mean([p.shape[1] + a.shape[1] / 2 for p, a in zip(prompts, answers)]))
+    rows = rank_settings(replays, settings, cost_model, mean_len)
+    timed = rows[:top]
+    n_time = len(prompts) if time_prompts is None else max(1, min(time_prompts, len(prompts)))
+    say(f"[tune-static] model's top {len(timed)}: " + "; ".join(
+        f"{r.setting} tau {r.tau:.2f} pred {r.predicted_tokens_per_s:.1f} tok/s" for r in timed))
+    meas = time_settings(target, drafter, prompts[:n_time], answers[:n_time], [r.setting for r in timed],
+                         max_new_tokens, eos_token_id, repeats=repeats, warmup=warmup, progress=progress)
+    for r in timed:
+        r.measured = meas[str(r.setting)]
+        # the replay must reproduce the real decoder's cycles (greedy: deterministic)
+        replay_cycles = sum(simulate(rep, r.setting.max_draft_calls, r.setting.verify_budget)[0]
+                            for rep in replays[r.setting.tree_topk][:n_time])
+        r.measured["replay_cycles"] = replay_cycles
+    exact = [r for r in timed if r.measured["exact"]]
+    if not exact:
+        raise RuntimeError("no timed setting reproduced the target's greedy output; refusing to pick one")
+    best = max(exact, key=lambda r: r.measured["tokens_per_s_mean"])
+    return {
+        **best.setting.as_dict(),
+        "schema": SCHEMA,
+        "chosen_by": f"highest measured tokens/s among the cost model's top {len(timed)} (exact outputs only)",
+        "best": best.as_dict(),
+        "ar": meas["ar"],
+        "timed": [r.as_dict() for r in timed],
+        "table": [r.as_dict() for r in rows],
+        "search": {"calls": sorted(calls_list), "tree_topk": sorted(topk_list), "verify_budget": sorted(budget_list),
+                   "prompts": len(prompts), "time_prompts": n_time, "max_new_tokens": max_new_tokens,
+                   "repeats": repeats, "warmup": warmup, "mean_prefix_len": mean_len,
+                   "replay_seconds": t_replay, "seconds": time.perf_counter() - t_start,
+                   "threads": torch.get_num_threads(), "calibration": cost_model.name,
+                   "calibration_machine": cost_model.machine},
+    }
+
+
+def format_rows(rows: list, n: int = 15) -> str:
+    """The top of the table (rows: dicts as in static_tree.json 'table' / 'timed')."""
+    head = ("calls", "W", "V", "tau", "pred tok/s", "pred x", "meas tok/s", "meas x", "exact")
+    lines = [head]
+    for r in rows[:n]:
+        m = r.get("measured") or {}
+        lines.append((str(r["max_draft_calls"]), str(r["tree_topk"]), str(r["verify_budget"]), f"{r['tau']:.2f}",
+                      f"{r['predicted_tokens_per_s']:.1f}", f"{r['predicted_speedup']:.2f}",
+                      f"{m['tokens_per_s_mean']:.1f}" if m else "-", f"{m['speedup_mean']:.2f}" if m else "-",
+                      ("yes" if m["exact"] else "NO") if m else "-"))
+    w = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    out = ["  ".join(s.rjust(k) for s, k in zip(x, w)) for x in lines]
+    out.insert(1, "  ".join("-" * k for k in w))
+    return "\n".join(out)
