@@ -1,0 +1,145 @@
+"""Offline controller training on synthetic episodes where continuing is clearly better (or clearly
+worse): REINFORCE (RADAR) and the LTD rounds learn it; expected throughput is computed exactly;
+resume; CLI help and errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from radar_ext.cli import main
+from radar_ext.policies import PolicyCosts, load_policy
+from radar_ext.training.episodes import FORMAT, load_episodes
+from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, policy_throughput, radar_choices,
+                                             static_grid, train)
+
+N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
+COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
+
+
+def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0):
+    """Continue pays: every draft call adds one accepted token (L = n). Otherwise nothing is accepted
+    beyond the first call's level. Beam scores are noise the policy must learn to ignore."""
+    g = torch.Generator().manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": 0.0,
+            "pool_topk": K, "head": "synthetic", "target": "synthetic"}
+    (path / "episodes_meta.json").write_text(json.dumps(meta))
+    for split, C in zip(("train", "val"), cycles):
+        dist = torch.zeros(C, N, len(BUDGETS), N + 1)
+        for n in range(N):
+            dist[:, n, :, (n + 1) if continue_pays else 0] = 1.0
+        child = torch.full((C, N, W, W), -float("inf"))
+        child[:, 0, 0] = -torch.rand(C, W, generator=g)
+        child[:, 1:] = -torch.rand(C, N - 1, W, W, generator=g) * 5
+        save_file({"beam_scores": -torch.rand(C, N, W, generator=g).sort(-1).values * 4, "child_scores": child,
+                   "pool_top": -torch.rand(C, N, K, generator=g).sort(-1).values * 6, "accept_dist": dist,
+                   "t_draft": torch.full((C, N), 0.002), "t_verify": torch.full((C,), 0.02),
+                   "verify_nodes": torch.full((C,), 30), "seq_len": torch.randint(10, 300, (C,), generator=g),
+                   "accepted_len": dist[:, -1, -1].argmax(-1), "prompt": torch.zeros(C, dtype=torch.int64)},
+                  str(path / f"{split}_00000.safetensors"))
+    (path / "costs.json").write_text(json.dumps(COSTS))
+    return path
+
+
+def test_expected_throughput_is_exact(tmp_path):
+    ep = load_episodes(write_episodes(tmp_path / "e", True, cycles=(8, 4)), "val")
+    costs = PolicyCosts.load(COSTS)
+    grid = static_grid(ep, costs)
+    # static (n, V): L = n always -> (n + 1) / (n t_draft + T_verify(V))
+    for n in range(1, N + 1):
+        for k, v in enumerate(BUDGETS):
+            assert float(grid[n - 1, k]) == pytest.approx((n + 1) / (n * 0.002 + costs.t_verify(v)))
+    n = torch.tensor([1, 2, 4, 4])
+    v = torch.tensor([0, 0, 2, 1])
+    res = policy_throughput(ep, costs, n, v, size_decision=True)
+    tokens = 2 + 3 + 5 + 5
+    secs = sum(k * 0.002 + costs.t_verify(BUDGETS[j]) + (min(k, N - 1) + 1) * 1e-5 for k, j in zip(n.tolist(), v.tolist()))
+    assert res["throughput"] == pytest.approx(tokens / secs) and res["mean_draft_calls"] == 2.75
+
+
+@pytest.mark.parametrize("continue_pays", [True, False])
+def test_radar_reinforce_learns_when_to_stop(tmp_path, continue_pays):
+    ep_dir = write_episodes(tmp_path / "e", continue_pays)
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="radar", costs=str(ep_dir / "costs.json"),
+                            epochs=25, batch_size=32, lr=3e-3, verify_budget=8, seed=1)
+    best = train(cfg, log=lambda *_: None)
+    policy = load_policy(best)
+    n = radar_choices(policy, load_episodes(ep_dir, "val"))
+    want = N if continue_pays else 1
+    assert (n == want).float().mean() > 0.95, n.tolist()
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["best_static_at_V"]["max_draft_calls"] == want
+    assert rep["policy"]["throughput"] >= 0.99 * rep["best_static_at_V"]["throughput"]
+
+
+@pytest.mark.parametrize("continue_pays", [True, False])
+def test_ltd_rounds_learn_depth_and_budget(tmp_path, continue_pays):
+    ep_dir = write_episodes(tmp_path / "e", continue_pays)
+    costs = dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})  # verifying more costs more: V=4 is best
+    (ep_dir / "costs.json").write_text(json.dumps(costs))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=8, batch_size=32, lr=1e-2, seed=1)
+    best = train(cfg, log=lambda *_: None)
+    policy = load_policy(best)
+    res = evaluate(policy, load_episodes(ep_dir, "val"), PolicyCosts.load(costs))
+    assert res["mean_draft_calls"] == (N if continue_pays else 1)
+    assert res["mean_verify_budget"] == BUDGETS[0]
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["policy"]["throughput"] >= 0.99 * rep["best_static"]["throughput"]
+
+
+def test_resume_and_changed_settings(tmp_path):
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(64, 16))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="radar", costs=str(ep_dir / "costs.json"),
+                            epochs=2, batch_size=32, verify_budget=8)
+    train(cfg, log=lambda *_: None)
+    first = (tmp_path / "run" / "best" / "model.safetensors").read_bytes()
+    logs = []
+    train(cfg, log=logs.append)
+    assert any("resumed" in m for m in logs)
+    assert (tmp_path / "run" / "best" / "model.safetensors").read_bytes() == first
+    cfg.lr = 0.5
+    with pytest.raises(ValueError, match="written with other settings"):
+        train(cfg, log=lambda *_: None)
+    cfg.lr, cfg.verify_budget = None, 5
+    with pytest.raises(ValueError, match=r"--verify-budget 5 is not in the episodes' budget set \[4, 8, 16\]"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run2", kind="radar",
+                                costs=str(ep_dir / "costs.json"), verify_budget=5), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("command", ["collect", "train-policy"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: radar " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["collect", "--budgets", "8,4"], "--budgets must be distinct increasing integers >= 1, got '8,4'"),
+    (["collect", "--budgets", "4,x"], "--budgets must be comma separated integers"),
+    (["collect", "--max-draft-calls", "0"], "--max-draft-calls must be an int >= 1, got 0"),
+    (["collect", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),
+    (["collect", "--temperature", "-1"], "--temperature must be >= 0 (0 = greedy), got -1.0"),
+    (["train-policy", "--kind", "radar", "--episodes", "/nonexistent/eps"], "is not an episodes directory"),
+    (["train-policy", "--kind", "ltd", "--epochs", "0"], "--epochs must be an int >= 1, got 0"),
+    (["train-policy", "--kind", "radar", "--gamma", "2"], "--gamma must be in (0, 1], got 2.0"),
+    (["generate", "--prompt", "hi", "--policy", "radar"], "--policy radar needs --drafter eagle"),
+    (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "/nonexistent/policy"],
+     "--policy must be static, radar, ltd or a saved policy directory"),
+    (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "ltd", "--max-draft-calls", "3"],
+     "--max-draft-calls sets the static policy's depth"),
+])
+def test_cli_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_train_policy_writes_policy(tmp_path, capsys):
+    ep_dir = write_episodes(tmp_path / "e", False, cycles=(32, 16))
+    rc = main(["train-policy", "--kind", "ltd", "--episodes", str(ep_dir), "--out-dir", str(tmp_path / "run"),
+               "--costs", str(ep_dir / "costs.json"), "--epochs", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "best static: n=" in out and "learned ltd:" in out
+    assert load_policy(tmp_path / "run" / "best").kind == "ltd"
