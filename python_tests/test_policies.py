@@ -172,3 +172,20 @@ def test_costs_formats_and_errors(tmp_path):
         PolicyCosts.load({**COSTS, "t_ar": 0})
     with pytest.raises(FileNotFoundError, match="radar calibrate"):
         PolicyCosts.load(tmp_path / "nope.json")
+
+
+def test_costs_from_calibration_cost_model(model, tmp_path):
+    """A `radar calibrate` CostModel (object or its JSON) -> PolicyCosts whose cycle time
+    n * t_draft + T_verify(V) + n * t_policy is CostModel.t_cycle."""
+    from radar_ext.calibration import calibrate
+
+    cm = calibrate(model, EagleDrafter.init_random(model, seed=1), RadarPolicy(tree_topk=3, max_draft_calls=3),
+                   name="tiny", v_set=[1, 4, 8], prefix_lens=[8], tree_topks=[3], max_draft_calls=3, pending=2,
+                   warmup=1, repeats=2, ar_tokens=2, ar_repeats=1)
+    path = cm.save(tmp_path / "cal.json")
+    for src in (cm, path, str(path)):
+        pc = PolicyCosts.load(src, tree_topk=3)
+        assert pc.verify_budgets == [1, 4, 8] and pc.t_ar == pytest.approx(cm.t_ar())
+        for n in (1, 3):
+            for V in (1, 4, 8):
+                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(cm.t_cycle(n, V, 3))

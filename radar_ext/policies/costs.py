@@ -82,11 +82,28 @@ class PolicyCosts:
         return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs)
 
     @classmethod
-    def load(cls, source) -> "PolicyCosts":
-        """From a JSON path, a dict, a PolicyCosts, or any object with t_draft/t_policy/t_ar and a
-        to_dict() (the calibration module's CostModel)."""
+    def from_cost_model(cls, cm, tree_topk: int | None = None) -> "PolicyCosts":
+        """From a `radar calibrate` CostModel (radar_ext/calibration.py). t_draft is one later draft
+        call; the "verify" curve holds everything of a cycle that does not scale with the number of
+        draft calls (call 1's extra cost over a later call, tree build, the target forward, acceptance
+        and commits), so n * t_draft + T_verify(V) + decisions * t_policy equals CostModel.t_cycle."""
+        t_next = cm.t_draft(2, tree_topk) - cm.t_draft(1, tree_topk)
+        extra_first = cm.t_draft(1, tree_topk) - t_next
+        vb = [int(v) for v in cm.v_set]
+        vs = [cm.t_verify(v) + cm.t_tree(v) + cm.t_overhead(v) + extra_first for v in vb]
+        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar()), vb, vs)
+
+    @classmethod
+    def load(cls, source, tree_topk: int | None = None) -> "PolicyCosts":
+        """From a JSON path, a dict, a PolicyCosts, or a calibration CostModel (object or its JSON,
+        read at tree_topk W, default the calibration's verify W)."""
         if isinstance(source, PolicyCosts):
             return source
+        if hasattr(source, "t_tree") and hasattr(source, "v_set"):
+            return cls.from_cost_model(source, tree_topk)
+        if isinstance(source, dict) and str(source.get("schema", "")).startswith("radar_ext.calibration/"):
+            from radar_ext.calibration import CostModel
+            return cls.from_cost_model(CostModel.from_dict(source), tree_topk)
         if isinstance(source, (str, Path)):
             p = Path(source)
             if not p.is_file():
@@ -95,6 +112,9 @@ class PolicyCosts:
                 d = json.loads(p.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"costs file {p} is not valid JSON: {e}") from None
+            if isinstance(d, dict) and str(d.get("schema", "")).startswith("radar_ext.calibration/"):
+                from radar_ext.calibration import CostModel
+                return cls.from_cost_model(CostModel.from_dict(d, str(p)), tree_topk)
             if isinstance(d, dict) and "t_draft" not in d and isinstance(d.get("costs"), dict):
                 d = d["costs"]
             return cls.from_dict(d)

@@ -376,17 +376,35 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
 
 
 def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
-    if cfg.costs:
-        return PolicyCosts.load(cfg.costs)
     if probe is None:
         probe = LtdPolicy(W, N, budgets, costs={"t_draft": 1.0, "t_policy": 0.0, "t_ar": 1.0, "t_verify": {1: 1.0}},
                           pool_topk=train_ep.meta["pool_topk"], mlp_hidden=cfg.mlp_hidden)
     t_pol = measure_policy_time(probe, W)
+    if cfg.costs:
+        costs = PolicyCosts.load(cfg.costs, tree_topk=W)
+        if _calibrated_policy(cfg.costs) == "StaticPolicy":
+            # the calibration timed a trivial policy: use this controller's own fused decision time
+            costs.t_policy = t_pol
+        log(f"[train-policy] costs from {cfg.costs}: t_draft {costs.t_draft * 1e3:.2f} ms/call, T_verify(V) "
+            f"{costs.t_verify(budgets[0]) * 1e3:.2f}..{costs.t_verify(budgets[-1]) * 1e3:.2f} ms (V {budgets[0]}.."
+            f"{budgets[-1]}), t_ar {costs.t_ar * 1e3:.2f} ms, t_policy {costs.t_policy * 1e6:.0f} us")
+        return costs
     costs = costs_from_episodes(train_ep, t_pol)
     log(f"[train-policy] no --costs: estimated from the episodes' timings (t_draft {costs.t_draft * 1e3:.2f} ms, "
         f"T_verify(0) {costs.t_ar * 1e3:.2f} ms, T_verify({budgets[-1]}) {costs.t_verify(budgets[-1]) * 1e3:.2f} ms, "
         f"t_policy {t_pol * 1e6:.0f} us); use `--costs` with a `radar calibrate` JSON for real runs")
     return costs
+
+
+def _calibrated_policy(path):
+    """policy_name of a `radar calibrate` JSON (None for plain cost dicts)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(d, dict) and str(d.get("schema", "")).startswith("radar_ext.calibration/"):
+        return d.get("policy_name", "StaticPolicy")
+    return None
 
 
 def _ckpt_config(cfg) -> dict:
