@@ -54,7 +54,8 @@ def extensions():
     # No fast-math: results feed discrete decisions. -fno-trapping-math changes no result (it only
     # says no FP exception traps are enabled) but lets GCC if-convert the branch-free exp into SIMD.
     cxx = ["-O3", "-fno-fast-math", "-fno-trapping-math"]
-    sources = ["csrc/ops.cpp"]
+    # skinny_linear_avx512.cpp compiles itself for AVX-512 (a target pragma); ops.cpp checks the CPU.
+    sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")])
     if want_cuda():
         print("radar_ext: building the CUDA kernels")

@@ -17,6 +17,8 @@ void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at
                        const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                        const at::Tensor& b2);
 
+void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias);
+
 void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes);
 
 // Raises the message for a kernels::build_tree_validate code != kTreeOk of tree b

@@ -16,6 +16,7 @@
 #include "checks.h"
 #include "kernels/build_tree.h"
 #include "kernels/policy_step.h"
+#include "kernels/skinny_linear.h"
 #include "kernels/topk_expand.h"
 
 namespace radar_ext {
@@ -126,6 +127,19 @@ void fail_build_tree(int64_t code, int64_t b, int64_t n_nodes_b, const int64_t* 
                     ") (node ", code, ")");
 }
 
+void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.dim() == 2, "x must be float32 [M, K], got ", describe(x));
+  const int64_t K = x.size(1);
+  TORCH_CHECK_VALUE(w.scalar_type() == at::kFloat && w.dim() == 2 && w.size(1) == K,
+                    "w must be float32 [N, K] with K = ", K, ", got ", describe(w));
+  check_device("w", w, "x", x);
+  if (bias.has_value()) {
+    const int64_t N = w.size(0);
+    TORCH_CHECK_VALUE(is_f32(*bias, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias));
+    check_device("bias", *bias, "x", x);
+  }
+}
+
 namespace {
 
 // Rows per parallel_for task: enough logits that a task outweighs the thread hand-off (~10 us).
@@ -208,6 +222,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const 
   return {mask, depth, paths, n_paths};
 }
 
+// y = x @ w.T (+ bias) for few rows of x: each task takes a range of 4-row blocks of w, so w is read
+// once in total and every y element is summed by one thread in a fixed order (thread-count invariant).
+at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in) {
+  check_skinny_linear(x_in, w_in, bias_in);
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const kernels::SkinnyLinearParams p{x.data_ptr<float>(), w.data_ptr<float>(),
+                                      bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
+  // The AVX-512 build of the kernel, if it was compiled and this CPU runs it (checked once).
+  static const bool use_avx512 = [] {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return kernels::skinny_linear_avx512_compiled() && __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+  }();
+  // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));
+  at::parallel_for(0, kernels::skinny_linear_blocks(p), grain, [&](int64_t b0, int64_t b1) {
+    if (use_avx512)
+      kernels::skinny_linear_blocks_avx512(p, b0, b1);
+    else
+      kernels::skinny_linear_blocks_native(p, b0, b1);
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(radar_ext, m) {
@@ -217,12 +262,14 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("policy_step(Tensor features, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor b, Tensor w1, "
         "Tensor b1, Tensor w2, Tensor b2) -> (Tensor probs, Tensor h_new, Tensor c_new)");
   m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
+  m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("topk_expand", &topk_expand_cpu);
   m.impl("policy_step", &policy_step_cpu);
   m.impl("build_tree", &build_tree_cpu);
+  m.impl("skinny_linear", &skinny_linear_cpu);
 }
 
 }  // namespace radar_ext

@@ -13,7 +13,8 @@ import torch
 from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
-__all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "topk_expand", "policy_step", "build_tree"]
+__all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "topk_expand", "policy_step", "build_tree",
+           "skinny_linear"]
 
 try:
     from radar_ext import _C  # noqa: F401  (loading it registers torch.ops.radar_ext.*)
@@ -51,6 +52,16 @@ def build_tree(parents, n_nodes):
     return torch.ops.radar_ext.build_tree(parents, n_nodes)
 
 
+def skinny_linear(x, w, bias=None):
+    """y = x @ w.T (+ bias) for few rows x [M, K], w [N, K] -> [M, N] float32: a CPU kernel that reads w
+    once (faster than MKL's sgemm for small M, see radar_ext.fast_linear); on CUDA tensors it is
+    F.linear, because cuBLAS serves GPUs well (see reference.skinny_linear)."""
+    if x.is_cuda or not HAS_EXTENSION:
+        reference.check_skinny_linear_args(x, w, bias)
+        return torch.nn.functional.linear(x, w, bias)
+    return torch.ops.radar_ext.skinny_linear(x, w, bias)
+
+
 if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::topk_expand")
     def _topk_expand_fake(logits, beam_scores, tree_topk, temperature=1.0):
@@ -75,3 +86,8 @@ if HAS_EXTENSION:
         B, M = parents.shape
         return (parents.new_empty((B, M, M), dtype=torch.bool), parents.new_empty((B, M)),
                 parents.new_empty((B, M, M)), parents.new_empty((B,)))
+
+    @torch.library.register_fake("radar_ext::skinny_linear")
+    def _skinny_linear_fake(x, w, bias=None):
+        reference.check_skinny_linear_args(x, w, bias)
+        return x.new_empty((x.shape[0], w.shape[0]))

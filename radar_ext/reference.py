@@ -11,6 +11,8 @@ Numerics shared by reference and kernels:
   Child scores are summed in float32 (beam score + rounded child log-prob), so the selection of the
   next beams (ties to the lower flat index n*W + j) sees the same numbers on every device.
 - policy_step sums in float64 here; the kernels use float32 ATen matrix products.
+- skinny_linear sums in float64 here; the CPU kernel sums each output in float32 in a fixed order
+  (independent of the thread count and of M), the CUDA path is cuBLAS.
 """
 from __future__ import annotations
 
@@ -100,6 +102,23 @@ def check_policy_step_args(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
         _check_device(name, t, "features", features)
 
 
+def check_skinny_linear_args(x, w, bias=None):
+    _check_tensor("x", x)
+    _check_tensor("w", w)
+    if x.dtype != torch.float32 or x.dim() != 2:
+        _fail(f"x must be float32 [M, K], got {describe(x)}")
+    K = x.shape[1]
+    if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] != K:
+        _fail(f"w must be float32 [N, K] with K = {K}, got {describe(w)}")
+    _check_device("w", w, "x", x)
+    if bias is not None:
+        _check_tensor("bias", bias)
+        N = w.shape[0]
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (N,):
+            _fail(f"bias must be float32 [N] = [{N}], got {describe(bias)}")
+        _check_device("bias", bias, "x", x)
+
+
 def check_build_tree_args(parents, n_nodes):
     _check_tensor("parents", parents)
     _check_tensor("n_nodes", n_nodes)
@@ -182,6 +201,15 @@ def policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
     hidden = torch.relu(torch.cat([h_new, features], dim=1) @ w1.T + b1)  # [B, G]
     probs = torch.softmax(hidden @ w2.T + b2, dim=1)                     # [B, O]
     return probs.float(), h_new.float(), c_new.float()
+
+
+def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ w.T (+ bias): x [M, K], w [N, K], bias [N] or None -> y [M, N] float32, summed in float64."""
+    check_skinny_linear_args(x, w, bias)
+    y = x.double() @ w.double().T                                        # [M, N]
+    if bias is not None:
+        y = y + bias.double()
+    return y.float()
 
 
 def build_tree(parents: torch.Tensor, n_nodes: torch.Tensor):

@@ -86,12 +86,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const
   return {mask, depth, paths, n_paths};
 }
 
+// No custom kernel on GPUs: the matrix product stays in cuBLAS (F.linear), after the shared checks.
+at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  check_skinny_linear(x, w, bias);
+  return at::linear(x, w, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(radar_ext, CUDA, m) {
   m.impl("topk_expand", &topk_expand_cuda);
   m.impl("policy_step", &policy_step_cuda);
   m.impl("build_tree", &build_tree_cuda);
+  m.impl("skinny_linear", &skinny_linear_cuda);
 }
 
 }  // namespace radar_ext

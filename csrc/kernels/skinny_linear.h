@@ -1,0 +1,191 @@
+// skinny_linear: y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for a few rows M (1..64), float32 on the
+// CPU. This is the target forward of tree verification: M = V+1 tree tokens against weights of
+// thousands of rows, where a general sgemm is tuned for large M and wastes most of its time.
+// Layout: x [M, K], w [N, K], y [M, N], row-major and contiguous; bias [N] or null.
+// Blocking: the N rows of w are cut into blocks of kSkinnyNR rows. One block reads its rows of w
+// once and computes them against every row of x in register tiles of kSkinnyNR x kSkinnyMR dot
+// products, so w (the large operand) streams from memory exactly once per call while x (M*K floats)
+// stays in cache. Parallel split: blocks of w rows (the caller hands out ranges of blocks).
+// Numerics: float32 accumulation, no fast-math. Every y[m, n] is one dot product summed in an order
+// fixed by K alone (lane k % L, then a fixed horizontal sum, then + bias), so it does not depend on
+// M, on the tile it falls in or on the thread split. The AVX-512 path (L = 16, fused multiply-add)
+// exists when the including translation unit targets AVX-512 (RADAR_SKINNY_AVX512, see below), the plain path (L = 8,
+// separate multiply and add) always; the two round differently.
+// Host only: on GPUs the op is a cuBLAS matrix product (csrc/cuda/dispatch.cpp).
+// All functions have internal linkage (static): this header is compiled both for the baseline ISA
+// and, in csrc/skinny_linear_avx512.cpp, for AVX-512; shared inline definitions would let the linker
+// keep the AVX-512 copy for everyone (an ODR violation that crashes CPUs without AVX-512).
+#pragma once
+
+#include <stdint.h>
+
+// RADAR_SKINNY_AVX512: this translation unit is compiled for AVX-512, by -mavx512f (__AVX512F__) or
+// by `#pragma GCC target("avx512f")` as in csrc/skinny_linear_avx512.cpp, which must then define it
+// (GCC's C++ front end does not define __AVX512F__ for a target pragma).
+#if defined(__AVX512F__) && !defined(RADAR_SKINNY_AVX512)
+#define RADAR_SKINNY_AVX512 1
+#endif
+#if defined(RADAR_SKINNY_AVX512)
+#include <immintrin.h>
+#endif
+
+namespace radar_ext {
+namespace kernels {
+
+struct SkinnyLinearParams {
+  const float* x;     // [M, K]
+  const float* w;     // [N, K]
+  const float* bias;  // [N] or nullptr
+  float* y;           // [M, N]
+  int64_t M, N, K;
+};
+
+constexpr int64_t kSkinnyNR = 4;  // rows of w per block (and per register tile)
+constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
+
+// Number of w blocks: the parallel work items.
+static inline int64_t skinny_linear_blocks(const SkinnyLinearParams& p) {
+  return (p.N + kSkinnyNR - 1) / kSkinnyNR;
+}
+
+// ---- plain C++ path ---------------------------------------------------------------------------
+
+constexpr int kSkinnyPlainLanes = 8;
+
+// Tile of NR rows of w (from n0) x MR rows of x (from m0). Lane l sums the products at k = l mod 8
+// in increasing k; the lanes are then summed pairwise ((0+4) + (2+6)) + ((1+5) + (3+7)).
+template <int NR, int MR>
+static inline void skinny_tile_plain(const SkinnyLinearParams& p, int64_t n0, int64_t m0) {
+  constexpr int L = kSkinnyPlainLanes;
+  const int64_t K = p.K, K_main = K - K % L;
+  float acc[MR][NR][L] = {};
+  for (int64_t k = 0; k < K_main; k += L)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * p.w[(n0 + j) * K + k + l];
+  for (int64_t k = K_main; k < K; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * p.w[(n0 + j) * K + k];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float* a = acc[i][j];
+      float s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+      if (p.bias) s += p.bias[n0 + j];
+      p.y[(m0 + i) * p.N + n0 + j] = s;
+    }
+}
+
+// ---- AVX-512 path -----------------------------------------------------------------------------
+#if defined(RADAR_SKINNY_AVX512)
+// GCC 12 reports the _mm512_undefined_ps() inside its own shuffle intrinsics as uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Sums the 16 lanes of each of the 16 accumulators v[4 * i + j] at once (a transposing reduction:
+// 15 adds and 30 shuffles instead of 16 separate horizontal sums). Lane 4 * j + i of the result is
+// the sum of v[4 * i + j]. Every accumulator's lanes are added in the same order whatever its slot,
+// ((l0 + l8) + (l4 + l12)) + ((l1 + l9) + (l5 + l13)) + ... with the pairs (0,1) and (2,3) of the
+// four partial sums added first: the result of one dot product does not depend on its tile slot.
+static inline __m512 skinny_reduce16(const __m512 v[16]) {
+  __m512 r[8], s[4], u[2];
+  for (int q = 0; q < 8; ++q)  // blocks of 128 bits: [a0 + a2, a1 + a3, b0 + b2, b1 + b3]
+    r[q] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * q], v[2 * q + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * q], v[2 * q + 1], 0xEE));
+  for (int q = 0; q < 4; ++q)  // block k = accumulator 4 * q + k, 4 partial sums each
+    s[q] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * q], r[2 * q + 1], 0x88),
+                         _mm512_shuffle_f32x4(r[2 * q], r[2 * q + 1], 0xDD));
+  for (int q = 0; q < 2; ++q)  // within each block: [p0 + p1, p2 + p3] of two accumulators
+    u[q] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * q], s[2 * q + 1], 0x88),
+                         _mm512_shuffle_ps(s[2 * q], s[2 * q + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
+}
+
+// Same tile with 16 lanes and fused multiply-add; the K % 16 tail is a masked load (zeros beyond K).
+template <int NR, int MR>
+static inline void skinny_tile_avx512(const SkinnyLinearParams& p, int64_t n0, int64_t m0) {
+  const int64_t K = p.K, K_main = K - K % 16;
+  const float* xr[MR];
+  const float* wr[NR];
+  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + i) * K;
+  for (int j = 0; j < NR; ++j) wr[j] = p.w + (n0 + j) * K;
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K_main; k += 16) {
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_ps(wr[j] + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_loadu_ps(xr[i] + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  if (K_main < K) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - K_main)) - 1u);
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(tail, wr[j] + K_main);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(tail, xr[i] + K_main);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  __m512 all[16];  // slot 4 * i + j; slots outside the tile stay zero and are not stored
+  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) all[4 * i + j] = acc[i][j];
+  float sums[16];
+  _mm512_storeu_ps(sums, skinny_reduce16(all));
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = sums[4 * j + i];
+      if (p.bias) s += p.bias[n0 + j];
+      p.y[(m0 + i) * p.N + n0 + j] = s;
+    }
+}
+
+#pragma GCC diagnostic pop
+#define RADAR_SKINNY_TILE skinny_tile_avx512
+#else
+#define RADAR_SKINNY_TILE skinny_tile_plain
+#endif
+
+// One block of NR (or, for the last block, fewer) rows of w against all M rows of x.
+template <int NR>
+static inline void skinny_block(const SkinnyLinearParams& p, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + kSkinnyMR <= p.M; m0 += kSkinnyMR) RADAR_SKINNY_TILE<NR, kSkinnyMR>(p, n0, m0);
+  switch (p.M - m0) {
+    case 3: RADAR_SKINNY_TILE<NR, 3>(p, n0, m0); break;
+    case 2: RADAR_SKINNY_TILE<NR, 2>(p, n0, m0); break;
+    case 1: RADAR_SKINNY_TILE<NR, 1>(p, n0, m0); break;
+    default: break;
+  }
+}
+
+// Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)]. The widest path this translation unit was
+// compiled for (see the top of the file).
+static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
+  static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t n0 = b * kSkinnyNR;
+    switch (p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0) {
+      case 4: skinny_block<4>(p, n0); break;
+      case 3: skinny_block<3>(p, n0); break;
+      case 2: skinny_block<2>(p, n0); break;
+      case 1: skinny_block<1>(p, n0); break;
+      default: break;
+    }
+  }
+}
+
+#undef RADAR_SKINNY_TILE
+
+// The AVX-512 entry points, defined in csrc/skinny_linear_avx512.cpp (compiled for AVX-512 there).
+// skinny_linear_avx512_compiled(): whether that file got the AVX-512 path (false on compilers or
+// architectures where it could not); the caller must also check the running CPU
+// (__builtin_cpu_supports("avx512f")) before calling skinny_linear_blocks_avx512.
+bool skinny_linear_avx512_compiled();
+void skinny_linear_blocks_avx512(const SkinnyLinearParams& p, int64_t b0, int64_t b1);
+
+}  // namespace kernels
+}  // namespace radar_ext
