@@ -74,6 +74,66 @@ def first_user_turns(min_chars: int = 16, max_chars: int = 1500) -> list[tuple[s
     return out
 
 
+def first_exchanges(min_chars: int = 16, max_chars: int = 1500) -> list[tuple[str, str, str]]:
+    """(conversation id, first human turn, the dataset's own first answer), de-duplicated by question."""
+    out, seen = [], set()
+    for conv in iter_sharegpt():
+        turns = conv.get("conversations") or []
+        if len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
+            continue
+        q, a = (turns[0].get("value") or "").strip(), (turns[1].get("value") or "").strip()
+        if not (min_chars <= len(q) <= max_chars) or not a or q in seen:
+            continue
+        seen.add(q)
+        out.append((str(conv.get("id")), q, a))
+    return out
+
+
+def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, skip_prompts: int = 4096,
+                           shard_size: int = 64, max_prompt_tokens: int = 384, max_answer_tokens: int = 256,
+                           seed: int = 0) -> int:
+    """Stage `ref`: ShareGPT's own first answers (no generation), written as `gen_ref_XXXXX` shards in
+    the gen format so the features stage labels them with the target's distributions (the EAGLE-1
+    recipe: cheap extra data; the self-generated shards keep the head on the target's own text).
+    Conversations are taken after the first `skip_prompts` of the gen stage's shuffled order, so the
+    two sources never share a prompt; held-out conversations are skipped (they stay unseen).
+    Returns the number of sequences written."""
+    from tqdm import tqdm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    convs = first_exchanges()
+    random.Random(seed).shuffle(convs)
+    convs = [c for c in convs[skip_prompts:] if not is_heldout(c[0])][:num_prompts]
+    eos = tokenizer.eos_token_id
+    n = 0
+    for s in tqdm(range(0, len(convs), shard_size), desc="ref shards", unit="shard"):
+        path = out_dir / f"gen_ref_{s // shard_size:05d}.safetensors"
+        if path.exists():
+            n += len(convs[s:s + shard_size])
+            continue
+        seqs, plens, ids_ = [], [], []
+        for cid, q, a in convs[s:s + shard_size]:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=False)
+            if isinstance(prompt, dict) or hasattr(prompt, "keys"):
+                prompt = prompt["input_ids"]
+            answer = tokenizer(a, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+            if len(prompt) > max_prompt_tokens or not answer:
+                continue
+            if len(answer) < max_answer_tokens:
+                answer = answer + [eos]
+            seqs.append(list(prompt) + answer)
+            plens.append(len(prompt))
+            ids_.append(cid)
+        if not seqs:
+            continue
+        _save_shard(path, {"tokens": torch.tensor([t for x in seqs for t in x], dtype=torch.int32),
+                           "lengths": torch.tensor([len(x) for x in seqs], dtype=torch.int64),
+                           "prompt_lengths": torch.tensor(plens, dtype=torch.int64)},
+                    {"conv_ids": ids_, "heldout": [False] * len(ids_), "source": "sharegpt_reference"})
+        n += len(seqs)
+    return n
+
+
 def is_heldout(conv_id: str) -> bool:
     import zlib
     return zlib.crc32(conv_id.encode()) % HELDOUT_MOD == 0
@@ -176,7 +236,8 @@ def main(argv=None) -> None:
     import argparse
     p = argparse.ArgumentParser(description="Self-distillation data for the default target: "
                                 "`gen` regenerates ShareGPT answers, `features` records target features")
-    p.add_argument("stage", choices=["gen", "features"], nargs="?", default="gen")
+    p.add_argument("stage", choices=["gen", "ref", "features"], nargs="?", default="gen",
+                   help="gen: the target answers; ref: ShareGPT's own answers (no generation); features")
     p.add_argument("--out-dir", type=Path, default=default_data_dir())
     p.add_argument("--num-prompts", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=64)
@@ -187,6 +248,15 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.stage == "features":
         extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads))
+        return
+    if a.stage == "ref":
+        from transformers import AutoTokenizer
+        from ..models import _converted_dir, load_default_target
+        if not (_converted_dir() / "tokenizer.json").is_file():
+            load_default_target()
+        n = write_reference_shards(a.out_dir, AutoTokenizer.from_pretrained(str(_converted_dir())),
+                                   num_prompts=a.num_prompts, max_answer_tokens=a.max_new_tokens)
+        print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
                               max_new_tokens=a.max_new_tokens, threads=a.threads,
