@@ -149,6 +149,8 @@ def replay_answer(target, drafter, prompt_ids, answer_ids, tree_topk: int, max_c
 def simulate(replay: Replay, calls: int, verify_budget: int) -> tuple:
     """(cycles, emitted_by_cycles) of the static setting on this answer: the decoder's loop on the
     recorded accepted lengths (the first token comes from the prefill)."""
+    if verify_budget not in replay.v_grid:
+        raise ValueError(f"verify_budget {verify_budget} is not in the replay's v_grid {replay.v_grid}")
     vi = replay.v_grid.index(verify_budget)
     t = cycles = emitted = 0
     while t + 1 < replay.answer_len:

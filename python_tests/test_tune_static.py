@@ -1,0 +1,168 @@
+"""The static-tree grid search (radar_ext/static_search.py, `radar tune-static`): accepted lengths
+from a full pool on a hand-made case, the replay reproducing RadarDecoder's real cycle counts on a
+tiny random Llama + untrained EAGLE head, the cost-model ranking on synthetic replays, the whole
+search end to end (static_tree.json readable by the benchmark), CLI help and argument errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radar_ext import EagleDrafter, RadarDecoder, StaticPolicy
+from radar_ext.benchmark.methods import read_static_gs
+from radar_ext.cli import main
+from radar_ext.static_search import (Replay, StaticSetting, accepted_lengths, greedy_answers, make_grid,
+                                     pool_size, rank_settings, replay_answer, simulate, tune_static)
+from test_calibration import hand_model, s
+from test_decoder import tiny_llama
+
+VOCAB = 8  # a small vocabulary: the random head's top-W often holds the target's argmax
+
+
+def test_pool_size_and_grid_dedupes_budgets_above_the_pool():
+    assert [pool_size(3, c) for c in (1, 2, 3)] == [3, 12, 21]
+    g = make_grid([1, 2], [2], [1, 4, 8])
+    # calls 1: pool 2 -> V 1, 2 (4 and 8 collapse to 2); calls 2: pool 6 -> V 1, 4, 6
+    assert g == [StaticSetting(1, 2, 1), StaticSetting(1, 2, 2), StaticSetting(2, 2, 1), StaticSetting(2, 2, 4),
+                 StaticSetting(2, 2, 6)]
+
+
+def test_accepted_lengths_hand_made_pool():
+    # W = 2. Call 1: nodes 0 (tok 5, -0.1), 1 (tok 6, -0.5). Call 2: children of 0: 2 (tok 7, -0.3),
+    # 3 (tok 8, -0.9); children of 1: 4 (tok 7, -0.6), 5 (tok 9, -0.7).
+    tok = [5, 6, 7, 8, 7, 9]
+    par = [-1, -1, 0, 0, 1, 1]
+    sc = [-0.1, -0.5, -0.3, -0.9, -0.6, -0.7]
+    v_grid = [1, 2, 3, 6]
+    # greedy continuation 5, 7: chain = nodes 0 (rank 0), 2 (rank 1 among 6, not in the pool after 1 call)
+    got = accepted_lengths(tok, par, sc, [5, 7, 1], 2, 2, v_grid)
+    assert got.tolist() == [[1, 1, 1, 1], [1, 2, 2, 2]]
+    # continuation 6, 9: node 1 ranks 1 after call 1, 2 after call 2 (behind -0.1, -0.3); node 5 ranks 4
+    got = accepted_lengths(tok, par, sc, [6, 9], 2, 2, v_grid)
+    assert got.tolist() == [[0, 1, 1, 1], [0, 0, 1, 2]]
+    # no match at the root, and a tie: equal scores rank by index (the older node first)
+    assert accepted_lengths(tok, par, sc, [4], 2, 2, v_grid).tolist() == [[0] * 4] * 2
+    tied = accepted_lengths([5, 6], [-1, -1], [-0.2, -0.2], [6], 2, 1, [1, 2])
+    assert tied.tolist() == [[0, 1]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = tiny_llama(vocab=VOCAB)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, VOCAB, (1, n), generator=g) for n in (3, 9)]
+    return m, EagleDrafter.init_random(m, seed=1), prompts
+
+
+def test_replay_reproduces_the_decoder(tiny):
+    """Cycles from the replay == RadarDecoder's real cycles, for every setting tried."""
+    target, drafter, prompts = tiny
+    answers = greedy_answers(target, prompts, 30, None)
+    v_grid = [1, 2, 3, 5, 30]
+    some_accepted = False
+    for W in (2, 3):
+        reps = [replay_answer(target, drafter, p, a, W, 3, v_grid) for p, a in zip(prompts, answers)]
+        for r in reps:
+            assert r.accepted.shape == (29, 3, len(v_grid))
+            some_accepted |= bool((r.accepted > 0).any())
+        cycles = set()
+        for calls in (1, 3):
+            for V in v_grid:
+                dec = RadarDecoder(target, drafter, StaticPolicy(calls), tree_topk=W, verify_budget=V)
+                for p, a, r in zip(prompts, answers, reps):
+                    out = dec.generate(p, max_new_tokens=30)
+                    assert torch.equal(out[:, p.shape[1]:], a)
+                    assert simulate(r, calls, V)[0] == dec.last_stats.cycles, (W, calls, V)
+                    cycles.add(dec.last_stats.cycles)
+        assert len(cycles) > 2  # the settings really differ
+    assert some_accepted
+
+
+def synthetic_replay(per_depth: int, v_grid) -> Replay:
+    """An answer of 41 tokens on which any tree of depth >= d with V >= d * per_depth accepts d."""
+    K = 4
+    acc = np.zeros((40, K, len(v_grid)), dtype=np.int64)
+    for c in range(1, K + 1):
+        for vi, V in enumerate(v_grid):
+            acc[:, c - 1, vi] = min(c, V // per_depth)
+    return Replay(2, 100, 41, v_grid, acc)
+
+
+def test_rank_settings_picks_the_model_best():
+    settings = make_grid([1, 2, 4], [2], [2, 4, 8, 16])
+    reps = {2: [synthetic_replay(2, sorted({x.verify_budget for x in settings}))]}
+    # verify cost flat in V, cheap drafts: the deepest, biggest tree wins
+    flat = hand_model(verify={p: {V: s(0.010) for V in (1, 5, 9)} for p in (100, 300)},
+                      draft_first={2: {100: s(0.0005), 300: s(0.0005)}},
+                      draft_next={2: {100: s(0.0005), 300: s(0.0005)}})
+    rows = rank_settings(reps, settings, flat, 100)
+    assert rows[0].setting == StaticSetting(4, 2, 8) and rows[0].tau == pytest.approx(40 / 8)
+    assert [r.predicted_tokens_per_s for r in rows] == sorted((r.predicted_tokens_per_s for r in rows), reverse=True)
+    # each extra draft call costs as much as a whole verify: one call wins
+    costly = hand_model(verify={p: {V: s(0.010) for V in (1, 5, 9)} for p in (100, 300)},
+                        draft_first={2: {100: s(0.0005), 300: s(0.0005)}},
+                        draft_next={2: {100: s(0.050), 300: s(0.050)}})
+    best = rank_settings(reps, settings, costly, 100)[0]
+    assert best.setting.max_draft_calls == 1 and best.setting.verify_budget == 2
+    assert best.predicted_speedup == pytest.approx(best.predicted_tokens_per_s * costly.t_ar(100))
+    with pytest.raises(ValueError, match="verify_budget 3 is not in the replay's v_grid"):
+        simulate(reps[2][0], 1, 3)
+    with pytest.raises(ValueError, match="no replay for tree_topk 3"):
+        rank_settings(reps, [StaticSetting(1, 3, 2)], flat, 100)
+
+
+def test_tune_static_end_to_end(tiny, tmp_path):
+    target, drafter, prompts = tiny
+    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
+                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    draft_first={2: {4: s(0.001)}, 3: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}, 3: {4: s(0.001)}},
+                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)})
+    res = tune_static(target, drafter, cm, prompts, calls_list=[1, 2, 3], topk_list=[2, 3], budget_list=[2, 6],
+                      max_new_tokens=20, top=2, time_prompts=1, repeats=1, warmup=0)
+    assert len(res["timed"]) == 2 and len(res["table"]) == len(make_grid([1, 2, 3], [2, 3], [2, 6]))
+    keys = ("max_draft_calls", "tree_topk", "verify_budget")
+    assert [[r[k] for k in keys] for r in res["table"][:2]] == [[t[k] for k in keys] for t in res["timed"]]
+    for t in res["timed"]:
+        m = t["measured"]
+        assert m["exact"] and m["answers"] == 1 and m["replay_cycles"] == m["cycles"]
+    best = {k: res[k] for k in ("max_draft_calls", "tree_topk", "verify_budget")}
+    assert best in [{k: t[k] for k in best} for t in res["timed"]]
+    assert res["ar"]["exact"] and res["search"]["prompts"] == 2
+    path = tmp_path / "static_tree.json"
+    path.write_text(json.dumps(res, default=str))
+    assert {k: read_static_gs(path)[k] for k in best} == best
+    with pytest.raises(ValueError, match=r"budget_list must be a non-empty list of ints >= 1, got \[0\]"):
+        tune_static(target, drafter, cm, prompts, calls_list=[1], topk_list=[2], budget_list=[0])
+    with pytest.raises(ValueError, match="prompts must not be empty"):
+        tune_static(target, drafter, cm, [], calls_list=[1], topk_list=[2], budget_list=[2])
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune-static", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--calibration", "--max-draft-calls", "--verify-budget", "--tree-topk", "--install", "--top"):
+        assert opt in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--verify-budget", "8,x"], "--verify-budget must be a comma-separated list of ints >= 1, got '8,x'"),
+    (["--max-draft-calls", "0"], "--max-draft-calls must be a comma-separated list of ints >= 1, got '0'"),
+    (["--tree-topk", "4,4"], "--tree-topk must not repeat values"),
+    (["--top", "0"], "--top must be >= 1, got 0"),
+    (["--max-new-tokens", "1"], "--max-new-tokens must be >= 2, got 1"),
+    (["--prompts", "4", "--time-prompts", "5"], "--time-prompts must be <= --prompts (4), got 5"),
+    (["--calibration", "/nonexistent/c.json"], "no calibration file '/nonexistent/c.json'; measure one with `radar calibrate`"),
+])
+def test_cli_errors(capsys, argv, message):
+    assert main(["tune-static"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radar tune-static: error: ") and message in err
+
+
+def test_cli_bad_head(capsys, tmp_path):
+    cal = hand_model().save(tmp_path / "c.json")
+    assert main(["tune-static", "--calibration", str(cal), "--head", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
