@@ -1,7 +1,8 @@
 """Build self-distillation data with the default target and train an EAGLE-3 head for it.
 
 Stages (each resumable; run them all with `--stage all`):
-  gen       the target answers ShareGPT first turns itself (batched greedy generation)
+  gen       the target answers ShareGPT first turns itself (batched greedy generation, bfloat16)
+  ref       ShareGPT's own first answers to other prompts, as extra data (no generation)
   features  one teacher-forced target pass records the 3 feature layers + its top-k next-token distribution
   train     training-time-test training of the head (checkpoints, resume, held-out acceptance per epoch)
 Data and checkpoints live in the radar_ext cache directory ($RADAR_EXT_CACHE or ~/.cache/radar_ext).
@@ -13,12 +14,15 @@ from pathlib import Path
 
 def add_arguments(p) -> None:
     from ..training.data import default_data_dir
-    p.add_argument("--stage", choices=["gen", "features", "train", "all"], default="all")
+    p.add_argument("--stage", choices=["gen", "ref", "features", "train", "all"], default="all",
+                   help="all = gen, ref, features, train")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help="where generated sequences and features are written (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=None,
                    help="checkpoints and the trained head (default: <cache>/head_runs/default)")
     p.add_argument("--num-prompts", type=int, default=4096, help="ShareGPT prompts to answer (gen)")
+    p.add_argument("--ref-prompts", type=int, default=640,
+                   help="ShareGPT conversations whose own first answer is added as extra data (ref; 0: none)")
     p.add_argument("--gen-batch-size", type=int, default=96)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--gen-dtype", choices=["bfloat16", "float32"], default="bfloat16",
@@ -45,11 +49,19 @@ def run(args) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.epochs <= 0 or args.lr <= 0:
         raise SystemExit(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
-    stages = ["gen", "features", "train"] if args.stage == "all" else [args.stage]
+    if args.ref_prompts < 0:
+        raise SystemExit(f"--ref-prompts must be >= 0, got {args.ref_prompts}")
+    stages = ["gen", "ref", "features", "train"] if args.stage == "all" else [args.stage]
     if "gen" in stages:
         generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts,
                                   batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
                                   threads=args.threads, dtype=args.gen_dtype))
+    if "ref" in stages and args.ref_prompts:
+        from ..models import load_default_target
+        from ..training.data import write_reference_shards
+        _, tok = load_default_target()
+        write_reference_shards(args.data_dir, tok, num_prompts=args.ref_prompts, skip_prompts=max(4096, args.num_prompts),
+                               max_answer_tokens=args.max_new_tokens)
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads))
     if "train" in stages:
