@@ -44,17 +44,22 @@ def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0):
 
 def test_expected_throughput_is_exact(tmp_path):
     ep = load_episodes(write_episodes(tmp_path / "e", True, cycles=(8, 4)), "val")
-    costs = PolicyCosts.load(COSTS)
+    costs = PolicyCosts.load(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]}))
+
+    def t_verify(n, v):  # the pool after n calls has W + (n - 1) W^2 nodes: a bigger V verifies them all
+        return costs.t_verify(min(v, W + (n - 1) * W * W))
+
     grid = static_grid(ep, costs)
     # static (n, V): L = n always -> (n + 1) / (n t_draft + T_verify(V))
     for n in range(1, N + 1):
         for k, v in enumerate(BUDGETS):
-            assert float(grid[n - 1, k]) == pytest.approx((n + 1) / (n * 0.002 + costs.t_verify(v)))
+            assert float(grid[n - 1, k]) == pytest.approx((n + 1) / (n * 0.002 + t_verify(n, v)))
+    assert t_verify(1, 16) < costs.t_verify(16)
     n = torch.tensor([1, 2, 4, 4])
-    v = torch.tensor([0, 0, 2, 1])
+    v = torch.tensor([0, 2, 2, 1])
     res = policy_throughput(ep, costs, n, v, size_decision=True)
     tokens = 2 + 3 + 5 + 5
-    secs = sum(k * 0.002 + costs.t_verify(BUDGETS[j]) + (min(k, N - 1) + 1) * 1e-5 for k, j in zip(n.tolist(), v.tolist()))
+    secs = sum(k * 0.002 + t_verify(k, BUDGETS[j]) + (min(k, N - 1) + 1) * 1e-5 for k, j in zip(n.tolist(), v.tolist()))
     assert res["throughput"] == pytest.approx(tokens / secs) and res["mean_draft_calls"] == 2.75
 
 

@@ -60,6 +60,13 @@ def expected_tokens(ep: Episodes) -> torch.Tensor:
     return (dist * torch.arange(1, dist.shape[-1] + 1, dtype=torch.float64)).sum(-1)
 
 
+def verify_times(costs: PolicyCosts, W: int, N: int, budgets) -> torch.Tensor:
+    """T_verify of the tree actually sent for every (n, V): [N, nV] float64. The pool after n calls
+    holds W + (n - 1) W^2 nodes, so a budget above that verifies the whole pool (CandidatePool.best)."""
+    return torch.tensor([[costs.t_verify(min(v, W + (n - 1) * W * W)) for v in budgets] for n in range(1, N + 1)],
+                        dtype=torch.float64)
+
+
 def decisions(n: torch.Tensor, N: int) -> torch.Tensor:
     """Depth decisions made when stopping after n calls (none is asked at the cap N)."""
     return torch.clamp(n, max=N - 1)
@@ -69,9 +76,8 @@ def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
     """Expected throughput (tokens/s) of every static (n, V): [N, nV] float64."""
     E = expected_tokens(ep).sum(0)                                       # [N, nV]
     N, nV = E.shape
-    budgets = ep.meta["budgets"]
-    T = torch.tensor([[n * costs.t_draft + costs.t_verify(v) for v in budgets] for n in range(1, N + 1)],
-                     dtype=torch.float64)
+    T = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1) * costs.t_draft + \
+        verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
     return E / (ep.cycles * T)
 
 
@@ -81,8 +87,8 @@ def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: 
     E = expected_tokens(ep)
     C, N, _ = E.shape
     e = E[torch.arange(C), n - 1, v_idx]
-    vt = torch.tensor([costs.t_verify(v) for v in ep.meta["budgets"]], dtype=torch.float64)
-    t = n * costs.t_draft + vt[v_idx] + (decisions(n, N) + int(size_decision)) * costs.t_policy
+    vt = verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
+    t = n * costs.t_draft + vt[n - 1, v_idx] + (decisions(n, N) + int(size_decision)) * costs.t_policy
     budgets = torch.tensor(ep.meta["budgets"])
     return {"throughput": float(e.sum() / t.sum()), "tau": float(e.mean()), "mean_draft_calls": float(n.double().mean()),
             "mean_verify_budget": float(budgets[v_idx].double().mean()), "cycles": C}
@@ -194,7 +200,8 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     first = torch.where(stopped.any(1), stopped.float().argmax(1), torch.full((B,), K - 1))  # last decision index
     n = torch.where(stopped.any(1), first + 1, torch.full((B,), N))      # calls made
     L = torch.multinomial(dist[torch.arange(B), n - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
-    T = costs.t_verify(cfg.verify_budget) + n.double() * (costs.t_draft + costs.t_policy)
+    vt = verify_times(costs, beams.shape[2], N, [ep.meta["budgets"][v_idx]])[:, 0]        # [N]
+    T = vt[n - 1] + n.double() * (costs.t_draft + costs.t_policy)
     steps = torch.arange(K)
     alive = steps.view(1, K) <= first.view(B, 1)                         # decisions actually taken
     r = torch.where(alive & (acts == CONTINUE), -cfg.alpha, 0.0).double()
@@ -217,8 +224,7 @@ def _ltd_rewards(ep, costs, N, budgets) -> torch.Tensor:
     """E[L + 1] / T_cycle for every (cycle, n, V), scaled by t_ar: [C, N, nV]."""
     E = expected_tokens(ep)
     n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
-    vt = torch.tensor([costs.t_verify(v) for v in budgets], dtype=torch.float64).view(1, -1)
-    T = n * costs.t_draft + vt + (decisions(n, N) + 1) * costs.t_policy
+    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, budgets) + (decisions(n, N) + 1) * costs.t_policy
     return (E * costs.t_ar / T).float()
 
 
