@@ -11,6 +11,8 @@ _LAZY = {
     "EagleDrafter": "radar_ext.drafters",
     "NgramDrafter": "radar_ext.drafters",
     "StaticPolicy": "radar_ext.policies",
+    "RadarPolicy": "radar_ext.policies",
+    "LtdPolicy": "radar_ext.policies",
     "EagleHead": "radar_ext.eagle_head",
     "EagleConfig": "radar_ext.eagle_head",
     "load_default": "radar_ext.models",

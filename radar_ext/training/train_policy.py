@@ -164,7 +164,7 @@ def costs_from_episodes(ep: Episodes, t_policy: float) -> PolicyCosts:
 
 def measure_policy_time(policy, W: int, repeats: int = 200) -> float:
     """Seconds of one fused decision on this machine (median of `repeats`)."""
-    from radar_ext.policies.base import BudgetStep, CostInfo, DraftStep
+    from radar_ext.policies.base import CostInfo, DraftStep
 
     step = DraftStep(2, torch.sort(torch.randn(1, W), descending=True).values, torch.randn(1, W, W), 100, CostInfo())
     policy.reset()
