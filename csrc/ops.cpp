@@ -222,6 +222,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const 
   return {mask, depth, paths, n_paths};
 }
 
+}  // namespace
+
+// Whether skinny_linear runs its AVX-512 build: compiled in, and this CPU has AVX-512F (checked once).
+bool skinny_linear_uses_avx512() {
+  static const bool use = [] {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return kernels::skinny_linear_avx512_compiled() && __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
+namespace {
+
 // y = x @ w.T (+ bias) for few rows of x: each task takes a range of 4-row blocks of w, so w is read
 // once in total and every y element is summed by one thread in a fixed order (thread-count invariant).
 at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in) {
@@ -233,15 +250,7 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   if (M == 0 || N == 0) return y;
   const kernels::SkinnyLinearParams p{x.data_ptr<float>(), w.data_ptr<float>(),
                                       bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
-  // The AVX-512 build of the kernel, if it was compiled and this CPU runs it (checked once).
-  static const bool use_avx512 = [] {
-#if defined(__GNUC__) && defined(__x86_64__)
-    __builtin_cpu_init();
-    return kernels::skinny_linear_avx512_compiled() && __builtin_cpu_supports("avx512f");
-#else
-    return false;
-#endif
-  }();
+  const bool use_avx512 = skinny_linear_uses_avx512();
   // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));
   at::parallel_for(0, kernels::skinny_linear_blocks(p), grain, [&](int64_t b0, int64_t b1) {
@@ -285,8 +294,15 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+PyObject* skinny_linear_avx512(PyObject*, PyObject*) {
+  if (radar_ext::skinny_linear_uses_avx512()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 PyMethodDef methods[] = {
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
+    {"skinny_linear_avx512", skinny_linear_avx512, METH_NOARGS,
+     "True when skinny_linear runs its AVX-512 kernel on this CPU (else the plain C++ one)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "radar_ext custom ops (torch.ops.radar_ext.*)", -1, methods};

@@ -1,0 +1,103 @@
+"""radar_ext.fast_linear: the target's nn.Linear forwards are swapped only inside the block and
+restored exactly; few-row products go to skinny_linear, others to F.linear; RadarDecoder with
+fast_linear stays token-identical to the target's own greedy generate and leaves the model as it was."""
+import pytest
+import torch
+
+from radar_ext import NgramDrafter, RadarDecoder, StaticPolicy, fast_linear as fl_module
+from radar_ext.fast_linear import FastLinear, applies_to, fast_linear, fast_linear_available
+from test_decoder import VOCAB, make_drafter, prompts, reference, tiny_llama
+
+pytestmark = pytest.mark.skipif(not fast_linear_available(), reason="skinny_linear has no AVX-512 kernel here")
+
+
+@pytest.fixture
+def count_kernel_calls(monkeypatch):
+    calls = []
+    real = fl_module.ops.skinny_linear
+
+    def counting(x, w, bias=None):
+        calls.append(x.shape[0])
+        return real(x, w, bias)
+    monkeypatch.setattr(fl_module.ops, "skinny_linear", counting)
+    return calls
+
+
+def own_forwards(model):
+    return {name: m.__dict__.get("forward") for name, m in model.named_modules()}
+
+
+def test_swaps_inside_and_restores_exactly():
+    model = tiny_llama("sdpa")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 * 7 + 1                        # q, k, v, o, gate, up, down per layer + lm_head
+    custom = linears[0].forward                              # someone else's instance forward survives
+    linears[0].forward = custom
+    before = own_forwards(model)
+    with fast_linear(model) as active:
+        assert active
+        assert all("forward" in m.__dict__ for m in linears) and linears[0].forward is not custom
+    assert own_forwards(model) == before and linears[0].forward is custom
+    with pytest.raises(RuntimeError, match="boom"):          # restored on error too
+        with fast_linear(model):
+            raise RuntimeError("boom")
+    assert own_forwards(model) == before
+    del linears[0].forward
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_reusable_not_reentrant_and_argument_errors():
+    model = tiny_llama("sdpa")
+    ctx = fast_linear(model)
+    for _ in range(2):
+        with ctx:
+            pass
+    with ctx:
+        with pytest.raises(RuntimeError, match="not reentrant"):
+            ctx.__enter__()
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    with pytest.raises(ValueError, match=r"max_rows must be an int >= 1, got 0"):
+        FastLinear(model, max_rows=0)
+
+
+def test_not_applied_to_other_dtypes_or_when_disabled():
+    bf16 = tiny_llama("sdpa").to(torch.bfloat16)
+    assert not applies_to(bf16)
+    with fast_linear(bf16) as active:
+        assert not active and all("forward" not in m.__dict__ for m in bf16.modules())
+    with fast_linear(tiny_llama("sdpa"), enabled=False) as active:
+        assert not active
+
+
+def test_rows_limit_and_logits(count_kernel_calls):
+    model = tiny_llama("sdpa")
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+        with fast_linear(model, max_rows=8):
+            big = model(ids).logits                          # 9 rows > 8: F.linear, bit for bit
+        assert not count_kernel_calls and torch.equal(big, ref)
+        with fast_linear(model, max_rows=9):
+            small = model(ids).logits
+    assert count_kernel_calls == [9] * 22
+    torch.testing.assert_close(small, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+def test_decoder_greedy_exact_and_model_untouched(attn, kind, count_kernel_calls):
+    model = tiny_llama(attn)
+    before = own_forwards(model)
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    assert dec.fast_linear                                  # default: on for a float32 CPU target
+    for ids, n in zip(prompts(), (1, 9, 30)):
+        want = reference(model, ids, n)                      # the AR baseline, before and after
+        assert torch.equal(dec.generate(ids, max_new_tokens=n), want), (attn, kind, n)
+        assert own_forwards(model) == before
+        assert torch.equal(reference(model, ids, n), want)
+    assert count_kernel_calls and max(count_kernel_calls) <= 8  # verify forwards only (M <= 8 here)
+    count_kernel_calls.clear()
+    off = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=5, fast_linear=False)
+    ids = prompts()[1]
+    assert torch.equal(off.generate(ids, max_new_tokens=12), reference(model, ids, 12))
+    assert not count_kernel_calls
