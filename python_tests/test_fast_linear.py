@@ -1,6 +1,8 @@
 """radar_ext.fast_linear: the target's nn.Linear forwards are swapped only inside the block and
 restored exactly; few-row products go to skinny_linear, others to F.linear; RadarDecoder with
 fast_linear stays token-identical to the target's own greedy generate and leaves the model as it was."""
+import os
+
 import pytest
 import torch
 
@@ -101,3 +103,28 @@ def test_decoder_greedy_exact_and_model_untouched(attn, kind, count_kernel_calls
     ids = prompts()[1]
     assert torch.equal(off.generate(ids, max_new_tokens=12), reference(model, ids, 12))
     assert not count_kernel_calls
+
+
+def test_sdpa_gqa_switch_same_bits_and_restored(monkeypatch):
+    """Verify logits over a tree mask are bit-identical with and without the sdpa GQA switch, and
+    the switch is back to its old value (unset, or the user's) after the block."""
+    from radar_ext import kv_cache
+    from radar_ext.fast_linear import SDPA_GQA_SWITCH
+    from radar_ext.tree import make_tree
+    from radar_ext.verifier import prefill, verify
+    model = tiny_llama("sdpa")
+    monkeypatch.delenv(SDPA_GQA_SWITCH, raising=False)
+    tree = make_tree(torch.tensor([[5, 9, 2, 7, 7, 1]]), torch.tensor([[-1, 0, 1, 0, 3, 1]]), torch.tensor([6]))
+    logits = {}
+    for gqa in (False, True):
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, prompts()[2])
+        with fast_linear(model, sdpa_gqa=gqa):
+            assert (SDPA_GQA_SWITCH in os.environ) == gqa
+            logits[gqa] = verify(model, cache, tree, prompts()[2].shape[1]).logits
+        assert SDPA_GQA_SWITCH not in os.environ
+    assert torch.equal(logits[False], logits[True])
+    monkeypatch.setenv(SDPA_GQA_SWITCH, "0")
+    with fast_linear(model):
+        assert os.environ[SDPA_GQA_SWITCH] == "1"
+    assert os.environ[SDPA_GQA_SWITCH] == "0"

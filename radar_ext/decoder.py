@@ -13,6 +13,7 @@ import torch
 from radar_ext import kv_cache
 from radar_ext.acceptance import Acceptance, SamplingParams, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
 from radar_ext.policies import CostInfo, Policy, StaticPolicy
 from radar_ext.verifier import prefill, verify
 
@@ -100,7 +101,10 @@ class _TimedPolicy(Policy):
 
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
-                 verify_budget: int = 60):
+                 verify_budget: int = 60, fast_linear: bool | None = None):
+        """fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
+        (radar_ext.fast_linear; the target is changed only during those forwards). None: on when it
+        applies (float32 CPU target, AVX-512 kernel available)."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -116,6 +120,7 @@ class RadarDecoder:
         drafter.check_target(target)
         self.target, self.drafter, self.policy = target, drafter, policy
         self.tree_topk, self.verify_budget = tree_topk, verify_budget
+        self.fast_linear = fast_linear_applies(target) if fast_linear is None else bool(fast_linear)
         self.costs = CostInfo()
         self.last_stats = DecodeStats()
 
@@ -135,6 +140,7 @@ class RadarDecoder:
         if streamer is not None:
             streamer.put(input_ids.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
         cache, out = self._prefill(input_ids, cfg, stats, generator)
+        self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear)  # entered by _verify only
         emitted = out.new_empty(1, 0)
         while True:
             emitted = torch.cat([emitted, out], 1)  # tokens of this cycle, already checked for EOS/limit
@@ -181,7 +187,8 @@ class RadarDecoder:
 
     def _verify(self, cache, tree, prefix_len, stats):
         t0 = time.perf_counter()
-        res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers)
+        with self._linears:
+            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers)
         dt = time.perf_counter() - t0
         stats.time_verify += dt
         stats.cycles += 1

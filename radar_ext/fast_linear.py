@@ -8,11 +8,22 @@ weight matrix once per call) and everything else to F.linear, and restores the m
 RadarDecoder uses it around its verify forwards only: the prefill and the user's own
 `target.generate` never see it.
 
+It also removes the other many-row cost of a verify forward on the CPU: with a 4D tree mask,
+transformers' sdpa attention (5.23) repeats K and V of the whole cache for every query-head group
+(`repeat_kv`: 2 x [B, Hkv, n_rep, T, D] copies per layer, ~14 ms at M = 16 and T ~ 270 on the
+default target) unless it may pass `enable_gqa=True` with the mask, which its environment switch
+TRANSFORMERS_SDPA_FORCE_GQA=1 allows. Torch's CPU flash-attention kernel takes the grouped heads
+with a mask directly and returns the same bits. FastLinear sets that switch inside its block
+(sdpa_gqa=True) and restores it on exit; it is process-wide, so another thread running a
+transformers model at the same moment sees it too (its sdpa attention may then take another kernel path).
+
 Exactness: the kernel sums in float32 like sgemm, only in another order, so logits differ from
 F.linear's by rounding; greedy decoding stays token-identical to the target's own (which already
 differs in rounding from a many-row verify forward) except at genuine fp ties.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +33,7 @@ from radar_ext import ops
 # Largest row count sent to the kernel: above it MKL's sgemm wins on the default target. Measured
 # with bench/bench_verify.py on a 2-core AVX-512 Xeon (2 torch threads, see the docs/ notes).
 DEFAULT_MAX_ROWS = 32
+SDPA_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers.integrations.sdpa_attention per call
 
 
 def fast_linear_available() -> bool:
@@ -54,12 +66,13 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int):
 
 class FastLinear:
     """Reusable context manager: within each `with` block, every float32 CPU nn.Linear of `model`
-    runs inputs of <= max_rows rows through radar_ext::skinny_linear; on exit (also on error) each
-    module's forward is exactly what it was before. The modules are collected once, here, so
+    runs inputs of <= max_rows rows through radar_ext::skinny_linear (and, with sdpa_gqa, the sdpa
+    GQA switch is on); on exit (also on error) each module's forward and the switch are exactly
+    what they were before. The modules are collected once, here, so
     entering costs only one attribute write per module; build a new one after changing the model's
     modules. `active` says whether it changes anything (see applies_to)."""
 
-    def __init__(self, model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True):
+    def __init__(self, model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}")
         self.active = bool(enabled) and applies_to(model)
@@ -69,12 +82,17 @@ class FastLinear:
                 w = getattr(module, "weight", None)
                 if isinstance(module, torch.nn.Linear) and w.dtype == torch.float32 and w.device.type == "cpu":
                     self._swaps.append((module, _skinny_forward(module, max_rows)))
+        self.sdpa_gqa = self.active and sdpa_gqa
         self._saved = None
+        self._saved_switch = None
 
     def __enter__(self) -> bool:
         if self._saved is not None:
             raise RuntimeError("FastLinear is not reentrant: this instance is already active")
         self._saved = []  # each module's own instance-level forward (None: the class's)
+        if self.sdpa_gqa:
+            self._saved_switch = os.environ.get(SDPA_GQA_SWITCH)
+            os.environ[SDPA_GQA_SWITCH] = "1"
         try:
             for module, forward in self._swaps:
                 self._saved.append(module.__dict__.get("forward"))
@@ -87,6 +105,11 @@ class FastLinear:
 
     def __exit__(self, *exc) -> None:
         saved, self._saved = self._saved, None
+        if self.sdpa_gqa:
+            if self._saved_switch is None:
+                os.environ.pop(SDPA_GQA_SWITCH, None)
+            else:
+                os.environ[SDPA_GQA_SWITCH] = self._saved_switch
         for (module, _), own in zip(reversed(self._swaps[:len(saved)]), reversed(saved)):
             if own is None:
                 object.__delattr__(module, "forward")   # back to the class's forward
@@ -94,6 +117,7 @@ class FastLinear:
                 object.__setattr__(module, "forward", own)  # an instance forward someone else installed
 
 
-def fast_linear(model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True) -> FastLinear:
-    """`with fast_linear(target): ...` runs the target's few-row linears on skinny_linear (see FastLinear)."""
-    return FastLinear(model, max_rows, enabled)
+def fast_linear(model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True) -> FastLinear:
+    """`with fast_linear(target): ...` runs the target's few-row linears on skinny_linear and lets sdpa
+    attention skip its K/V copies (see FastLinear and the module docstring)."""
+    return FastLinear(model, max_rows, enabled, sdpa_gqa)

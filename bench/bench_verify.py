@@ -1,0 +1,147 @@
+"""Times one target verify forward (radar_ext.verifier.verify) over a tree of M tokens on the real
+default target, plus HF's own one-token decoding step, in three settings: `off` (plain HF forward,
+MKL sgemm), `linear` (radar_ext.fast_linear's skinny_linear only, sdpa_gqa=False) and `fast`
+(fast_linear as RadarDecoder uses it: skinny_linear + sdpa attention without the K/V copies).
+
+Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
+cache back to the prefix. The settings alternate sample by sample so that load from other
+processes hits both alike. Validates first: reports the max logit difference to `off` and the
+number of nodes whose argmax differs (0 unless a genuine fp tie). Prints median and p10-p90 in ms; writes JSON.
+
+    python bench/bench_verify.py [--json PATH] [--repeats 30] [--threads 2] [--prefix 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from radar_ext import kv_cache
+from radar_ext.fast_linear import DEFAULT_MAX_ROWS, fast_linear, fast_linear_available
+from radar_ext.tree import make_tree
+from radar_ext.verifier import prefill, verify
+
+SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+def random_tree(M: int, vocab: int, seed: int):
+    """A tree of M nodes shaped like a drafted one: a few chains branching near the root."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (1, M), generator=g)
+    parents = torch.full((1, M), -1, dtype=torch.int64)
+    for i in range(1, M):  # parent: the previous node, or (1 in 4) a random earlier one
+        parents[0, i] = i - 1 if torch.rand((), generator=g) < 0.75 else int(torch.randint(0, i, (), generator=g))
+    return make_tree(tokens, parents, torch.tensor([M]))
+
+
+def percentiles(ts):
+    ms = sorted(t * 1e3 for t in ts)
+    q = statistics.quantiles(ms, n=10, method="inclusive")
+    return {"median": statistics.median(ms), "p10": q[0], "p90": q[-1], "n": len(ms)}
+
+
+def time_settings(run, settings, repeats, warmup=3):
+    """run(setting) -> seconds; the settings alternate within each repeat."""
+    for _ in range(warmup):
+        for s in settings:
+            run(s)
+    times = {s: [] for s in settings}
+    for _ in range(repeats):
+        for s in settings:
+            times[s].append(run(s))
+    return {s: percentiles(t) for s, t in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default="bench_verify.json")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefix", type=int, default=256, help="tokens already in the cache")
+    ap.add_argument("--max-rows", type=int, default=64,
+                    help="fast_linear row limit while timing (64: the kernel at every M; the shipped "
+                         f"default is {DEFAULT_MAX_ROWS})")
+    ap.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+
+    from radar_ext.models import load_default_target
+    target, _ = load_default_target(verbose=False)
+    vocab = target.config.vocab_size
+    cache = kv_cache.new_target_cache(target)
+    prompt = torch.randint(0, vocab, (1, args.prefix), generator=torch.Generator().manual_seed(0))
+    prefill(target, cache, prompt)
+    P = args.prefix
+    print(f"fast_linear available: {fast_linear_available()}  threads={args.threads}  prefix={P}  "
+          f"load average {load_start[0]:.2f}")
+
+    settings = ("off", "linear", "fast")
+
+    def ctx(setting):
+        return fast_linear(target, max_rows=args.max_rows, enabled=setting != "off", sdpa_gqa=setting == "fast")
+
+    def run_verify(tree, setting):
+        with ctx(setting):
+            t0 = time.perf_counter()
+            out = verify(target, cache, tree, P)
+            dt = time.perf_counter() - t0
+        kv_cache.crop(cache, P)
+        return dt, out.logits
+
+    rows = []
+    for M in args.sizes:
+        tree = random_tree(M, vocab, seed=M)
+        ref = run_verify(tree, "off")[1]
+        check = {}
+        for s in settings[1:]:
+            got = run_verify(tree, s)[1]
+            check[s] = {"max_logit_diff": float((ref - got).abs().max()),
+                        "argmax_mismatches": int((ref.argmax(-1) != got.argmax(-1)).sum())}
+        stats = time_settings(lambda s: run_verify(tree, s)[0], settings, args.repeats)
+        rows.append({"M": M, **stats, "check": check})
+        print(f"M={M:3d}  " + "  ".join(f"{s} {stats[s]['median']:7.2f} ms" for s in settings) + "  " +
+              "  ".join(f"{s}: max |dlogit| {c['max_logit_diff']:.2e}, argmax mismatches {c['argmax_mismatches']}"
+                        for s, c in check.items()), flush=True)
+
+    # HF's own decoding step: one token, no attention mask, through the model's forward.
+    token = prompt[:, -1:]
+
+    def hf_step(setting):
+        with ctx(setting):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                target(input_ids=token, past_key_values=cache, use_cache=True)
+            dt = time.perf_counter() - t0
+        kv_cache.crop(cache, P)
+        return dt
+
+    hf = time_settings(hf_step, settings, args.repeats)
+    load_end = os.getloadavg()
+
+    print(f"\nverify forward, ms (median [p10-p90]), SmolLM2-135M fp32, {args.threads} threads, prefix {P}")
+    cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
+    print(f"{'M':>4} | {'off (MKL)':>24} | {'linear (skinny only)':>24} | {'fast (skinny + gqa)':>24} | off/fast")
+    for r in rows:
+        print(f"{r['M']:>4} | {cell(r['off'])} | {cell(r['linear'])} | {cell(r['fast'])} | "
+              f"{r['off']['median'] / r['fast']['median']:.2f}x")
+    print(f"HF 1-token step | {cell(hf['off'])} | {cell(hf['linear'])} | {cell(hf['fast'])} |")
+    print(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+          + ("  (busy machine: figures are noisy)" if max(load_start[0], load_end[0]) > 0.5 + args.threads else ""))
+    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "torch": torch.__version__, "threads": args.threads, "prefix": P, "repeats": args.repeats,
+              "max_rows": args.max_rows, "fast_linear_available": fast_linear_available(),
+              "load_average": {"start": load_start, "end": load_end},
+              "verify": rows, "hf_step": hf}
+    with open(args.json, "w") as fh:
+        json.dump(report, fh, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
