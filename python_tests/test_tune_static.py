@@ -11,8 +11,8 @@ import torch
 from radar_ext import EagleDrafter, RadarDecoder, StaticPolicy
 from radar_ext.benchmark.methods import read_static_gs
 from radar_ext.cli import main
-from radar_ext.static_search import (Replay, StaticSetting, accepted_lengths, greedy_answers, make_grid,
-                                     pool_size, rank_settings, replay_answer, simulate, tune_static)
+from radar_ext.static_search import (GridRow, Replay, StaticSetting, accepted_lengths, greedy_answers, make_grid,
+                                     pick_distinct, pool_size, rank_settings, replay_answer, simulate, tune_static)
 from test_calibration import hand_model, s
 from test_decoder import tiny_llama
 
@@ -111,6 +111,14 @@ def test_rank_settings_picks_the_model_best():
         rank_settings(reps, [StaticSetting(1, 3, 2)], flat, 100)
 
 
+def test_pick_distinct_skips_identical_trees():
+    rows = [GridRow(StaticSetting(1, W, 4), 1.5, 10, 9.0 - 0.1 * i, 1.0) for i, W in enumerate((10, 8, 4))]
+    rows += [GridRow(StaticSetting(2, 4, 4), 1.6, 9, 8.0, 1.0), GridRow(StaticSetting(2, 8, 4), 1.7, 8, 7.0, 1.0)]
+    got = pick_distinct(rows, 3)
+    assert [r.setting for r in got] == [StaticSetting(1, 10, 4), StaticSetting(2, 4, 4), StaticSetting(2, 8, 4)]
+    assert pick_distinct(rows, 1) == rows[:1]
+
+
 def test_tune_static_end_to_end(tiny, tmp_path):
     target, drafter, prompts = tiny
     cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
@@ -122,7 +130,9 @@ def test_tune_static_end_to_end(tiny, tmp_path):
                       max_new_tokens=20, top=2, time_prompts=1, repeats=1, warmup=0)
     assert len(res["timed"]) == 2 and len(res["table"]) == len(make_grid([1, 2, 3], [2, 3], [2, 6]))
     keys = ("max_draft_calls", "tree_topk", "verify_budget")
-    assert [[r[k] for k in keys] for r in res["table"][:2]] == [[t[k] for k in keys] for t in res["timed"]]
+    table_keys = [[r[k] for k in keys] for r in res["table"]]
+    where = [table_keys.index([t[k] for k in keys]) for t in res["timed"]]
+    assert where[0] == 0 and where == sorted(where)   # the model's best, then the next distinct trees
     for t in res["timed"]:
         m = t["measured"]
         assert m["exact"] and m["answers"] == 1 and m["replay_cycles"] == m["cycles"]

@@ -10,7 +10,7 @@ Cheap protocol, exact at temperature 0:
    Walking the answer cycle by cycle then gives each setting's exact cycle count and tau (METHOD.md 5).
 2. Model. predicted tokens/s = tau / t_cycle(calls, V, W) from the calibrated CostModel
    (draft calls + policy + tree build + T_verify(V) + acceptance/commit overhead).
-3. Timing. The model's top few are decoded for real with RadarDecoder, paired against the target's
+3. Timing. The model's top few (distinct trees) are decoded for real with RadarDecoder, paired against the target's
    own greedy generate, interleaved per prompt with a rotated order; every answer is checked
    token-identical to the target's. The best measured tokens/s wins.
 Offline tooling: nothing in the decoding loop imports this module.
@@ -199,6 +199,21 @@ def rank_settings(replays: dict, settings, cost_model, prefix_len: float) -> lis
     return rows
 
 
+def pick_distinct(rows: list, n: int) -> list:
+    """The first n rows whose (calls, V, replayed cycles) differ: settings equal on all three draw
+    the same trees (one draft call keeps the same best V root children for every W >= V), so
+    timing more than one of them would only re-measure the noise."""
+    seen, out = set(), []
+    for r in rows:
+        key = (r.setting.max_draft_calls, r.setting.verify_budget, r.cycles)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+            if len(out) == n:
+                break
+    return out
+
+
 # ------------------------------------------------------------------------------------ timing
 def greedy_answers(target, prompts, max_new_tokens: int, eos_token_id) -> list:
     """The target's own greedy answers [1, N] (the replay references and the exactness check)."""
@@ -324,7 +339,7 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
     t_replay = time.perf_counter() - t_start
     mean_len = float(np.mean([p.shape[1] + a.shape[1] / 2 for p, a in zip(prompts, answers)]))
     rows = rank_settings(replays, settings, cost_model, mean_len)
-    timed = rows[:top]
+    timed = pick_distinct(rows, top)
     n_time = len(prompts) if time_prompts is None else max(1, min(time_prompts, len(prompts)))
     say(f"[tune-static] model's top {len(timed)}: " + "; ".join(
         f"{r.setting} tau {r.tau:.2f} pred {r.predicted_tokens_per_s:.1f} tok/s" for r in timed))
