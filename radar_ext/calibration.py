@@ -343,6 +343,93 @@ def check_lists(v_set, prefix_lens, tree_topks, max_position=None) -> None:
                                f"{max(v_set)}) must fit the target's max_position_embeddings = {max_position}")
 
 
+class _PrefixBench:
+    """One prefix of P random tokens in the target's cache and the drafter's, and the timed steps
+    of a cycle on it. Every step starts from the same state (`reset`): caches cropped back to the
+    prefix, and the drafter holding the same `pending` accepted tokens (tokens and target features
+    of a real tree path) for call 1 to re-encode."""
+
+    def __init__(self, target, drafter, P: int, pending: int, W: int, max_calls: int, V: int, gen):
+        import torch
+
+        from radar_ext import kv_cache
+        from radar_ext.verifier import prefill, verify
+        self.target, self.drafter, self.P = target, drafter, P
+        self.layers = drafter.feature_layers
+        self.stamp = _StampPolicy(max_calls)
+        vocab = target.get_input_embeddings().weight.shape[0]
+        self.ids = torch.randint(0, vocab, (1, P), generator=gen).to(next(target.parameters()).device)
+        self.cache = kv_cache.new_target_cache(target)
+        res = prefill(target, self.cache, self.ids, self.layers)
+        self.root = res.logits[:, -1].argmax(-1)                                  # [1]
+        drafter.start(self.ids, res.features, self.root)
+        tree, *_ = self.draft(W, V)               # consumes the whole prompt
+        self.head_len = _head_length(drafter)
+        out = verify(target, self.cache, tree, P, self.layers)
+        longest = int((tree.paths[0] >= 0).sum(1).argmax())  # host sync: once per prefix
+        path = tree.paths[0, longest]
+        path = path[path >= 0][:pending]                                          # root + accepted nodes
+        self.pending_tokens = torch.cat([tree.tokens[:, path[1:]],
+                                         out.logits[:, path[-1]].argmax(-1, keepdim=True)], 1)  # [1, n]
+        self.pending_feats = out.features[:, path] if out.features is not None else None  # [1, n, F]
+        self.pending = self.pending_tokens.shape[1]
+        self.reset()
+
+    def reset(self):
+        from radar_ext import kv_cache
+        kv_cache.crop(self.cache, self.P)
+        _crop_head(self.drafter, self.head_len)
+        self.drafter.commit(self.pending_tokens, self.pending, self.pending_feats)
+
+    def draft(self, W: int, V: int):
+        """(tree, call 1 seconds, [later calls' seconds], tree build seconds)."""
+        from radar_ext.drafters.base import DraftRequest
+        from radar_ext.policies.base import CostInfo
+        self.stamp.clear()
+        req = DraftRequest(root=self.root, seq_len=self.P + 1, tree_topk=W, verify_budget=V, policy=self.stamp,
+                           costs=CostInfo())
+        t0 = time.perf_counter()
+        tree = self.drafter.draft(req)
+        t1 = time.perf_counter()
+        s = self.stamp.stamps
+        return tree, s[0] - t0, [b - a for a, b in zip(s, s[1:])], t1 - s[-1]
+
+    def cycle(self, W: int, V: int):
+        """One whole cycle: (draft, verify seconds, acceptance + commits seconds)."""
+        from radar_ext import kv_cache
+        from radar_ext.acceptance import greedy_accept
+        from radar_ext.verifier import verify
+        d = self.draft(W, V)
+        tree = d[0]
+        t0 = time.perf_counter()
+        out = verify(self.target, self.cache, tree, self.P, self.layers)
+        t1 = time.perf_counter()
+        acc = greedy_accept(tree, out.logits)
+        n = acc.accepted_len[0] + 1
+        path = acc.path[0, :n]
+        kv_cache.commit_path(self.cache, self.P, path)
+        self.drafter.commit(acc.tokens, n, out.features[:, path] if out.features is not None else None)
+        return d, t1 - t0, time.perf_counter() - t1
+
+    def ar_step(self) -> float:
+        """The plain decode step: one token through the target on the prefix cache, argmax read."""
+        t0 = time.perf_counter()
+        o = self.target(input_ids=self.root.view(1, 1), past_key_values=self.cache, use_cache=True)
+        int(o.logits[0, -1].argmax())  # host sync: generate reads the token too
+        return time.perf_counter() - t0
+
+    def ar_generate(self, n_tokens: int) -> float:
+        """Seconds per new token inside HF generate: (N + 1 tokens - 1 token) / N, the prefill cancels."""
+        import torch
+        g = dict(attention_mask=torch.ones_like(self.ids), do_sample=False, pad_token_id=0, eos_token_id=None)
+        t0 = time.perf_counter()
+        self.target.generate(self.ids, max_new_tokens=1, min_new_tokens=1, **g)
+        t1 = time.perf_counter()
+        self.target.generate(self.ids, max_new_tokens=n_tokens + 1, min_new_tokens=n_tokens + 1, **g)
+        t2 = time.perf_counter()
+        return max((t2 - t1) - (t1 - t0), 0.0) / n_tokens
+
+
 def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
@@ -353,166 +440,81 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     skips the HF generate measurement."""
     import torch
 
-    from radar_ext import kv_cache
-    from radar_ext.acceptance import greedy_accept
-    from radar_ext.drafters.base import DraftRequest
-    from radar_ext.policies.base import CostInfo
-    from radar_ext.verifier import prefill, verify
-
     v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
     check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))
     for k, v, lo in (("max_draft_calls", max_draft_calls, 1), ("pending", pending, 1), ("warmup", warmup, 0),
                      ("repeats", repeats, 1), ("ar_tokens", ar_tokens, 0), ("ar_repeats", ar_repeats, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
-    pol_name, decide, budget, reset = _policy_timer(policy, max_draft_calls)
-    W_verify = max(tree_topks)
     if pending > 1 + max_draft_calls:
         raise CalibrationError(f"pending must be <= max_draft_calls + 1 = {max_draft_calls + 1}, got {pending}")
-    layers = drafter.feature_layers
-    vocab = target.get_input_embeddings().weight.shape[0]
+    pol_name, decide, budget, reset = _policy_timer(policy, max_draft_calls)
+    W_verify, V_max = max(tree_topks), max(v_set)
     gen = torch.Generator().manual_seed(seed)
     rounds = warmup + repeats
-    total = len(prefix_lens) * (rounds * (len(tree_topks) + len(v_set)) + 1 + (ar_repeats + 1) * (ar_tokens > 0))
+    total = len(prefix_lens) * (rounds * (len(tree_topks) + len(v_set) + 1) + ar_repeats * (ar_tokens > 0))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, desc="calibrate", unit="run", leave=False)
     tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
     say = log or (lambda s: None)
+    timed = lambda r: r >= warmup  # noqa: E731  (the first `warmup` rounds are not recorded)
 
     verify_t, build_t, over_t, first_t, next_t, ar_t, gen_t = {}, {}, {}, {}, {}, {}, {}
     decisions, budgets = [], []
-    stamp = _StampPolicy(max_draft_calls)
-    device = next(target.parameters()).device
     t_start = time.perf_counter()
     with torch.no_grad():
         for P in prefix_lens:
-            ids = torch.randint(0, vocab, (1, P), generator=gen).to(device)
-            cache = kv_cache.new_target_cache(target)
-            res = prefill(target, cache, ids, layers)
-            root = res.logits[:, -1].argmax(-1)                                  # [1]
-            drafter.start(ids, res.features, root)
-
-            def draft(W, V):
-                stamp.clear()
-                req = DraftRequest(root=root, seq_len=P + 1, tree_topk=W, verify_budget=V,
-                                   policy=stamp, costs=CostInfo())
-                t0 = time.perf_counter()
-                tree = drafter.draft(req)
-                t1 = time.perf_counter()
-                s = stamp.stamps
-                return tree, s[0] - t0, [b - a for a, b in zip(s, s[1:])], t1 - s[-1]
-
-            # The first draft consumes the whole prompt; afterwards every draft re-encodes the same
-            # `pending` accepted tokens (tokens and target features of a real tree path).
-            tree, *_ = draft(W_verify, max(v_set))
-            head_len = _head_length(drafter)
-            out = verify(target, cache, tree, P, layers)
-            kv_cache.crop(cache, P)
-            longest = int((tree.paths[0] >= 0).sum(1).argmax())  # host sync: once per prefix
-            path = tree.paths[0, longest]
-            path = path[path >= 0][:pending]
-            tpl_tokens = torch.cat([tree.tokens[:, path[1:]], out.logits[:, path[-1]].argmax(-1, keepdim=True)], 1)
-            tpl_feats = out.features[:, path] if out.features is not None else None
-            n_pend = tpl_tokens.shape[1]
-
-            def reset_state():
-                kv_cache.crop(cache, P)
-                _crop_head(drafter, head_len)
-                drafter.commit(tpl_tokens, n_pend, tpl_feats)
-
-            # draft calls at each W
-            firsts = {W: [] for W in tree_topks}
-            nexts = {W: [] for W in tree_topks}
+            bench = _PrefixBench(target, drafter, P, pending, W_verify, max_draft_calls, V_max, gen)
+            # draft calls at each W (call 1 apart from the later ones)
+            firsts, nexts = {W: [] for W in tree_topks}, {W: [] for W in tree_topks}
             for r in range(rounds):
                 for W in tree_topks:
-                    reset_state()
-                    _, f, n, _ = draft(W, max(v_set))
-                    if r >= warmup:
+                    bench.reset()
+                    _, f, n, _ = bench.draft(W, V_max)
+                    if timed(r):
                         firsts[W].append(f)
                         nexts[W].extend(n)
                     tick()
             for W in tree_topks:
                 first_t.setdefault(W, {})[P] = Stat.of(firsts[W])
                 next_t.setdefault(W, {})[P] = Stat.of(nexts[W])
-
-            # verify curve (+ tree build and acceptance/commit around it), V interleaved per round
+            # the verify curve with the tree build and acceptance/commits around it; V rotated per round
             vt, bt, ot = ({V: [] for V in v_set} for _ in range(3))
             for r in range(rounds):
-                order = v_set[r % len(v_set):] + v_set[:r % len(v_set)]
-                for V in order:
-                    reset_state()
-                    tree, _, _, build = draft(W_verify, V)
-                    if r >= warmup and len(decisions) < 200:
-                        decisions.append(list(stamp.steps))
-                        budgets.extend(stamp.budget_steps)
-                    t0 = time.perf_counter()
-                    out = verify(target, cache, tree, P, layers)
-                    t1 = time.perf_counter()
-                    acc = greedy_accept(tree, out.logits)
-                    n = acc.accepted_len[0] + 1
-                    p = acc.path[0, :n]
-                    kv_cache.commit_path(cache, P, p)
-                    drafter.commit(acc.tokens, n, out.features[:, p] if out.features is not None else None)
-                    t2 = time.perf_counter()
-                    if r >= warmup:
-                        vt[V].append(t1 - t0)
+                for V in v_set[r % len(v_set):] + v_set[:r % len(v_set)]:
+                    bench.reset()
+                    (_, _, _, build), t_verify, t_commit = bench.cycle(W_verify, V)
+                    if timed(r):
+                        vt[V].append(t_verify)
                         bt[V].append(build)
-                        ot[V].append(t2 - t1)
+                        ot[V].append(t_commit)
+                        if len(decisions) < 200:
+                            decisions.append(list(bench.stamp.steps))
+                            budgets.extend(bench.stamp.budget_steps)
                     tick()
-            verify_t[P] = {V: Stat.of(vt[V]) for V in v_set}
-            build_t[P] = {V: Stat.of(bt[V]) for V in v_set}
-            over_t[P] = {V: Stat.of(ot[V]) for V in v_set}
-
-            # the plain 1-token decode step on the same prefix
+            verify_t[P], build_t[P], over_t[P] = ({V: Stat.of(x[V]) for V in v_set} for x in (vt, bt, ot))
+            # the plain decode step, and the per-token cost of HF generate (the speedup baseline)
             steps = []
             for r in range(rounds):
-                kv_cache.crop(cache, P)
-                t0 = time.perf_counter()
-                o = target(input_ids=root.view(1, 1), past_key_values=cache, use_cache=True)
-                int(o.logits[0, -1].argmax())  # host sync: generate reads the token too
-                if r >= warmup:
-                    steps.append(time.perf_counter() - t0)
-            tick()
+                bench.reset()
+                t = bench.ar_step()
+                if timed(r):
+                    steps.append(t)
+                tick()
             ar_t[P] = Stat.of(steps)
-            kv_cache.crop(cache, P)
-
-            # per-token cost inside HF generate: (N + 1 tokens - 1 token) / N, prefill cancels out
             if ar_tokens > 0:
-                per_tok = []
-                mask = torch.ones_like(ids)
-                g = dict(attention_mask=mask, do_sample=False, pad_token_id=0, eos_token_id=None)
-                for r in range(ar_repeats + 1):
-                    t0 = time.perf_counter()
-                    target.generate(ids, max_new_tokens=1, min_new_tokens=1, **g)
-                    t1 = time.perf_counter()
-                    target.generate(ids, max_new_tokens=ar_tokens + 1, min_new_tokens=ar_tokens + 1, **g)
-                    t2 = time.perf_counter()
-                    if r >= 1:
-                        per_tok.append(max((t2 - t1) - (t1 - t0), 0.0) / ar_tokens)
+                bench.ar_generate(ar_tokens)  # warm-up
+                per_token = []
+                for _ in range(ar_repeats):
+                    per_token.append(bench.ar_generate(ar_tokens))
                     tick()
-                gen_t[P] = Stat.of(per_tok)
+                gen_t[P] = Stat.of(per_token)
+            bench.reset()
             say(f"[calibrate] prefix {P}: verify V={v_set[0]} {1e3 * verify_t[P][v_set[0]].median:.2f} ms, "
-                f"V={v_set[-1]} {1e3 * verify_t[P][v_set[-1]].median:.2f} ms")
-
-    # policy decisions on the recorded draft steps (one cycle's sequence per reset)
-    dec_t, bud_t = [], []
-    for _ in range(max(1, warmup)):
-        reset()
-        for s in decisions[0]:
-            decide(s)
-    for seq in decisions:
-        reset()
-        for s in seq:
-            t0 = time.perf_counter()
-            decide(s)
-            dec_t.append(time.perf_counter() - t0)
-    if budget is not None:
-        for s in budgets:
-            t0 = time.perf_counter()
-            budget(s)
-            bud_t.append(time.perf_counter() - t0)
+                f"V={V_max} {1e3 * verify_t[P][V_max].median:.2f} ms")
+    dec_t, bud_t = _time_policy(decisions, budgets, decide, budget, reset, warmup)
     if bar is not None:
         bar.close()
 
@@ -527,10 +529,32 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
         drafter=type(drafter).__name__ + (f"(draft_vocab={drafter.head.config.draft_vocab_size})"
                                           if hasattr(drafter, "head") else ""),
         prefix_lens=list(prefix_lens), v_set=list(v_set), tree_topks=list(tree_topks),
-        verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=n_pend,
+        verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=bench.pending,
         verify=verify_t, tree_build=build_t, overhead=over_t, draft_first=first_t, draft_next=next_t,
         ar_step=ar_t, ar_generate=gen_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
         policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings)
+
+
+def _time_policy(decisions, budgets, decide, budget, reset, warmup):
+    """Seconds of each decision on the recorded draft steps (reset before each cycle's sequence),
+    and of each verify_budget choice (budget None: not a Policy, nothing to time)."""
+    for _ in range(max(1, warmup)):
+        reset()
+        for s in decisions[0]:
+            decide(s)
+    dec_t, bud_t = [], []
+    for seq in decisions:
+        reset()
+        for s in seq:
+            t0 = time.perf_counter()
+            decide(s)
+            dec_t.append(time.perf_counter() - t0)
+    if budget is not None:
+        for s in budgets:
+            t0 = time.perf_counter()
+            budget(s)
+            bud_t.append(time.perf_counter() - t0)
+    return dec_t, bud_t
 
 
 def plot(model: CostModel, path) -> None:
