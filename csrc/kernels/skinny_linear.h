@@ -7,10 +7,10 @@
 // products, so w (the large operand) streams from memory exactly once per call while x (M*K floats)
 // stays in cache. Parallel split: blocks of w rows (the caller hands out ranges of blocks).
 // Numerics: float32 accumulation, no fast-math. Every y[m, n] is one dot product summed in an order
-// fixed by K alone (lane k % L, then a fixed horizontal sum, then + bias), so it does not depend on
-// M, on the tile it falls in or on the thread split. The AVX-512 path (L = 16, fused multiply-add)
-// exists when the including translation unit targets AVX-512 (RADAR_SKINNY_AVX512, see below), the plain path (L = 8,
-// separate multiply and add) always; the two round differently.
+// fixed by K alone (lane k % L, then a fixed sum of the L lanes, then + bias), so it does not depend
+// on M, on the tile slot it falls in or on the thread split. The AVX-512 path (L = 16, fused
+// multiply-add) exists when the including translation unit targets AVX-512 (RADAR_SKINNY_AVX512,
+// see below), the plain path (L = 8, separate multiply and add) always; the two round differently.
 // Host only: on GPUs the op is a cuBLAS matrix product (csrc/cuda/dispatch.cpp).
 // All functions have internal linkage (static): this header is compiled both for the baseline ISA
 // and, in csrc/skinny_linear_avx512.cpp, for AVX-512; shared inline definitions would let the linker
