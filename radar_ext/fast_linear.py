@@ -49,10 +49,9 @@ def applies_to(model) -> bool:
 
 
 def _skinny_forward(linear: torch.nn.Linear, max_rows: int):
-    weight, bias = linear.weight, linear.bias
-
     def forward(x: torch.Tensor) -> torch.Tensor:
-        # x [..., K] -> [..., N]
+        # x [..., K] -> [..., N]; the parameters are read at call time (never a stale copy)
+        weight, bias = linear.weight, linear.bias
         K = x.shape[-1]
         rows = x.numel() // K if K else 0
         if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
@@ -68,9 +67,9 @@ class FastLinear:
     """Reusable context manager: within each `with` block, every float32 CPU nn.Linear of `model`
     runs inputs of <= max_rows rows through radar_ext::skinny_linear (and, with sdpa_gqa, the sdpa
     GQA switch is on); on exit (also on error) each module's forward and the switch are exactly
-    what they were before. The modules are collected once, here, so
-    entering costs only one attribute write per module; build a new one after changing the model's
-    modules. `active` says whether it changes anything (see applies_to)."""
+    what they were before. The modules are collected once, here, so entering costs only one
+    attribute write per module; build a new one after adding or replacing modules of the model.
+    `active` says whether it changes anything (see applies_to)."""
 
     def __init__(self, model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
