@@ -376,6 +376,8 @@ def train(cfg: TrainConfig) -> Path:
 
     head.train()
     t_start = time.time()
+    if step == 0 and cfg.init_from is not None:
+        run_eval("init")  # the warm start's own held-out figures: the bar the new training must clear
     bar = tqdm(total=total_steps, initial=step, desc="train head", unit="step")
     epoch_batches, done_in_epoch = [], 0
     eval_every = cfg.eval_every or steps_per_epoch
