@@ -133,6 +133,11 @@ def run(args) -> int:
     ar = result["ar"]
     print(f"ar: {ar['tokens_per_s_mean']:.1f} tok/s | best: max_draft_calls={result['max_draft_calls']} "
           f"tree_topk={result['tree_topk']} verify_budget={result['verify_budget']}")
+    best = result["best"]["measured"]
+    if best["speedup_mean"] < 1.0:
+        print(f"[tune-static] note: even the best static tree is slower than plain greedy generate here "
+              f"({best['speedup_mean']:.2f}x, tau {result['best']['tau']:.2f}): the head accepts too little for "
+              "this machine's verify cost", file=sys.stderr)
     out = Path(args.out) if args.out else cache_dir() / "tune_static" / "static_tree.json"
     write(result, out)
     print(f"[tune-static] wrote {out}", file=sys.stderr)
