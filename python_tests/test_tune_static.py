@@ -176,3 +176,37 @@ def test_cli_bad_head(capsys, tmp_path):
     cal = hand_model().save(tmp_path / "c.json")
     assert main(["tune-static", "--calibration", str(cal), "--head", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_cli_run_writes_and_installs(tiny, tmp_path, monkeypatch, capsys):
+    """`radar tune-static` end to end on the tiny model: --out and --install write the same
+    static_tree.json, which the benchmark's static-gs reader accepts."""
+    import types
+
+    import radar_ext.models
+    from radar_ext.commands import tune_static as cmd
+    target, drafter, prompts = tiny
+    head = tmp_path / "head"
+    drafter.save_pretrained(head)
+    monkeypatch.setattr(radar_ext.models, "load_default_target", lambda: (target, types.SimpleNamespace(eos_token_id=None)))
+    monkeypatch.setattr(cmd, "sharegpt_prompts", lambda tok, n, split, max_tokens, seed: prompts[:n])
+    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
+                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
+                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)}, machine={"torch_threads": torch.get_num_threads()})
+    cal = cm.save(tmp_path / "cal.json")
+    out = tmp_path / "out" / "static_tree.json"
+    rc = main(["tune-static", "--calibration", str(cal), "--head", str(head), "--max-draft-calls", "1,2",
+               "--tree-topk", "2", "--verify-budget", "2,4", "--prompts", "2", "--time-prompts", "1",
+               "--max-new-tokens", "12", "--top", "2", "--repeats", "1", "--warmup", "0", "--out", str(out),
+               "--install", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "model ranking" in printed and "best: max_draft_calls=" in printed
+    written = json.loads(out.read_text())
+    assert json.loads((head / "static_tree.json").read_text()) == written
+    assert written["search"]["calibration_file"] == str(cal) and written["search"]["head"] == str(head)
+    got = read_static_gs(head / "static_tree.json")
+    assert {k: got[k] for k in ("max_draft_calls", "tree_topk", "verify_budget")} == \
+        {k: written["best"][k] for k in ("max_draft_calls", "tree_topk", "verify_budget")}
