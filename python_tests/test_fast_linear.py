@@ -81,7 +81,9 @@ def test_rows_limit_and_logits(count_kernel_calls):
         assert not count_kernel_calls and torch.equal(big, ref)
         with fast_linear(model, max_rows=9):
             small = model(ids).logits
+            two = model(ids[:, :2]).logits                   # 2 rows < MIN_ROWS: F.linear too
     assert count_kernel_calls == [9] * 22
+    assert torch.equal(two, model(ids[:, :2]).logits)
     torch.testing.assert_close(small, ref, rtol=1e-5, atol=1e-5)
 
 

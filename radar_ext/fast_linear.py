@@ -3,8 +3,8 @@
 A tree verify forward multiplies only M = V+1 rows by every weight matrix of the target; MKL's sgemm
 is slow at such M (on a 2-core AVX-512 Xeon the 49152x576 LM head takes 10 ms at M = 8 against
 2.7 ms at M = 1). `fast_linear(target)` swaps the forward of every nn.Linear of the target for one
-that sends inputs of at most `max_rows` rows to the radar_ext::skinny_linear kernel (it reads each
-weight matrix once per call) and everything else to F.linear, and restores the modules on exit.
+that sends inputs of MIN_ROWS to `max_rows` rows to the radar_ext::skinny_linear kernel (it reads
+each weight matrix once per call) and everything else to F.linear, and restores them on exit.
 RadarDecoder uses it around its verify forwards only: the prefill and the user's own
 `target.generate` never see it.
 
@@ -30,9 +30,12 @@ import torch.nn.functional as F
 
 from radar_ext import ops
 
-# Largest row count sent to the kernel: above it MKL's sgemm wins on the default target. Measured
-# with bench/bench_verify.py on a 2-core AVX-512 Xeon (2 torch threads, see the docs/ notes).
-DEFAULT_MAX_ROWS = 32
+# Row counts sent to the kernel, [MIN_ROWS, max_rows]: outside, MKL's sgemm is as fast or faster on
+# the default target. Measured with bench/bench_verify.py (whole verify forward, skinny_linear only)
+# on a shared 2-core AVX-512 Xeon, 1 torch thread: 0.91x at M = 2, 1.13x at 4, 1.32x at 8, 1.09x at
+# 16, 1.00x at 24, 0.99x at 32, 0.94x at 48, 0.92x at 64 (2-thread runs were too noisy to rank).
+MIN_ROWS = 3
+DEFAULT_MAX_ROWS = 24
 SDPA_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers.integrations.sdpa_attention per call
 
 
@@ -54,7 +57,7 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int):
         weight, bias = linear.weight, linear.bias
         K = x.shape[-1]
         rows = x.numel() // K if K else 0
-        if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
+        if (not MIN_ROWS <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, bias)  # the op has no autograd formula; big M: MKL wins
         y = ops.skinny_linear(x.reshape(rows, K), weight, bias)  # [rows, N]
@@ -65,8 +68,8 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int):
 
 class FastLinear:
     """Reusable context manager: within each `with` block, every float32 CPU nn.Linear of `model`
-    runs inputs of <= max_rows rows through radar_ext::skinny_linear (and, with sdpa_gqa, the sdpa
-    GQA switch is on); on exit (also on error) each module's forward and the switch are exactly
+    runs inputs of MIN_ROWS..max_rows rows through radar_ext::skinny_linear (and, with sdpa_gqa,
+    the sdpa GQA switch is on); on exit (also on error) each module's forward and the switch are exactly
     what they were before. The modules are collected once, here, so entering costs only one
     attribute write per module; build a new one after adding or replacing modules of the model.
     `active` says whether it changes anything (see applies_to)."""
