@@ -349,12 +349,17 @@ class _PrefixBench:
     prefix, and the drafter holding the same `pending` accepted tokens (tokens and target features
     of a real tree path) for call 1 to re-encode."""
 
-    def __init__(self, target, drafter, P: int, pending: int, W: int, max_calls: int, V: int, gen):
+    def __init__(self, target, drafter, P: int, pending: int, W: int, max_calls: int, V: int, gen,
+                 linears=None):
+        import contextlib
+
         import torch
 
         from radar_ext import kv_cache
         from radar_ext.verifier import prefill, verify
         self.target, self.drafter, self.P = target, drafter, P
+        # the decoder's verify-time setting (radar_ext.fast_linear), so T_verify is what decoding pays
+        self.linears = linears if linears is not None else contextlib.nullcontext()
         self.layers = drafter.feature_layers
         self.stamp = _StampPolicy(max_calls)
         vocab = target.get_input_embeddings().weight.shape[0]
@@ -402,7 +407,8 @@ class _PrefixBench:
         d = self.draft(W, V)
         tree = d[0]
         t0 = time.perf_counter()
-        out = verify(self.target, self.cache, tree, self.P, self.layers)
+        with self.linears:
+            out = verify(self.target, self.cache, tree, self.P, self.layers)
         t1 = time.perf_counter()
         acc = greedy_accept(tree, out.logits)
         n = acc.accepted_len[0] + 1
@@ -433,12 +439,17 @@ class _PrefixBench:
 def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
-              seed: int = 0, progress: bool = False, log=None) -> CostModel:
+              seed: int = 0, progress: bool = False, log=None, fast_linear: bool = False) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
-    skips the HF generate measurement."""
+    skips the HF generate measurement. fast_linear: as RadarDecoder's option (off by default), so the verify
+    curve is the one decoding pays."""
     import torch
+
+    from radar_ext import fast_linear as fl
+    use_fast = bool(fast_linear) and fl.applies_to(target)
+    linears = fl.fast_linear(target, enabled=use_fast)
 
     v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
     check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))
@@ -466,7 +477,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     t_start = time.perf_counter()
     with torch.no_grad():
         for P in prefix_lens:
-            bench = _PrefixBench(target, drafter, P, pending, W_verify, max_draft_calls, V_max, gen)
+            bench = _PrefixBench(target, drafter, P, pending, W_verify, max_draft_calls, V_max, gen, linears)
             # draft calls at each W (call 1 apart from the later ones)
             firsts, nexts = {W: [] for W in tree_topks}, {W: [] for W in tree_topks}
             for r in range(rounds):
@@ -521,6 +532,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     from radar_ext.benchmark.report import machine_info
     machine = machine_info()
     machine["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine["fast_linear"] = bool(use_fast and linears.active)
     settings = dict(warmup=warmup, repeats=repeats, ar_tokens=ar_tokens, ar_repeats=ar_repeats, seed=seed,
                     prefix="random token ids", seconds=time.perf_counter() - t_start,
                     dtype=str(next(target.parameters()).dtype).replace("torch.", ""))

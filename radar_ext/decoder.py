@@ -101,10 +101,12 @@ class _TimedPolicy(Policy):
 
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
-                 verify_budget: int = 60, fast_linear: bool | None = None):
+                 verify_budget: int = 60, fast_linear: bool = False):
         """fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
-        (radar_ext.fast_linear; the target is changed only during those forwards). None: on when it
-        applies (float32 CPU target, AVX-512 kernel available)."""
+        (radar_ext.fast_linear; the target is changed only during those forwards), where it applies
+        (float32 CPU target, AVX-512 kernel available). Off by default: on an idle 2-core machine at 2
+        torch threads it made verify slower (V=2: 78 vs 43 ms, V=16: 107 vs 72 ms; `radar calibrate`),
+        while at 1 thread under load it was faster; measure before turning it on."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -120,7 +122,7 @@ class RadarDecoder:
         drafter.check_target(target)
         self.target, self.drafter, self.policy = target, drafter, policy
         self.tree_topk, self.verify_budget = tree_topk, verify_budget
-        self.fast_linear = fast_linear_applies(target) if fast_linear is None else bool(fast_linear)
+        self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.costs = CostInfo()
         self.last_stats = DecodeStats()
 

@@ -48,6 +48,8 @@ def add_arguments(p) -> None:
                    help="tokens of the HF generate per-token measurement, 0 = skip (default: %(default)s)")
     p.add_argument("--ar-repeats", type=int, default=5, help="timed HF generate pairs (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--fast-linear", action="store_true",
+                   help="time verify with radar_ext.fast_linear (match RadarDecoder(fast_linear=True))")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prefix")
     p.add_argument("--plot", default=None, help="also draw the curves into this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -131,7 +133,8 @@ def run(args) -> int:
         model = calibrate(target, drafter, policy, name=args.name, max_draft_calls=args.max_draft_calls,
                           pending=args.pending, warmup=args.warmup, repeats=args.repeats,
                           ar_tokens=args.ar_tokens, ar_repeats=args.ar_repeats, seed=args.seed,
-                          progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr), **lists)
+                          progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
+                          fast_linear=args.fast_linear, **lists)
     except CalibrationError as e:
         return _fail(str(e))
     print(model.format_table())
