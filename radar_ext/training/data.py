@@ -112,16 +112,13 @@ def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, sk
             continue
         seqs, plens, ids_ = [], [], []
         for cid, q, a in convs[s:s + shard_size]:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=False)
-            if isinstance(prompt, dict) or hasattr(prompt, "keys"):
-                prompt = prompt["input_ids"]
+            prompt = render_prompt(tokenizer, q)
             answer = tokenizer(a, add_special_tokens=False)["input_ids"][:max_answer_tokens]
             if len(prompt) > max_prompt_tokens or not answer:
                 continue
             if len(answer) < max_answer_tokens:
                 answer = answer + [eos]
-            seqs.append(list(prompt) + answer)
+            seqs.append(prompt + answer)
             plens.append(len(prompt))
             ids_.append(cid)
         if not seqs:
@@ -132,6 +129,15 @@ def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, sk
                     {"conv_ids": ids_, "heldout": [False] * len(ids_), "source": "sharegpt_reference"})
         n += len(seqs)
     return n
+
+
+def render_prompt(tokenizer, question: str) -> list[int]:
+    """Token ids of one user turn in the target's chat template, ready for the assistant's answer."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 def is_heldout(conv_id: str) -> bool:
@@ -185,12 +191,9 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
     # Render and length-filter once; sort each chunk by length to cut padding.
     rendered = []
     for cid, q in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
+        ids = render_prompt(tok, q)
         if len(ids) <= cfg.max_prompt_tokens:
-            rendered.append((cid, list(ids)))
+            rendered.append((cid, ids))
     n_shards = (len(rendered) + cfg.batch_size - 1) // cfg.batch_size
     (cfg.out_dir / "gen_config.json").write_text(json.dumps(
         {"num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,

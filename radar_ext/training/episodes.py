@@ -380,7 +380,7 @@ def _eos_ids(target, tokenizer) -> tuple:
 def _sharegpt_prompts(cfg: CollectConfig, tokenizer) -> list:
     """(conv id, input ids) of ShareGPT first turns [prompt_offset, +num_prompts) of the seed-0 shuffle
     (the head's data stage uses the same shuffle), rendered with the target's chat template."""
-    from radar_ext.training.data import first_user_turns
+    from radar_ext.training.data import first_user_turns, render_prompt
 
     turns = first_user_turns()
     random.Random(0).shuffle(turns)
@@ -388,10 +388,9 @@ def _sharegpt_prompts(cfg: CollectConfig, tokenizer) -> list:
     for cid, q in turns[cfg.prompt_offset:]:
         if len(out) >= cfg.num_prompts:
             break
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=True)["input_ids"]
+        ids = render_prompt(tokenizer, q)
         if len(ids) <= cfg.max_prompt_tokens:
-            out.append((cid, list(ids)))
+            out.append((cid, ids))
     if not out:
         raise ValueError(f"no ShareGPT prompt left after prompt_offset = {cfg.prompt_offset}")
     return out

@@ -82,15 +82,20 @@ def load_sequences(data_dir: Path) -> list[Sequence]:
     return seqs
 
 
+def top1_counts(seqs: list[Sequence], vocab_size: int) -> torch.Tensor:
+    """[vocab_size] int64: how often the target predicts each token (top-1) on assistant positions of
+    the training split."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for s in seqs:
+        if not s.heldout:
+            counts += torch.bincount(s.top_ids[max(s.prompt_len - 1, 0):, 0], minlength=vocab_size)
+    return counts
+
+
 def choose_draft_vocab(seqs: list[Sequence], size: int, vocab_size: int, always=()) -> tuple[torch.Tensor, float]:
     """The `size` target tokens the target most often predicts (top-1) on assistant positions of the
     training split; returns (ids sorted by frequency, coverage of those predictions)."""
-    counts = torch.zeros(vocab_size, dtype=torch.int64)
-    for s in seqs:
-        if s.heldout:
-            continue
-        top1 = s.top_ids[max(s.prompt_len - 1, 0):, 0]
-        counts += torch.bincount(top1, minlength=vocab_size)
+    counts = top1_counts(seqs, vocab_size)
     for t in always:
         counts[t] = counts.max() + 1
     ids = counts.argsort(descending=True, stable=True)[:size]
@@ -100,15 +105,8 @@ def choose_draft_vocab(seqs: list[Sequence], size: int, vocab_size: int, always=
 
 def draft_vocab_coverage(seqs: list[Sequence], vocab_ids: torch.Tensor, vocab_size: int) -> float:
     """Fraction of the target's top-1 predictions (assistant positions, training split) in `vocab_ids`."""
-    inside = torch.zeros(vocab_size, dtype=torch.bool)
-    inside[vocab_ids] = True
-    hit = total = 0
-    for s in seqs:
-        if not s.heldout:
-            top1 = s.top_ids[max(s.prompt_len - 1, 0):, 0]
-            hit += int(inside[top1].sum())
-            total += top1.numel()
-    return hit / max(1, total)
+    counts = top1_counts(seqs, vocab_size)
+    return float(counts[vocab_ids].sum()) / max(1, int(counts.sum()))
 
 
 def make_batches(seqs: list[Sequence], tokens_per_batch: int, rng: random.Random) -> list[list[Sequence]]:
