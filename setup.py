@@ -53,10 +53,13 @@ def want_cuda():
 def extensions():
     # No fast-math: results feed discrete decisions. -fno-trapping-math changes no result (it only
     # says no FP exception traps are enabled) but lets GCC if-convert the branch-free exp into SIMD.
-    cxx = ["-O3", "-fno-fast-math", "-fno-trapping-math"]
+    # -fopenmp: at::parallel_for is inline and runs serially in a translation unit compiled without
+    # OpenMP (ATen/ParallelOpenMP.h tests _OPENMP), so skinny_linear used one core whatever
+    # torch.get_num_threads() said. Linking it resolves to the libgomp.so.1 torch has already loaded.
+    cxx = ["-O3", "-fno-fast-math", "-fno-trapping-math", "-fopenmp"]
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     # skinny_linear_avx512.cpp compiles itself for AVX-512 (a target pragma); ops.cpp checks the CPU.
     sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp"]
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")])
     if want_cuda():
         print("radar_ext: building the CUDA kernels")
         sources += ["csrc/cuda/dispatch.cpp", "csrc/cuda/kernels.cu"]

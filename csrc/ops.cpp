@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -299,7 +301,26 @@ PyObject* skinny_linear_avx512(PyObject*, PyObject*) {
   Py_RETURN_FALSE;
 }
 
+// How many distinct threads at::parallel_for uses in this extension for 64 one-item tasks. 1 when the
+// extension was compiled without OpenMP: at::parallel_for is inline and then runs serially whatever
+// torch.get_num_threads() says (the bug that kept skinny_linear on one core). Each task busy-waits
+// until a second thread has joined (or ~50 ms passed), so a free thread always gets work.
+PyObject* parallel_threads(PyObject*, PyObject*) {
+  std::atomic<int> seen{0};
+  std::atomic<int> mask{0};
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) {
+    const int bit = 1 << (at::get_thread_num() % 31);
+    if (!(mask.fetch_or(bit) & bit)) seen.fetch_add(1);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+    while (seen.load() < at::get_num_threads() && std::chrono::steady_clock::now() < until) {
+    }
+  });
+  return PyLong_FromLong(seen.load());
+}
+
 PyMethodDef methods[] = {
+    {"parallel_threads", parallel_threads, METH_NOARGS,
+     "Distinct threads at::parallel_for uses inside this extension (1 if it was built without OpenMP)."},
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
     {"skinny_linear_avx512", skinny_linear_avx512, METH_NOARGS,
      "True when skinny_linear runs its AVX-512 kernel on this CPU (else the plain C++ one)."},

@@ -92,10 +92,8 @@ def test_rows_limit_and_logits(count_kernel_calls):
 def test_decoder_greedy_exact_and_model_untouched(attn, kind, count_kernel_calls):
     model = tiny_llama(attn)
     before = own_forwards(model)
-    assert not RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3)).fast_linear  # default: off
-    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7,
-                       fast_linear=True)
-    assert dec.fast_linear                                  # opted in: on for a float32 CPU target
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    assert dec.fast_linear                                  # default: on for a float32 CPU target
     for ids, n in zip(prompts(), (1, 9, 30)):
         want = reference(model, ids, n)                      # the AR baseline, before and after
         assert torch.equal(dec.generate(ids, max_new_tokens=n), want), (attn, kind, n)

@@ -439,11 +439,11 @@ class _PrefixBench:
 def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
-              seed: int = 0, progress: bool = False, log=None, fast_linear: bool = False) -> CostModel:
+              seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
-    skips the HF generate measurement. fast_linear: as RadarDecoder's option (off by default), so the verify
+    skips the HF generate measurement. fast_linear: as RadarDecoder's option (on by default), so the verify
     curve is the one decoding pays."""
     import torch
 

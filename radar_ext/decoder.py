@@ -101,12 +101,13 @@ class _TimedPolicy(Policy):
 
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
-                 verify_budget: int = 60, fast_linear: bool = False):
+                 verify_budget: int = 60, fast_linear: bool = True):
         """fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
-        (radar_ext.fast_linear; the target is changed only during those forwards), where it applies
-        (float32 CPU target, AVX-512 kernel available). Off by default: on an idle 2-core machine at 2
-        torch threads it made verify slower (V=2: 78 vs 43 ms, V=16: 107 vs 72 ms; `radar calibrate`),
-        while at 1 thread under load it was faster; measure before turning it on."""
+        and sdpa attention without K/V copies (radar_ext.fast_linear; the target is changed only during
+        those forwards), where it applies (float32 CPU target, AVX-512 kernel available; elsewhere it is
+        a no-op). On by default: on an idle 2-core AVX-512 machine at 2 threads it makes a verify
+        forward 1.08x faster at 2 tree tokens, 1.23x at 4, 1.33x at 8, 1.12x at 16 (bench/bench_verify.py).
+        fast_linear=False keeps every verify on the target's own forward."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from radar_ext import ops
 
 # Row counts sent to the kernel, [MIN_ROWS, max_rows]: outside, MKL's sgemm is as fast or faster on
-# the default target. Measured with bench/bench_verify.py (whole verify forward, skinny_linear only)
-# on a shared 2-core AVX-512 Xeon, 1 torch thread: 0.91x at M = 2, 1.13x at 4, 1.32x at 8, 1.09x at
-# 16, 1.00x at 24, 0.99x at 32, 0.94x at 48, 0.92x at 64 (2-thread runs were too noisy to rank).
-MIN_ROWS = 3
+# the default target. Measured on an idle 2-core AVX-512 Xeon at 2 torch threads (the kernel built
+# with OpenMP): the 49152x576 LM head takes 4.4 / 5.0 ms at M = 2 / 3 against MKL's 3.1 / 3.6, and
+# 4.3 / 5.3 / 6.0 ms at M = 4 / 8 / 12 against 5.3 / 9.0 / 12.8; whole verify forwards (bench/bench_verify.py,
+# skinny + sdpa GQA) are 1.23x faster at M = 4, 1.33x at 8, 1.12x at 16, 1.06x at 24, 1.02x at 32.
+MIN_ROWS = 4
 DEFAULT_MAX_ROWS = 24
 SDPA_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers.integrations.sdpa_attention per call
 

@@ -48,8 +48,8 @@ def add_arguments(p) -> None:
                    help="tokens of the HF generate per-token measurement, 0 = skip (default: %(default)s)")
     p.add_argument("--ar-repeats", type=int, default=5, help="timed HF generate pairs (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--fast-linear", action="store_true",
-                   help="time verify with radar_ext.fast_linear (match RadarDecoder(fast_linear=True))")
+    p.add_argument("--no-fast-linear", dest="fast_linear", action="store_false",
+                   help="time verify without radar_ext.fast_linear (match RadarDecoder(fast_linear=False))")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prefix")
     p.add_argument("--plot", default=None, help="also draw the curves into this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
