@@ -113,6 +113,14 @@ def default_head_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "heads" / DEFAULT_TARGET_NAME
 
 
+def default_policy_path(kind: str) -> Path:
+    """The learned controller of `kind` ('radar' or 'ltd') trained for the default target + shipped
+    head with `radar train-policy` and shipped inside the package."""
+    if kind not in ("radar", "ltd"):
+        raise ValueError(f"kind must be 'radar' or 'ltd', got {kind!r}")
+    return Path(__file__).resolve().parent / "data" / "policies" / DEFAULT_TARGET_NAME / kind
+
+
 def load_default(dtype=None, verbose: bool = True):
     """The embedded default: `(target, tokenizer, drafter)`.
 

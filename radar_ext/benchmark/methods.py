@@ -275,7 +275,9 @@ class _Learned(Static):
             raise MethodUnavailable(f"method {self.name!r}: no shipped {self.policy_class} weights "
                                     f"({type(e).__name__}: {e}); pass --{self.option.replace('_path', '').replace('_', '-')} "
                                     "PATH") from None
-        return ctx.eagle_drafter(), policy, dict(tree_topk=10, verify_budget=60)
+        # the policy's own W (it checks the drafter's beams) and, for RADAR, the V it was trained for
+        return ctx.eagle_drafter(), policy, dict(tree_topk=policy.tree_topk,
+                                                 verify_budget=getattr(policy, "trained_verify_budget", None) or 60)
 
 
 class Radar(_Learned):

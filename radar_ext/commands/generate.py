@@ -14,11 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="eagle: the shipped EAGLE-3 head (or --head); ngram: prompt lookup (default)")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (with --drafter eagle)")
     p.add_argument("--policy", default="static",
-                   help="draft controller: static (default), radar or ltd (the policy trained by `radar "
-                        "train-policy` in the cache), or a saved policy directory (with --drafter eagle)")
+                   help="draft controller: static (default), radar or ltd (the policies shipped for the default "
+                        "target and head), or a saved policy directory from `radar train-policy` (with --drafter eagle)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-draft-calls", type=int, default=None, help="static policy depth (eagle 8, ngram 1)")
-    p.add_argument("--tree-topk", type=int, default=10, help="beams per level W (eagle)")
+    p.add_argument("--tree-topk", type=int, default=None,
+                   help="beams per level W (eagle; default: the learned policy's, else 10)")
     p.add_argument("--verify-budget", type=int, default=None, help="draft tokens verified per cycle (eagle 60, ngram 15)")
     p.add_argument("--max-ngram", type=int, default=3, help="longest suffix looked up (ngram)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -54,17 +55,18 @@ def _check(args) -> None:
 
 
 def load_learned_policy(name: str):
-    """`radar` / `ltd`: the policy `radar train-policy` wrote to the cache; otherwise a directory."""
+    """`radar` / `ltd`: the policy shipped for the default target and head; otherwise a directory
+    (e.g. <cache>/policy_runs/radar/best from `radar train-policy`)."""
     from pathlib import Path
 
-    from radar_ext.models import cache_dir
+    from radar_ext.models import default_policy_path
     from radar_ext.policies import load_policy
 
     if name in ("radar", "ltd"):
-        path = cache_dir() / "policy_runs" / name / "best"
+        path = default_policy_path(name)
         if not (path / "config.json").is_file():
-            raise ValueError(f"--policy {name}: no trained {name} policy at {path}; train one with "
-                             f"`radar train-policy --kind {name}` or pass a policy directory")
+            raise ValueError(f"--policy {name}: this installation has no shipped {name} policy at {path}; "
+                             f"train one with `radar train-policy --kind {name}` and pass its directory")
     else:
         path = Path(name)
         if not path.is_dir():
@@ -90,8 +92,9 @@ def build(args, policy=None):
         else:
             target, tok, drafter = load_default()
         calls, budget = args.max_draft_calls or 8, args.verify_budget or getattr(policy, "trained_verify_budget", None) or 60
+    topk = args.tree_topk or getattr(policy, "tree_topk", None) or 10
     dec = RadarDecoder(target, drafter, policy=policy or StaticPolicy(max_draft_calls=calls),
-                       tree_topk=args.tree_topk, verify_budget=budget)
+                       tree_topk=topk, verify_budget=budget)
     return target, tok, dec
 
 
@@ -104,7 +107,7 @@ def run(args) -> int:
     try:
         _check(args)
         policy = None if args.policy == "static" else load_learned_policy(args.policy)
-        if policy is not None and policy.tree_topk != args.tree_topk:
+        if policy is not None and args.tree_topk is not None and policy.tree_topk != args.tree_topk:
             raise ValueError(f"--tree-topk must match the policy's tree_topk = {policy.tree_topk}, got {args.tree_topk}")
     except (ValueError, FileNotFoundError) as e:
         print(f"radar generate: error: {e}", file=sys.stderr)

@@ -139,9 +139,14 @@ class LearnedPolicy(Policy):
         return cfg
 
     @classmethod
-    def from_pretrained(cls, path):
+    def from_pretrained(cls, path=None):
+        """A saved policy directory (config.json + model.safetensors); None: the one shipped for the
+        default target and head (radar_ext/data/policies/<target>/<kind>)."""
         from safetensors.torch import load_file
 
+        if path is None:
+            from radar_ext.models import default_policy_path
+            path = default_policy_path(cls.kind)
         cfg = cls.read_config(path)
         if cfg.get("kind") != cls.kind:
             raise ValueError(f"{Path(path) / CONFIG} holds a {cfg.get('kind')!r} policy, not {cls.kind!r}; "
