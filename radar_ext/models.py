@@ -108,6 +108,16 @@ def load_default_target(dtype=None, verbose: bool = True):
     return model, tok
 
 
+def load_default_tokenizer():
+    """The default target's tokenizer alone, from the converted cache (converting first if needed)."""
+    from transformers import AutoTokenizer
+
+    d = _converted_dir()
+    if not (d / "tokenizer.json").is_file():
+        load_default_target(verbose=False)
+    return AutoTokenizer.from_pretrained(str(d))
+
+
 def default_head_path() -> Path:
     """The EAGLE-3 head for the default target shipped inside the package (published layout)."""
     return Path(__file__).resolve().parent / "data" / "heads" / DEFAULT_TARGET_NAME

@@ -57,10 +57,9 @@ def run(args) -> int:
                                   batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
                                   threads=args.threads, dtype=args.gen_dtype))
     if "ref" in stages and args.ref_prompts:
-        from ..models import load_default_target
+        from ..models import load_default_tokenizer
         from ..training.data import write_reference_shards
-        _, tok = load_default_target()
-        write_reference_shards(args.data_dir, tok, num_prompts=args.ref_prompts, skip_prompts=max(4096, args.num_prompts),
+        write_reference_shards(args.data_dir, load_default_tokenizer(), num_prompts=args.ref_prompts, skip_prompts=max(4096, args.num_prompts),
                                max_answer_tokens=args.max_new_tokens)
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads))

@@ -253,11 +253,8 @@ def main(argv=None) -> None:
         extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads))
         return
     if a.stage == "ref":
-        from transformers import AutoTokenizer
-        from ..models import _converted_dir, load_default_target
-        if not (_converted_dir() / "tokenizer.json").is_file():
-            load_default_target()
-        n = write_reference_shards(a.out_dir, AutoTokenizer.from_pretrained(str(_converted_dir())),
+        from ..models import load_default_tokenizer
+        n = write_reference_shards(a.out_dir, load_default_tokenizer(),
                                    num_prompts=a.num_prompts, max_answer_tokens=a.max_new_tokens)
         print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
