@@ -149,3 +149,32 @@ def test_cli_train_policy_writes_policy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "best static: n=" in out and "learned ltd:" in out
     assert load_policy(tmp_path / "run" / "best").kind == "ltd"
+
+
+def test_episodes_of_several_collections_merge(tmp_path):
+    """Two collections (say T=0 and T=1) with the same W, N and budgets train together: their cycles
+    concatenate in the order given; collections that differ in the tree shape are refused by name."""
+    a = write_episodes(tmp_path / "a", True, cycles=(8, 4), seed=1)
+    b = write_episodes(tmp_path / "b", False, cycles=(6, 2), seed=2)
+    meta_b = json.loads((b / "episodes_meta.json").read_text())
+    (b / "episodes_meta.json").write_text(json.dumps(dict(meta_b, temperature=1.0)))
+    ep_a, ep_b = load_episodes(a, "train"), load_episodes(b, "train")
+    both = load_episodes([a, b], "train")
+    assert both.cycles == 14 and both.meta["temperature"] == [0.0, 1.0]
+    for k in ("accept_dist", "beam_scores", "child_scores", "seq_len"):
+        assert torch.equal(both[k], torch.cat([ep_a[k], ep_b[k]]))
+    assert load_episodes([a, b], "val").cycles == 6
+    (b / "episodes_meta.json").write_text(json.dumps(dict(meta_b, budgets=[4, 8, 32])))
+    with pytest.raises(ValueError, match=r"cannot be merged with .*budgets \(\[4, 8, 32\] vs \[4, 8, 16\]\)"):
+        load_episodes([a, b], "train")
+    with pytest.raises(ValueError, match="at least one"):
+        load_episodes([], "train")
+
+
+def test_cli_train_policy_on_two_collections(tmp_path, capsys):
+    a = write_episodes(tmp_path / "a", True, cycles=(32, 16), seed=1)
+    b = write_episodes(tmp_path / "b", True, cycles=(32, 16), seed=2)
+    rc = main(["train-policy", "--kind", "ltd", "--episodes", str(a), str(b), "--out-dir", str(tmp_path / "run"),
+               "--costs", str(a / "costs.json"), "--epochs", "1", "--rounds", "1"])
+    assert rc == 0 and "learned ltd:" in capsys.readouterr().out
+    assert load_policy(tmp_path / "run" / "best").kind == "ltd"

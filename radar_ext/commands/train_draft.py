@@ -26,7 +26,11 @@ def add_arguments(p) -> None:
     p.add_argument("--gen-batch-size", type=int, default=96)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--gen-dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="target dtype while generating answers (features always use the fp32 target)")
+                   help="target dtype while generating answers")
+    p.add_argument("--ref-answer-tokens", type=int, default=256,
+                   help="ref: tokens kept of each ShareGPT answer")
+    p.add_argument("--features-dtype", choices=["bfloat16", "float32"], default="float32",
+                   help="target dtype of the teacher-forced features pass (bfloat16: ~2.7x faster on AMX CPUs)")
     p.add_argument("--draft-vocab-size", type=int, default=8192)
     p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
     p.add_argument("--epochs", type=float, default=2.0)
@@ -44,7 +48,7 @@ def run(args) -> int:
     from ..training.train_head import TrainConfig, train
 
     for name in ("num_prompts", "gen_batch_size", "max_new_tokens", "draft_vocab_size", "unroll_steps",
-                 "tokens_per_batch"):
+                 "tokens_per_batch", "ref_answer_tokens"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.epochs <= 0 or args.lr <= 0:
@@ -60,9 +64,9 @@ def run(args) -> int:
         from ..models import load_default_tokenizer
         from ..training.data import write_reference_shards
         write_reference_shards(args.data_dir, load_default_tokenizer(), num_prompts=args.ref_prompts, skip_prompts=max(4096, args.num_prompts),
-                               max_answer_tokens=args.max_new_tokens)
+                               max_answer_tokens=args.ref_answer_tokens)
     if "features" in stages:
-        extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads))
+        extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads, dtype=args.features_dtype))
     if "train" in stages:
         out = args.out_dir or (args.data_dir.parent.parent / "head_runs" / "default")
         best = train(TrainConfig(data_dir=args.data_dir, out_dir=out, draft_vocab_size=args.draft_vocab_size,

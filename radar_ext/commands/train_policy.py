@@ -13,8 +13,9 @@ def add_arguments(p) -> None:
     from radar_ext.models import cache_dir
 
     p.add_argument("--kind", choices=("radar", "ltd"), required=True)
-    p.add_argument("--episodes", type=Path, default=cache_dir() / "episodes" / "default",
-                   help="a `radar collect` directory (default: %(default)s)")
+    p.add_argument("--episodes", type=Path, nargs="+", default=[cache_dir() / "episodes" / "default"],
+                   help="one or more `radar collect` directories with the same W, max_draft_calls and budgets, "
+                        "e.g. the T=0 and T=1 collections (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <cache>/policy_runs/<kind>")
     p.add_argument("--costs", default=None,
                    help="calibration JSON (t_draft, t_policy, t_ar, T_verify curve); default: estimated from "

@@ -247,15 +247,18 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--gen-dtype", choices=sorted(GEN_DTYPES), default="bfloat16",
-                   help="target dtype for the gen stage (features always use float32)")
+                   help="target dtype for the gen stage")
+    p.add_argument("--features-dtype", choices=sorted(GEN_DTYPES), default="float32",
+                   help="target dtype for the features stage (bfloat16: ~2.7x faster on AMX CPUs)")
+    p.add_argument("--max-answer-tokens", type=int, default=256, help="ref: answer tokens kept per conversation")
     a = p.parse_args(argv)
     if a.stage == "features":
-        extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads))
+        extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads, dtype=a.features_dtype))
         return
     if a.stage == "ref":
         from ..models import load_default_tokenizer
         n = write_reference_shards(a.out_dir, load_default_tokenizer(),
-                                   num_prompts=a.num_prompts, max_answer_tokens=a.max_new_tokens)
+                                   num_prompts=a.num_prompts, max_answer_tokens=a.max_answer_tokens)
         print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
@@ -272,6 +275,9 @@ class FeatureConfig:
     soft_topk: int = 16        # target distribution kept per position (ids + probs)
     max_tokens_per_pass: int = 2048
     threads: int = 0
+    # bfloat16 runs the teacher-forced pass 2.7x faster on AMX CPUs (measured 1550 vs 577 tok/s at 2
+    # threads); the head trains under bfloat16 autocast anyway. float32 gives bit-faithful features.
+    dtype: str = "float32"
 
 
 def extract_features(cfg: FeatureConfig, target=None) -> None:
@@ -284,8 +290,10 @@ def extract_features(cfg: FeatureConfig, target=None) -> None:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.dtype not in GEN_DTYPES:
+        raise ValueError(f"FeatureConfig.dtype must be one of {list(GEN_DTYPES)}, got {cfg.dtype!r}")
     if target is None:
-        target, _ = load_default_target()
+        target, _ = load_default_target(dtype=GEN_DTYPES[cfg.dtype])
     layers = default_feature_layers(target.config.num_hidden_layers)
     shards = sorted(cfg.data_dir.glob("gen_*.safetensors"))
     todo = [s for s in shards if not (cfg.data_dir / s.name.replace("gen_", "feat_")).exists()]
@@ -314,7 +322,8 @@ def extract_features(cfg: FeatureConfig, target=None) -> None:
             bar.update(L)
         _save_shard(cfg.data_dir / s.name.replace("gen_", "feat_"),
                     {"features": torch.cat(feats), "top_ids": torch.cat(tids), "top_probs": torch.cat(tprobs)},
-                    {"feature_layers": layers, "soft_topk": cfg.soft_topk, "source": s.name})
+                    {"feature_layers": layers, "soft_topk": cfg.soft_topk, "source": s.name,
+                     "dtype": str(next(target.parameters()).dtype).replace("torch.", "")})
     bar.close()
 
 

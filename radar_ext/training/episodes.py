@@ -410,13 +410,36 @@ class Episodes:
         return self.tensors[key]
 
 
-def load_episodes(path, split: str) -> Episodes:
-    """Load the `train` or `val` shards of a `radar collect` directory."""
-    from safetensors.torch import load_file
+# Meta keys that must agree for episodes of several collections to be trained on together.
+_MERGE_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "pool_topk")
 
+
+def load_episodes(path, split: str) -> Episodes:
+    """Load the `train` or `val` shards of a `radar collect` directory, or of several (a list of
+    directories, e.g. the T=0 and T=1 collections of one head): their cycles are concatenated and
+    their W, N, budgets and pool_topk must agree; meta["temperature"] becomes the list of theirs."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    path = Path(path)
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        raise ValueError("episodes: expected at least one `radar collect` directory, got none")
+    loaded = [_load_one(Path(p), split) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    meta = dict(loaded[0].meta)
+    for p, ep in zip(paths[1:], loaded[1:]):
+        bad = [k for k in _MERGE_KEYS if ep.meta.get(k) != meta.get(k)]
+        if bad:
+            raise ValueError(f"episodes {p} cannot be merged with {paths[0]}: they differ in "
+                             + ", ".join(f"{k} ({ep.meta.get(k)!r} vs {meta.get(k)!r})" for k in bad))
+    meta["temperature"] = [ep.meta.get("temperature") for ep in loaded]
+    meta["merged_from"] = [str(p) for p in paths]
+    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in TENSOR_KEYS})
+
+
+def _load_one(path: Path, split: str) -> Episodes:
+    from safetensors.torch import load_file
+
     meta_path = path / "episodes_meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not an episodes directory (no episodes_meta.json); run `radar collect` first")

@@ -34,7 +34,7 @@ from radar_ext.training.episodes import Episodes, load_episodes
 
 @dataclass
 class TrainPolicyConfig:
-    episodes: Path
+    episodes: Path | list           # one `radar collect` directory or several (merged)
     out_dir: Path
     kind: str = "radar"             # radar | ltd
     costs: str | None = None        # calibration JSON; None: estimated from the episodes' own timings
@@ -414,7 +414,8 @@ def _calibrated_policy(path):
 
 
 def _ckpt_config(cfg) -> dict:
-    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    d = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, (list, tuple)) else v)
+         for k, v in asdict(cfg).items()}
     d.pop("threads")
     return d
 
