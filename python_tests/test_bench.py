@@ -207,6 +207,21 @@ def test_cli_errors(capsys):
     assert "--categories: unknown category math" in capsys.readouterr().err
     assert main(["bench", "--questions", "humaneval", "--max-turns", "0"]) == 2
     assert "--max-turns must be >= 1, got 0" in capsys.readouterr().err
+    for bad in ("8,10", "8,x,60", "8,10,0"):
+        assert main(["bench", "--questions", "humaneval", "--static-tree", bad]) == 2
+        assert "--static-tree must be three ints >= 1 'CALLS,W,V'" in capsys.readouterr().err
+
+
+def test_static_tree_option_sets_the_static_method():
+    from radar_ext.commands.bench import parse_static_tree
+    assert parse_static_tree(None) is None
+    setting = parse_static_tree("3,6,4")
+    assert setting == {"max_draft_calls": 3, "tree_topk": 6, "verify_budget": 4}
+    static = METHODS["static"].__new__(METHODS["static"])  # _setting needs no loaded model
+    ctx = BenchContext(None, None, None, None, options=BenchOptions(static_tree=setting))
+    assert static._setting(ctx) == setting
+    default = BenchContext(None, None, None, None, options=BenchOptions())
+    assert static._setting(default) == {"max_draft_calls": 8, "tree_topk": 10, "verify_budget": 60}
 
 # ---------------------------------------------------------------- tiny end-to-end
 

@@ -34,6 +34,7 @@ class BenchOptions:
     """Paths and knobs the adapters need, before the target is loaded."""
     drafter_path: str | None = None      # EAGLE-3 head directory; default: models.default_head_path()
     static_gs_path: str | None = None    # grid-searched static setting; default: static_tree.json beside the head
+    static_tree: dict | None = None      # `static` setting (max_draft_calls, tree_topk, verify_budget); None: 8/10/60
     radar_policy_path: str | None = None
     ltd_policy_path: str | None = None
     ngram_max: int | None = None         # NgramDrafter(max_ngram=...) override
@@ -206,7 +207,7 @@ class Static(_DecoderMethod):
         _check_head(options, cls.name)
 
     def _setting(self, ctx) -> dict:
-        return dict(self.setting)
+        return dict(ctx.options.static_tree or self.setting)
 
     def _parts(self, ctx):
         StaticPolicy = _import("radar_ext.policies", "StaticPolicy", self.name)

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", default=None, help="EAGLE-3 head directory (default: the shipped head)")
     p.add_argument("--static-gs", default=None, help="grid-searched static setting JSON with max_draft_calls, "
                    "tree_topk, verify_budget (default: static_tree.json beside the head)")
+    p.add_argument("--static-tree", default=None, metavar="CALLS,W,V",
+                   help="the `static` method's max_draft_calls, tree_topk, verify_budget (default: 8,10,60, "
+                        "the EAGLE-3 default), e.g. the full-depth tree a learned stop rule is compared with")
     p.add_argument("--radar-policy", default=None, help="RadarPolicy weights (default: shipped)")
     p.add_argument("--ltd-policy", default=None, help="LtdPolicy weights (default: shipped)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
@@ -56,6 +59,22 @@ def _check_args(args):
             raise ValueError(f"{name} must be >= {lo}, got {value}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    return parse_static_tree(args.static_tree)
+
+
+def parse_static_tree(spec):
+    """'CALLS,W,V' -> {max_draft_calls, tree_topk, verify_budget} (None stays None: the default)."""
+    if spec is None:
+        return None
+    parts = spec.split(",")
+    try:
+        values = [int(x) for x in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"--static-tree must be three ints >= 1 'CALLS,W,V' (max_draft_calls, tree_topk, "
+                         f"verify_budget), got {spec!r}")
+    return dict(zip(("max_draft_calls", "tree_topk", "verify_budget"), values))
 
 
 def resolve_methods(spec: str, options) -> list:
@@ -116,8 +135,8 @@ def run(args) -> int:
                                      machine_info, mismatches, plot, run_benchmark, select_questions,
                                      write_json)
     try:
-        _check_args(args)
-        options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs,
+        static_tree = _check_args(args)
+        options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs, static_tree=static_tree,
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget)
         methods = resolve_methods(args.methods, options)
