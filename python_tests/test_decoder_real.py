@@ -44,3 +44,24 @@ def test_real_target_eos(target):
     dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=10)
     out = dec.generate(ids, max_new_tokens=12, eos_token_id=eos)
     assert torch.equal(out, ref) and int(out[0, -1]) == eos and out.shape[1] <= ids.shape[1] + 5
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_shipped_policies_exact_on_real_target(target, kind):
+    """The learned controllers shipped for the default target load with from_pretrained() (no path)
+    and, driving the shipped head, keep greedy decoding token-identical to HF generate."""
+    from radar_ext.models import default_policy_path, load_default
+    from radar_ext.policies import LtdPolicy, RadarPolicy, load_policy
+
+    cls = {"radar": RadarPolicy, "ltd": LtdPolicy}[kind]
+    policy = cls.from_pretrained()
+    assert isinstance(policy, cls) and type(load_policy(default_policy_path(kind))) is cls
+    model, tok = target
+    _, _, drafter = load_default()
+    ids = chat(tok, "Write a short Python function that adds two numbers.")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    dec = RadarDecoder(model, drafter, policy, tree_topk=policy.tree_topk,
+                       verify_budget=getattr(policy, "trained_verify_budget", None) or 60)
+    assert torch.equal(dec.generate(ids, max_new_tokens=24), ref)
+    stats = dec.last_stats
+    assert stats.cycles < 24 and stats.draft_calls >= stats.cycles  # it drafted and tokens got accepted
