@@ -250,7 +250,7 @@ def main(argv=None) -> None:
                    help="target dtype for the gen stage")
     p.add_argument("--features-dtype", choices=sorted(GEN_DTYPES), default="float32",
                    help="target dtype for the features stage (bfloat16: ~2.7x faster on AMX CPUs)")
-    p.add_argument("--max-answer-tokens", type=int, default=256, help="ref: answer tokens kept per conversation")
+    p.add_argument("--ref-answer-tokens", type=int, default=256, help="ref: tokens kept of each ShareGPT answer")
     a = p.parse_args(argv)
     if a.stage == "features":
         extract_features(FeatureConfig(data_dir=a.out_dir, threads=a.threads, dtype=a.features_dtype))
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
     if a.stage == "ref":
         from ..models import load_default_tokenizer
         n = write_reference_shards(a.out_dir, load_default_tokenizer(),
-                                   num_prompts=a.num_prompts, max_answer_tokens=a.max_answer_tokens)
+                                   num_prompts=a.num_prompts, max_answer_tokens=a.ref_answer_tokens)
         print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
