@@ -66,15 +66,16 @@ def parse_static_tree(spec):
     """'CALLS,W,V' -> {max_draft_calls, tree_topk, verify_budget} (None stays None: the default)."""
     if spec is None:
         return None
-    parts = spec.split(",")
+    from radar_ext.benchmark.methods import STATIC_GS_KEYS
+
     try:
-        values = [int(x) for x in parts]
+        values = [int(x) for x in spec.split(",")]
     except ValueError:
         values = []
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"--static-tree must be three ints >= 1 'CALLS,W,V' (max_draft_calls, tree_topk, "
                          f"verify_budget), got {spec!r}")
-    return dict(zip(("max_draft_calls", "tree_topk", "verify_budget"), values))
+    return dict(zip(STATIC_GS_KEYS, values))
 
 
 def resolve_methods(spec: str, options) -> list:
