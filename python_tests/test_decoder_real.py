@@ -65,3 +65,28 @@ def test_shipped_policies_exact_on_real_target(target, kind):
     assert torch.equal(dec.generate(ids, max_new_tokens=24), ref)
     stats = dec.last_stats
     assert stats.cycles < 24 and stats.draft_calls >= stats.cycles  # it drafted and tokens got accepted
+
+
+def test_lean_verify_bit_identical_on_real_target(target):
+    """radar_ext.lean_forward runs the default target (SmolLM2 is a plain Llama with sdpa attention)
+    and returns the bits of its own forward: logits, the shipped head's feature layers, the cache."""
+    from radar_ext import kv_cache
+    from radar_ext.lean_forward import lean_forward_reason
+    from radar_ext.tree import make_tree
+    from radar_ext.verifier import prefill, verify
+
+    model, tok = target
+    assert lean_forward_reason(model) is None
+    ids = chat(tok, "Name three colours.")
+    tokens = torch.tensor([[100, 200, 300, 400, 500, 600]])
+    parents = torch.tensor([[-1, 0, 1, 0, 3, 1]])
+    tree = make_tree(tokens, parents, torch.tensor([6]))
+    outs, caches = [], []
+    for lean in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, ids)
+        outs.append(verify(model, cache, tree, ids.shape[1], [2, 15, 27], lean=lean))
+        caches.append(cache)
+    assert torch.equal(outs[0].logits, outs[1].logits) and torch.equal(outs[0].features, outs[1].features)
+    for a, b in zip(*(c.layers for c in caches)):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

@@ -101,13 +101,16 @@ class _TimedPolicy(Policy):
 
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
-                 verify_budget: int = 60, fast_linear: bool = True):
+                 verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True):
         """fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
         and sdpa attention without K/V copies (radar_ext.fast_linear; the target is changed only during
         those forwards), where it applies (float32 CPU target, AVX-512 kernel available; elsewhere it is
         a no-op). On by default: on an idle 2-core AVX-512 machine at 2 threads it makes a verify
         forward 1.08x faster at 2 tree tokens, 1.23x at 4, 1.33x at 8, 1.12x at 16 (bench/bench_verify.py).
-        fast_linear=False keeps every verify on the target's own forward."""
+        fast_linear=False keeps every verify on the target's own linears.
+        lean_verify: a plain Llama target with sdpa attention verifies through radar_ext.lean_forward
+        (the same ops and bits without transformers' per-call plumbing; a few-token verify of the
+        default target is ~15% faster); False runs every verify through the model's own forward."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -124,6 +127,7 @@ class RadarDecoder:
         self.target, self.drafter, self.policy = target, drafter, policy
         self.tree_topk, self.verify_budget = tree_topk, verify_budget
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
+        self.lean_verify = bool(lean_verify)
         self.costs = CostInfo()
         self.last_stats = DecodeStats()
 
@@ -191,7 +195,7 @@ class RadarDecoder:
     def _verify(self, cache, tree, prefix_len, stats):
         t0 = time.perf_counter()
         with self._linears:
-            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers)
+            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify)
         dt = time.perf_counter() - t0
         stats.time_verify += dt
         stats.cycles += 1

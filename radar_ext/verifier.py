@@ -1,7 +1,11 @@
-"""One target forward over a draft tree through the model's public forward: the tree block of a 4D
-additive float attention mask (0 = visible, finfo.min = hidden; a bool 4D mask is wrong under
-`eager` in transformers 5.23, METHOD.md 4), position ids = prefix length + depth, and the
-target's own DynamicCache, which afterwards holds [prefix | tree] until kv_cache.commit_path.
+"""One target forward over a draft tree: the tree block of a 4D additive float attention mask
+(0 = visible, finfo.min = hidden; a bool 4D mask is wrong under `eager` in transformers 5.23,
+METHOD.md 4), position ids = prefix length + depth, and the target's own DynamicCache, which
+afterwards holds [prefix | tree] until kv_cache.commit_path.
+
+A plain Llama target with sdpa attention runs radar_ext.lean_forward (the same ops, bit-identical,
+without transformers' per-call plumbing: 10-20% of a few-token verify on a CPU); any other model, or
+lean=False, goes through the model's public forward.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radar_ext.lean_forward import lean_forward_for
 from radar_ext.tree import DraftTree
 
 
@@ -44,10 +49,16 @@ def prefill(target, cache, input_ids: torch.Tensor, feature_layers=None) -> Veri
 
 
 @torch.no_grad()
-def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None) -> VerifyOut:
-    """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len."""
+def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True) -> VerifyOut:
+    """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
+    lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead)."""
     dtype = next(target.parameters()).dtype
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
+    fast = lean_forward_for(target) if lean else None
+    if fast is not None:
+        logits, feats = fast(tree.tokens.clamp(min=0), position_ids, tree_attention_mask(tree, prefix_len, dtype),
+                             cache, feature_layers)
+        return VerifyOut(logits, feats)
     out = target(input_ids=tree.tokens.clamp(min=0), attention_mask=tree_attention_mask(tree, prefix_len, dtype),
                  position_ids=position_ids, past_key_values=cache, use_cache=True,
                  output_hidden_states=feature_layers is not None)

@@ -1,0 +1,156 @@
+"""A lean tree-verify forward for Llama-architecture transformers targets.
+
+A verify forward multiplies only M = V + 1 rows by every weight matrix, so on a CPU the target's own
+forward spends a large share of its time outside the matrix products: transformers 5.x runs output
+hooks, mask preparation, kwargs plumbing and ~35 small ops per decoder layer (measured on the default
+target, SmolLM2-135M fp32, 2 threads: one HF decoding step is 64 ms of which 46 ms are matrix
+products). `LeanLlamaForward` runs the same computation with the same modules and the same tensor ops
+in the same order, minus that plumbing, and writes K/V into the caller's DynamicCache exactly as the
+model's own forward would (`cache.update(k, v, layer_idx)`).
+
+Exactness: every value is computed by the same ATen ops on the same inputs as in transformers'
+Llama forward with sdpa attention (RMSNorm in float32 and cast back, rotary embedding by the model's
+own `rotary_emb`, `rotate_half` by concatenation, `F.scaled_dot_product_attention` with the additive
+tree mask and `enable_gqa=True`, the projections through the model's own nn.Linear modules, so that
+`radar_ext.fast_linear` still applies inside its block); python_tests/test_lean_forward.py checks
+logits, features and the cache bit for bit against the model's own forward.
+
+Only plain Llama decoders qualify (`lean_forward_reason` says why a model does not): model_type
+"llama", sdpa attention, silu MLP, unmodified nn.Linear projections and LlamaRMSNorm norms, no
+accelerate hooks, eval mode. Anything else keeps the model's own forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_LINEARS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+            ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+
+
+# transformers' output-capturing hooks (installed on the decoder layers by the first forward that
+# asks for hidden_states) only act inside the model's own forward; every other hook disqualifies.
+_CAPTURE_HOOKS = "transformers.utils.output_capturing"
+
+
+def lean_forward_reason(target) -> str | None:
+    """None if `target` can use LeanLlamaForward, else why not (one short sentence)."""
+    from transformers.models.llama import modeling_llama as ml
+
+    cfg = getattr(target, "config", None)
+    if getattr(cfg, "model_type", None) != "llama" or not isinstance(target, ml.LlamaForCausalLM):
+        return "not a LlamaForCausalLM"
+    if getattr(cfg, "_attn_implementation", None) != "sdpa":
+        return f"attention implementation is {getattr(cfg, '_attn_implementation', None)!r}, not 'sdpa'"
+    if getattr(cfg, "hidden_act", None) != "silu":
+        return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    if target.training:
+        return "model is in training mode"
+    model = target.model
+    if type(model.norm) is not ml.LlamaRMSNorm or type(model.embed_tokens) is not torch.nn.Embedding:
+        return "embedding or final norm replaced"
+    for i, layer in enumerate(model.layers):
+        if type(layer) is not ml.LlamaDecoderLayer:
+            return f"layer {i} is a {type(layer).__name__}"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if type(norm) is not ml.LlamaRMSNorm:
+                return f"layer {i} has a {type(norm).__name__} norm"
+        for parent, name in _LINEARS:
+            if type(getattr(getattr(layer, parent), name)) is not torch.nn.Linear:
+                return f"layer {i} {parent}.{name} is not a plain nn.Linear (quantized or wrapped)"
+    if type(target.lm_head) is not torch.nn.Linear:
+        return "lm_head is not a plain nn.Linear"
+    for m in (target, model, *model.layers):
+        if hasattr(m, "_hf_hook") or m._forward_pre_hooks or any(
+                getattr(h, "__module__", None) != _CAPTURE_HOOKS for h in m._forward_hooks.values()):
+            return "the model has forward hooks (accelerate offload or user hooks)"
+    return None
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    # LlamaRMSNorm.forward, op for op: float32 statistics, cast back, then the weight
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LeanLlamaForward:
+    """`LeanLlamaForward(target)(input_ids, position_ids, attention_mask, cache, feature_layers)` ->
+    (logits [B, M, vocab] float32, features [B, M, len(feature_layers) * H] or None), the cache extended
+    by M positions. feature_layers index HF's hidden_states tuple (0 = embeddings, i = input of layer i,
+    num_hidden_layers = the final normed state when the config ties it, as transformers does)."""
+
+    def __init__(self, target, _checked: bool = False):
+        reason = None if _checked else lean_forward_reason(target)
+        if reason is not None:
+            raise ValueError(f"target cannot use the lean Llama forward: {reason}")
+        self.target = target
+        cfg = target.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.n_layers = cfg.num_hidden_layers
+        self.tie_last = getattr(cfg, "tie_last_hidden_states", None) is not False
+
+    def _feature_slots(self, feature_layers):
+        if feature_layers is None:
+            return None
+        n = self.n_layers + 1
+        slots = []
+        for i in feature_layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
+                raise ValueError(f"feature_layers must be ints in [{-n}, {n - 1}], got {list(feature_layers)}")
+            slots.append(i % n)
+        return slots
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 cache, feature_layers=None):
+        # input_ids, position_ids [B, M]; attention_mask [B, 1, M, P + M] additive (0 / finfo.min)
+        slots = self._feature_slots(feature_layers)
+        model = self.target.model
+        x = model.embed_tokens(input_ids)                                  # [B, M, H]
+        B, M, _ = x.shape
+        cos, sin = model.rotary_emb(x, position_ids)                       # [B, M, D] each
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        states = {}
+        for i, layer in enumerate(model.layers[:self.n_layers]):
+            if slots is not None and i in slots:
+                states[i] = x
+            attn, mlp = layer.self_attn, layer.mlp
+            h = _rms_norm(layer.input_layernorm, x)
+            q = attn.q_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)   # [B, Hq, M, D]
+            k = attn.k_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)   # [B, Hkv, M, D]
+            v = attn.v_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k, v = cache.update(k, v, attn.layer_idx)                      # [B, Hkv, P + M, D]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask[..., :k.shape[-2]],
+                                               dropout_p=0.0, scale=attn.scaling, enable_gqa=True)
+            o = o.transpose(1, 2).reshape(B, M, -1).contiguous()
+            x = x + attn.o_proj(o)
+            h = _rms_norm(layer.post_attention_layernorm, x)
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        last = self.n_layers
+        if slots is not None and last in slots and not self.tie_last:
+            states[last] = x
+        x = _rms_norm(model.norm, x)
+        if slots is not None and last in slots and self.tie_last:
+            states[last] = x
+        logits = self.target.lm_head(x).float()
+        feats = torch.cat([states[s] for s in slots], dim=-1) if slots is not None else None
+        return logits, feats
+
+
+def lean_forward_for(target) -> LeanLlamaForward | None:
+    """A LeanLlamaForward for `target`, or None when it does not qualify. Checked on every call (it is
+    cheap next to a forward), so a model switched to train(), hooked or modified falls back at once."""
+    return LeanLlamaForward(target, _checked=True) if lean_forward_reason(target) is None else None
