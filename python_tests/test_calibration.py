@@ -8,7 +8,7 @@ import torch
 
 from radar_ext import EagleDrafter, StaticPolicy
 from radar_ext.calibration import (SCHEMA, CalibrationError, CostModel, Stat, calibrate, check_lists, interp,
-                                   plot)
+                                   isotonic, plot)
 from radar_ext.cli import main
 from radar_ext.commands import calibrate as calibrate_cmd
 from test_decoder import tiny_llama
@@ -43,6 +43,24 @@ def test_interp_points_between_and_ends():
     assert interp([4], [2.0], 100) == 2.0
     with pytest.raises(CalibrationError, match="as many xs as ys"):
         interp([1, 2], [1.0], 1)
+
+
+def test_isotonic_fit():
+    assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]                 # already non-decreasing: kept
+    assert isotonic([3.0, 1.0, 2.0, 5.0, 4.0, 6.0]) == [2.0, 2.0, 2.0, 4.5, 4.5, 6.0]
+    assert isotonic([5.0]) == [5.0] and isotonic([]) == []
+
+
+def test_verify_curve_read_through_a_monotone_fit():
+    """A dip in the measured medians (V=5 'cheaper' than V=1) is pooled away; other V keep theirs."""
+    m = hand_model(verify={100: {1: s(0.012), 5: s(0.010), 9: s(0.019)},
+                           300: {V: s(0.020 + 0.002 * V) for V in (1, 5, 9)}})
+    assert m.t_verify(1, 100) == pytest.approx(0.011) and m.t_verify(5, 100) == pytest.approx(0.011)
+    assert m.t_verify(9, 100) == pytest.approx(0.019)
+    assert m.t_verify(3, 100) == pytest.approx(0.011)                   # flat between the pooled points
+    assert m.t_verify(5, 300) == pytest.approx(0.030)                   # the monotone curve is untouched
+    ts = [m.t_verify(v, 200) for v in range(0, 12)]
+    assert ts == sorted(ts)
 
 
 def test_cost_model_interpolates_v_and_prefix():
