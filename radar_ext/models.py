@@ -105,7 +105,25 @@ def load_default_target(dtype=None, verbose: bool = True):
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
     tok = AutoTokenizer.from_pretrained(str(out))
     model.eval()
+    unmap_weights(model)
     return model, tok
+
+
+def unmap_weights(model) -> None:
+    """Copy every parameter and buffer of a CPU `model` out of the safetensors file mapping that
+    transformers loads it into, into ordinary process memory (values unchanged; tied weights stay tied,
+    since each shared Parameter is copied once and keeps its identity).
+
+    Why: few-row matrix products stream every weight from DRAM, and file-backed pages are 4 KiB pages
+    (transparent huge pages do not apply to them). On the default target (2 threads, prefix 256,
+    paired in one process) a 3-token verify forward took 50.9 ms against 60.9 from the mapping and a
+    1-token HF step 47.8 against 51.9. Costs one extra copy of the weights in memory while it runs."""
+    import torch
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.device.type == "cpu":
+                t.data = t.data.clone()
 
 
 def load_default_tokenizer():
