@@ -255,3 +255,18 @@ def test_eagle_reduced_draft_vocab(models):
     dec = RadarDecoder(model, d, StaticPolicy(4), tree_topk=4, verify_budget=12)
     ids = prompts()[2]
     assert torch.equal(dec.generate(ids, max_new_tokens=15), reference(model, ids, 15))
+
+
+def test_eagle_head_in_another_dtype_than_the_target(models, tmp_path):
+    """A bfloat16 head drafting for a float32 target: features and embeddings are cast to the head's
+    dtype (no dtype error inside torch) and decoding stays exact."""
+    from radar_ext.eagle_head import EagleHead
+
+    model = models["sdpa"]
+    EagleDrafter.init_random(model, seed=5).save_pretrained(tmp_path / "head")
+    d = EagleDrafter(EagleHead.from_pretrained(tmp_path / "head", dtype=torch.bfloat16), model)
+    assert d.head.lm_head.weight.dtype == torch.bfloat16
+    ids = prompts()[2]
+    dec = RadarDecoder(model, d, StaticPolicy(3), tree_topk=3, verify_budget=6)
+    assert torch.equal(dec.generate(ids, max_new_tokens=12), reference(model, ids, 12))
+    assert dec.last_stats.draft_calls > 0

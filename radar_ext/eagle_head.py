@@ -289,15 +289,16 @@ class EagleHead(nn.Module):
         if hidden.dim() != 3 or input_embeds.dim() != 3 or hidden.shape[:2] != input_embeds.shape[:2]:
             raise ValueError(f"hidden [B, T, F] and input_embeds [B, T, H] must agree in B, T; got "
                              f"{list(hidden.shape)} and {list(input_embeds.shape)}")
+        dtype = self.lm_head.weight.dtype  # the head may run in another dtype than the target's features
         if hidden.shape[-1] == 3 * c.target_hidden_size and hidden.shape[-1] != c.hidden_size:
-            hidden = self.fc(hidden)
+            hidden = self.fc(hidden.to(dtype))
         elif hidden.shape[-1] != c.hidden_size:
             raise ValueError(f"hidden must have last dim {3 * c.target_hidden_size} (target features) or "
                              f"{c.hidden_size} (head output), got {hidden.shape[-1]}")
         if input_embeds.shape[-1] != c.hidden_size:
             raise ValueError(f"input_embeds must have last dim {c.hidden_size}, got {input_embeds.shape[-1]}")
-        hidden = hidden.to(self.lm_head.weight.dtype)
-        input_embeds = input_embeds.to(hidden.dtype)
+        hidden = hidden.to(dtype)
+        input_embeds = input_embeds.to(dtype)
         layer = self.midlayer
         q, k, v = layer.self_attn.project(layer.attn_input(hidden, input_embeds), position_ids)
         if cache is not None:
