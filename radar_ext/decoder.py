@@ -109,8 +109,8 @@ class RadarDecoder:
         forward 1.08x faster at 2 tree tokens, 1.23x at 4, 1.33x at 8, 1.12x at 16 (bench/bench_verify.py).
         fast_linear=False keeps every verify on the target's own linears.
         lean_verify: a plain Llama target with sdpa attention verifies through radar_ext.lean_forward
-        (the same ops and bits without transformers' per-call plumbing; a few-token verify of the
-        default target is ~15% faster); False runs every verify through the model's own forward."""
+        (the same ops and bits without transformers' per-call plumbing; a 2-3 token verify of the
+        default target is ~7% faster than through the model's forward, bench/bench_verify.py); False runs every verify through the model's own forward."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
