@@ -1,6 +1,8 @@
 """radar_ext.lean_forward: the lean Llama verify forward returns the same bits as the model's own
 forward (logits, every hidden-state index, the K/V written to the cache), in float32 and bfloat16,
 with and without fast_linear; models it cannot run exactly fall back to the model's forward."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -35,11 +37,8 @@ def verify_both(model, tree, P, layers, ctx=None, B=1):
     for lean in (True, False):
         cache = kv_cache.new_target_cache(model)
         prefill(model, cache, prompt)
-        if ctx is None:
+        with ctx or nullcontext():
             outs.append(verify(model, cache, tree, P, layers, lean=lean))
-        else:
-            with ctx:
-                outs.append(verify(model, cache, tree, P, layers, lean=lean))
         caches.append(cache)
     return outs[0], outs[1], caches[0], caches[1]
 

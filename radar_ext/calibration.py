@@ -139,13 +139,11 @@ class CostModel:
         measured medians over V (`isotonic`): a bigger tree never costs less, while the raw medians
         do dip (10-40% p10-p90 spread on a 2-core CPU) and a policy trained on a dip (V=2 "cheaper"
         than V=1) learns the noise."""
-        if V < 0:
-            raise CalibrationError(f"verify_budget V must be >= 0, got {V}")
         fits = {}
         for p, curve in self.verify.items():
             vs = sorted(curve)
             fits[p] = dict(zip(vs, isotonic([curve[v].median for v in vs])))
-        return _interp_keyed({p: _interp_keyed(c, V) for p, c in fits.items()}, self._prefix(prefix_len))
+        return self._curve(fits, V, prefix_len)
 
     def t_tree(self, V: float, prefix_len: float | None = None) -> float:
         """Best-V selection and tree building after the last draft call."""

@@ -8,11 +8,11 @@ products). `LeanLlamaForward` runs the same computation with the same modules an
 in the same order, minus that plumbing, and writes K/V into the caller's DynamicCache exactly as the
 model's own forward would (`cache.update(k, v, layer_idx)`).
 
-Exactness: every value is computed by the same ATen ops on the same inputs as in transformers'
-Llama forward with sdpa attention (RMSNorm in float32 and cast back, rotary embedding by the model's
-own `rotary_emb`, `rotate_half` by concatenation, `F.scaled_dot_product_attention` with the additive
-tree mask and `enable_gqa=True`, the projections through the model's own nn.Linear modules, so that
-`radar_ext.fast_linear` still applies inside its block); python_tests/test_lean_forward.py checks
+Exactness: every value is computed by the same code on the same inputs as in transformers' Llama
+forward with sdpa attention: the model's own norm, MLP and rotary modules and transformers'
+`apply_rotary_pos_emb`; only the attention block is spelled out (projections through the model's own
+nn.Linear modules, so that `radar_ext.fast_linear` still applies inside its block, and
+`F.scaled_dot_product_attention` with the additive tree mask and `enable_gqa=True`); python_tests/test_lean_forward.py checks
 logits, features and the cache bit for bit against the model's own forward.
 
 Only plain Llama decoders qualify (`lean_forward_reason` says why a model does not): model_type
@@ -76,19 +76,6 @@ def lean_forward_reason(target) -> str | None:
     return None
 
 
-def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
-    # LlamaRMSNorm.forward, op for op: float32 statistics, cast back, then the weight
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class LeanLlamaForward:
     """`LeanLlamaForward(target)(input_ids, position_ids, attention_mask, cache, feature_layers)` ->
     (logits [B, M, vocab] float32, features [B, M, len(feature_layers) * H] or None), the cache extended
@@ -101,8 +88,6 @@ class LeanLlamaForward:
             raise ValueError(f"target cannot use the lean Llama forward: {reason}")
         self.target = target
         cfg = target.config
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.n_layers = cfg.num_hidden_layers
         self.tie_last = getattr(cfg, "tie_last_hidden_states", None) is not False
@@ -122,34 +107,35 @@ class LeanLlamaForward:
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                  cache, feature_layers=None):
         # input_ids, position_ids [B, M]; attention_mask [B, 1, M, P + M] additive (0 / finfo.min)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
         slots = self._feature_slots(feature_layers)
         model = self.target.model
         x = model.embed_tokens(input_ids)                                  # [B, M, H]
         B, M, _ = x.shape
         cos, sin = model.rotary_emb(x, position_ids)                       # [B, M, D] each
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         states = {}
+        # The modules' own .forward (norms, MLP) and transformers' own rotary function: the same code as
+        # the model's forward, so the same bits; .forward skips nn.Module.__call__ (no hooks qualify).
         for i, layer in enumerate(model.layers[:self.n_layers]):
             if slots is not None and i in slots:
                 states[i] = x
-            attn, mlp = layer.self_attn, layer.mlp
-            h = _rms_norm(layer.input_layernorm, x)
+            attn = layer.self_attn
+            h = layer.input_layernorm.forward(x)
             q = attn.q_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)   # [B, Hq, M, D]
             k = attn.k_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)   # [B, Hkv, M, D]
             v = attn.v_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
             k, v = cache.update(k, v, attn.layer_idx)                      # [B, Hkv, P + M, D]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask[..., :k.shape[-2]],
                                                dropout_p=0.0, scale=attn.scaling, enable_gqa=True)
             o = o.transpose(1, 2).reshape(B, M, -1).contiguous()
             x = x + attn.o_proj(o)
-            h = _rms_norm(layer.post_attention_layernorm, x)
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
         last = self.n_layers
         if slots is not None and last in slots and not self.tie_last:
             states[last] = x
-        x = _rms_norm(model.norm, x)
+        x = model.norm.forward(x)
         if slots is not None and last in slots and self.tie_last:
             states[last] = x
         logits = self.target.lm_head(x).float()

@@ -53,14 +53,13 @@ def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None,
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
     lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead)."""
     dtype = next(target.parameters()).dtype
+    input_ids = tree.tokens.clamp(min=0)                           # [B, M]
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
+    mask = tree_attention_mask(tree, prefix_len, dtype)            # [B, 1, M, prefix_len + M]
     fast = lean_forward_for(target) if lean else None
     if fast is not None:
-        logits, feats = fast(tree.tokens.clamp(min=0), position_ids, tree_attention_mask(tree, prefix_len, dtype),
-                             cache, feature_layers)
-        return VerifyOut(logits, feats)
-    out = target(input_ids=tree.tokens.clamp(min=0), attention_mask=tree_attention_mask(tree, prefix_len, dtype),
-                 position_ids=position_ids, past_key_values=cache, use_cache=True,
-                 output_hidden_states=feature_layers is not None)
+        return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))
+    out = target(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                 use_cache=True, output_hidden_states=feature_layers is not None)
     feats = target_features(out.hidden_states, feature_layers) if feature_layers is not None else None
     return VerifyOut(out.logits.float(), feats)
