@@ -32,7 +32,7 @@ static std::vector<float> run(BlocksFn fn, const std::vector<float>& x, const st
 
 static void check_path(const char* name, BlocksFn fn) {
   const int64_t Ms[] = {1, 2, 3, 5, 7, 16, 33};
-  const int64_t NKs[][2] = {{1, 1}, {3, 5}, {4, 16}, {9, 17}, {13, 31}, {6, 100}, {37, 576}};
+  const int64_t NKs[][2] = {{1, 1}, {3, 5}, {4, 16}, {9, 17}, {13, 31}, {6, 100}, {37, 576}, {70, 48}};
   int bad = 0;
   for (const auto& nk : NKs)
     for (const int64_t M : Ms) {
@@ -55,9 +55,11 @@ static void check_path(const char* name, BlocksFn fn) {
             // float32 summation error bound ~ K * eps * sum |terms| (loose; a wrong index is far off)
             if (std::fabs(y[m * N + n] - want) > 1e-6 * mag * (K + 1) + 1e-30) ++bad;
           }
-        // Same numbers when the blocks are handed out 3 at a time, and row m alone (M = 1) gives
-        // the same bits as row m inside the M-row call.
+        // Same numbers when the blocks are handed out 3 at a time or all in one range (ranges longer
+        // than kSkinnyPrefetchBlocks run the prefetching path), and row m alone (M = 1) gives the
+        // same bits as row m inside the M-row call.
         CHECK(run(fn, x, w, b, M, N, K, 3) == y);
+        CHECK(run(fn, x, w, b, M, N, K, 1 << 20) == y);
         for (int64_t m = 0; m < M; m += 4) {
           const std::vector<float> xm(x.begin() + m * K, x.begin() + (m + 1) * K);
           const std::vector<float> ym = run(fn, xm, w, b, 1, N, K, 2);
