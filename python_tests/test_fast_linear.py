@@ -99,7 +99,8 @@ def test_decoder_greedy_exact_and_model_untouched(attn, kind, count_kernel_calls
         assert torch.equal(dec.generate(ids, max_new_tokens=n), want), (attn, kind, n)
         assert own_forwards(model) == before
         assert torch.equal(reference(model, ids, n), want)
-    assert count_kernel_calls and max(count_kernel_calls) <= 8  # verify forwards only (M <= 8 here)
+    # verify forwards (M <= 8 here); an EAGLE head's own calls too (its first takes the whole prompt)
+    assert count_kernel_calls and max(count_kernel_calls) <= (8 if kind == "ngram" else fl_module.DEFAULT_MAX_ROWS)
     count_kernel_calls.clear()
     off = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=5, fast_linear=False)
     ids = prompts()[1]
@@ -130,3 +131,26 @@ def test_sdpa_gqa_switch_same_bits_and_restored(monkeypatch):
     with fast_linear(model):
         assert os.environ[SDPA_GQA_SWITCH] == "1"
     assert os.environ[SDPA_GQA_SWITCH] == "0"
+
+
+def test_eagle_head_linears_on_kernel_during_draft_only(count_kernel_calls):
+    """EagleDrafter(fast_linear=True) sends the head's W-beam linears (W >= MIN_ROWS rows) to the
+    kernel inside draft() only; the decoder stays exact and the drafts match an F.linear head's."""
+    from radar_ext import EagleDrafter
+    model = tiny_llama("sdpa")
+    on = EagleDrafter.init_random(model, seed=1)
+    off = EagleDrafter(on.head, model, fast_linear=False)
+    before = own_forwards(on.head)
+    trees = {}
+    for name, drafter in (("on", on), ("off", off)):
+        count_kernel_calls.clear()
+        dec = RadarDecoder(model, drafter, StaticPolicy(3), tree_topk=5, verify_budget=3, fast_linear=False)
+        ids = prompts()[1]
+        assert torch.equal(dec.generate(ids, max_new_tokens=10), reference(model, ids, 10)), name
+        trees[name] = (dec.last_stats.accepted_hist, dec.last_stats.cycles)
+        assert own_forwards(on.head) == before
+        # head rows only (the target's fast_linear is off): W = 5 beams per further call, and call 1
+        # on the prompt (its P pairs) or on an accepted path (1..4 pairs: 4 rows reach the kernel)
+        rows = set(count_kernel_calls) - {4, ids.shape[1]}
+        assert rows == {5} if name == "on" else not count_kernel_calls, name
+    assert trees["on"] == trees["off"]

@@ -20,10 +20,17 @@ from radar_ext.tree import CandidatePool, DraftTree
 
 
 class EagleDrafter(Drafter):
-    def __init__(self, head, target):
+    def __init__(self, head, target, fast_linear: bool = True):
+        """fast_linear: a float32 CPU head runs its few-row linears (the W beams of calls 2..k) on the
+        radar_ext::skinny_linear kernel during draft(), as RadarDecoder's verify does for the target
+        (radar_ext.fast_linear; elsewhere a no-op). Measured on the default head (static 2/4/2, three dev
+        questions, the two settings alternating in one process): 5.10 -> 4.78 ms per draft call, the same
+        drafts and outputs, 19.4 -> 19.9 tok/s."""
         from radar_ext.eagle_head import default_feature_layers
+        from radar_ext.fast_linear import FastLinear
 
         self.head = head
+        self._head_linears = FastLinear(head, enabled=fast_linear, sdpa_gqa=False)
         self.embed = target.get_input_embeddings()
         cfg = head.config
         self.feature_layers = list(cfg.feature_layers or default_feature_layers(target.config.num_hidden_layers))
@@ -37,11 +44,11 @@ class EagleDrafter(Drafter):
 
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
-    def from_pretrained(cls, path, target) -> "EagleDrafter":
+    def from_pretrained(cls, path, target, fast_linear: bool = True) -> "EagleDrafter":
         from radar_ext.eagle_head import EagleHead
 
         dtype = next(target.parameters()).dtype
-        return cls(EagleHead.from_pretrained(path, dtype=dtype), target)
+        return cls(EagleHead.from_pretrained(path, dtype=dtype), target, fast_linear=fast_linear)
 
     @classmethod
     def init_random(cls, target, draft_vocab: int | None = None, seed: int = 0) -> "EagleDrafter":
@@ -84,6 +91,10 @@ class EagleDrafter(Drafter):
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
+        with self._head_linears:
+            return self._draft(req)
+
+    def _draft(self, req: DraftRequest) -> DraftTree:
         head, cache, W = self.head, self.cache, req.tree_topk
         B = req.root.shape[0]
         dev = req.root.device
