@@ -92,3 +92,44 @@ def test_sliding_window_cache_is_rejected():
         kv_cache.check_cache(FakeCache())
     with pytest.raises(TypeError, match="cache must be a transformers DynamicCache with `.layers`, got object"):
         kv_cache.check_cache(object())
+
+
+def test_append_matches_update_through_crop_commit_and_growth():
+    """kv_cache.append gives every layer the values DynamicCache.update would, across appends that
+    fill and outgrow the buffer, crops, path commits and the model's own concatenating update in
+    between; after the first append the cached entries are not copied again (same buffer)."""
+    g = torch.Generator().manual_seed(0)
+    ours, ref = fake_cache(2, 5), fake_cache(2, 5)
+
+    def step(M):
+        for i in range(2):
+            k, v = torch.randn(1, 2, M, 3, generator=g), torch.randn(1, 2, M, 3, generator=g)
+            got = kv_cache.append(ours, k, v, i, room=4)
+            want = ref.update(k, v, i)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    def same():
+        for a, b in zip(ours.layers, ref.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+    step(3)
+    buf = ours.layers[0].keys.data_ptr()
+    step(2)                                              # fits the room: written in place
+    assert ours.layers[0].keys.data_ptr() == buf and ours.get_seq_length() == 10
+    for c in (ours, ref):
+        kv_cache.commit_path(c, 7, torch.tensor([0, 2]))   # [prefix 7 | tree 3] -> 7 + 2
+        kv_cache.crop(c, 8)
+    same()
+    step(1)
+    assert ours.layers[0].keys.data_ptr() == buf
+    step(9)                                              # outgrows it: a new, larger buffer
+    assert ours.layers[0].keys.data_ptr() != buf
+    for i in range(2):                                   # the model's own update in between
+        k = torch.randn(1, 2, 2, 3, generator=g)
+        ours.update(k, -k, i), ref.update(k, -k, i)
+    step(2)
+    same()
+    assert ours.get_seq_length() == ref.get_seq_length() == 8 + 1 + 9 + 2 + 2
+    empty = DynamicCache()                               # an uninitialized layer: the cache's own update
+    k = torch.ones(1, 2, 3, 3)
+    assert torch.equal(kv_cache.append(empty, k, -k, 0)[0], k) and empty.get_seq_length() == 3

@@ -5,8 +5,9 @@ forward spends a large share of its time outside the matrix products: transforme
 hooks, mask preparation, kwargs plumbing and ~35 small ops per decoder layer (measured on the default
 target, SmolLM2-135M fp32, 2 threads: one HF decoding step is 64 ms of which 46 ms are matrix
 products). `LeanLlamaForward` runs the same computation with the same modules and the same tensor ops
-in the same order, minus that plumbing, and writes K/V into the caller's DynamicCache exactly as the
-model's own forward would (`cache.update(k, v, layer_idx)`).
+in the same order, minus that plumbing, and puts K/V into the caller's DynamicCache with the values
+the model's own forward would (`cache.update(k, v, layer_idx)`) give, but without concatenating the
+cached entries every call (kv_cache.append: the layer's tensors view a buffer with spare room).
 
 Exactness: every value is computed by the same code on the same inputs as in transformers' Llama
 forward with sdpa attention: the model's own norm, MLP and rotary modules and transformers'
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from radar_ext import kv_cache
 
 _LINEARS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
             ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
@@ -126,7 +129,7 @@ class LeanLlamaForward:
             k = attn.k_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)   # [B, Hkv, M, D]
             v = attn.v_proj(h).view(B, M, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k, v = cache.update(k, v, attn.layer_idx)                      # [B, Hkv, P + M, D]
+            k, v = kv_cache.append(cache, k, v, attn.layer_idx)              # [B, Hkv, P + M, D]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask[..., :k.shape[-2]],
                                                dropout_p=0.0, scale=attn.scaling, enable_gqa=True)
             o = o.transpose(1, 2).reshape(B, M, -1).contiguous()
