@@ -132,8 +132,9 @@ void fail_build_tree(int64_t code, int64_t b, int64_t n_nodes_b, const int64_t* 
 void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.dim() == 2, "x must be float32 [M, K], got ", describe(x));
   const int64_t K = x.size(1);
-  TORCH_CHECK_VALUE(w.scalar_type() == at::kFloat && w.dim() == 2 && w.size(1) == K,
-                    "w must be float32 [N, K] with K = ", K, ", got ", describe(w));
+  const auto wt = w.scalar_type();
+  TORCH_CHECK_VALUE((wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf) && w.dim() == 2 && w.size(1) == K,
+                    "w must be float32, bfloat16 or float16 [N, K] with K = ", K, ", got ", describe(w));
   check_device("w", w, "x", x);
   if (bias.has_value()) {
     const int64_t N = w.size(0);
@@ -250,8 +251,11 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  const kernels::SkinnyLinearParams p{x.data_ptr<float>(), w.data_ptr<float>(),
-                                      bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
+  const bool w32 = w.scalar_type() == at::kFloat;
+  const kernels::SkinnyLinearParams p{x.data_ptr<float>(), w32 ? w.data_ptr<float>() : nullptr,
+                                      bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K,
+                                      w32 ? nullptr : static_cast<const uint16_t*>(w.const_data_ptr()),
+                                      w.scalar_type() == at::kHalf};
   const bool use_avx512 = skinny_linear_uses_avx512();
   // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));

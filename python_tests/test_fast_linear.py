@@ -154,3 +154,28 @@ def test_eagle_head_linears_on_kernel_during_draft_only(count_kernel_calls):
         rows = set(count_kernel_calls) - {4, ids.shape[1]}
         assert rows == {5} if name == "on" else not count_kernel_calls, name
     assert trees["on"] == trees["off"]
+
+
+def test_weights16_exact_copies_refreshed_on_change(count_kernel_calls):
+    """weights16: a float32 weight that fp16 holds exactly runs from its fp16 copy on 1..max_rows rows
+    (the bits of the float32 kernel); a weight fp16 cannot hold keeps the float32 rules; an in-place
+    change of the weight is seen at the next call."""
+    from radar_ext.fast_linear import half_copy
+    kernel = torch.ops.radar_ext.skinny_linear                     # (not counted by the fixture)
+    torch.manual_seed(0)
+    exact, other = torch.nn.Linear(24, 40), torch.nn.Linear(24, 40)
+    with torch.no_grad():
+        exact.weight.copy_(exact.weight.half().float())
+        other.weight.copy_(other.weight.half().float() + 1e-6)     # not fp16-exact (nor bf16)
+    assert half_copy(exact.weight).dtype == torch.float16 and half_copy(other.weight) is None
+    model = torch.nn.Sequential(exact, other)
+    x = torch.randn(1, 3, 24)
+    with torch.no_grad(), FastLinear(model, weights16=True):
+        y = exact(x)
+        assert count_kernel_calls == [3]                           # 3 rows < MIN_ROWS, from the copy
+        assert torch.equal(y[0], kernel(x[0], exact.weight, exact.bias))
+        other(x)                                                   # float32 rules: F.linear at 3 rows
+        assert count_kernel_calls == [3]
+        exact.weight.mul_(2.0)                                     # in place: the copy is remade
+        assert torch.equal(exact(x)[0], kernel(x[0], exact.weight, exact.bias))
+        assert count_kernel_calls == [3, 3]

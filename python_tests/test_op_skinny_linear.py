@@ -57,6 +57,21 @@ def test_adversarial_values(kind, M, N, K):
     assert_close_to_reference(ops.skinny_linear(x, w), x, w)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 3), (4, 37, 31), (7, 130, 100), (16, 67, 576), (3, 9, 1537)])
+def test_16bit_weights_same_bits_as_their_float32_values(dtype, M, N, K):
+    """bf16 / fp16 weights are widened exactly: the result is bit for bit the float32 kernel's on
+    w.to(dtype).float(), and close to the float64 reference."""
+    x, w = inputs(M, N, K, seed=M * 7 + N + K)
+    w16 = w.to(dtype)
+    bias = torch.randn(N)
+    for b in (None, bias):
+        y = ops.skinny_linear(x, w16, b)
+        assert y.dtype == torch.float32
+        assert torch.equal(y, ops.skinny_linear(x, w16.float(), b))
+        assert_close_to_reference(y, x, w16.float(), b)
+
+
 def test_non_contiguous_inputs_and_empty_sizes():
     x, w = inputs(20, 30, 40, seed=5)
     xt, wt = x.t().contiguous().t(), w[::2]                           # column-major x, strided w
@@ -106,6 +121,7 @@ def test_opcheck():
     x, w = inputs(5, 19, 23, seed=3)
     torch.library.opcheck(torch.ops.radar_ext.skinny_linear.default, (x, w))
     torch.library.opcheck(torch.ops.radar_ext.skinny_linear.default, (x, w, torch.randn(19)))
+    torch.library.opcheck(torch.ops.radar_ext.skinny_linear.default, (x, w.half()))
 
 
 def test_compile_fullgraph():
@@ -117,12 +133,13 @@ def test_compile_fullgraph():
     torch.testing.assert_close(compiled(x, w1, w2), mlp(x, w1, w2), rtol=0, atol=0)
 
 
+W_MSG = "w must be float32, bfloat16 or float16 [N, K] with K = 3, "
 ERRORS = [
     (lambda: (torch.zeros(2, 3, dtype=torch.float64), torch.zeros(4, 3), None), "x must be float32 [M, K], got float64 [2, 3]"),
     (lambda: (torch.zeros(2, 3, 1), torch.zeros(4, 3), None), "x must be float32 [M, K], got float32 [2, 3, 1]"),
-    (lambda: (torch.zeros(2, 3), torch.zeros(4, 5), None), "w must be float32 [N, K] with K = 3, got float32 [4, 5]"),
-    (lambda: (torch.zeros(2, 3), torch.zeros(4, 3, dtype=torch.float16), None), "w must be float32 [N, K] with K = 3, got float16 [4, 3]"),
-    (lambda: (torch.zeros(2, 3), torch.zeros(3), None), "w must be float32 [N, K] with K = 3, got float32 [3]"),
+    (lambda: (torch.zeros(2, 3), torch.zeros(4, 5), None), W_MSG + "got float32 [4, 5]"),
+    (lambda: (torch.zeros(2, 3), torch.zeros(4, 3, dtype=torch.float64), None), W_MSG + "got float64 [4, 3]"),
+    (lambda: (torch.zeros(2, 3), torch.zeros(3), None), W_MSG + "got float32 [3]"),
     (lambda: (torch.zeros(2, 3), torch.zeros(4, 3, device="meta"), None), "w must be on the device of x (cpu), got meta"),
     (lambda: (torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(5)), "bias must be float32 [N] = [4], got float32 [5]"),
     (lambda: (torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64)), "bias must be float32 [N] = [4], got int64 [4]"),
@@ -143,5 +160,10 @@ def test_cuda_is_linear(cuda):
     bias = torch.randn(50)
     y = ops.skinny_linear(x.to(cuda), w.to(cuda), bias.to(cuda))
     torch.testing.assert_close(y.cpu(), reference.skinny_linear(x, w, bias), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match=re.escape("w must be float32 [N, K] with K = 70, got float32 [50, 69]")):
+    with pytest.raises(ValueError, match=re.escape("w must be float32, bfloat16 or float16 [N, K] with K = 70, "
+                                                   "got float32 [50, 69]")):
         ops.skinny_linear(x.to(cuda), w[:, :69].to(cuda))
+    for dt in (torch.bfloat16, torch.float16):
+        w16 = w.to(dt)
+        torch.testing.assert_close(ops.skinny_linear(x.to(cuda), w16.to(cuda)).cpu(),
+                                   reference.skinny_linear(x, w16), rtol=1e-4, atol=1e-4)

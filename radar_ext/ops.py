@@ -53,12 +53,14 @@ def build_tree(parents, n_nodes):
 
 
 def skinny_linear(x, w, bias=None):
-    """y = x @ w.T (+ bias) for few rows x [M, K], w [N, K] -> [M, N] float32: a CPU kernel that reads w
-    once (faster than MKL's sgemm for small M, see radar_ext.fast_linear); on CUDA tensors it is
-    F.linear, because cuBLAS serves GPUs well (see reference.skinny_linear)."""
+    """y = x @ w.T (+ bias) for few rows x [M, K] float32, w [N, K] float32, bfloat16 or float16 ->
+    [M, N] float32: a CPU kernel that reads w once (faster than MKL's sgemm for small M, see
+    radar_ext.fast_linear; 16-bit weights are widened exactly, so they give the bits of their float32
+    values from half the memory traffic); on CUDA tensors it is F.linear, because cuBLAS serves GPUs
+    well (see reference.skinny_linear)."""
     if x.is_cuda or not HAS_EXTENSION:
         reference.check_skinny_linear_args(x, w, bias)
-        return torch.nn.functional.linear(x, w, bias)
+        return torch.nn.functional.linear(x, w.to(x.dtype), bias)
     return torch.ops.radar_ext.skinny_linear(x, w, bias)
 
 

@@ -108,8 +108,8 @@ def check_skinny_linear_args(x, w, bias=None):
     if x.dtype != torch.float32 or x.dim() != 2:
         _fail(f"x must be float32 [M, K], got {describe(x)}")
     K = x.shape[1]
-    if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] != K:
-        _fail(f"w must be float32 [N, K] with K = {K}, got {describe(w)}")
+    if w.dtype not in (torch.float32, torch.bfloat16, torch.float16) or w.dim() != 2 or w.shape[1] != K:
+        _fail(f"w must be float32, bfloat16 or float16 [N, K] with K = {K}, got {describe(w)}")
     _check_device("w", w, "x", x)
     if bias is not None:
         _check_tensor("bias", bias)
@@ -204,7 +204,8 @@ def policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
 
 
 def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x @ w.T (+ bias): x [M, K], w [N, K], bias [N] or None -> y [M, N] float32, summed in float64."""
+    """y = x @ w.T (+ bias): x [M, K] float32, w [N, K] float32, bfloat16 or float16, bias [N] or None -> y [M, N]
+    float32, summed in float64."""
     check_skinny_linear_args(x, w, bias)
     y = x.double() @ w.double().T                                        # [M, N]
     if bias is not None:

@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const
 // No custom kernel on GPUs: the matrix product stays in cuBLAS (F.linear), after the shared checks.
 at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   check_skinny_linear(x, w, bias);
-  return at::linear(x, w, bias);
+  return at::linear(x, w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type()), bias);
 }
 
 }  // namespace

@@ -1,7 +1,11 @@
 // skinny_linear: y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for a few rows M (1..64), float32 on the
 // CPU. This is the target forward of tree verification: M = V+1 tree tokens against weights of
 // thousands of rows, where a general sgemm is tuned for large M and wastes most of its time.
-// Layout: x [M, K], w [N, K], y [M, N], row-major and contiguous; bias [N] or null.
+// Layout: x [M, K], w [N, K], y [M, N], row-major and contiguous; bias [N] or null. w is float32, or
+// 16-bit (w16: bfloat16 or float16 bits): the weights are widened to float32 as they are loaded
+// (exact), and the sums are the float32 path's, so 16-bit weights give the same bits as their float32
+// values while only half the bytes stream from memory (a draft head saved in fp16 or bf16 holds
+// exactly such weights).
 // Blocking: the N rows of w are cut into blocks of kSkinnyNR rows. One block reads its rows of w
 // once and computes them against every row of x in register tiles of kSkinnyNR x kSkinnyMR dot
 // products, so w (the large operand) streams from memory exactly once per call while x (M*K floats)
@@ -34,11 +38,34 @@ namespace kernels {
 
 struct SkinnyLinearParams {
   const float* x;     // [M, K]
-  const float* w;     // [N, K]
+  const float* w;     // [N, K] float32, or nullptr when w16 is set
   const float* bias;  // [N] or nullptr
   float* y;           // [M, N]
   int64_t M, N, K;
+  const uint16_t* w16 = nullptr;  // [N, K] 16-bit weights instead of w: bfloat16, or float16 if w16_is_f16
+  bool w16_is_f16 = false;
 };
+
+// The two 16-bit weight formats, as distinct types for the templates below.
+struct Bf16 { uint16_t bits; };
+struct F16 { uint16_t bits; };
+
+static inline float bits_to_float(uint32_t u) {
+  union { uint32_t u; float f; } v;
+  v.u = u;
+  return v.f;
+}
+// bfloat16 -> float32: the top half of the float (exact).
+static inline float load_weight(const Bf16* w) { return bits_to_float(static_cast<uint32_t>(w->bits) << 16); }
+// IEEE half -> float32 (exact: normals rebias the exponent, subnormals are man * 2^-24, inf/nan kept).
+static inline float load_weight(const F16* w) {
+  const uint32_t h = w->bits, sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  if (exp == 0x1fu) return bits_to_float(sign | 0x7f800000u | (man << 13));
+  if (exp != 0) return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
+  const float f = static_cast<float>(man) * (1.0f / 16777216.0f);
+  return sign ? -f : f;
+}
+static inline float load_weight(const float* w) { return *w; }
 
 constexpr int64_t kSkinnyNR = 4;  // rows of w per block (and per register tile)
 constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
@@ -60,9 +87,9 @@ constexpr int kSkinnyPlainLanes = 8;
 // Tile of NR rows of w (from n0) x MR rows of x (from m0). Lane l sums the products at k = l mod 8
 // in increasing k; the lanes are then summed pairwise ((0+4) + (2+6)) + ((1+5) + (3+7)).
 // (pf, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
-template <int NR, int MR>
-static inline void skinny_tile_plain(const SkinnyLinearParams& p, int64_t n0, int64_t m0, const float* pf,
-                                     int64_t pf_rows) {
+template <int NR, int MR, typename WT>
+static inline void skinny_tile_plain(const SkinnyLinearParams& p, const WT* w, int64_t n0, int64_t m0,
+                                     const WT* pf, int64_t pf_rows) {
   (void)pf;
   (void)pf_rows;
   constexpr int L = kSkinnyPlainLanes;
@@ -71,10 +98,10 @@ static inline void skinny_tile_plain(const SkinnyLinearParams& p, int64_t n0, in
   for (int64_t k = 0; k < K_main; k += L)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j)
-        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * p.w[(n0 + j) * K + k + l];
+        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * load_weight(w + (n0 + j) * K + k + l);
   for (int64_t k = K_main; k < K; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * p.w[(n0 + j) * K + k];
+      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * load_weight(w + (n0 + j) * K + k);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
       const float* a = acc[i][j];
@@ -116,21 +143,39 @@ static inline __m512 skinny_reduce16(const __m512 v[16]) {
 // memory while the tiles compute out of L1. Without it, at M > 4 the memory sits idle
 // during the later tiles of a block and the kernel costs about compute + memory instead of the larger
 // of the two. Prefetches never change a result.
-template <int NR, int MR>
-static inline void skinny_tile_avx512(const SkinnyLinearParams& p, int64_t n0, int64_t m0, const float* pf,
-                                      int64_t pf_rows) {
+static inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+static inline __m512 load16(const Bf16* w) {  // 16 bf16 -> float32: zero-extend, shift into the top half
+  const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+static inline __m512 load16(const F16* w) {  // 16 halves -> float32 (vcvtph2ps, exact)
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+}
+static inline __m512 load16_tail(int64_t n, const float* w) {  // the first n < 16 values, zeros after
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), w);
+}
+template <typename W16>
+static inline __m512 load16_tail(int64_t n, const W16* w) {  // (a 16-bit masked load needs AVX512BW)
+  W16 part[16] = {};
+  for (int64_t i = 0; i < n; ++i) part[i] = w[i];
+  return load16(part);
+}
+
+template <int NR, int MR, typename WT>
+static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const WT* w, int64_t n0, int64_t m0,
+                                      const WT* pf, int64_t pf_rows) {
   const int64_t K = p.K, K_main = K - K % 16;
   const float* xr[MR];
-  const float* wr[NR];
+  const WT* wr[NR];
   for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + i) * K;
-  for (int j = 0; j < NR; ++j) wr[j] = p.w + (n0 + j) * K;
+  for (int j = 0; j < NR; ++j) wr[j] = w + (n0 + j) * K;
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K_main; k += 16) {
     for (int64_t j = 0; j < pf_rows; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * K + k), _MM_HINT_T1);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_ps(wr[j] + k);
+    for (int j = 0; j < NR; ++j) wv[j] = load16(wr[j] + k);
     for (int i = 0; i < MR; ++i) {
       const __m512 xv = _mm512_loadu_ps(xr[i] + k);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
@@ -139,7 +184,7 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, int64_t n0, i
   if (K_main < K) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (K - K_main)) - 1u);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(tail, wr[j] + K_main);
+    for (int j = 0; j < NR; ++j) wv[j] = load16_tail(K - K_main, wr[j] + K_main);
     for (int i = 0; i < MR; ++i) {
       const __m512 xv = _mm512_maskz_loadu_ps(tail, xr[i] + K_main);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
@@ -168,39 +213,49 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, int64_t n0, i
 // One block of NR (or, for the last block, fewer) rows of w against all M rows of x. Its tiles share
 // the prefetch of a later block's pf_rows rows at pf between them, a few rows each (spread out, the
 // requests keep the memory busy through the whole block instead of queueing up in its first tile).
-template <int NR>
-static inline void skinny_block(const SkinnyLinearParams& p, int64_t n0, const float* pf, int64_t pf_rows) {
+template <int NR, typename WT>
+static inline void skinny_block(const SkinnyLinearParams& p, const WT* w, int64_t n0, const WT* pf, int64_t pf_rows) {
   const int64_t tiles = (p.M + kSkinnyMR - 1) / kSkinnyMR;
   for (int64_t t = 0, m0 = 0; m0 < p.M; ++t, m0 += kSkinnyMR) {
     const int64_t r0 = pf_rows * t / tiles, r1 = pf_rows * (t + 1) / tiles;
-    const float* q = pf + r0 * p.K;
+    const WT* q = pf + r0 * p.K;
     switch (p.M - m0 >= kSkinnyMR ? kSkinnyMR : p.M - m0) {
-      case 4: RADAR_SKINNY_TILE<NR, 4>(p, n0, m0, q, r1 - r0); break;
-      case 3: RADAR_SKINNY_TILE<NR, 3>(p, n0, m0, q, r1 - r0); break;
-      case 2: RADAR_SKINNY_TILE<NR, 2>(p, n0, m0, q, r1 - r0); break;
-      case 1: RADAR_SKINNY_TILE<NR, 1>(p, n0, m0, q, r1 - r0); break;
+      case 4: RADAR_SKINNY_TILE<NR, 4>(p, w, n0, m0, q, r1 - r0); break;
+      case 3: RADAR_SKINNY_TILE<NR, 3>(p, w, n0, m0, q, r1 - r0); break;
+      case 2: RADAR_SKINNY_TILE<NR, 2>(p, w, n0, m0, q, r1 - r0); break;
+      case 1: RADAR_SKINNY_TILE<NR, 1>(p, w, n0, m0, q, r1 - r0); break;
       default: break;
     }
   }
 }
 
-// Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)]. The widest path this translation unit was
-// compiled for (see the top of the file).
-static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
+template <typename WT>
+static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const WT* w, int64_t b0, int64_t b1) {
   static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
   for (int64_t b = b0; b < b1; ++b) {
     // prefetch the block kSkinnyPrefetchBlocks ahead in this range (other ranges are other threads')
     const int64_t n0 = b * kSkinnyNR, n1 = n0 + kSkinnyPrefetchBlocks * kSkinnyNR;
     const int64_t pf_rows = b + kSkinnyPrefetchBlocks < b1 ? (p.N - n1 >= kSkinnyNR ? kSkinnyNR : p.N - n1) : 0;
-    const float* pf = pf_rows ? p.w + n1 * p.K : p.w;
+    const WT* pf = pf_rows ? w + n1 * p.K : w;
     switch (p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0) {
-      case 4: skinny_block<4>(p, n0, pf, pf_rows); break;
-      case 3: skinny_block<3>(p, n0, pf, pf_rows); break;
-      case 2: skinny_block<2>(p, n0, pf, pf_rows); break;
-      case 1: skinny_block<1>(p, n0, pf, pf_rows); break;
+      case 4: skinny_block<4>(p, w, n0, pf, pf_rows); break;
+      case 3: skinny_block<3>(p, w, n0, pf, pf_rows); break;
+      case 2: skinny_block<2>(p, w, n0, pf, pf_rows); break;
+      case 1: skinny_block<1>(p, w, n0, pf, pf_rows); break;
       default: break;
     }
   }
+}
+
+// Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w or w16. The widest path this
+// translation unit was compiled for (see the top of the file).
+static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
+  if (!p.w16)
+    skinny_blocks_typed(p, p.w, b0, b1);
+  else if (p.w16_is_f16)
+    skinny_blocks_typed(p, reinterpret_cast<const F16*>(p.w16), b0, b1);
+  else
+    skinny_blocks_typed(p, reinterpret_cast<const Bf16*>(p.w16), b0, b1);
 }
 
 #undef RADAR_SKINNY_TILE

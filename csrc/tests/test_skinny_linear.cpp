@@ -2,6 +2,7 @@
 // dot product, over odd sizes; every output must also be bitwise independent of M, of the tile it
 // falls in and of how the blocks are split (the property that makes the op thread-count invariant).
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <vector>
 
@@ -21,10 +22,17 @@ static float value(uint32_t& s) {
 
 typedef void (*BlocksFn)(const SkinnyLinearParams&, int64_t, int64_t);
 
+// w16: run on these 16-bit weights (bfloat16, or float16 if f16) instead of w.
 static std::vector<float> run(BlocksFn fn, const std::vector<float>& x, const std::vector<float>& w,
-                              const float* bias, int64_t M, int64_t N, int64_t K, int64_t split) {
+                              const float* bias, int64_t M, int64_t N, int64_t K, int64_t split,
+                              const std::vector<uint16_t>* w16 = nullptr, bool f16 = false) {
   std::vector<float> y(M * N, -7.0f);
-  const SkinnyLinearParams p{x.data(), w.data(), bias, y.data(), M, N, K};
+  SkinnyLinearParams p{x.data(), w.data(), bias, y.data(), M, N, K};
+  if (w16) {
+    p.w = nullptr;
+    p.w16 = w16->data();
+    p.w16_is_f16 = f16;
+  }
   const int64_t nb = skinny_linear_blocks(p);
   for (int64_t b = 0; b < nb; b += split) fn(p, b, b + split < nb ? b + split : nb);
   return y;
@@ -65,6 +73,29 @@ static void check_path(const char* name, BlocksFn fn) {
           const std::vector<float> ym = run(fn, xm, w, b, 1, N, K, 2);
           for (int64_t n = 0; n < N; ++n) CHECK(ym[n] == y[m * N + n]);
         }
+        // 16-bit weights give the bits of their float32 values: bf16 = the top half of w's bits;
+        // f16 = w's bits with the exponent rebased and the mantissa cut (values within half range;
+        // the exponent bits are kept in [1, 30] so every f16 is normal, plus the zeros)
+        std::vector<float> wb(w.size()), wh(w.size());
+        std::vector<uint16_t> b16(w.size()), h16(w.size());
+        for (size_t i = 0; i < w.size(); ++i) {
+          uint32_t u;
+          std::memcpy(&u, &w[i], 4);
+          b16[i] = static_cast<uint16_t>(u >> 16);
+          const Bf16 bb{b16[i]};
+          wb[i] = load_weight(&bb);
+          const uint32_t e = (u >> 23) & 0xffu;
+          const uint32_t he = e == 0 ? 0 : (e < 113 ? 1 : (e > 142 ? 30 : e - 112));
+          h16[i] = static_cast<uint16_t>(((u >> 16) & 0x8000u) | (he << 10) | ((u >> 13) & 0x3ffu));
+          if (w[i] == 0.0f) h16[i] = 0;
+          const F16 hh{h16[i]};
+          wh[i] = load_weight(&hh);
+        }
+        const std::vector<float> yb = run(fn, x, wb, b, M, N, K, 3), yh = run(fn, x, wh, b, M, N, K, 3);
+        CHECK(run(fn, x, wb, b, M, N, K, 1 << 20, &b16) == yb);
+        CHECK(run(fn, x, wb, b, M, N, K, 1, &b16) == yb);
+        CHECK(run(fn, x, wh, b, M, N, K, 1 << 20, &h16, true) == yh);
+        CHECK(run(fn, x, wh, b, M, N, K, 1, &h16, true) == yh);
       }
     }
   std::printf("%s: %d values off\n", name, bad);
@@ -82,6 +113,15 @@ int main() {
     check_path("avx512", skinny_linear_blocks_avx512);
   else
     std::printf("avx512: skipped (compiled %d, cpu %d)\n", skinny_linear_avx512_compiled(), cpu_avx512);
+  // The half decoder against known values: 1, -2, 65504 (max), 2^-14 (min normal), 2^-24 (min
+  // subnormal), 3 * 2^-24, -0, inf.
+  const uint16_t halves[] = {0x3c00, 0xc000, 0x7bff, 0x0400, 0x0001, 0x0003, 0x8000, 0x7c00};
+  const float want[] = {1.0f, -2.0f, 65504.0f, std::ldexp(1.0f, -14), std::ldexp(1.0f, -24), 3 * std::ldexp(1.0f, -24),
+                        -0.0f, INFINITY};
+  for (int i = 0; i < 8; ++i) {
+    const F16 h{halves[i]};
+    CHECK(load_weight(&h) == want[i] && std::signbit(load_weight(&h)) == std::signbit(want[i]));
+  }
   // K = 0: the sums are empty (y = bias, or 0).
   const std::vector<float> none;
   const float bias[2] = {1.5f, -2.0f};
