@@ -179,3 +179,18 @@ def test_weights16_exact_copies_refreshed_on_change(count_kernel_calls):
         exact.weight.mul_(2.0)                                     # in place: the copy is remade
         assert torch.equal(exact(x)[0], kernel(x[0], exact.weight, exact.bias))
         assert count_kernel_calls == [3, 3]
+
+
+def test_weights16_copy_follows_a_replaced_weight():
+    """`linear.weight.data = ...` (new storage, same Parameter) and a new Parameter are both seen."""
+    kernel = torch.ops.radar_ext.skinny_linear
+    lin = torch.nn.Linear(16, 8, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(lin.weight.half().float())
+    x = torch.randn(2, 16)
+    with torch.no_grad(), FastLinear(lin, weights16=True):
+        assert torch.equal(lin(x), kernel(x, lin.weight))
+        lin.weight.data = (lin.weight * 4).contiguous()
+        assert torch.equal(lin(x), kernel(x, lin.weight))
+        lin.weight = torch.nn.Parameter(lin.weight.detach() * -1)
+        assert torch.equal(lin(x), kernel(x, lin.weight))

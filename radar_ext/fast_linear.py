@@ -82,6 +82,8 @@ def _skinny16_forward(linear: torch.nn.Linear, max_rows: int):
     """Like _skinny_forward, for a weight with an exact 16-bit copy: 1..max_rows rows go to the kernel
     with the copy (half the bytes; the bits of the float32 weight, so no M threshold against MKL), the
     rest to F.linear. The copy is remade when the weight changes (new tensor or in-place update)."""
+    # the copy's source: the weight object (held, so no other tensor can take its place unseen), its
+    # storage (`weight.data = ...` swaps it) and its version (in-place updates bump it)
     state = {"key": None, "w16": None}
     fallback = _skinny_forward(linear, max_rows)
 
@@ -92,10 +94,10 @@ def _skinny16_forward(linear: torch.nn.Linear, max_rows: int):
         if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, bias)
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        if state["key"] != key:
+        key = state["key"]
+        if key is None or key[0] is not weight or key[1:] != (weight.data_ptr(), weight._version):
             ok = weight.dtype == torch.float32 and weight.device.type == "cpu"
-            state["w16"], state["key"] = (half_copy(weight) if ok else None), key
+            state.update(key=(weight, weight.data_ptr(), weight._version), w16=half_copy(weight) if ok else None)
         if state["w16"] is None:
             return fallback(x)
         y = ops.skinny_linear(x.reshape(rows, K), state["w16"], bias)  # [rows, N]
