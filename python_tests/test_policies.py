@@ -111,6 +111,25 @@ def test_ltd_fused_path_equals_torch_mlp():
     assert got == BUDGETS[int(want.argmax())]
 
 
+def test_ltd_inference_features_equal_the_training_layout():
+    """The reused feature rows of LtdPolicy hold bit for bit what train_policy feeds the nets
+    (depth_features / size_features), decision after decision (the rows are overwritten each time)."""
+    from radar_ext.policies.learned import seq_len_feature, sorted_padded
+    from radar_ext.policies.ltd import depth_features, size_features
+    policy = make("ltd", seed=5)
+    cost = policy.cost_tensor()
+    for s in steps(3, 4, seed=6):
+        got = policy._features(s.child_scores.reshape(1, -1), 9, s.seq_len, s.draft_calls).clone()
+        want = depth_features(sorted_padded(s.child_scores.reshape(1, -1), 9), torch.tensor([seq_len_feature(s.seq_len)]),
+                              torch.tensor([s.draft_calls / 4]), cost)
+        assert torch.equal(got, want)
+        pool = -torch.rand(1, 5 + s.draft_calls * 3) * 8
+        got = policy._features(pool, 8, s.seq_len, s.draft_calls).clone()
+        want = size_features(sorted_padded(pool, 8), torch.tensor([seq_len_feature(s.seq_len)]),
+                             torch.tensor([s.draft_calls / 4]), cost)
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("kind", ["radar", "ltd"])
 def test_save_load_round_trip(kind, tmp_path):
     policy = make(kind, seed=7)

@@ -79,6 +79,18 @@ class LtdPolicy(LearnedPolicy):
     def refresh(self) -> None:
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
         self._cost_f = self.cost_tensor()
+        self._cost_list = self._cost_f.tolist()
+
+    def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int) -> torch.Tensor:
+        """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
+        log seq_len, calls_frac, cost features: the values depth_features / size_features build for
+        training, bit for bit (one host copy and Python floats instead of a dozen small ATen ops, which
+        cost ~4x their standalone time between the forwards of a decode loop; float64 division then
+        rounding to float32 is exact rounding for float32 operands)."""
+        top = sorted((max(v, SCORE_FLOOR) for v in scores[0].tolist()), reverse=True)[:width]
+        top += [SCORE_FLOOR] * (width - len(top))
+        row = [v / SCORE_SCALE for v in top] + [seq_len_feature(seq_len), draft_calls / self.max_draft_calls]
+        return torch.tensor([row + self._cost_list], dtype=torch.float32)
 
     def should_continue(self, step: DraftStep) -> bool:
         cs = step.child_scores
@@ -86,16 +98,12 @@ class LtdPolicy(LearnedPolicy):
         if cs.shape[2] != self.tree_topk:
             raise ValueError(f"LtdPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{cs.shape[2]} children per beam; use --tree-topk {self.tree_topk}")
-        W = self.tree_topk
-        x = depth_features(sorted_padded(cs.reshape(1, -1).cpu(), W * W), torch.tensor([seq_len_feature(step.seq_len)]),
-                           torch.tensor([step.draft_calls / self.max_draft_calls]), self._cost_f)
+        x = self._features(cs.reshape(1, -1), self.tree_topk * self.tree_topk, step.seq_len, step.draft_calls)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def verify_budget(self, step: BudgetStep) -> int:
         check_batch(step.pool_scores, "pool_scores")
-        x = size_features(sorted_padded(step.pool_scores.cpu(), self.pool_topk),
-                          torch.tensor([seq_len_feature(step.seq_len)]),
-                          torch.tensor([step.draft_calls / self.max_draft_calls]), self._cost_f)
+        x = self._features(step.pool_scores, self.pool_topk, step.seq_len, step.draft_calls)
         return self.budgets[decide(self.size_head(x), self.sample, self.generator)]
 
     # ------------------------------------------------------------------ I/O
