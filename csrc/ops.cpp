@@ -183,8 +183,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cpu(
     const at::Tensor& w2, const at::Tensor& b2) {
   check_policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2);
   const int64_t B = features.size(0), F = features.size(1), H = h.size(1), O = w2.size(0);
-  at::Tensor gates = at::addmm(b, features, w_ih.t());  // [B, 4H]
-  gates.addmm_(h, w_hh.t());
+  // [B, 4H]; without an LSTM (H = 0, LtdPolicy's MLPs) the two empty products are skipped: each ATen
+  // call costs several us, more between a decode loop's forwards, and a decision makes only a few.
+  at::Tensor gates = H ? at::addmm(b, features, w_ih.t()) : at::empty({B, 0}, features.options());
+  if (H) gates.addmm_(h, w_hh.t());
   const at::Tensor feats = features.contiguous(), c_in = c.contiguous();
   at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
   at::Tensor z = at::empty({B, H + F}, features.options());  // cat(h_new, features)
