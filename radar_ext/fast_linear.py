@@ -52,21 +52,6 @@ def applies_to(model) -> bool:
     return p is not None and p.dtype == torch.float32 and p.device.type == "cpu" and fast_linear_available()
 
 
-def _skinny_forward(linear: torch.nn.Linear, max_rows: int):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        # x [..., K] -> [..., N]; the parameters are read at call time (never a stale copy)
-        weight, bias = linear.weight, linear.bias
-        K = x.shape[-1]
-        rows = x.numel() // K if K else 0
-        if (not MIN_ROWS <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
-                or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
-            return F.linear(x, weight, bias)  # the op has no autograd formula; big M: MKL wins
-        y = ops.skinny_linear(x.reshape(rows, K), weight, bias)  # [rows, N]
-        return y.view(*x.shape[:-1], weight.shape[0])
-
-    return forward
-
-
 def half_copy(weight: torch.Tensor) -> torch.Tensor | None:
     """A float16 (else bfloat16) copy of a float32 weight that holds exactly its values, or None if
     neither format does (e.g. a head trained and kept in float32). A head saved in fp16 / bf16 and
@@ -78,29 +63,36 @@ def half_copy(weight: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _skinny16_forward(linear: torch.nn.Linear, max_rows: int):
-    """Like _skinny_forward, for a weight with an exact 16-bit copy: 1..max_rows rows go to the kernel
-    with the copy (half the bytes; the bits of the float32 weight, so no M threshold against MKL), the
-    rest to F.linear. The copy is remade when the weight changes (new tensor or in-place update)."""
+def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = False):
+    """The forward FastLinear installs: MIN_ROWS..max_rows rows on the kernel, the rest on F.linear.
+    weights16: while the weight has an exact 16-bit copy (half_copy), 1..max_rows rows go to the kernel
+    with the copy (half the bytes; the bits of the float32 weight, so no M threshold against MKL). The
+    copy is remade when the weight changes."""
     # the copy's source: the weight object (held, so no other tensor can take its place unseen), its
     # storage (`weight.data = ...` swaps it) and its version (in-place updates bump it)
     state = {"key": None, "w16": None}
-    fallback = _skinny_forward(linear, max_rows)
+
+    def copy16(weight):
+        key = state["key"]
+        if key is None or key[0] is not weight or key[1:] != (weight.data_ptr(), weight._version):
+            ok = weight.dtype == torch.float32 and weight.device.type == "cpu"
+            state.update(key=(weight, weight.data_ptr(), weight._version), w16=half_copy(weight) if ok else None)
+        return state["w16"]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        # x [..., K] -> [..., N]; the parameters are read at call time (never a stale copy)
         weight, bias = linear.weight, linear.bias
         K = x.shape[-1]
         rows = x.numel() // K if K else 0
         if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
-            return F.linear(x, weight, bias)
-        key = state["key"]
-        if key is None or key[0] is not weight or key[1:] != (weight.data_ptr(), weight._version):
-            ok = weight.dtype == torch.float32 and weight.device.type == "cpu"
-            state.update(key=(weight, weight.data_ptr(), weight._version), w16=half_copy(weight) if ok else None)
-        if state["w16"] is None:
-            return fallback(x)
-        y = ops.skinny_linear(x.reshape(rows, K), state["w16"], bias)  # [rows, N]
+            return F.linear(x, weight, bias)  # the op has no autograd formula; big M: MKL wins
+        w = copy16(weight) if weights16 else None
+        if w is None:
+            if rows < MIN_ROWS:
+                return F.linear(x, weight, bias)  # float32 weights, few rows: MKL is as fast
+            w = weight
+        y = ops.skinny_linear(x.reshape(rows, K), w, bias)  # [rows, N]
         return y.view(*x.shape[:-1], weight.shape[0])
 
     return forward
@@ -129,8 +121,7 @@ class FastLinear:
             for module in model.modules():
                 w = getattr(module, "weight", None)
                 if isinstance(module, torch.nn.Linear) and w.dtype == torch.float32 and w.device.type == "cpu":
-                    make = _skinny16_forward if weights16 and half_copy(w) is not None else _skinny_forward
-                    self._swaps.append((module, make(module, max_rows)))
+                    self._swaps.append((module, _skinny_forward(module, max_rows, weights16)))
         self.sdpa_gqa = self.active and sdpa_gqa
         self._saved = None
         self._saved_switch = None

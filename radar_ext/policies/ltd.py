@@ -78,8 +78,7 @@ class LtdPolicy(LearnedPolicy):
     # ------------------------------------------------------------------ the Policy interface
     def refresh(self) -> None:
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
-        self._cost_f = self.cost_tensor()
-        self._cost_list = self._cost_f.tolist()
+        self._cost_list = self.cost_tensor().tolist()
 
     def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int) -> torch.Tensor:
         """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
