@@ -177,27 +177,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {child_logp, child_ids, child_scores, next_scores, next_parent, next_ids};
 }
 
+// Whole decisions, one row at a time (fixed-order float32 sums, kernels/policy_step.h). Compiled for
+// several x86 ISAs like topk_expand_rows_cpu, so the dot products run as FMA vectors where available.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void policy_step_rows_cpu(const kernels::PolicyStepParams& p, int64_t begin, int64_t end) {
+  std::vector<float> scratch(kernels::policy_scratch_floats(p));
+  for (int64_t row = begin; row < end; ++row) kernels::policy_step_row_host(p, row, scratch.data());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cpu(
-    const at::Tensor& features, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& w1, const at::Tensor& b1,
-    const at::Tensor& w2, const at::Tensor& b2) {
-  check_policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2);
-  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), O = w2.size(0);
-  // [B, 4H]; without an LSTM (H = 0, LtdPolicy's MLPs) the two empty products are skipped: each ATen
-  // call costs several us, more between a decode loop's forwards, and a decision makes only a few.
-  at::Tensor gates = H ? at::addmm(b, features, w_ih.t()) : at::empty({B, 0}, features.options());
-  if (H) gates.addmm_(h, w_hh.t());
-  const at::Tensor feats = features.contiguous(), c_in = c.contiguous();
-  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
-  at::Tensor z = at::empty({B, H + F}, features.options());  // cat(h_new, features)
-  const kernels::PolicyCellParams p{gates.data_ptr<float>(), c_in.data_ptr<float>(), feats.data_ptr<float>(),
-                                    h_new.data_ptr<float>(), c_new.data_ptr<float>(), z.data_ptr<float>(), B, H, F};
-  for (int64_t r = 0; r < B; ++r)
-    for (int64_t k = 0; k < H + F; ++k) kernels::policy_cell_elem(p, r, k);
-  at::Tensor hidden = at::addmm(b1, z, w1.t()).clamp_min_(0);  // [B, G], ReLU
-  const at::Tensor out = at::addmm(b2, hidden, w2.t());       // [B, O]
+    const at::Tensor& features_in, const at::Tensor& h_in, const at::Tensor& c_in, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const at::Tensor& b_in, const at::Tensor& w1_in, const at::Tensor& b1_in,
+    const at::Tensor& w2_in, const at::Tensor& b2_in) {
+  check_policy_step(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in, w2_in, b2_in);
+  // No-ops for the contiguous tensors the policies pass (each ATen call costs cold code in a decode loop).
+  const auto contig = [](const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); };
+  const at::Tensor features = contig(features_in), h = contig(h_in), c = contig(c_in), w_ih = contig(w_ih_in),
+                   w_hh = contig(w_hh_in), b = contig(b_in), w1 = contig(w1_in), b1 = contig(b1_in),
+                   w2 = contig(w2_in), b2 = contig(b2_in);
+  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), G = w1.size(0), O = w2.size(0);
   at::Tensor probs = at::empty({B, O}, features.options());
-  for (int64_t r = 0; r < B; ++r) kernels::softmax_row(out.data_ptr<float>() + r * O, probs.data_ptr<float>() + r * O, O);
+  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
+  const kernels::PolicyStepParams p{features.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(),
+                                    w_ih.data_ptr<float>(), w_hh.data_ptr<float>(), b.data_ptr<float>(),
+                                    w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+                                    b2.data_ptr<float>(), probs.data_ptr<float>(), h_new.data_ptr<float>(),
+                                    c_new.data_ptr<float>(), B, F, H, G, O};
+  // ~(4H(F+H) + G(H+F) + OG) multiply-adds a row: rows go to threads only in batches worth the wake-up.
+  const int64_t work = 4 * H * (F + H) + G * (H + F) + O * G + 1;
+  at::parallel_for(0, B, std::max<int64_t>(1, 262144 / work),
+                   [&](int64_t begin, int64_t end) { policy_step_rows_cpu(p, begin, end); });
   return {probs, h_new, c_new};
 }
 

@@ -10,7 +10,7 @@ Numerics shared by reference and kernels:
   order), ties to the lower token id. Log-probs are computed in float64 here and rounded to float32.
   Child scores are summed in float32 (beam score + rounded child log-prob), so the selection of the
   next beams (ties to the lower flat index n*W + j) sees the same numbers on every device.
-- policy_step sums in float64 here; the kernels use float32 ATen matrix products.
+- policy_step sums in float64 here; the kernels sum in float32 in one fixed order (kernels/policy_step.h).
 - skinny_linear sums in float64 here; the CPU kernel sums each output in float32 in a fixed order
   (independent of the thread count and of M), the CUDA path is cuBLAS.
 """

@@ -1,6 +1,6 @@
 // CUDA implementations of the radar_ext ops (torch side): check the arguments with the shared
-// checkers, allocate the outputs, run the ATen matrix products, and call the torch-free launchers
-// of csrc/cuda/kernels.cu on the current stream.
+// checkers, allocate the outputs, and call the torch-free launchers of csrc/cuda/kernels.cu on the
+// current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,25 +34,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cuda(
-    const at::Tensor& features, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& w1, const at::Tensor& b1,
-    const at::Tensor& w2, const at::Tensor& b2) {
-  check_policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2);
-  const c10::cuda::CUDAGuard guard(features.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), O = w2.size(0);
-  at::Tensor gates = at::addmm(b, features, w_ih.t());  // [B, 4H]
-  gates.addmm_(h, w_hh.t());
-  const at::Tensor feats = features.contiguous(), c_in = c.contiguous();
-  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
-  at::Tensor z = at::empty({B, H + F}, features.options());  // cat(h_new, features)
-  const kernels::PolicyCellParams p{gates.data_ptr<float>(), c_in.data_ptr<float>(), feats.data_ptr<float>(),
-                                    h_new.data_ptr<float>(), c_new.data_ptr<float>(), z.data_ptr<float>(), B, H, F};
-  C10_CUDA_CHECK(cuda::launch_policy_cell(p, stream));
-  at::Tensor hidden = at::addmm(b1, z, w1.t()).clamp_min_(0);  // [B, G], ReLU
-  const at::Tensor out = at::addmm(b2, hidden, w2.t());       // [B, O]
+    const at::Tensor& features_in, const at::Tensor& h_in, const at::Tensor& c_in, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const at::Tensor& b_in, const at::Tensor& w1_in, const at::Tensor& b1_in,
+    const at::Tensor& w2_in, const at::Tensor& b2_in) {
+  check_policy_step(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in, w2_in, b2_in);
+  const c10::cuda::CUDAGuard guard(features_in.device());
+  const at::Tensor features = features_in.contiguous(), h = h_in.contiguous(), c = c_in.contiguous(),
+                   w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(), b = b_in.contiguous(),
+                   w1 = w1_in.contiguous(), b1 = b1_in.contiguous(), w2 = w2_in.contiguous(), b2 = b2_in.contiguous();
+  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), G = w1.size(0), O = w2.size(0);
   at::Tensor probs = at::empty({B, O}, features.options());
-  C10_CUDA_CHECK(cuda::launch_softmax_rows(out.data_ptr<float>(), probs.data_ptr<float>(), B, O, stream));
+  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
+  const kernels::PolicyStepParams p{features.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(),
+                                    w_ih.data_ptr<float>(), w_hh.data_ptr<float>(), b.data_ptr<float>(),
+                                    w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+                                    b2.data_ptr<float>(), probs.data_ptr<float>(), h_new.data_ptr<float>(),
+                                    c_new.data_ptr<float>(), B, F, H, G, O};
+  at::Tensor scratch = at::empty({B, kernels::policy_scratch_floats(p)}, features.options());
+  C10_CUDA_CHECK(cuda::launch_policy_step(p, scratch.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()));
   return {probs, h_new, c_new};
 }
 

@@ -4,7 +4,7 @@
 // topk_expand: one block per row (b, n). W rounds of a block-wide arg-best over the row, each round
 // taking the best element ranked after the previous pick (same total order as the CPU insertion,
 // so the same ids), then a block-wide double sum of exp((x - max) / T); then one thread per batch
-// element selects the next beams. policy_step: one thread per element of z, one per softmax row.
+// element selects the next beams. policy_step: one block per row, its threads over each phase's elements.
 // build_tree: one thread per tree validates; one block per tree, a thread per node for mask/depth,
 // thread 0 for the leaves and paths.
 #include <cuda_runtime.h>
@@ -85,15 +85,19 @@ __global__ void topk_expand_select_kernel(TopkExpandParams p) {
   if (b < p.B) topk_expand_select(p, b);
 }
 
-__global__ void policy_cell_kernel(PolicyCellParams p) {
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t width = p.H + p.F;
-  if (e < p.B * width) policy_cell_elem(p, e / width, e % width);
-}
-
-__global__ void softmax_rows_kernel(const float* in, float* out, int64_t B, int64_t O) {
-  const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (r < B) softmax_row(in + r * O, out + r * O, O);
+// One block per row; scratch: B rows of policy_scratch_floats floats in global memory.
+__global__ void policy_step_kernel(PolicyStepParams p, float* scratch) {
+  const int64_t row = blockIdx.x;
+  float* s = scratch + row * policy_scratch_floats(p);
+  for (int64_t j = threadIdx.x; j < 4 * p.H; j += blockDim.x) policy_gate_elem(p, row, j, s);
+  __syncthreads();
+  for (int64_t k = threadIdx.x; k < p.H + p.F; k += blockDim.x) policy_cell_elem(p, row, k, s);
+  __syncthreads();
+  for (int64_t g = threadIdx.x; g < p.G; g += blockDim.x) policy_hidden_elem(p, g, s);
+  __syncthreads();
+  for (int64_t o = threadIdx.x; o < p.O; o += blockDim.x) policy_logit_elem(p, o, s);
+  __syncthreads();
+  if (threadIdx.x == 0) softmax_row(policy_logits(p, s), p.probs + row * p.O, p.O);
 }
 
 __global__ void build_tree_validate_kernel(BuildTreeParams p, int64_t* status) {
@@ -119,16 +123,9 @@ cudaError_t launch_topk_expand(const TopkExpandParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t launch_policy_cell(const PolicyCellParams& p, cudaStream_t stream) {
-  const int64_t n = p.B * (p.H + p.F);
-  if (n == 0) return cudaSuccess;
-  policy_cell_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_softmax_rows(const float* in, float* out, int64_t B, int64_t O, cudaStream_t stream) {
-  if (B == 0) return cudaSuccess;
-  softmax_rows_kernel<<<blocks_for(B, 128), 128, 0, stream>>>(in, out, B, O);
+cudaError_t launch_policy_step(const PolicyStepParams& p, float* scratch, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  policy_step_kernel<<<static_cast<unsigned int>(p.B), 256, 0, stream>>>(p, scratch);
   return cudaGetLastError();
 }
 

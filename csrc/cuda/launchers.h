@@ -12,8 +12,8 @@ namespace radar_ext {
 namespace cuda {
 
 cudaError_t launch_topk_expand(const kernels::TopkExpandParams& p, cudaStream_t stream);
-cudaError_t launch_policy_cell(const kernels::PolicyCellParams& p, cudaStream_t stream);
-cudaError_t launch_softmax_rows(const float* in, float* out, int64_t B, int64_t O, cudaStream_t stream);
+// scratch: B * kernels::policy_scratch_floats(p) floats.
+cudaError_t launch_policy_step(const kernels::PolicyStepParams& p, float* scratch, cudaStream_t stream);
 // status [B]: kernels::build_tree_validate of each tree.
 cudaError_t launch_build_tree_validate(const kernels::BuildTreeParams& p, int64_t* status, cudaStream_t stream);
 // has_child: scratch of B*M bytes.

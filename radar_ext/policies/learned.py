@@ -78,7 +78,8 @@ def decide(probs: torch.Tensor, sample: bool, generator) -> int:
     """Index of the chosen action of row 0: argmax (ties -> lower index) or a draw."""
     if sample:
         return int(torch.multinomial(probs[0], 1, generator=generator))  # host sync: one decision
-    return int(probs[0].argmax())  # host sync: one decision
+    p = probs.tolist()[0]  # host sync: one decision; a host copy, not argmax + item (two cold ATen ops)
+    return max(range(len(p)), key=p.__getitem__)  # the first of equal maxima
 
 
 def check_batch(t: torch.Tensor, name: str) -> None:

@@ -61,7 +61,9 @@ class RadarPolicy(LearnedPolicy):
         if step.beam_scores.shape[1] != self.tree_topk:
             raise ValueError(f"RadarPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{step.beam_scores.shape[1]} beam scores; use --tree-topk {self.tree_topk}")
-        probs = self.head(radar_features(step.beam_scores.cpu()))
+        # radar_features' values, built from one host copy (bit for bit: clamping a float32 in float64)
+        x = torch.tensor([[max(v, SCORE_FLOOR) for v in step.beam_scores.tolist()[0]]], dtype=torch.float32)
+        probs = self.head(x)
         return decide(probs, self.sample, self.generator) == CONTINUE
 
     # ------------------------------------------------------------------ I/O
