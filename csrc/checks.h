@@ -19,6 +19,9 @@ void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at
 
 void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias);
 
+void check_skinny_linear_quant(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
+                               const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias);
+
 void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes);
 
 // Raises the message for a kernels::build_tree_validate code != kTreeOk of tree b

@@ -112,6 +112,33 @@ void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at
   for (int k = 0; k < 9; ++k) check_device(names[k], *tensors[k], "features", features);
 }
 
+void check_skinny_linear_quant(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
+                               const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.dim() == 2, "x must be float32 [M, K], got ", describe(x));
+  const int64_t K = x.size(1);
+  TORCH_CHECK_VALUE(K % 32 == 0, "x must have K divisible by 32 (blocks of 32 weights), got ", describe(x));
+  if (!m.has_value()) {
+    TORCH_CHECK_VALUE(q.scalar_type() == at::kChar && q.dim() == 2 && q.size(1) == K, "q must be int8 [N, K] with K = ",
+                      K, " (Q8_0: m is None), got ", describe(q));
+  } else {
+    TORCH_CHECK_VALUE(q.scalar_type() == at::kByte && q.dim() == 2 && q.size(1) == K / 2,
+                      "q must be uint8 [N, K/2] with K/2 = ", K / 2, " (Q4_1: m is given), got ", describe(q));
+  }
+  check_device("q", q, "x", x);
+  const int64_t N = q.size(0);
+  TORCH_CHECK_VALUE(is_f32(d, {N, K / 32}), "d must be float32 [N, K/32] = [", N, ", ", K / 32, "], got ", describe(d));
+  check_device("d", d, "x", x);
+  if (m.has_value()) {
+    TORCH_CHECK_VALUE(is_f32(*m, {N, K / 32}), "m must be float32 [N, K/32] = [", N, ", ", K / 32, "], got ",
+                      describe(*m));
+    check_device("m", *m, "x", x);
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(is_f32(*bias, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias));
+    check_device("bias", *bias, "x", x);
+  }
+}
+
 void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes) {
   TORCH_CHECK_VALUE(parents.scalar_type() == at::kLong && parents.dim() == 2 && parents.size(1) >= 1,
                     "parents must be int64 [B, M] with M >= 1, got ", describe(parents));
@@ -257,6 +284,19 @@ namespace {
 
 // y = x @ w.T (+ bias) for few rows of x: each task takes a range of 4-row blocks of w, so w is read
 // once in total and every y element is summed by one thread in a fixed order (thread-count invariant).
+void skinny_linear_run(const kernels::SkinnyLinearParams& p) {
+  const bool use_avx512 = skinny_linear_uses_avx512();
+  const int64_t M = p.M, K = p.K;
+  // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));
+  at::parallel_for(0, kernels::skinny_linear_blocks(p), grain, [&](int64_t b0, int64_t b1) {
+    if (use_avx512)
+      kernels::skinny_linear_blocks_avx512(p, b0, b1);
+    else
+      kernels::skinny_linear_blocks_native(p, b0, b1);
+  });
+}
+
 at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in) {
   check_skinny_linear(x_in, w_in, bias_in);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -269,15 +309,27 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
                                       bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K,
                                       w32 ? nullptr : static_cast<const uint16_t*>(w.const_data_ptr()),
                                       w.scalar_type() == at::kHalf};
-  const bool use_avx512 = skinny_linear_uses_avx512();
-  // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));
-  at::parallel_for(0, kernels::skinny_linear_blocks(p), grain, [&](int64_t b0, int64_t b1) {
-    if (use_avx512)
-      kernels::skinny_linear_blocks_avx512(p, b0, b1);
-    else
-      kernels::skinny_linear_blocks_native(p, b0, b1);
-  });
+  skinny_linear_run(p);
+  return y;
+}
+
+// The same with Q4_1 / Q8_0 blocks (kernels/skinny_linear.h): one kernel, the weights decoded on load.
+at::Tensor skinny_linear_quant_cpu(const at::Tensor& x_in, const at::Tensor& q_in, const at::Tensor& d_in,
+                                   const c10::optional<at::Tensor>& m_in, const c10::optional<at::Tensor>& bias_in) {
+  check_skinny_linear_quant(x_in, q_in, d_in, m_in, bias_in);
+  const auto contig = [](const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); };
+  const at::Tensor x = contig(x_in), q = contig(q_in), d = contig(d_in);
+  const at::Tensor m = m_in.has_value() ? contig(*m_in) : at::Tensor();
+  const at::Tensor bias = bias_in.has_value() ? contig(*bias_in) : at::Tensor();
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  kernels::SkinnyLinearParams p{x.data_ptr<float>(), nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                y.data_ptr<float>(), M, N, K};
+  p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
+  p.wd = d.data_ptr<float>();
+  p.wm = m.defined() ? m.data_ptr<float>() : nullptr;
+  skinny_linear_run(p);
   return y;
 }
 
@@ -291,6 +343,7 @@ TORCH_LIBRARY(radar_ext, m) {
         "Tensor b1, Tensor w2, Tensor b2) -> (Tensor probs, Tensor h_new, Tensor c_new)");
   m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
   m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
+  m.def("skinny_linear_quant(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
@@ -298,6 +351,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("policy_step", &policy_step_cpu);
   m.impl("build_tree", &build_tree_cpu);
   m.impl("skinny_linear", &skinny_linear_cpu);
+  m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
 }
 
 }  // namespace radar_ext

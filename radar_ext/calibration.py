@@ -468,7 +468,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
 
     from radar_ext import fast_linear as fl
     use_fast = bool(fast_linear) and fl.applies_to(target)
-    linears = fl.fast_linear(target, enabled=use_fast)
+    linears = fl.fast_linear(target, enabled=use_fast, quantized=True)
 
     v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
     check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))

@@ -147,7 +147,7 @@ class RadarDecoder:
         if streamer is not None:
             streamer.put(input_ids.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
         cache, out = self._prefill(input_ids, cfg, stats, generator)
-        self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear)  # entered by _verify only
+        self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
         emitted = out.new_empty(1, 0)
         while True:
             emitted = torch.cat([emitted, out], 1)  # tokens of this cycle, already checked for EOS/limit

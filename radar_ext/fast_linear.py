@@ -63,21 +63,26 @@ def half_copy(weight: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = False):
+def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = False, quantized: bool = False):
     """The forward FastLinear installs: MIN_ROWS..max_rows rows on the kernel, the rest on F.linear.
     weights16: while the weight has an exact 16-bit copy (half_copy), 1..max_rows rows go to the kernel
-    with the copy (half the bytes; the bits of the float32 weight, so no M threshold against MKL). The
-    copy is remade when the weight changes."""
+    with the copy (half the bytes; the bits of the float32 weight, so no M threshold against MKL).
+    quantized: likewise with exact Q4_1 / Q8_0 blocks (radar_ext.quant.exact_blocks; 1/6 or 1/4 of the
+    bytes), tried first. A copy is remade when the weight changes."""
+    from radar_ext.quant import cached_exact_blocks
+
     # the copy's source: the weight object (held, so no other tensor can take its place unseen), its
     # storage (`weight.data = ...` swaps it) and its version (in-place updates bump it)
-    state = {"key": None, "w16": None}
+    state = {"key": None, "w16": None, "blocks": None}
 
-    def copy16(weight):
+    def copies(weight):
         key = state["key"]
         if key is None or key[0] is not weight or key[1:] != (weight.data_ptr(), weight._version):
             ok = weight.dtype == torch.float32 and weight.device.type == "cpu"
-            state.update(key=(weight, weight.data_ptr(), weight._version), w16=half_copy(weight) if ok else None)
-        return state["w16"]
+            blocks = cached_exact_blocks(weight) if ok and quantized else None
+            w16 = half_copy(weight) if ok and weights16 and blocks is None else None
+            state.update(key=(weight, weight.data_ptr(), weight._version), w16=w16, blocks=blocks)
+        return state["blocks"], state["w16"]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # x [..., K] -> [..., N]; the parameters are read at call time (never a stale copy)
@@ -87,7 +92,10 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = Fa
         if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, bias)  # the op has no autograd formula; big M: MKL wins
-        w = copy16(weight) if weights16 else None
+        blocks, w = copies(weight) if weights16 or quantized else (None, None)
+        if blocks is not None:
+            y = ops.skinny_linear_quant(x.reshape(rows, K), blocks.q, blocks.d, blocks.m, bias)
+            return y.view(*x.shape[:-1], weight.shape[0])
         if w is None:
             if rows < MIN_ROWS:
                 return F.linear(x, weight, bias)  # float32 weights, few rows: MKL is as fast
@@ -109,10 +117,14 @@ class FastLinear:
     fp16 checkpoint) runs 1..max_rows rows on the kernel from that 16-bit copy: the same bits, half
     the memory traffic (the default head's linears at 1 / 4 / 8 rows: 0.86 / 1.01 / 1.35 ms against
     MKL's 1.40 / 2.47 / 3.11 and the float32 kernel's 1.49 / 1.59 / 1.72). The copies cost half the
-    weights' memory again."""
+    weights' memory again.
+    quantized: a linear whose float32 weight is exactly a GGUF Q4_1 or Q8_0 dequantization (a model
+    loaded from a GGUF file, as the default target) runs 1..max_rows rows from exact blocks
+    (radar_ext.quant; the same bits from 1/6 or 1/4 of the bytes). The blocks are found on the first
+    call that needs them (the default target: ~5 s once, 112 MB for its 538 MB of float32 weights)."""
 
     def __init__(self, model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True,
-                 weights16: bool = False):
+                 weights16: bool = False, quantized: bool = False):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}")
         self.active = bool(enabled) and applies_to(model)
@@ -121,7 +133,7 @@ class FastLinear:
             for module in model.modules():
                 w = getattr(module, "weight", None)
                 if isinstance(module, torch.nn.Linear) and w.dtype == torch.float32 and w.device.type == "cpu":
-                    self._swaps.append((module, _skinny_forward(module, max_rows, weights16)))
+                    self._swaps.append((module, _skinny_forward(module, max_rows, weights16, quantized)))
         self.sdpa_gqa = self.active and sdpa_gqa
         self._saved = None
         self._saved_switch = None
@@ -157,7 +169,8 @@ class FastLinear:
                 object.__setattr__(module, "forward", own)  # an instance forward someone else installed
 
 
-def fast_linear(model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True) -> FastLinear:
+def fast_linear(model, max_rows: int = DEFAULT_MAX_ROWS, enabled: bool = True, sdpa_gqa: bool = True,
+                quantized: bool = False) -> FastLinear:
     """`with fast_linear(target): ...` runs the target's few-row linears on skinny_linear and lets sdpa
     attention skip its K/V copies (see FastLinear and the module docstring)."""
-    return FastLinear(model, max_rows, enabled, sdpa_gqa)
+    return FastLinear(model, max_rows, enabled, sdpa_gqa, quantized=quantized)

@@ -14,7 +14,7 @@ from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
 __all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "topk_expand", "policy_step", "build_tree",
-           "skinny_linear"]
+           "skinny_linear", "skinny_linear_quant"]
 
 try:
     from radar_ext import _C  # noqa: F401  (loading it registers torch.ops.radar_ext.*)
@@ -64,6 +64,17 @@ def skinny_linear(x, w, bias=None):
     return torch.ops.radar_ext.skinny_linear(x, w, bias)
 
 
+def skinny_linear_quant(x, q, d, m=None, bias=None):
+    """skinny_linear with block-quantized weights (GGUF Q4_1 when m is given, Q8_0 when it is None; layout
+    in reference.dequantize_blocks), decoded to float32 as they stream in: the bits of skinny_linear on
+    the dequantized float32 weights from 1/6 (Q4_1) or 1/4 (Q8_0) of the bytes. On CUDA tensors (or
+    without the extension) the weights are dequantized and F.linear runs."""
+    if x.is_cuda or not HAS_EXTENSION:
+        reference.check_skinny_linear_quant_args(x, q, d, m, bias)
+        return torch.nn.functional.linear(x, reference.dequantize_blocks(q, d, m), bias)
+    return torch.ops.radar_ext.skinny_linear_quant(x, q, d, m, bias)
+
+
 if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::topk_expand")
     def _topk_expand_fake(logits, beam_scores, tree_topk, temperature=1.0):
@@ -93,3 +104,8 @@ if HAS_EXTENSION:
     def _skinny_linear_fake(x, w, bias=None):
         reference.check_skinny_linear_args(x, w, bias)
         return x.new_empty((x.shape[0], w.shape[0]))
+
+    @torch.library.register_fake("radar_ext::skinny_linear_quant")
+    def _skinny_linear_quant_fake(x, q, d, m=None, bias=None):
+        reference.check_skinny_linear_quant_args(x, q, d, m, bias)
+        return x.new_empty((x.shape[0], q.shape[0]))

@@ -119,6 +119,58 @@ def check_skinny_linear_args(x, w, bias=None):
         _check_device("bias", bias, "x", x)
 
 
+def check_skinny_linear_quant_args(x, q, d, m=None, bias=None):
+    _check_tensor("x", x)
+    _check_tensor("q", q)
+    _check_tensor("d", d)
+    if x.dtype != torch.float32 or x.dim() != 2:
+        _fail(f"x must be float32 [M, K], got {describe(x)}")
+    K = x.shape[1]
+    if K % 32:
+        _fail(f"x must have K divisible by 32 (blocks of 32 weights), got {describe(x)}")
+    if m is None:
+        if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] != K:
+            _fail(f"q must be int8 [N, K] with K = {K} (Q8_0: m is None), got {describe(q)}")
+    elif q.dtype != torch.uint8 or q.dim() != 2 or q.shape[1] != K // 2:
+        _fail(f"q must be uint8 [N, K/2] with K/2 = {K // 2} (Q4_1: m is given), got {describe(q)}")
+    _check_device("q", q, "x", x)
+    N = q.shape[0]
+    if d.dtype != torch.float32 or tuple(d.shape) != (N, K // 32):
+        _fail(f"d must be float32 [N, K/32] = [{N}, {K // 32}], got {describe(d)}")
+    _check_device("d", d, "x", x)
+    if m is not None:
+        _check_tensor("m", m)
+        if m.dtype != torch.float32 or tuple(m.shape) != (N, K // 32):
+            _fail(f"m must be float32 [N, K/32] = [{N}, {K // 32}], got {describe(m)}")
+        _check_device("m", m, "x", x)
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (N,):
+            _fail(f"bias must be float32 [N] = [{N}], got {describe(bias)}")
+        _check_device("bias", bias, "x", x)
+
+
+def dequantize_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 weights [N, K] of GGUF-style blocks of 32 (skinny_linear_quant's layout), computed as
+    GGUF's dequantization does: Q4_1 (m given, q uint8 [N, K/2], byte 16b + j = element 32b + j in the
+    low nibble, 32b + 16 + j in the high one): d * q + m; Q8_0 (m None, q int8 [N, K]): d * q. d * q is
+    exact in float32, so each weight is rounded once."""
+    N = q.shape[0]
+    if m is None:
+        K = q.shape[1]
+        return (q.float().view(N, K // 32, 32) * d.unsqueeze(2)).reshape(N, K)
+    K = 2 * q.shape[1]
+    b = q.view(N, K // 32, 16)
+    nib = torch.cat([b & 15, b >> 4], dim=2).float()                      # [N, K/32, 32]
+    return (nib * d.unsqueeze(2) + m.unsqueeze(2)).reshape(N, K)
+
+
+def skinny_linear_quant(x, q, d, m=None, bias=None):
+    """y = x @ w.T (+ bias) with w = dequantize_blocks(q, d, m) [N, K] -> y [M, N] float32, summed in float64."""
+    check_skinny_linear_quant_args(x, q, d, m, bias)
+    return skinny_linear(x, dequantize_blocks(q, d, m), bias)
+
+
 def check_build_tree_args(parents, n_nodes):
     _check_tensor("parents", parents)
     _check_tensor("n_nodes", n_nodes)

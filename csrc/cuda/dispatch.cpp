@@ -91,6 +91,23 @@ at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& w, const c1
   return at::linear(x, w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type()), bias);
 }
 
+// Block-quantized weights on a GPU: dequantized (GGUF's formula, one rounding: d * q is exact) and
+// handed to cuBLAS; the fused decode-on-load is the CPU kernel's (memory-bound few-row products).
+at::Tensor skinny_linear_quant_cuda(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
+                                    const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias) {
+  check_skinny_linear_quant(x, q, d, m, bias);
+  const int64_t N = q.size(0), K = x.size(1);
+  at::Tensor w;
+  if (m.has_value()) {
+    const at::Tensor b = q.view({N, K / 32, 16});
+    const at::Tensor nib = at::cat({at::bitwise_and(b, 15), at::bitwise_right_shift(b, 4)}, 2).to(at::kFloat);
+    w = (nib * d.unsqueeze(2) + m->unsqueeze(2)).reshape({N, K});
+  } else {
+    w = (q.to(at::kFloat).view({N, K / 32, 32}) * d.unsqueeze(2)).reshape({N, K});
+  }
+  return at::linear(x, w, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(radar_ext, CUDA, m) {
@@ -98,6 +115,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CUDA, m) {
   m.impl("policy_step", &policy_step_cuda);
   m.impl("build_tree", &build_tree_cuda);
   m.impl("skinny_linear", &skinny_linear_cuda);
+  m.impl("skinny_linear_quant", &skinny_linear_quant_cuda);
 }
 
 }  // namespace radar_ext

@@ -6,6 +6,15 @@
 // (exact), and the sums are the float32 path's, so 16-bit weights give the same bits as their float32
 // values while only half the bytes stream from memory (a draft head saved in fp16 or bf16 holds
 // exactly such weights).
+// w may also be block-quantized (wq set, K % 32 == 0; GGUF's Q4_1 and Q8_0 block layouts with the
+// scales already widened to float32): per row n and block b of 32 consecutive k,
+//   Q4_1 (wm set): wq [N, K/2] bytes, byte 16b + j holds element 32b + j in its low nibble and
+//        32b + 16 + j in its high one; w = wd[n, b] * q + wm[n, b] (q in 0..15),
+//   Q8_0 (wm null): wq [N, K] int8; w = wd[n, b] * q.
+// Both are decoded to float32 as they are loaded, with one rounding (d * q is exact in float32, so a
+// fused d * q + m rounds like the separate product and add of GGUF's dequantization): a model loaded
+// from such a file and dequantized to float32 gives the float32 path's bits from 1/6 (Q4_1) or 1/4
+// (Q8_0) of the bytes.
 // Blocking: the N rows of w are cut into blocks of kSkinnyNR rows. One block reads its rows of w
 // once and computes them against every row of x in register tiles of kSkinnyNR x kSkinnyMR dot
 // products, so w (the large operand) streams from memory exactly once per call while x (M*K floats)
@@ -44,6 +53,9 @@ struct SkinnyLinearParams {
   int64_t M, N, K;
   const uint16_t* w16 = nullptr;  // [N, K] 16-bit weights instead of w: bfloat16, or float16 if w16_is_f16
   bool w16_is_f16 = false;
+  const uint8_t* wq = nullptr;    // block-quantized weights instead of w (see above): Q4_1 [N, K/2] or Q8_0 [N, K]
+  const float* wd = nullptr;      // [N, K/32] block scales
+  const float* wm = nullptr;      // [N, K/32] block minima (Q4_1), or nullptr (Q8_0)
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -67,6 +79,43 @@ static inline float load_weight(const F16* w) {
 }
 static inline float load_weight(const float* w) { return *w; }
 
+// Weight formats as row sources for the tiles: row(n) is a cheap handle of row n, weight_at(row, k)
+// its k-th weight as float32 (load16 / prefetch_row below are the AVX-512 versions).
+template <typename T>
+struct DenseRows {
+  using Row = const T*;
+  const T* w;
+  int64_t K;
+  Row row(int64_t n) const { return w + n * K; }
+};
+template <typename T>
+static inline float weight_at(const T* r, int64_t k) { return load_weight(r + k); }
+
+struct Q41Row { const uint8_t* q; const float* d; const float* m; };
+struct Q41Rows {
+  using Row = Q41Row;
+  const uint8_t* q;
+  const float* d;
+  const float* m;
+  int64_t K;
+  Row row(int64_t n) const { return {q + n * (K / 2), d + n * (K / 32), m + n * (K / 32)}; }
+};
+static inline float weight_at(const Q41Row& r, int64_t k) {
+  const int64_t b = k >> 5, j = k & 31;
+  const uint8_t byte = r.q[16 * b + (j & 15)];
+  return r.d[b] * static_cast<float>(j < 16 ? byte & 15 : byte >> 4) + r.m[b];
+}
+
+struct Q80Row { const int8_t* q; const float* d; };
+struct Q80Rows {
+  using Row = Q80Row;
+  const int8_t* q;
+  const float* d;
+  int64_t K;
+  Row row(int64_t n) const { return {q + n * K, d + n * (K / 32)}; }
+};
+static inline float weight_at(const Q80Row& r, int64_t k) { return r.d[k >> 5] * static_cast<float>(r.q[k]); }
+
 constexpr int64_t kSkinnyNR = 4;  // rows of w per block (and per register tile)
 constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
 // The AVX-512 path prefetches w this many blocks ahead into L2 (~37 KB at K = 576). On the 2-core
@@ -86,22 +135,24 @@ constexpr int kSkinnyPlainLanes = 8;
 
 // Tile of NR rows of w (from n0) x MR rows of x (from m0). Lane l sums the products at k = l mod 8
 // in increasing k; the lanes are then summed pairwise ((0+4) + (2+6)) + ((1+5) + (3+7)).
-// (pf, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
-template <int NR, int MR, typename WT>
-static inline void skinny_tile_plain(const SkinnyLinearParams& p, const WT* w, int64_t n0, int64_t m0,
-                                     const WT* pf, int64_t pf_rows) {
-  (void)pf;
+// (pf_n, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
+template <int NR, int MR, typename Fmt>
+static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
+                                     int64_t pf_n, int64_t pf_rows) {
+  (void)pf_n;
   (void)pf_rows;
   constexpr int L = kSkinnyPlainLanes;
   const int64_t K = p.K, K_main = K - K % L;
+  typename Fmt::Row wr[NR];
+  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
   float acc[MR][NR][L] = {};
   for (int64_t k = 0; k < K_main; k += L)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j)
-        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * load_weight(w + (n0 + j) * K + k + l);
+        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * weight_at(wr[j], k + l);
   for (int64_t k = K_main; k < K; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * load_weight(w + (n0 + j) * K + k);
+      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * weight_at(wr[j], k);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
       const float* a = acc[i][j];
@@ -151,31 +202,63 @@ static inline __m512 load16(const Bf16* w) {  // 16 bf16 -> float32: zero-extend
 static inline __m512 load16(const F16* w) {  // 16 halves -> float32 (vcvtph2ps, exact)
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
 }
-static inline __m512 load16_tail(int64_t n, const float* w) {  // the first n < 16 values, zeros after
-  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), w);
+// Weights k..k+15 of a row (k % 16 == 0).
+template <typename T>
+static inline __m512 load16(const T* r, int64_t k) { return load16(r + k); }
+static inline __m512 load16(const Q41Row& r, int64_t k) {  // 16 nibbles -> d * q + m (one rounding)
+  const int64_t b = k >> 5;
+  __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.q + 16 * b)));
+  if (k & 16) q = _mm512_srli_epi32(q, 4);
+  q = _mm512_and_si512(q, _mm512_set1_epi32(15));
+  return _mm512_fmadd_ps(_mm512_set1_ps(r.d[b]), _mm512_cvtepi32_ps(q), _mm512_set1_ps(r.m[b]));
 }
-template <typename W16>
-static inline __m512 load16_tail(int64_t n, const W16* w) {  // (a 16-bit masked load needs AVX512BW)
-  W16 part[16] = {};
-  for (int64_t i = 0; i < n; ++i) part[i] = w[i];
-  return load16(part);
+static inline __m512 load16(const Q80Row& r, int64_t k) {  // 16 int8 -> d * q (exact)
+  const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.q + k)));
+  return _mm512_mul_ps(_mm512_set1_ps(r.d[k >> 5]), _mm512_cvtepi32_ps(q));
+}
+// The first n < 16 weights from k, zeros after.
+static inline __m512 load16_tail(const float* r, int64_t k, int64_t n) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), r + k);
+}
+template <typename Row>
+static inline __m512 load16_tail(const Row& r, int64_t k, int64_t n) {  // (a 16-bit masked load needs AVX512BW)
+  float part[16] = {};
+  for (int64_t i = 0; i < n; ++i) part[i] = weight_at(r, k + i);
+  return _mm512_loadu_ps(part);
+}
+// Ask for the line holding weights k.. of a row (into L2).
+template <typename T>
+static inline void prefetch_row(const T* r, int64_t k) {
+  _mm_prefetch(reinterpret_cast<const char*>(r + k), _MM_HINT_T1);
+}
+static inline void prefetch_row(const Q41Row& r, int64_t k) {
+  _mm_prefetch(reinterpret_cast<const char*>(r.q + k / 2), _MM_HINT_T1);
+  if ((k & 511) == 0) {  // one line of each scale row covers 16 blocks
+    _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(r.m + k / 32), _MM_HINT_T1);
+  }
+}
+static inline void prefetch_row(const Q80Row& r, int64_t k) {
+  _mm_prefetch(reinterpret_cast<const char*>(r.q + k), _MM_HINT_T1);
+  if ((k & 511) == 0) _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
 }
 
-template <int NR, int MR, typename WT>
-static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const WT* w, int64_t n0, int64_t m0,
-                                      const WT* pf, int64_t pf_rows) {
+template <int NR, int MR, typename Fmt>
+static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
+                                      int64_t pf_n, int64_t pf_rows) {
   const int64_t K = p.K, K_main = K - K % 16;
   const float* xr[MR];
-  const WT* wr[NR];
+  typename Fmt::Row wr[NR], pr[kSkinnyNR];
   for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + i) * K;
-  for (int j = 0; j < NR; ++j) wr[j] = w + (n0 + j) * K;
+  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
+  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = f.row(pf_n + j);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K_main; k += 16) {
-    for (int64_t j = 0; j < pf_rows; ++j) _mm_prefetch(reinterpret_cast<const char*>(pf + j * K + k), _MM_HINT_T1);
+    for (int64_t j = 0; j < pf_rows; ++j) prefetch_row(pr[j], k);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = load16(wr[j] + k);
+    for (int j = 0; j < NR; ++j) wv[j] = load16(wr[j], k);
     for (int i = 0; i < MR; ++i) {
       const __m512 xv = _mm512_loadu_ps(xr[i] + k);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
@@ -184,7 +267,7 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const WT* w, 
   if (K_main < K) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (K - K_main)) - 1u);
     __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = load16_tail(K - K_main, wr[j] + K_main);
+    for (int j = 0; j < NR; ++j) wv[j] = load16_tail(wr[j], K_main, K - K_main);
     for (int i = 0; i < MR; ++i) {
       const __m512 xv = _mm512_maskz_loadu_ps(tail, xr[i] + K_main);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
@@ -213,49 +296,53 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const WT* w, 
 // One block of NR (or, for the last block, fewer) rows of w against all M rows of x. Its tiles share
 // the prefetch of a later block's pf_rows rows at pf between them, a few rows each (spread out, the
 // requests keep the memory busy through the whole block instead of queueing up in its first tile).
-template <int NR, typename WT>
-static inline void skinny_block(const SkinnyLinearParams& p, const WT* w, int64_t n0, const WT* pf, int64_t pf_rows) {
+template <int NR, typename Fmt>
+static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t pf_n, int64_t pf_rows) {
   const int64_t tiles = (p.M + kSkinnyMR - 1) / kSkinnyMR;
   for (int64_t t = 0, m0 = 0; m0 < p.M; ++t, m0 += kSkinnyMR) {
     const int64_t r0 = pf_rows * t / tiles, r1 = pf_rows * (t + 1) / tiles;
-    const WT* q = pf + r0 * p.K;
+    const int64_t q = pf_n + r0;
     switch (p.M - m0 >= kSkinnyMR ? kSkinnyMR : p.M - m0) {
-      case 4: RADAR_SKINNY_TILE<NR, 4>(p, w, n0, m0, q, r1 - r0); break;
-      case 3: RADAR_SKINNY_TILE<NR, 3>(p, w, n0, m0, q, r1 - r0); break;
-      case 2: RADAR_SKINNY_TILE<NR, 2>(p, w, n0, m0, q, r1 - r0); break;
-      case 1: RADAR_SKINNY_TILE<NR, 1>(p, w, n0, m0, q, r1 - r0); break;
+      case 4: RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, q, r1 - r0); break;
+      case 3: RADAR_SKINNY_TILE<NR, 3>(p, f, n0, m0, q, r1 - r0); break;
+      case 2: RADAR_SKINNY_TILE<NR, 2>(p, f, n0, m0, q, r1 - r0); break;
+      case 1: RADAR_SKINNY_TILE<NR, 1>(p, f, n0, m0, q, r1 - r0); break;
       default: break;
     }
   }
 }
 
-template <typename WT>
-static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const WT* w, int64_t b0, int64_t b1) {
+template <typename Fmt>
+static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
   static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
   for (int64_t b = b0; b < b1; ++b) {
     // prefetch the block kSkinnyPrefetchBlocks ahead in this range (other ranges are other threads')
     const int64_t n0 = b * kSkinnyNR, n1 = n0 + kSkinnyPrefetchBlocks * kSkinnyNR;
     const int64_t pf_rows = b + kSkinnyPrefetchBlocks < b1 ? (p.N - n1 >= kSkinnyNR ? kSkinnyNR : p.N - n1) : 0;
-    const WT* pf = pf_rows ? w + n1 * p.K : w;
+    const int64_t pf_n = pf_rows ? n1 : 0;
     switch (p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0) {
-      case 4: skinny_block<4>(p, w, n0, pf, pf_rows); break;
-      case 3: skinny_block<3>(p, w, n0, pf, pf_rows); break;
-      case 2: skinny_block<2>(p, w, n0, pf, pf_rows); break;
-      case 1: skinny_block<1>(p, w, n0, pf, pf_rows); break;
+      case 4: skinny_block<4>(p, f, n0, pf_n, pf_rows); break;
+      case 3: skinny_block<3>(p, f, n0, pf_n, pf_rows); break;
+      case 2: skinny_block<2>(p, f, n0, pf_n, pf_rows); break;
+      case 1: skinny_block<1>(p, f, n0, pf_n, pf_rows); break;
       default: break;
     }
   }
 }
 
-// Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w or w16. The widest path this
+// Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
 // translation unit was compiled for (see the top of the file).
 static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
-  if (!p.w16)
-    skinny_blocks_typed(p, p.w, b0, b1);
+  if (p.wq && p.wm)
+    skinny_blocks_typed(p, Q41Rows{p.wq, p.wd, p.wm, p.K}, b0, b1);
+  else if (p.wq)
+    skinny_blocks_typed(p, Q80Rows{reinterpret_cast<const int8_t*>(p.wq), p.wd, p.K}, b0, b1);
+  else if (!p.w16)
+    skinny_blocks_typed(p, DenseRows<float>{p.w, p.K}, b0, b1);
   else if (p.w16_is_f16)
-    skinny_blocks_typed(p, reinterpret_cast<const F16*>(p.w16), b0, b1);
+    skinny_blocks_typed(p, DenseRows<F16>{reinterpret_cast<const F16*>(p.w16), p.K}, b0, b1);
   else
-    skinny_blocks_typed(p, reinterpret_cast<const Bf16*>(p.w16), b0, b1);
+    skinny_blocks_typed(p, DenseRows<Bf16>{reinterpret_cast<const Bf16*>(p.w16), p.K}, b0, b1);
 }
 
 #undef RADAR_SKINNY_TILE

@@ -22,10 +22,17 @@ static float value(uint32_t& s) {
 
 typedef void (*BlocksFn)(const SkinnyLinearParams&, int64_t, int64_t);
 
-// w16: run on these 16-bit weights (bfloat16, or float16 if f16) instead of w.
+// Block-quantized weights (kernels/skinny_linear.h): bytes, scales and minima (empty for Q8_0).
+struct Quant {
+  std::vector<uint8_t> q;
+  std::vector<float> d, m;
+};
+
+// w16: run on these 16-bit weights (bfloat16, or float16 if f16) instead of w; wq: on these blocks.
 static std::vector<float> run(BlocksFn fn, const std::vector<float>& x, const std::vector<float>& w,
                               const float* bias, int64_t M, int64_t N, int64_t K, int64_t split,
-                              const std::vector<uint16_t>* w16 = nullptr, bool f16 = false) {
+                              const std::vector<uint16_t>* w16 = nullptr, bool f16 = false,
+                              const Quant* wq = nullptr) {
   std::vector<float> y(M * N, -7.0f);
   SkinnyLinearParams p{x.data(), w.data(), bias, y.data(), M, N, K};
   if (w16) {
@@ -33,14 +40,56 @@ static std::vector<float> run(BlocksFn fn, const std::vector<float>& x, const st
     p.w16 = w16->data();
     p.w16_is_f16 = f16;
   }
+  if (wq) {
+    p.w = nullptr;
+    p.wq = wq->q.data();
+    p.wd = wq->d.data();
+    p.wm = wq->m.empty() ? nullptr : wq->m.data();
+  }
   const int64_t nb = skinny_linear_blocks(p);
   for (int64_t b = 0; b < nb; b += split) fn(p, b, b + split < nb ? b + split : nb);
   return y;
 }
 
+// Random Q4_1 and Q8_0 blocks, dequantized as GGUF does (float32 d * q, then + m for Q4_1; the
+// product is exact): the quantized weights must give the float32 path's bits on those values.
+static void check_quant(BlocksFn fn, const std::vector<float>& x, const float* b, int64_t M, int64_t N, int64_t K,
+                        uint32_t& s) {
+  const int64_t nb = K / 32;
+  Quant q4{std::vector<uint8_t>(N * K / 2), std::vector<float>(N * nb), std::vector<float>(N * nb)};
+  Quant q8{std::vector<uint8_t>(N * K), std::vector<float>(N * nb), {}};
+  std::vector<float> w4(N * K), w8(N * K);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      // scales with 11 significant bits (as float16 has), minima anywhere in [-2, 2)
+      const float d = std::ldexp(std::round(std::fabs(value(s)) * 512.0f) + 1024.0f, -16);
+      const float mn = value(s);
+      q4.d[n * nb + blk] = d;
+      q4.m[n * nb + blk] = mn;
+      q8.d[n * nb + blk] = d;
+      for (int j = 0; j < 32; ++j) {
+        s = s * 1664525u + 1013904223u;
+        const uint32_t v4 = (s >> 20) & 15u;
+        const int32_t v8 = static_cast<int32_t>((s >> 9) % 255u) - 127;
+        const int64_t k = blk * 32 + j;
+        uint8_t& byte = q4.q[n * (K / 2) + blk * 16 + (j & 15)];
+        byte = static_cast<uint8_t>(j < 16 ? (byte & 0xf0u) | v4 : (byte & 0x0fu) | (v4 << 4));
+        q8.q[n * K + k] = static_cast<uint8_t>(static_cast<int8_t>(v8));
+        const volatile float prod4 = d * static_cast<float>(v4);  // volatile: no fused multiply-add here
+        w4[n * K + k] = prod4 + mn;
+        w8[n * K + k] = d * static_cast<float>(v8);
+      }
+    }
+  const std::vector<float> y4 = run(fn, x, w4, b, M, N, K, 3), y8 = run(fn, x, w8, b, M, N, K, 3);
+  CHECK(run(fn, x, w4, b, M, N, K, 1 << 20, nullptr, false, &q4) == y4);
+  CHECK(run(fn, x, w4, b, M, N, K, 1, nullptr, false, &q4) == y4);
+  CHECK(run(fn, x, w8, b, M, N, K, 1 << 20, nullptr, false, &q8) == y8);
+  CHECK(run(fn, x, w8, b, M, N, K, 1, nullptr, false, &q8) == y8);
+}
+
 static void check_path(const char* name, BlocksFn fn) {
   const int64_t Ms[] = {1, 2, 3, 5, 7, 16, 33};
-  const int64_t NKs[][2] = {{1, 1}, {3, 5}, {4, 16}, {9, 17}, {13, 31}, {6, 100}, {37, 576}, {70, 48}};
+  const int64_t NKs[][2] = {{1, 1}, {3, 5}, {4, 16}, {9, 17}, {13, 31}, {6, 100}, {37, 576}, {70, 48}, {5, 64}, {23, 96}};
   int bad = 0;
   for (const auto& nk : NKs)
     for (const int64_t M : Ms) {
@@ -96,6 +145,7 @@ static void check_path(const char* name, BlocksFn fn) {
         CHECK(run(fn, x, wb, b, M, N, K, 1, &b16) == yb);
         CHECK(run(fn, x, wh, b, M, N, K, 1 << 20, &h16, true) == yh);
         CHECK(run(fn, x, wh, b, M, N, K, 1, &h16, true) == yh);
+        if (K % 32 == 0) check_quant(fn, x, b, M, N, K, s);
       }
     }
   std::printf("%s: %d values off\n", name, bad);

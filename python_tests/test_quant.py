@@ -1,0 +1,199 @@
+"""Block-quantized weights: the skinny_linear_quant op (Q4_1 / Q8_0 blocks decoded on load) against the
+reference and bit for bit against skinny_linear on the dequantized float32 weights; radar_ext.quant's
+exact recovery of GGUF blocks from float32 values (and its refusal of anything else); FastLinear's
+quantized path."""
+import re
+
+import pytest
+import torch
+
+from conftest import extension_required
+from radar_ext import ops, quant, reference
+from test_op_skinny_linear import assert_close_to_reference
+
+
+def gguf_blocks(N, K, kind, seed=0):
+    """Random blocks as a GGUF file holds them (float16 scales and minima; as GGUF's quantizer makes
+    them, every Q4_1 block holds a q = 0 (its minimum) and a q = 15 (its maximum), every Q8_0 block a
+    q = +-127 (its largest magnitude))."""
+    g = torch.Generator().manual_seed(seed)
+    d = (torch.rand(N, K // 32, generator=g) * 0.05 + 1e-3).half().float()
+    if kind == "Q4_1":
+        q = torch.randint(0, 256, (N, K // 2), generator=g, dtype=torch.int64).to(torch.uint8)
+        q[:, 0::16] &= 0xF0                                     # element 0 of each block: q = 0
+        q[:, 1::16] |= 0x0F                                     # element 1: q = 15
+        m = (torch.randn(N, K // 32, generator=g) * 0.2).half().float()
+        return quant.QuantBlocks(q, d, m)
+    q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int64).to(torch.int8)
+    q[:, 0::32] = torch.where(torch.rand(N, K // 32, generator=g) < 0.5, -127, 127).to(torch.int8)  # the max |w|
+    return quant.QuantBlocks(q, d, None)
+
+
+def test_extension_loaded():
+    extension_required()
+
+
+def test_dequantize_layout():
+    """Byte 16b + j: element 32b + j in the low nibble, 32b + 16 + j in the high one; w = d * q + m."""
+    q = torch.zeros(1, 16, dtype=torch.uint8)
+    q[0, 3] = 0x5A                                              # low 10 -> element 3, high 5 -> element 19
+    w = reference.dequantize_blocks(q, torch.tensor([[0.5]]), torch.tensor([[-1.0]]))
+    want = torch.full((1, 32), -1.0)
+    want[0, 3], want[0, 19] = 0.5 * 10 - 1.0, 0.5 * 5 - 1.0
+    assert torch.equal(w, want)
+    q8 = torch.arange(-16, 16, dtype=torch.int8).view(1, 32)
+    assert torch.equal(reference.dequantize_blocks(q8, torch.tensor([[0.25]])), torch.arange(-16, 16).float().view(1, 32) * 0.25)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 17])
+@pytest.mark.parametrize("N,K", [(1, 32), (7, 64), (37, 576), (130, 96)])
+def test_same_bits_as_float32_kernel_and_close_to_reference(kind, M, N, K):
+    blocks = gguf_blocks(N, K, kind, seed=M + N + K)
+    w = blocks.dequantize()
+    x = torch.randn(M, K)
+    bias = torch.randn(N)
+    for b in (None, bias):
+        y = ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, b)
+        assert torch.equal(y, ops.skinny_linear(x, w, b))
+        assert_close_to_reference(y, x, w, b)
+    # the reference itself
+    assert_close_to_reference(reference.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m), x, w)
+
+
+def test_opcheck_and_non_contiguous():
+    extension_required()
+    if not ops.HAS_EXTENSION:
+        pytest.skip("without the extension there is no custom op")
+    for kind in ("Q4_1", "Q8_0"):
+        b = gguf_blocks(9, 64, kind, seed=1)
+        x = torch.randn(3, 64)
+        torch.library.opcheck(torch.ops.radar_ext.skinny_linear_quant.default, (x, b.q, b.d, b.m, torch.randn(9)))
+        xt = torch.randn(64, 3).T                               # non-contiguous x
+        assert torch.equal(ops.skinny_linear_quant(xt, b.q, b.d, b.m), ops.skinny_linear(xt.contiguous(), b.dequantize()))
+
+
+def _args(**kw):
+    a = dict(x=torch.zeros(2, 64), q=torch.zeros(4, 32, dtype=torch.uint8), d=torch.zeros(4, 2), m=torch.zeros(4, 2),
+             bias=None)
+    a.update(kw)
+    return a
+
+
+ERRORS = [
+    (_args(x=torch.zeros(2, 64, dtype=torch.float64)), "x must be float32 [M, K], got float64 [2, 64]"),
+    (_args(x=torch.zeros(2, 48)), "x must have K divisible by 32 (blocks of 32 weights), got float32 [2, 48]"),
+    (_args(q=torch.zeros(4, 64, dtype=torch.uint8)), "q must be uint8 [N, K/2] with K/2 = 32 (Q4_1: m is given), got uint8 [4, 64]"),
+    (_args(q=torch.zeros(4, 64, dtype=torch.uint8), m=None), "q must be int8 [N, K] with K = 64 (Q8_0: m is None), got uint8 [4, 64]"),
+    (_args(d=torch.zeros(4, 3)), "d must be float32 [N, K/32] = [4, 2], got float32 [4, 3]"),
+    (_args(m=torch.zeros(4, 2, dtype=torch.float16)), "m must be float32 [N, K/32] = [4, 2], got float16 [4, 2]"),
+    (_args(bias=torch.zeros(5)), "bias must be float32 [N] = [4], got float32 [5]"),
+    (_args(d=torch.zeros(4, 2, device="meta")), "d must be on the device of x (cpu), got meta"),
+]
+
+
+@pytest.mark.parametrize("impl", ["ops", "reference"])
+@pytest.mark.parametrize("args,message", ERRORS)
+def test_error_messages(impl, args, message):
+    fn = ops.skinny_linear_quant if impl == "ops" else reference.skinny_linear_quant
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        fn(**args)
+
+
+def test_cuda_matches_cpu(cuda):
+    b = gguf_blocks(50, 96, "Q4_1", seed=2)
+    x = torch.randn(6, 96)
+    y = ops.skinny_linear_quant(x.to(cuda), b.q.to(cuda), b.d.to(cuda), b.m.to(cuda))
+    torch.testing.assert_close(y.cpu(), ops.skinny_linear_quant(x, b.q, b.d, b.m), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- recovery from float32
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_exact_blocks_recovers_gguf_weights(kind):
+    """GGUF-dequantized weights come back as blocks that decode to the same bits (Q4_1 is tried first:
+    a Q8_0 weight is rarely also Q4_1, a Q4_1 one always comes back as Q4_1)."""
+    src = gguf_blocks(40, 128, kind, seed=5)
+    w = src.dequantize()
+    got = quant.exact_blocks(w)
+    assert got is not None and got.kind == kind
+    assert torch.equal(got.dequantize().view(torch.int32), w.view(torch.int32))
+    assert got.nbytes() < w.numel() * 4 / (5 if kind == "Q4_1" else 3)
+
+
+def test_exact_blocks_constant_blocks_and_negative_zero():
+    w = torch.zeros(3, 64)
+    w[1] = 0.75                                                 # constant blocks: d = 0
+    got = quant.exact_blocks(w)
+    assert got is not None and torch.equal(got.dequantize().view(torch.int32), w.view(torch.int32))
+    w[2, :32] = -0.0                                            # GGUF never decodes to -0.0: bits differ, refused
+    assert quant.exact_blocks(w) is None
+
+
+def test_exact_blocks_refuses_other_weights():
+    torch.manual_seed(0)
+    assert quant.exact_blocks(torch.randn(8, 64)) is None                    # plain float32 values
+    w = gguf_blocks(8, 64, "Q4_1").dequantize()
+    w[3, 7] = torch.nextafter(w[3, 7], torch.tensor(10.0))                   # one weight one ulp off
+    assert quant.exact_blocks(w) is None or quant.exact_blocks(w).kind == "Q8_0" and \
+        torch.equal(quant.exact_blocks(w).dequantize(), w)
+    assert quant.exact_blocks(torch.zeros(4, 48)) is None                   # K % 32 != 0
+    assert quant.exact_blocks(torch.zeros(4, 64, dtype=torch.float64)) is None
+    nan = torch.zeros(4, 64)
+    nan[0, 0] = float("nan")
+    assert quant.exact_blocks(nan) is None
+
+
+def test_cached_blocks_follow_in_place_changes():
+    w = gguf_blocks(8, 64, "Q4_1", seed=3).dequantize()
+    a = quant.cached_exact_blocks(w)
+    assert quant.cached_exact_blocks(w) is a                               # remembered
+    w.mul_(2.0)                                                            # still Q4_1-exact (d, m doubled)
+    b = quant.cached_exact_blocks(w)
+    assert b is not a and torch.equal(b.dequantize(), w)
+
+
+# ----------------------------------------------------------------------------- FastLinear
+
+def test_fast_linear_quantized_runs_blocks_with_the_same_bits(monkeypatch):
+    from radar_ext import fast_linear as fl
+    if not fl.fast_linear_available():
+        pytest.skip("skinny_linear has no AVX-512 kernel here")
+    calls = []
+    real = fl.ops.skinny_linear_quant
+    monkeypatch.setattr(fl.ops, "skinny_linear_quant", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    exact, other = torch.nn.Linear(64, 40), torch.nn.Linear(64, 40)
+    with torch.no_grad():
+        exact.weight.copy_(gguf_blocks(40, 64, "Q4_1", seed=7).dequantize())
+    model = torch.nn.Sequential(exact, other)
+    x = torch.randn(1, 2, 64)
+    with torch.no_grad():
+        with fl.FastLinear(model, quantized=True):
+            y = exact(x)                                           # 2 rows: from the blocks
+            y_other = other(x)                                     # not block-exact: float32 rules (MKL at 2 rows)
+        assert calls == [2]
+        assert torch.equal(y[0], torch.ops.radar_ext.skinny_linear(x[0], exact.weight, exact.bias))
+        assert torch.equal(y_other, torch.nn.functional.linear(x, other.weight, other.bias))
+        with fl.FastLinear(model):                                  # quantized off: never the blocks
+            exact(x)
+        assert calls == [2]
+
+
+def test_decoder_on_a_block_exact_target_is_token_identical(monkeypatch):
+    """A tiny Llama whose linears hold GGUF Q4_1 dequantizations (as the default target): RadarDecoder's
+    verify forwards run from the blocks and greedy decoding stays identical to the target's generate."""
+    from radar_ext import RadarDecoder, StaticPolicy, fast_linear as fl
+    from test_decoder import make_drafter, prompts, reference, tiny_llama
+    if not fl.fast_linear_available():
+        pytest.skip("skinny_linear has no AVX-512 kernel here")
+    model = tiny_llama("sdpa")
+    with torch.no_grad():
+        for i, lin in enumerate(m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+            lin.weight.copy_(gguf_blocks(*lin.weight.shape, "Q4_1", seed=i).dequantize())
+    calls = []
+    real = fl.ops.skinny_linear_quant
+    monkeypatch.setattr(fl.ops, "skinny_linear_quant", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    dec = RadarDecoder(model, make_drafter("ngram", model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    for ids, n in zip(prompts(), (1, 9, 30)):
+        assert torch.equal(dec.generate(ids, max_new_tokens=n), reference(model, ids, n))
+    assert calls and max(calls) <= 8

@@ -1,0 +1,150 @@
+"""Exact block-quantized copies of float32 weights, for radar_ext.ops.skinny_linear_quant.
+
+A model loaded from a GGUF file by transformers (the default target: SmolLM2-135M-Instruct Q4_1) holds
+float32 weights that are GGUF dequantizations: per block of 32 consecutive inputs, Q4_1 weights are
+d * q + m (q in 0..15, d and m float16) and Q8_0 weights d * q (q in -127..127, d float16). Such a
+weight streams from memory in 1/6 (Q4_1) or 1/4 (Q8_0) of its float32 bytes, and the few-row products
+of tree verification are memory-bound. `exact_blocks(weight)` recovers the blocks from the float32
+values alone (no file needed) and returns them only if decoding them reproduces every weight bit for
+bit (reference.dequantize_blocks, GGUF's formula); any other weight gets None and stays float32.
+
+Recovery per block: m = the block's minimum (the q = 0 weight), d = (max - m) / 15 rounded to float16
+(the q = 15 weight), its float16 neighbours tried when that one does not reproduce the block; Q8_0
+likewise with d = max |w| / 127. Whatever (d, q, m) reproduces a block is a valid copy, since only the
+decoded values are used.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from radar_ext import reference
+
+BLOCK = 32
+
+
+@dataclass
+class QuantBlocks:
+    """skinny_linear_quant's weight arguments: q uint8 [N, K/2] + m (Q4_1) or q int8 [N, K], m None (Q8_0)."""
+    q: torch.Tensor
+    d: torch.Tensor
+    m: torch.Tensor | None
+
+    @property
+    def kind(self) -> str:
+        return "Q8_0" if self.m is None else "Q4_1"
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.d, self.m) if t is not None)
+
+    def dequantize(self) -> torch.Tensor:
+        return reference.dequantize_blocks(self.q, self.d, self.m)
+
+
+def _f16_candidates(d: torch.Tensor) -> list:
+    """d rounded to float16 and its two float16 neighbours (as float32), for d >= 0."""
+    h = d.half()
+    bits = h.view(torch.int16)
+    up = (bits + 1).view(torch.float16)
+    down = torch.where(bits > 0, bits - 1, bits).view(torch.float16)
+    return [h.float(), up.float(), down.float()]
+
+
+def _pick(blocks: torch.Tensor, candidates: list, encode, decode):
+    """The first candidate scale per block that reproduces it: (q [N, nb, 32], d [N, nb]) or None."""
+    q_out = d_out = None
+    done = None
+    for d in candidates:
+        q = encode(blocks, d)
+        ok = (decode(q, d).view(torch.int32) == blocks.view(torch.int32)).all(2)  # bit for bit (-0.0 too)
+        if done is None:
+            q_out, d_out, done = q, d.clone(), ok
+        else:
+            take = ok & ~done
+            q_out = torch.where(take.unsqueeze(2), q, q_out)
+            d_out = torch.where(take, d, d_out)
+            done = done | ok
+        if bool(done.all()):
+            return q_out, d_out
+    return None
+
+
+def q4_1_blocks(weight: torch.Tensor) -> QuantBlocks | None:
+    """Q4_1 blocks that decode exactly to `weight` (float32 [N, K], K % 32 == 0), or None."""
+    N, K = weight.shape
+    b = weight.detach().reshape(N, K // BLOCK, BLOCK)
+    m = b.amin(2)
+    if not torch.equal(m.half().float(), m):
+        return None
+    mm = m.unsqueeze(2)
+
+    def encode(blocks, d):
+        dd = d.unsqueeze(2)
+        q = torch.where(dd > 0, torch.round((blocks - mm) / torch.where(dd > 0, dd, 1.0)), 0.0)
+        return q.clamp_(0, 15)
+
+    def decode(q, d):
+        return q * d.unsqueeze(2) + mm
+
+    picked = _pick(b, _f16_candidates((b.amax(2) - m) / 15), encode, decode)
+    if picked is None:
+        return None
+    q, d = picked
+    q = q.to(torch.uint8)
+    packed = (q[:, :, :16] | (q[:, :, 16:] << 4)).reshape(N, K // 2).contiguous()
+    return QuantBlocks(packed, d.contiguous(), m.contiguous())
+
+
+def q8_0_blocks(weight: torch.Tensor) -> QuantBlocks | None:
+    """Q8_0 blocks that decode exactly to `weight` (float32 [N, K], K % 32 == 0), or None."""
+    N, K = weight.shape
+    b = weight.detach().reshape(N, K // BLOCK, BLOCK)
+
+    def encode(blocks, d):
+        dd = d.unsqueeze(2)
+        q = torch.where(dd > 0, torch.round(blocks / torch.where(dd > 0, dd, 1.0)), 0.0)
+        return q.clamp_(-127, 127)
+
+    def decode(q, d):
+        return q * d.unsqueeze(2)
+
+    picked = _pick(b, _f16_candidates(b.abs().amax(2) / 127), encode, decode)
+    if picked is None:
+        return None
+    q, d = picked
+    return QuantBlocks(q.to(torch.int8).reshape(N, K).contiguous(), d.contiguous(), None)
+
+
+def exact_blocks(weight: torch.Tensor) -> QuantBlocks | None:
+    """The smallest exact block copy of a float32 CPU weight [N, K]: Q4_1, else Q8_0, else None (also
+    for other dtypes, devices, shapes, K % 32 != 0 or non-finite values)."""
+    if (not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32 or weight.device.type != "cpu"
+            or weight.dim() != 2 or weight.shape[1] % BLOCK or weight.numel() == 0):
+        return None
+    with torch.no_grad():
+        if not bool(torch.isfinite(weight).all()):
+            return None
+        return q4_1_blocks(weight) or q8_0_blocks(weight)
+
+
+# id(weight) -> (weakref to it, data_ptr, version, blocks): one derivation per weight per process, shared
+# by every FastLinear (RadarDecoder builds one per generate call); dropped when the weight is freed.
+_CACHE: dict = {}
+
+
+def cached_exact_blocks(weight: torch.Tensor) -> QuantBlocks | None:
+    """exact_blocks(weight), remembered while the weight lives and is unchanged (same object, storage
+    and version; an in-place update or `weight.data = ...` makes a new copy)."""
+    key = id(weight)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is weight and hit[1:3] == (weight.data_ptr(), weight._version):
+        return hit[3]
+    blocks = exact_blocks(weight)
+    try:
+        ref = weakref.ref(weight, lambda _, k=key: _CACHE.pop(k, None))
+    except TypeError:
+        return blocks
+    _CACHE[key] = (ref, weight.data_ptr(), weight._version, blocks)
+    return blocks
