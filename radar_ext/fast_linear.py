@@ -37,6 +37,10 @@ from radar_ext import ops
 # skinny + sdpa GQA) are 1.23x faster at M = 4, 1.33x at 8, 1.12x at 16, 1.06x at 24, 1.02x at 32.
 MIN_ROWS = 4
 DEFAULT_MAX_ROWS = 24
+# Block-quantized weights (quantized=True) go to the kernel up to this many rows: it reads 1/6 (Q4_1) or
+# 1/4 (Q8_0) of the float32 bytes; on the default target's LM head (Q8_0) it takes 1.3 / 1.8 / 3.5 / 6.3 /
+# 12.0 / 21.3 ms at M = 1 / 4 / 8 / 16 / 32 / 64 rows against MKL's 5.1 / 8.7 / 11.9 / 11.9 / 15.6 / 25.5.
+QUANT_MAX_ROWS = 64
 SDPA_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers.integrations.sdpa_attention per call
 
 
@@ -84,18 +88,22 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = Fa
             state.update(key=(weight, weight.data_ptr(), weight._version), w16=w16, blocks=blocks)
         return state["blocks"], state["w16"]
 
+    row_limit = max(max_rows, QUANT_MAX_ROWS) if quantized else max_rows
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         # x [..., K] -> [..., N]; the parameters are read at call time (never a stale copy)
         weight, bias = linear.weight, linear.bias
         K = x.shape[-1]
         rows = x.numel() // K if K else 0
-        if (not 1 <= rows <= max_rows or x.dtype != torch.float32 or x.device.type != "cpu"
+        if (not 1 <= rows <= row_limit or x.dtype != torch.float32 or x.device.type != "cpu"
                 or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             return F.linear(x, weight, bias)  # the op has no autograd formula; big M: MKL wins
         blocks, w = copies(weight) if weights16 or quantized else (None, None)
         if blocks is not None:
             y = ops.skinny_linear_quant(x.reshape(rows, K), blocks.q, blocks.d, blocks.m, bias)
             return y.view(*x.shape[:-1], weight.shape[0])
+        if rows > max_rows:
+            return F.linear(x, weight, bias)
         if w is None:
             if rows < MIN_ROWS:
                 return F.linear(x, weight, bias)  # float32 weights, few rows: MKL is as fast

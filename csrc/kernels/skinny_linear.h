@@ -32,6 +32,8 @@
 
 #include <stdint.h>
 
+#include <vector>
+
 // RADAR_SKINNY_AVX512: this translation unit is compiled for AVX-512, by -mavx512f (__AVX512F__) or
 // by `#pragma GCC target("avx512f")` as in csrc/skinny_linear_avx512.cpp, which must then define it
 // (GCC's C++ front end does not define __AVX512F__ for a target pragma).
@@ -136,9 +138,10 @@ constexpr int kSkinnyPlainLanes = 8;
 // Tile of NR rows of w (from n0) x MR rows of x (from m0). Lane l sums the products at k = l mod 8
 // in increasing k; the lanes are then summed pairwise ((0+4) + (2+6)) + ((1+5) + (3+7)).
 // (pf_n, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
-template <int NR, int MR, typename Fmt>
+template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
-                                     int64_t pf_n, int64_t pf_rows) {
+                                     const PfFmt& pf, int64_t pf_n, int64_t pf_rows) {
+  (void)pf;
   (void)pf_n;
   (void)pf_rows;
   constexpr int L = kSkinnyPlainLanes;
@@ -243,15 +246,16 @@ static inline void prefetch_row(const Q80Row& r, int64_t k) {
   if ((k & 511) == 0) _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
 }
 
-template <int NR, int MR, typename Fmt>
+template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
-                                      int64_t pf_n, int64_t pf_rows) {
+                                      const PfFmt& pf, int64_t pf_n, int64_t pf_rows) {
   const int64_t K = p.K, K_main = K - K % 16;
   const float* xr[MR];
-  typename Fmt::Row wr[NR], pr[kSkinnyNR];
+  typename Fmt::Row wr[NR];
+  typename PfFmt::Row pr[kSkinnyNR];
   for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + i) * K;
   for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
-  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = f.row(pf_n + j);
+  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -296,35 +300,80 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
 // One block of NR (or, for the last block, fewer) rows of w against all M rows of x. Its tiles share
 // the prefetch of a later block's pf_rows rows at pf between them, a few rows each (spread out, the
 // requests keep the memory busy through the whole block instead of queueing up in its first tile).
-template <int NR, typename Fmt>
-static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t pf_n, int64_t pf_rows) {
+template <int NR, typename Fmt, typename PfFmt>
+static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, const PfFmt& pf, int64_t pf_n,
+                                int64_t pf_rows) {
   const int64_t tiles = (p.M + kSkinnyMR - 1) / kSkinnyMR;
   for (int64_t t = 0, m0 = 0; m0 < p.M; ++t, m0 += kSkinnyMR) {
     const int64_t r0 = pf_rows * t / tiles, r1 = pf_rows * (t + 1) / tiles;
     const int64_t q = pf_n + r0;
     switch (p.M - m0 >= kSkinnyMR ? kSkinnyMR : p.M - m0) {
-      case 4: RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, q, r1 - r0); break;
-      case 3: RADAR_SKINNY_TILE<NR, 3>(p, f, n0, m0, q, r1 - r0); break;
-      case 2: RADAR_SKINNY_TILE<NR, 2>(p, f, n0, m0, q, r1 - r0); break;
-      case 1: RADAR_SKINNY_TILE<NR, 1>(p, f, n0, m0, q, r1 - r0); break;
+      case 4: RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 3: RADAR_SKINNY_TILE<NR, 3>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 2: RADAR_SKINNY_TILE<NR, 2>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 1: RADAR_SKINNY_TILE<NR, 1>(p, f, n0, m0, pf, q, r1 - r0); break;
       default: break;
     }
   }
 }
 
+// Rows n0.. of a block decoded to float32 (row n at w + (n - n0) * K).
+struct DecodedRows {
+  using Row = const float*;
+  const float* w;
+  int64_t n0, K;
+  Row row(int64_t n) const { return w + (n - n0) * K; }
+};
+
+template <typename Row>
+static inline void decode_row(const Row& r, float* out, int64_t K) {
+#if defined(RADAR_SKINNY_AVX512)
+  for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(out + k, load16(r, k));  // K % 32 == 0 for blocks
+#else
+  for (int64_t k = 0; k < K; ++k) out[k] = weight_at(r, k);
+#endif
+}
+
+// With more than one tile of x rows, a block-quantized block is decoded once into buf (NR * K floats,
+// in L1/L2) and its tiles run on the float32 values (the same values, so the same bits) instead of
+// each tile decoding it again; the prefetch still streams the blocks ahead in their packed form.
+template <int NR, typename Fmt>
+static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t pf_n,
+                                        int64_t pf_rows, float* buf) {
+  for (int j = 0; j < NR; ++j) decode_row(f.row(n0 + j), buf + j * p.K, p.K);
+  skinny_block<NR>(p, DecodedRows{buf, n0, p.K}, n0, f, pf_n, pf_rows);
+}
+
+template <typename Fmt> struct IsBlockQuant { static constexpr bool value = false; };
+template <> struct IsBlockQuant<Q41Rows> { static constexpr bool value = true; };
+template <> struct IsBlockQuant<Q80Rows> { static constexpr bool value = true; };
+
 template <typename Fmt>
 static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
   static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
+  const bool decode_once = IsBlockQuant<Fmt>::value && p.M > kSkinnyMR;
+  std::vector<float> buf(decode_once ? kSkinnyNR * p.K : 0);
   for (int64_t b = b0; b < b1; ++b) {
     // prefetch the block kSkinnyPrefetchBlocks ahead in this range (other ranges are other threads')
     const int64_t n0 = b * kSkinnyNR, n1 = n0 + kSkinnyPrefetchBlocks * kSkinnyNR;
     const int64_t pf_rows = b + kSkinnyPrefetchBlocks < b1 ? (p.N - n1 >= kSkinnyNR ? kSkinnyNR : p.N - n1) : 0;
     const int64_t pf_n = pf_rows ? n1 : 0;
-    switch (p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0) {
-      case 4: skinny_block<4>(p, f, n0, pf_n, pf_rows); break;
-      case 3: skinny_block<3>(p, f, n0, pf_n, pf_rows); break;
-      case 2: skinny_block<2>(p, f, n0, pf_n, pf_rows); break;
-      case 1: skinny_block<1>(p, f, n0, pf_n, pf_rows); break;
+    const int64_t nr = p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0;
+    if (decode_once) {
+      switch (nr) {
+        case 4: skinny_block_decoded<4>(p, f, n0, pf_n, pf_rows, buf.data()); break;
+        case 3: skinny_block_decoded<3>(p, f, n0, pf_n, pf_rows, buf.data()); break;
+        case 2: skinny_block_decoded<2>(p, f, n0, pf_n, pf_rows, buf.data()); break;
+        case 1: skinny_block_decoded<1>(p, f, n0, pf_n, pf_rows, buf.data()); break;
+        default: break;
+      }
+      continue;
+    }
+    switch (nr) {
+      case 4: skinny_block<4>(p, f, n0, f, pf_n, pf_rows); break;
+      case 3: skinny_block<3>(p, f, n0, f, pf_n, pf_rows); break;
+      case 2: skinny_block<2>(p, f, n0, f, pf_n, pf_rows); break;
+      case 1: skinny_block<1>(p, f, n0, f, pf_n, pf_rows); break;
       default: break;
     }
   }
