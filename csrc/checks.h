@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "kernels/policy_step.h"
+
 namespace radar_ext {
 
 void check_topk_expand(const at::Tensor& logits, const at::Tensor& beam_scores, int64_t tree_topk,
@@ -16,6 +18,18 @@ void check_policy_step(const at::Tensor& features, const at::Tensor& h, const at
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
                        const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                        const at::Tensor& b2);
+
+// policy_step's inputs made contiguous (no-ops for the contiguous tensors the policies pass: each ATen
+// call costs cold code in a decode loop) and its outputs allocated, shared by the CPU and CUDA ops.
+struct PolicyStepTensors {
+  at::Tensor features, h, c, w_ih, w_hh, b, w1, b1, w2, b2;  // inputs, contiguous
+  at::Tensor probs, h_new, c_new;                             // outputs [B, O], [B, H], [B, H]
+  kernels::PolicyStepParams params() const;
+};
+PolicyStepTensors policy_step_tensors(const at::Tensor& features, const at::Tensor& h, const at::Tensor& c,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                                      const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                      const at::Tensor& b2);
 
 void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias);
 

@@ -139,6 +139,27 @@ void check_skinny_linear_quant(const at::Tensor& x, const at::Tensor& q, const a
   }
 }
 
+PolicyStepTensors policy_step_tensors(const at::Tensor& features, const at::Tensor& h, const at::Tensor& c,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                                      const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                      const at::Tensor& b2) {
+  const auto contig = [](const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); };
+  PolicyStepTensors t{contig(features), contig(h), contig(c), contig(w_ih), contig(w_hh), contig(b),
+                      contig(w1), contig(b1), contig(w2), contig(b2), {}, {}, {}};
+  const int64_t B = features.size(0), H = h.size(1), O = w2.size(0);
+  t.probs = at::empty({B, O}, features.options());
+  t.h_new = at::empty({B, H}, features.options());
+  t.c_new = at::empty({B, H}, features.options());
+  return t;
+}
+
+kernels::PolicyStepParams PolicyStepTensors::params() const {
+  return {features.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), w_ih.data_ptr<float>(),
+          w_hh.data_ptr<float>(), b.data_ptr<float>(), w1.data_ptr<float>(), b1.data_ptr<float>(),
+          w2.data_ptr<float>(), b2.data_ptr<float>(), probs.data_ptr<float>(), h_new.data_ptr<float>(),
+          c_new.data_ptr<float>(), features.size(0), features.size(1), h.size(1), w1.size(0), w2.size(0)};
+}
+
 void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes) {
   TORCH_CHECK_VALUE(parents.scalar_type() == at::kLong && parents.dim() == 2 && parents.size(1) >= 1,
                     "parents must be int64 [B, M] with M >= 1, got ", describe(parents));
@@ -219,24 +240,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cpu(
     const at::Tensor& w_hh_in, const at::Tensor& b_in, const at::Tensor& w1_in, const at::Tensor& b1_in,
     const at::Tensor& w2_in, const at::Tensor& b2_in) {
   check_policy_step(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in, w2_in, b2_in);
-  // No-ops for the contiguous tensors the policies pass (each ATen call costs cold code in a decode loop).
-  const auto contig = [](const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); };
-  const at::Tensor features = contig(features_in), h = contig(h_in), c = contig(c_in), w_ih = contig(w_ih_in),
-                   w_hh = contig(w_hh_in), b = contig(b_in), w1 = contig(w1_in), b1 = contig(b1_in),
-                   w2 = contig(w2_in), b2 = contig(b2_in);
-  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), G = w1.size(0), O = w2.size(0);
-  at::Tensor probs = at::empty({B, O}, features.options());
-  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
-  const kernels::PolicyStepParams p{features.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(),
-                                    w_ih.data_ptr<float>(), w_hh.data_ptr<float>(), b.data_ptr<float>(),
-                                    w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
-                                    b2.data_ptr<float>(), probs.data_ptr<float>(), h_new.data_ptr<float>(),
-                                    c_new.data_ptr<float>(), B, F, H, G, O};
+  const PolicyStepTensors t = policy_step_tensors(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in,
+                                                  w2_in, b2_in);
+  const kernels::PolicyStepParams p = t.params();
+  const int64_t F = p.F, H = p.H, G = p.G, O = p.O;
   // ~(4H(F+H) + G(H+F) + OG) multiply-adds a row: rows go to threads only in batches worth the wake-up.
   const int64_t work = 4 * H * (F + H) + G * (H + F) + O * G + 1;
-  at::parallel_for(0, B, std::max<int64_t>(1, 262144 / work),
+  at::parallel_for(0, p.B, std::max<int64_t>(1, 262144 / work),
                    [&](int64_t begin, int64_t end) { policy_step_rows_cpu(p, begin, end); });
-  return {probs, h_new, c_new};
+  return {t.probs, t.h_new, t.c_new};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents_in,

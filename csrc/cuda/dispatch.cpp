@@ -39,20 +39,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_step_cuda(
     const at::Tensor& w2_in, const at::Tensor& b2_in) {
   check_policy_step(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in, w2_in, b2_in);
   const c10::cuda::CUDAGuard guard(features_in.device());
-  const at::Tensor features = features_in.contiguous(), h = h_in.contiguous(), c = c_in.contiguous(),
-                   w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous(), b = b_in.contiguous(),
-                   w1 = w1_in.contiguous(), b1 = b1_in.contiguous(), w2 = w2_in.contiguous(), b2 = b2_in.contiguous();
-  const int64_t B = features.size(0), F = features.size(1), H = h.size(1), G = w1.size(0), O = w2.size(0);
-  at::Tensor probs = at::empty({B, O}, features.options());
-  at::Tensor h_new = at::empty({B, H}, features.options()), c_new = at::empty({B, H}, features.options());
-  const kernels::PolicyStepParams p{features.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(),
-                                    w_ih.data_ptr<float>(), w_hh.data_ptr<float>(), b.data_ptr<float>(),
-                                    w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
-                                    b2.data_ptr<float>(), probs.data_ptr<float>(), h_new.data_ptr<float>(),
-                                    c_new.data_ptr<float>(), B, F, H, G, O};
-  at::Tensor scratch = at::empty({B, kernels::policy_scratch_floats(p)}, features.options());
+  const PolicyStepTensors t = policy_step_tensors(features_in, h_in, c_in, w_ih_in, w_hh_in, b_in, w1_in, b1_in,
+                                                  w2_in, b2_in);
+  const kernels::PolicyStepParams p = t.params();
+  at::Tensor scratch = at::empty({p.B, kernels::policy_scratch_floats(p)}, t.features.options());
   C10_CUDA_CHECK(cuda::launch_policy_step(p, scratch.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()));
-  return {probs, h_new, c_new};
+  return {t.probs, t.h_new, t.c_new};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor& parents_in,
