@@ -107,6 +107,10 @@ class RadarDecoder:
         those forwards), where it applies (float32 CPU target, AVX-512 kernel available; elsewhere it is
         a no-op). On by default: on an idle 2-core AVX-512 machine at 2 threads it makes a verify
         forward 1.08x faster at 2 tree tokens, 1.23x at 4, 1.33x at 8, 1.12x at 16 (bench/bench_verify.py).
+        Linears whose float32 weights are exact GGUF Q4_1 / Q8_0 dequantizations (a model loaded from a GGUF
+        file, as the default target) run from those blocks (radar_ext.quant, skinny_linear_quant: same bits,
+        1/6 or 1/4 of the bytes; the default target's verify of 1 / 4 / 8 tree tokens 31 / 37 / 50 ms against
+        48 / 54 / 59 on the float32 kernel and HF's own 1-token step 47, bench/bench_verify.py).
         fast_linear=False keeps every verify on the target's own linears.
         lean_verify: a plain Llama target with sdpa attention verifies through radar_ext.lean_forward
         (the same ops and bits without transformers' per-call plumbing; a 2-3 token verify of the
