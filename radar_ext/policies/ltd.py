@@ -16,7 +16,7 @@ from radar_ext.policies.base import BudgetStep, DraftStep
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.learned import (FORMAT, SCORE_FLOOR, SCORE_SCALE, ControllerNet, FusedHead, LearnedPolicy,
                                         check_batch, check_features, config_value, costs_from_config, decide,
-                                        seq_len_feature, sorted_padded)
+                                        seq_len_feature)
 
 STOP, CONTINUE = 0, 1
 
