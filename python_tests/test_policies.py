@@ -9,7 +9,8 @@ from torch import nn
 
 from radar_ext import EagleDrafter, RadarDecoder
 from radar_ext.policies import BudgetStep, CostInfo, DraftStep, LtdPolicy, PolicyCosts, RadarPolicy, load_policy
-from radar_ext.policies.learned import SCORE_FLOOR
+from radar_ext.policies import StaticPolicy
+from radar_ext.policies.learned import SCORE_FLOOR, temperature_feature
 from test_decoder import prompts, reference, tiny_llama
 
 COSTS = {"t_draft": 0.002, "t_policy": 1e-4, "t_ar": 0.01, "t_verify": {"V": [1, 16, 64], "seconds": [0.01, 0.012, 0.02]}}
@@ -68,28 +69,32 @@ def steps(W, n, seed=0):
         beams = torch.sort(-torch.rand(1, W, generator=g) * 8, descending=True).values
         beams[0, -1] = -float("inf") if t == 1 else beams[0, -1]          # a dead beam is clamped
         rows = 1 if t == 0 else W
-        out.append(DraftStep(t + 1, beams, -torch.rand(1, rows, W, generator=g) * 10, 50 + t, CostInfo()))
+        out.append(DraftStep(t + 1, beams, -torch.rand(1, rows, W, generator=g) * 10, 50 + t, CostInfo(),
+                             temperature=(0.0, 1.0, 0.7, 3.0)[t % 4]))
     return out
 
 
 def test_radar_fused_path_equals_torch_lstm():
     policy = make("radar", seed=1, W=10, N=8)
     net = policy.net
-    lstm = nn.LSTM(10, 128, batch_first=True)
+    lstm = nn.LSTM(11, 128, batch_first=True)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(lstm, name + "_l0").copy_(getattr(net.lstm, name))
     seq = steps(10, 7)
-    x = torch.stack([s.beam_scores[0].clamp(min=SCORE_FLOOR) for s in seq]).unsqueeze(0)   # [1, T, 10]
+    # features: the clamped beam scores, then the temperature clamped to [0, 2]
+    x = torch.stack([torch.cat([s.beam_scores[0].clamp(min=SCORE_FLOOR), torch.tensor([min(s.temperature, 2.0)])])
+                     for s in seq]).unsqueeze(0)                                          # [1, T, 11]
+    assert x[0, 3, -1] == 2.0 and x[0, 1, -1] == 1.0
     h, _ = lstm(x)
     want = torch.softmax(net.fc2(torch.relu(net.fc1(torch.cat([h[0], x[0]], 1)))), 1)    # [T, 2]
     policy.reset()
-    got = torch.cat([policy.head(s.beam_scores.clamp(min=SCORE_FLOOR)) for s in seq])
+    got = torch.cat([policy.head(x[0, i:i + 1]) for i in range(len(seq))])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # and the decisions of should_continue are its argmax
     policy.reset()
     assert [policy.should_continue(s) for s in seq] == (want[:, 1] > want[:, 0]).tolist()
-    assert sum(p.numel() for p in net.parameters()) == 89_730  # METHOD.md 5: about 90k
+    assert sum(p.numel() for p in net.parameters()) == 90_370  # METHOD.md 5: about 90k
 
 
 def test_ltd_fused_path_equals_torch_mlp():
@@ -98,17 +103,19 @@ def test_ltd_fused_path_equals_torch_mlp():
     for s in steps(3, 4, seed=4):
         cs = torch.sort(s.child_scores.reshape(-1), descending=True).values.clamp(min=SCORE_FLOOR)
         cs = torch.cat([cs, torch.full((9 - cs.shape[0],), SCORE_FLOOR)])
-        x = torch.cat([cs / 10, torch.tensor([torch.log1p(torch.tensor(float(s.seq_len))) / 8, s.draft_calls / 4]), cost])
+        x = torch.cat([cs / 10, torch.tensor([torch.log1p(torch.tensor(float(s.seq_len))) / 8, s.draft_calls / 4,
+                                              min(s.temperature, 2.0)]), cost])
         mlp = nn.Sequential(policy.depth_net.fc1, nn.ReLU(), policy.depth_net.fc2)
         want = torch.softmax(mlp(x.view(1, -1)), 1)
         assert policy.should_continue(s) == bool(want[0, 1] > want[0, 0])
         torch.testing.assert_close(policy.depth_head.__call__(x.view(1, -1)), want, rtol=1e-5, atol=1e-6)
     pool = -torch.rand(1, 13) * 6
-    x = torch.cat([torch.sort(pool[0], descending=True).values[:8] / 10,
-                   torch.tensor([torch.log1p(torch.tensor(77.0)) / 8, 3 / 4]), cost])
-    want = torch.softmax(nn.Sequential(policy.size_net.fc1, nn.ReLU(), policy.size_net.fc2)(x.view(1, -1)), 1)
-    got = policy.verify_budget(BudgetStep(pool, 3, 77, 60, CostInfo()))
-    assert got == BUDGETS[int(want.argmax())]
+    for temp in (0.0, 1.0):
+        x = torch.cat([torch.sort(pool[0], descending=True).values[:8] / 10,
+                       torch.tensor([torch.log1p(torch.tensor(77.0)) / 8, 3 / 4, temp]), cost])
+        want = torch.softmax(nn.Sequential(policy.size_net.fc1, nn.ReLU(), policy.size_net.fc2)(x.view(1, -1)), 1)
+        got = policy.verify_budget(BudgetStep(pool, 3, 77, 60, CostInfo(), temperature=temp))
+        assert got == BUDGETS[int(want.argmax())]
 
 
 def test_ltd_inference_features_equal_the_training_layout():
@@ -119,15 +126,51 @@ def test_ltd_inference_features_equal_the_training_layout():
     policy = make("ltd", seed=5)
     cost = policy.cost_tensor()
     for s in steps(3, 4, seed=6):
-        got = policy._features(s.child_scores.reshape(1, -1), 9, s.seq_len, s.draft_calls).clone()
+        temp = temperature_feature(torch.tensor([s.temperature]))
+        got = policy._features(s.child_scores.reshape(1, -1), 9, s.seq_len, s.draft_calls, s.temperature).clone()
         want = depth_features(sorted_padded(s.child_scores.reshape(1, -1), 9), torch.tensor([seq_len_feature(s.seq_len)]),
-                              torch.tensor([s.draft_calls / 4]), cost)
+                              torch.tensor([s.draft_calls / 4]), temp, cost)
         assert torch.equal(got, want)
         pool = -torch.rand(1, 5 + s.draft_calls * 3) * 8
-        got = policy._features(pool, 8, s.seq_len, s.draft_calls).clone()
+        got = policy._features(pool, 8, s.seq_len, s.draft_calls, s.temperature).clone()
         want = size_features(sorted_padded(pool, 8), torch.tensor([seq_len_feature(s.seq_len)]),
-                             torch.tensor([s.draft_calls / 4]), cost)
+                             torch.tensor([s.draft_calls / 4]), temp, cost)
         assert torch.equal(got, want)
+
+
+def test_radar_inference_features_equal_the_training_layout():
+    """RadarPolicy's host-built feature row is radar_features' row bit for bit (the training input)."""
+    from radar_ext.policies.radar import radar_features
+    policy = make("radar", seed=5, W=3)
+    seen = []
+    policy.head = lambda x: seen.append(x.clone()) or torch.tensor([[0.4, 0.6]])
+    for s in steps(3, 4, seed=6):
+        assert policy.should_continue(s)
+        assert torch.equal(seen[-1], radar_features(s.beam_scores, torch.tensor([s.temperature])))
+        assert torch.equal(seen[-1], radar_features(s.beam_scores, s.temperature))
+
+
+class _Recording(StaticPolicy):
+    def __init__(self):
+        super().__init__(3)
+        self.temps = []
+
+    def should_continue(self, step):
+        self.temps.append(step.temperature)
+        return super().should_continue(step)
+
+    def verify_budget(self, step):
+        self.temps.append(step.temperature)
+        return super().verify_budget(step)
+
+
+@pytest.mark.parametrize("kwargs, want", [({}, 0.0), (dict(do_sample=True, temperature=0.7), 0.7),
+                                           (dict(do_sample=False, temperature=0.7), 0.0)])
+def test_decoder_tells_the_policy_the_temperature(model, kwargs, want):
+    policy = _Recording()
+    dec = RadarDecoder(model, EagleDrafter.init_random(model, seed=1), policy, tree_topk=3, verify_budget=5)
+    dec.generate(prompts()[0], max_new_tokens=6, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert policy.temps and set(policy.temps) == {want}
 
 
 @pytest.mark.parametrize("kind", ["radar", "ltd"])
@@ -159,7 +202,7 @@ def test_config_errors(tmp_path):
     cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
     cfg["lstm_hidden"] = 64
     (tmp_path / "r2" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"net.lstm.weight_ih has shape \[512, 3\], the config"):
+    with pytest.raises(ValueError, match=r"net.lstm.weight_ih has shape \[512, 4\], the config"):
         load_policy(tmp_path / "r2")
     cfg = json.loads((tmp_path / "l" / "config.json").read_text())
     cfg["depth_features"] = cfg["depth_features"][:-1]

@@ -10,19 +10,19 @@ from safetensors.torch import load_file, save_file
 from radar_ext.cli import main
 from radar_ext.policies import PolicyCosts, load_policy
 from radar_ext.training.episodes import FORMAT, load_episodes
-from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, policy_throughput, radar_choices,
-                                             static_grid, train)
+from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, oracle_throughput,
+                                             policy_throughput, radar_choices, static_grid, train)
 
 N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
 COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
 
 
-def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0):
+def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0, temperature=0.0):
     """Continue pays: every draft call adds one accepted token (L = n). Otherwise nothing is accepted
     beyond the first call's level. Beam scores are noise the policy must learn to ignore."""
     g = torch.Generator().manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": 0.0,
+    meta = {"format": FORMAT, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": temperature,
             "pool_topk": K, "head": "synthetic", "target": "synthetic"}
     (path / "episodes_meta.json").write_text(json.dumps(meta))
     for split, C in zip(("train", "val"), cycles):
@@ -61,6 +61,29 @@ def test_expected_throughput_is_exact(tmp_path):
     tokens = 2 + 3 + 5 + 5
     secs = sum(k * 0.002 + t_verify(k, BUDGETS[j]) + (min(k, N - 1) + 1) * 1e-5 for k, j in zip(n.tolist(), v.tolist()))
     assert res["throughput"] == pytest.approx(tokens / secs) and res["mean_draft_calls"] == 2.75
+
+
+def test_oracle_is_the_best_assignment(tmp_path):
+    """oracle_throughput equals the best of every per-cycle assignment of (n, V), found by brute force
+    on a few cycles with random accepted-length distributions; with v_idx only n is chosen."""
+    import itertools
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(8, 4))
+    ep = load_episodes(ep_dir, "val")
+    g = torch.Generator().manual_seed(3)
+    d = torch.rand(ep["accept_dist"].shape, generator=g) ** 4
+    ep.tensors["accept_dist"] = d / d.sum(-1, keepdim=True)
+    costs = PolicyCosts.load(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]}))
+    E = expected_tokens(ep)
+    nV = len(BUDGETS)
+    actions = [(n, v) for n in range(1, N + 1) for v in range(nV)]
+    best = max(policy_throughput(ep, costs, torch.tensor([a[0] for a in ch]), torch.tensor([a[1] for a in ch]),
+                                 True)["throughput"] for ch in itertools.product(actions, repeat=ep.cycles))
+    assert oracle_throughput(ep, costs)["throughput"] == pytest.approx(best, rel=1e-12)
+    assert best > float(static_grid(ep, costs).max())  # the cycles differ, so knowing them pays
+    best_n = max(policy_throughput(ep, costs, torch.tensor(ch), torch.full((ep.cycles,), 1), False)["throughput"]
+                 for ch in itertools.product(range(1, N + 1), repeat=ep.cycles))
+    assert oracle_throughput(ep, costs, v_idx=1)["throughput"] == pytest.approx(best_n, rel=1e-12)
+    assert E.shape[0] == 4
 
 
 @pytest.mark.parametrize("continue_pays", [True, False])
@@ -163,12 +186,37 @@ def test_episodes_of_several_collections_merge(tmp_path):
     assert both.cycles == 14 and both.meta["temperature"] == [0.0, 1.0]
     for k in ("accept_dist", "beam_scores", "child_scores", "seq_len"):
         assert torch.equal(both[k], torch.cat([ep_a[k], ep_b[k]]))
+    assert both["temperature"].tolist() == [0.0] * 8 + [1.0] * 6
     assert load_episodes([a, b], "val").cycles == 6
     (b / "episodes_meta.json").write_text(json.dumps(dict(meta_b, budgets=[4, 8, 32])))
     with pytest.raises(ValueError, match=r"cannot be merged with .*budgets \(\[4, 8, 32\] vs \[4, 8, 16\]\)"):
         load_episodes([a, b], "train")
     with pytest.raises(ValueError, match="at least one"):
         load_episodes([], "train")
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_policies_learn_a_rule_per_temperature(tmp_path, kind):
+    """Deeper drafting pays in the T=0 collection and not in the T=1 one, with the same score
+    statistics: only the temperature feature tells them apart, and each trained policy must follow
+    its temperature's best static depth; the report scores each temperature on its own."""
+    a = write_episodes(tmp_path / "t0", True, cycles=(192, 64), seed=1, temperature=0.0)
+    b = write_episodes(tmp_path / "t1", False, cycles=(192, 64), seed=2, temperature=1.0)
+    costs = dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})
+    (a / "costs.json").write_text(json.dumps(costs))
+    extra = dict(epochs=30, lr=3e-3, verify_budget=8) if kind == "radar" else dict(epochs=8, lr=1e-2)
+    cfg = TrainPolicyConfig(episodes=[a, b], out_dir=tmp_path / "run", kind=kind, costs=str(a / "costs.json"),
+                            batch_size=32, seed=1, **extra)
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    val = load_episodes([a, b], "val")
+    res = evaluate(policy, val, PolicyCosts.load(costs), v_idx_fixed=BUDGETS.index(8))
+    by_t = res["by_temperature"]
+    assert set(by_t) == {"0", "1"} and by_t["0"]["cycles"] == by_t["1"]["cycles"] == 64
+    assert by_t["0"]["mean_draft_calls"] == N and by_t["1"]["mean_draft_calls"] == 1
+    assert min(r["ratio"] for r in by_t.values()) >= 0.99
+    assert res["score"] == pytest.approx((by_t["0"]["ratio"] * by_t["1"]["ratio"]) ** 0.5)
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(rep["policy"]["by_temperature"]) == {"0", "1"}
 
 
 def test_cli_train_policy_on_two_collections(tmp_path, capsys):

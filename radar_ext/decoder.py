@@ -159,7 +159,7 @@ class RadarDecoder:
                 streamer.put(out[0].cpu())
             if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg):
                 break
-            tree = self._draft(emitted, input_ids.shape[1], policy, stats)
+            tree = self._draft(emitted, input_ids.shape[1], policy, stats, cfg)
             logits, features = self._verify(cache, tree, input_ids.shape[1] + emitted.shape[1] - 1, stats)
             acc = self._accept(tree, logits, cfg, generator)
             out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
@@ -182,11 +182,12 @@ class RadarDecoder:
         stats.time_prefill += time.perf_counter() - t0
         return cache, root.view(-1, 1)
 
-    def _draft(self, emitted, prompt_len, policy, stats):
+    def _draft(self, emitted, prompt_len, policy, stats, cfg):
         t0 = time.perf_counter()
         t_policy = stats.time_policy
         req = DraftRequest(root=emitted[:, -1], seq_len=prompt_len + emitted.shape[1], tree_topk=self.tree_topk,
-                           verify_budget=self.verify_budget, policy=policy, costs=self.costs)
+                           verify_budget=self.verify_budget, policy=policy, costs=self.costs,
+                           temperature=cfg.sampling.temperature if cfg.do_sample else 0.0)
         tree = self.drafter.draft(req)
         dt = time.perf_counter() - t0 - (stats.time_policy - t_policy)
         stats.time_draft += dt

@@ -18,6 +18,7 @@ class DraftRequest:
     verify_budget: int    # V (the policy may lower or raise it)
     policy: Policy
     costs: CostInfo
+    temperature: float = 0.0  # the generation's sampling temperature (0.0: greedy), passed to the policy
 
 
 class Drafter:

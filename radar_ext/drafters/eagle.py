@@ -116,7 +116,7 @@ class EagleDrafter(Drafter):
         hidden = hidden.expand(B, W, -1)                                        # parent output per beam
         calls = 1
         policy.reset()
-        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature)
         if self.recorder is not None:
             self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
@@ -143,10 +143,10 @@ class EagleDrafter(Drafter):
             beam_scores = exp.next_scores
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
-            step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs)
+            step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature)
             if self.recorder is not None:
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
         budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
-                                                 req.verify_budget, req.costs))
+                                                 req.verify_budget, req.costs, req.temperature))
         return pool.to_tree(req.root, budget, calls)

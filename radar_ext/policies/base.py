@@ -26,6 +26,7 @@ class DraftStep:
     child_scores: torch.Tensor  # [B, N, W] float32 scores of this level's children (N = 1 on call 1)
     seq_len: int                # tokens in the sequence so far (prompt + emitted, root included)
     costs: CostInfo             # measured costs
+    temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class BudgetStep:
     seq_len: int
     default_budget: int         # the decoder's verify_budget
     costs: CostInfo
+    temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
 
 
 class Policy:

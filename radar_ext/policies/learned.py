@@ -95,6 +95,18 @@ def sorted_padded(scores: torch.Tensor, width: int) -> torch.Tensor:
     return s
 
 
+TEMPERATURE_CAP = 2.0  # temperatures above this look like this one to the policies
+
+
+def temperature_feature(temperature) -> torch.Tensor | float:
+    """The generation's sampling temperature clamped to [0, TEMPERATURE_CAP] (0: greedy). Acceptance
+    falls as the temperature rises (at T = 1 a drafted token is accepted with the target's probability
+    of it, not by matching its argmax), so the depth and budget that pay differ."""
+    if isinstance(temperature, torch.Tensor):
+        return temperature.float().clamp(0.0, TEMPERATURE_CAP)
+    return min(max(float(temperature), 0.0), TEMPERATURE_CAP)
+
+
 def seq_len_feature(seq_len) -> torch.Tensor | float:
     """log(1 + seq_len) / 8: about 0..1 over typical lengths."""
     if isinstance(seq_len, torch.Tensor):

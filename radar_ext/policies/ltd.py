@@ -1,10 +1,10 @@
 """LtdPolicy: learned depth and verify budget, rewarded by throughput (METHOD.md 6).
 
 Depth head (queried after every draft call): MLP on [the W*W child scores of the last level sorted
-(call 1: its W root children, floor-padded), log seq_len, calls made / max_draft_calls, cost features]
--> (P(stop), P(continue)). Size head (after drafting): MLP on [the best `pool_topk` pool scores
-sorted, log seq_len, calls / max_draft_calls, cost features] -> one probability per budget in
-`budgets`. Scores are divided by 10. Both run through ops.policy_step with H = 0 (no LSTM).
+(call 1: its W root children, floor-padded), log seq_len, calls made / max_draft_calls, the sampling
+temperature (learned.temperature_feature), cost features] -> (P(stop), P(continue)). Size head (after
+drafting): MLP on [the best `pool_topk` pool scores sorted, log seq_len, calls / max_draft_calls,
+temperature, cost features] -> one probability per budget in `budgets`. Scores are divided by 10. Both run through ops.policy_step with H = 0 (no LSTM).
 Cost features are the calibrated costs relative to t_ar (PolicyCosts.features), so the same policy
 sees when the machine's cost curve changes.
 """
@@ -16,9 +16,12 @@ from radar_ext.policies.base import BudgetStep, DraftStep
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.learned import (FORMAT, SCORE_FLOOR, SCORE_SCALE, ControllerNet, FusedHead, LearnedPolicy,
                                         check_batch, check_features, config_value, costs_from_config, decide,
-                                        seq_len_feature)
+                                        seq_len_feature, temperature_feature)
 
 STOP, CONTINUE = 0, 1
+
+
+CONTEXT_FEATURES = ["log_seq_len", "calls_frac", "temperature"]
 
 
 def cost_feature_names(budgets) -> list:
@@ -26,19 +29,20 @@ def cost_feature_names(budgets) -> list:
 
 
 def depth_feature_names(W: int, budgets) -> list:
-    return [f"child_score_sorted_{i}" for i in range(W * W)] + ["log_seq_len", "calls_frac"] + cost_feature_names(budgets)
+    return [f"child_score_sorted_{i}" for i in range(W * W)] + CONTEXT_FEATURES + cost_feature_names(budgets)
 
 
 def size_feature_names(pool_topk: int, budgets) -> list:
-    return [f"pool_score_sorted_{i}" for i in range(pool_topk)] + ["log_seq_len", "calls_frac"] + cost_feature_names(budgets)
+    return [f"pool_score_sorted_{i}" for i in range(pool_topk)] + CONTEXT_FEATURES + cost_feature_names(budgets)
 
 
 def depth_features(child_sorted: torch.Tensor, seq_len_f: torch.Tensor, calls_frac: torch.Tensor,
-                   cost_f: torch.Tensor) -> torch.Tensor:
-    """child_sorted [B, W*W] (descending, floored), seq_len_f, calls_frac [B], cost_f [nc] -> [B, F]."""
+                   temperature_f: torch.Tensor, cost_f: torch.Tensor) -> torch.Tensor:
+    """child_sorted [B, W*W] (descending, floored), seq_len_f, calls_frac, temperature_f [B], cost_f [nc]
+    -> [B, F]."""
     B = child_sorted.shape[0]
     return torch.cat([child_sorted / SCORE_SCALE, seq_len_f.view(B, 1), calls_frac.view(B, 1),
-                      cost_f.view(1, -1).expand(B, -1)], 1).float()
+                      temperature_f.view(B, 1), cost_f.view(1, -1).expand(B, -1)], 1).float()
 
 
 size_features = depth_features  # same layout with the pool's top scores in front
@@ -67,8 +71,9 @@ class LtdPolicy(LearnedPolicy):
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-            self.depth_net = ControllerNet(tree_topk * tree_topk + 2 + nc, 2, 0, mlp_hidden)
-            self.size_net = ControllerNet(pool_topk + 2 + nc, len(budgets), 0, mlp_hidden)
+            nx = len(CONTEXT_FEATURES) + nc
+            self.depth_net = ControllerNet(tree_topk * tree_topk + nx, 2, 0, mlp_hidden)
+            self.size_net = ControllerNet(pool_topk + nx, len(budgets), 0, mlp_hidden)
         self.generator = generator or torch.Generator().manual_seed(seed)
         self.refresh()
 
@@ -80,15 +85,16 @@ class LtdPolicy(LearnedPolicy):
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
         self._cost_list = self.cost_tensor().tolist()
 
-    def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int) -> torch.Tensor:
+    def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int, temperature: float) -> torch.Tensor:
         """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
-        log seq_len, calls_frac, cost features: the values depth_features / size_features build for
+        log seq_len, calls_frac, temperature, cost features: the values depth_features / size_features build for
         training, bit for bit (one host copy and Python floats instead of a dozen small ATen ops, which
         cost ~4x their standalone time between the forwards of a decode loop; float64 division then
         rounding to float32 is exact rounding for float32 operands)."""
         top = sorted((max(v, SCORE_FLOOR) for v in scores[0].tolist()), reverse=True)[:width]
         top += [SCORE_FLOOR] * (width - len(top))
-        row = [v / SCORE_SCALE for v in top] + [seq_len_feature(seq_len), draft_calls / self.max_draft_calls]
+        row = [v / SCORE_SCALE for v in top] + [seq_len_feature(seq_len), draft_calls / self.max_draft_calls,
+                                                temperature_feature(temperature)]
         return torch.tensor([row + self._cost_list], dtype=torch.float32)
 
     def should_continue(self, step: DraftStep) -> bool:
@@ -97,12 +103,13 @@ class LtdPolicy(LearnedPolicy):
         if cs.shape[2] != self.tree_topk:
             raise ValueError(f"LtdPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{cs.shape[2]} children per beam; use --tree-topk {self.tree_topk}")
-        x = self._features(cs.reshape(1, -1), self.tree_topk * self.tree_topk, step.seq_len, step.draft_calls)
+        x = self._features(cs.reshape(1, -1), self.tree_topk * self.tree_topk, step.seq_len, step.draft_calls,
+                           step.temperature)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def verify_budget(self, step: BudgetStep) -> int:
         check_batch(step.pool_scores, "pool_scores")
-        x = self._features(step.pool_scores, self.pool_topk, step.seq_len, step.draft_calls)
+        x = self._features(step.pool_scores, self.pool_topk, step.seq_len, step.draft_calls, step.temperature)
         return self.budgets[decide(self.size_head(x), self.sample, self.generator)]
 
     # ------------------------------------------------------------------ I/O

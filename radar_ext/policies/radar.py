@@ -1,8 +1,9 @@
 """RadarPolicy: a learned stop rule for draft calls (METHOD.md 5).
 
 State after draft call t: the W cumulative beam scores, sorted descending (raw log-probs, clamped at
-SCORE_FLOOR so dead beams stay finite). An LSTM cell (hidden 128), reset at every cycle, runs over
-the states of the cycle; an MLP on [h, state] (138 -> 128 -> ReLU -> 2) gives (P(stop), P(continue)).
+SCORE_FLOOR so dead beams stay finite), and the generation's sampling temperature (0 for greedy;
+learned.temperature_feature). An LSTM cell (hidden 128), reset at every cycle, runs over the states
+of the cycle; an MLP on [h, state] (128 + W + 1 -> 128 -> ReLU -> 2) gives (P(stop), P(continue)).
 One fused ops.policy_step per draft call. Deterministic argmax by default; `sample=True` draws.
 """
 from __future__ import annotations
@@ -12,18 +13,23 @@ import torch
 from radar_ext.policies.base import DraftStep
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.learned import (FORMAT, SCORE_FLOOR, ControllerNet, FusedHead, LearnedPolicy,
-                                        check_batch, check_features, config_value, costs_from_config, decide)
+                                        check_batch, check_features, config_value, costs_from_config, decide,
+                                        temperature_feature)
 
 STOP, CONTINUE = 0, 1
 
 
-def radar_features(beam_scores: torch.Tensor) -> torch.Tensor:
-    """beam_scores [..., W] (descending) -> features [..., W] float32."""
-    return beam_scores.float().clamp(min=SCORE_FLOOR)
+def radar_features(beam_scores: torch.Tensor, temperature) -> torch.Tensor:
+    """beam_scores [..., W] (descending), temperature (a number or a tensor [...]) -> features [..., W + 1]
+    float32: the clamped scores, then the temperature feature."""
+    s = beam_scores.float().clamp(min=SCORE_FLOOR)
+    t = temperature_feature(temperature)
+    t = t.expand(s.shape[:-1]) if isinstance(t, torch.Tensor) else s.new_full(s.shape[:-1], t)
+    return torch.cat([s, t.unsqueeze(-1)], -1)
 
 
 def radar_feature_names(W: int) -> list:
-    return [f"beam_score_{i}" for i in range(W)]
+    return [f"beam_score_{i}" for i in range(W)] + ["temperature"]
 
 
 class RadarPolicy(LearnedPolicy):
@@ -45,7 +51,7 @@ class RadarPolicy(LearnedPolicy):
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-            self.net = ControllerNet(tree_topk, 2, lstm_hidden, mlp_hidden)
+            self.net = ControllerNet(tree_topk + 1, 2, lstm_hidden, mlp_hidden)
         self.generator = generator or torch.Generator().manual_seed(seed)
         self.refresh()
 
@@ -62,7 +68,8 @@ class RadarPolicy(LearnedPolicy):
             raise ValueError(f"RadarPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{step.beam_scores.shape[1]} beam scores; use --tree-topk {self.tree_topk}")
         # radar_features' values, built from one host copy (bit for bit: clamping a float32 in float64)
-        x = torch.tensor([[max(v, SCORE_FLOOR) for v in step.beam_scores.tolist()[0]]], dtype=torch.float32)
+        row = [max(v, SCORE_FLOOR) for v in step.beam_scores.tolist()[0]]
+        x = torch.tensor([row + [temperature_feature(step.temperature)]], dtype=torch.float32)
         probs = self.head(x)
         return decide(probs, self.sample, self.generator) == CONTINUE
 

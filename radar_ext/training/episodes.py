@@ -142,6 +142,7 @@ class EpisodeCollector:
         self.target, self.drafter = target, drafter
         self.N, self.W, self.budgets, self.K = max_draft_calls, tree_topk, budgets, pool_topk
         self.sampling = SamplingParams(float(temperature)) if temperature > 0 else None
+        self.temperature = float(temperature)
 
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), generator=None) -> dict:
@@ -179,7 +180,7 @@ class EpisodeCollector:
         try:
             rec.t_last = time.perf_counter()
             dr.draft(DraftRequest(root=root, seq_len=prefix_len + 1, tree_topk=W, verify_budget=self.budgets[-1],
-                                  policy=StaticPolicy(N), costs=CostInfo()))
+                                  policy=StaticPolicy(N), costs=CostInfo(), temperature=self.temperature))
         finally:
             dr.recorder = None
         if len(rec.counts) != N:
@@ -417,7 +418,8 @@ _MERGE_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "pool_topk")
 def load_episodes(path, split: str) -> Episodes:
     """Load the `train` or `val` shards of a `radar collect` directory, or of several (a list of
     directories, e.g. the T=0 and T=1 collections of one head): their cycles are concatenated and
-    their W, N, budgets and pool_topk must agree; meta["temperature"] becomes the list of theirs."""
+    their W, N, budgets and pool_topk must agree; meta["temperature"] becomes the list of theirs.
+    Besides the stored fields, `temperature` [C] float32 is every cycle's collection temperature."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -434,7 +436,7 @@ def load_episodes(path, split: str) -> Episodes:
                              + ", ".join(f"{k} ({ep.meta.get(k)!r} vs {meta.get(k)!r})" for k in bad))
     meta["temperature"] = [ep.meta.get("temperature") for ep in loaded]
     meta["merged_from"] = [str(p) for p in paths]
-    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in TENSOR_KEYS})
+    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in TENSOR_KEYS + ("temperature",)})
 
 
 def _load_one(path: Path, split: str) -> Episodes:
@@ -448,9 +450,13 @@ def _load_one(path: Path, split: str) -> Episodes:
         raise ValueError(f"{meta_path}: episodes format {meta.get('format')!r} is not supported (expected {FORMAT})")
     shards = sorted(path.glob(f"{split}_*.safetensors"))
     parts = [load_file(str(s)) for s in shards]
-    if not parts:
-        return Episodes(meta, _empty_shard(_cfg_from_meta(meta)))
-    return Episodes(meta, {k: torch.cat([p[k] for p in parts]) for k in TENSOR_KEYS})
+    tensors = (_empty_shard(_cfg_from_meta(meta)) if not parts else
+               {k: torch.cat([p[k] for p in parts]) for k in TENSOR_KEYS})
+    temperature = meta.get("temperature")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+        raise ValueError(f"{meta_path}: temperature must be a number >= 0, got {temperature!r}")
+    tensors["temperature"] = torch.full((tensors["accept_dist"].shape[0],), float(temperature))
+    return Episodes(meta, tensors)
 
 
 def _cfg_from_meta(meta):

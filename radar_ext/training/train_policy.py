@@ -12,6 +12,9 @@ size head with the depth head frozen, then depth with size frozen, `rounds` time
 
 Model selection: EXPECTED THROUGHPUT on the validation split, sum E[L + 1] / sum E[T_cycle] over
 cycles with the deterministic (argmax) policy, compared with every static (n, V) of the same episodes.
+Episodes of several temperatures (T=0 and T=1 collections) are scored per temperature against that
+temperature's best static (n, V), and the selection score is the geometric mean of those ratios, so
+the many cheap greedy cycles cannot buy a loss at T=1.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 from radar_ext.policies.costs import PolicyCosts
-from radar_ext.policies.learned import seq_len_feature, sorted_padded
+from radar_ext.policies.learned import seq_len_feature, sorted_padded, temperature_feature
 from radar_ext.policies.ltd import CONTINUE, STOP, LtdPolicy, depth_features, size_features
 from radar_ext.policies.radar import RadarPolicy, radar_features
 from radar_ext.training.episodes import Episodes, load_episodes
@@ -81,6 +84,16 @@ def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
     return E / (ep.cycles * T)
 
 
+def subset(ep: Episodes, mask: torch.Tensor) -> Episodes:
+    """The cycles where mask [C] is True."""
+    return Episodes(ep.meta, {k: v[mask] for k, v in ep.tensors.items()})
+
+
+def temperatures(ep: Episodes) -> list:
+    """The distinct collection temperatures of the cycles, ascending."""
+    return sorted(set(ep["temperature"].tolist()))
+
+
 def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: torch.Tensor,
                       size_decision: bool) -> dict:
     """Expected throughput of per-cycle choices n [C] (1..N), v_idx [C] (index into budgets)."""
@@ -88,10 +101,35 @@ def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: 
     C, N, _ = E.shape
     e = E[torch.arange(C), n - 1, v_idx]
     vt = verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
-    t = n * costs.t_draft + vt[n - 1, v_idx] + (decisions(n, N) + int(size_decision)) * costs.t_policy
+    t = n.double() * costs.t_draft + vt[n - 1, v_idx] + (decisions(n, N) + int(size_decision)).double() * costs.t_policy
     budgets = torch.tensor(ep.meta["budgets"])
     return {"throughput": float(e.sum() / t.sum()), "tau": float(e.mean()), "mean_draft_calls": float(n.double().mean()),
             "mean_verify_budget": float(budgets[v_idx].double().mean()), "cycles": C}
+
+
+def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None) -> dict:
+    """The ceiling of any controller on these cycles: the best per-cycle choice of (n, V) (with v_idx:
+    of n at that V) knowing every cycle's expected accepted length, maximising sum E[L + 1] / sum T
+    (Dinkelbach's iteration: choose argmax E - lambda T per cycle, set lambda to the ratio reached;
+    it stops at the exact maximum). Costs as policy_throughput's, with one size decision unless v_idx."""
+    E = expected_tokens(ep)
+    C, N, _ = E.shape
+    n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
+    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"]) + \
+        (decisions(n, N) + int(v_idx is None)) * costs.t_policy
+    if v_idx is not None:
+        E, T = E[:, :, v_idx:v_idx + 1], T[:, v_idx:v_idx + 1]
+    if C == 0:
+        return {"throughput": 0.0, "cycles": 0, "mean_draft_calls": 0.0}
+    Ef, Tf = E.reshape(C, -1), T.reshape(-1)
+    lam, a = 0.0, None
+    for _ in range(100):
+        a_new = (Ef - lam * Tf).argmax(1)
+        if a is not None and torch.equal(a_new, a):
+            break
+        a = a_new
+        lam = float(Ef.gather(1, a.view(C, 1)).sum() / Tf[a].sum())
+    return {"throughput": lam, "cycles": C, "mean_draft_calls": float((a // E.shape[2]).double().mean() + 1)}
 
 
 @torch.no_grad()
@@ -103,7 +141,7 @@ def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
     h, c = net.zero_state(C)
     n = torch.full((C,), N, dtype=torch.int64)
     for t in range(min(N, policy.max_draft_calls) - 1):
-        logits, h, c = net.step(radar_features(beams[:, t]), h, c)
+        logits, h, c = net.step(radar_features(beams[:, t], ep["temperature"]), h, c)
         stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
         n[stop] = t + 1
     return n.clamp(max=policy.max_draft_calls)
@@ -115,11 +153,12 @@ def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
     C, N, W, _ = child.shape
     cost = policy.cost_tensor()
     sl = seq_len_feature(ep["seq_len"])
+    tf = temperature_feature(ep["temperature"])
     fd, fs = [], []
     for t in range(N):
         frac = torch.full((C,), (t + 1) / policy.max_draft_calls)
-        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, cost))
-        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, cost))
+        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost))
+        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost))
     return torch.stack(fd, 1), torch.stack(fs, 1)
 
 
@@ -138,11 +177,28 @@ def ltd_choices(policy: LtdPolicy, ep: Episodes, feats=None):
 
 
 def evaluate(policy, ep: Episodes, costs: PolicyCosts, v_idx_fixed: int | None = None) -> dict:
+    """policy_throughput over all cycles, plus per temperature (`by_temperature`: the policy's and that
+    temperature's best static throughput, for RADAR the best static at its fixed V, and their ratio)
+    and `score`, the geometric mean of those ratios (the selection criterion)."""
     if isinstance(policy, RadarPolicy):
         n = radar_choices(policy, ep)
-        return policy_throughput(ep, costs, n, torch.full_like(n, v_idx_fixed), False)
-    n, v = ltd_choices(policy, ep)
-    return policy_throughput(ep, costs, n, v, True)
+        v, size_decision = torch.full_like(n, v_idx_fixed), False
+    else:
+        (n, v), size_decision = ltd_choices(policy, ep), True
+    res = policy_throughput(ep, costs, n, v, size_decision)
+    temp = ep["temperature"]
+    res["by_temperature"], logs = {}, []
+    for t in temperatures(ep):
+        m = temp == t
+        sub = subset(ep, m)
+        r = policy_throughput(sub, costs, n[m], v[m], size_decision)
+        grid = static_grid(sub, costs)
+        best = float((grid if size_decision else grid[:, v_idx_fixed]).max())  # RADAR: at its own V
+        r.update(best_static=best, ratio=r["throughput"] / best)
+        res["by_temperature"][f"{t:g}"] = r
+        logs.append(math.log(r["ratio"]))
+    res["score"] = math.exp(sum(logs) / len(logs)) if logs else 0.0
+    return res
 
 
 # ----------------------------------------------------------------------------- costs
@@ -181,12 +237,13 @@ def measure_policy_time(policy, W: int, repeats: int = 200) -> float:
 def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     """One REINFORCE update on the cycles idx. Returns (mean return, mean n)."""
     beams, dist = ep["beam_scores"][idx], ep["accept_dist"][idx, :, v_idx]  # [B, N, W], [B, N, N+1]
+    temp = ep["temperature"][idx]
     B, N, _ = beams.shape
     net = policy.net
     h, c = net.zero_state(B)
     logps, acts = [], []
     for t in range(N - 1):
-        logits, h, c = net.step(radar_features(beams[:, t]), h, c)
+        logits, h, c = net.step(radar_features(beams[:, t], temp), h, c)
         logp = torch.log_softmax(logits, 1)
         a = torch.multinomial(logp.exp().detach(), 1, generator=gen).view(B)
         logps.append(logp.gather(1, a.view(B, 1)).view(B))
@@ -211,7 +268,12 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     for t in reversed(range(K)):
         run = r[:, t] + cfg.gamma * run * alive[:, t]
         G[:, t] = run
-    base = (G * alive).sum(0) / alive.sum(0).clamp(min=1)               # mean return per step
+    # baseline: the mean return per step among the batch's cycles of the same temperature (a state
+    # input, so still unbiased; greedy and sampled cycles have very different returns)
+    base = torch.zeros(B, K, dtype=torch.float64)
+    for t in temp.unique():
+        m = temp == t
+        base[m] = (G[m] * alive[m]).sum(0) / alive[m].sum(0).clamp(min=1)
     adv = ((G - base) * alive).float()
     loss = -(logps * adv).sum() / B
     opt.zero_grad()
@@ -221,11 +283,18 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
 
 
 def _ltd_rewards(ep, costs, N, budgets) -> torch.Tensor:
-    """E[L + 1] / T_cycle for every (cycle, n, V), scaled by t_ar: [C, N, nV]."""
+    """E[L + 1] / T_cycle for every (cycle, n, V) over the same mean of its temperature's best static
+    (n, V): [C, N, nV]. 1.0 is that static tree's mean reward, so cycles of every temperature weigh
+    alike (greedy cycles' rewards differ far more between actions and would otherwise dominate)."""
     E = expected_tokens(ep)
     n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
     T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, budgets) + (decisions(n, N) + 1) * costs.t_policy
-    return (E * costs.t_ar / T).float()
+    R = E / T
+    temp = ep["temperature"]
+    for t in temp.unique():
+        m = temp == t
+        R[m] = R[m] / R[m].mean(0).max()
+    return R.float()
 
 
 def _ltd_size_step(policy, opt, fs, R, n):
@@ -351,10 +420,11 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         state["epoch"] += 1
         res.update(phase=phase, round=rnd, epoch=state["epoch"], train_objective=sum(stats) / max(len(stats), 1))
         state["history"].append(res)
-        if res["throughput"] > state["best"]:
-            state["best"] = res["throughput"]
+        if res["score"] > state["best"]:
+            state["best"] = res["score"]
             state["best_state"] = {k: {p: v.clone() for p, v in net.state_dict().items()} for k, net in policy.nets().items()}
-        bar.set_postfix(phase=f"{phase}{rnd}", val_tok_s=f"{res['throughput']:.2f}", best=f"{state['best']:.2f}",
+        bar.set_postfix(phase=f"{phase}{rnd}", val_tok_s=f"{res['throughput']:.2f}", score=f"{res['score']:.3f}",
+                        best=f"{state['best']:.3f}",
                         n=f"{res['mean_draft_calls']:.2f}", V=f"{res['mean_verify_budget']:.0f}")
         bar.update(1)
         if state["epoch"] >= cfg.epochs:
@@ -438,6 +508,15 @@ def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_trai
         k = int(col.argmax())
         rep["best_static_at_V"] = {"max_draft_calls": k + 1, "verify_budget": budgets[v_idx], "throughput": float(col[k])}
     rep["gain_over_best_static"] = final["throughput"] / rep["best_static"]["throughput"] - 1
+    # the ceiling: a controller that knew each cycle's outcome, per temperature, against the static
+    # opponent the policy is scored against (RADAR: at its V)
+    rep["oracle"] = {}
+    for t in temperatures(val_ep):
+        sub = subset(val_ep, val_ep["temperature"] == t)
+        o = oracle_throughput(sub, costs, v_idx)
+        g = static_grid(sub, costs)
+        o["gain_over_best_static"] = o["throughput"] / float((g if v_idx is None else g[:, v_idx]).max()) - 1
+        rep["oracle"][f"{t:g}"] = o
     return rep
 
 
@@ -454,6 +533,12 @@ def _format_report(rep, grid, budgets) -> str:
     lines.append(f"  learned {rep['kind']}: {p['throughput']:.2f} tok/s (tau {p['tau']:.2f}, draft calls "
                  f"{p['mean_draft_calls']:.2f}, V {p['mean_verify_budget']:.1f}) -> "
                  f"{rep['gain_over_best_static']:+.1%} vs the best static")
+    for t, r in p.get("by_temperature", {}).items():
+        o = rep.get("oracle", {}).get(t)
+        ceiling = f"; oracle {o['gain_over_best_static']:+.1%}" if o else ""
+        lines.append(f"    T={t}: {r['throughput']:.2f} tok/s vs its best static {r['best_static']:.2f} ({r['ratio'] - 1:+.1%}; "
+                     f"{r['cycles']} cycles, tau {r['tau']:.2f}, draft calls {r['mean_draft_calls']:.2f}, "
+                     f"V {r['mean_verify_budget']:.1f}{ceiling})")
     return "\n".join(lines)
 
 
