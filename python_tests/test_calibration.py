@@ -1,6 +1,7 @@
 """CostModel (radar_ext/calibration.py) and `radar calibrate`: a real calibration on a tiny random
 Llama + untrained EAGLE head (structure and consistency, no timed assertions), JSON round trip,
 interpolation and cost composition on a hand-made model, load errors, CLI help and argument errors."""
+import dataclasses
 import json
 
 import pytest
@@ -76,6 +77,11 @@ def test_cost_model_interpolates_v_and_prefix():
     assert m.t_draft(4, 6, 100) == pytest.approx(0.0035 + 3 * 0.0015)  # W interpolated
     assert m.t_draft(0) == 0.0
     assert m.t_ar(100) == pytest.approx(0.009) and m.t_ar_step(300) == pytest.approx(0.012)
+    # a generate difference that noise took to 0 (tiny models, few tokens) is not a cost: the bare step
+    zeroed = dict(m.ar_generate)
+    zeroed[max(zeroed)] = Stat(0.0, 0.0, 0.0, 1)
+    m0 = dataclasses.replace(m, ar_generate=zeroed)
+    assert m0.t_ar(100) == m0.t_ar_step(100) and m0.t_ar(300) == m0.t_ar_step(300)
     assert m.t_policy() == pytest.approx(1e-5)
     cyc = m.t_cycle(4, 9, 8, 100)
     assert cyc == pytest.approx(0.004 + 3 * 0.002 + 4e-5 + 0.0001 + 0.019 + 0.0002)

@@ -171,8 +171,12 @@ class CostModel:
         return self.policy_decision.median if self.policy_decision is not None else 0.0
 
     def t_ar(self, prefix_len: float | None = None) -> float:
-        """Seconds per token of the target's own greedy `generate` (the speedup baseline)."""
-        return _interp_keyed(self.ar_generate or self.ar_step, self._prefix(prefix_len))
+        """Seconds per token of the target's own greedy `generate` (the speedup baseline). It is the
+        difference of two generate calls, so on a tiny model with few tokens timing noise can take it
+        to 0 (clamped): then, or when it was not measured, the bare 1-token step stands in for it."""
+        gen = self.ar_generate
+        usable = bool(gen) and all(s.median > 0 for s in gen.values())
+        return _interp_keyed(gen if usable else self.ar_step, self._prefix(prefix_len))
 
     def t_ar_step(self, prefix_len: float | None = None) -> float:
         """One bare 1-token target forward + argmax."""
