@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--alpha", type=float, default=0.0, help="RADAR penalty per continue")
     p.add_argument("--beta", type=float, default=None, help="RADAR stop reward scale (default: t_ar)")
     p.add_argument("--verify-budget", type=int, default=60, help="RADAR: the fixed verify budget V")
+    p.add_argument("--entropy", type=float, default=0.0,
+                   help="LTD: entropy bonus per decision (keeps the heads from saturating on one action early)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -40,7 +42,7 @@ def run(args) -> int:
     cfg = TrainPolicyConfig(episodes=args.episodes, out_dir=out, kind=args.kind, costs=args.costs,
                             epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
-                            seed=args.seed, threads=args.threads)
+                            entropy=args.entropy, seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")
@@ -48,7 +50,8 @@ def run(args) -> int:
         best = train(cfg)
     except (ValueError, FileNotFoundError) as e:
         msg = str(e)
-        for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "threads"):
+        for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "entropy",
+                     "threads"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar train-policy: error: {msg}", file=sys.stderr)

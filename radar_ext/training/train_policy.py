@@ -49,6 +49,7 @@ class TrainPolicyConfig:
     alpha: float = 0.0              # RADAR: penalty per continue
     beta: float | None = None       # RADAR: stop reward scale; default t_ar (reward ~ speedup over AR)
     verify_budget: int = 60         # RADAR: the fixed V (must be in the episodes' budget set)
+    entropy: float = 0.0            # LTD: bonus on the mean entropy of the trained head's decisions
     lstm_hidden: int = 128
     mlp_hidden: int = 128
     seed: int = 0
@@ -297,20 +298,32 @@ def _ltd_rewards(ep, costs, N, budgets) -> torch.Tensor:
     return R.float()
 
 
-def _ltd_size_step(policy, opt, fs, R, n):
-    """Maximise E_v~pi[R(c, n_c, v)] over the size head. fs [B, N, F], R [B, N, nV], n [B]."""
-    B = n.shape[0]
-    x = fs[torch.arange(B), n - 1]
-    logits, _, _ = policy.size_net.step(x, *policy.size_net.zero_state(B))
-    exp_r = (torch.softmax(logits, 1) * R[torch.arange(B), n - 1]).sum(1)
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the rows' softmax distributions."""
+    lp = torch.log_softmax(logits, -1)
+    return -(lp.exp() * lp).sum(-1).mean()
+
+
+def _ltd_size_step(policy, opt, fs, R, n, entropy=0.0):
+    """Maximise E_v~pi[R(c, m, v)] (+ entropy * mean decision entropy) over the size head, for the
+    stopping point m = n_c the frozen depth head picks (weight 1/2) and for every other m (1/2 spread
+    evenly): a size head trained only where the depth head stops now would leave every other depth
+    with an untrained budget, and the next depth phase would learn to avoid those depths for that
+    reason alone. fs [B, N, F], R [B, N, nV], n [B]."""
+    B, N, F = fs.shape
+    w = torch.full((B, N), 0.5 / N)
+    w[torch.arange(B), n - 1] += 0.5
+    logits, _, _ = policy.size_net.step(fs.reshape(B * N, F), *policy.size_net.zero_state(B * N))
+    exp_r = (torch.softmax(logits, 1).view(B, N, -1) * R).sum(2)                    # [B, N]
     opt.zero_grad()
-    (-exp_r.mean()).backward()
+    (-(w * exp_r).sum(1).mean() - entropy * _entropy(logits)).backward()
     opt.step()
-    return float(exp_r.detach().mean())
+    return float((w * exp_r).sum(1).detach().mean())
 
 
-def _ltd_depth_step(policy, opt, fd, Rn):
-    """Maximise sum_n P(stop at n) R(c, n) over the depth head. fd [B, N, F], Rn [B, N]."""
+def _ltd_depth_step(policy, opt, fd, Rn, entropy=0.0):
+    """Maximise sum_n P(stop at n) R(c, n) (+ entropy * mean decision entropy) over the depth head.
+    fd [B, N, F], Rn [B, N]."""
     B, N, _ = fd.shape
     logits, _, _ = policy.depth_net.step(fd[:, :N - 1].reshape(B * (N - 1), -1),
                                          *policy.depth_net.zero_state(B * (N - 1)))
@@ -319,7 +332,7 @@ def _ltd_depth_step(policy, opt, fd, Rn):
     p_stop = torch.cat([p[:, :, STOP], torch.ones(B, 1)], 1) * cont                # P(stop after n)
     exp_r = (p_stop * Rn).sum(1)
     opt.zero_grad()
-    (-exp_r.mean()).backward()
+    (-exp_r.mean() - entropy * _entropy(logits)).backward()
     opt.step()
     return float(exp_r.detach().mean())
 
@@ -412,9 +425,9 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
             if phase == "radar":
                 stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen)[0])
             elif phase == "size":
-                stats.append(_ltd_size_step(policy, opt, ltd_train[1][idx], R_train[idx], n_frozen[idx]))
+                stats.append(_ltd_size_step(policy, opt, ltd_train[1][idx], R_train[idx], n_frozen[idx], cfg.entropy))
             else:
-                stats.append(_ltd_depth_step(policy, opt, ltd_train[0][idx], Rn[idx]))
+                stats.append(_ltd_depth_step(policy, opt, ltd_train[0][idx], Rn[idx], cfg.entropy))
         policy.refresh()
         res = evaluate(policy, val_ep, costs, v_idx)
         state["epoch"] += 1
@@ -553,6 +566,8 @@ def _check(cfg: TrainPolicyConfig) -> None:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if not 0 < cfg.gamma <= 1:
         raise ValueError(f"gamma must be in (0, 1], got {cfg.gamma}")
+    if not (math.isfinite(cfg.entropy) and cfg.entropy >= 0):
+        raise ValueError(f"entropy must be a finite number >= 0, got {cfg.entropy}")
     if not (math.isfinite(cfg.alpha) and cfg.alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {cfg.alpha}")
     if cfg.beta is not None and not cfg.beta > 0:
