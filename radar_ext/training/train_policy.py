@@ -76,13 +76,27 @@ def decisions(n: torch.Tensor, N: int) -> torch.Tensor:
     return torch.clamp(n, max=N - 1)
 
 
+def cycle_times(ep: Episodes, costs: PolicyCosts, policy: bool = True, size_decision: bool = True) -> torch.Tensor:
+    """T_cycle of every stopping point and budget: [N, nV] float64, n t_draft + T_verify(V), plus with
+    `policy` one t_policy per depth decision and (size_decision) one for the budget."""
+    N = ep.meta["max_draft_calls"]
+    n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
+    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
+    if policy:
+        T = T + (decisions(n, N) + int(size_decision)) * costs.t_policy
+    return T
+
+
 def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
     """Expected throughput (tokens/s) of every static (n, V): [N, nV] float64."""
-    E = expected_tokens(ep).sum(0)                                       # [N, nV]
-    N, nV = E.shape
-    T = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1) * costs.t_draft + \
-        verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
-    return E / (ep.cycles * T)
+    return expected_tokens(ep).sum(0) / (ep.cycles * cycle_times(ep, costs, policy=False))
+
+
+def best_static_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None) -> float:
+    """The best static throughput of these cycles; with v_idx, the best n at that budget (RADAR's
+    opponent: it verifies one fixed V)."""
+    grid = static_grid(ep, costs)
+    return float((grid if v_idx is None else grid[:, v_idx]).max())
 
 
 def subset(ep: Episodes, mask: torch.Tensor) -> Episodes:
@@ -99,10 +113,9 @@ def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: 
                       size_decision: bool) -> dict:
     """Expected throughput of per-cycle choices n [C] (1..N), v_idx [C] (index into budgets)."""
     E = expected_tokens(ep)
-    C, N, _ = E.shape
+    C = E.shape[0]
     e = E[torch.arange(C), n - 1, v_idx]
-    vt = verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
-    t = n.double() * costs.t_draft + vt[n - 1, v_idx] + (decisions(n, N) + int(size_decision)).double() * costs.t_policy
+    t = cycle_times(ep, costs, size_decision=size_decision)[n - 1, v_idx]
     budgets = torch.tensor(ep.meta["budgets"])
     return {"throughput": float(e.sum() / t.sum()), "tau": float(e.mean()), "mean_draft_calls": float(n.double().mean()),
             "mean_verify_budget": float(budgets[v_idx].double().mean()), "cycles": C}
@@ -114,10 +127,8 @@ def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None
     (Dinkelbach's iteration: choose argmax E - lambda T per cycle, set lambda to the ratio reached;
     it stops at the exact maximum). Costs as policy_throughput's, with one size decision unless v_idx."""
     E = expected_tokens(ep)
-    C, N, _ = E.shape
-    n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
-    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"]) + \
-        (decisions(n, N) + int(v_idx is None)) * costs.t_policy
+    C = E.shape[0]
+    T = cycle_times(ep, costs, size_decision=v_idx is None)
     if v_idx is not None:
         E, T = E[:, :, v_idx:v_idx + 1], T[:, v_idx:v_idx + 1]
     if C == 0:
@@ -193,8 +204,7 @@ def evaluate(policy, ep: Episodes, costs: PolicyCosts, v_idx_fixed: int | None =
         m = temp == t
         sub = subset(ep, m)
         r = policy_throughput(sub, costs, n[m], v[m], size_decision)
-        grid = static_grid(sub, costs)
-        best = float((grid if size_decision else grid[:, v_idx_fixed]).max())  # RADAR: at its own V
+        best = best_static_throughput(sub, costs, None if size_decision else v_idx_fixed)  # RADAR: at its own V
         r.update(best_static=best, ratio=r["throughput"] / best)
         res["by_temperature"][f"{t:g}"] = r
         logs.append(math.log(r["ratio"]))
@@ -283,14 +293,11 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     return float(G[:, 0].mean()), float(n.double().mean())
 
 
-def _ltd_rewards(ep, costs, N, budgets) -> torch.Tensor:
+def _ltd_rewards(ep, costs) -> torch.Tensor:
     """E[L + 1] / T_cycle for every (cycle, n, V) over the same mean of its temperature's best static
     (n, V): [C, N, nV]. 1.0 is that static tree's mean reward, so cycles of every temperature weigh
     alike (greedy cycles' rewards differ far more between actions and would otherwise dominate)."""
-    E = expected_tokens(ep)
-    n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
-    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, budgets) + (decisions(n, N) + 1) * costs.t_policy
-    R = E / T
+    R = expected_tokens(ep) / cycle_times(ep, costs)
     temp = ep["temperature"]
     for t in temp.unique():
         m = temp == t
@@ -401,7 +408,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         log(f"[train-policy] resumed from {ckpt}: phase {state['phase']}, epoch {state['epoch']}")
 
     ltd_train = _ltd_inputs(policy, train_ep) if cfg.kind == "ltd" else None
-    R_train = _ltd_rewards(train_ep, costs, N, budgets) if cfg.kind == "ltd" else None
+    R_train = _ltd_rewards(train_ep, costs) if cfg.kind == "ltd" else None
     C = train_ep.cycles
     total = len(phases) * cfg.epochs
     bar = tqdm(total=total, initial=state["phase"] * cfg.epochs + state["epoch"], desc=f"train {cfg.kind}", unit="epoch")
@@ -527,8 +534,7 @@ def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_trai
     for t in temperatures(val_ep):
         sub = subset(val_ep, val_ep["temperature"] == t)
         o = oracle_throughput(sub, costs, v_idx)
-        g = static_grid(sub, costs)
-        o["gain_over_best_static"] = o["throughput"] / float((g if v_idx is None else g[:, v_idx]).max()) - 1
+        o["gain_over_best_static"] = o["throughput"] / best_static_throughput(sub, costs, v_idx) - 1
         rep["oracle"][f"{t:g}"] = o
     return rep
 
