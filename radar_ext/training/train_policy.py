@@ -268,8 +268,7 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     first = torch.where(stopped.any(1), stopped.float().argmax(1), torch.full((B,), K - 1))  # last decision index
     n = torch.where(stopped.any(1), first + 1, torch.full((B,), N))      # calls made
     L = torch.multinomial(dist[torch.arange(B), n - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
-    vt = verify_times(costs, beams.shape[2], N, [ep.meta["budgets"][v_idx]])[:, 0]        # [N]
-    T = vt[n - 1] + n.double() * (costs.t_draft + costs.t_policy)
+    T = cycle_times(ep, costs, size_decision=False)[n - 1, v_idx]
     steps = torch.arange(K)
     alive = steps.view(1, K) <= first.view(B, 1)                         # decisions actually taken
     r = torch.where(alive & (acts == CONTINUE), -cfg.alpha, 0.0).double()
