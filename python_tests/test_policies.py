@@ -251,3 +251,26 @@ def test_costs_from_calibration_cost_model(model, tmp_path):
         for n in (1, 3):
             for V in (1, 4, 8):
                 assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(cm.t_cycle(n, V, 3))
+
+
+def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
+    """PolicyCosts read at prefix_len is the CostModel's cycle at that prefix (T_verify grows with the
+    context), and a bad prefix_len is refused by name."""
+    from radar_ext.calibration import calibrate
+
+    cm = calibrate(model, EagleDrafter.init_random(model, seed=1), None, name="tiny", v_set=[1, 4],
+                   prefix_lens=[8, 40], tree_topks=[3], max_draft_calls=2, pending=2, warmup=1, repeats=2,
+                   ar_tokens=0)
+    path = cm.save(tmp_path / "cal.json")
+    for P in (8, 20, 40):
+        pc = PolicyCosts.load(path, tree_topk=3, prefix_len=P)
+        assert pc.t_ar == pytest.approx(cm.t_ar(P))
+        for n in (1, 2):
+            for V in (1, 4):
+                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(cm.t_cycle(n, V, 3, P))
+    # the default is the mean calibrated prefix (24 here)
+    assert PolicyCosts.load(cm, tree_topk=3).t_verify(4) == pytest.approx(
+        PolicyCosts.load(cm, tree_topk=3, prefix_len=24).t_verify(4))
+    for bad in (0, -5, float("nan"), "long"):
+        with pytest.raises(ValueError, match="prefix_len"):
+            PolicyCosts.load(cm, tree_topk=3, prefix_len=bad)

@@ -155,6 +155,7 @@ def test_cli_help(command, capsys):
     (["train-policy", "--kind", "ltd", "--epochs", "0"], "--epochs must be an int >= 1, got 0"),
     (["train-policy", "--kind", "radar", "--gamma", "2"], "--gamma must be in (0, 1], got 2.0"),
     (["train-policy", "--kind", "ltd", "--entropy", "-0.1"], "--entropy must be a finite number >= 0, got -0.1"),
+    (["train-policy", "--kind", "ltd", "--prefix-len", "0"], "--prefix-len must be a finite number of tokens > 0"),
     (["generate", "--prompt", "hi", "--policy", "radar"], "--policy radar needs --drafter eagle"),
     (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "/nonexistent/policy"],
      "--policy must be static, radar, ltd or a saved policy directory"),

@@ -28,8 +28,14 @@ from pathlib import Path
 from radar_ext.policies.base import Policy
 
 SCHEMA = "radar_ext.calibration/1"
-DEFAULT_V_SET = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-DEFAULT_PREFIX_LENS = (256, 512)
+# Every V up to 8: T_verify is a staircase, not a line. The few-row kernels work in tiles of 4 x-rows
+# (V + 1 rows with the root), so on the 2-core AVX-512 machine of 2026-12-02 V = 2 and 3 cost the same,
+# V = 4 costs 28% more, and V = 7 less than V = 5 or 6; a curve sampled at 2, 4, 6 interpolated V = 3
+# 20% too dear and its policies never chose it.
+DEFAULT_V_SET = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
+# Decoding mostly runs at 100-300 tokens of context (a chat prompt + up to a few hundred new tokens);
+# below the shortest prefix a cost is read as flat, so the curve starts at 128.
+DEFAULT_PREFIX_LENS = (128, 512)
 DEFAULT_TREE_TOPKS = (4, 6, 8, 10)
 
 

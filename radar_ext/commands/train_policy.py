@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--costs", default=None,
                    help="calibration JSON (t_draft, t_policy, t_ar, T_verify curve); default: estimated from "
                         "the episodes' timings")
+    p.add_argument("--prefix-len", type=float, default=None,
+                   help="context length (tokens) the --costs calibration is read at (default: the mean sequence "
+                        "length of the training cycles)")
     p.add_argument("--epochs", type=int, default=30, help="RADAR: epochs; LTD: epochs per phase")
     p.add_argument("--rounds", type=int, default=2, help="LTD: (size, depth) training rounds")
     p.add_argument("--batch-size", type=int, default=256)
@@ -40,6 +43,7 @@ def run(args) -> int:
 
     out = args.out_dir or cache_dir() / "policy_runs" / args.kind
     cfg = TrainPolicyConfig(episodes=args.episodes, out_dir=out, kind=args.kind, costs=args.costs,
+                            prefix_len=args.prefix_len,
                             epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
                             entropy=args.entropy, seed=args.seed, threads=args.threads)
@@ -51,7 +55,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         msg = str(e)
         for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "entropy",
-                     "threads"):
+                     "threads", "prefix_len"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar train-policy: error: {msg}", file=sys.stderr)

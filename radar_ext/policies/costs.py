@@ -82,28 +82,35 @@ class PolicyCosts:
         return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs)
 
     @classmethod
-    def from_cost_model(cls, cm, tree_topk: int | None = None) -> "PolicyCosts":
-        """From a `radar calibrate` CostModel (radar_ext/calibration.py). t_draft is one later draft
+    def from_cost_model(cls, cm, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
+        """From a `radar calibrate` CostModel (radar_ext/calibration.py), read at `prefix_len` tokens
+        of context (default: the mean of the calibrated prefix lengths; pass the mean sequence length
+        the policy will decide at, since T_verify grows with the prefix). t_draft is one later draft
         call; the "verify" curve holds everything of a cycle that does not scale with the number of
         draft calls (call 1's extra cost over a later call, tree build, the target forward, acceptance
         and commits), so n * t_draft + T_verify(V) + decisions * t_policy equals CostModel.t_cycle."""
-        t_next = cm.t_draft(2, tree_topk) - cm.t_draft(1, tree_topk)
-        extra_first = cm.t_draft(1, tree_topk) - t_next
+        if prefix_len is not None and not (isinstance(prefix_len, (int, float)) and math.isfinite(prefix_len)
+                                           and prefix_len > 0):
+            raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
+        p = None if prefix_len is None else float(prefix_len)
+        t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
+        extra_first = cm.t_draft(1, tree_topk, p) - t_next
         vb = [int(v) for v in cm.v_set]
-        vs = [cm.t_verify(v) + cm.t_tree(v) + cm.t_overhead(v) + extra_first for v in vb]
-        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar()), vb, vs)
+        vs = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + extra_first for v in vb]
+        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs)
 
     @classmethod
-    def load(cls, source, tree_topk: int | None = None) -> "PolicyCosts":
+    def load(cls, source, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
         """From a JSON path, a dict, a PolicyCosts, or a calibration CostModel (object or its JSON,
-        read at tree_topk W, default the calibration's verify W)."""
+        read at tree_topk W, default the calibration's verify W, and at prefix_len tokens, default the
+        mean calibrated prefix; both are ignored for plain cost dicts, which hold one curve)."""
         if isinstance(source, PolicyCosts):
             return source
         if hasattr(source, "t_tree") and hasattr(source, "v_set"):
-            return cls.from_cost_model(source, tree_topk)
+            return cls.from_cost_model(source, tree_topk, prefix_len)
         if isinstance(source, dict) and str(source.get("schema", "")).startswith("radar_ext.calibration/"):
             from radar_ext.calibration import CostModel
-            return cls.from_cost_model(CostModel.from_dict(source), tree_topk)
+            return cls.from_cost_model(CostModel.from_dict(source), tree_topk, prefix_len)
         if isinstance(source, (str, Path)):
             p = Path(source)
             if not p.is_file():
@@ -114,7 +121,7 @@ class PolicyCosts:
                 raise ValueError(f"costs file {p} is not valid JSON: {e}") from None
             if isinstance(d, dict) and str(d.get("schema", "")).startswith("radar_ext.calibration/"):
                 from radar_ext.calibration import CostModel
-                return cls.from_cost_model(CostModel.from_dict(d, str(p)), tree_topk)
+                return cls.from_cost_model(CostModel.from_dict(d, str(p)), tree_topk, prefix_len)
             if isinstance(d, dict) and "t_draft" not in d and isinstance(d.get("costs"), dict):
                 d = d["costs"]
             return cls.from_dict(d)

@@ -41,6 +41,7 @@ class TrainPolicyConfig:
     out_dir: Path
     kind: str = "radar"             # radar | ltd
     costs: str | None = None        # calibration JSON; None: estimated from the episodes' own timings
+    prefix_len: float | None = None  # context length the calibration is read at; None: the training cycles' mean
     epochs: int = 30                # RADAR: epochs; LTD: epochs per phase
     rounds: int = 2                 # LTD: (size, depth) rounds
     batch_size: int = 256
@@ -476,11 +477,14 @@ def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
                           pool_topk=train_ep.meta["pool_topk"], mlp_hidden=cfg.mlp_hidden)
     t_pol = measure_policy_time(probe, W)
     if cfg.costs:
-        costs = PolicyCosts.load(cfg.costs, tree_topk=W)
+        # T_verify grows with the context: read the calibration where the policy will decide (by default
+        # the training cycles' mean sequence length, ~180 tokens on ShareGPT answers of 128 tokens)
+        prefix = cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
+        costs = PolicyCosts.load(cfg.costs, tree_topk=W, prefix_len=prefix)
         if _calibrated_policy(cfg.costs) == "StaticPolicy":
             # the calibration timed a trivial policy: use this controller's own fused decision time
             costs.t_policy = t_pol
-        log(f"[train-policy] costs from {cfg.costs}: t_draft {costs.t_draft * 1e3:.2f} ms/call, T_verify(V) "
+        log(f"[train-policy] costs from {cfg.costs} at prefix {prefix:.0f}: t_draft {costs.t_draft * 1e3:.2f} ms/call, T_verify(V) "
             f"{costs.t_verify(budgets[0]) * 1e3:.2f}..{costs.t_verify(budgets[-1]) * 1e3:.2f} ms (V {budgets[0]}.."
             f"{budgets[-1]}), t_ar {costs.t_ar * 1e3:.2f} ms, t_policy {costs.t_policy * 1e6:.0f} us")
         return costs
@@ -577,3 +581,5 @@ def _check(cfg: TrainPolicyConfig) -> None:
         raise ValueError(f"alpha must be a finite number >= 0, got {cfg.alpha}")
     if cfg.beta is not None and not cfg.beta > 0:
         raise ValueError(f"beta must be > 0, got {cfg.beta}")
+    if cfg.prefix_len is not None and not (math.isfinite(cfg.prefix_len) and cfg.prefix_len > 0):
+        raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {cfg.prefix_len}")
