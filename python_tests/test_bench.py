@@ -210,6 +210,8 @@ def test_cli_errors(capsys):
     for bad in ("8,10", "8,x,60", "8,10,0"):
         assert main(["bench", "--questions", "humaneval", "--static-tree", bad]) == 2
         assert "--static-tree must be three ints >= 1 'CALLS,W,V'" in capsys.readouterr().err
+    assert main(["bench", "--questions", "humaneval", "--policy-costs", "/nonexistent/cal.json"]) == 2
+    assert "--policy-costs '/nonexistent/cal.json' is not a file" in capsys.readouterr().err
 
 
 def test_static_tree_option_sets_the_static_method():

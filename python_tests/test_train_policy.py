@@ -228,3 +228,140 @@ def test_cli_train_policy_on_two_collections(tmp_path, capsys):
                "--costs", str(a / "costs.json"), "--epochs", "1", "--rounds", "1"])
     assert rc == 0 and "learned ltd:" in capsys.readouterr().out
     assert load_policy(tmp_path / "run" / "best").kind == "ltd"
+
+
+def write_cost_sensitive_episodes(path, cycles=(192, 64), seed=0):
+    """Accepted length L = min(n, j + 1) at stopping point n and budget index j: a deeper and bigger
+    tree accepts more, so which (n, V) is best depends only on the cost curve (at COSTS' curve
+    n = 2, V = 8; with a flat verify curve n = 3, V = 16; with a steep one n = 1)."""
+    path = write_episodes(path, True, cycles=cycles, seed=seed)
+    for split, C in zip(("train", "val"), cycles):
+        f = path / f"{split}_00000.safetensors"
+        t = load_file(str(f))
+        dist = torch.zeros(C, N, len(BUDGETS), N + 1)
+        for n in range(1, N + 1):
+            for j in range(len(BUDGETS)):
+                dist[:, n - 1, j, min(n, j + 1)] = 1.0
+        t["accept_dist"], t["accepted_len"] = dist, dist[:, -1, -1].argmax(-1)
+        save_file(t, str(f))
+    return path
+
+
+def test_perturbed_cost_curves():
+    from radar_ext.training.train_policy import cost_curves, perturbed_costs
+    home = PolicyCosts.load(dict(COSTS, t_verify={"V": [1, 4, 16], "seconds": [0.02, 0.026, 0.05]}))
+    c = perturbed_costs(home, 2.0, 0.5, 3.0)
+    assert c.t_draft == pytest.approx(0.004) and c.t_ar == home.t_ar and c.t_policy == home.t_policy
+    assert c.verify_seconds == pytest.approx([0.01, 0.01 + 0.018, 0.01 + 0.09])
+    curves = cost_curves(home, 5, 1.0, seed=3)
+    assert len(curves) == 5 and curves[0][1] is home and curves[0][0] == "calibrated"
+    assert [n for n, _ in curves] == [n for n, _ in cost_curves(home, 5, 1.0, seed=3)]  # seeded
+    for _, cc in curves[1:]:
+        assert 0.999 / 2.72 < cc.t_draft / home.t_draft < 2.72 * 1.001
+    assert cost_curves(home, 1, 1.0, seed=3) == [("calibrated", home)]
+
+
+def test_ltd_trained_on_cost_curves_follows_this_machines_curve(tmp_path):
+    """An LTD policy trained on perturbed cost curves takes each curve's best depth when its cost
+    features are set to that curve (LtdPolicy.from_pretrained(costs=...)): two draft calls at the
+    calibrated curve, one where verifying is steep, at least two where it is flat."""
+    from radar_ext.training.train_policy import perturbed_costs
+    ep_dir = write_cost_sensitive_episodes(tmp_path / "e")
+    home = dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})
+    (ep_dir / "costs.json").write_text(json.dumps(home))
+    home_c = PolicyCosts.load(home)
+    flat, steep = perturbed_costs(home_c, 1.0, 1.0, 0.25), perturbed_costs(home_c, 1.0, 1.0, 4.0)
+    val = load_episodes(ep_dir, "val")
+    want = {"home": (2, 8), "flat": (3, 16), "steep": (1, None)}
+    for name, c in (("home", home_c), ("flat", flat), ("steep", steep)):  # the synthetic design holds
+        g = static_grid(val, c)
+        bn, bv = divmod(int(g.argmax()), len(BUDGETS))
+        assert bn + 1 == want[name][0] and (want[name][1] is None or BUDGETS[bv] == want[name][1]), name
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run12", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=30, batch_size=32, lr=3e-3, seed=1, cost_curves=12, cost_jitter=1.6)
+    best = train(cfg, log=lambda *_: None)
+    res = {}
+    for name, c in (("home", home_c), ("flat", flat), ("steep", steep)):
+        r = evaluate(load_policy(best, costs=c), val, c)
+        res[name] = (r["mean_draft_calls"], r["throughput"] / float(static_grid(val, c).max()))
+    assert res["home"][0] == 2 and res["home"][1] >= 0.98, res
+    assert res["steep"][0] == 1 and res["steep"][1] >= 0.98, res
+    assert res["flat"][0] >= 2 and res["flat"][1] >= 0.9, res
+    rep = json.loads((tmp_path / "run12" / "report.json").read_text())
+    assert len(rep["cost_curves"]) == 12 and rep["cost_curves"][0]["curve"] == "calibrated"
+
+
+def test_from_pretrained_with_this_machines_costs(tmp_path):
+    """costs= replaces the stored calibration (and so an LTD policy's cost features); bad costs are
+    refused by name; generate's --costs needs a learned policy and an existing file."""
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(32, 16))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=1, rounds=1, batch_size=32)
+    best = train(cfg, log=lambda *_: None)
+    stored = load_policy(best)
+    other = dict(COSTS, t_draft=0.004, t_verify={"V": [1, 16], "seconds": [0.03, 0.09]})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    moved = load_policy(best, costs=tmp_path / "other.json")
+    assert moved.costs.t_draft == 0.004 and stored.costs.t_draft == COSTS["t_draft"]
+    assert moved.cost_tensor().tolist() != stored.cost_tensor().tolist()
+    assert moved._cost_list == pytest.approx(moved.cost_tensor().tolist())   # refreshed for decoding
+    with pytest.raises(FileNotFoundError, match="costs file"):
+        load_policy(best, costs=tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="t_ar"):
+        load_policy(best, costs={"t_draft": 0.1, "t_policy": 0.0, "t_verify": {1: 0.1}})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "hi", "--costs", "c.json"], "--costs needs a learned --policy"),
+    (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "ltd", "--costs", "/nonexistent/c.json"],
+     "--costs '/nonexistent/c.json' is not a file"),
+    (["train-policy", "--kind", "radar", "--cost-curves", "3"], "--cost-curves > 1 needs kind 'ltd'"),
+    (["train-policy", "--kind", "ltd", "--cost-curves", "0"], "--cost-curves must be an int >= 1, got 0"),
+    (["train-policy", "--kind", "ltd", "--cost-jitter", "-1"], "--cost-jitter must be a finite number >= 0"),
+])
+def test_cli_cost_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rate_reward_maximises_tokens_per_second_not_the_mean_ratio(tmp_path):
+    """Two kinds of cycle, told apart by their child scores; a draft call costs 1 s and nothing else
+    does. A: 1 token after one call, 3 after two. B: 2 tokens after one call, 3.9 after two (ratio
+    1.95 < 2, but the second call adds 1.9 tokens per second, above the decoding's rate). The ratio
+    reward's best action stops B after one call, the rate reward's continues; trained on it the policy
+    reaches the oracle's throughput, which the ratio reward's per-cycle best misses."""
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(128, 64))
+    for split, C in zip(("train", "val"), (128, 64)):
+        f = ep_dir / f"{split}_00000.safetensors"
+        t = load_file(str(f))
+        is_b = torch.arange(C) % 2 == 1
+        dist = torch.zeros(C, N, len(BUDGETS), N + 1)
+        dist[:, :, :, 0] = 1.0                                   # n >= 3: nothing accepted
+        dist[~is_b, 0], dist[~is_b, 1] = 0.0, 0.0
+        dist[~is_b, 0, :, 0] = 1.0                               # A, n=1: L+1 = 1
+        dist[~is_b, 1, :, 2] = 1.0                               # A, n=2: L+1 = 3
+        dist[is_b, 0], dist[is_b, 1] = 0.0, 0.0
+        dist[is_b, 0, :, 1] = 1.0                                # B, n=1: L+1 = 2
+        dist[is_b, 1, :, 2], dist[is_b, 1, :, 3] = 0.1, 0.9      # B, n=2: E[L+1] = 3.9
+        child = t["child_scores"]
+        child[:, 0, 0] = torch.where(is_b.view(C, 1), -0.1, -3.0)
+        t.update(accept_dist=dist, child_scores=child, accepted_len=dist[:, -1, -1].argmax(-1))
+        save_file(t, str(f))
+    costs = {"t_draft": 1.0, "t_policy": 0.0, "t_ar": 1.0, "t_verify": {"V": [1, 16], "seconds": [1e-6, 1e-6]}}
+    (ep_dir / "costs.json").write_text(json.dumps(costs))
+    val, c = load_episodes(ep_dir, "val"), PolicyCosts.load(costs)
+    from radar_ext.training.train_policy import _ltd_rewards, ltd_choices
+    best_n = {r: _ltd_rewards(val, c, r)[:, :, 0].argmax(1) + 1 for r in ("ratio", "rate")}
+    assert best_n["ratio"][::2].unique().tolist() == [2] and best_n["ratio"][1::2].unique().tolist() == [1]
+    assert best_n["rate"].unique().tolist() == [2]
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "rate", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=10, batch_size=32, lr=1e-2, seed=1, reward="rate")
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    n, _ = ltd_choices(policy, val)
+    assert n.unique().tolist() == [2]
+    oracle = oracle_throughput(val, c)["throughput"]
+    assert evaluate(policy, val, c)["throughput"] == pytest.approx(oracle, rel=1e-6)
+    ratio_choice = policy_throughput(val, c, best_n["ratio"], torch.zeros_like(n), True)["throughput"]
+    assert ratio_choice < 0.98 * oracle
+    with pytest.raises(ValueError, match="reward must be 'ratio' or 'rate'"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "x", kind="ltd", reward="mean"), log=lambda *_: None)

@@ -37,6 +37,7 @@ class BenchOptions:
     static_tree: dict | None = None      # `static` setting (max_draft_calls, tree_topk, verify_budget); None: 8/10/60
     radar_policy_path: str | None = None
     ltd_policy_path: str | None = None
+    policy_costs: str | None = None      # calibration JSON the learned policies read instead of their stored one
     ngram_max: int | None = None         # NgramDrafter(max_ngram=...) override
     ngram_budget: int = 15               # verify_budget of `ngram`: 16 tree tokens stay in the flat part
                                          # of a CPU target forward's cost (2..16 tokens cost about the same)
@@ -271,8 +272,11 @@ class _Learned(Static):
         Policy = _import("radar_ext.policies", self.policy_class, self.name)
         path = getattr(ctx.options, self.option)
         try:
-            policy = Policy.from_pretrained(path) if path else Policy.from_pretrained()
+            policy = Policy.from_pretrained(path or None, costs=ctx.options.policy_costs)
         except (FileNotFoundError, TypeError) as e:
+            if ctx.options.policy_costs and not Path(ctx.options.policy_costs).is_file():
+                raise ValueError(f"--policy-costs {ctx.options.policy_costs!r} is not a file "
+                                 "(a `radar calibrate` JSON)") from None
             raise MethodUnavailable(f"method {self.name!r}: no shipped {self.policy_class} weights "
                                     f"({type(e).__name__}: {e}); pass --{self.option.replace('_path', '').replace('_', '-')} "
                                     "PATH") from None

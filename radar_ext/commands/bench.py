@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the EAGLE-3 default), e.g. the full-depth tree a learned stop rule is compared with")
     p.add_argument("--radar-policy", default=None, help="RadarPolicy weights (default: shipped)")
     p.add_argument("--ltd-policy", default=None, help="LtdPolicy weights (default: shipped)")
+    p.add_argument("--policy-costs", default=None,
+                   help="a `radar calibrate` JSON the learned policies (radar, ltd) read instead of the calibration "
+                        "stored with them, e.g. this machine's or this thread count's")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,6 +63,8 @@ def _check_args(args):
             raise ValueError(f"{name} must be >= {lo}, got {value}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.policy_costs is not None and not Path(args.policy_costs).is_file():
+        raise ValueError(f"--policy-costs {args.policy_costs!r} is not a file (a `radar calibrate` JSON)")
     return parse_static_tree(args.static_tree)
 
 
@@ -139,6 +145,7 @@ def run(args) -> int:
         static_tree = _check_args(args)
         options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs, static_tree=static_tree,
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
+                               policy_costs=args.policy_costs,
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget)
         methods = resolve_methods(args.methods, options)
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None

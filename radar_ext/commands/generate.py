@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="static",
                    help="draft controller: static (default), radar or ltd (the policies shipped for the default "
                         "target and head), or a saved policy directory from `radar train-policy` (with --drafter eagle)")
+    p.add_argument("--costs", default=None,
+                   help="this machine's `radar calibrate` JSON for a learned --policy, in place of the calibration "
+                        "stored with it (an LTD policy reads its cost features from it)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-draft-calls", type=int, default=None, help="static policy depth (eagle 8, ngram 1)")
     p.add_argument("--tree-topk", type=int, default=None,
@@ -52,9 +55,11 @@ def _check(args) -> None:
             raise ValueError(f"--policy {args.policy} needs --drafter eagle, got --drafter {args.drafter}")
         if args.max_draft_calls is not None:
             raise ValueError("--max-draft-calls sets the static policy's depth; a learned --policy has its own")
+    elif args.costs is not None:
+        raise ValueError("--costs needs a learned --policy (radar, ltd or a saved policy directory)")
 
 
-def load_learned_policy(name: str):
+def load_learned_policy(name: str, costs=None):
     """`radar` / `ltd`: the policy shipped for the default target and head; otherwise a directory
     (e.g. <cache>/policy_runs/radar/best from `radar train-policy`)."""
     from pathlib import Path
@@ -71,7 +76,9 @@ def load_learned_policy(name: str):
         path = Path(name)
         if not path.is_dir():
             raise ValueError(f"--policy must be static, radar, ltd or a saved policy directory, got {name!r}")
-    return load_policy(path)
+    if costs is not None and not Path(costs).is_file():
+        raise ValueError(f"--costs {costs!r} is not a file (a `radar calibrate` JSON)")
+    return load_policy(path, costs=costs)
 
 
 def build(args, policy=None):
@@ -106,7 +113,7 @@ def run(args) -> int:
 
     try:
         _check(args)
-        policy = None if args.policy == "static" else load_learned_policy(args.policy)
+        policy = None if args.policy == "static" else load_learned_policy(args.policy, args.costs)
         if policy is not None and args.tree_topk is not None and policy.tree_topk != args.tree_topk:
             raise ValueError(f"--tree-topk must match the policy's tree_topk = {policy.tree_topk}, got {args.tree_topk}")
     except (ValueError, FileNotFoundError) as e:

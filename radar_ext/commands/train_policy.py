@@ -33,6 +33,17 @@ def add_arguments(p) -> None:
     p.add_argument("--verify-budget", type=int, default=60, help="RADAR: the fixed verify budget V")
     p.add_argument("--entropy", type=float, default=0.0,
                    help="LTD: entropy bonus per decision (keeps the heads from saturating on one action early)")
+    p.add_argument("--reward", choices=("ratio", "rate"), default="ratio",
+                   help="LTD reward: ratio = each cycle's (accepted + 1) / T_cycle (METHOD.md 6); rate = the "
+                        "decoding's tokens/s (sum of tokens over sum of time) linearised around the best static "
+                        "tree (default: %(default)s)")
+    p.add_argument("--cost-curves", type=int, default=1,
+                   help="LTD: train on the calibrated cost curve plus this many - 1 perturbed ones (draft call, "
+                        "fixed verify cost and per-token verify cost each scaled by exp(U(-j, j))), so the policy "
+                        "learns to read its cost inputs and can be moved to another machine's calibration "
+                        "(LtdPolicy.from_pretrained(costs=...)); selection then scores every curve (default: 1)")
+    p.add_argument("--cost-jitter", type=float, default=1.0,
+                   help="LTD: j, the half-width of those log-scale factors (default: %(default)s, x0.37..x2.7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -46,7 +57,8 @@ def run(args) -> int:
                             prefix_len=args.prefix_len,
                             epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
-                            entropy=args.entropy, seed=args.seed, threads=args.threads)
+                            entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
+                            cost_jitter=args.cost_jitter, seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")
@@ -55,7 +67,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         msg = str(e)
         for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "entropy",
-                     "threads", "prefix_len"):
+                     "threads", "prefix_len", "cost_curves", "cost_jitter"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar train-policy: error: {msg}", file=sys.stderr)

@@ -9,12 +9,13 @@ __all__ = ["BudgetStep", "CostInfo", "DraftStep", "LtdPolicy", "Policy", "Policy
            "StaticPolicy", "load_policy"]
 
 
-def load_policy(path):
-    """A saved learned policy (RadarPolicy or LtdPolicy), by the `kind` in its config.json."""
+def load_policy(path, costs=None, prefix_len=None):
+    """A saved learned policy (RadarPolicy or LtdPolicy), by the `kind` in its config.json; costs /
+    prefix_len as in from_pretrained (this machine's calibration instead of the stored one)."""
     from radar_ext.policies.learned import LearnedPolicy
 
     kind = LearnedPolicy.read_config(path).get("kind")
     classes = {"radar": RadarPolicy, "ltd": LtdPolicy}
     if kind not in classes:
         raise ValueError(f"{path}: unknown policy kind {kind!r}, expected one of {sorted(classes)}")
-    return classes[kind].from_pretrained(path)
+    return classes[kind].from_pretrained(path, costs=costs, prefix_len=prefix_len)

@@ -152,9 +152,14 @@ class LearnedPolicy(Policy):
         return cfg
 
     @classmethod
-    def from_pretrained(cls, path=None):
+    def from_pretrained(cls, path=None, costs=None, prefix_len: float | None = None):
         """A saved policy directory (config.json + model.safetensors); None: the one shipped for the
-        default target and head (radar_ext/data/policies/<target>/<kind>)."""
+        default target and head (radar_ext/data/policies/<target>/<kind>).
+        costs: this machine's calibration (a `radar calibrate` JSON path, a CostModel, a PolicyCosts or
+        a cost dict), read at the policy's tree_topk and at prefix_len tokens (default: the calibration's
+        mean prefix); it replaces the calibration stored with the policy. An LTD policy's inputs are its
+        cost features, so a policy trained on several cost curves (`radar train-policy --cost-curves`)
+        moves to this machine's curve; RADAR's decisions do not read costs (they are kept for reference)."""
         from safetensors.torch import load_file
 
         if path is None:
@@ -177,6 +182,8 @@ class LearnedPolicy(Policy):
                     raise ValueError(f"{Path(path) / WEIGHTS}: {name}.{k} has shape {list(got[k].shape)}, the "
                                      f"config ({CONFIG}) implies {list(v.shape)}")
             net.load_state_dict(got)
+        if costs is not None:
+            policy.costs = PolicyCosts.load(costs, tree_topk=policy.tree_topk, prefix_len=prefix_len)
         policy.refresh()
         return policy
 

@@ -51,6 +51,9 @@ class TrainPolicyConfig:
     beta: float | None = None       # RADAR: stop reward scale; default t_ar (reward ~ speedup over AR)
     verify_budget: int = 60         # RADAR: the fixed V (must be in the episodes' budget set)
     entropy: float = 0.0            # LTD: bonus on the mean entropy of the trained head's decisions
+    reward: str = "ratio"           # LTD: ratio (per-cycle tokens/s) or rate (the decoding's tokens/s, linearised)
+    cost_curves: int = 1            # LTD: train on the calibrated curve plus cost_curves - 1 perturbed ones
+    cost_jitter: float = 1.0        # LTD: half-width of the perturbation's log-scale factors
     lstm_hidden: int = 128
     mlp_hidden: int = 128
     seed: int = 0
@@ -293,16 +296,88 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     return float(G[:, 0].mean()), float(n.double().mean())
 
 
-def _ltd_rewards(ep, costs) -> torch.Tensor:
-    """E[L + 1] / T_cycle for every (cycle, n, V) over the same mean of its temperature's best static
-    (n, V): [C, N, nV]. 1.0 is that static tree's mean reward, so cycles of every temperature weigh
-    alike (greedy cycles' rewards differ far more between actions and would otherwise dominate)."""
-    R = expected_tokens(ep) / cycle_times(ep, costs)
+def _ltd_rewards(ep, costs, reward: str = "ratio") -> torch.Tensor:
+    """Reward of every (cycle, n, V): [C, N, nV], scaled per temperature so that its best static
+    (n, V) has mean reward 1.0 (cycles of every temperature weigh alike; greedy cycles' rewards differ
+    far more between actions and would otherwise dominate).
+    ratio: E[L + 1] / T_cycle, each cycle's own tokens per second (METHOD.md 6).
+    rate:  1 + (E[L + 1] - lambda T_cycle) / (lambda T_best), lambda the best static throughput
+           sum E / sum T and T_best its cycle time: the linearisation of the decoding's tokens per
+           second (sum of tokens / sum of time, not the mean of per-cycle ratios) around that static
+           tree, whose gradient in any one cycle's choice is the throughput's own. A ratio reward
+           overpays cheap cycles: it may take a short cycle that accepts little over a longer one that
+           adds tokens at more than the running rate."""
+    E = expected_tokens(ep)
+    T = cycle_times(ep, costs).unsqueeze(0)                                 # [1, N, nV]
     temp = ep["temperature"]
+    if reward == "ratio":
+        R = E / T
+        for t in temp.unique():
+            m = temp == t
+            R[m] = R[m] / R[m].mean(0).max()
+        return R.float()
+    if reward != "rate":
+        raise ValueError(f"reward must be 'ratio' or 'rate', got {reward!r}")
+    R = torch.empty_like(E)
     for t in temp.unique():
         m = temp == t
-        R[m] = R[m] / R[m].mean(0).max()
+        thr = E[m].mean(0) / T[0]                                           # static (n, V) throughputs
+        k = int(thr.argmax())
+        lam, t_best = float(thr.reshape(-1)[k]), float(T[0].reshape(-1)[k])
+        R[m] = 1 + (E[m] - lam * T) / (lam * t_best)
     return R.float()
+
+
+def perturbed_costs(costs: PolicyCosts, draft: float, base: float, slope: float) -> PolicyCosts:
+    """The calibrated curve with its draft call scaled by `draft`, its smallest-V verify by `base` and
+    every step above it by `slope` (t_ar and t_policy kept; the policies see costs relative to t_ar):
+    the same staircase on a machine whose draft calls, fixed verify cost and per-token verify cost
+    differ."""
+    s0 = costs.verify_seconds[0]
+    return PolicyCosts(costs.t_draft * draft, costs.t_policy, costs.t_ar, list(costs.verify_budgets),
+                       [s0 * base + max(v - s0, 0.0) * slope for v in costs.verify_seconds])
+
+
+def cost_curves(costs: PolicyCosts, k: int, jitter: float, seed: int) -> list:
+    """[(name, PolicyCosts)]: the calibrated curve first, then k - 1 perturbed ones whose three factors
+    are exp(u), u ~ U(-jitter, jitter), seeded (the same list on every resume)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    out = [("calibrated", costs)]
+    for _ in range(k - 1):
+        d, b, sl = torch.exp((torch.rand(3, generator=g, dtype=torch.float64) * 2 - 1) * jitter).tolist()
+        out.append((f"draft x{d:.2f}, verify base x{b:.2f}, slope x{sl:.2f}", perturbed_costs(costs, d, b, sl)))
+    return out
+
+
+class _AtCosts:
+    """Context: the policy's cost features set to `costs` (restored on exit)."""
+
+    def __init__(self, policy, costs: PolicyCosts):
+        self.policy, self.costs = policy, costs
+
+    def __enter__(self):
+        self.saved = self.policy.costs
+        self.policy.costs = self.costs
+        self.policy.refresh()
+        return self.policy
+
+    def __exit__(self, *exc):
+        self.policy.costs = self.saved
+        self.policy.refresh()
+
+
+def evaluate_curves(policy, ep: Episodes, curves, v_idx=None) -> dict:
+    """evaluate() at each cost curve, the policy's cost features set to that curve; score = the
+    geometric mean of the curves' scores."""
+    per = {}
+    for name, c in curves:
+        with _AtCosts(policy, c):
+            per[name] = evaluate(policy, ep, c, v_idx)
+    res = dict(per[curves[0][0]])
+    res["score"] = math.exp(sum(math.log(max(r["score"], 1e-12)) for r in per.values()) / len(per))
+    res["curves"] = {k: {"score": r["score"], "throughput": r["throughput"], "mean_draft_calls": r["mean_draft_calls"],
+                         "mean_verify_budget": r["mean_verify_budget"]} for k, r in per.items()}
+    return res
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -312,36 +387,59 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _ltd_size_step(policy, opt, fs, R, n, entropy=0.0):
-    """Maximise E_v~pi[R(c, m, v)] (+ entropy * mean decision entropy) over the size head, for the
-    stopping point m = n_c the frozen depth head picks (weight 1/2) and for every other m (1/2 spread
-    evenly): a size head trained only where the depth head stops now would leave every other depth
-    with an untrained budget, and the next depth phase would learn to avoid those depths for that
-    reason alone. fs [B, N, F], R [B, N, nV], n [B]."""
+    """One update of the size head: its outputs are fitted by least squares to the recorded reward of
+    every budget, R(c, m, v) (the episodes hold all of them), so at inference their argmax is the
+    budget of highest expected reward given the features. Stopping points m: the one the frozen depth
+    head picks (weight 1/2) and every other (1/2 spread evenly), since a size head trained only where
+    the depth head stops now would leave every other depth with an untrained budget and the next
+    depth phase would learn to avoid those depths for that reason alone. (Maximising
+    sum_v softmax_v R_v instead saturates: Adam keeps pushing the logits of the action that is best
+    on average until the gradient of every other region has vanished.) entropy: a bonus on the mean
+    entropy of softmax(outputs), as for the depth head. fs [B, N, F], R [B, N, nV], n [B]. Returns the
+    weighted reward of the head's argmax budgets."""
     B, N, F = fs.shape
     w = torch.full((B, N), 0.5 / N)
     w[torch.arange(B), n - 1] += 0.5
-    logits, _, _ = policy.size_net.step(fs.reshape(B * N, F), *policy.size_net.zero_state(B * N))
-    exp_r = (torch.softmax(logits, 1).view(B, N, -1) * R).sum(2)                    # [B, N]
+    q, _, _ = policy.size_net.step(fs.reshape(B * N, F), *policy.size_net.zero_state(B * N))
+    q = q.view(B, N, -1)
+    loss = (w * ((q - R) ** 2).mean(2)).sum(1).mean()
     opt.zero_grad()
-    (-(w * exp_r).sum(1).mean() - entropy * _entropy(logits)).backward()
+    (loss - entropy * _entropy(q.view(B * N, -1))).backward()
     opt.step()
-    return float((w * exp_r).sum(1).detach().mean())
+    with torch.no_grad():
+        got = R.gather(2, q.argmax(2, keepdim=True)).squeeze(2)
+    return float((w * got).sum(1).mean())
 
 
 def _ltd_depth_step(policy, opt, fd, Rn, entropy=0.0):
-    """Maximise sum_n P(stop at n) R(c, n) (+ entropy * mean decision entropy) over the depth head.
-    fd [B, N, F], Rn [B, N]."""
+    """One update of the depth head by backward induction on the recorded cycles, which hold the
+    reward R(c, n) of every stopping point. At each call t (as if reached) the better action is
+    known given the current head's later decisions: stop if R(c, t) > V(c, t + 1), the reward of
+    going on and stopping where the current head would (argmax, as at inference; V(c, N) = R(c, N)).
+    The head is fitted to that action by cross-entropy weighted by |R(c, t) - V(c, t + 1)|, the
+    reward at stake: for two actions this has the same optimum as the expected reward, and it keeps
+    learning where a saturated softmax would not (maximising sum_n P(stop at n) R(c, n) directly weighs
+    call t by the chance of reaching it, so once call 1 learns to stop every later decision stops
+    learning, and Adam drives the logits to +-60 on a gradient that never changes sign).
+    (+ entropy * mean decision entropy.) fd [B, N, F], Rn [B, N]. Returns the current head's
+    reward from call 1."""
     B, N, _ = fd.shape
     logits, _, _ = policy.depth_net.step(fd[:, :N - 1].reshape(B * (N - 1), -1),
                                          *policy.depth_net.zero_state(B * (N - 1)))
-    p = torch.softmax(logits, 1).view(B, N - 1, 2)
-    cont = torch.cumprod(torch.cat([torch.ones(B, 1), p[:, :, CONTINUE]], 1), 1)   # P(reach call t+1) [B, N]
-    p_stop = torch.cat([p[:, :, STOP], torch.ones(B, 1)], 1) * cont                # P(stop after n)
-    exp_r = (p_stop * Rn).sum(1)
+    with torch.no_grad():
+        stops = (logits[:, STOP] >= logits[:, CONTINUE]).view(B, N - 1)
+        V = torch.empty(B, N)
+        V[:, N - 1] = Rn[:, N - 1]
+        for t in reversed(range(N - 1)):
+            V[:, t] = torch.where(stops[:, t], Rn[:, t], V[:, t + 1])
+        adv = Rn[:, :N - 1] - V[:, 1:]                                     # > 0: stopping at t pays
+        label = torch.where(adv > 0, STOP, CONTINUE).view(-1)
+        w = adv.abs().view(-1)
+    ce = torch.nn.functional.cross_entropy(logits, label, reduction="none")
     opt.zero_grad()
-    (-exp_r.mean() - entropy * _entropy(logits)).backward()
+    ((w * ce).sum() / w.sum().clamp(min=1e-12) - entropy * _entropy(logits)).backward()
     opt.step()
-    return float(exp_r.detach().mean())
+    return float(V[:, 0].mean())
 
 
 def train(cfg: TrainPolicyConfig, log=print) -> Path:
@@ -407,8 +505,19 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                 opt.load_state_dict(saved["opt"])
         log(f"[train-policy] resumed from {ckpt}: phase {state['phase']}, epoch {state['epoch']}")
 
-    ltd_train = _ltd_inputs(policy, train_ep) if cfg.kind == "ltd" else None
-    R_train = _ltd_rewards(train_ep, costs) if cfg.kind == "ltd" else None
+    curves = cost_curves(costs, cfg.cost_curves, cfg.cost_jitter, cfg.seed)
+    K = len(curves)
+    if K > 1:
+        log("[train-policy] cost curves: " + "; ".join(name for name, _ in curves))
+    ltd_train, R_train = [], []   # per cost curve: (depth, size) features and rewards of the training cycles
+    if cfg.kind == "ltd":
+        for _, c in curves:
+            with _AtCosts(policy, c):
+                ltd_train.append(_ltd_inputs(policy, train_ep))
+            R_train.append(_ltd_rewards(train_ep, c, cfg.reward))
+
+    def validate():
+        return evaluate_curves(policy, val_ep, curves, v_idx) if K > 1 else evaluate(policy, val_ep, costs, v_idx)
     C = train_ep.cycles
     total = len(phases) * cfg.epochs
     bar = tqdm(total=total, initial=state["phase"] * cfg.epochs + state["epoch"], desc=f"train {cfg.kind}", unit="epoch")
@@ -420,23 +529,27 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         stats = []
         if phase == "size":
             with torch.no_grad():
-                n_frozen, _ = ltd_choices(policy, train_ep, ltd_train)
+                n_frozen = [ltd_choices(policy, train_ep, f)[0] for f in ltd_train]
         if phase == "depth":
+            Rn = []
             with torch.no_grad():
-                fs = ltd_train[1]
-                lg, _, _ = policy.size_net.step(fs.reshape(C * N, -1), *policy.size_net.zero_state(C * N))
-                v_frozen = lg.argmax(1).view(C, N)
-                Rn = R_train.gather(2, v_frozen.unsqueeze(2)).squeeze(2)          # [C, N]
+                for (_, fs), R in zip(ltd_train, R_train):
+                    lg, _, _ = policy.size_net.step(fs.reshape(C * N, -1), *policy.size_net.zero_state(C * N))
+                    v_frozen = lg.argmax(1).view(C, N)
+                    Rn.append(R.gather(2, v_frozen.unsqueeze(2)).squeeze(2))      # [C, N]
         for s in range(0, C, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
+            # one cost curve per batch (always the calibrated one when training on a single curve)
+            k = int(torch.randint(K, (1,), generator=gen)) if K > 1 and phase != "radar" else 0
             if phase == "radar":
                 stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen)[0])
             elif phase == "size":
-                stats.append(_ltd_size_step(policy, opt, ltd_train[1][idx], R_train[idx], n_frozen[idx], cfg.entropy))
+                stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][idx], n_frozen[k][idx],
+                                            cfg.entropy))
             else:
-                stats.append(_ltd_depth_step(policy, opt, ltd_train[0][idx], Rn[idx], cfg.entropy))
+                stats.append(_ltd_depth_step(policy, opt, ltd_train[k][0][idx], Rn[k][idx], cfg.entropy))
         policy.refresh()
-        res = evaluate(policy, val_ep, costs, v_idx)
+        res = validate()
         state["epoch"] += 1
         res.update(phase=phase, round=rnd, epoch=state["epoch"], train_objective=sum(stats) / max(len(stats), 1))
         state["history"].append(res)
@@ -466,6 +579,8 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
     policy.save_pretrained(best_dir)
     final = evaluate(policy, val_ep, costs, v_idx)
     report = _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, train_ep.cycles)
+    if K > 1:
+        report["cost_curves"] = _curve_report(policy, val_ep, curves)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     log(_format_report(report, grid, budgets))
     return best_dir
@@ -542,6 +657,24 @@ def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_trai
     return rep
 
 
+def _curve_report(policy, ep: Episodes, curves) -> list:
+    """Per cost curve: the best static (n, V) there and the policy's throughput with that curve's cost
+    features, both in that curve's expected tokens/s."""
+    budgets = ep.meta["budgets"]
+    out = []
+    for name, c in curves:
+        grid = static_grid(ep, c)
+        bn, bv = divmod(int(grid.argmax()), len(budgets))
+        with _AtCosts(policy, c):
+            r = evaluate(policy, ep, c)
+        out.append({"curve": name, "costs": c.to_dict(), "best_static": {"max_draft_calls": bn + 1,
+                    "verify_budget": budgets[bv], "throughput": float(grid[bn, bv])},
+                    "policy": {"throughput": r["throughput"], "mean_draft_calls": r["mean_draft_calls"],
+                               "mean_verify_budget": r["mean_verify_budget"], "score": r["score"]},
+                    "gain_over_best_static": r["throughput"] / float(grid[bn, bv]) - 1})
+    return out
+
+
 def _format_report(rep, grid, budgets) -> str:
     lines = [f"expected throughput on the validation split ({rep['validation_cycles']} cycles), tokens/s:",
              "  static n\\V " + " ".join(f"{v:>7d}" for v in budgets)]
@@ -561,6 +694,11 @@ def _format_report(rep, grid, budgets) -> str:
         lines.append(f"    T={t}: {r['throughput']:.2f} tok/s vs its best static {r['best_static']:.2f} ({r['ratio'] - 1:+.1%}; "
                      f"{r['cycles']} cycles, tau {r['tau']:.2f}, draft calls {r['mean_draft_calls']:.2f}, "
                      f"V {r['mean_verify_budget']:.1f}{ceiling})")
+    for c in rep.get("cost_curves", []):
+        b, q = c["best_static"], c["policy"]
+        lines.append(f"  at {c['curve']}: best static n={b['max_draft_calls']} V={b['verify_budget']} "
+                     f"{b['throughput']:.2f} tok/s, learned {q['throughput']:.2f} (draft calls {q['mean_draft_calls']:.2f}, "
+                     f"V {q['mean_verify_budget']:.1f}) -> {c['gain_over_best_static']:+.1%}")
     return "\n".join(lines)
 
 
@@ -581,5 +719,13 @@ def _check(cfg: TrainPolicyConfig) -> None:
         raise ValueError(f"alpha must be a finite number >= 0, got {cfg.alpha}")
     if cfg.beta is not None and not cfg.beta > 0:
         raise ValueError(f"beta must be > 0, got {cfg.beta}")
+    if cfg.reward not in ("ratio", "rate"):
+        raise ValueError(f"reward must be 'ratio' or 'rate', got {cfg.reward!r}")
+    if isinstance(cfg.cost_curves, bool) or not isinstance(cfg.cost_curves, int) or cfg.cost_curves < 1:
+        raise ValueError(f"cost_curves must be an int >= 1, got {cfg.cost_curves!r}")
+    if not (math.isfinite(cfg.cost_jitter) and cfg.cost_jitter >= 0):
+        raise ValueError(f"cost_jitter must be a finite number >= 0, got {cfg.cost_jitter}")
+    if cfg.cost_curves > 1 and cfg.kind != "ltd":
+        raise ValueError("cost_curves > 1 needs kind 'ltd' (RADAR's inputs hold no cost features)")
     if cfg.prefix_len is not None and not (math.isfinite(cfg.prefix_len) and cfg.prefix_len > 0):
         raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {cfg.prefix_len}")
