@@ -365,3 +365,24 @@ def test_rate_reward_maximises_tokens_per_second_not_the_mean_ratio(tmp_path):
     assert ratio_choice < 0.98 * oracle
     with pytest.raises(ValueError, match="reward must be 'ratio' or 'rate'"):
         train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "x", kind="ltd", reward="mean"), log=lambda *_: None)
+
+
+def test_bench_ltd_cost_curves_table(tmp_path, capsys):
+    """bench/ltd_cost_curves.py prints one row per curve (calibrated + 4 hand-made + --random) with each
+    policy's gain over that curve's best static; a malformed --policy is refused."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("ltd_cost_curves", Path(__file__).parents[1] / "bench" / "ltd_cost_curves.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ep_dir = write_cost_sensitive_episodes(tmp_path / "e", cycles=(32, 16))
+    (ep_dir / "costs.json").write_text(json.dumps(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})))
+    best = train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                   epochs=1, rounds=1, batch_size=32), log=lambda *_: None)
+    assert mod.main(["--episodes", str(ep_dir), "--costs", str(ep_dir / "costs.json"), "--policy", f"a={best}",
+                     "--random", "2"]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
+    assert rows[0].startswith("| cost curve | best static (n, V) | LTD: a |") and len(rows) == 1 + 5 + 2
+    assert rows[1].startswith("| calibrated (this machine) |") and all("%" in r for r in rows[1:])
+    with pytest.raises(SystemExit):
+        mod.main(["--episodes", str(ep_dir), "--costs", str(ep_dir / "costs.json"), "--policy", "nodir"])

@@ -4,8 +4,12 @@ Depth head (queried after every draft call): MLP on [the W*W child scores of the
 (call 1: its W root children, floor-padded), log seq_len, calls made / max_draft_calls, the sampling
 temperature (learned.temperature_feature), cost features] -> (P(stop), P(continue)). Size head (after
 drafting): MLP on [the best `pool_topk` pool scores sorted, log seq_len, calls / max_draft_calls,
-temperature, cost features] -> one probability per budget in `budgets`. Scores are divided by 10.
-Both run through ops.policy_step with H = 0 (no LSTM).
+temperature, cost features] -> one output per budget in `budgets`: `radar train-policy` fits them to
+each budget's reward (so the argmax is the budget of highest expected reward), and fits the depth head
+to the better of stop / continue. Scores are divided by 10. Both run through ops.policy_step with
+H = 0 (no LSTM). Deterministic by default (argmax); sample=True draws from the softmax of the outputs,
+which for the size head is a near-uniform exploration draw (its outputs are rewards near 1), not a
+trained stochastic policy.
 Cost features are the calibrated costs relative to t_ar (PolicyCosts.features), so the same policy
 sees when the machine's cost curve changes.
 """
