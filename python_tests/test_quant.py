@@ -46,7 +46,7 @@ def test_dequantize_layout():
 
 
 @pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 17])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 6, 7, 8, 11, 17])  # 6, 7, 11: a 2- or 3-row last tile, padded to 4
 @pytest.mark.parametrize("N,K", [(1, 32), (7, 64), (37, 576), (130, 96)])
 def test_same_bits_as_float32_kernel_and_close_to_reference(kind, M, N, K):
     blocks = gguf_blocks(N, K, kind, seed=M + N + K)

@@ -140,7 +140,7 @@ constexpr int kSkinnyPlainLanes = 8;
 // (pf_n, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
 template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
-                                     const PfFmt& pf, int64_t pf_n, int64_t pf_rows) {
+                                     const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
   (void)pf;
   (void)pf_n;
   (void)pf_rows;
@@ -152,11 +152,13 @@ static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, 
   for (int64_t k = 0; k < K_main; k += L)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j)
-        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * weight_at(wr[j], k + l);
+        for (int l = 0; l < L; ++l)
+          acc[i][j][l] += p.x[(m0 + (i < m_valid ? i : m_valid - 1)) * K + k + l] * weight_at(wr[j], k + l);
   for (int64_t k = K_main; k < K; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * weight_at(wr[j], k);
-  for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        acc[i][j][k - K_main] += p.x[(m0 + (i < m_valid ? i : m_valid - 1)) * K + k] * weight_at(wr[j], k);
+  for (int i = 0; i < m_valid; ++i)
     for (int j = 0; j < NR; ++j) {
       const float* a = acc[i][j];
       float s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
@@ -248,12 +250,13 @@ static inline void prefetch_row(const Q80Row& r, int64_t k) {
 
 template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
-                                      const PfFmt& pf, int64_t pf_n, int64_t pf_rows) {
+                                      const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
   const int64_t K = p.K, K_main = K - K % 16;
   const float* xr[MR];
   typename Fmt::Row wr[NR];
   typename PfFmt::Row pr[kSkinnyNR];
-  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + i) * K;
+  // rows past m_valid (a padded tile) repeat the last valid x row; their sums are not stored
+  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + (i < m_valid ? i : m_valid - 1)) * K;
   for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
   for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
   __m512 acc[MR][NR];
@@ -283,7 +286,7 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
     for (int j = 0; j < NR; ++j) all[4 * i + j] = acc[i][j];
   float sums[16];
   _mm512_storeu_ps(sums, skinny_reduce16(all));
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < m_valid; ++i)
     for (int j = 0; j < NR; ++j) {
       float s = sums[4 * j + i];
       if (p.bias) s += p.bias[n0 + j];
@@ -300,7 +303,12 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
 // One block of NR (or, for the last block, fewer) rows of w against all M rows of x. Its tiles share
 // the prefetch of a later block's pf_rows rows at pf between them, a few rows each (spread out, the
 // requests keep the memory busy through the whole block instead of queueing up in its first tile).
-template <int NR, typename Fmt, typename PfFmt>
+// kPadPartial (the AVX-512 tiles on a decoded block, w in L1, where the tile is compute-bound): a last
+// tile of 2 or 3 x rows runs as a full 4-row tile with the last valid row repeated and only the valid
+// rows stored. Every dot product accumulates and reduces alone (skinny_reduce16), so the bits do not
+// change; the 2- and 3-row tiles cost ~2x per row what the full one does (the default target's verify,
+// 2 threads: 6 and 7 rows 22.8 / 25.9 ms against 21.7 for 8 rows, bench/bench_verify.py).
+template <int NR, typename Fmt, typename PfFmt, bool kPadPartial = false>
 static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, const PfFmt& pf, int64_t pf_n,
                                 int64_t pf_rows) {
   const int64_t tiles = (p.M + kSkinnyMR - 1) / kSkinnyMR;
@@ -309,8 +317,19 @@ static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64
     const int64_t q = pf_n + r0;
     switch (p.M - m0 >= kSkinnyMR ? kSkinnyMR : p.M - m0) {
       case 4: RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, pf, q, r1 - r0); break;
+#if defined(RADAR_SKINNY_AVX512)
+      case 3:
+        if (kPadPartial) RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, pf, q, r1 - r0, 3);
+        else RADAR_SKINNY_TILE<NR, 3>(p, f, n0, m0, pf, q, r1 - r0);
+        break;
+      case 2:
+        if (kPadPartial) RADAR_SKINNY_TILE<NR, 4>(p, f, n0, m0, pf, q, r1 - r0, 2);
+        else RADAR_SKINNY_TILE<NR, 2>(p, f, n0, m0, pf, q, r1 - r0);
+        break;
+#else
       case 3: RADAR_SKINNY_TILE<NR, 3>(p, f, n0, m0, pf, q, r1 - r0); break;
       case 2: RADAR_SKINNY_TILE<NR, 2>(p, f, n0, m0, pf, q, r1 - r0); break;
+#endif
       case 1: RADAR_SKINNY_TILE<NR, 1>(p, f, n0, m0, pf, q, r1 - r0); break;
       default: break;
     }
@@ -341,7 +360,7 @@ template <int NR, typename Fmt>
 static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t pf_n,
                                         int64_t pf_rows, float* buf) {
   for (int j = 0; j < NR; ++j) decode_row(f.row(n0 + j), buf + j * p.K, p.K);
-  skinny_block<NR>(p, DecodedRows{buf, n0, p.K}, n0, f, pf_n, pf_rows);
+  skinny_block<NR, DecodedRows, Fmt, true>(p, DecodedRows{buf, n0, p.K}, n0, f, pf_n, pf_rows);
 }
 
 template <typename Fmt> struct IsBlockQuant { static constexpr bool value = false; };
