@@ -61,7 +61,7 @@ def time_settings(run, settings, repeats, warmup=3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", default="bench_verify.json")
+    ap.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON (default: print only)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefix", type=int, default=256, help="tokens already in the cache")
@@ -143,9 +143,10 @@ def main():
               "max_rows": args.max_rows, "fast_linear_available": fast_linear_available(),
               "load_average": {"start": load_start, "end": load_end},
               "verify": rows, "hf_step": hf}
-    with open(args.json, "w") as fh:
-        json.dump(report, fh, indent=1)
-    print(f"wrote {args.json}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
