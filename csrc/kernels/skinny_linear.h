@@ -140,7 +140,7 @@ constexpr int kSkinnyPlainLanes = 8;
 // (pf_n, pf_rows: rows of a later block of w to prefetch, used by the AVX-512 tile only.)
 template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
-                                     const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
+                                     const PfFmt& pf, int64_t pf_n, int64_t pf_rows) {
   (void)pf;
   (void)pf_n;
   (void)pf_rows;
@@ -152,13 +152,11 @@ static inline void skinny_tile_plain(const SkinnyLinearParams& p, const Fmt& f, 
   for (int64_t k = 0; k < K_main; k += L)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j)
-        for (int l = 0; l < L; ++l)
-          acc[i][j][l] += p.x[(m0 + (i < m_valid ? i : m_valid - 1)) * K + k + l] * weight_at(wr[j], k + l);
+        for (int l = 0; l < L; ++l) acc[i][j][l] += p.x[(m0 + i) * K + k + l] * weight_at(wr[j], k + l);
   for (int64_t k = K_main; k < K; ++k)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j)
-        acc[i][j][k - K_main] += p.x[(m0 + (i < m_valid ? i : m_valid - 1)) * K + k] * weight_at(wr[j], k);
-  for (int i = 0; i < m_valid; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j][k - K_main] += p.x[(m0 + i) * K + k] * weight_at(wr[j], k);
+  for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
       const float* a = acc[i][j];
       float s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
