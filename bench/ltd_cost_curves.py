@@ -47,25 +47,21 @@ def main(argv=None) -> int:
 
     from radar_ext.policies import LtdPolicy, PolicyCosts
     from radar_ext.training.episodes import load_episodes
-    from radar_ext.training.train_policy import _AtCosts, evaluate, static_grid
+    from radar_ext.training.train_policy import at_curve
 
     train_ep, val = load_episodes(args.episodes, "train"), load_episodes(args.episodes, "val")
     prefix = args.prefix_len or float(train_ep["seq_len"].double().mean())
     home = PolicyCosts.load(args.costs, tree_topk=val.meta["tree_topk"], prefix_len=prefix)
     policies = [(name, LtdPolicy.from_pretrained(path)) for name, path in pols]
-    budgets = val.meta["budgets"]
     print("| cost curve | best static (n, V) | " + " | ".join(f"LTD: {n}" for n, _ in policies) + " |")
     print("|---|---|" + "---|" * len(policies))
     for name, c in curves(home, args.random, args.jitter, args.seed):
-        g = static_grid(val, c)
-        bn, bv = divmod(int(g.argmax()), len(budgets))
-        best = float(g.max())
-        cells = []
-        for _, pol in policies:
-            with _AtCosts(pol, c):
-                r = evaluate(pol, val, c)
-            cells.append(f"{r['throughput'] / best - 1:+.1%} (n {r['mean_draft_calls']:.2f}, V {r['mean_verify_budget']:.1f})")
-        print(f"| {name} | {bn + 1}, {budgets[bv]} ({best:.1f} tok/s) | " + " | ".join(cells) + " |")
+        rows = [at_curve(pol, val, c) for _, pol in policies]
+        b = rows[0]["best_static"]
+        cells = [f"{r['gain_over_best_static']:+.1%} (n {r['policy']['mean_draft_calls']:.2f}, "
+                 f"V {r['policy']['mean_verify_budget']:.1f})" for r in rows]
+        print(f"| {name} | {b['max_draft_calls']}, {b['verify_budget']} ({b['throughput']:.1f} tok/s) | "
+              + " | ".join(cells) + " |")
     return 0
 
 

@@ -271,12 +271,12 @@ class _Learned(Static):
     def _parts(self, ctx):
         Policy = _import("radar_ext.policies", self.policy_class, self.name)
         path = getattr(ctx.options, self.option)
+        costs = ctx.options.policy_costs
+        if costs and not Path(costs).is_file():  # else the FileNotFoundError below would blame the weights
+            raise ValueError(f"--policy-costs {costs!r} is not a file (a `radar calibrate` JSON)")
         try:
-            policy = Policy.from_pretrained(path or None, costs=ctx.options.policy_costs)
+            policy = Policy.from_pretrained(path or None, costs=costs)
         except (FileNotFoundError, TypeError) as e:
-            if ctx.options.policy_costs and not Path(ctx.options.policy_costs).is_file():
-                raise ValueError(f"--policy-costs {ctx.options.policy_costs!r} is not a file "
-                                 "(a `radar calibrate` JSON)") from None
             raise MethodUnavailable(f"method {self.name!r}: no shipped {self.policy_class} weights "
                                     f"({type(e).__name__}: {e}); pass --{self.option.replace('_path', '').replace('_', '-')} "
                                     "PATH") from None

@@ -540,7 +540,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         for s in range(0, C, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
             # one cost curve per batch (always the calibrated one when training on a single curve)
-            k = int(torch.randint(K, (1,), generator=gen)) if K > 1 and phase != "radar" else 0
+            k = int(torch.randint(K, (1,), generator=gen)) if K > 1 else 0
             if phase == "radar":
                 stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen)[0])
             elif phase == "size":
@@ -657,22 +657,25 @@ def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_trai
     return rep
 
 
-def _curve_report(policy, ep: Episodes, curves) -> list:
-    """Per cost curve: the best static (n, V) there and the policy's throughput with that curve's cost
-    features, both in that curve's expected tokens/s."""
+def at_curve(policy, ep: Episodes, costs: PolicyCosts) -> dict:
+    """An LTD policy given `costs` as its cost features, against the best static (n, V) under the same
+    costs, both in that curve's expected tokens/s on `ep`."""
     budgets = ep.meta["budgets"]
-    out = []
-    for name, c in curves:
-        grid = static_grid(ep, c)
-        bn, bv = divmod(int(grid.argmax()), len(budgets))
-        with _AtCosts(policy, c):
-            r = evaluate(policy, ep, c)
-        out.append({"curve": name, "costs": c.to_dict(), "best_static": {"max_draft_calls": bn + 1,
-                    "verify_budget": budgets[bv], "throughput": float(grid[bn, bv])},
-                    "policy": {"throughput": r["throughput"], "mean_draft_calls": r["mean_draft_calls"],
-                               "mean_verify_budget": r["mean_verify_budget"], "score": r["score"]},
-                    "gain_over_best_static": r["throughput"] / float(grid[bn, bv]) - 1})
-    return out
+    grid = static_grid(ep, costs)
+    bn, bv = divmod(int(grid.argmax()), len(budgets))
+    best = float(grid[bn, bv])
+    with _AtCosts(policy, costs):
+        r = evaluate(policy, ep, costs)
+    return {"costs": costs.to_dict(),
+            "best_static": {"max_draft_calls": bn + 1, "verify_budget": budgets[bv], "throughput": best},
+            "policy": {"throughput": r["throughput"], "mean_draft_calls": r["mean_draft_calls"],
+                       "mean_verify_budget": r["mean_verify_budget"], "score": r["score"]},
+            "gain_over_best_static": r["throughput"] / best - 1}
+
+
+def _curve_report(policy, ep: Episodes, curves) -> list:
+    """at_curve() for every cost curve the policy was trained on."""
+    return [{"curve": name, **at_curve(policy, ep, c)} for name, c in curves]
 
 
 def _format_report(rep, grid, budgets) -> str:
