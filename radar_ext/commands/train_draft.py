@@ -21,6 +21,12 @@ def add_arguments(p) -> None:
     p.add_argument("--out-dir", type=Path, default=None,
                    help="checkpoints and the trained head (default: <cache>/head_runs/default)")
     p.add_argument("--num-prompts", type=int, default=4096, help="ShareGPT prompts to answer (gen)")
+    p.add_argument("--start-prompt", type=int, default=0,
+                   help="gen: first prompt of the shuffled ShareGPT order, a multiple of --gen-batch-size "
+                        "(a later round takes fresh prompts: the shipped head's rounds used 0-4095)")
+    p.add_argument("--ref-skip", type=int, default=None,
+                   help="ref: start this far into the shuffled conversations, a multiple of 64, past every gen "
+                        "prompt (default: the end of the gen range rounded up to 64, at least 4096)")
     p.add_argument("--ref-prompts", type=int, default=640,
                    help="ShareGPT conversations whose own first answer is added as extra data (ref; 0: none)")
     p.add_argument("--gen-batch-size", type=int, default=96)
@@ -55,15 +61,22 @@ def run(args) -> int:
         raise SystemExit(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")
     if args.ref_prompts < 0:
         raise SystemExit(f"--ref-prompts must be >= 0, got {args.ref_prompts}")
+    if args.start_prompt < 0 or args.start_prompt % args.gen_batch_size:
+        raise SystemExit(f"--start-prompt must be a non-negative multiple of --gen-batch-size "
+                         f"({args.gen_batch_size}), got {args.start_prompt}")
+    gen_end = args.start_prompt + args.num_prompts
+    ref_skip = args.ref_skip if args.ref_skip is not None else max(4096, -(-gen_end // 64) * 64)
+    if ref_skip < 0 or ref_skip % 64:
+        raise SystemExit(f"--ref-skip must be a non-negative multiple of 64, got {ref_skip}")
     stages = ["gen", "ref", "features", "train"] if args.stage == "all" else [args.stage]
     if "gen" in stages:
-        generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts,
+        generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts, start_prompt=args.start_prompt,
                                   batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
                                   threads=args.threads, dtype=args.gen_dtype))
     if "ref" in stages and args.ref_prompts:
         from ..models import load_default_tokenizer
         from ..training.data import write_reference_shards
-        write_reference_shards(args.data_dir, load_default_tokenizer(), num_prompts=args.ref_prompts, skip_prompts=max(4096, args.num_prompts),
+        write_reference_shards(args.data_dir, load_default_tokenizer(), num_prompts=args.ref_prompts, skip_prompts=ref_skip,
                                max_answer_tokens=args.ref_answer_tokens)
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads, dtype=args.features_dtype))

@@ -95,18 +95,26 @@ def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, sk
     """Stage `ref`: ShareGPT's own first answers (no generation), written as `gen_ref_XXXXX` shards in
     the gen format so the features stage labels them with the target's distributions (the EAGLE-1
     recipe: cheap extra data; the self-generated shards keep the head on the target's own text).
-    Conversations are taken after the first `skip_prompts` of the gen stage's shuffled order, so the
-    two sources never share a prompt; held-out conversations are skipped (they stay unseen).
-    Returns the number of sequences written."""
+    Conversations are taken from position `skip_prompts` on of this stage's own shuffled order, and any
+    whose question is among the gen stage's first `skip_prompts` prompts is dropped, so the two sources
+    never share a prompt while gen stays below `skip_prompts`; held-out conversations are skipped (they
+    stay unseen). Shards are numbered from skip_prompts // shard_size, so runs at different offsets
+    can share a directory. Returns the number of sequences written."""
     from tqdm import tqdm
+    if skip_prompts < 0 or skip_prompts % shard_size:
+        raise ValueError(f"skip_prompts must be a non-negative multiple of shard_size={shard_size}, "
+                         f"got {skip_prompts}")
     out_dir.mkdir(parents=True, exist_ok=True)
     convs = first_exchanges()
     random.Random(seed).shuffle(convs)
-    convs = [c for c in convs[skip_prompts:] if not is_heldout(c[0])][:num_prompts]
+    gen_prompts = first_user_turns()
+    random.Random(seed).shuffle(gen_prompts)
+    taken = {q for _, q in gen_prompts[:skip_prompts]}
+    convs = [c for c in convs[skip_prompts:] if not is_heldout(c[0]) and c[1] not in taken][:num_prompts]
     eos = tokenizer.eos_token_id
     n = 0
     for s in tqdm(range(0, len(convs), shard_size), desc="ref shards", unit="shard"):
-        path = out_dir / f"gen_ref_{s // shard_size:05d}.safetensors"
+        path = out_dir / f"gen_ref_{(skip_prompts + s) // shard_size:05d}.safetensors"
         if path.exists():
             n += len(convs[s:s + shard_size])
             continue
@@ -149,6 +157,9 @@ def is_heldout(conv_id: str) -> bool:
 class GenConfig:
     out_dir: Path
     num_prompts: int = 4096
+    # First prompt of the gen stage's shuffled order: prompts [start_prompt, start_prompt + num_prompts)
+    # are answered (a later round takes fresh prompts); shards are numbered from start_prompt // batch_size.
+    start_prompt: int = 0
     batch_size: int = 64
     max_new_tokens: int = 256
     max_prompt_tokens: int = 384
@@ -187,7 +198,10 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
     prompts = first_user_turns()
     rng = random.Random(cfg.seed)
     rng.shuffle(prompts)
-    prompts = prompts[: cfg.num_prompts]
+    if cfg.start_prompt < 0 or cfg.start_prompt % cfg.batch_size:
+        raise ValueError(f"GenConfig.start_prompt must be a non-negative multiple of batch_size="
+                         f"{cfg.batch_size}, got {cfg.start_prompt}")
+    prompts = prompts[cfg.start_prompt: cfg.start_prompt + cfg.num_prompts]
     # Render and length-filter once; sort each chunk by length to cut padding.
     rendered = []
     for cid, q in prompts:
@@ -196,14 +210,14 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
             rendered.append((cid, ids))
     n_shards = (len(rendered) + cfg.batch_size - 1) // cfg.batch_size
     (cfg.out_dir / "gen_config.json").write_text(json.dumps(
-        {"num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
+        {"start_prompt": cfg.start_prompt, "num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
          "seed": cfg.seed, "decoding": "greedy", "dtype": cfg.dtype}, indent=1))
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     bar = tqdm(range(n_shards), desc="gen shards", unit="shard")
     t_start, n_tok = time.time(), 0
     for s in bar:
-        path = cfg.out_dir / f"gen_{s:05d}.safetensors"
+        path = cfg.out_dir / f"gen_{cfg.start_prompt // cfg.batch_size + s:05d}.safetensors"
         if path.exists():
             continue
         chunk = rendered[s * cfg.batch_size:(s + 1) * cfg.batch_size]
@@ -242,7 +256,14 @@ def main(argv=None) -> None:
     p.add_argument("stage", choices=["gen", "ref", "features"], nargs="?", default="gen",
                    help="gen: the target answers; ref: ShareGPT's own answers (no generation); features")
     p.add_argument("--out-dir", type=Path, default=default_data_dir())
-    p.add_argument("--num-prompts", type=int, default=4096)
+    p.add_argument("--num-prompts", type=int, default=4096,
+                   help="gen: prompts answered from --start-prompt on; ref: conversations written")
+    p.add_argument("--start-prompt", type=int, default=0,
+                   help="gen: first prompt of the shuffled ShareGPT order (a multiple of --batch-size); a "
+                        "later round takes fresh prompts, e.g. 4096 after rounds 1-5")
+    p.add_argument("--skip-prompts", type=int, default=4096,
+                   help="ref: start this far into the shuffled conversations (a multiple of 64) and drop "
+                        "the gen stage's first this-many prompts")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
@@ -258,10 +279,12 @@ def main(argv=None) -> None:
     if a.stage == "ref":
         from ..models import load_default_tokenizer
         n = write_reference_shards(a.out_dir, load_default_tokenizer(),
-                                   num_prompts=a.num_prompts, max_answer_tokens=a.ref_answer_tokens)
+                                   num_prompts=a.num_prompts, skip_prompts=a.skip_prompts,
+                                   max_answer_tokens=a.ref_answer_tokens)
         print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
-    generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, batch_size=a.batch_size,
+    generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, start_prompt=a.start_prompt,
+                              batch_size=a.batch_size,
                               max_new_tokens=a.max_new_tokens, threads=a.threads,
                               dtype=a.gen_dtype))
 
