@@ -1,9 +1,10 @@
 """Times one target verify forward (radar_ext.verifier.verify) over a tree of M tokens on the real
-default target, plus HF's own one-token decoding step, in five settings: `off` (plain HF forward,
+default target, plus HF's own one-token decoding step, in six settings: `off` (plain HF forward,
 MKL sgemm), `linear` (radar_ext.fast_linear's skinny_linear only, sdpa_gqa=False), `fast`
 (fast_linear: skinny_linear + sdpa attention without the K/V copies, through the model's forward),
-`lean` (fast_linear inside radar_ext.lean_forward) and `quant` (lean, with the weights read from their
-exact Q4_1 / Q8_0 blocks, skinny_linear_quant: as RadarDecoder verifies by default).
+`lean` (fast_linear inside radar_ext.lean_forward), `quant-py` (lean, with the weights read from their
+exact Q4_1 / Q8_0 blocks, skinny_linear_quant, the layer loop in Python) and `quant` (the same with the
+layer loop in C++, radar_ext::llama_layers_quant: as RadarDecoder verifies by default).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -83,16 +84,17 @@ def main():
     print(f"fast_linear available: {fast_linear_available()}  threads={args.threads}  prefix={P}  "
           f"load average {load_start[0]:.2f}")
 
-    settings = ("off", "linear", "fast", "lean", "quant")
+    settings = ("off", "linear", "fast", "lean", "quant-py", "quant")
 
     def ctx(setting):
         return fast_linear(target, max_rows=args.max_rows, enabled=setting != "off", sdpa_gqa=setting == "fast",
-                           quantized=setting == "quant")
+                           quantized=setting.startswith("quant"))
 
     def run_verify(tree, setting):
         with ctx(setting):
             t0 = time.perf_counter()
-            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant"))
+            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant"),
+                         native=setting == "quant")
             dt = time.perf_counter() - t0
         kv_cache.crop(cache, P)
         return dt, out.logits
@@ -130,10 +132,11 @@ def main():
     print(f"\nverify forward, ms (median [p10-p90]), SmolLM2-135M fp32, {args.threads} threads, prefix {P}")
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
     print(f"{'M':>4} | {'off (MKL)':>24} | {'linear (skinny only)':>24} | {'fast (skinny + gqa)':>24} | "
-          f"{'lean (fast + lean fwd)':>24} | {'quant (lean + Q blocks)':>24} | off/lean | off/quant")
+          f"{'lean (fast + lean fwd)':>24} | {'quant-py (+ Q blocks)':>24} | {'quant (+ C++ layers)':>24} | "
+          f"off/lean | off/quant")
     for r in rows:
         print(f"{r['M']:>4} | {cell(r['off'])} | {cell(r['linear'])} | {cell(r['fast'])} | {cell(r['lean'])} | "
-              f"{cell(r['quant'])} | {r['off']['median'] / r['lean']['median']:.2f}x | "
+              f"{cell(r['quant-py'])} | {cell(r['quant'])} | {r['off']['median'] / r['lean']['median']:.2f}x | "
               f"{r['off']['median'] / r['quant']['median']:.2f}x")
     print(f"HF 1-token step | {cell(hf['off'])} | {cell(hf['linear'])} | {cell(hf['fast'])} |")
     print(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"

@@ -345,6 +345,90 @@ at::Tensor skinny_linear_quant_cpu(const at::Tensor& x_in, const at::Tensor& q_i
   return y;
 }
 
+// The decoder layers of one verify forward of a Llama target whose seven linears per layer all run
+// on skinny_linear_quant (radar_ext.lean_forward's native path). The same ATen ops in the same order
+// on the same inputs as LeanLlamaForward's Python loop (transformers' LlamaRMSNorm, apply_rotary_pos_emb
+// and LlamaMLP spelled out, kv_cache.append's buffer writes, sdpa with the additive mask and GQA), so the
+// same bits, minus ~30 x 40 Python-level op calls. params: per layer kLayerParams entries, the input
+// and post-attention norm weights, then q, k, v, o, gate, up, down as (blocks q, d, m or None, bias or
+// None). k_bufs / v_bufs [B, Hkv, capacity, D] per layer, entries [0, past_len) valid; the new K/V go to
+// [past_len, past_len + M). capture: increasing layer indices whose input is returned (hidden_states[i]).
+// Returns [x after the last layer, the captured inputs in capture order].
+constexpr int64_t kLayerParams = 2 + 7 * 4;
+
+std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                                               const at::Tensor& mask, const c10::List<c10::optional<at::Tensor>>& params,
+                                               at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
+                                               at::IntArrayRef capture, double eps, double scaling, int64_t head_dim) {
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 3 && x_in.device().is_cpu(),
+                    "x must be float32 [B, M, H] on the CPU, got ", describe(x_in));
+  const int64_t n_layers = static_cast<int64_t>(k_bufs.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(params.size()) == n_layers * kLayerParams &&
+                        static_cast<int64_t>(v_bufs.size()) == n_layers,
+                    "params must hold ", kLayerParams, " entries per layer and v_bufs one buffer per layer: got ",
+                    params.size(), " params, ", k_bufs.size(), " k_bufs, ", v_bufs.size(), " v_bufs");
+  const int64_t B = x_in.size(0), M = x_in.size(1), H = x_in.size(2);
+  TORCH_CHECK_VALUE(head_dim > 0 && past_len >= 0, "head_dim must be > 0 and past_len >= 0, got ", head_dim, ", ",
+                    past_len);
+  for (int64_t i = 0; i < n_layers; ++i)
+    TORCH_CHECK_VALUE(k_bufs[i].dim() == 4 && v_bufs[i].dim() == 4 && k_bufs[i].size(0) == B &&
+                          k_bufs[i].size(2) >= past_len + M && v_bufs[i].size(2) >= past_len + M &&
+                          k_bufs[i].scalar_type() == at::kFloat && v_bufs[i].scalar_type() == at::kFloat,
+                      "k_bufs[", i, "] / v_bufs[", i, "] must be float32 [B, Hkv, >= past_len + M, D] = [", B,
+                      ", Hkv, >= ", past_len + M, ", D], got ", describe(k_bufs[i]), " / ", describe(v_bufs[i]));
+  for (size_t j = 0; j < capture.size(); ++j)
+    TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] < n_layers && (j == 0 || capture[j] > capture[j - 1]),
+                      "capture must be increasing layer indices in [0, ", n_layers, "), got ", capture);
+  const auto get = [&](int64_t i) -> c10::optional<at::Tensor> { return params.get(i); };
+  const auto linear = [&](const at::Tensor& h, int64_t base) {
+    const c10::optional<at::Tensor> q = get(base), d = get(base + 1), m = get(base + 2), bias = get(base + 3);
+    TORCH_CHECK_VALUE(q.has_value() && d.has_value(), "params[", base, "] and params[", base + 1,
+                      "] must be a linear's blocks q and d, got None");
+    const int64_t K = h.size(-1), rows = h.numel() / K;
+    at::Tensor y = skinny_linear_quant_cpu(h.reshape({rows, K}), *q, *d, m, bias);
+    return y.view({B, M, q->size(0)});
+  };
+  const auto rms_norm = [&](const at::Tensor& t, const at::Tensor& w) {
+    at::Tensor h = t.to(at::kFloat);
+    const at::Tensor variance = h.pow(2).mean({-1}, true);
+    h = h * at::rsqrt(variance + eps);
+    return w * h.to(t.scalar_type());
+  };
+  const auto rotate_half = [](const at::Tensor& t) {
+    const int64_t half = t.size(-1) / 2;
+    return at::cat({-t.slice(-1, half), t.slice(-1, 0, half)}, -1);  // (-x2, x1)
+  };
+  const at::Tensor cos = cos_in.unsqueeze(1), sin = sin_in.unsqueeze(1);
+  const at::Tensor attn_mask = mask.slice(-1, 0, past_len + M);
+  std::vector<at::Tensor> out(1);
+  at::Tensor x = x_in;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    for (int64_t c : capture)
+      if (c == i) out.push_back(x);  // (increasing, so in capture order)
+    const int64_t base = i * kLayerParams;
+    const c10::optional<at::Tensor> in_w = get(base), post_w = get(base + 1);
+    TORCH_CHECK_VALUE(in_w.has_value() && post_w.has_value(), "params[", base, "] and params[", base + 1,
+                      "] must be layer ", i, "'s norm weights, got None");
+    const at::Tensor h = rms_norm(x, *in_w);
+    at::Tensor q = linear(h, base + 2).view({B, M, -1, head_dim}).transpose(1, 2);
+    at::Tensor k = linear(h, base + 6).view({B, M, -1, head_dim}).transpose(1, 2);
+    const at::Tensor v = linear(h, base + 10).view({B, M, -1, head_dim}).transpose(1, 2);
+    q = (q * cos) + (rotate_half(q) * sin);
+    k = (k * cos) + (rotate_half(k) * sin);
+    k_bufs[i].slice(2, past_len, past_len + M).copy_(k);
+    v_bufs[i].slice(2, past_len, past_len + M).copy_(v);
+    const at::Tensor k_all = k_bufs[i].slice(2, 0, past_len + M), v_all = v_bufs[i].slice(2, 0, past_len + M);
+    at::Tensor o = at::scaled_dot_product_attention(q, k_all, v_all, attn_mask.slice(-1, 0, k_all.size(-2)), 0.0,
+                                                    false, scaling, true);
+    o = o.transpose(1, 2).reshape({B, M, -1}).contiguous();
+    x = x + linear(o, base + 14);
+    const at::Tensor h2 = rms_norm(x, *post_w);
+    x = x + linear(at::silu(linear(h2, base + 18)) * linear(h2, base + 22), base + 26);
+  }
+  out[0] = x;
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(radar_ext, m) {
@@ -356,6 +440,8 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
   m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
+  m.def("llama_layers_quant(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
+        "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
@@ -364,6 +450,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("build_tree", &build_tree_cpu);
   m.impl("skinny_linear", &skinny_linear_cpu);
   m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
+  m.impl("llama_layers_quant", &llama_layers_quant_cpu);
 }
 
 }  // namespace radar_ext

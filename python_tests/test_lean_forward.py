@@ -128,3 +128,135 @@ def test_feature_layer_errors():
     for bad in ([n], [-n - 1], [1.0]):
         with pytest.raises(ValueError, match=r"feature_layers must be ints in \[-4, 3\]"):
             lean(tree.tokens, tree.depth + 2, torch.zeros(1, 1, 3, 5), cache, bad)
+
+
+def quantized_tiny_llama(kinds=("Q4_1", "Q8_0")):
+    """tiny_llama with every linear holding a GGUF Q4_1 / Q8_0 dequantization (as the default target's do),
+    so fast_linear(quantized=True) runs each of them from exact blocks."""
+    from test_quant import gguf_blocks
+    model = tiny_llama("sdpa")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for i, lin in enumerate(linears):
+            N, K = lin.weight.shape
+            lin.weight.copy_(gguf_blocks(N, K, kinds[i % len(kinds)], seed=i).dequantize())
+    return model
+
+
+needs_kernel = pytest.mark.skipif(not fast_linear_available(), reason="needs the AVX-512 skinny_linear kernel")
+
+
+@needs_kernel
+@pytest.mark.parametrize("M,P,B", [(1, 3, 1), (6, 9, 1), (13, 30, 1), (7, 5, 2)])
+def test_native_layer_loop_is_bit_identical(M, P, B):
+    """With every linear on exact blocks, the layers run in C++ (radar_ext::llama_layers_quant): the
+    same bits as the Python loop and as the model's own forward under the same fast_linear, cache included."""
+    model = quantized_tiny_llama()
+    tree = branching_tree(M, seed=M, B=B)
+    layers = [0, 1, 2, 3]
+    ctx = fast_linear(model, quantized=True)
+    lean, hf, c_lean, c_hf = verify_both(model, tree, P, layers, ctx=ctx, B=B)
+    assert torch.equal(lean.logits, hf.logits) and torch.equal(lean.features, hf.features)
+    assert_same_caches(c_lean, c_hf)
+    prompt = torch.randint(0, VOCAB, (B, P), generator=torch.Generator().manual_seed(P))
+    outs = []
+    for native in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, prompt)
+        fwd = LeanLlamaForward(model, native=native)
+        ids, pos = tree.tokens.clamp(min=0), tree.depth.clamp(min=0) + P
+        from radar_ext.verifier import tree_attention_mask
+        with ctx:
+            outs.append((*fwd(ids, pos, tree_attention_mask(tree, P, torch.float32), cache, [3, 1]), cache))
+        assert fwd.last_native == native
+    (la, fa, ca), (lb, fb, cb) = outs
+    assert torch.equal(la, lb) and torch.equal(fa, fb)  # feature order as asked: [3, 1]
+    assert_same_caches(ca, cb)
+    assert not torch.equal(fa[..., :32], fa[..., 32:])
+
+
+@needs_kernel
+def test_native_layer_loop_only_when_every_linear_is_on_blocks():
+    from radar_ext.verifier import tree_attention_mask
+    model = quantized_tiny_llama()
+    plain = tiny_llama("sdpa")  # float32 weights that are no block dequantization
+    tree = branching_tree(5, seed=2)
+    ids, pos, mask = tree.tokens.clamp(min=0), tree.depth.clamp(min=0) + 4, tree_attention_mask(tree, 4, torch.float32)
+    for m, ctx, want in ((model, fast_linear(model, quantized=True), True), (model, fast_linear(model), False),
+                         (model, nullcontext(), False), (plain, fast_linear(plain, quantized=True), False)):
+        cache = kv_cache.new_target_cache(m)
+        prefill(m, cache, torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0)))
+        fwd = LeanLlamaForward(m)
+        with ctx:
+            fwd(ids, pos, mask, cache)
+        assert fwd.last_native == want
+    # one layer's linear off the blocks (a weight no longer a dequantization) -> the Python loop
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
+    cache = kv_cache.new_target_cache(model)
+    prefill(model, cache, torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0)))
+    fwd = LeanLlamaForward(model)
+    with fast_linear(model, quantized=True):
+        fwd(ids, pos, mask, cache)
+    assert not fwd.last_native
+
+
+@needs_kernel
+def test_native_layer_op_checks_its_arguments():
+    x = torch.zeros(1, 2, 32)
+    cs = torch.zeros(1, 2, 8)
+    mask = torch.zeros(1, 1, 2, 2)
+    buf = torch.zeros(1, 2, 4, 8)
+    op = torch.ops.radar_ext.llama_layers_quant
+    with pytest.raises(ValueError, match="params must hold 30 entries per layer"):
+        op(x, cs, cs, mask, [None] * 29, [buf], [buf], 0, [], 1e-6, 0.35, 8)
+    with pytest.raises(ValueError, match="x must be float32"):
+        op(x.double(), cs, cs, mask, [None] * 30, [buf], [buf], 0, [], 1e-6, 0.35, 8)
+    with pytest.raises(ValueError, match=r"k_bufs\[0\] / v_bufs\[0\] must be float32"):
+        op(x, cs, cs, mask, [None] * 30, [buf[:, :, :1]], [buf], 0, [], 1e-6, 0.35, 8)
+    with pytest.raises(ValueError, match="norm weights"):
+        op(x, cs, cs, mask, [None] * 30, [buf], [buf], 0, [], 1e-6, 0.35, 8)
+
+
+@needs_kernel
+def test_native_layer_op_matches_its_reference(monkeypatch):
+    """radar_ext::llama_layers_quant against reference.llama_layers_quant on the quantized tiny model's own
+    blocks: bit for bit with the reference's linears on the kernel (the same ops in the same order), and
+    close with its own float64-summed ones."""
+    from radar_ext import ops, reference
+    from radar_ext.quant import exact_blocks
+    model = quantized_tiny_llama()
+    layers = model.model.layers
+    params = []
+    for layer in layers:
+        params += [layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach()]
+        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            b = exact_blocks(mod.weight.detach())
+            params += [b.q, b.d, b.m, None]
+    g = torch.Generator().manual_seed(3)
+    B, M, P, D = 1, 5, 7, 8
+    x = torch.randn(B, M, 32, generator=g)
+    pos = torch.arange(P, P + M)[None]
+    cos, sin = model.model.rotary_emb(x, pos)
+    mask = torch.zeros(B, 1, M, P + M)
+    mask[..., P:] = torch.triu(torch.full((M, M), torch.finfo(torch.float32).min), 1)
+    bufs = [[torch.randn(B, 2, P + M + 3, D, generator=g) for _ in layers] for _ in range(2)]
+    ref_bufs = [[t.clone() for t in b] for b in bufs]
+    eps, scale = layers[0].input_layernorm.variance_epsilon, layers[0].self_attn.scaling
+    got = ops.llama_layers_quant(x, cos, sin, mask, params, bufs[0], bufs[1], P, [0, 2], eps, scale, D)
+    with monkeypatch.context() as mp:
+        mp.setattr(reference, "skinny_linear_quant", ops.skinny_linear_quant)
+        want = reference.llama_layers_quant(x, cos, sin, mask, params, ref_bufs[0], ref_bufs[1], P, [0, 2], eps,
+                                            scale, D)
+    assert len(got) == len(want) == 3 and torch.equal(got[1], x)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert all(torch.equal(a, b) for a, b in zip(bufs[0] + bufs[1], ref_bufs[0] + ref_bufs[1]))
+    assert not torch.equal(bufs[0][0][:, :, P:P + M], ref_bufs[0][0][:, :, P:P + M].clone().zero_())
+    ref_bufs = [[t.clone() for t in b] for b in bufs]
+    want = reference.llama_layers_quant(x, cos, sin, mask, params, ref_bufs[0], ref_bufs[1], P, [0, 2], eps, scale, D)
+    for a, b in zip(got, want):  # float64 sums in the reference's linears; differences grow through the layers
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2 * float(b.abs().max()))
+    for impl in (ops.llama_layers_quant, reference.llama_layers_quant):
+        with pytest.raises(ValueError, match="capture must be increasing"):
+            impl(x, cos, sin, mask, params, bufs[0], bufs[1], P, [2, 0], eps, scale, D)

@@ -111,6 +111,15 @@ def _skinny_forward(linear: torch.nn.Linear, max_rows: int, weights16: bool = Fa
         y = ops.skinny_linear(x.reshape(rows, K), w, bias)  # [rows, N]
         return y.view(*x.shape[:-1], weight.shape[0])
 
+    def quant_blocks(rows: int):
+        """The blocks this forward would run `rows` rows of a float32 CPU input on without autograd (then
+        skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, linear.bias) is exactly its result), else None."""
+        weight = linear.weight
+        if not quantized or not 1 <= rows <= row_limit or (torch.is_grad_enabled() and weight.requires_grad):
+            return None
+        return copies(weight)[0]
+
+    forward.quant_blocks = quant_blocks  # read by radar_ext.lean_forward's native layer loop
     return forward
 
 

@@ -69,25 +69,45 @@ def append(cache, k: torch.Tensor, v: torch.Tensor, layer_idx: int, room: int = 
     spare room of a buffer whose first T + M positions layer.keys / layer.values then view. A new
     buffer (capacity T + M + max(room, (T + M) / 2)) is made when the layer does not view one or it is
     full. Uninitialized layers and offloading caches take the cache's own update."""
+    got = reserve(cache, layer_idx, k.shape[2], k.shape, k.dtype, k.device, room)
+    if got is None:
+        return cache.update(k, v, layer_idx)
+    (kb, vb), T = got
+    M = k.shape[2]
+    kb[:, :, T:T + M].copy_(k)
+    vb[:, :, T:T + M].copy_(v)
+    return extend(cache, layer_idx, T + M)
+
+
+def reserve(cache, layer_idx: int, M: int, shape, dtype, device, room: int = 256):
+    """append's buffer step alone: ((key buffer, value buffer), T) with room for M entries after the T
+    cached ones of a DynamicCache layer (shape: [B, Hkv, *, D] of the new entries), or None where append
+    takes the cache's own update (uninitialized layer, offloading cache). Write the new entries to
+    buffer[:, :, T:T + M], then extend(cache, layer_idx, T + M)."""
     layers = cache.layers
     if getattr(cache, "offloading", False) or layer_idx >= len(layers):
-        return cache.update(k, v, layer_idx)
+        return None
     layer = layers[layer_idx]
     if type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4:
-        return cache.update(k, v, layer_idx)
+        return None
     keys, values = layer.keys, layer.values
-    T, M = keys.shape[2], k.shape[2]
+    T = keys.shape[2]
     bufs = layer.__dict__.get(_BUFFERS)
     if (bufs is None or not _prefix_view_of(keys, bufs[0]) or not _prefix_view_of(values, bufs[1])
-            or T + M > bufs[0].shape[2] or bufs[0].dtype != k.dtype or bufs[0].device != k.device):
+            or T + M > bufs[0].shape[2] or bufs[0].dtype != dtype or bufs[0].device != device):
         cap = T + M + max(room, (T + M) // 2)
-        bufs = tuple(t.new_empty(t.shape[0], t.shape[1], cap, t.shape[3]) for t in (k, v))
+        bufs = tuple(torch.empty(shape[0], shape[1], cap, shape[3], dtype=dtype, device=device) for _ in range(2))
         bufs[0][:, :, :T].copy_(keys)
         bufs[1][:, :, :T].copy_(values)
         layer.__dict__[_BUFFERS] = bufs
-    bufs[0][:, :, T:T + M].copy_(k)
-    bufs[1][:, :, T:T + M].copy_(v)
-    layer.keys, layer.values = bufs[0][:, :, :T + M], bufs[1][:, :, :T + M]
+    return bufs, T
+
+
+def extend(cache, layer_idx: int, length: int):
+    """Point a reserved layer's keys / values at the first `length` entries of its buffers; returns them."""
+    layer = cache.layers[layer_idx]
+    kb, vb = layer.__dict__[_BUFFERS]
+    layer.keys, layer.values = kb[:, :, :length], vb[:, :, :length]
     return layer.keys, layer.values
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from radar_ext import kv_cache
+from radar_ext import kv_cache, ops
 
 _LINEARS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
             ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
@@ -85,7 +85,7 @@ class LeanLlamaForward:
     by M positions. feature_layers index HF's hidden_states tuple (0 = embeddings, i = input of layer i,
     num_hidden_layers = the final normed state when the config ties it, as transformers does)."""
 
-    def __init__(self, target, _checked: bool = False):
+    def __init__(self, target, _checked: bool = False, native: bool = True):
         reason = None if _checked else lean_forward_reason(target)
         if reason is not None:
             raise ValueError(f"target cannot use the lean Llama forward: {reason}")
@@ -94,6 +94,51 @@ class LeanLlamaForward:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.n_layers = cfg.num_hidden_layers
         self.tie_last = getattr(cfg, "tie_last_hidden_states", None) is not False
+        # native: when radar_ext.fast_linear (quantized) runs every linear of the layers on exact blocks,
+        # the layer loop runs in C++ (radar_ext::llama_layers_quant: the same ops, the same bits)
+        self.native = bool(native) and ops.HAS_EXTENSION and hasattr(torch.ops.radar_ext, "llama_layers_quant")
+        self.last_native = False  # whether the last call took the native layer loop
+
+    def _native_layers(self, x, cos, sin, attention_mask, cache, slots):
+        """(x after the layers, {slot: captured input}) from radar_ext::llama_layers_quant, or None when
+        some linear is not on the quant kernel for these rows or a cache layer cannot take the entries
+        in place (then the Python loop runs)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return None
+        B, M, _ = x.shape
+        rows = B * M
+        params, k_bufs, v_bufs, past = [], [], [], None
+        layers = self.target.model.layers[:self.n_layers]
+        for i, layer in enumerate(layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            params += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            for mod in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                        mlp.down_proj):
+                qb = getattr(mod.__dict__.get("forward"), "quant_blocks", None)
+                blocks = qb(rows) if qb is not None else None
+                if blocks is None:
+                    return None
+                params += [blocks.q, blocks.d, blocks.m, mod.bias]
+        eps = {layer.input_layernorm.variance_epsilon for layer in layers} | {
+            layer.post_attention_layernorm.variance_epsilon for layer in layers}
+        scaling = {layer.self_attn.scaling for layer in layers}
+        if len(eps) != 1 or len(scaling) != 1:
+            return None
+        n_kv = layers[0].self_attn.k_proj.weight.shape[0] // self.head_dim
+        for i, layer in enumerate(layers):
+            got = kv_cache.reserve(cache, layer.self_attn.layer_idx, M, (B, n_kv, M, self.head_dim), x.dtype,
+                                   x.device)
+            if got is None or (past is not None and got[1] != past):
+                return None
+            (kb, vb), past = got
+            k_bufs.append(kb)
+            v_bufs.append(vb)
+        capture = sorted({s for s in (slots or []) if s < self.n_layers})  # the op returns them in layer order
+        out = ops.llama_layers_quant(x, cos, sin, attention_mask, params, k_bufs, v_bufs, past, capture,
+                                     float(eps.pop()), float(scaling.pop()), self.head_dim)
+        for layer in layers:
+            kv_cache.extend(cache, layer.self_attn.layer_idx, past + M)
+        return out[0], dict(zip(capture, out[1:]))
 
     def _feature_slots(self, feature_layers):
         if feature_layers is None:
@@ -118,6 +163,11 @@ class LeanLlamaForward:
         B, M, _ = x.shape
         cos, sin = model.rotary_emb(x, position_ids)                       # [B, M, D] each
         states = {}
+        native = self._native_layers(x, cos, sin, attention_mask, cache, slots) if self.native else None
+        self.last_native = native is not None
+        if native is not None:
+            x, states = native
+            return self._finish(x, states, slots)
         # The modules' own .forward (norms, MLP) and transformers' own rotary function: the same code as
         # the model's forward, so the same bits; .forward skips nn.Module.__call__ (no hooks qualify).
         for i, layer in enumerate(model.layers[:self.n_layers]):
@@ -135,6 +185,10 @@ class LeanLlamaForward:
             o = o.transpose(1, 2).reshape(B, M, -1).contiguous()
             x = x + attn.o_proj(o)
             x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
+        return self._finish(x, states, slots)
+
+    def _finish(self, x, states, slots):
+        model = self.target.model
         last = self.n_layers
         if slots is not None and last in slots and not self.tie_last:
             states[last] = x
@@ -146,7 +200,8 @@ class LeanLlamaForward:
         return logits, feats
 
 
-def lean_forward_for(target) -> LeanLlamaForward | None:
+def lean_forward_for(target, native: bool = True) -> LeanLlamaForward | None:
     """A LeanLlamaForward for `target`, or None when it does not qualify. Checked on every call (it is
-    cheap next to a forward), so a model switched to train(), hooked or modified falls back at once."""
-    return LeanLlamaForward(target, _checked=True) if lean_forward_reason(target) is None else None
+    cheap next to a forward), so a model switched to train(), hooked or modified falls back at once.
+    native=False keeps the layer loop in Python (same bits; for benchmarks)."""
+    return LeanLlamaForward(target, _checked=True, native=native) if lean_forward_reason(target) is None else None

@@ -14,7 +14,7 @@ from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
 __all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "topk_expand", "policy_step", "build_tree",
-           "skinny_linear", "skinny_linear_quant"]
+           "skinny_linear", "skinny_linear_quant", "llama_layers_quant"]
 
 try:
     from radar_ext import _C  # noqa: F401  (loading it registers torch.ops.radar_ext.*)
@@ -75,6 +75,17 @@ def skinny_linear_quant(x, q, d, m=None, bias=None):
     return torch.ops.radar_ext.skinny_linear_quant(x, q, d, m, bias)
 
 
+
+def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim):
+    """A Llama verify forward's decoder layers with every linear on Q4_1 / Q8_0 blocks, in one call
+    (radar_ext.lean_forward's native loop; reference.llama_layers_quant says what it computes). CPU only:
+    the kernel runs the same ATen ops as the Python loop, so the same bits, without ~1200 Python op calls."""
+    if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_layers_quant"):
+        return reference.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps,
+                                            scaling, head_dim)
+    return torch.ops.radar_ext.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
+                                                  eps, scaling, head_dim)
+
 if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::topk_expand")
     def _topk_expand_fake(logits, beam_scores, tree_topk, temperature=1.0):
@@ -104,6 +115,15 @@ if HAS_EXTENSION:
     def _skinny_linear_fake(x, w, bias=None):
         reference.check_skinny_linear_args(x, w, bias)
         return x.new_empty((x.shape[0], w.shape[0]))
+
+    @torch.library.register_fake("radar_ext::llama_layers_quant")
+    def _llama_layers_quant_fake(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling,
+                                 head_dim):
+        n = len(k_bufs)
+        if len(params) != n * reference.LLAMA_LAYER_PARAMS or len(v_bufs) != n:
+            reference._fail(f"params must hold {reference.LLAMA_LAYER_PARAMS} entries per layer and v_bufs one "
+                            f"buffer per layer: got {len(params)} params, {len(k_bufs)} k_bufs, {len(v_bufs)} v_bufs")
+        return [torch.empty_like(x) for _ in range(1 + len(capture))]
 
     @torch.library.register_fake("radar_ext::skinny_linear_quant")
     def _skinny_linear_quant_fake(x, q, d, m=None, bias=None):

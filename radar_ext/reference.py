@@ -171,6 +171,59 @@ def skinny_linear_quant(x, q, d, m=None, bias=None):
     return skinny_linear(x, dequantize_blocks(q, d, m), bias)
 
 
+LLAMA_LAYER_PARAMS = 2 + 7 * 4  # per layer: 2 norm weights, then (q, d, m, bias) for q, k, v, o, gate, up, down
+
+
+def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len: int, capture, eps: float,
+                       scaling: float, head_dim: int):
+    """The decoder layers of a Llama verify forward with every linear on GGUF blocks (radar_ext.lean_forward's
+    native loop): per layer, LlamaRMSNorm, q/k/v = skinny_linear_quant, rotary (q * cos + rotate_half(q) * sin),
+    the new K/V written to k_bufs[i] / v_bufs[i][:, :, past_len:past_len + M] (in place), sdpa over
+    [0, past_len + M) with the additive mask and GQA, o, residual, norm, down(silu(gate) * up), residual.
+    x [B, M, H] float32; cos, sin [B, M, D]; mask [B, 1, M, >= past_len + M]; params LLAMA_LAYER_PARAMS
+    per layer. Returns [x after the layers, the inputs of the layers in `capture`, in layer order]."""
+    if x.dtype != torch.float32 or x.dim() != 3 or x.device.type != "cpu":
+        _fail(f"x must be float32 [B, M, H] on the CPU, got {describe(x)}")
+    n = len(k_bufs)
+    if len(params) != n * LLAMA_LAYER_PARAMS or len(v_bufs) != n:
+        _fail(f"params must hold {LLAMA_LAYER_PARAMS} entries per layer and v_bufs one buffer per layer: got "
+              f"{len(params)} params, {len(k_bufs)} k_bufs, {len(v_bufs)} v_bufs")
+    capture = list(capture)
+    if any(not 0 <= c < n for c in capture) or any(a >= b for a, b in zip(capture, capture[1:])):
+        _fail(f"capture must be increasing layer indices in [0, {n}), got {capture}")
+    B, M, _ = x.shape
+
+    def linear(h, i):
+        y = skinny_linear_quant(h.reshape(-1, h.shape[-1]), params[i], params[i + 1], params[i + 2], params[i + 3])
+        return y.view(B, M, -1)
+
+    def norm(t, w):
+        h = t.to(torch.float32)
+        return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(t.dtype)
+
+    def rotary(t):
+        half = t.shape[-1] // 2
+        return t * cos[:, None] + torch.cat([-t[..., half:], t[..., :half]], -1) * sin[:, None]
+
+    out = []
+    for i in range(n):
+        if i in capture:
+            out.append(x)
+        b = i * LLAMA_LAYER_PARAMS
+        h = norm(x, params[b])
+        q, k, v = (linear(h, b + 2 + 4 * j).view(B, M, -1, head_dim).transpose(1, 2) for j in range(3))
+        q, k = rotary(q), rotary(k)
+        k_bufs[i][:, :, past_len:past_len + M] = k
+        v_bufs[i][:, :, past_len:past_len + M] = v
+        ka, va = k_bufs[i][:, :, :past_len + M], v_bufs[i][:, :, :past_len + M]
+        o = torch.nn.functional.scaled_dot_product_attention(q, ka, va, attn_mask=mask[..., :past_len + M],
+                                                             scale=scaling, enable_gqa=True)
+        x = x + linear(o.transpose(1, 2).reshape(B, M, -1), b + 14)
+        h = norm(x, params[b + 1])
+        x = x + linear(torch.nn.functional.silu(linear(h, b + 18)) * linear(h, b + 22), b + 26)
+    return [x] + out
+
+
 def check_build_tree_args(parents, n_nodes):
     _check_tensor("parents", parents)
     _check_tensor("n_nodes", n_nodes)
