@@ -108,26 +108,28 @@ class LeanLlamaForward:
         B, M, _ = x.shape
         rows = B * M
         params, k_bufs, v_bufs, past = [], [], [], None
-        layers = self.target.model.layers[:self.n_layers]
-        for i, layer in enumerate(layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            params += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-            for mod in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
-                        mlp.down_proj):
+        layers = list(_sub(_sub(self.target, "model"), "layers")._modules.values())[:self.n_layers]
+        eps, scaling, layer_ids = set(), set(), []
+        # plain dict lookups (_sub, _parameters): nn.Module.__getattr__ would cost ~0.5 ms per forward here
+        for layer in layers:
+            attn, mlp = _sub(layer, "self_attn"), _sub(layer, "mlp")
+            norms = (_sub(layer, "input_layernorm"), _sub(layer, "post_attention_layernorm"))
+            params += [n._parameters["weight"] for n in norms]
+            eps.update(n.variance_epsilon for n in norms)
+            scaling.add(attn.scaling)
+            layer_ids.append(attn.layer_idx)
+            for parent, name in _LINEARS:
+                mod = _sub(attn if parent == "self_attn" else mlp, name)
                 qb = getattr(mod.__dict__.get("forward"), "quant_blocks", None)
                 blocks = qb(rows) if qb is not None else None
                 if blocks is None:
                     return None
-                params += [blocks.q, blocks.d, blocks.m, mod.bias]
-        eps = {layer.input_layernorm.variance_epsilon for layer in layers} | {
-            layer.post_attention_layernorm.variance_epsilon for layer in layers}
-        scaling = {layer.self_attn.scaling for layer in layers}
+                params += [blocks.q, blocks.d, blocks.m, mod._parameters["bias"]]
         if len(eps) != 1 or len(scaling) != 1:
             return None
-        n_kv = layers[0].self_attn.k_proj.weight.shape[0] // self.head_dim
-        for i, layer in enumerate(layers):
-            got = kv_cache.reserve(cache, layer.self_attn.layer_idx, M, (B, n_kv, M, self.head_dim), x.dtype,
-                                   x.device)
+        n_kv = params[6].shape[0] // self.head_dim  # layer 0's k_proj blocks: [Hkv * D, ...]
+        for layer_idx in layer_ids:
+            got = kv_cache.reserve(cache, layer_idx, M, (B, n_kv, M, self.head_dim), x.dtype, x.device)
             if got is None or (past is not None and got[1] != past):
                 return None
             (kb, vb), past = got
@@ -136,8 +138,8 @@ class LeanLlamaForward:
         capture = sorted({s for s in (slots or []) if s < self.n_layers})  # the op returns them in layer order
         out = ops.llama_layers_quant(x, cos, sin, attention_mask, params, k_bufs, v_bufs, past, capture,
                                      float(eps.pop()), float(scaling.pop()), self.head_dim)
-        for layer in layers:
-            kv_cache.extend(cache, layer.self_attn.layer_idx, past + M)
+        for layer_idx in layer_ids:
+            kv_cache.extend(cache, layer_idx, past + M)
         return out[0], dict(zip(capture, out[1:]))
 
     def _feature_slots(self, feature_layers):
