@@ -325,33 +325,70 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   return y;
 }
 
+// Several products on one x in one parallel region: the blocks of all the w's are handed out as one range,
+// each task running its part of each w with the single-product code (same bits as separate calls, one
+// thread hand-off instead of one per product: q/k/v and gate/up of a verify forward's layer).
+void skinny_linear_run_many(const std::vector<kernels::SkinnyLinearParams>& ps) {
+  const bool use_avx512 = skinny_linear_uses_avx512();
+  std::vector<int64_t> start(ps.size() + 1, 0);
+  int64_t per_block = 0;  // multiply-adds of one block, the largest of the products
+  for (size_t i = 0; i < ps.size(); ++i) {
+    start[i + 1] = start[i] + (ps[i].M && ps[i].N ? kernels::skinny_linear_blocks(ps[i]) : 0);
+    per_block = std::max(per_block, kernels::kSkinnyNR * ps[i].K * ps[i].M);
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(per_block, 1));
+  at::parallel_for(0, start.back(), grain, [&](int64_t b0, int64_t b1) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const int64_t lo = std::max(b0, start[i]) - start[i], hi = std::min(b1, start[i + 1]) - start[i];
+      if (lo >= hi) continue;
+      if (use_avx512)
+        kernels::skinny_linear_blocks_avx512(ps[i], lo, hi);
+      else
+        kernels::skinny_linear_blocks_native(ps[i], lo, hi);
+    }
+  });
+}
+
 // The same with Q4_1 / Q8_0 blocks (kernels/skinny_linear.h): one kernel, the weights decoded on load.
-at::Tensor skinny_linear_quant_cpu(const at::Tensor& x_in, const at::Tensor& q_in, const at::Tensor& d_in,
-                                   const c10::optional<at::Tensor>& m_in, const c10::optional<at::Tensor>& bias_in) {
+// quant_product checks the arguments, allocates y [M, N] and fills p (x, q, d, m, bias must stay alive
+// while p is used: the caller holds them).
+struct QuantProduct {
+  at::Tensor x, q, d, m, bias, y;
+  kernels::SkinnyLinearParams p{};
+};
+QuantProduct quant_product(const at::Tensor& x_in, const at::Tensor& q_in, const at::Tensor& d_in,
+                           const c10::optional<at::Tensor>& m_in, const c10::optional<at::Tensor>& bias_in) {
   check_skinny_linear_quant(x_in, q_in, d_in, m_in, bias_in);
   const auto contig = [](const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); };
-  const at::Tensor x = contig(x_in), q = contig(q_in), d = contig(d_in);
-  const at::Tensor m = m_in.has_value() ? contig(*m_in) : at::Tensor();
-  const at::Tensor bias = bias_in.has_value() ? contig(*bias_in) : at::Tensor();
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
-  kernels::SkinnyLinearParams p{x.data_ptr<float>(), nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
-                                y.data_ptr<float>(), M, N, K};
-  p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
-  p.wd = d.data_ptr<float>();
-  p.wm = m.defined() ? m.data_ptr<float>() : nullptr;
-  skinny_linear_run(p);
-  return y;
+  QuantProduct r;
+  r.x = contig(x_in), r.q = contig(q_in), r.d = contig(d_in);
+  r.m = m_in.has_value() ? contig(*m_in) : at::Tensor();
+  r.bias = bias_in.has_value() ? contig(*bias_in) : at::Tensor();
+  const int64_t M = r.x.size(0), K = r.x.size(1), N = r.q.size(0);
+  r.y = at::empty({M, N}, r.x.options());
+  r.p = kernels::SkinnyLinearParams{r.x.data_ptr<float>(), nullptr, r.bias.defined() ? r.bias.data_ptr<float>() : nullptr,
+                                    r.y.data_ptr<float>(), M, N, K};
+  r.p.wq = static_cast<const uint8_t*>(r.q.const_data_ptr());
+  r.p.wd = r.d.data_ptr<float>();
+  r.p.wm = r.m.defined() ? r.m.data_ptr<float>() : nullptr;
+  return r;
+}
+
+at::Tensor skinny_linear_quant_cpu(const at::Tensor& x_in, const at::Tensor& q_in, const at::Tensor& d_in,
+                                   const c10::optional<at::Tensor>& m_in, const c10::optional<at::Tensor>& bias_in) {
+  QuantProduct r = quant_product(x_in, q_in, d_in, m_in, bias_in);
+  if (r.p.M == 0 || r.p.N == 0) return r.y;
+  skinny_linear_run(r.p);
+  return r.y;
 }
 
 // The decoder layers of one verify forward of a Llama target whose seven linears per layer all run
 // on skinny_linear_quant (radar_ext.lean_forward's native path). The same ATen ops in the same order
 // on the same inputs as LeanLlamaForward's Python loop (transformers' LlamaRMSNorm, apply_rotary_pos_emb
 // and LlamaMLP spelled out, kv_cache.append's buffer writes, sdpa with the additive mask and GQA), so the
-// same bits, minus ~30 x 40 Python-level op calls. params: per layer kLayerParams entries, the input
-// and post-attention norm weights, then q, k, v, o, gate, up, down as (blocks q, d, m or None, bias or
-// None). k_bufs / v_bufs [B, Hkv, capacity, D] per layer, entries [0, past_len) valid; the new K/V go to
+// same bits, minus ~30 x 40 Python-level op calls; q/k/v and gate/up each share one parallel region.
+// params: per layer kLayerParams entries, the input and post-attention norm weights, then q, k, v, o,
+// gate, up, down as (blocks q, d, m or None, bias or None). k_bufs / v_bufs [B, Hkv, capacity, D] per layer, entries [0, past_len) valid; the new K/V go to
 // [past_len, past_len + M). capture: increasing layer indices whose input is returned (hidden_states[i]).
 // Returns [x after the last layer, the captured inputs in capture order].
 constexpr int64_t kLayerParams = 2 + 7 * 4;
@@ -380,14 +417,26 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
     TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] < n_layers && (j == 0 || capture[j] > capture[j - 1]),
                       "capture must be increasing layer indices in [0, ", n_layers, "), got ", capture);
   const auto get = [&](int64_t i) -> c10::optional<at::Tensor> { return params.get(i); };
-  const auto linear = [&](const at::Tensor& h, int64_t base) {
-    const c10::optional<at::Tensor> q = get(base), d = get(base + 1), m = get(base + 2), bias = get(base + 3);
-    TORCH_CHECK_VALUE(q.has_value() && d.has_value(), "params[", base, "] and params[", base + 1,
-                      "] must be a linear's blocks q and d, got None");
+  // the linears at params[base], params[base + 4], ... on one input h [B, M, K], in one parallel region
+  const auto linears = [&](const at::Tensor& h, int64_t base, int64_t n) {
     const int64_t K = h.size(-1), rows = h.numel() / K;
-    at::Tensor y = skinny_linear_quant_cpu(h.reshape({rows, K}), *q, *d, m, bias);
-    return y.view({B, M, q->size(0)});
+    const at::Tensor x2 = h.reshape({rows, K});
+    std::vector<QuantProduct> prods;
+    std::vector<kernels::SkinnyLinearParams> ps;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t b = base + 4 * j;
+      const c10::optional<at::Tensor> q = get(b), d = get(b + 1);
+      TORCH_CHECK_VALUE(q.has_value() && d.has_value(), "params[", b, "] and params[", b + 1,
+                        "] must be a linear's blocks q and d, got None");
+      prods.push_back(quant_product(x2, *q, *d, get(b + 2), get(b + 3)));
+      ps.push_back(prods.back().p);
+    }
+    skinny_linear_run_many(ps);
+    std::vector<at::Tensor> ys;
+    for (const QuantProduct& r : prods) ys.push_back(r.y.view({B, M, r.q.size(0)}));
+    return ys;
   };
+  const auto linear = [&](const at::Tensor& h, int64_t base) { return linears(h, base, 1)[0]; };
   const auto rms_norm = [&](const at::Tensor& t, const at::Tensor& w) {
     at::Tensor h = t.to(at::kFloat);
     const at::Tensor variance = h.pow(2).mean({-1}, true);
@@ -410,9 +459,10 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
     TORCH_CHECK_VALUE(in_w.has_value() && post_w.has_value(), "params[", base, "] and params[", base + 1,
                       "] must be layer ", i, "'s norm weights, got None");
     const at::Tensor h = rms_norm(x, *in_w);
-    at::Tensor q = linear(h, base + 2).view({B, M, -1, head_dim}).transpose(1, 2);
-    at::Tensor k = linear(h, base + 6).view({B, M, -1, head_dim}).transpose(1, 2);
-    const at::Tensor v = linear(h, base + 10).view({B, M, -1, head_dim}).transpose(1, 2);
+    const std::vector<at::Tensor> qkv = linears(h, base + 2, 3);
+    at::Tensor q = qkv[0].view({B, M, -1, head_dim}).transpose(1, 2);
+    at::Tensor k = qkv[1].view({B, M, -1, head_dim}).transpose(1, 2);
+    const at::Tensor v = qkv[2].view({B, M, -1, head_dim}).transpose(1, 2);
     q = (q * cos) + (rotate_half(q) * sin);
     k = (k * cos) + (rotate_half(k) * sin);
     k_bufs[i].slice(2, past_len, past_len + M).copy_(k);
@@ -423,7 +473,8 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
     o = o.transpose(1, 2).reshape({B, M, -1}).contiguous();
     x = x + linear(o, base + 14);
     const at::Tensor h2 = rms_norm(x, *post_w);
-    x = x + linear(at::silu(linear(h2, base + 18)) * linear(h2, base + 22), base + 26);
+    const std::vector<at::Tensor> gate_up = linears(h2, base + 18, 2);
+    x = x + linear(at::silu(gate_up[0]) * gate_up[1], base + 26);
   }
   out[0] = x;
   return out;
