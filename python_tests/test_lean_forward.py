@@ -260,3 +260,27 @@ def test_native_layer_op_matches_its_reference(monkeypatch):
     for impl in (ops.llama_layers_quant, reference.llama_layers_quant):
         with pytest.raises(ValueError, match="capture must be increasing"):
             impl(x, cos, sin, mask, params, bufs[0], bufs[1], P, [2, 0], eps, scale, D)
+
+
+def test_observer_pre_hook_keeps_the_lean_forward_and_sees_every_forward():
+    """radar bench's forward counter (a pre-hook on the decoder stack) must not move verify off the lean
+    forward; the lean forward calls it with the same input_ids / position_ids the model's forward would."""
+    from radar_ext.benchmark.runner import ForwardCounter
+    model = tiny_llama("sdpa")
+    tree = branching_tree(5, seed=3)
+    counter = ForwardCounter(model)
+    try:
+        assert lean_forward_reason(model) is None
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(0)))
+        verify(model, cache, tree, 6)
+        (p0, n0), (p1, n1) = counter.calls
+        assert (n0, n1) == (6, 5) and int(p1.min()) == 6
+        assert torch.equal(p1, tree.depth.clamp(min=0) + 6)
+    finally:
+        counter.close()
+    plain = model.model.register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True)
+    try:
+        assert lean_forward_reason(model) == "the model has forward hooks (accelerate offload or user hooks)"
+    finally:
+        plain.remove()
