@@ -294,20 +294,33 @@ bool skinny_linear_uses_avx512() {
 
 namespace {
 
-// y = x @ w.T (+ bias) for few rows of x: each task takes a range of 4-row blocks of w, so w is read
-// once in total and every y element is summed by one thread in a fixed order (thread-count invariant).
-void skinny_linear_run(const kernels::SkinnyLinearParams& p) {
+// y = x @ w.T (+ bias) for few rows of x, for n products at once: the 4-row blocks of all the w's are
+// handed out as one range, each task running its part of each w, so every w is read once in total and
+// every y element is summed by one thread in a fixed order (thread-count invariant; the same bits as one
+// call per product, with one thread hand-off instead of n: q/k/v and gate/up of a verify forward's layer).
+void skinny_linear_run_many(const kernels::SkinnyLinearParams* ps, size_t n) {
   const bool use_avx512 = skinny_linear_uses_avx512();
-  const int64_t M = p.M, K = p.K;
+  std::vector<int64_t> start(n + 1, 0);
+  int64_t per_block = 0;  // multiply-adds of one block, the largest of the products
+  for (size_t i = 0; i < n; ++i) {
+    start[i + 1] = start[i] + (ps[i].M && ps[i].N ? kernels::skinny_linear_blocks(ps[i]) : 0);
+    per_block = std::max(per_block, kernels::kSkinnyNR * ps[i].K * ps[i].M);
+  }
   // Blocks per task: at least ~64k multiply-adds, so a task outweighs the thread hand-off.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kernels::kSkinnyNR * K * M, 1));
-  at::parallel_for(0, kernels::skinny_linear_blocks(p), grain, [&](int64_t b0, int64_t b1) {
-    if (use_avx512)
-      kernels::skinny_linear_blocks_avx512(p, b0, b1);
-    else
-      kernels::skinny_linear_blocks_native(p, b0, b1);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(per_block, 1));
+  at::parallel_for(0, start.back(), grain, [&](int64_t b0, int64_t b1) {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t lo = std::max(b0, start[i]) - start[i], hi = std::min(b1, start[i + 1]) - start[i];
+      if (lo >= hi) continue;
+      if (use_avx512)
+        kernels::skinny_linear_blocks_avx512(ps[i], lo, hi);
+      else
+        kernels::skinny_linear_blocks_native(ps[i], lo, hi);
+    }
   });
 }
+
+void skinny_linear_run(const kernels::SkinnyLinearParams& p) { skinny_linear_run_many(&p, 1); }
 
 at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in) {
   check_skinny_linear(x_in, w_in, bias_in);
@@ -323,30 +336,6 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
                                       w.scalar_type() == at::kHalf};
   skinny_linear_run(p);
   return y;
-}
-
-// Several products on one x in one parallel region: the blocks of all the w's are handed out as one range,
-// each task running its part of each w with the single-product code (same bits as separate calls, one
-// thread hand-off instead of one per product: q/k/v and gate/up of a verify forward's layer).
-void skinny_linear_run_many(const std::vector<kernels::SkinnyLinearParams>& ps) {
-  const bool use_avx512 = skinny_linear_uses_avx512();
-  std::vector<int64_t> start(ps.size() + 1, 0);
-  int64_t per_block = 0;  // multiply-adds of one block, the largest of the products
-  for (size_t i = 0; i < ps.size(); ++i) {
-    start[i + 1] = start[i] + (ps[i].M && ps[i].N ? kernels::skinny_linear_blocks(ps[i]) : 0);
-    per_block = std::max(per_block, kernels::kSkinnyNR * ps[i].K * ps[i].M);
-  }
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(per_block, 1));
-  at::parallel_for(0, start.back(), grain, [&](int64_t b0, int64_t b1) {
-    for (size_t i = 0; i < ps.size(); ++i) {
-      const int64_t lo = std::max(b0, start[i]) - start[i], hi = std::min(b1, start[i + 1]) - start[i];
-      if (lo >= hi) continue;
-      if (use_avx512)
-        kernels::skinny_linear_blocks_avx512(ps[i], lo, hi);
-      else
-        kernels::skinny_linear_blocks_native(ps[i], lo, hi);
-    }
-  });
 }
 
 // The same with Q4_1 / Q8_0 blocks (kernels/skinny_linear.h): one kernel, the weights decoded on load.
@@ -388,8 +377,9 @@ at::Tensor skinny_linear_quant_cpu(const at::Tensor& x_in, const at::Tensor& q_i
 // and LlamaMLP spelled out, kv_cache.append's buffer writes, sdpa with the additive mask and GQA), so the
 // same bits, minus ~30 x 40 Python-level op calls; q/k/v and gate/up each share one parallel region.
 // params: per layer kLayerParams entries, the input and post-attention norm weights, then q, k, v, o,
-// gate, up, down as (blocks q, d, m or None, bias or None). k_bufs / v_bufs [B, Hkv, capacity, D] per layer, entries [0, past_len) valid; the new K/V go to
-// [past_len, past_len + M). capture: increasing layer indices whose input is returned (hidden_states[i]).
+// gate, up, down as (blocks q, d, m or None, bias or None). k_bufs / v_bufs [B, Hkv, capacity, D] per
+// layer, entries [0, past_len) valid; the new K/V go to [past_len, past_len + M). capture: increasing
+// layer indices whose input is returned (hidden_states[i]).
 // Returns [x after the last layer, the captured inputs in capture order].
 constexpr int64_t kLayerParams = 2 + 7 * 4;
 
@@ -404,7 +394,7 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
                         static_cast<int64_t>(v_bufs.size()) == n_layers,
                     "params must hold ", kLayerParams, " entries per layer and v_bufs one buffer per layer: got ",
                     params.size(), " params, ", k_bufs.size(), " k_bufs, ", v_bufs.size(), " v_bufs");
-  const int64_t B = x_in.size(0), M = x_in.size(1), H = x_in.size(2);
+  const int64_t B = x_in.size(0), M = x_in.size(1);
   TORCH_CHECK_VALUE(head_dim > 0 && past_len >= 0, "head_dim must be > 0 and past_len >= 0, got ", head_dim, ", ",
                     past_len);
   for (int64_t i = 0; i < n_layers; ++i)
@@ -429,9 +419,9 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
       TORCH_CHECK_VALUE(q.has_value() && d.has_value(), "params[", b, "] and params[", b + 1,
                         "] must be a linear's blocks q and d, got None");
       prods.push_back(quant_product(x2, *q, *d, get(b + 2), get(b + 3)));
-      ps.push_back(prods.back().p);
+      ps.push_back(prods.back().p);  // (p points into the tensors prods holds)
     }
-    skinny_linear_run_many(ps);
+    skinny_linear_run_many(ps.data(), ps.size());
     std::vector<at::Tensor> ys;
     for (const QuantProduct& r : prods) ys.push_back(r.y.view({B, M, r.q.size(0)}));
     return ys;

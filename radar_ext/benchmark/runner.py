@@ -32,8 +32,8 @@ def encode_chat(tokenizer, messages) -> list:
 class ForwardCounter:
     """Counts target forwards and where each one starts, via a forward pre-hook on the target's
     decoder stack (every forward of every method goes through it; the lean verify forward calls it as an
-    observer). Tensors are only referenced during
-    the timed call and read afterwards, so the hook adds no host/device sync."""
+    observer). Tensors are only referenced during the timed call and read afterwards, so the hook adds
+    no host/device sync."""
 
     def __init__(self, target):
         base = target.get_decoder() if hasattr(target, "get_decoder") else target
