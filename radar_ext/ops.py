@@ -75,7 +75,6 @@ def skinny_linear_quant(x, q, d, m=None, bias=None):
     return torch.ops.radar_ext.skinny_linear_quant(x, q, d, m, bias)
 
 
-
 def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim):
     """A Llama verify forward's decoder layers with every linear on Q4_1 / Q8_0 blocks, in one call
     (radar_ext.lean_forward's native loop; reference.llama_layers_quant says what it computes). CPU only:
@@ -85,6 +84,7 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capt
                                             scaling, head_dim)
     return torch.ops.radar_ext.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
                                                   eps, scaling, head_dim)
+
 
 if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::topk_expand")
@@ -119,10 +119,7 @@ if HAS_EXTENSION:
     @torch.library.register_fake("radar_ext::llama_layers_quant")
     def _llama_layers_quant_fake(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling,
                                  head_dim):
-        n = len(k_bufs)
-        if len(params) != n * reference.LLAMA_LAYER_PARAMS or len(v_bufs) != n:
-            reference._fail(f"params must hold {reference.LLAMA_LAYER_PARAMS} entries per layer and v_bufs one "
-                            f"buffer per layer: got {len(params)} params, {len(k_bufs)} k_bufs, {len(v_bufs)} v_bufs")
+        reference.check_llama_layers_quant_args(x, params, k_bufs, v_bufs, capture)
         return [torch.empty_like(x) for _ in range(1 + len(capture))]
 
     @torch.library.register_fake("radar_ext::skinny_linear_quant")

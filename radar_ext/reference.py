@@ -174,14 +174,7 @@ def skinny_linear_quant(x, q, d, m=None, bias=None):
 LLAMA_LAYER_PARAMS = 2 + 7 * 4  # per layer: 2 norm weights, then (q, d, m, bias) for q, k, v, o, gate, up, down
 
 
-def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len: int, capture, eps: float,
-                       scaling: float, head_dim: int):
-    """The decoder layers of a Llama verify forward with every linear on GGUF blocks (radar_ext.lean_forward's
-    native loop): per layer, LlamaRMSNorm, q/k/v = skinny_linear_quant, rotary (q * cos + rotate_half(q) * sin),
-    the new K/V written to k_bufs[i] / v_bufs[i][:, :, past_len:past_len + M] (in place), sdpa over
-    [0, past_len + M) with the additive mask and GQA, o, residual, norm, down(silu(gate) * up), residual.
-    x [B, M, H] float32; cos, sin [B, M, D]; mask [B, 1, M, >= past_len + M]; params LLAMA_LAYER_PARAMS
-    per layer. Returns [x after the layers, the inputs of the layers in `capture`, in layer order]."""
+def check_llama_layers_quant_args(x, params, k_bufs, v_bufs, capture):
     if x.dtype != torch.float32 or x.dim() != 3 or x.device.type != "cpu":
         _fail(f"x must be float32 [B, M, H] on the CPU, got {describe(x)}")
     n = len(k_bufs)
@@ -191,6 +184,18 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len: int,
     capture = list(capture)
     if any(not 0 <= c < n for c in capture) or any(a >= b for a, b in zip(capture, capture[1:])):
         _fail(f"capture must be increasing layer indices in [0, {n}), got {capture}")
+
+
+def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len: int, capture, eps: float,
+                       scaling: float, head_dim: int):
+    """The decoder layers of a Llama verify forward with every linear on GGUF blocks (radar_ext.lean_forward's
+    native loop): per layer, LlamaRMSNorm, q/k/v = skinny_linear_quant, rotary (q * cos + rotate_half(q) * sin),
+    the new K/V written to k_bufs[i] / v_bufs[i][:, :, past_len:past_len + M] (in place), sdpa over
+    [0, past_len + M) with the additive mask and GQA, o, residual, norm, down(silu(gate) * up), residual.
+    x [B, M, H] float32; cos, sin [B, M, D]; mask [B, 1, M, >= past_len + M]; params LLAMA_LAYER_PARAMS
+    per layer. Returns [x after the layers, the inputs of the layers in `capture`, in layer order]."""
+    check_llama_layers_quant_args(x, params, k_bufs, v_bufs, capture)
+    n = len(k_bufs)
     B, M, _ = x.shape
 
     def linear(h, i):

@@ -190,6 +190,9 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
         torch.set_num_threads(cfg.threads)
     if cfg.dtype not in GEN_DTYPES:
         raise ValueError(f"GenConfig.dtype must be one of {list(GEN_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.start_prompt < 0 or cfg.start_prompt % cfg.batch_size:
+        raise ValueError(f"GenConfig.start_prompt must be a non-negative multiple of batch_size="
+                         f"{cfg.batch_size}, got {cfg.start_prompt}")
     if target is None:
         target, tokenizer = load_default_target(dtype=GEN_DTYPES[cfg.dtype])
     tok = tokenizer
@@ -198,9 +201,6 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
     prompts = first_user_turns()
     rng = random.Random(cfg.seed)
     rng.shuffle(prompts)
-    if cfg.start_prompt < 0 or cfg.start_prompt % cfg.batch_size:
-        raise ValueError(f"GenConfig.start_prompt must be a non-negative multiple of batch_size="
-                         f"{cfg.batch_size}, got {cfg.start_prompt}")
     prompts = prompts[cfg.start_prompt: cfg.start_prompt + cfg.num_prompts]
     # Render and length-filter once; sort each chunk by length to cut padding.
     rendered = []
@@ -210,8 +210,8 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
             rendered.append((cid, ids))
     n_shards = (len(rendered) + cfg.batch_size - 1) // cfg.batch_size
     (cfg.out_dir / "gen_config.json").write_text(json.dumps(
-        {"start_prompt": cfg.start_prompt, "num_prompts": len(rendered), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
-         "seed": cfg.seed, "decoding": "greedy", "dtype": cfg.dtype}, indent=1))
+        {"start_prompt": cfg.start_prompt, "num_prompts": len(rendered), "batch_size": cfg.batch_size,
+         "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "decoding": "greedy", "dtype": cfg.dtype}, indent=1))
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     bar = tqdm(range(n_shards), desc="gen shards", unit="shard")
