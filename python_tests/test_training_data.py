@@ -88,3 +88,27 @@ def test_ref_skips_every_prompt_gen_answered(tmp_path, fake_sharegpt, monkeypatc
     assert got == {c for c, _, _ in shuffled[8:]} - {c for c, _ in gen_order[:8]}
     with pytest.raises(ValueError, match="skip_prompts"):
         data.write_reference_shards(tmp_path, _Tok(), num_prompts=4, skip_prompts=6, shard_size=4)
+
+
+def test_ref_exclude_gen_prompts_takes_from_the_start_without_gen_questions(tmp_path, fake_sharegpt, monkeypatch):
+    gen_order = list(fake_sharegpt)
+    random.Random(0).shuffle(gen_order)
+    ref_order = [(c, q, "an answer") for c, q in reversed(fake_sharegpt)]
+    monkeypatch.setattr(data, "first_exchanges", lambda *a, **k: list(ref_order))
+    n = data.write_reference_shards(tmp_path, _Tok(), num_prompts=100, skip_prompts=0, shard_size=4,
+                                    exclude_gen_prompts=16)
+    got = {c for p in tmp_path.glob("gen_ref_*.safetensors") for c in _shard_questions(p)}
+    assert len(got) == n == 24 - 16  # every conversation whose question gen did not answer
+    assert got == {c for c, _ in gen_order[16:]}
+    with pytest.raises(ValueError, match="exclude_gen_prompts"):
+        data.write_reference_shards(tmp_path, _Tok(), num_prompts=4, skip_prompts=0, shard_size=4,
+                                    exclude_gen_prompts=-1)
+
+
+def test_stages_refuse_a_start_past_the_end(tmp_path, fake_sharegpt):
+    cfg = data.GenConfig(out_dir=tmp_path, num_prompts=4, start_prompt=24, batch_size=2)
+    with pytest.raises(ValueError, match="past the end of the 24"):
+        data.generate_shards(cfg, target=_Target(), tokenizer=_Tok())
+    with pytest.raises(ValueError, match="past the end of the 24"):
+        data.write_reference_shards(tmp_path, _Tok(), num_prompts=4, skip_prompts=24, shard_size=4)
+    assert not list(tmp_path.glob("gen_*"))

@@ -91,7 +91,7 @@ def first_exchanges(min_chars: int = 16, max_chars: int = 1500) -> list[tuple[st
 
 def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, skip_prompts: int = 4096,
                            shard_size: int = 64, max_prompt_tokens: int = 384, max_answer_tokens: int = 256,
-                           seed: int = 0) -> int:
+                           seed: int = 0, exclude_gen_prompts: int | None = None) -> int:
     """Stage `ref`: ShareGPT's own first answers (no generation), written as `gen_ref_XXXXX` shards in
     the gen format so the features stage labels them with the target's distributions (the EAGLE-1
     recipe: cheap extra data; the self-generated shards keep the head on the target's own text).
@@ -99,17 +99,26 @@ def write_reference_shards(out_dir: Path, tokenizer, num_prompts: int = 1024, sk
     whose question is among the gen stage's first `skip_prompts` prompts is dropped, so the two sources
     never share a prompt while gen stays below `skip_prompts`; held-out conversations are skipped (they
     stay unseen). Shards are numbered from skip_prompts // shard_size, so runs at different offsets
-    can share a directory. Returns the number of sequences written."""
+    can share a directory. `exclude_gen_prompts` (default `skip_prompts`) sets how many of the gen
+    stage's prompts are dropped instead: a later round whose gen went past `skip_prompts` can take
+    the reference answers from position 0 on and still never repeat a prompt gen answered.
+    Returns the number of sequences written."""
     from tqdm import tqdm
     if skip_prompts < 0 or skip_prompts % shard_size:
         raise ValueError(f"skip_prompts must be a non-negative multiple of shard_size={shard_size}, "
                          f"got {skip_prompts}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    exclude = skip_prompts if exclude_gen_prompts is None else exclude_gen_prompts
+    if exclude < 0:
+        raise ValueError(f"exclude_gen_prompts must be >= 0, got {exclude_gen_prompts}")
     convs = first_exchanges()
+    if skip_prompts >= len(convs):
+        raise ValueError(f"skip_prompts={skip_prompts} is past the end of the {len(convs)} ShareGPT first "
+                         "exchanges: nothing left to write")
+    out_dir.mkdir(parents=True, exist_ok=True)
     random.Random(seed).shuffle(convs)
     gen_prompts = first_user_turns()
     random.Random(seed).shuffle(gen_prompts)
-    taken = {q for _, q in gen_prompts[:skip_prompts]}
+    taken = {q for _, q in gen_prompts[:exclude]}
     convs = [c for c in convs[skip_prompts:] if not is_heldout(c[0]) and c[1] not in taken][:num_prompts]
     eos = tokenizer.eos_token_id
     n = 0
@@ -193,12 +202,15 @@ def generate_shards(cfg: GenConfig, target=None, tokenizer=None) -> None:
     if cfg.start_prompt < 0 or cfg.start_prompt % cfg.batch_size:
         raise ValueError(f"GenConfig.start_prompt must be a non-negative multiple of batch_size="
                          f"{cfg.batch_size}, got {cfg.start_prompt}")
+    prompts = first_user_turns()
+    if cfg.start_prompt >= len(prompts):
+        raise ValueError(f"GenConfig.start_prompt={cfg.start_prompt} is past the end of the {len(prompts)} "
+                         "ShareGPT first turns: nothing left to answer")
     if target is None:
         target, tokenizer = load_default_target(dtype=GEN_DTYPES[cfg.dtype])
     tok = tokenizer
     tok.padding_side = "left"
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = first_user_turns()
     rng = random.Random(cfg.seed)
     rng.shuffle(prompts)
     prompts = prompts[cfg.start_prompt: cfg.start_prompt + cfg.num_prompts]
@@ -264,6 +276,9 @@ def main(argv=None) -> None:
     p.add_argument("--skip-prompts", type=int, default=4096,
                    help="ref: start this far into the shuffled conversations (a multiple of 64) and drop "
                         "the gen stage's first this-many prompts")
+    p.add_argument("--exclude-gen-prompts", type=int, default=None,
+                   help="ref: drop the gen stage's first this-many prompts instead (default: --skip-prompts), "
+                        "e.g. --skip-prompts 0 --exclude-gen-prompts 6144 after a gen of prompts 0-6143")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
@@ -280,7 +295,8 @@ def main(argv=None) -> None:
         from ..models import load_default_tokenizer
         n = write_reference_shards(a.out_dir, load_default_tokenizer(),
                                    num_prompts=a.num_prompts, skip_prompts=a.skip_prompts,
-                                   max_answer_tokens=a.ref_answer_tokens)
+                                   max_answer_tokens=a.ref_answer_tokens,
+                                   exclude_gen_prompts=a.exclude_gen_prompts)
         print(f"[ref] {n} reference sequences in {a.out_dir}")
         return
     generate_shards(GenConfig(out_dir=a.out_dir, num_prompts=a.num_prompts, start_prompt=a.start_prompt,
