@@ -112,3 +112,31 @@ def test_stages_refuse_a_start_past_the_end(tmp_path, fake_sharegpt):
     with pytest.raises(ValueError, match="past the end of the 24"):
         data.write_reference_shards(tmp_path, _Tok(), num_prompts=4, skip_prompts=24, shard_size=4)
     assert not list(tmp_path.glob("gen_*"))
+
+
+def _train_draft_ref(tmp_path, monkeypatch, *extra):
+    import radar_ext.models as models
+    from radar_ext.cli import main
+    monkeypatch.setattr(models, "load_default_tokenizer", lambda *a, **k: _Tok())
+    rc = main(["train-draft", "--stage", "ref", "--data-dir", str(tmp_path), "--gen-batch-size", "8",
+               "--ref-prompts", "100", *extra])
+    assert rc == 0
+    return {c for p in tmp_path.glob("gen_ref_*.safetensors") for c in _shard_questions(p)}
+
+
+def test_train_draft_ref_with_a_low_ref_skip_still_drops_the_gen_prompts(tmp_path, fake_sharegpt, monkeypatch):
+    gen_order = list(fake_sharegpt)
+    random.Random(0).shuffle(gen_order)
+    # gen answered prompts 0-15; ref from position 0 must drop exactly those questions
+    got = _train_draft_ref(tmp_path, monkeypatch, "--num-prompts", "16", "--ref-skip", "0")
+    assert got == {c for c, _ in gen_order[16:]}
+
+
+def test_train_draft_ref_exclude_gen_prompts_overrides_and_is_checked(tmp_path, fake_sharegpt, monkeypatch):
+    gen_order = list(fake_sharegpt)
+    random.Random(0).shuffle(gen_order)
+    got = _train_draft_ref(tmp_path, monkeypatch, "--num-prompts", "16", "--ref-skip", "0",
+                           "--ref-exclude-gen-prompts", "20")
+    assert got == {c for c, _ in gen_order[20:]}
+    with pytest.raises(SystemExit, match="--ref-exclude-gen-prompts"):
+        _train_draft_ref(tmp_path / "b", monkeypatch, "--ref-skip", "0", "--ref-exclude-gen-prompts", "-1")

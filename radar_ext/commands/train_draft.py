@@ -27,6 +27,10 @@ def add_arguments(p) -> None:
     p.add_argument("--ref-skip", type=int, default=None,
                    help="ref: start this far into the shuffled conversations, a multiple of 64, past every gen "
                         "prompt (default: the end of the gen range rounded up to 64, at least 4096)")
+    p.add_argument("--ref-exclude-gen-prompts", type=int, default=None,
+                   help="ref: drop every conversation whose question is among the first N gen prompts "
+                        "(default: the larger of the gen range's end and --ref-skip, so a low --ref-skip "
+                        "never repeats a prompt gen answered)")
     p.add_argument("--ref-prompts", type=int, default=640,
                    help="ShareGPT conversations whose own first answer is added as extra data (ref; 0: none)")
     p.add_argument("--gen-batch-size", type=int, default=96)
@@ -68,6 +72,10 @@ def run(args) -> int:
     ref_skip = args.ref_skip if args.ref_skip is not None else max(4096, -(-gen_end // 64) * 64)
     if ref_skip < 0 or ref_skip % 64:
         raise SystemExit(f"--ref-skip must be a non-negative multiple of 64, got {ref_skip}")
+    ref_exclude = (max(gen_end, ref_skip) if args.ref_exclude_gen_prompts is None
+                   else args.ref_exclude_gen_prompts)
+    if ref_exclude < 0:
+        raise SystemExit(f"--ref-exclude-gen-prompts must be >= 0, got {ref_exclude}")
     stages = ["gen", "ref", "features", "train"] if args.stage == "all" else [args.stage]
     if "gen" in stages:
         generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts, start_prompt=args.start_prompt,
@@ -77,7 +85,7 @@ def run(args) -> int:
         from ..models import load_default_tokenizer
         from ..training.data import write_reference_shards
         write_reference_shards(args.data_dir, load_default_tokenizer(), num_prompts=args.ref_prompts, skip_prompts=ref_skip,
-                               max_answer_tokens=args.ref_answer_tokens)
+                               max_answer_tokens=args.ref_answer_tokens, exclude_gen_prompts=ref_exclude)
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads, dtype=args.features_dtype))
     if "train" in stages:
