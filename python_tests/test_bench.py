@@ -348,3 +348,37 @@ def test_cli_finish_writes_table_json_and_plot(tiny_ctx, tmp_path, capsys):
     assert bench.finish(empty, names, QS, p.parse_args(["--questions", "x", "--out", str(tmp_path / "e.json")]),
                         tiny_ctx) == 130
     assert not (tmp_path / "e.json").exists()
+
+
+def _load_bench_heads():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_heads", Path(__file__).parents[1] / "bench" / "bench_heads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_heads_arguments_and_paired_interval(tmp_path, capsys):
+    """bench/bench_heads.py: --tree parsing, the paired interval of per-question differences, and its
+    refusals (one head, a directory without config.json, a malformed tree) before loading anything."""
+    import argparse
+    mod = _load_bench_heads()
+    assert mod.parse_tree("1,6,2") == (1, 6, 2)
+    for bad in ("1,6", "a,b,c", "0,6,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--tree"):
+            mod.parse_tree(bad)
+    m, lo, hi = mod.paired_interval([0.1, 0.3, 0.2, 0.2])
+    half = 1.96 * math.sqrt(((0.1 - 0.2) ** 2 + (0.3 - 0.2) ** 2) / 3) / 2
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.2 - half) and hi == pytest.approx(0.2 + half)
+    assert math.isnan(mod.paired_interval([0.5])[1])
+    head = tmp_path / "h"
+    head.mkdir()
+    (head / "config.json").write_text("{}")
+    for argv, msg in (([str(head)], "at least two"), ([str(head), str(tmp_path)], "no config.json")):
+        with pytest.raises(SystemExit):
+            mod.main(["--heads", *argv, "--questions", "humaneval"])
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--heads", str(head), str(head), "--questions", "humaneval", "--tree", "8,10"])
+    assert "--tree must be CALLS,W,V" in capsys.readouterr().err
