@@ -74,3 +74,29 @@ def test_draft_vocab_choice_and_coverage():
     assert ids.tolist() == [3, 5] and cov == pytest.approx(5 / 7)  # 7 positions from prompt_len - 1 = 0
     assert draft_vocab_coverage(seqs, ids, 10) == pytest.approx(5 / 7)
     assert draft_vocab_coverage(seqs, torch.tensor([7]), 10) == pytest.approx(1 / 7)
+
+
+def test_grow_draft_vocab_keeps_trained_rows_and_adds_the_most_predicted():
+    """Growing a warm-started head's draft vocabulary: the old tokens keep their draft ids and trained
+    lm_head rows, the new ones are the most-predicted tokens it lacked (by count), with the target's own
+    lm_head rows as the mean old row (below the top logit); every other weight is unchanged, so logits over the old tokens are unchanged."""
+    from radar_ext.training.train_head import grow_draft_vocab
+    cfg = EagleConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=40, draft_vocab_size=8, target_hidden_size=32, max_position_embeddings=64)
+    head = EagleHead.init_random(cfg, seed=3)
+    old_ids = torch.tensor([5, 1, 30, 7, 2, 11, 39, 0])
+    head.set_draft_vocab(old_ids)
+    counts = torch.zeros(40, dtype=torch.int64)
+    counts[[5, 12, 20, 1, 33]] = torch.tensor([50, 40, 30, 20, 10])  # 5 and 1 are already drafted
+    grown = grow_draft_vocab(head, 11, counts)
+    assert grown.config.draft_vocab_size == 11
+    assert grown.to_target_ids(torch.arange(11)).tolist() == old_ids.tolist() + [12, 20, 33]
+    assert torch.equal(grown.lm_head.weight[:8], head.lm_head.weight)
+    assert torch.allclose(grown.lm_head.weight[8:], head.lm_head.weight.mean(0).expand(3, -1))
+    assert int(grown.t2d.sum()) == 11 and bool(grown.t2d[33]) and not bool(grown.t2d[3])
+    old_state, new_state = head.state_dict(), grown.state_dict()
+    for k, v in old_state.items():
+        if not k.startswith("lm_head") and k not in ("d2t", "t2d"):
+            assert torch.equal(new_state[k], v), k
+    with pytest.raises(ValueError, match="only 40"):
+        grow_draft_vocab(head, 41, counts)

@@ -287,6 +287,33 @@ def new_head(hcfg: EagleConfig, vocab_ids, lm_w, norm_w, train_seqs) -> EagleHea
     return head
 
 
+def grow_draft_vocab(head: EagleHead, size: int, counts: torch.Tensor) -> EagleHead:
+    """A copy of `head` with a draft vocabulary of `size` tokens: its own tokens first, in their order and
+    with their trained lm_head rows, then the target tokens it lacks that `counts` (top-1 predictions)
+    ranks highest, whose rows start as the mean of the old rows: a new token's logit is then the mean old
+    logit, below the top one, so the head's greedy choices are unchanged at the start. Neither the
+    target's own rows nor zeros are: a trained head's output state was never pushed away from tokens it
+    could not draft, and its logits are often below 0 (held-out top-1 of the round-5 head grown to 16384:
+    0.509 -> 0.002 with the target's rows, 0.388 with zeros)."""
+    import dataclasses
+
+    old_ids = head.to_target_ids(torch.arange(head.config.draft_vocab_size))
+    ranked = counts.argsort(descending=True, stable=True)
+    fresh = ranked[~head.t2d[ranked]][: size - old_ids.numel()]
+    if old_ids.numel() + fresh.numel() != size:
+        raise ValueError(f"draft vocabulary of {size} tokens asked for, the target has only {counts.numel()}")
+    grown = EagleHead(dataclasses.replace(head.config, draft_vocab_size=size))
+    state = {k: v for k, v in head.state_dict().items() if not k.startswith("lm_head") and k not in ("d2t", "t2d")}
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"lm_head.weight", "d2t", "t2d"}:
+        raise RuntimeError(f"grow_draft_vocab: unexpected state layout (missing {missing}, unexpected {unexpected})")
+    grown.set_draft_vocab(torch.cat([old_ids, fresh]))
+    with torch.no_grad():
+        grown.lm_head.weight[: old_ids.numel()] = head.lm_head.weight
+        grown.lm_head.weight[old_ids.numel():] = head.lm_head.weight.mean(0)
+    return grown
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a head; returns the directory of the final head."""
     from tqdm import tqdm
@@ -314,6 +341,11 @@ def train(cfg: TrainConfig) -> Path:
             raise ValueError(f"--init-from {cfg.init_from}: head (vocab {head.config.vocab_size}, target hidden "
                              f"{head.config.target_hidden_size}) does not fit the target (vocab {tcfg.vocab_size}, "
                              f"hidden {tcfg.hidden_size})")
+        if cfg.draft_vocab_size < head.config.draft_vocab_size:
+            raise ValueError(f"--draft-vocab-size {cfg.draft_vocab_size} is below the --init-from head's "
+                             f"{head.config.draft_vocab_size}: a warm start keeps or grows the draft vocabulary")
+        if cfg.draft_vocab_size > head.config.draft_vocab_size:
+            head = grow_draft_vocab(head, cfg.draft_vocab_size, top1_counts(seqs, tcfg.vocab_size)).train()
         vocab_ids = head.to_target_ids(torch.arange(head.config.draft_vocab_size))
         coverage = draft_vocab_coverage(seqs, vocab_ids, tcfg.vocab_size)
     else:
@@ -422,7 +454,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Train an EAGLE-3 head on self-distillation data")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out-dir", type=Path, default=None)
-    p.add_argument("--draft-vocab-size", type=int, default=8192)
+    p.add_argument("--draft-vocab-size", type=int, default=8192,
+                   help="draft vocabulary (tokens the head can propose); with --init-from, a size above the "
+                        "head's grows it by the most-predicted tokens it lacks (their rows start as the mean old row)")
     p.add_argument("--unroll-steps", type=int, default=5)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
