@@ -123,7 +123,7 @@ def main(argv=None) -> int:
           f"answers identical across heads: {len(records) - mismatches}/{len(records)}")
     header = "| head | " + " | ".join(cats) + " | overall tau | tok/s | d tau vs first [95%] |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
-    for name in names:
+    for j, name in enumerate(names):
         per_cat = {c: tau_of([r for r in records if r["category"] == c], name) for c in cats}
         overall = tau_of(records, name)
         toks = sum(r["heads"][name]["tokens"] for r in records)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         m, lo, hi = paired_interval(diffs)
         summary["heads"][name] = {"tau": overall, "tau_per_category": per_cat, "tok_s": toks / secs,
                                   "d_tau_mean": m, "d_tau_95": [lo, hi]}
-        delta = "-" if name is names[0] else f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        delta = "-" if j == 0 else f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         print(f"| {name} | " + " | ".join(f"{per_cat[c]:.2f}" for c in cats)
               + f" | {overall:.3f} | {toks / secs:.1f} | {delta} |")
     if a.json:

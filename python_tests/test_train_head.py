@@ -78,8 +78,8 @@ def test_draft_vocab_choice_and_coverage():
 
 def test_grow_draft_vocab_keeps_trained_rows_and_adds_the_most_predicted():
     """Growing a warm-started head's draft vocabulary: the old tokens keep their draft ids and trained
-    lm_head rows, the new ones are the most-predicted tokens it lacked (by count), with the target's own
-    lm_head rows as the mean old row (below the top logit); every other weight is unchanged, so logits over the old tokens are unchanged."""
+    lm_head rows, the new ones are the most-predicted tokens it lacked (by count), their rows the mean old
+    row (below the top logit); every other weight is unchanged, so logits over the old tokens are unchanged."""
     from radar_ext.training.train_head import grow_draft_vocab
     cfg = EagleConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
                       vocab_size=40, draft_vocab_size=8, target_hidden_size=32, max_position_embeddings=64)

@@ -41,7 +41,8 @@ def add_arguments(p) -> None:
                    help="ref: tokens kept of each ShareGPT answer")
     p.add_argument("--features-dtype", choices=["bfloat16", "float32"], default="float32",
                    help="target dtype of the teacher-forced features pass (bfloat16: ~2.7x faster on AMX CPUs)")
-    p.add_argument("--draft-vocab-size", type=int, default=8192)
+    p.add_argument("--draft-vocab-size", type=int, default=None,
+                   help="draft vocabulary (default 8192, or the --init-from head's own; a larger size grows it)")
     p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
@@ -59,7 +60,7 @@ def run(args) -> int:
 
     for name in ("num_prompts", "gen_batch_size", "max_new_tokens", "draft_vocab_size", "unroll_steps",
                  "tokens_per_batch", "ref_answer_tokens"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.epochs <= 0 or args.lr <= 0:
         raise SystemExit(f"--epochs and --lr must be > 0, got {args.epochs} and {args.lr}")

@@ -26,11 +26,14 @@ from ..eagle_head import EagleConfig, EagleHead
 from .data import default_data_dir
 
 
+DEFAULT_DRAFT_VOCAB = 8192
+
+
 @dataclass
 class TrainConfig:
     data_dir: Path
     out_dir: Path                 # checkpoints + final head
-    draft_vocab_size: int = 8192
+    draft_vocab_size: int | None = None  # None: 8192 for a new head, an --init-from head's own size
     unroll_steps: int = 5         # K: training-time-test depth
     step_weight_decay: float = 0.8  # loss weight of step k = decay**(k-1)
     epochs: float = 2.0
@@ -341,17 +344,18 @@ def train(cfg: TrainConfig) -> Path:
             raise ValueError(f"--init-from {cfg.init_from}: head (vocab {head.config.vocab_size}, target hidden "
                              f"{head.config.target_hidden_size}) does not fit the target (vocab {tcfg.vocab_size}, "
                              f"hidden {tcfg.hidden_size})")
-        if cfg.draft_vocab_size < head.config.draft_vocab_size:
+        if cfg.draft_vocab_size is not None and cfg.draft_vocab_size < head.config.draft_vocab_size:
             raise ValueError(f"--draft-vocab-size {cfg.draft_vocab_size} is below the --init-from head's "
                              f"{head.config.draft_vocab_size}: a warm start keeps or grows the draft vocabulary")
-        if cfg.draft_vocab_size > head.config.draft_vocab_size:
+        if cfg.draft_vocab_size is not None and cfg.draft_vocab_size > head.config.draft_vocab_size:
             head = grow_draft_vocab(head, cfg.draft_vocab_size, top1_counts(seqs, tcfg.vocab_size)).train()
         vocab_ids = head.to_target_ids(torch.arange(head.config.draft_vocab_size))
         coverage = draft_vocab_coverage(seqs, vocab_ids, tcfg.vocab_size)
     else:
-        vocab_ids, coverage = choose_draft_vocab(seqs, cfg.draft_vocab_size, tcfg.vocab_size,
+        size = DEFAULT_DRAFT_VOCAB if cfg.draft_vocab_size is None else cfg.draft_vocab_size
+        vocab_ids, coverage = choose_draft_vocab(seqs, size, tcfg.vocab_size,
                                                  always=[eos] if isinstance(eos, int) else [])
-        head = new_head(EagleConfig.for_target(tcfg, draft_vocab_size=cfg.draft_vocab_size), vocab_ids,
+        head = new_head(EagleConfig.for_target(tcfg, draft_vocab_size=size), vocab_ids,
                         lm_w, norm_w, train_seqs)
     print(f"[train] {len(train_seqs)} train / {len(eval_seqs)} held-out sequences, {n_train_tok} train tokens, "
           f"draft vocab {len(vocab_ids)} covers {coverage:.4f} of target top-1 predictions "
@@ -454,9 +458,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Train an EAGLE-3 head on self-distillation data")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--out-dir", type=Path, default=None)
-    p.add_argument("--draft-vocab-size", type=int, default=8192,
-                   help="draft vocabulary (tokens the head can propose); with --init-from, a size above the "
-                        "head's grows it by the most-predicted tokens it lacks (their rows start as the mean old row)")
+    p.add_argument("--draft-vocab-size", type=int, default=None,
+                   help=f"draft vocabulary (tokens the head can propose; default {DEFAULT_DRAFT_VOCAB}, or the "
+                        "--init-from head's own); with --init-from, a size above the head's grows it by the "
+                        "most-predicted tokens it lacks (their rows start as the mean old row)")
     p.add_argument("--unroll-steps", type=int, default=5)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
