@@ -236,9 +236,17 @@ def test_costs_formats_and_errors(tmp_path):
         PolicyCosts.load(tmp_path / "nope.json")
 
 
+def _clamp_excess(cm, W, P=None):
+    """What PolicyCosts adds to every cycle when timing noise made a later draft call slower than
+    call 1 (call 1's extra cost is clamped at 0): later - first, or 0."""
+    first = cm.t_draft(1, W, P)
+    return max(0.0, (cm.t_draft(2, W, P) - first) - first)
+
+
 def test_costs_from_calibration_cost_model(model, tmp_path):
     """A `radar calibrate` CostModel (object or its JSON) -> PolicyCosts whose cycle time
-    n * t_draft + T_verify(V) + n * t_policy is CostModel.t_cycle."""
+    n * t_draft + T_verify(V) + n * t_policy is CostModel.t_cycle (plus the clamp's excess when noise
+    timed a later draft call slower than call 1)."""
     from radar_ext.calibration import calibrate
 
     cm = calibrate(model, EagleDrafter.init_random(model, seed=1), RadarPolicy(tree_topk=3, max_draft_calls=3),
@@ -250,7 +258,34 @@ def test_costs_from_calibration_cost_model(model, tmp_path):
         assert pc.verify_budgets == [1, 4, 8] and pc.t_ar == pytest.approx(cm.t_ar())
         for n in (1, 3):
             for V in (1, 4, 8):
-                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(cm.t_cycle(n, V, 3))
+                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(
+                    cm.t_cycle(n, V, 3) + _clamp_excess(cm, 3))
+
+
+def test_costs_from_calibration_with_a_slow_later_draft_call(model):
+    """Timing noise can make a later draft call measure slower than call 1. Call 1's extra cost is
+    then 0, not negative: T_verify(V) stays positive (it went below 0 and the calibration was refused)
+    and each cycle is overestimated by exactly the later call's excess."""
+    from radar_ext.calibration import CostModel, calibrate
+
+    cm = calibrate(model, EagleDrafter.init_random(model, seed=1), None, name="tiny", v_set=[1, 4],
+                   prefix_lens=[8], tree_topks=[3], max_draft_calls=2, pending=2, warmup=1, repeats=2,
+                   ar_tokens=0)
+    d = cm.to_dict()
+    for w in d["draft_first"]:
+        for p in d["draft_first"][w]:
+            d["draft_first"][w][p].update(median=1e-4, p10=1e-4, p90=1e-4)
+            d["draft_next"][w][p].update(median=0.5, p10=0.5, p90=0.5)
+    slow = CostModel.from_dict(d)
+    excess = 0.5 - 1e-4
+    assert _clamp_excess(slow, 3) == pytest.approx(excess)
+    pc = PolicyCosts.load(slow, tree_topk=3)
+    assert pc.t_draft == pytest.approx(0.5)
+    for V in (1, 4):
+        assert pc.t_verify(V) > 0
+        assert pc.t_verify(V) == pytest.approx(slow.t_verify(V) + slow.t_tree(V) + slow.t_overhead(V))
+        for n in (1, 2):
+            assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(slow.t_cycle(n, V, 3) + excess)
 
 
 def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
@@ -267,7 +302,8 @@ def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
         assert pc.t_ar == pytest.approx(cm.t_ar(P))
         for n in (1, 2):
             for V in (1, 4):
-                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(cm.t_cycle(n, V, 3, P))
+                assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(
+                    cm.t_cycle(n, V, 3, P) + _clamp_excess(cm, 3, P))
     # the default is the mean calibrated prefix (24 here)
     assert PolicyCosts.load(cm, tree_topk=3).t_verify(4) == pytest.approx(
         PolicyCosts.load(cm, tree_topk=3, prefix_len=24).t_verify(4))

@@ -100,3 +100,15 @@ def test_grow_draft_vocab_keeps_trained_rows_and_adds_the_most_predicted():
             assert torch.equal(new_state[k], v), k
     with pytest.raises(ValueError, match="only 40"):
         grow_draft_vocab(head, 41, counts)
+
+
+@pytest.mark.parametrize("bad", ["-1", "2.5"])
+def test_warmup_steps_is_checked_before_any_work(tmp_path, bad):
+    """`--warmup-steps` below 0 (or not an integer) is refused by name before the target loads."""
+    from radar_ext.training.train_head import main
+    if bad == "2.5":
+        with pytest.raises(SystemExit):  # argparse: invalid int value
+            main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--warmup-steps", bad])
+        return
+    with pytest.raises(ValueError, match="--warmup-steps must be an integer >= 0"):
+        main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--warmup-steps", bad])

@@ -88,13 +88,16 @@ class PolicyCosts:
         the policy will decide at, since T_verify grows with the prefix). t_draft is one later draft
         call; the "verify" curve holds everything of a cycle that does not scale with the number of
         draft calls (call 1's extra cost over a later call, tree build, the target forward, acceptance
-        and commits), so n * t_draft + T_verify(V) + decisions * t_policy equals CostModel.t_cycle."""
+        and commits), so n * t_draft + T_verify(V) + decisions * t_policy equals CostModel.t_cycle.
+        A noisy calibration can time a later call slower than call 1; call 1's extra cost is then
+        taken as 0 (never negative), which overestimates every cycle by that difference rather than
+        letting T_verify(V) go negative."""
         if prefix_len is not None and not (isinstance(prefix_len, (int, float)) and math.isfinite(prefix_len)
                                            and prefix_len > 0):
             raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
         p = None if prefix_len is None else float(prefix_len)
         t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
-        extra_first = cm.t_draft(1, tree_topk, p) - t_next
+        extra_first = max(0.0, cm.t_draft(1, tree_topk, p) - t_next)
         vb = [int(v) for v in cm.v_set]
         vs = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + extra_first for v in vb]
         return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs)

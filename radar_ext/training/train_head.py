@@ -322,6 +322,8 @@ def train(cfg: TrainConfig) -> Path:
     from tqdm import tqdm
     from transformers import LlamaConfig
 
+    if not (isinstance(cfg.warmup_steps, int) and cfg.warmup_steps >= 0):
+        raise ValueError(f"--warmup-steps must be an integer >= 0, got {cfg.warmup_steps!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -465,16 +467,19 @@ def main(argv=None) -> None:
     p.add_argument("--unroll-steps", type=int, default=5)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
+                   help="linear learning-rate warm-up steps before the cosine decay (a warm start may want more)")
     p.add_argument("--tokens-per-batch", type=int, default=3072)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-amp", action="store_true", help="train in plain fp32 (default: bfloat16 autocast)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="warm start from a saved head directory (e.g. the shipped head); keeps its draft vocabulary")
+                   help="warm start from a saved head directory (e.g. the shipped head); keeps its draft vocabulary "
+                        "unless --draft-vocab-size grows it")
     a = p.parse_args(argv)
     out = a.out_dir or (a.data_dir.parent.parent / "head_runs" / "default")
     train(TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
-                      unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr,
+                      unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
                       tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
                       amp_bf16=not a.no_amp, init_from=a.init_from))
 
