@@ -20,6 +20,17 @@ def assert_outputs_match(got, want):
             assert torch.equal(g, w), f"output {k} differs:\n{g}\n{w}"
 
 
+def load_bench_script(name: str):
+    """Import bench/<name>.py (bench/ is scripts, not a package) as a module for its tests."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def cuda():
     """The CUDA device; skips without a GPU (queried only when a CUDA test runs)."""

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import load_bench_script
 from radar_ext.benchmark import (BASELINE, METHODS, BenchContext, BenchOptions, MethodUnavailable,
                                  QuestionFileError, RunConfig, UnknownMethod, aggregate, build_report,
                                  format_table, load_questions, mismatches, parse_methods, plot,
@@ -350,20 +351,11 @@ def test_cli_finish_writes_table_json_and_plot(tiny_ctx, tmp_path, capsys):
     assert not (tmp_path / "e.json").exists()
 
 
-def _load_bench_heads():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("bench_heads", Path(__file__).parents[1] / "bench" / "bench_heads.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_heads_arguments_and_paired_interval(tmp_path, capsys):
     """bench/bench_heads.py: --tree parsing, the paired interval of per-question differences, and its
     refusals (one head, a directory without config.json, a malformed tree) before loading anything."""
     import argparse
-    mod = _load_bench_heads()
+    mod = load_bench_script("bench_heads")
     assert mod.parse_tree("1,6,2") == (1, 6, 2)
     for bad in ("1,6", "a,b,c", "0,6,2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--tree"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import load_bench_script
 from radar_ext.cli import main
 from radar_ext.policies import PolicyCosts, load_policy
 from radar_ext.training.episodes import FORMAT, load_episodes
@@ -370,11 +371,7 @@ def test_rate_reward_maximises_tokens_per_second_not_the_mean_ratio(tmp_path):
 def test_bench_ltd_cost_curves_table(tmp_path, capsys):
     """bench/ltd_cost_curves.py prints one row per curve (calibrated + 4 hand-made + --random) with each
     policy's gain over that curve's best static; a malformed --policy is refused."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("ltd_cost_curves", Path(__file__).parents[1] / "bench" / "ltd_cost_curves.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench_script("ltd_cost_curves")
     ep_dir = write_cost_sensitive_episodes(tmp_path / "e", cycles=(32, 16))
     (ep_dir / "costs.json").write_text(json.dumps(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})))
     best = train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
