@@ -89,17 +89,20 @@ class PolicyCosts:
         call; the "verify" curve holds everything of a cycle that does not scale with the number of
         draft calls (call 1's extra cost over a later call, tree build, the target forward, acceptance
         and commits), so n * t_draft + T_verify(V) + decisions * t_policy equals CostModel.t_cycle.
-        A noisy calibration can time a later call slower than call 1; call 1's extra cost is then
-        taken as 0 (never negative), which overestimates every cycle by that difference rather than
-        letting T_verify(V) go negative."""
+        Call 1's extra cost is negative when call 1 is the cheaper one (it runs on one row, a later
+        call on W beams: measured so at W >= 6 on a 2-core AMD EPYC), which is exact as long as
+        T_verify(V) stays positive. A noisy calibration of a tiny model can time a later call so slow
+        that it would not; call 1's extra cost is then floored at minus half the cheapest V's
+        cost, overestimating every cycle by the rest, instead of the calibration being refused."""
         if prefix_len is not None and not (isinstance(prefix_len, (int, float)) and math.isfinite(prefix_len)
                                            and prefix_len > 0):
             raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
         p = None if prefix_len is None else float(prefix_len)
         t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
-        extra_first = max(0.0, cm.t_draft(1, tree_topk, p) - t_next)
         vb = [int(v) for v in cm.v_set]
-        vs = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + extra_first for v in vb]
+        base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) for v in vb]
+        extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
+        vs = [b + extra_first for b in base]
         return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs)
 
     @classmethod
