@@ -140,3 +140,18 @@ def test_train_draft_ref_exclude_gen_prompts_overrides_and_is_checked(tmp_path, 
     assert got == {c for c, _ in gen_order[20:]}
     with pytest.raises(SystemExit, match="--ref-exclude-gen-prompts"):
         _train_draft_ref(tmp_path / "b", monkeypatch, "--ref-skip", "0", "--ref-exclude-gen-prompts", "-1")
+
+
+def test_train_draft_passes_warmup_steps_to_the_head_training(tmp_path, monkeypatch):
+    """`radar train-draft --stage train --warmup-steps N` reaches TrainConfig (and is checked there);
+    without the flag TrainConfig's own default stands."""
+    import radar_ext.training.train_head as th
+    from radar_ext.cli import main
+    seen = []
+    monkeypatch.setattr(th, "train", lambda cfg: seen.append(cfg.warmup_steps) or tmp_path)
+    assert main(["train-draft", "--stage", "train", "--data-dir", str(tmp_path), "--warmup-steps", "60"]) == 0
+    assert main(["train-draft", "--stage", "train", "--data-dir", str(tmp_path)]) == 0
+    assert seen == [60, th.TrainConfig.warmup_steps]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="--warmup-steps must be an integer >= 0"):
+        main(["train-draft", "--stage", "train", "--data-dir", str(tmp_path), "--warmup-steps", "-3"])

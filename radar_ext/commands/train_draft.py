@@ -46,11 +46,15 @@ def add_arguments(p) -> None:
     p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear learning-rate warm-up steps before the cosine decay (default: train_head's, 20; "
+                        "a warm start may want more)")
     p.add_argument("--tokens-per-batch", type=int, default=3072)
     p.add_argument("--eval-every", type=int, default=0, help="optimizer steps between evaluations (0: per epoch)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="warm start the head from a saved head directory (e.g. the shipped one); keeps its draft vocab")
+                   help="warm start the head from a saved head directory (e.g. the shipped one); keeps its draft vocab "
+                        "unless --draft-vocab-size grows it")
     p.add_argument("--no-amp", action="store_true", help="train the head in plain fp32 (default: bfloat16 autocast)")
 
 
@@ -93,6 +97,7 @@ def run(args) -> int:
         out = args.out_dir or (args.data_dir.parent.parent / "head_runs" / "default")
         best = train(TrainConfig(data_dir=args.data_dir, out_dir=out, draft_vocab_size=args.draft_vocab_size,
                                  unroll_steps=args.unroll_steps, epochs=args.epochs, lr=args.lr,
+                                 **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
                                  tokens_per_batch=args.tokens_per_batch, eval_every=args.eval_every,
                                  threads=args.threads, amp_bf16=not args.no_amp, init_from=args.init_from))
         print(f"trained head: {best}")
