@@ -143,8 +143,8 @@ def test_train_draft_ref_exclude_gen_prompts_overrides_and_is_checked(tmp_path, 
 
 
 def test_train_draft_passes_warmup_steps_to_the_head_training(tmp_path, monkeypatch):
-    """`radar train-draft --stage train --warmup-steps N` reaches TrainConfig (and is checked there);
-    without the flag TrainConfig's own default stands."""
+    """`radar train-draft --stage train --warmup-steps N` reaches TrainConfig (and is checked there,
+    before any stage runs); without the flag TrainConfig's own default stands."""
     import radar_ext.training.train_head as th
     from radar_ext.cli import main
     seen = []
@@ -155,3 +155,7 @@ def test_train_draft_passes_warmup_steps_to_the_head_training(tmp_path, monkeypa
     monkeypatch.undo()
     with pytest.raises(ValueError, match="--warmup-steps must be an integer >= 0"):
         main(["train-draft", "--stage", "train", "--data-dir", str(tmp_path), "--warmup-steps", "-3"])
+    # --stage all refuses it before the hour of gen and features, not after
+    monkeypatch.setattr(data, "generate_shards", lambda *a, **k: pytest.fail("gen ran before the check"))
+    with pytest.raises(ValueError, match="--warmup-steps must be an integer >= 0"):
+        main(["train-draft", "--stage", "all", "--data-dir", str(tmp_path), "--warmup-steps", "-3"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 def add_arguments(p) -> None:
     from ..training.data import default_data_dir
+    from ..training.train_head import add_train_arguments
     p.add_argument("--stage", choices=["gen", "ref", "features", "train", "all"], default="all",
                    help="all = gen, ref, features, train")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
@@ -41,26 +42,12 @@ def add_arguments(p) -> None:
                    help="ref: tokens kept of each ShareGPT answer")
     p.add_argument("--features-dtype", choices=["bfloat16", "float32"], default="float32",
                    help="target dtype of the teacher-forced features pass (bfloat16: ~2.7x faster on AMX CPUs)")
-    p.add_argument("--draft-vocab-size", type=int, default=None,
-                   help="draft vocabulary (default 8192, or the --init-from head's own; a larger size grows it)")
-    p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=6e-4)
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear learning-rate warm-up steps before the cosine decay (default: train_head's, 20; "
-                        "a warm start may want more)")
-    p.add_argument("--tokens-per-batch", type=int, default=3072)
-    p.add_argument("--eval-every", type=int, default=0, help="optimizer steps between evaluations (0: per epoch)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="warm start the head from a saved head directory (e.g. the shipped one); keeps its draft vocab "
-                        "unless --draft-vocab-size grows it")
-    p.add_argument("--no-amp", action="store_true", help="train the head in plain fp32 (default: bfloat16 autocast)")
+    add_train_arguments(p)  # --draft-vocab-size ... --init-from, as train_head's own CLI (--threads serves every stage)
 
 
 def run(args) -> int:
     from ..training.data import FeatureConfig, GenConfig, extract_features, generate_shards
-    from ..training.train_head import TrainConfig, train
+    from ..training.train_head import train, train_config_from_args
 
     for name in ("num_prompts", "gen_batch_size", "max_new_tokens", "draft_vocab_size", "unroll_steps",
                  "tokens_per_batch", "ref_answer_tokens"):
@@ -82,6 +69,7 @@ def run(args) -> int:
     if ref_exclude < 0:
         raise SystemExit(f"--ref-exclude-gen-prompts must be >= 0, got {ref_exclude}")
     stages = ["gen", "ref", "features", "train"] if args.stage == "all" else [args.stage]
+    train_cfg = train_config_from_args(args) if "train" in stages else None  # its checks run before gen
     if "gen" in stages:
         generate_shards(GenConfig(out_dir=args.data_dir, num_prompts=args.num_prompts, start_prompt=args.start_prompt,
                                   batch_size=args.gen_batch_size, max_new_tokens=args.max_new_tokens,
@@ -94,11 +82,6 @@ def run(args) -> int:
     if "features" in stages:
         extract_features(FeatureConfig(data_dir=args.data_dir, threads=args.threads, dtype=args.features_dtype))
     if "train" in stages:
-        out = args.out_dir or (args.data_dir.parent.parent / "head_runs" / "default")
-        best = train(TrainConfig(data_dir=args.data_dir, out_dir=out, draft_vocab_size=args.draft_vocab_size,
-                                 unroll_steps=args.unroll_steps, epochs=args.epochs, lr=args.lr,
-                                 **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
-                                 tokens_per_batch=args.tokens_per_batch, eval_every=args.eval_every,
-                                 threads=args.threads, amp_bf16=not args.no_amp, init_from=args.init_from))
+        best = train(train_cfg)
         print(f"trained head: {best}")
     return 0

@@ -49,6 +49,12 @@ class TrainConfig:
     # loss in fp32). With AMX/AVX512-BF16 a step runs several times faster than in fp32.
     amp_bf16: bool = True
     init_from: Path | None = None  # warm start from a saved head (published layout); keeps its draft vocab
+                                   # unless draft_vocab_size grows it
+
+    def __post_init__(self):
+        # checked here, when the config is built, so `radar train-draft --stage all` refuses it before gen
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps!r}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -322,8 +328,6 @@ def train(cfg: TrainConfig) -> Path:
     from tqdm import tqdm
     from transformers import LlamaConfig
 
-    if not (isinstance(cfg.warmup_steps, int) and cfg.warmup_steps >= 0):
-        raise ValueError(f"--warmup-steps must be an integer >= 0, got {cfg.warmup_steps!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -455,33 +459,43 @@ def train(cfg: TrainConfig) -> Path:
     return cfg.out_dir / "best"
 
 
-def main(argv=None) -> None:
-    import argparse
-    p = argparse.ArgumentParser(description="Train an EAGLE-3 head on self-distillation data")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--out-dir", type=Path, default=None)
+def add_train_arguments(p) -> None:
+    """The head-training options, shared by `python -m radar_ext.training.train_head` and `radar train-draft`."""
     p.add_argument("--draft-vocab-size", type=int, default=None,
                    help=f"draft vocabulary (tokens the head can propose; default {DEFAULT_DRAFT_VOCAB}, or the "
                         "--init-from head's own); with --init-from, a size above the head's grows it by the "
                         "most-predicted tokens it lacks (their rows start as the mean old row)")
-    p.add_argument("--unroll-steps", type=int, default=5)
+    p.add_argument("--unroll-steps", type=int, default=5, help="training-time-test depth K")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
                    help="linear learning-rate warm-up steps before the cosine decay (a warm start may want more)")
     p.add_argument("--tokens-per-batch", type=int, default=3072)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="optimizer steps between evaluations (0: per epoch)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-amp", action="store_true", help="train in plain fp32 (default: bfloat16 autocast)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm start from a saved head directory (e.g. the shipped head); keeps its draft vocabulary "
                         "unless --draft-vocab-size grows it")
-    a = p.parse_args(argv)
+
+
+def train_config_from_args(a) -> TrainConfig:
+    """The TrainConfig of parsed add_train_arguments options plus --data-dir / --out-dir (default
+    <cache>/head_runs/default)."""
     out = a.out_dir or (a.data_dir.parent.parent / "head_runs" / "default")
-    train(TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
-                      unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
-                      tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
-                      amp_bf16=not a.no_amp, init_from=a.init_from))
+    return TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
+                       unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
+                       tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
+                       amp_bf16=not a.no_amp, init_from=a.init_from)
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description="Train an EAGLE-3 head on self-distillation data")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--out-dir", type=Path, default=None)
+    add_train_arguments(p)
+    train(train_config_from_args(p.parse_args(argv)))
 
 
 if __name__ == "__main__":
