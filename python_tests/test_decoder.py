@@ -57,6 +57,23 @@ def test_greedy_exact(models, attn, kind):
         assert s.tokens <= 1 + sum((k + 1) * c for k, c in enumerate(s.accepted_hist))
 
 
+def test_greedy_exact_with_a_deeper_eagle_head(models):
+    """A three-layer head (the midlayer + two plain layers, each with its own cache) drafts multi-call trees
+    whose verified output is the target's greedy one, and every layer's cache ends each generate at the
+    committed length."""
+    from radar_ext.eagle_head import EagleConfig, EagleHead
+
+    model = models["sdpa"]
+    cfg = EagleConfig.for_target(model.config, num_hidden_layers=3, extra_intermediate_size=40)
+    drafter = EagleDrafter(EagleHead.init_random(cfg, seed=2), model)
+    dec = RadarDecoder(model, drafter, StaticPolicy(3), tree_topk=3, verify_budget=7)
+    for ids, n in zip(prompts(), (1, 9, 30)):
+        out = dec.generate(ids, max_new_tokens=n)
+        assert torch.equal(out, reference(model, ids, n)), n
+        c = drafter.cache
+        assert c.layer(1).length == c.layer(2).length == c.length
+
+
 def test_ngram_drafts_get_accepted(models):
     """The random model repeats token pairs now and then; single-token lookups must catch some of them
     (a drafter proposing wrong continuations would give tau = 1 exactly)."""

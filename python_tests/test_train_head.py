@@ -11,9 +11,10 @@ from radar_ext.training.train_head import (Sequence, choose_draft_vocab, draft_v
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def _tiny(seed=0):
+def _tiny(seed=0, layers=1):
     cfg = EagleConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
-                      vocab_size=40, draft_vocab_size=40, target_hidden_size=32, max_position_embeddings=64)
+                      vocab_size=40, draft_vocab_size=40, target_hidden_size=32, max_position_embeddings=64,
+                      num_hidden_layers=layers, extra_intermediate_size=24 if layers > 1 else None)
     head = EagleHead.init_random(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # non-trivial norms so that a wrong input order cannot pass
@@ -25,9 +26,10 @@ def _tiny(seed=0):
     return head.eval(), embed
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("T,K", [(1, 1), (7, 3), (12, 4)])
-def test_ttt_forward_matches_cached_chain(T, K):
-    head, embed = _tiny()
+def test_ttt_forward_matches_cached_chain(T, K, layers):
+    head, embed = _tiny(layers=layers)
     g = torch.Generator().manual_seed(T * 10 + K)
     tokens = torch.randint(0, 40, (1, T), generator=g)
     feats = torch.randn(1, T, 96, generator=g) * 3
@@ -54,6 +56,59 @@ def test_ttt_forward_steps_differ_from_teacher_forcing():
     with torch.no_grad():
         s1, s2 = ttt_forward(head, embed, tokens, feats, 2)
     assert not torch.allclose(s1, s2)
+
+
+def test_deepen_starts_as_the_identity_and_round_trips(tmp_path):
+    """A head deepened by plain layers computes exactly what it did (their residual branches start at
+    zero), trains them (non-zero gradients reach the new layers' o_proj / down_proj), and saves and loads
+    in the multi-layer layout; a one-layer head's config stays the published one."""
+    import json
+    from radar_ext.training.train_head import deepen
+
+    head, embed = _tiny(4)
+    g = torch.Generator().manual_seed(8)
+    tokens = torch.randint(0, 40, (1, 10), generator=g)
+    feats = torch.randn(1, 10, 96, generator=g) * 3
+    deep = deepen(head, 3, extra_intermediate_size=24).eval()
+    assert deep.config.num_hidden_layers == 3 and [i for i, _ in deep.plain_layers()] == [1, 2]
+    with torch.no_grad():
+        a = ttt_forward(head, embed, tokens, feats, 3)
+        b = ttt_forward(deep, embed, tokens, feats, 3)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    out = ttt_forward(deep, embed, tokens, feats, 2)
+    deep.logits(out[1]).logsumexp(-1).sum().backward()
+    assert deep.layers["2"].self_attn.o_proj.weight.grad.abs().sum() > 0
+    assert deep.layers["1"].mlp.down_proj.weight.grad.abs().sum() > 0
+
+    head.save_pretrained(tmp_path / "one")
+    cfg1 = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert cfg1["num_hidden_layers"] == 1 and "extra_intermediate_size" not in cfg1
+    with torch.no_grad():
+        for p in deep.layers["2"].parameters():
+            p.add_(0.01)  # a trained-looking layer, so that a dropped or misplaced one cannot pass
+    deep.save_pretrained(tmp_path / "deep", dtype=torch.float32)
+    cfg3 = json.loads((tmp_path / "deep" / "config.json").read_text())
+    assert cfg3["num_hidden_layers"] == 3 and cfg3["extra_intermediate_size"] == 24
+    back = EagleHead.from_pretrained(tmp_path / "deep")
+    with torch.no_grad():
+        for x, y in zip(ttt_forward(deep, embed, tokens, feats, 3), ttt_forward(back, embed, tokens, feats, 3)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="--num-layers 2 is below the head's 3"):
+        deepen(back, 2)
+    with pytest.raises(ValueError, match="--extra-intermediate-size 32"):
+        deepen(back, 4, extra_intermediate_size=32)
+
+
+def test_head_cache_crops_every_layer():
+    head, embed = _tiny(5, layers=2)
+    cache = HeadCache()
+    with torch.no_grad():
+        head(torch.randn(1, 6, 96), embed(torch.arange(6)[None]), torch.arange(6)[None], cache)
+        assert cache.length == cache.layer(1).length == 6
+        head(torch.randn(1, 2, 32), embed(torch.arange(2)[None]), torch.tensor([[6, 6]]), cache)
+        cache.crop(6)
+    assert cache.length == cache.layer(1).length == 6
 
 
 def test_step_mask_shifts_validity():
@@ -112,3 +167,12 @@ def test_warmup_steps_is_checked_before_any_work(tmp_path, bad):
         return
     with pytest.raises(ValueError, match="--warmup-steps must be an integer >= 0"):
         main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--warmup-steps", bad])
+
+
+@pytest.mark.parametrize("flag,bad", [("--num-layers", "0"), ("--extra-intermediate-size", "-4")])
+def test_layer_options_are_checked_before_any_work(tmp_path, flag, bad):
+    """`--num-layers` below 1 and a non-positive `--extra-intermediate-size` are refused by name before the
+    target loads (an empty --data-dir would otherwise fail later, on the missing data)."""
+    from radar_ext.training.train_head import main
+    with pytest.raises(ValueError, match=f"{flag} must be an integer >= 1"):
+        main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), flag, bad])

@@ -6,6 +6,12 @@ states. Weight names follow the published EAGLE-3 checkpoints so ready heads loa
 `midlayer.{input_layernorm,hidden_norm,post_attention_layernorm}`, `norm`, `lm_head`, `d2t`, `t2d`.
 Token embeddings are the target's and are never stored here.
 
+A deeper head (`num_hidden_layers` > 1) follows the multi-layer EAGLE-3 convention: layer 0 is the
+`midlayer` above (its attention reads [embedding, feature], 2H wide); layers 1.. are plain Llama
+decoder layers on the H-wide residual stream, stored as `layers.{i}.self_attn.*`, `layers.{i}.mlp.*`,
+`layers.{i}.{input_layernorm,post_attention_layernorm}`, their MLP `extra_intermediate_size` wide
+(ours; default intermediate_size). A one-layer head's file is unchanged.
+
 Position convention: the head's t-th cache entry is the pair (target feature of position t, embedding
 of token t+1) and has position id t. A beam at draft depth k (k >= 2) extending the last committed
 entry P-1 has position id P-1+(k-1).
@@ -41,6 +47,8 @@ class EagleConfig:
     hidden_act: str = "silu"
     # ours: indices into HF's output_hidden_states tuple that make the 3 features (None: [2, L//2, L-3])
     feature_layers: list[int] | None = None
+    num_hidden_layers: int = 1             # decoder layers: the midlayer, then num_hidden_layers - 1 plain ones
+    extra_intermediate_size: int | None = None  # MLP width of layers 1.. (None: intermediate_size)
     extra: dict = field(default_factory=dict)  # unknown keys, written back unchanged
 
     def __post_init__(self):
@@ -48,8 +56,11 @@ class EagleConfig:
             self.target_hidden_size = self.hidden_size
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.extra_intermediate_size is None:
+            self.extra_intermediate_size = self.intermediate_size
         for name in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-                     "vocab_size", "draft_vocab_size", "target_hidden_size", "head_dim"):
+                     "vocab_size", "draft_vocab_size", "target_hidden_size", "head_dim", "num_hidden_layers",
+                     "extra_intermediate_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"EagleConfig.{name} must be a positive int, got {v!r}")
@@ -64,7 +75,8 @@ class EagleConfig:
 
     _KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
              "draft_vocab_size", "target_hidden_size", "head_dim", "rms_norm_eps", "rope_theta",
-             "max_position_embeddings", "hidden_act", "feature_layers")
+             "max_position_embeddings", "hidden_act", "feature_layers", "num_hidden_layers",
+             "extra_intermediate_size")
 
     @classmethod
     def from_dict(cls, d: dict) -> "EagleConfig":
@@ -76,8 +88,6 @@ class EagleConfig:
             kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
             if kind not in (None, "default"):
                 raise ValueError(f"EAGLE head config: rope_scaling {kind!r} is not supported")
-        if d.get("num_hidden_layers", 1) != 1:
-            raise ValueError(f"EAGLE-3 head config must have num_hidden_layers == 1, got {d['num_hidden_layers']}")
         d.setdefault("draft_vocab_size", d.get("vocab_size"))
         known = {k: d.pop(k) for k in list(d) if k in cls._KEYS}
         return cls(**known, extra=d)
@@ -105,7 +115,8 @@ class EagleConfig:
         d = dict(self.extra)
         d.update({k: getattr(self, k) for k in self._KEYS})
         d.setdefault("architectures", ["LlamaForCausalLMEagle3"])
-        d["num_hidden_layers"] = 1
+        if self.num_hidden_layers == 1:
+            del d["extra_intermediate_size"]  # a one-layer head's config stays the published one
         return d
 
 
@@ -130,13 +141,15 @@ def _rope(x, cos, sin):
 
 
 class HeadAttention(nn.Module):
-    def __init__(self, cfg: EagleConfig):
+    def __init__(self, cfg: EagleConfig, in_features: int | None = None):
+        """in_features: 2H for the midlayer ([embedding, feature]), H for a plain layer."""
         super().__init__()
         self.cfg = cfg
         h, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = nn.Linear(2 * h, cfg.num_attention_heads * hd, bias=False)
-        self.k_proj = nn.Linear(2 * h, cfg.num_key_value_heads * hd, bias=False)
-        self.v_proj = nn.Linear(2 * h, cfg.num_key_value_heads * hd, bias=False)
+        n_in = 2 * h if in_features is None else in_features
+        self.q_proj = nn.Linear(n_in, cfg.num_attention_heads * hd, bias=False)
+        self.k_proj = nn.Linear(n_in, cfg.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(n_in, cfg.num_key_value_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_attention_heads * hd, h, bias=False)
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
@@ -148,7 +161,7 @@ class HeadAttention(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def project(self, x, position_ids):
-        """x [B, T, 2H] -> q [B, Hq, T, D], k, v [B, Hkv, T, D] with rotary applied to q and k."""
+        """x [B, T, 2H] (midlayer) or [B, T, H] -> q [B, Hq, T, D], k, v [B, Hkv, T, D] with rotary applied to q and k."""
         B, T, _ = x.shape
         hd = self.cfg.head_dim
         q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)
@@ -175,11 +188,12 @@ class HeadAttention(nn.Module):
 
 
 class HeadMLP(nn.Module):
-    def __init__(self, cfg: EagleConfig):
+    def __init__(self, cfg: EagleConfig, intermediate_size: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        n = cfg.intermediate_size if intermediate_size is None else intermediate_size
+        self.gate_proj = nn.Linear(cfg.hidden_size, n, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, n, bias=False)
+        self.down_proj = nn.Linear(n, cfg.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -204,13 +218,39 @@ class HeadLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+class PlainLayer(nn.Module):
+    """Layers 1.. of a deeper head: a Llama decoder layer on the head's residual stream."""
+
+    def __init__(self, cfg: EagleConfig):
+        super().__init__()
+        self.self_attn = HeadAttention(cfg, in_features=cfg.hidden_size)
+        self.mlp = HeadMLP(cfg, cfg.extra_intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def attn_input(self, hidden):
+        return self.input_layernorm(hidden)
+
+    def finish(self, hidden, attn_out):
+        h = hidden + attn_out
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
 class HeadCache:
-    """K/V of the head's single layer: `k`, `v` [B, Hkv, capacity, D], valid up to `length`.
+    """K/V of the head's first layer: `k`, `v` [B, Hkv, capacity, D], valid up to `length`; a deeper
+    head keeps one more HeadCache per later layer (`layer(i)`), appended and cropped in step.
     Storage grows by doubling, so appends are amortised O(new)."""
 
     def __init__(self):
         self.k = self.v = None
         self.length = 0
+        self._layers: dict[int, "HeadCache"] = {}
+
+    def layer(self, i: int) -> "HeadCache":
+        """The cache of decoder layer i >= 1 (created empty on first use)."""
+        if i not in self._layers:
+            self._layers[i] = HeadCache()
+        return self._layers[i]
 
     def append(self, k, v):
         """k, v [B, Hkv, T, D] -> views of the whole valid cache [B, Hkv, length+T, D]."""
@@ -234,6 +274,8 @@ class HeadCache:
         if not 0 <= n <= self.length:
             raise ValueError(f"HeadCache.crop: n must be in [0, {self.length}], got {n}")
         self.length = n
+        for sub in self._layers.values():
+            sub.crop(min(n, sub.length))
 
 
 class EagleHead(nn.Module):
@@ -243,6 +285,8 @@ class EagleHead(nn.Module):
         c = config
         self.fc = nn.Linear(3 * c.target_hidden_size, c.hidden_size, bias=False)
         self.midlayer = HeadLayer(c)
+        if c.num_hidden_layers > 1:
+            self.layers = nn.ModuleDict({str(i): PlainLayer(c) for i in range(1, c.num_hidden_layers)})
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.lm_head = nn.Linear(c.hidden_size, c.draft_vocab_size, bias=False)
         # d2t[i] = target_id(i) - i (published convention); t2d[t] = t is in the draft vocabulary
@@ -303,7 +347,17 @@ class EagleHead(nn.Module):
         q, k, v = layer.self_attn.project(layer.attn_input(hidden, input_embeds), position_ids)
         if cache is not None:
             k, v = cache.append(k, v)
-        return layer.finish(hidden, layer.self_attn.attend(q, k, v, attn_mask))
+        hidden = layer.finish(hidden, layer.self_attn.attend(q, k, v, attn_mask))
+        for i, plain in self.plain_layers():
+            q, k, v = plain.self_attn.project(plain.attn_input(hidden), position_ids)
+            if cache is not None:
+                k, v = cache.layer(i).append(k, v)
+            hidden = plain.finish(hidden, plain.self_attn.attend(q, k, v, attn_mask))
+        return hidden
+
+    def plain_layers(self):
+        """[(i, PlainLayer)] for decoder layers 1.. (empty for a one-layer head)."""
+        return [(int(k), m) for k, m in self.layers.items()] if self.config.num_hidden_layers > 1 else []
 
     def logits(self, out_hidden):
         """[B, T, H] -> draft-vocabulary logits [B, T, Vd]."""

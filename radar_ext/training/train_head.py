@@ -50,11 +50,19 @@ class TrainConfig:
     amp_bf16: bool = True
     init_from: Path | None = None  # warm start from a saved head (published layout); keeps its draft vocab
                                    # unless draft_vocab_size grows it
+    num_layers: int | None = None  # decoder layers (None: 1 for a new head, an --init-from head's own); with
+                                   # init_from, more than the head has adds layers that start as the identity
+    extra_intermediate_size: int | None = None  # MLP width of layers 1.. (None: the head's intermediate_size)
 
     def __post_init__(self):
         # checked here, when the config is built, so `radar train-draft --stage all` refuses it before gen
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.num_layers is not None and not (isinstance(self.num_layers, int) and self.num_layers >= 1):
+            raise ValueError(f"--num-layers must be an integer >= 1, got {self.num_layers!r}")
+        if self.extra_intermediate_size is not None and not (
+                isinstance(self.extra_intermediate_size, int) and self.extra_intermediate_size >= 1):
+            raise ValueError(f"--extra-intermediate-size must be an integer >= 1, got {self.extra_intermediate_size!r}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -163,40 +171,57 @@ def ttt_forward(head: EagleHead, embed: torch.nn.Embedding, tokens, feats, K: in
     """Training-time test. tokens [B, T], feats [B, T, 3H]. Returns the head's output hidden states
     per step: a list of K tensors [B, T, H]; step k's output at position t predicts the token at t+k+1
     (its target distribution is the target's at position t+k). The LM head is applied by the caller
-    on trained positions only: on a CPU it is the most expensive part."""
+    on trained positions only: on a CPU it is the most expensive part. Every decoder layer of a deeper
+    head attends the same way (its own step-1 keys causally, then its own keys of steps 2..k at t)."""
     B, T = tokens.shape
-    layer, attn = head.midlayer, head.midlayer.self_attn
-    c = head.config
-    D, rep = c.head_dim, c.num_attention_heads // c.num_key_value_heads
-    scale = 1.0 / math.sqrt(D)
+    layer = head.midlayer
     pos = torch.arange(T)[None].expand(B, T)
     # input token of step k at position t is tokens[t + k] (zero-padded past the end; masked in the loss)
     padded = torch.cat([tokens, tokens.new_zeros(B, K)], 1)
     hidden = head.fc(feats)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    k1 = v1 = None
-    diag_k, diag_v = [], []
+    plain = head.plain_layers()
+    states = [_TttKeys() for _ in range(1 + len(plain))]
     outs = []
     for k in range(1, K + 1):
         emb = embed(padded[:, k:k + T])
-        q, kk, vv = attn.project(layer.attn_input(hidden, emb), pos + (k - 1))
-        if k == 1:
-            k1 = kk.repeat_interleave(rep, 1)
-            v1 = vv.repeat_interleave(rep, 1)
-        else:
-            diag_k.append(kk.repeat_interleave(rep, 1))
-            diag_v.append(vv.repeat_interleave(rep, 1))
-        s1 = torch.matmul(q, k1.transpose(-1, -2)) * scale          # [B, Hq, T, T]
-        s1 = s1.masked_fill(~causal, float("-inf"))
-        sd = [(q * dk).sum(-1, keepdim=True) * scale for dk in diag_k]  # each [B, Hq, T, 1]
-        p = torch.softmax(torch.cat([s1] + sd, -1), -1)
-        o = torch.matmul(p[..., :T], v1)
-        for i, dv in enumerate(diag_v):
-            o = o + p[..., T + i:T + i + 1] * dv
-        o = attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        o = _ttt_attend(head, layer.self_attn, layer.attn_input(hidden, emb), pos + (k - 1), states[0], causal)
         hidden = layer.finish(hidden, o)
+        for j, (_, pl) in enumerate(plain, start=1):
+            o = _ttt_attend(head, pl.self_attn, pl.attn_input(hidden), pos + (k - 1), states[j], causal)
+            hidden = pl.finish(hidden, o)
         outs.append(hidden)
     return outs
+
+
+class _TttKeys:
+    """One layer's keys/values in training-time test: step 1's [B, Hq, T, D] and steps 2..k's."""
+
+    def __init__(self):
+        self.k1 = self.v1 = None
+        self.diag_k, self.diag_v = [], []
+
+
+def _ttt_attend(head, attn, x, pos, st: _TttKeys, causal):
+    c = head.config
+    B, T = x.shape[:2]
+    rep = c.num_attention_heads // c.num_key_value_heads
+    scale = 1.0 / math.sqrt(c.head_dim)
+    q, kk, vv = attn.project(x, pos)
+    if st.k1 is None:
+        st.k1 = kk.repeat_interleave(rep, 1)
+        st.v1 = vv.repeat_interleave(rep, 1)
+    else:
+        st.diag_k.append(kk.repeat_interleave(rep, 1))
+        st.diag_v.append(vv.repeat_interleave(rep, 1))
+    s1 = torch.matmul(q, st.k1.transpose(-1, -2)) * scale          # [B, Hq, T, T]
+    s1 = s1.masked_fill(~causal, float("-inf"))
+    sd = [(q * dk).sum(-1, keepdim=True) * scale for dk in st.diag_k]  # each [B, Hq, T, 1]
+    p = torch.softmax(torch.cat([s1] + sd, -1), -1)
+    o = torch.matmul(p[..., :T], st.v1)
+    for i, dv in enumerate(st.diag_v):
+        o = o + p[..., T + i:T + i + 1] * dv
+    return attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
 
 
 def step_mask(valid, k: int):
@@ -323,6 +348,38 @@ def grow_draft_vocab(head: EagleHead, size: int, counts: torch.Tensor) -> EagleH
     return grown
 
 
+def deepen(head: EagleHead, num_layers: int, extra_intermediate_size: int | None = None, seed: int = 0) -> EagleHead:
+    """A copy of `head` with `num_layers` decoder layers: its own layers and weights unchanged, then plain
+    layers whose residual branches start at zero (o_proj and down_proj zero, the rest small random), so
+    the deeper head computes exactly what `head` did until training moves them."""
+    import dataclasses
+
+    c = head.config
+    if num_layers < c.num_hidden_layers:
+        raise ValueError(f"--num-layers {num_layers} is below the head's {c.num_hidden_layers}: a warm start keeps "
+                         "or adds layers")
+    if c.num_hidden_layers > 1 and extra_intermediate_size not in (None, c.extra_intermediate_size):
+        raise ValueError(f"--extra-intermediate-size {extra_intermediate_size}: the head's later layers are "
+                         f"{c.extra_intermediate_size} wide")
+    if num_layers == c.num_hidden_layers:
+        return head
+    deep = EagleHead(dataclasses.replace(c, num_hidden_layers=num_layers,
+                                         extra_intermediate_size=extra_intermediate_size or c.extra_intermediate_size))
+    missing, unexpected = deep.load_state_dict(head.state_dict(), strict=False)
+    fresh = [str(i) for i in range(c.num_hidden_layers, num_layers)]
+    if unexpected or any(not (m.startswith("layers.") and m.split(".")[1] in fresh) for m in missing):
+        raise RuntimeError(f"deepen: unexpected state layout (missing {missing}, unexpected {unexpected})")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in fresh:
+            for name, p in deep.layers[i].named_parameters():
+                if name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+                    p.zero_()
+                elif p.dim() == 2:
+                    p.normal_(0.0, 0.02, generator=g)
+    return deep
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a head; returns the directory of the final head."""
     from tqdm import tqdm
@@ -355,17 +412,23 @@ def train(cfg: TrainConfig) -> Path:
                              f"{head.config.draft_vocab_size}: a warm start keeps or grows the draft vocabulary")
         if cfg.draft_vocab_size is not None and cfg.draft_vocab_size > head.config.draft_vocab_size:
             head = grow_draft_vocab(head, cfg.draft_vocab_size, top1_counts(seqs, tcfg.vocab_size)).train()
+        if cfg.num_layers is not None or cfg.extra_intermediate_size is not None:
+            head = deepen(head, cfg.num_layers or head.config.num_hidden_layers, cfg.extra_intermediate_size,
+                          seed=cfg.seed).train()
         vocab_ids = head.to_target_ids(torch.arange(head.config.draft_vocab_size))
         coverage = draft_vocab_coverage(seqs, vocab_ids, tcfg.vocab_size)
     else:
         size = DEFAULT_DRAFT_VOCAB if cfg.draft_vocab_size is None else cfg.draft_vocab_size
         vocab_ids, coverage = choose_draft_vocab(seqs, size, tcfg.vocab_size,
                                                  always=[eos] if isinstance(eos, int) else [])
-        head = new_head(EagleConfig.for_target(tcfg, draft_vocab_size=size), vocab_ids,
-                        lm_w, norm_w, train_seqs)
+        head = new_head(EagleConfig.for_target(tcfg, draft_vocab_size=size, num_hidden_layers=cfg.num_layers or 1,
+                                               extra_intermediate_size=cfg.extra_intermediate_size),
+                        vocab_ids, lm_w, norm_w, train_seqs)
     print(f"[train] {len(train_seqs)} train / {len(eval_seqs)} held-out sequences, {n_train_tok} train tokens, "
           f"draft vocab {len(vocab_ids)} covers {coverage:.4f} of target top-1 predictions "
-          f"(loaded in {time.time() - t0:.1f}s)" + (f", warm start from {cfg.init_from}" if cfg.init_from else ""),
+          f"(loaded in {time.time() - t0:.1f}s), {head.config.num_hidden_layers} decoder layer(s), "
+          f"{head.num_parameters() / 1e6:.2f} M parameters"
+          + (f", warm start from {cfg.init_from}" if cfg.init_from else ""),
           flush=True)
     t2d = head.target_to_draft()
     dtype = torch.float32
@@ -477,6 +540,12 @@ def add_train_arguments(p) -> None:
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm start from a saved head directory (e.g. the shipped head); keeps its draft vocabulary "
                         "unless --draft-vocab-size grows it")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="decoder layers of the head (default 1, or the --init-from head's own); with --init-from, "
+                        "a number above the head's adds plain Llama layers that start as the identity")
+    p.add_argument("--extra-intermediate-size", type=int, default=None,
+                   help="MLP width of layers 2.. of a deeper head (default: the first layer's, 1536 for the default "
+                        "target; 768 keeps a two-layer head under 25 MB in fp16)")
 
 
 def train_config_from_args(a) -> TrainConfig:
@@ -486,7 +555,8 @@ def train_config_from_args(a) -> TrainConfig:
     return TrainConfig(data_dir=a.data_dir, out_dir=out, draft_vocab_size=a.draft_vocab_size,
                        unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
                        tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
-                       amp_bf16=not a.no_amp, init_from=a.init_from)
+                       amp_bf16=not a.no_amp, init_from=a.init_from, num_layers=a.num_layers,
+                       extra_intermediate_size=a.extra_intermediate_size)
 
 
 def main(argv=None) -> None:
