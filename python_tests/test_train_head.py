@@ -169,10 +169,12 @@ def test_warmup_steps_is_checked_before_any_work(tmp_path, bad):
         main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--warmup-steps", bad])
 
 
-@pytest.mark.parametrize("flag,bad", [("--num-layers", "0"), ("--extra-intermediate-size", "-4")])
-def test_layer_options_are_checked_before_any_work(tmp_path, flag, bad):
-    """`--num-layers` below 1 and a non-positive `--extra-intermediate-size` are refused by name before the
-    target loads (an empty --data-dir would otherwise fail later, on the missing data)."""
+@pytest.mark.parametrize("flag,bad,expected", [("--num-layers", "0", "an integer >= 1"),
+                                               ("--extra-intermediate-size", "-4", "an integer >= 1"),
+                                               ("--new-layer-lr", "0", "a number > 0")])
+def test_layer_options_are_checked_before_any_work(tmp_path, flag, bad, expected):
+    """`--num-layers` below 1, a non-positive `--extra-intermediate-size` or `--new-layer-lr` are refused by
+    name before the target loads (an empty --data-dir would otherwise fail later, on the missing data)."""
     from radar_ext.training.train_head import main
-    with pytest.raises(ValueError, match=f"{flag} must be an integer >= 1"):
+    with pytest.raises(ValueError, match=f"{flag} must be {expected}"):
         main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), flag, bad])

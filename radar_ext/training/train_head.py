@@ -53,6 +53,7 @@ class TrainConfig:
     num_layers: int | None = None  # decoder layers (None: 1 for a new head, an --init-from head's own); with
                                    # init_from, more than the head has adds layers that start as the identity
     extra_intermediate_size: int | None = None  # MLP width of layers 1.. (None: the head's intermediate_size)
+    new_layer_lr: float | None = None  # peak rate of the layers num_layers adds to an init_from head (None: lr)
 
     def __post_init__(self):
         # checked here, when the config is built, so `radar train-draft --stage all` refuses it before gen
@@ -60,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps!r}")
         if self.num_layers is not None and not (isinstance(self.num_layers, int) and self.num_layers >= 1):
             raise ValueError(f"--num-layers must be an integer >= 1, got {self.num_layers!r}")
+        if self.new_layer_lr is not None and not (isinstance(self.new_layer_lr, (int, float)) and self.new_layer_lr > 0):
+            raise ValueError(f"--new-layer-lr must be a number > 0, got {self.new_layer_lr!r}")
         if self.extra_intermediate_size is not None and not (
                 isinstance(self.extra_intermediate_size, int) and self.extra_intermediate_size >= 1):
             raise ValueError(f"--extra-intermediate-size must be an integer >= 1, got {self.extra_intermediate_size!r}")
@@ -400,6 +403,7 @@ def train(cfg: TrainConfig) -> Path:
     eval_seqs = [s for s in seqs if s.heldout][: cfg.max_eval_sequences]
     eos = tcfg_d.get("eos_token_id")
     n_train_tok = sum(len(s.tokens) for s in train_seqs)
+    old_layers = None  # an init_from head's own layer count
     if cfg.init_from is not None:
         # warm start: keep the earlier head's weights and its draft vocabulary (its lm_head rows)
         head = EagleHead.from_pretrained(cfg.init_from, dtype=torch.float32).train()
@@ -412,6 +416,7 @@ def train(cfg: TrainConfig) -> Path:
                              f"{head.config.draft_vocab_size}: a warm start keeps or grows the draft vocabulary")
         if cfg.draft_vocab_size is not None and cfg.draft_vocab_size > head.config.draft_vocab_size:
             head = grow_draft_vocab(head, cfg.draft_vocab_size, top1_counts(seqs, tcfg.vocab_size)).train()
+        old_layers = head.config.num_hidden_layers
         if cfg.num_layers is not None or cfg.extra_intermediate_size is not None:
             head = deepen(head, cfg.num_layers or head.config.num_hidden_layers, cfg.extra_intermediate_size,
                           seed=cfg.seed).train()
@@ -435,7 +440,17 @@ def train(cfg: TrainConfig) -> Path:
 
     steps_per_epoch = len(make_batches(train_seqs, cfg.tokens_per_batch, random.Random(0)))
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # the layers a warm start adds may learn at their own rate (new_layer_lr); every group follows one schedule
+    added = set() if old_layers is None else {f"layers.{i}." for i in range(old_layers, head.config.num_hidden_layers)}
+    new_params = [p for n, p in head.named_parameters() if any(n.startswith(a) for a in added)]
+    old_params = [p for n, p in head.named_parameters() if not any(n.startswith(a) for a in added)]
+    groups = [{"params": old_params, "scale": 1.0}]
+    if new_params:
+        groups.append({"params": new_params, "scale": (cfg.new_layer_lr or cfg.lr) / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if new_params:
+        print(f"[train] added layers {sorted(a[7:-1] for a in added)} ({sum(p.numel() for p in new_params) / 1e6:.2f} M "
+              f"parameters) at peak lr {cfg.new_layer_lr or cfg.lr:g}, the rest at {cfg.lr:g}", flush=True)
 
     def lr_at(step):
         if step < cfg.warmup_steps:
@@ -496,7 +511,7 @@ def train(cfg: TrainConfig) -> Path:
         batch = epoch_batches.pop(0)
         tokens, feats, tids, tprobs, valid = collate(batch, t2d, dtype)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step) * g["scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp_bf16):
             hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
             loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay)
@@ -546,6 +561,9 @@ def add_train_arguments(p) -> None:
     p.add_argument("--extra-intermediate-size", type=int, default=None,
                    help="MLP width of layers 2.. of a deeper head (default: the first layer's, 1536 for the default "
                         "target; 768 keeps a two-layer head under 25 MB in fp16)")
+    p.add_argument("--new-layer-lr", type=float, default=None,
+                   help="peak learning rate of the layers --num-layers adds to an --init-from head (default: --lr); "
+                        "same warm-up and cosine schedule")
 
 
 def train_config_from_args(a) -> TrainConfig:
@@ -556,7 +574,7 @@ def train_config_from_args(a) -> TrainConfig:
                        unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
                        tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
                        amp_bf16=not a.no_amp, init_from=a.init_from, num_layers=a.num_layers,
-                       extra_intermediate_size=a.extra_intermediate_size)
+                       extra_intermediate_size=a.extra_intermediate_size, new_layer_lr=a.new_layer_lr)
 
 
 def main(argv=None) -> None:
