@@ -178,3 +178,34 @@ def test_layer_options_are_checked_before_any_work(tmp_path, flag, bad, expected
     from radar_ext.training.train_head import main
     with pytest.raises(ValueError, match=f"{flag} must be {expected}"):
         main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), flag, bad])
+
+
+def test_hard_label_weight_mixes_the_top1_cross_entropy():
+    """ttt_loss with hard_weight w = (1 - w) * soft CE + w * CE of the target's top-1 token, the hard term
+    only where that token is in the draft vocabulary (its recorded probability is > 0)."""
+    from radar_ext.training.train_head import ttt_loss
+    head, _ = _tiny(6)
+    g = torch.Generator().manual_seed(9)
+    T = 6
+    hidden = [torch.randn(1, T, 32, generator=g)]
+    tids = torch.randint(0, 40, (1, T, 3), generator=g)
+    tprobs = torch.tensor([[0.6, 0.3, 0.1]]).repeat(T, 1)[None].clone()
+    tprobs[0, 3] = torch.tensor([0.0, 0.7, 0.3])  # position 3's top-1 is not draftable
+    valid = torch.ones(1, T, dtype=torch.bool)
+    with torch.no_grad():
+        soft, _ = ttt_loss(head, hidden, tids, tprobs, valid, 0.8)
+        mixed, _ = ttt_loss(head, hidden, tids, tprobs, valid, 0.8, hard_weight=0.25)
+        lp = torch.log_softmax(head.logits(hidden[0][0, :T - 1]).float(), -1)   # step 1 at t -> target at t+1
+        ids, pr = tids[0, 1:], tprobs[0, 1:]
+        want_soft = -(pr * lp.gather(-1, ids)).sum(-1).mean()
+        keep = pr[:, 0] > 0
+        want_hard = -lp.gather(-1, ids[:, :1])[keep, 0].mean()
+    torch.testing.assert_close(soft, want_soft)
+    torch.testing.assert_close(mixed, 0.75 * want_soft + 0.25 * want_hard)
+    assert not torch.isclose(mixed, soft)
+
+
+def test_hard_label_weight_is_checked(tmp_path):
+    from radar_ext.training.train_head import main
+    with pytest.raises(ValueError, match=r"--hard-label-weight must be a number in \[0, 1\]"):
+        main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--hard-label-weight", "1.5"])

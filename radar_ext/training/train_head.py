@@ -53,6 +53,7 @@ class TrainConfig:
     num_layers: int | None = None  # decoder layers (None: 1 for a new head, an --init-from head's own); with
                                    # init_from, more than the head has adds layers that start as the identity
     extra_intermediate_size: int | None = None  # MLP width of layers 1.. (None: the head's intermediate_size)
+    hard_label_weight: float = 0.0  # weight of the target-top-1 cross-entropy mixed into the soft loss (ttt_loss)
     new_layer_lr: float | None = None  # peak rate of the layers num_layers adds to an init_from head (None: lr)
 
     def __post_init__(self):
@@ -61,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps!r}")
         if self.num_layers is not None and not (isinstance(self.num_layers, int) and self.num_layers >= 1):
             raise ValueError(f"--num-layers must be an integer >= 1, got {self.num_layers!r}")
+        if not (isinstance(self.hard_label_weight, (int, float)) and 0.0 <= self.hard_label_weight <= 1.0):
+            raise ValueError(f"--hard-label-weight must be a number in [0, 1], got {self.hard_label_weight!r}")
         if self.new_layer_lr is not None and not (isinstance(self.new_layer_lr, (int, float)) and self.new_layer_lr > 0):
             raise ValueError(f"--new-layer-lr must be a number > 0, got {self.new_layer_lr!r}")
         if self.extra_intermediate_size is not None and not (
@@ -235,8 +238,10 @@ def step_mask(valid, k: int):
     return m
 
 
-def ttt_loss(head, hidden_steps, tids, tprobs, valid, decay: float):
-    """Weighted soft cross-entropy over steps; also returns per-step top-1 agreement counts."""
+def ttt_loss(head, hidden_steps, tids, tprobs, valid, decay: float, hard_weight: float = 0.0):
+    """Weighted soft cross-entropy over steps; also returns per-step top-1 agreement counts.
+    hard_weight w mixes in the cross-entropy of the target's top-1 token (what greedy verification
+    accepts): (1 - w) * soft + w * hard, the hard term over positions whose top-1 the head can draft."""
     B, T = valid.shape
     total, wsum, stats = 0.0, 0.0, []
     for k, hidden in enumerate(hidden_steps, start=1):
@@ -249,6 +254,10 @@ def ttt_loss(head, hidden_steps, tids, tprobs, valid, decay: float):
         ids = tids[:, k:][m[:, :T - k]]
         pr = tprobs[:, k:][m[:, :T - k]]
         ce = -(pr * lp.gather(-1, ids)).sum(-1).mean()
+        if hard_weight:
+            top_in = pr[:, 0] > 0                      # the target's top-1 is in the draft vocabulary
+            hard = -(lp.gather(-1, ids[:, :1])[:, 0] * top_in).sum() / top_in.sum().clamp(min=1)
+            ce = (1 - hard_weight) * ce + hard_weight * hard
         w = decay ** (k - 1)
         total = total + w * ce
         wsum += w
@@ -514,7 +523,7 @@ def train(cfg: TrainConfig) -> Path:
             g["lr"] = lr_at(step) * g["scale"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp_bf16):
             hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
-            loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay)
+            loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay, cfg.hard_label_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -561,6 +570,9 @@ def add_train_arguments(p) -> None:
     p.add_argument("--extra-intermediate-size", type=int, default=None,
                    help="MLP width of layers 2.. of a deeper head (default: the first layer's, 1536 for the default "
                         "target; 768 keeps a two-layer head under 25 MB in fp16)")
+    p.add_argument("--hard-label-weight", type=float, default=0.0,
+                   help="mix the cross-entropy of the target's top-1 token (what greedy verification accepts) into "
+                        "the soft loss: (1 - w) * soft + w * hard (default 0: soft only)")
     p.add_argument("--new-layer-lr", type=float, default=None,
                    help="peak learning rate of the layers --num-layers adds to an --init-from head (default: --lr); "
                         "same warm-up and cosine schedule")
@@ -574,7 +586,8 @@ def train_config_from_args(a) -> TrainConfig:
                        unroll_steps=a.unroll_steps, epochs=a.epochs, lr=a.lr, warmup_steps=a.warmup_steps,
                        tokens_per_batch=a.tokens_per_batch, eval_every=a.eval_every, threads=a.threads,
                        amp_bf16=not a.no_amp, init_from=a.init_from, num_layers=a.num_layers,
-                       extra_intermediate_size=a.extra_intermediate_size, new_layer_lr=a.new_layer_lr)
+                       extra_intermediate_size=a.extra_intermediate_size, new_layer_lr=a.new_layer_lr,
+                       hard_label_weight=a.hard_label_weight)
 
 
 def main(argv=None) -> None:
