@@ -199,7 +199,16 @@ class HeadMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class HeadLayer(nn.Module):
+class _Block(nn.Module):
+    """What every decoder layer of the head ends with (its subclasses build self.mlp and the norms)."""
+
+    def finish(self, hidden, attn_out):
+        # residual over the layer's input (the midlayer's: the projected feature), then the MLP block
+        h = hidden + attn_out
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class HeadLayer(_Block):
     def __init__(self, cfg: EagleConfig):
         super().__init__()
         self.self_attn = HeadAttention(cfg)
@@ -212,13 +221,8 @@ class HeadLayer(nn.Module):
         # [embedding, feature], each RMS-normalised: [B, T, 2H]
         return torch.cat((self.input_layernorm(input_embeds), self.hidden_norm(hidden)), -1)
 
-    def finish(self, hidden, attn_out):
-        # residual over the (projected) feature, then the MLP block
-        h = hidden + attn_out
-        return h + self.mlp(self.post_attention_layernorm(h))
 
-
-class PlainLayer(nn.Module):
+class PlainLayer(_Block):
     """Layers 1.. of a deeper head: a Llama decoder layer on the head's residual stream."""
 
     def __init__(self, cfg: EagleConfig):
@@ -230,10 +234,6 @@ class PlainLayer(nn.Module):
 
     def attn_input(self, hidden):
         return self.input_layernorm(hidden)
-
-    def finish(self, hidden, attn_out):
-        h = hidden + attn_out
-        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class HeadCache:
@@ -344,16 +344,19 @@ class EagleHead(nn.Module):
         hidden = hidden.to(dtype)
         input_embeds = input_embeds.to(dtype)
         layer = self.midlayer
-        q, k, v = layer.self_attn.project(layer.attn_input(hidden, input_embeds), position_ids)
+        hidden = self._layer_step(layer, layer.attn_input(hidden, input_embeds), hidden, position_ids, cache, attn_mask)
+        for i, plain in self.plain_layers():
+            hidden = self._layer_step(plain, plain.attn_input(hidden), hidden, position_ids,
+                                      None if cache is None else cache.layer(i), attn_mask)
+        return hidden
+
+    @staticmethod
+    def _layer_step(layer, x, hidden, position_ids, cache, attn_mask):
+        """One decoder layer: attention of its input x (keys appended to its cache), then finish."""
+        q, k, v = layer.self_attn.project(x, position_ids)
         if cache is not None:
             k, v = cache.append(k, v)
-        hidden = layer.finish(hidden, layer.self_attn.attend(q, k, v, attn_mask))
-        for i, plain in self.plain_layers():
-            q, k, v = plain.self_attn.project(plain.attn_input(hidden), position_ids)
-            if cache is not None:
-                k, v = cache.layer(i).append(k, v)
-            hidden = plain.finish(hidden, plain.self_attn.attend(q, k, v, attn_mask))
-        return hidden
+        return layer.finish(hidden, layer.self_attn.attend(q, k, v, attn_mask))
 
     def plain_layers(self):
         """[(i, PlainLayer)] for decoder layers 1.. (empty for a one-layer head)."""

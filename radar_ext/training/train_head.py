@@ -191,10 +191,10 @@ def ttt_forward(head: EagleHead, embed: torch.nn.Embedding, tokens, feats, K: in
     outs = []
     for k in range(1, K + 1):
         emb = embed(padded[:, k:k + T])
-        o = _ttt_attend(head, layer.self_attn, layer.attn_input(hidden, emb), pos + (k - 1), states[0], causal)
+        o = _ttt_attend(layer.self_attn, layer.attn_input(hidden, emb), pos + (k - 1), states[0], causal)
         hidden = layer.finish(hidden, o)
         for j, (_, pl) in enumerate(plain, start=1):
-            o = _ttt_attend(head, pl.self_attn, pl.attn_input(hidden), pos + (k - 1), states[j], causal)
+            o = _ttt_attend(pl.self_attn, pl.attn_input(hidden), pos + (k - 1), states[j], causal)
             hidden = pl.finish(hidden, o)
         outs.append(hidden)
     return outs
@@ -208,8 +208,8 @@ class _TttKeys:
         self.diag_k, self.diag_v = [], []
 
 
-def _ttt_attend(head, attn, x, pos, st: _TttKeys, causal):
-    c = head.config
+def _ttt_attend(attn, x, pos, st: _TttKeys, causal):
+    c = attn.cfg
     B, T = x.shape[:2]
     rep = c.num_attention_heads // c.num_key_value_heads
     scale = 1.0 / math.sqrt(c.head_dim)
@@ -450,16 +450,17 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = len(make_batches(train_seqs, cfg.tokens_per_batch, random.Random(0)))
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     # the layers a warm start adds may learn at their own rate (new_layer_lr); every group follows one schedule
-    added = set() if old_layers is None else {f"layers.{i}." for i in range(old_layers, head.config.num_hidden_layers)}
-    new_params = [p for n, p in head.named_parameters() if any(n.startswith(a) for a in added)]
-    old_params = [p for n, p in head.named_parameters() if not any(n.startswith(a) for a in added)]
-    groups = [{"params": old_params, "scale": 1.0}]
+    added = [] if old_layers is None else list(range(old_layers, head.config.num_hidden_layers))
+    new_params = [p for i in added for p in head.layers[str(i)].parameters()]
+    new_ids = {id(p) for p in new_params}
+    groups = [{"params": [p for p in head.parameters() if id(p) not in new_ids]}]
+    lr_scales = [1.0]
     if new_params:
-        groups.append({"params": new_params, "scale": (cfg.new_layer_lr or cfg.lr) / cfg.lr})
+        groups.append({"params": new_params})
+        lr_scales.append((cfg.new_layer_lr or cfg.lr) / cfg.lr)
+        print(f"[train] added layers {added} ({sum(p.numel() for p in new_params) / 1e6:.2f} M parameters) at peak "
+              f"lr {cfg.new_layer_lr or cfg.lr:g}, the rest at {cfg.lr:g}", flush=True)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    if new_params:
-        print(f"[train] added layers {sorted(a[7:-1] for a in added)} ({sum(p.numel() for p in new_params) / 1e6:.2f} M "
-              f"parameters) at peak lr {cfg.new_layer_lr or cfg.lr:g}, the rest at {cfg.lr:g}", flush=True)
 
     def lr_at(step):
         if step < cfg.warmup_steps:
@@ -519,8 +520,8 @@ def train(cfg: TrainConfig) -> Path:
                 continue
         batch = epoch_batches.pop(0)
         tokens, feats, tids, tprobs, valid = collate(batch, t2d, dtype)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step) * g["scale"]
+        for g, scale in zip(opt.param_groups, lr_scales):
+            g["lr"] = lr_at(step) * scale
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp_bf16):
             hiddens = ttt_forward(head, embed, tokens, feats, cfg.unroll_steps)
             loss, stats = ttt_loss(head, hiddens, tids, tprobs, valid, cfg.step_weight_decay, cfg.hard_label_weight)
