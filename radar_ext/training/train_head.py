@@ -360,6 +360,18 @@ def grow_draft_vocab(head: EagleHead, size: int, counts: torch.Tensor) -> EagleH
     return grown
 
 
+def rng_state_to_json(rng: random.Random) -> str:
+    """The batch-order generator's state as JSON text (a checkpoint stores it beside the tensors)."""
+    version, internal, gauss = rng.getstate()
+    return json.dumps([version, list(internal), gauss])
+
+
+def rng_state_from_json(text: str) -> tuple:
+    """rng_state_to_json's text -> the tuple random.Random.setstate takes (JSON has no tuples)."""
+    version, internal, gauss = json.loads(text)
+    return version, tuple(internal), gauss
+
+
 def deepen(head: EagleHead, num_layers: int, extra_intermediate_size: int | None = None, seed: int = 0) -> EagleHead:
     """A copy of `head` with `num_layers` decoder layers: its own layers and weights unchanged, then plain
     layers whose residual branches start at zero (o_proj and down_proj zero, the rest small random), so
@@ -477,17 +489,16 @@ def train(cfg: TrainConfig) -> Path:
         step = int(state["step"])
         history = json.loads(state["history"])
         best = json.loads(state["best"]) if state.get("best") else None
-        rng.setstate(json.loads(state["rng"]) if isinstance(state["rng"], str) else state["rng"])
+        rng.setstate(rng_state_from_json(state["rng"]) if isinstance(state["rng"], str) else state["rng"])
         print(f"[train] resumed at step {step}/{total_steps}", flush=True)
     (cfg.out_dir / "train_config.json").write_text(json.dumps(
         {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, indent=1))
 
     def save_ckpt():
         tmp = ckpt.with_suffix(".tmp")
-        rs = rng.getstate()
         torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "step": torch.tensor(step),
                     "history": json.dumps(history), "best": json.dumps(best) if best else "",
-                    "rng": json.dumps([rs[0], list(rs[1]), rs[2]])}, str(tmp))
+                    "rng": rng_state_to_json(rng)}, str(tmp))
         os.replace(tmp, ckpt)
 
     def run_eval(tag):
