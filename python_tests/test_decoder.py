@@ -287,3 +287,78 @@ def test_eagle_head_in_another_dtype_than_the_target(models, tmp_path):
     dec = RadarDecoder(model, d, StaticPolicy(3), tree_topk=3, verify_budget=6)
     assert torch.equal(dec.generate(ids, max_new_tokens=12), reference(model, ids, 12))
     assert dec.last_stats.draft_calls > 0
+
+
+# ------------------------------------------------------------------ HF generate's other arguments
+
+
+def test_hf_length_arguments_match_hf_generate(models):
+    """max_length counts the prompt and max_new_tokens wins over it, in arguments and in a passed
+    generation_config, exactly as the target's own generate reads them; inputs= names the prompt."""
+    model = models["sdpa"]
+    dec = RadarDecoder(model, EagleDrafter.init_random(model, seed=1), StaticPolicy(2), tree_topk=3, verify_budget=4)
+    ids = prompts()[1]                                                  # 12 tokens
+    P = ids.shape[1]
+    cases = [dict(max_length=P + 7), dict(max_length=P + 7, max_new_tokens=3),
+             dict(generation_config=GenerationConfig(max_length=P + 5)),
+             dict(generation_config=GenerationConfig(max_new_tokens=4, max_length=P + 9)),
+             dict(max_new_tokens=6, pad_token_id=0, use_cache=True, num_beams=1, repetition_penalty=1.0,
+                  return_dict_in_generate=False, num_return_sequences=1, output_scores=False)]
+    for kw in cases:
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
+                              **{k: v for k, v in kw.items() if k != "pad_token_id"})
+        got = dec.generate(ids, **kw)
+        assert want.shape[1] > P
+        assert torch.equal(got, want), kw
+    want = reference(model, ids, 5)
+    assert torch.equal(dec.generate(inputs=ids, max_new_tokens=5), want)
+    assert torch.equal(dec.generate(input_ids=ids, max_new_tokens=5), want)
+    # the target's own default config sets no length: RadarDecoder's default of 128 new tokens
+    assert dec.generate(ids).shape[1] == P + 128
+
+
+def test_hf_eos_forms(models):
+    """eos_token_id as an int, a list or a tensor stops at the same place as HF's generate."""
+    model = models["sdpa"]
+    dec = RadarDecoder(model, NgramDrafter(max_ngram=3, min_ngram=1))
+    ids = prompts()[2]
+    free = reference(model, ids, 24)[0, ids.shape[1]:]
+    eos = int(free[5])
+    want = reference(model, ids, 24, eos=eos)
+    assert want.shape[1] < ids.shape[1] + 24
+    for form in (eos, [eos, 60 if eos != 60 else 59], torch.tensor([eos])):
+        assert torch.equal(dec.generate(ids, max_new_tokens=24, eos_token_id=form), want)
+    for bad in (-1, [eos, "x"], [], True, 2.0):
+        with pytest.raises(ValueError, match="eos_token_id must be a token id >= 0 or a list of them"):
+            dec.generate(ids, max_new_tokens=4, eos_token_id=bad)
+
+
+def test_hf_arguments_that_change_the_output_are_refused(models):
+    model = models["sdpa"]
+    dec = RadarDecoder(model, NgramDrafter())
+    ids = prompts()[1]
+    for kw, msg in ((dict(num_beams=4), r"generate\(num_beams=...\) = 4 is not supported by RadarDecoder \(only 1\)"),
+                    (dict(repetition_penalty=1.3), r"repetition_penalty=...\) = 1.3"),
+                    (dict(min_new_tokens=3), r"min_new_tokens=...\) = 3"),
+                    (dict(num_return_sequences=2), r"num_return_sequences=...\) = 2"),
+                    (dict(return_dict_in_generate=True), r"return_dict_in_generate=...\) = True"),
+                    (dict(stop_strings=["x"]), "stop_strings"),
+                    (dict(generation_config=GenerationConfig(min_new_tokens=2)),
+                     r"generation_config.min_new_tokens = 2 is not supported"),
+                    (dict(logits_processor=[lambda i, s: s]), r"generate\(logits_processor=...\) is not supported"),
+                    (dict(stopping_criteria=[lambda i, s: True]), "stopping_criteria")):
+        with pytest.raises(NotImplementedError, match=msg):
+            dec.generate(ids, max_new_tokens=3, **kw)
+    with pytest.raises(TypeError, match=r"neither RadarDecoder nor HF generate use: \['foo', 'max_tokens'\]"):
+        dec.generate(ids, foo=1, max_tokens=3)
+    P = ids.shape[1]
+    with pytest.raises(ValueError, match=rf"max_length = {P} counts the prompt, which already has {P} tokens"):
+        dec.generate(ids, max_length=P)
+    with pytest.raises(ValueError, match=rf"generation_config.max_length = 3 counts the prompt"):
+        dec.generate(ids, generation_config=GenerationConfig(max_length=3))
+    with pytest.raises(ValueError, match="max_length must be an int >= 1, got 2.5"):
+        dec.generate(ids, max_length=2.5)
+    with pytest.raises(ValueError, match="pass the prompt once"):
+        dec.generate(ids, inputs=ids)
+    with pytest.raises(ValueError, match="input_ids must be given"):
+        dec.generate(max_new_tokens=3)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from radar_ext import kv_cache
-from radar_ext.acceptance import Acceptance, SamplingParams, greedy_accept, sample_accept, target_probs
+from radar_ext.acceptance import Acceptance, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.generation_args import GenerationSettings, resolve as resolve_generation_args
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
 from radar_ext.policies import CostInfo, Policy, StaticPolicy
 from radar_ext.verifier import prefill, verify
@@ -65,14 +66,6 @@ class DecodeStats:
                 f"prefill {self.time_prefill / t:.0%} draft {self.time_draft / t:.0%} "
                 f"policy {self.time_policy / t:.0%} verify {self.time_verify / t:.0%} "
                 f"other {self.time_other / t:.0%}")
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int
-    do_sample: bool
-    sampling: SamplingParams
-    eos_token_ids: tuple            # empty: no EOS stop
 
 
 class _TimedPolicy(Policy):
@@ -137,15 +130,20 @@ class RadarDecoder:
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, max_new_tokens=None, do_sample=None, temperature=None,
+    def generate(self, input_ids=None, attention_mask=None, max_new_tokens=None, do_sample=None, temperature=None,
                  top_p=None, top_k=None, eos_token_id=None, streamer=None, generation_config=None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, *, inputs=None, max_length=None, **kwargs) -> torch.Tensor:
         """Like `target.generate`: returns LongTensor [B, prompt + new]. Unset arguments come from
         `generation_config` (else the target's), then the defaults max_new_tokens=128, greedy,
-        temperature 1, top_p 1, top_k 0. `generator` drives the sampling draws."""
+        temperature 1, top_p 1, top_k 0. `generator` drives the sampling draws. HF's other arguments
+        (`inputs=`, `max_length`, `pad_token_id`, `num_beams`, ...) are read as HF reads them or
+        refused by name (radar_ext.generation_args)."""
         t_start = time.perf_counter()
-        cfg = self._settings(max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generation_config)
-        input_ids = self._check_inputs(input_ids, attention_mask)
+        input_ids = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
+        cfg = resolve_generation_args(input_ids.shape[1], generation_config, getattr(self.target, "generation_config", None),
+                                      max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
+                                      temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
+                                      extra=kwargs)
         stats = self.last_stats = DecodeStats()
         policy = _TimedPolicy(self.policy, stats)
         if streamer is not None:
@@ -267,37 +265,14 @@ class RadarDecoder:
                 raise NotImplementedError("attention_mask: padding (zeros) is not supported yet; pass an all-ones mask or None")
         return input_ids.to(self.target.device)
 
-    def _settings(self, max_new_tokens, do_sample, temperature, top_p, top_k, eos_token_id, generation_config):
-        base = generation_config if generation_config is not None else getattr(self.target, "generation_config", None)
 
-        def pick(value, name, default):
-            if value is not None:
-                return value
-            from_cfg = getattr(base, name, None) if base is not None else None
-            return default if from_cfg is None else from_cfg
-
-        for name, default in (("num_beams", 1), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
-            v = getattr(base, name, None) if base is not None else None
-            if v is not None and v != default:
-                raise NotImplementedError(f"generation_config.{name} = {v!r} is not supported (only {default!r})")
-        max_new_tokens = pick(max_new_tokens, "max_new_tokens", 128)
-        do_sample = bool(pick(do_sample, "do_sample", False))
-        temperature = pick(temperature, "temperature", 1.0)
-        top_p = pick(top_p, "top_p", 1.0)
-        top_k = pick(top_k, "top_k", 0)
-        eos = pick(eos_token_id, "eos_token_id", None)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        if do_sample:
-            if not isinstance(temperature, (int, float)) or not temperature > 0:
-                raise ValueError(f"temperature must be a number > 0 when sampling, got {temperature!r}")
-            if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-                raise ValueError(f"top_k must be an int >= 0 (0: off), got {top_k!r}")
-        eos_ids = () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
-        return GenerationSettings(max_new_tokens, do_sample,
-                                  SamplingParams(float(temperature), int(top_k), float(top_p)), eos_ids)
+def _one_input(input_ids, inputs):
+    """HF names the prompt `inputs` (its first positional argument) or `input_ids`; take either, once."""
+    if input_ids is not None and inputs is not None:
+        raise ValueError("pass the prompt once: as input_ids or as inputs, not both")
+    if input_ids is None and inputs is None:
+        raise ValueError("input_ids must be given (an int64 tensor [B, prompt_len])")
+    return input_ids if input_ids is not None else inputs
 
 
 def _ema(old: float, new: float, rate: float = 0.1) -> float:
