@@ -23,17 +23,18 @@ from pathlib import Path
 
 import torch
 
+from radar_ext.commands.bench import parse_static_tree
+
 TREE_DEFAULT = "8,10,60"
 
 
 def parse_tree(text: str) -> tuple[int, int, int]:
+    """'CALLS,W,V' -> (max_draft_calls, tree_topk, verify_budget), checked as `radar bench --static-tree` is."""
     try:
-        calls, topk, budget = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tree must be CALLS,W,V (three ints), got {text!r}") from None
-    if min(calls, topk, budget) < 1:
-        raise argparse.ArgumentTypeError(f"--tree values must be >= 1, got {text!r}")
-    return calls, topk, budget
+        tree = parse_static_tree(text, flag="--tree")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return tree["max_draft_calls"], tree["tree_topk"], tree["verify_budget"]
 
 
 def paired_interval(diffs: list[float]) -> tuple[float, float, float]:

@@ -373,4 +373,4 @@ def test_bench_heads_arguments_and_paired_interval(tmp_path, capsys):
         assert msg in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mod.main(["--heads", str(head), str(head), "--questions", "humaneval", "--tree", "8,10"])
-    assert "--tree must be CALLS,W,V" in capsys.readouterr().err
+    assert "--tree must be three ints >= 1 'CALLS,W,V'" in capsys.readouterr().err

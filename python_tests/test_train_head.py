@@ -180,6 +180,27 @@ def test_layer_options_are_checked_before_any_work(tmp_path, flag, bad, expected
         main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), flag, bad])
 
 
+@pytest.mark.parametrize("extra", [[], ["--num-layers", "1"]])
+def test_extra_intermediate_size_needs_a_later_layer(tmp_path, extra):
+    """--extra-intermediate-size on a one-layer head (a new head without --num-layers, or --num-layers 1) sizes
+    nothing: refused by name before any work instead of silently ignored."""
+    from radar_ext.training.train_head import main
+    with pytest.raises(ValueError, match="--extra-intermediate-size 768 sizes the MLP of the decoder layers after "
+                                         "the first, and this head has only one: add --num-layers 2"):
+        main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--extra-intermediate-size", "768",
+              *extra])
+
+
+def test_deepen_refuses_extra_intermediate_size_for_a_one_layer_head():
+    """A warm start from a one-layer head with --extra-intermediate-size but no --num-layers (deepen(head, 1, x))
+    used to return the head unchanged; it is refused by name."""
+    from radar_ext.training.train_head import deepen
+    head, _ = _tiny(6)
+    with pytest.raises(ValueError, match="--extra-intermediate-size 24 sizes the MLP"):
+        deepen(head, 1, extra_intermediate_size=24)
+    assert deepen(head, 1) is head
+
+
 def test_hard_label_weight_mixes_the_top1_cross_entropy():
     """ttt_loss with hard_weight w = (1 - w) * soft CE + w * CE of the target's top-1 token, the hard term
     only where that token is in the draft vocabulary (its recorded probability is > 0)."""

@@ -68,8 +68,9 @@ def _check_args(args):
     return parse_static_tree(args.static_tree)
 
 
-def parse_static_tree(spec):
-    """'CALLS,W,V' -> {max_draft_calls, tree_topk, verify_budget} (None stays None: the default)."""
+def parse_static_tree(spec, flag: str = "--static-tree"):
+    """'CALLS,W,V' -> {max_draft_calls, tree_topk, verify_budget} (None stays None: the default). `flag`
+    names the option in the error."""
     if spec is None:
         return None
     from radar_ext.benchmark.methods import STATIC_GS_KEYS
@@ -79,7 +80,7 @@ def parse_static_tree(spec):
     except ValueError:
         values = []
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"--static-tree must be three ints >= 1 'CALLS,W,V' (max_draft_calls, tree_topk, "
+        raise ValueError(f"{flag} must be three ints >= 1 'CALLS,W,V' (max_draft_calls, tree_topk, "
                          f"verify_budget), got {spec!r}")
     return dict(zip(STATIC_GS_KEYS, values))
 

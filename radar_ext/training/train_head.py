@@ -69,6 +69,14 @@ class TrainConfig:
         if self.extra_intermediate_size is not None and not (
                 isinstance(self.extra_intermediate_size, int) and self.extra_intermediate_size >= 1):
             raise ValueError(f"--extra-intermediate-size must be an integer >= 1, got {self.extra_intermediate_size!r}")
+        one_layer = self.num_layers == 1 or (self.num_layers is None and self.init_from is None)
+        if self.extra_intermediate_size is not None and one_layer:
+            raise ValueError(_no_later_layers(self.extra_intermediate_size))
+
+
+def _no_later_layers(extra_intermediate_size) -> str:
+    return (f"--extra-intermediate-size {extra_intermediate_size} sizes the MLP of the decoder layers after the first, "
+            "and this head has only one: add --num-layers 2 or more")
 
 
 # ----------------------------------------------------------------------------- data
@@ -385,6 +393,8 @@ def deepen(head: EagleHead, num_layers: int, extra_intermediate_size: int | None
     if c.num_hidden_layers > 1 and extra_intermediate_size not in (None, c.extra_intermediate_size):
         raise ValueError(f"--extra-intermediate-size {extra_intermediate_size}: the head's later layers are "
                          f"{c.extra_intermediate_size} wide")
+    if num_layers == 1 and extra_intermediate_size is not None:
+        raise ValueError(_no_later_layers(extra_intermediate_size))
     if num_layers == c.num_hidden_layers:
         return head
     deep = EagleHead(dataclasses.replace(c, num_hidden_layers=num_layers,
