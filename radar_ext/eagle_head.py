@@ -83,14 +83,29 @@ class EagleConfig:
         d = dict(d)
         if "rope_theta" not in d and isinstance(d.get("rope_parameters"), dict):
             d["rope_theta"] = d["rope_parameters"].get("rope_theta", 10000.0)
-        if d.get("rope_scaling"):
-            rs = d["rope_scaling"]
-            kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
-            if kind not in (None, "default"):
-                raise ValueError(f"EAGLE head config: rope_scaling {kind!r} is not supported")
         d.setdefault("draft_vocab_size", d.get("vocab_size"))
         known = {k: d.pop(k) for k in list(d) if k in cls._KEYS}
-        return cls(**known, extra=d)
+        cfg = cls(**known, extra=d)
+        cfg.rope_scaling()  # refuses an unsupported kind when the head is loaded, not at its first draft
+        return cfg
+
+    def rope_scaling(self) -> dict | None:
+        """The rotary scaling of the config (the published `rope_scaling` key, or transformers 5's
+        `rope_parameters`), None for plain RoPE. Kinds whose frequencies are fixed are supported (HF's
+        linear / llama3 / yarn: Llama 3.1 heads use llama3); dynamic and longrope, which change with the
+        sequence length at run time, are refused."""
+        for key in ("rope_scaling", "rope_parameters"):
+            rs = self.extra.get(key)
+            if not rs:
+                continue
+            kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
+            if kind in (None, "default"):
+                continue
+            if kind not in SUPPORTED_ROPE_SCALING:
+                raise ValueError(f"EAGLE head config: {key} type {kind!r} is not supported "
+                                 f"(supported: {list(SUPPORTED_ROPE_SCALING)})")
+            return {k: v for k, v in rs.items() if k not in ("type", "rope_theta")} | {"rope_type": kind}
+        return None
 
     @classmethod
     def for_target(cls, target_config, draft_vocab_size: int | None = None, **overrides) -> "EagleConfig":
@@ -100,6 +115,11 @@ class EagleConfig:
         if rope_theta is None:
             rope_theta = (getattr(tc, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         L = tc.num_hidden_layers
+        rp = getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None) or {}
+        scaling = rp.get("rope_type", rp.get("type")) if isinstance(rp, dict) else None
+        if scaling not in (None, "default"):  # the head rotates as its target does (Llama 3.1: llama3)
+            overrides.setdefault("extra", {}).setdefault(
+                "rope_scaling", {k: v for k, v in rp.items() if k not in ("type", "rope_theta")} | {"rope_type": scaling})
         d = dict(hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
                  num_attention_heads=tc.num_attention_heads,
                  num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
@@ -133,6 +153,27 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+SUPPORTED_ROPE_SCALING = ("linear", "llama3", "yarn")
+
+
+def rope_frequencies(cfg: EagleConfig) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies [head_dim / 2] float32 and the cos/sin scale of the head. Plain RoPE
+    in float64 then rounded; a scaled one (cfg.rope_scaling()) from transformers' own functions on an
+    equivalent Llama config, so a head rotates exactly as its Llama target does."""
+    hd = cfg.head_dim
+    scaling = cfg.rope_scaling()
+    if scaling is None:
+        return (1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))).float(), 1.0
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    lc = LlamaConfig(hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads, head_dim=hd,
+                     max_position_embeddings=cfg.max_position_embeddings,
+                     rope_parameters={**scaling, "rope_theta": cfg.rope_theta})
+    inv_freq, attention_scaling = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](lc, "cpu")
+    return inv_freq.float(), float(attention_scaling)
+
+
 def _rope(x, cos, sin):
     # x [B, H, T, D]; cos/sin [B, 1, T, D]
     d = x.shape[-1] // 2
@@ -151,14 +192,16 @@ class HeadAttention(nn.Module):
         self.k_proj = nn.Linear(n_in, cfg.num_key_value_heads * hd, bias=False)
         self.v_proj = nn.Linear(n_in, cfg.num_key_value_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_attention_heads * hd, h, bias=False)
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        inv_freq, self.attention_scaling = rope_frequencies(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rope_cos_sin(self, position_ids, dtype):
         # position_ids [B, T] -> cos, sin [B, 1, T, D]
         freqs = position_ids[..., None].float() * self.inv_freq  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), -1)[:, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        if self.attention_scaling == 1.0:
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
 
     def project(self, x, position_ids):
         """x [B, T, 2H] (midlayer) or [B, T, H] -> q [B, Hq, T, D], k, v [B, Hkv, T, D] with rotary applied to q and k."""
