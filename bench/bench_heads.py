@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from radar_ext.benchmark.aggregate import paired_interval
 from radar_ext.commands.bench import parse_static_tree
 
 TREE_DEFAULT = "8,10,60"
@@ -35,15 +34,6 @@ def parse_tree(text: str) -> tuple[int, int, int]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return tree["max_draft_calls"], tree["tree_topk"], tree["verify_budget"]
-
-
-def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean of the per-question differences and a 95% interval (normal approximation of the paired t)."""
-    m = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return m, float("nan"), float("nan")
-    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return m, m - half, m + half
 
 
 def main(argv=None) -> int:

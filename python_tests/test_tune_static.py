@@ -111,6 +111,25 @@ def test_rank_settings_picks_the_model_best():
         rank_settings(reps, [StaticSetting(1, 3, 2)], flat, 100)
 
 
+def test_paired_speed_ratio():
+    """Geometric mean of per-answer speed ratios and a 95% interval on their logs (paired t, normal)."""
+    import math
+
+    from radar_ext.static_search import paired_speed_ratio
+    ref = [10.0, 20.0, 30.0, 40.0]
+    r = paired_speed_ratio([x * 0.9 for x in ref], ref)
+    assert r["ratio"] == pytest.approx(0.9) and r["ci95"] == pytest.approx([0.9, 0.9]) and r["answers"] == 4
+    logs = [math.log(q) for q in (0.8, 1.0, 0.9, 1.1)]
+    m = sum(logs) / 4
+    half = 1.96 * math.sqrt(sum((x - m) ** 2 for x in logs) / 3) / 2
+    r = paired_speed_ratio([a * q for a, q in zip(ref, (0.8, 1.0, 0.9, 1.1))], ref)
+    assert r["ratio"] == pytest.approx(math.exp(m))
+    assert r["ci95"] == pytest.approx([math.exp(m - half), math.exp(m + half)])
+    assert math.isnan(paired_speed_ratio([5.0], [4.0])["ci95"][0])
+    with pytest.raises(ValueError, match="the same non-empty answers, got 1 and 2"):
+        paired_speed_ratio([1.0], [1.0, 2.0])
+
+
 def test_pick_distinct_skips_identical_trees():
     rows = [GridRow(StaticSetting(1, W, 4), 1.5, 10, 9.0 - 0.1 * i, 1.0) for i, W in enumerate((10, 8, 4))]
     rows += [GridRow(StaticSetting(2, 4, 4), 1.6, 9, 8.0, 1.0), GridRow(StaticSetting(2, 8, 4), 1.7, 8, 7.0, 1.0)]
@@ -139,6 +158,14 @@ def test_tune_static_end_to_end(tiny, tmp_path):
     best = {k: res[k] for k in ("max_draft_calls", "tree_topk", "verify_budget")}
     assert best in [{k: t[k] for k in best} for t in res["timed"]]
     assert res["ar"]["exact"] and res["search"]["prompts"] == 2
+    # paired against the pick, per timed answer; the pick against itself is exactly 1
+    picked = next(t for t in res["timed"] if {k: t[k] for k in best} == best)
+    assert picked["measured"]["vs_best"]["ratio"] == pytest.approx(1.0)
+    for t in res["timed"]:
+        v = t["measured"]["vs_best"]
+        assert v["answers"] == 1 == len(t["measured"]["answer_tokens_per_s"])
+        assert v["ratio"] <= 1.0 + 1e-12                          # the pick has the highest mean
+    assert res["separated"] is False                               # one timed answer cannot separate them
     path = tmp_path / "static_tree.json"
     path.write_text(json.dumps(res, default=str))
     assert {k: read_static_gs(path)[k] for k in best} == best
@@ -202,8 +229,11 @@ def test_cli_run_writes_and_installs(tiny, tmp_path, monkeypatch, capsys):
                "--max-new-tokens", "12", "--top", "2", "--repeats", "1", "--warmup", "0", "--out", str(out),
                "--install", "--no-progress"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "model ranking" in printed and "best: max_draft_calls=" in printed
+    cap = capsys.readouterr()
+    printed = cap.out
+    assert "model ranking" in printed and "best: max_draft_calls=" in printed and "vs best [95%]" in printed
+    # one timed answer per tree cannot tell two trees apart: said, with the rival's paired ratio
+    assert "the pick is not separated from " in cap.err and "(1 timed answers)" in cap.err
     written = json.loads(out.read_text())
     assert json.loads((head / "static_tree.json").read_text()) == written
     assert written["search"]["calibration_file"] == str(cal) and written["search"]["head"] == str(head)

@@ -12,11 +12,14 @@ Cheap protocol, exact at temperature 0:
    (draft calls + policy + tree build + T_verify(V) + acceptance/commit overhead).
 3. Timing. The model's top few (distinct trees) are decoded for real with RadarDecoder, paired against the target's
    own greedy generate, interleaved per prompt with a rotated order; every answer is checked
-   token-identical to the target's. The best measured tokens/s wins.
+   token-identical to the target's. The best measured tokens/s wins; every timed tree gets its speed
+   against the pick paired per answer (geometric mean ratio, 95% interval), and `separated` says whether
+   the pick's lead over each rival is outside the noise of this timing budget.
 Offline tooling: nothing in the decoding loop imports this module.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -260,7 +263,7 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
         for name in names:
             run(name, prompts[0][:, :min(prompts[0].shape[1], 64)])
     res = {n: {"tokens": [0] * repeats, "seconds": [0.0] * repeats, "cycles": 0, "emitted": 0, "exact": True,
-               "answers": 0} for n in names}
+               "answers": 0, "answer_tokens_per_s": []} for n in names}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -277,6 +280,7 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
                 rec["tokens"][r] += new.shape[1]
                 rec["seconds"][r] += secs
                 rec["answers"] += 1
+                rec["answer_tokens_per_s"].append(new.shape[1] / secs)  # (repeat, prompt) order for every name
                 rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
                 if name != "ar":
                     st = decoders[name].last_stats
@@ -293,10 +297,24 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
         out[name] = {"tokens_per_s": tps, "tokens_per_s_mean": float(np.mean(tps)),
                      "speedup": [a / b for a, b in zip(tps, ar_tps)],
                      "speedup_mean": float(np.mean([a / b for a, b in zip(tps, ar_tps)])),
-                     "exact": rec["exact"], "answers": rec["answers"]}
+                     "exact": rec["exact"], "answers": rec["answers"],
+                     "answer_tokens_per_s": rec["answer_tokens_per_s"]}
         if name != "ar":
             out[name].update(cycles=rec["cycles"] // repeats, tau=rec["emitted"] / rec["cycles"] if rec["cycles"] else 0.0)
     return out
+
+
+def paired_speed_ratio(tokens_per_s, ref_tokens_per_s) -> dict:
+    """A setting's speed against a reference over the same answers, paired per (repeat, prompt): the
+    geometric mean of the per-answer tokens/s ratios and its 95% interval (normal approximation on
+    the log ratios). Below 1 is slower than the reference."""
+    from radar_ext.benchmark.aggregate import paired_interval
+
+    if len(tokens_per_s) != len(ref_tokens_per_s) or not tokens_per_s:
+        raise ValueError(f"paired_speed_ratio needs the same non-empty answers, got {len(tokens_per_s)} and "
+                         f"{len(ref_tokens_per_s)}")
+    m, lo, hi = paired_interval([math.log(a / b) for a, b in zip(tokens_per_s, ref_tokens_per_s)])
+    return {"ratio": math.exp(m), "ci95": [math.exp(lo), math.exp(hi)], "answers": len(tokens_per_s)}
 
 
 # -------------------------------------------------------------------------------------- all
@@ -355,10 +373,16 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
     if not exact:
         raise RuntimeError("no timed setting reproduced the target's greedy output; refusing to pick one")
     best = max(exact, key=lambda r: r.measured["tokens_per_s_mean"])
+    for r in timed:
+        r.measured["vs_best"] = paired_speed_ratio(r.measured["answer_tokens_per_s"],
+                                                   best.measured["answer_tokens_per_s"])
+    rivals = [r for r in exact if r is not best]
+    separated = all(r.measured["vs_best"]["ci95"][1] < 1.0 for r in rivals) if rivals else None
     return {
         **best.setting.as_dict(),
         "schema": SCHEMA,
         "chosen_by": f"highest measured tokens/s among the cost model's top {len(timed)} (exact outputs only)",
+        "separated": separated,  # every other exact timed tree's 95% interval vs the pick lies below 1 (None: no rival)
         "best": best.as_dict(),
         "ar": meas["ar"],
         "timed": [r.as_dict() for r in timed],
@@ -374,15 +398,22 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
 
 def format_rows(rows: list, n: int = 15) -> str:
     """The top of the table (rows: dicts as in static_tree.json 'table' / 'timed')."""
-    head = ("calls", "W", "V", "tau", "pred tok/s", "pred x", "meas tok/s", "meas x", "exact")
+    head = ("calls", "W", "V", "tau", "pred tok/s", "pred x", "meas tok/s", "meas x", "vs best [95%]", "exact")
     lines = [head]
     for r in rows[:n]:
         m = r.get("measured") or {}
         lines.append((str(r["max_draft_calls"]), str(r["tree_topk"]), str(r["verify_budget"]), f"{r['tau']:.2f}",
                       f"{r['predicted_tokens_per_s']:.1f}", f"{r['predicted_speedup']:.2f}",
                       f"{m['tokens_per_s_mean']:.1f}" if m else "-", f"{m['speedup_mean']:.2f}" if m else "-",
-                      ("yes" if m["exact"] else "NO") if m else "-"))
+                      _vs_best(m.get("vs_best")), ("yes" if m["exact"] else "NO") if m else "-"))
     w = [max(len(x[i]) for x in lines) for i in range(len(head))]
     out = ["  ".join(s.rjust(k) for s, k in zip(x, w)) for x in lines]
     out.insert(1, "  ".join("-" * k for k in w))
     return "\n".join(out)
+
+
+def _vs_best(v) -> str:
+    if not v:
+        return "-"
+    lo, hi = v["ci95"]
+    return f"{v['ratio']:.3f}" + ("" if math.isnan(lo) else f" [{lo:.3f}-{hi:.3f}]")

@@ -21,6 +21,20 @@ from radar_ext.benchmark.methods import BASELINE
 OVERALL = "overall"
 
 
+def paired_interval(diffs) -> tuple[float, float, float]:
+    """Mean of paired per-item differences and its 95% interval (normal approximation of the paired t;
+    nan bounds for fewer than two items)."""
+    diffs = [float(d) for d in diffs]
+    if not diffs:
+        raise ValueError("paired_interval needs at least one difference")
+    m = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return m, float("nan"), float("nan")
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1))
+    half = 1.96 * sd / math.sqrt(len(diffs))
+    return m, m - half, m + half
+
+
 def _spread(values) -> dict:
     if not values:
         return {"mean": None, "min": None, "max": None, "std": None}
