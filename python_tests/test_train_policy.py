@@ -383,3 +383,52 @@ def test_bench_ltd_cost_curves_table(tmp_path, capsys):
     assert rows[1].startswith("| calibrated (this machine) |") and all("%" in r for r in rows[1:])
     with pytest.raises(SystemExit):
         mod.main(["--episodes", str(ep_dir), "--costs", str(ep_dir / "costs.json"), "--policy", "nodir"])
+
+
+def test_bench_controller_ceiling(tmp_path, capsys):
+    """bench/controller_ceiling.py: per temperature, the best static (n, V), the oracle's gain over it and
+    the policies' gains, equal to train_policy's own static_grid / oracle_throughput / evaluate on the
+    same cycles (train + val with --split all)."""
+    mod = load_bench_script("controller_ceiling")
+    dirs = [write_episodes(tmp_path / f"t{t}", continue_pays=bool(t), seed=t, temperature=float(t)) for t in (0, 1)]
+    cost_file = tmp_path / "costs.json"
+    cost_file.write_text(json.dumps(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})))
+    radar = train(TrainPolicyConfig(episodes=dirs, out_dir=tmp_path / "r", kind="radar", costs=str(cost_file),
+                                    verify_budget=8, epochs=1, batch_size=64), log=lambda *_: None)
+    ltd = train(TrainPolicyConfig(episodes=dirs, out_dir=tmp_path / "l", kind="ltd", costs=str(cost_file),
+                                  epochs=1, rounds=1, batch_size=64), log=lambda *_: None)
+    out = tmp_path / "ceiling.json"
+    assert mod.main(["--episodes", *map(str, dirs), "--costs", str(cost_file), "--radar", str(radar), "--ltd", str(ltd),
+                     "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "expected tokens/s on 512 recorded cycles (all)" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["temperature"] for r in rows] == [0.0, 1.0] and [r["cycles"] for r in rows] == [256, 256]
+    from radar_ext.policies import LtdPolicy, RadarPolicy
+    from radar_ext.training.train_policy import _AtCosts, subset
+    for t, r in zip((0, 1), rows):
+        ep = load_episodes(dirs[t], "train")
+        va = load_episodes(dirs[t], "val")
+        ep = type(ep)(ep.meta, {k: torch.cat([ep[k], va[k]]) for k in ep.tensors})
+        costs = PolicyCosts.load(str(cost_file), tree_topk=W, prefix_len=float(ep["seq_len"].double().mean()))
+        grid = static_grid(ep, costs)
+        assert r["best_static"]["tokens_per_s"] == pytest.approx(float(grid.max()))
+        assert r["oracle"]["tokens_per_s"] == pytest.approx(oracle_throughput(ep, costs)["throughput"])
+        assert r["oracle"]["gain"] >= r["ltd"]["gain"] - 1e-9
+        pol = LtdPolicy.from_pretrained(ltd)
+        with _AtCosts(pol, costs):
+            want = evaluate(pol, ep, costs)["throughput"]
+        assert r["ltd"]["tokens_per_s"] == pytest.approx(want)
+        rp = RadarPolicy.from_pretrained(radar)
+        assert r["radar"]["verify_budget"] == 8
+        assert r["radar"]["tokens_per_s"] == pytest.approx(evaluate(rp, ep, costs, BUDGETS.index(8))["throughput"])
+        assert r["radar"]["gain_at_V"] <= r["radar"]["oracle_gain_at_V"] + 1e-9
+    # every synthetic cycle of a collection is alike (T = 0: nothing accepted past call 1; T = 1: each call adds
+    # a token), so one static tree is already the per-cycle best; the oracle, like any controller, pays its
+    # decisions' time and trails it by that alone
+    assert rows[0]["best_static"]["max_draft_calls"] == 1 and rows[1]["best_static"]["max_draft_calls"] == N
+    assert [-1e-2 < r["oracle"]["gain"] <= 0.0 for r in rows] == [True, True], [r["oracle"] for r in rows]
+    table = [l for l in printed.splitlines() if l.startswith("| ")]
+    assert table[0].startswith("| T | cycles | best static (n, V): tok/s | oracle | LTD | RADAR") and len(table) == 3
+    with pytest.raises(SystemExit):
+        mod.main(["--episodes", str(dirs[0]), "--costs", str(cost_file), "--prefix-len", "0"])
