@@ -349,6 +349,9 @@ def test_hf_arguments_that_change_the_output_are_refused(models):
                     (dict(stopping_criteria=[lambda i, s: True]), "stopping_criteria")):
         with pytest.raises(NotImplementedError, match=msg):
             dec.generate(ids, max_new_tokens=3, **kw)
+    # an argument overrides the config, as in HF: num_beams=1 makes a beam-search config plain again
+    assert torch.equal(dec.generate(ids, max_new_tokens=3, num_beams=1, generation_config=GenerationConfig(num_beams=4)),
+                       dec.generate(ids, max_new_tokens=3))
     with pytest.raises(TypeError, match=r"neither RadarDecoder nor HF generate use: \['foo', 'max_tokens'\]"):
         dec.generate(ids, foo=1, max_tokens=3)
     P = ids.shape[1]

@@ -64,10 +64,11 @@ def resolve(prompt_len: int, generation_config, target_config, *, max_new_tokens
         if extra.pop(name, None) is not None:
             raise NotImplementedError(f"generate({name}=...) is not supported by RadarDecoder")
     for name, default in UNSUPPORTED.items():
-        for where, v in ((f"generate({name}=...)", extra.pop(name, None)),
-                         (f"generation_config.{name}", from_config(name))):
-            if v is not None and not _same(v, default):
-                raise NotImplementedError(f"{where} = {v!r} is not supported by RadarDecoder (only {default!r})")
+        given = extra.pop(name, None)  # an argument overrides the config's value, as in HF
+        where, v = ((f"generate({name}=...)", given) if given is not None
+                    else (f"generation_config.{name}", from_config(name)))
+        if v is not None and not _same(v, default):
+            raise NotImplementedError(f"{where} = {v!r} is not supported by RadarDecoder (only {default!r})")
     for name in NO_EFFECT:
         extra.pop(name, None)
     if extra:
