@@ -167,11 +167,15 @@ def test_input_errors(models):
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match=f"max_new_tokens must be an int >= 1, got {bad}"):
             dec.generate(ids, max_new_tokens=bad)
-    with pytest.raises(NotImplementedError, match="padding"):
-        mask = torch.ones_like(ids)
-        mask[0, 0] = 0
+    mask = torch.ones_like(ids)
+    mask[0, 5] = 0
+    with pytest.raises(NotImplementedError, match=r"only left padding \(zeros before the prompt, then ones\) is supported"):
         dec.generate(ids, attention_mask=mask)
-    with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
+    with pytest.raises(NotImplementedError, match="only left padding"):
+        dec.generate(ids, attention_mask=torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        dec.generate(ids, attention_mask=mask * 2)
+    with pytest.raises(ValueError, match=r"attention_mask must be a tensor with the shape of input_ids \[1, 12\], got \[1, 3\]"):
         dec.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="temperature must be a number > 0 when sampling, got 0"):
         dec.generate(ids, do_sample=True, temperature=0)
@@ -365,3 +369,22 @@ def test_hf_arguments_that_change_the_output_are_refused(models):
         dec.generate(ids, inputs=ids)
     with pytest.raises(ValueError, match="input_ids must be given"):
         dec.generate(max_new_tokens=3)
+
+
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+def test_left_padding_matches_hf_generate(models, kind):
+    """A left-padded prompt (attention_mask zeros before it) gives what HF's generate gives: the padded
+    input ids, then the same new tokens as the unpadded prompt; max_length counts the padding, as in HF."""
+    model = models["sdpa"]
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(2), tree_topk=3, verify_budget=4)
+    ids = prompts()[1]
+    P = ids.shape[1]
+    padded = torch.cat([torch.full((1, 4), 7), ids], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.int64), torch.ones_like(ids)], 1)
+    for kw in (dict(max_new_tokens=20), dict(max_length=P + 4 + 9)):
+        want = model.generate(padded, attention_mask=mask, do_sample=False, pad_token_id=0, **kw)
+        got = dec.generate(padded, attention_mask=mask, **kw)
+        assert torch.equal(got, want), kw
+        assert torch.equal(got[:, :P + 4], padded)
+    assert torch.equal(dec.generate(padded, attention_mask=mask, max_new_tokens=20)[:, 4:],
+                       dec.generate(ids, max_new_tokens=20))

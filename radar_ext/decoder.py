@@ -139,15 +139,16 @@ class RadarDecoder:
         (`inputs=`, `max_length`, `pad_token_id`, `num_beams`, ...) are read as HF reads them or
         refused by name (radar_ext.generation_args)."""
         t_start = time.perf_counter()
-        input_ids = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
-        cfg = resolve_generation_args(input_ids.shape[1], generation_config, getattr(self.target, "generation_config", None),
+        given, n_pad = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
+        input_ids = given[:, n_pad:]  # left padding: HF's positions start at the first real token, so drop it
+        cfg = resolve_generation_args(given.shape[1], generation_config, getattr(self.target, "generation_config", None),
                                       max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
                                       temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
                                       extra=kwargs)
         stats = self.last_stats = DecodeStats()
         policy = _TimedPolicy(self.policy, stats)
         if streamer is not None:
-            streamer.put(input_ids.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
+            streamer.put(given.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
         cache, out = self._prefill(input_ids, cfg, stats, generator)
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
         emitted = out.new_empty(1, 0)
@@ -168,7 +169,7 @@ class RadarDecoder:
         stats.seconds = time.perf_counter() - t_start
         stats.time_other = max(0.0, stats.seconds - stats.time_prefill - stats.time_draft - stats.time_policy
                                - stats.time_verify)
-        return torch.cat([input_ids, emitted.to(input_ids.device)], 1)
+        return torch.cat([given, emitted.to(given.device)], 1)
 
     # ------------------------------------------------------------------ steps
     def _prefill(self, input_ids, cfg, stats, generator):
@@ -242,7 +243,9 @@ class RadarDecoder:
     def _hit_eos(out, cfg) -> bool:
         return bool(cfg.eos_token_ids) and int(out[0, -1]) in cfg.eos_token_ids  # host sync: 1 int
 
-    def _check_inputs(self, input_ids, attention_mask):
+    def _check_inputs(self, input_ids, attention_mask) -> tuple[torch.Tensor, int]:
+        """input_ids on the target's device and the number of left-padding positions (attention_mask
+        zeros before the prompt)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.int64 or input_ids.dim() != 2:
             got = f"{input_ids.dtype} {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be an int64 tensor [B, prompt_len], got {got}")
@@ -251,19 +254,31 @@ class RadarDecoder:
             raise NotImplementedError(f"input_ids: batch size > 1 is not supported yet, got batch size {B}")
         if P < 1:
             raise ValueError(f"input_ids must hold at least one token, got an empty prompt {list(input_ids.shape)}")
-        limit = getattr(self.target.config, "max_position_embeddings", None)
-        if limit is not None and P >= limit:
-            raise ValueError(f"input_ids: prompt length must be < the model's max_position_embeddings = {limit}, got {P}")
         vocab = self.target.get_input_embeddings().weight.shape[0]
         lo, hi = int(input_ids.min()), int(input_ids.max())  # host sync: once per generate
         if lo < 0 or hi >= vocab:
             raise ValueError(f"input_ids must be token ids in [0, {vocab}), got values in [{lo}, {hi}]")
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != (B, P):
-                raise ValueError(f"attention_mask must have the shape of input_ids {[B, P]}, got {list(attention_mask.shape)}")
-            if not bool((attention_mask == 1).all()):  # host sync: once per generate
-                raise NotImplementedError("attention_mask: padding (zeros) is not supported yet; pass an all-ones mask or None")
-        return input_ids.to(self.target.device)
+        n_pad = 0 if attention_mask is None else _left_padding(attention_mask, B, P)
+        limit = getattr(self.target.config, "max_position_embeddings", None)
+        if limit is not None and P - n_pad >= limit:
+            raise ValueError(f"input_ids: prompt length must be < the model's max_position_embeddings = {limit}, "
+                             f"got {P - n_pad}")
+        return input_ids.to(self.target.device), n_pad
+
+
+def _left_padding(attention_mask, B: int, P: int) -> int:
+    """Zeros before the prompt in a [1, P] attention_mask (HF's left padding); any other zero is refused."""
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, P):
+        got = list(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor with the shape of input_ids {[B, P]}, got {got}")
+    row = attention_mask[0].tolist()  # host sync: once per generate
+    if any(v not in (0, 1) for v in row):
+        raise ValueError("attention_mask must hold only 0 and 1")
+    n_pad = row.index(1) if 1 in row else P
+    if n_pad == P or 0 in row[n_pad:]:
+        raise NotImplementedError("attention_mask: only left padding (zeros before the prompt, then ones) is supported, "
+                                  f"got {row if P <= 16 else 'zeros after the first one'}")
+    return n_pad
 
 
 def _one_input(input_ids, inputs):
