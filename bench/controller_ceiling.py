@@ -93,14 +93,7 @@ def main(argv=None) -> int:
     from radar_ext.policies import LtdPolicy, PolicyCosts, RadarPolicy
     from radar_ext.training.episodes import load_episodes
 
-    if args.split == "all":
-        import torch
-
-        from radar_ext.training.episodes import TENSOR_KEYS, Episodes
-        tr, va = load_episodes(args.episodes, "train"), load_episodes(args.episodes, "val")
-        ep = Episodes(tr.meta, {k: torch.cat([tr[k], va[k]]) for k in TENSOR_KEYS + ("temperature",)})
-    else:
-        ep = load_episodes(args.episodes, args.split)
+    ep = load_episodes(args.episodes, args.split)
     prefix = args.prefix_len or float(ep["seq_len"].double().mean())
     costs = PolicyCosts.load(args.costs, tree_topk=ep.meta["tree_topk"], prefix_len=prefix)
 

@@ -192,6 +192,9 @@ def test_cli_help(capsys):
     (["--max-new-tokens", "1"], "--max-new-tokens must be >= 2, got 1"),
     (["--prompts", "4", "--time-prompts", "5"], "--time-prompts must be <= --prompts (4), got 5"),
     (["--calibration", "/nonexistent/c.json"], "no calibration file '/nonexistent/c.json'; measure one with `radar calibrate`"),
+    (["--temperature", "1"], "--temperature 1 needs --episodes recorded at that temperature"),
+    (["--temperature", "-0.5"], "--temperature must be >= 0, got -0.5"),
+    (["--episodes", "/tmp/x"], "--episodes is read only above --temperature 0"),
 ])
 def test_cli_errors(capsys, argv, message):
     assert main(["tune-static"] + argv) == 2
@@ -240,3 +243,71 @@ def test_cli_run_writes_and_installs(tiny, tmp_path, monkeypatch, capsys):
     got = read_static_gs(head / "static_tree.json")
     assert {k: got[k] for k in ("max_draft_calls", "tree_topk", "verify_budget")} == \
         {k: written["best"][k] for k in ("max_draft_calls", "tree_topk", "verify_budget")}
+
+
+def synthetic_episodes(temperature=1.0, W=2, N=3, budgets=(1, 2, 4, 8), C=6, seed=0):
+    """Episodes whose expected (accepted + 1) at (n, V) is known: E = 1 + 0.1 n + 0.05 * budget index."""
+    from radar_ext.training.episodes import Episodes
+    nV = len(budgets)
+    dist = torch.zeros(C, N, nV, N + 1)
+    for n in range(N):
+        for v in range(nV):
+            p1 = 0.1 * (n + 1) + 0.05 * v          # P(L = 1); else L = 0
+            dist[:, n, v, 1], dist[:, n, v, 0] = p1, 1 - p1
+    g = torch.Generator().manual_seed(seed)
+    meta = {"tree_topk": W, "max_draft_calls": N, "budgets": list(budgets), "temperature": temperature}
+    return Episodes(meta, {"accept_dist": dist, "seq_len": torch.randint(5, 40, (C,), generator=g),
+                           "temperature": torch.full((C,), float(temperature))})
+
+
+def test_rank_from_episodes():
+    """tau = mean expected (accepted + 1) at (n, V) (a V at or above the pool reads the smallest budget covering it),
+    ranked by the same cost model; a grid the episodes cannot answer is refused by name."""
+    from radar_ext.static_search import rank_from_episodes
+    ep = synthetic_episodes()
+    flat = hand_model(verify={p: {V: s(0.010) for V in (1, 5, 9)} for p in (10, 40)},
+                      draft_first={2: {10: s(0.0005), 40: s(0.0005)}}, draft_next={2: {10: s(0.0005), 40: s(0.0005)}})
+    settings = make_grid([1, 2, 3], [2], [1, 2, 8])    # V cut to the pool: 2 nodes after 1 call, 6 after 2
+    rows = rank_from_episodes(ep, settings, flat, 20)
+    by = {(r.setting.max_draft_calls, r.setting.verify_budget): r for r in rows}
+    assert set(by) == {(1, 1), (1, 2), (2, 1), (2, 2), (2, 6), (3, 1), (3, 2), (3, 8)}
+    assert by[(1, 2)].tau == pytest.approx(1 + 0.1 + 0.05)                 # budget 2 is index 1
+    assert by[(2, 6)].tau == pytest.approx(1 + 0.2 + 0.15)                 # the whole pool: read at budget 8
+    assert by[(3, 8)].tau == pytest.approx(1 + 0.3 + 0.15)
+    assert by[(3, 1)].tau == pytest.approx(1 + 0.3)
+    assert all(r.cycles == 6 for r in rows)
+    assert [r.predicted_tokens_per_s for r in rows] == sorted((r.predicted_tokens_per_s for r in rows), reverse=True)
+    with pytest.raises(ValueError, match="tree_topk 3: the episodes were recorded at tree_topk 2"):
+        rank_from_episodes(ep, [StaticSetting(1, 3, 2)], flat, 20)
+    with pytest.raises(ValueError, match="max_draft_calls 4 is above the episodes' 3"):
+        rank_from_episodes(ep, [StaticSetting(4, 2, 2)], flat, 20)
+    with pytest.raises(ValueError, match=r"verify_budget 3 is not among the episodes' budgets \[1, 2, 4, 8\]"):
+        rank_from_episodes(ep, [StaticSetting(2, 2, 3)], flat, 20)
+
+
+def test_tune_static_at_a_temperature(tiny):
+    """T > 0: ranked on episodes, timed by sampling (no exactness, every timed tree eligible), the pick and
+    the protocol say so; the episodes must be there and at that temperature."""
+    target, drafter, prompts = tiny
+    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
+                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
+                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)})
+    ep = synthetic_episodes()
+    res = tune_static(target, drafter, cm, prompts, calls_list=[1, 2], topk_list=[2], budget_list=[1, 2],
+                      max_new_tokens=12, top=2, time_prompts=2, repeats=1, warmup=0, temperature=1.0, episodes=ep)
+    assert res["temperature"] == 1.0 and res["search"]["ranked_on"] == "episodes"
+    assert "at temperature 1" in res["chosen_by"] and len(res["timed"]) == 2
+    for t in res["timed"]:
+        m = t["measured"]
+        assert m["exact"] is None and m["answers"] == 2 and "replay_cycles" not in m
+    best = {k: res[k] for k in ("max_draft_calls", "tree_topk", "verify_budget")}
+    picked = next(t for t in res["timed"] if {k: t[k] for k in best} == best)
+    assert picked["measured"]["tokens_per_s_mean"] == max(t["measured"]["tokens_per_s_mean"] for t in res["timed"])
+    assert res["ar"]["exact"] is None
+    with pytest.raises(ValueError, match="temperature 1 needs episodes recorded at that temperature"):
+        tune_static(target, drafter, cm, prompts, calls_list=[1], topk_list=[2], budget_list=[1], temperature=1.0)
+    with pytest.raises(ValueError, match=r"the episodes were recorded at temperature\(s\) \[0.5\], not 1"):
+        tune_static(target, drafter, cm, prompts, calls_list=[1], topk_list=[2], budget_list=[1], temperature=1.0,
+                    episodes=synthetic_episodes(temperature=0.5))

@@ -15,6 +15,9 @@ Cheap protocol, exact at temperature 0:
    token-identical to the target's. The best measured tokens/s wins; every timed tree gets its speed
    against the pick paired per answer (geometric mean ratio, 95% interval), and `separated` says whether
    the pick's lead over each rival is outside the noise of this timing budget.
+Sampling (temperature > 0): no replay is exact, so step 1 reads `radar collect` episodes recorded at
+that temperature (each cycle's exact expected accepted length for every (calls, V) at their tree_topk,
+rank_from_episodes), and step 3 samples (seeded draws, nothing to check for exactness).
 Offline tooling: nothing in the decoding loop imports this module.
 """
 from __future__ import annotations
@@ -197,9 +200,38 @@ def rank_settings(replays: dict, settings, cost_model, prefix_len: float) -> lis
         tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, s.tree_topk,
                                                      prefix_len) if cycles else 0.0
         rows.append(GridRow(s, tau, cycles, tps, tps * cost_model.t_ar(prefix_len)))
+    return _best_first(rows)
+
+
+def _best_first(rows: list) -> list:
     rows.sort(key=lambda r: (-r.predicted_tokens_per_s, r.setting.max_draft_calls, r.setting.verify_budget,
                              r.setting.tree_topk))
     return rows
+
+
+def rank_from_episodes(ep, settings, cost_model, prefix_len: float) -> list:
+    """Sampling (T > 0), where no replay is exact: each setting's tau is the mean expected (accepted + 1)
+    over the cycles of `radar collect` episodes recorded at that temperature (their exact per-(n, V)
+    accepted-length distributions), then the same cost model. The episodes fix tree_topk. GridRow.cycles
+    is the number of recorded cycles."""
+    from radar_ext.training.train_policy import expected_tokens
+
+    E = expected_tokens(ep)                                               # [C, N, nV]
+    W, N, budgets = ep.meta["tree_topk"], ep.meta["max_draft_calls"], list(ep.meta["budgets"])
+    rows = []
+    for s in settings:
+        if s.tree_topk != W:
+            raise ValueError(f"tree_topk {s.tree_topk}: the episodes were recorded at tree_topk {W} (pass --tree-topk {W})")
+        if s.max_draft_calls > N:
+            raise ValueError(f"max_draft_calls {s.max_draft_calls} is above the episodes' {N}")
+        # a budget at or above the pool verifies the whole pool: the smallest such budget is the same tree
+        vi = next((i for i, b in enumerate(budgets) if b >= s.verify_budget), None)
+        if vi is None or (budgets[vi] != s.verify_budget and s.verify_budget < pool_size(W, s.max_draft_calls)):
+            raise ValueError(f"verify_budget {s.verify_budget} is not among the episodes' budgets {budgets}")
+        tau = float(E[:, s.max_draft_calls - 1, vi].mean()) if E.shape[0] else 0.0
+        tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, W, prefix_len)
+        rows.append(GridRow(s, tau, int(E.shape[0]), tps, tps * cost_model.t_ar(prefix_len)))
+    return _best_first(rows)
 
 
 def pick_distinct(rows: list, n: int) -> list:
@@ -236,10 +268,14 @@ def _pad(eos):
 
 
 def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: int, eos_token_id,
-                  repeats: int = 2, warmup: int = 1, progress: bool = False) -> dict:
-    """Real tokens/s of each setting and of the target's greedy generate ("ar"), interleaved per
-    prompt with the order rotated. Returns {name: {"tokens_per_s": [per repeat], "speedup": [per
-    repeat], "tau", "cycles", "exact"}}; names are "ar" and str(StaticSetting)."""
+                  repeats: int = 2, warmup: int = 1, progress: bool = False, temperature: float = 0.0,
+                  seed: int = 0) -> dict:
+    """Real tokens/s of each setting and of the target's own generate ("ar"), interleaved per
+    prompt with the order rotated. Greedy (temperature 0): every answer is checked against `answers`.
+    Sampling: plain temperature sampling for all (top_k 0, top_p 1), each answer's draws seeded from
+    `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare). Returns {name:
+    {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}; names are
+    "ar" and str(StaticSetting)."""
     from radar_ext.decoder import RadarDecoder
     from radar_ext.policies import StaticPolicy
 
@@ -248,40 +284,46 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
     names = ["ar"] + list(decoders)
     pad = _pad(eos_token_id)
 
-    def run(name, ids):
+    sampling = (dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0
+                else dict(do_sample=False))
+
+    def run(name, ids, draw=0):
         t0 = time.perf_counter()
         with torch.no_grad():
             if name == "ar":
+                torch.manual_seed(seed + draw)  # HF samples from the global generator
                 out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad)
+                                      eos_token_id=eos_token_id, pad_token_id=pad, **sampling)
             else:
-                out = decoders[name].generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                              eos_token_id=eos_token_id)
+                gen = torch.Generator().manual_seed(seed + draw) if temperature > 0 else None
+                out = decoders[name].generate(ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                              generator=gen, **sampling)
         return out, time.perf_counter() - t0
 
     for _ in range(warmup):
         for name in names:
             run(name, prompts[0][:, :min(prompts[0].shape[1], 64)])
-    res = {n: {"tokens": [0] * repeats, "seconds": [0.0] * repeats, "cycles": 0, "emitted": 0, "exact": True,
-               "answers": 0, "answer_tokens_per_s": []} for n in names}
+    res = {n: {"tokens": [0] * repeats, "seconds": [0.0] * repeats, "cycles": 0, "emitted": 0,
+               "exact": True if temperature == 0 else None, "answers": 0, "answer_tokens_per_s": []} for n in names}
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=repeats * len(prompts) * len(names), desc="time", unit="answer", leave=False)
     k = 0
     for r in range(repeats):
-        for i, (ids, ans) in enumerate(zip(prompts, answers)):
+        for i, (ids, ans) in enumerate(zip(prompts, answers if answers is not None else [None] * len(prompts))):
             order = names[k % len(names):] + names[:k % len(names)]
             k += 1
             for name in order:
-                out, secs = run(name, ids)
+                out, secs = run(name, ids, draw=1000 * (r * len(prompts) + i) + names.index(name))
                 new = out[:, ids.shape[1]:]
                 rec = res[name]
                 rec["tokens"][r] += new.shape[1]
                 rec["seconds"][r] += secs
                 rec["answers"] += 1
                 rec["answer_tokens_per_s"].append(new.shape[1] / secs)  # (repeat, prompt) order for every name
-                rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
+                if temperature == 0:
+                    rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
                 if name != "ar":
                     st = decoders[name].last_stats
                     rec["cycles"] += st.cycles
@@ -320,10 +362,13 @@ def paired_speed_ratio(tokens_per_s, ref_tokens_per_s) -> dict:
 # -------------------------------------------------------------------------------------- all
 def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, budget_list,
                 max_new_tokens: int = 128, eos_token_id=None, top: int = 3, time_prompts: int | None = None,
-                repeats: int = 2, warmup: int = 1, progress: bool = False, log=None) -> dict:
+                repeats: int = 2, warmup: int = 1, progress: bool = False, log=None, temperature: float = 0.0,
+                episodes=None, seed: int = 0) -> dict:
     """The whole search (module docstring). prompts: list of [1, P] int64 (chat-templated).
-    Returns the static_tree.json object: the best setting's three keys at the top level, the timed
-    rows, the model's full table and the protocol."""
+    temperature > 0: the ranking comes from `episodes` (`radar collect` at that temperature,
+    rank_from_episodes) and the timing samples (time_settings). Returns the static_tree.json object:
+    the best setting's three keys at the top level, the timed rows, the model's full table and the
+    protocol."""
     say = log or (lambda s: None)
     for name, xs in (("calls_list", calls_list), ("topk_list", topk_list), ("budget_list", budget_list)):
         if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs):
@@ -334,8 +379,79 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
             raise ValueError(f"{name} must be >= {lo}, got {v}")
     if not prompts:
         raise ValueError("prompts must not be empty")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    sampled = temperature > 0
+    if sampled:
+        _check_episodes(episodes, temperature)
     t_start = time.perf_counter()
     settings = make_grid(calls_list, topk_list, budget_list)
+    n_time = len(prompts) if time_prompts is None else max(1, min(time_prompts, len(prompts)))
+    if sampled:
+        answers, replays = None, None
+        mean_len = float(episodes["seq_len"].double().mean())
+        rows = rank_from_episodes(episodes, settings, cost_model, mean_len)
+        say(f"[tune-static] T = {temperature:g}: {len(settings)} settings ranked on {episodes.cycles} recorded cycles")
+    else:
+        answers, replays = _replay_all(target, drafter, prompts, settings, calls_list, topk_list, max_new_tokens,
+                                       eos_token_id, progress, say)
+        mean_len = float(np.mean([p.shape[1] + a.shape[1] / 2 for p, a in zip(prompts, answers)]))
+        rows = rank_settings(replays, settings, cost_model, mean_len)
+    t_rank = time.perf_counter() - t_start
+    timed = pick_distinct(rows, top)
+    say(f"[tune-static] model's top {len(timed)}: " + "; ".join(
+        f"{r.setting} tau {r.tau:.2f} pred {r.predicted_tokens_per_s:.1f} tok/s" for r in timed))
+    meas = time_settings(target, drafter, prompts[:n_time], answers[:n_time] if answers else None,
+                         [r.setting for r in timed], max_new_tokens, eos_token_id, repeats=repeats, warmup=warmup,
+                         progress=progress, temperature=temperature, seed=seed)
+    for r in timed:
+        r.measured = meas[str(r.setting)]
+        if not sampled:  # the replay must reproduce the real decoder's cycles (greedy: deterministic)
+            r.measured["replay_cycles"] = sum(simulate(rep, r.setting.max_draft_calls, r.setting.verify_budget)[0]
+                                              for rep in replays[r.setting.tree_topk][:n_time])
+    eligible = timed if sampled else [r for r in timed if r.measured["exact"]]
+    if not eligible:
+        raise RuntimeError("no timed setting reproduced the target's greedy output; refusing to pick one")
+    best = max(eligible, key=lambda r: r.measured["tokens_per_s_mean"])
+    for r in timed:
+        r.measured["vs_best"] = paired_speed_ratio(r.measured["answer_tokens_per_s"],
+                                                   best.measured["answer_tokens_per_s"])
+    rivals = [r for r in eligible if r is not best]
+    separated = all(r.measured["vs_best"]["ci95"][1] < 1.0 for r in rivals) if rivals else None
+    chosen = (f"highest measured tokens/s at temperature {temperature:g} among the cost model's top {len(timed)}"
+              if sampled else f"highest measured tokens/s among the cost model's top {len(timed)} (exact outputs only)")
+    return {
+        **best.setting.as_dict(),
+        "schema": SCHEMA,
+        "temperature": float(temperature),
+        "chosen_by": chosen,
+        "separated": separated,  # every other eligible timed tree's 95% interval vs the pick lies below 1 (None: no rival)
+        "best": best.as_dict(),
+        "ar": meas["ar"],
+        "timed": [r.as_dict() for r in timed],
+        "table": [r.as_dict() for r in rows],
+        "search": {"calls": sorted(calls_list), "tree_topk": sorted(topk_list), "verify_budget": sorted(budget_list),
+                   "prompts": len(prompts), "time_prompts": n_time, "max_new_tokens": max_new_tokens,
+                   "repeats": repeats, "warmup": warmup, "mean_prefix_len": mean_len, "temperature": float(temperature),
+                   "ranked_on": "episodes" if sampled else "greedy replay",
+                   "rank_seconds": t_rank, "seconds": time.perf_counter() - t_start,
+                   "threads": torch.get_num_threads(), "calibration": cost_model.name,
+                   "calibration_machine": cost_model.machine},
+    }
+
+
+def _check_episodes(episodes, temperature: float) -> None:
+    if episodes is None:
+        raise ValueError(f"temperature {temperature:g} needs episodes recorded at that temperature (`radar collect "
+                         f"--temperature {temperature:g}`): greedy replays say nothing about sampled acceptance")
+    temps = sorted({float(t) for t in episodes["temperature"].tolist()})
+    if temps != [float(temperature)]:
+        raise ValueError(f"the episodes were recorded at temperature(s) {temps}, not {float(temperature):g}")
+
+
+def _replay_all(target, drafter, prompts, settings, calls_list, topk_list, max_new_tokens, eos_token_id, progress,
+                say):
+    """The target's greedy answers and their replays {W: [Replay]} at max(calls_list) draft calls."""
     v_grid = sorted({s.verify_budget for s in settings})
     K = max(calls_list)
     answers = greedy_answers(target, prompts, max_new_tokens, eos_token_id)
@@ -354,46 +470,7 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
                 bar.update(1)
     if bar is not None:
         bar.close()
-    t_replay = time.perf_counter() - t_start
-    mean_len = float(np.mean([p.shape[1] + a.shape[1] / 2 for p, a in zip(prompts, answers)]))
-    rows = rank_settings(replays, settings, cost_model, mean_len)
-    timed = pick_distinct(rows, top)
-    n_time = len(prompts) if time_prompts is None else max(1, min(time_prompts, len(prompts)))
-    say(f"[tune-static] model's top {len(timed)}: " + "; ".join(
-        f"{r.setting} tau {r.tau:.2f} pred {r.predicted_tokens_per_s:.1f} tok/s" for r in timed))
-    meas = time_settings(target, drafter, prompts[:n_time], answers[:n_time], [r.setting for r in timed],
-                         max_new_tokens, eos_token_id, repeats=repeats, warmup=warmup, progress=progress)
-    for r in timed:
-        r.measured = meas[str(r.setting)]
-        # the replay must reproduce the real decoder's cycles (greedy: deterministic)
-        replay_cycles = sum(simulate(rep, r.setting.max_draft_calls, r.setting.verify_budget)[0]
-                            for rep in replays[r.setting.tree_topk][:n_time])
-        r.measured["replay_cycles"] = replay_cycles
-    exact = [r for r in timed if r.measured["exact"]]
-    if not exact:
-        raise RuntimeError("no timed setting reproduced the target's greedy output; refusing to pick one")
-    best = max(exact, key=lambda r: r.measured["tokens_per_s_mean"])
-    for r in timed:
-        r.measured["vs_best"] = paired_speed_ratio(r.measured["answer_tokens_per_s"],
-                                                   best.measured["answer_tokens_per_s"])
-    rivals = [r for r in exact if r is not best]
-    separated = all(r.measured["vs_best"]["ci95"][1] < 1.0 for r in rivals) if rivals else None
-    return {
-        **best.setting.as_dict(),
-        "schema": SCHEMA,
-        "chosen_by": f"highest measured tokens/s among the cost model's top {len(timed)} (exact outputs only)",
-        "separated": separated,  # every other exact timed tree's 95% interval vs the pick lies below 1 (None: no rival)
-        "best": best.as_dict(),
-        "ar": meas["ar"],
-        "timed": [r.as_dict() for r in timed],
-        "table": [r.as_dict() for r in rows],
-        "search": {"calls": sorted(calls_list), "tree_topk": sorted(topk_list), "verify_budget": sorted(budget_list),
-                   "prompts": len(prompts), "time_prompts": n_time, "max_new_tokens": max_new_tokens,
-                   "repeats": repeats, "warmup": warmup, "mean_prefix_len": mean_len,
-                   "replay_seconds": t_replay, "seconds": time.perf_counter() - t_start,
-                   "threads": torch.get_num_threads(), "calibration": cost_model.name,
-                   "calibration_machine": cost_model.machine},
-    }
+    return answers, replays
 
 
 def format_rows(rows: list, n: int = 15) -> str:
@@ -405,7 +482,7 @@ def format_rows(rows: list, n: int = 15) -> str:
         lines.append((str(r["max_draft_calls"]), str(r["tree_topk"]), str(r["verify_budget"]), f"{r['tau']:.2f}",
                       f"{r['predicted_tokens_per_s']:.1f}", f"{r['predicted_speedup']:.2f}",
                       f"{m['tokens_per_s_mean']:.1f}" if m else "-", f"{m['speedup_mean']:.2f}" if m else "-",
-                      _vs_best(m.get("vs_best")), ("yes" if m["exact"] else "NO") if m else "-"))
+                      _vs_best(m.get("vs_best")), {True: "yes", False: "NO"}.get(m.get("exact"), "-")))
     w = [max(len(x[i]) for x in lines) for i in range(len(head))]
     out = ["  ".join(s.rjust(k) for s, k in zip(x, w)) for x in lines]
     out.insert(1, "  ".join("-" * k for k in w))

@@ -2,8 +2,9 @@
 on ShareGPT prompts, greedy: every setting's exact tau from one replay of the target's greedy
 answers, a predicted tokens/s from the calibrated CostModel (`radar calibrate` first), then the
 model's top few decoded for real, paired against the target's greedy generate and checked
-token-identical. Writes static_tree.json (read by `radar bench --methods static-gs` and `radar demo`).
-Never uses the dev benchmark questions."""
+token-identical. With --temperature T > 0 the tau comes from `radar collect` episodes recorded at T
+(--episodes) and the timing samples at T. Writes static_tree.json (read by `radar bench --methods
+static-gs` and `radar demo`). Never uses the dev benchmark questions."""
 from __future__ import annotations
 
 import json
@@ -33,11 +34,16 @@ def add_arguments(p) -> None:
     p.add_argument("--top", type=int, default=3, help="settings of the model's ranking timed for real (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds over the prompts (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="prompt sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="prompt sampling seed (and, above --temperature 0, the draws')")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (use the calibration's)")
     p.add_argument("--out", default=None, help="write static_tree.json here (default: <cache>/tune_static/static_tree.json)")
     p.add_argument("--install", action="store_true",
                    help="also write static_tree.json beside the head (the shipped one without --head)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="tune for sampling at this temperature (default 0: greedy). Above 0 the ranking reads "
+                        "--episodes recorded at it and the timing samples (no exactness check)")
+    p.add_argument("--episodes", nargs="+", default=None,
+                   help="`radar collect` directories recorded at --temperature (needed above 0; they fix tree_topk)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -56,6 +62,13 @@ def check_args(args) -> dict:
                         ("--threads", args.threads, 1)):
         if v is not None and v < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.temperature > 0 and not args.episodes:
+        raise ValueError(f"--temperature {args.temperature:g} needs --episodes recorded at that temperature "
+                         "(radar collect --temperature ...): greedy replays say nothing about sampled acceptance")
+    if args.temperature == 0 and args.episodes:
+        raise ValueError("--episodes is read only above --temperature 0 (greedy ranks on exact replays)")
     if args.time_prompts > args.prompts:
         raise ValueError(f"--time-prompts must be <= --prompts ({args.prompts}), got {args.time_prompts}")
     return out
@@ -121,14 +134,25 @@ def run(args) -> int:
     eos = getattr(target.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tok.eos_token_id
-    result = tune_static(target, drafter, cost_model, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
-                         top=args.top, time_prompts=args.time_prompts, repeats=args.repeats, warmup=args.warmup,
-                         progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr), **grid)
+    episodes = None
+    if args.episodes:
+        from radar_ext.training.episodes import load_episodes
+        try:
+            episodes = load_episodes(args.episodes, "all")
+        except (OSError, ValueError) as e:
+            return _fail(f"--episodes: {e}")
+    try:
+        result = tune_static(target, drafter, cost_model, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
+                             top=args.top, time_prompts=args.time_prompts, repeats=args.repeats, warmup=args.warmup,
+                             progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
+                             temperature=args.temperature, episodes=episodes, seed=args.seed, **grid)
+    except ValueError as e:  # the grid against the episodes (tree_topk, depth, budgets)
+        return _fail(str(e))
     result["search"].update(prompt_source=f"ShareGPT first user turns ({args.prompt_split} split), chat template",
                             calibration_file=str(cal_path), head=str(head), seed=args.seed)
     print("model ranking (top 15):")
     print(format_rows(result["table"]))
-    print("\ntimed (paired vs ar, mean over repeats):")
+    print(f"\ntimed (paired vs ar, mean over repeats{', T = %g' % args.temperature if args.temperature else ''}):")
     print(format_rows(result["timed"]))
     ar = result["ar"]
     print(f"ar: {ar['tokens_per_s_mean']:.1f} tok/s | best: max_draft_calls={result['max_draft_calls']} "
@@ -136,7 +160,7 @@ def run(args) -> int:
     best = result["best"]["measured"]
     if result["separated"] is False:
         key = ("max_draft_calls", "tree_topk", "verify_budget")
-        tied = [r for r in result["timed"] if r["measured"]["exact"] and r["measured"]["vs_best"]["ci95"][1] >= 1.0
+        tied = [r for r in result["timed"] if r["measured"]["exact"] is not False and r["measured"]["vs_best"]["ci95"][1] >= 1.0
                 and [r[k] for k in key] != [result[k] for k in key]]
         print("[tune-static] note: the pick is not separated from " + ", ".join(
               f"{r['max_draft_calls']}/{r['tree_topk']}/{r['verify_budget']} ({r['measured']['vs_best']['ratio']:.3f}x "

@@ -419,9 +419,13 @@ def load_episodes(path, split: str) -> Episodes:
     """Load the `train` or `val` shards of a `radar collect` directory, or of several (a list of
     directories, e.g. the T=0 and T=1 collections of one head): their cycles are concatenated and
     their W, N, budgets and pool_topk must agree; meta["temperature"] becomes the list of theirs.
-    Besides the stored fields, `temperature` [C] float32 is every cycle's collection temperature."""
+    Besides the stored fields, `temperature` [C] float32 is every cycle's collection temperature.
+    split "all": the train cycles, then the validation ones (for scoring, not for training)."""
+    if split == "all":
+        tr, va = load_episodes(path, "train"), load_episodes(path, "val")
+        return Episodes(tr.meta, {k: torch.cat([tr[k], va[k]]) for k in TENSOR_KEYS + ("temperature",)})
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         raise ValueError("episodes: expected at least one `radar collect` directory, got none")
