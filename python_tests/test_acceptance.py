@@ -160,3 +160,27 @@ def test_wrong_rule_fails_the_same_test(small_model, monkeypatch):
     monkeypatch.setattr(acceptance, "sample_node", wrong_sample_node)
     tv, threshold = tv_of_decoder(small_model)
     assert tv > threshold, (tv, threshold)
+
+
+def test_draw_matches_the_distribution_and_never_a_zero():
+    """acceptance.draw (inverse CDF, the bonus and first-token draw): frequencies of 40k draws match p / sum(p)
+    within 4 standard errors, zero-mass tokens never come, the same generator seed gives the same draws, and a
+    uniform rounded up to the total still lands on a token with mass."""
+    from radar_ext.acceptance import draw
+    p = torch.tensor([0.0, 1.5, 0.0, 0.9, 0.6, 0.0, 3.0, 0.0])
+    g = torch.Generator().manual_seed(5)
+    n = 40000
+    counts = torch.bincount(torch.tensor([draw(p, g) for _ in range(n)]), minlength=p.numel()).double()
+    want = (p / p.sum()).double()
+    se = (want * (1 - want) / n).sqrt()
+    assert ((counts / n - want).abs() <= 4 * se + 1e-12).all(), (counts / n, want)
+    assert counts[p == 0].sum() == 0
+    a = [draw(p, torch.Generator().manual_seed(9)) for _ in range(3)]
+    assert a == [draw(p, torch.Generator().manual_seed(9)) for _ in range(3)]
+    real_rand = torch.rand
+    try:  # u * total == total: searchsorted runs past the end; the last token with mass is taken
+        torch.rand = lambda *a, **k: real_rand(*a, **k) * 0 + 1.0
+        assert draw(p) == 6
+        assert draw(torch.tensor([0.0, 2.0, 0.0])) == 1
+    finally:
+        torch.rand = real_rand

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radar_ext import kv_cache
-from radar_ext.acceptance import Acceptance, greedy_accept, sample_accept, target_probs
+from radar_ext.acceptance import Acceptance, draw, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.generation_args import GenerationSettings, resolve as resolve_generation_args
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
@@ -236,8 +236,8 @@ class RadarDecoder:
         """The token after the prompt from the prefill logits [B, V]."""
         if not cfg.do_sample:
             return logits.argmax(-1)
-        probs = target_probs(logits, cfg.sampling)
-        return torch.multinomial(probs, 1, generator=generator).view(-1)
+        probs = target_probs(logits, cfg.sampling)                                # [B, V]
+        return torch.tensor([draw(row, generator) for row in probs], device=logits.device)
 
     @staticmethod
     def _hit_eos(out, cfg) -> bool:
