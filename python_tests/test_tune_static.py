@@ -166,6 +166,8 @@ def test_tune_static_end_to_end(tiny, tmp_path):
         assert v["answers"] == 1 == len(t["measured"]["answer_tokens_per_s"])
         assert v["ratio"] <= 1.0 + 1e-12                          # the pick has the highest mean
     assert res["separated"] is False                               # one timed answer cannot separate them
+    assert [{k: t[k] for k in best} for t in res["not_separated_from"]] == \
+        [{k: t[k] for k in best} for t in res["timed"] if {k: t[k] for k in best} != best]
     path = tmp_path / "static_tree.json"
     path.write_text(json.dumps(res, default=str))
     assert {k: read_static_gs(path)[k] for k in best} == best

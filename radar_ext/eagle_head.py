@@ -95,16 +95,13 @@ class EagleConfig:
         linear / llama3 / yarn: Llama 3.1 heads use llama3); dynamic and longrope, which change with the
         sequence length at run time, are refused."""
         for key in ("rope_scaling", "rope_parameters"):
-            rs = self.extra.get(key)
-            if not rs:
+            scaling = _scaling_of(self.extra.get(key))
+            if scaling is None:
                 continue
-            kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
-            if kind in (None, "default"):
-                continue
-            if kind not in SUPPORTED_ROPE_SCALING:
-                raise ValueError(f"EAGLE head config: {key} type {kind!r} is not supported "
+            if scaling["rope_type"] not in SUPPORTED_ROPE_SCALING:
+                raise ValueError(f"EAGLE head config: {key} type {scaling['rope_type']!r} is not supported "
                                  f"(supported: {list(SUPPORTED_ROPE_SCALING)})")
-            return {k: v for k, v in rs.items() if k not in ("type", "rope_theta")} | {"rope_type": kind}
+            return scaling
         return None
 
     @classmethod
@@ -115,11 +112,9 @@ class EagleConfig:
         if rope_theta is None:
             rope_theta = (getattr(tc, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         L = tc.num_hidden_layers
-        rp = getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None) or {}
-        scaling = rp.get("rope_type", rp.get("type")) if isinstance(rp, dict) else None
-        if scaling not in (None, "default"):  # the head rotates as its target does (Llama 3.1: llama3)
-            overrides.setdefault("extra", {}).setdefault(
-                "rope_scaling", {k: v for k, v in rp.items() if k not in ("type", "rope_theta")} | {"rope_type": scaling})
+        scaling = _scaling_of(getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None))
+        if scaling is not None:  # the head rotates as its target does (Llama 3.1: llama3)
+            overrides.setdefault("extra", {}).setdefault("rope_scaling", scaling)
         d = dict(hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
                  num_attention_heads=tc.num_attention_heads,
                  num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
@@ -154,6 +149,18 @@ class RMSNorm(nn.Module):
 
 
 SUPPORTED_ROPE_SCALING = ("linear", "llama3", "yarn")
+
+
+def _scaling_of(rs) -> dict | None:
+    """A `rope_scaling` / `rope_parameters` value -> its scaling parameters with the kind under
+    "rope_type" (the theta and the legacy "type" key dropped), None for plain RoPE."""
+    if not rs:
+        return None
+    kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
+    if kind in (None, "default"):
+        return None
+    params = rs if isinstance(rs, dict) else {}
+    return {k: v for k, v in params.items() if k not in ("type", "rope_theta")} | {"rope_type": kind}
 
 
 def rope_frequencies(cfg: EagleConfig) -> tuple[torch.Tensor, float]:

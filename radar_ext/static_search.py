@@ -276,6 +276,7 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
     `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare). Returns {name:
     {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}; names are
     "ar" and str(StaticSetting)."""
+    from radar_ext.benchmark.methods import sampling_kwargs
     from radar_ext.decoder import RadarDecoder
     from radar_ext.policies import StaticPolicy
 
@@ -284,8 +285,7 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
     names = ["ar"] + list(decoders)
     pad = _pad(eos_token_id)
 
-    sampling = (dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0
-                else dict(do_sample=False))
+    sampling = sampling_kwargs(temperature)  # the same plain sampling as `radar bench`
 
     def run(name, ids, draw=0):
         t0 = time.perf_counter()
@@ -417,7 +417,7 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
         r.measured["vs_best"] = paired_speed_ratio(r.measured["answer_tokens_per_s"],
                                                    best.measured["answer_tokens_per_s"])
     rivals = [r for r in eligible if r is not best]
-    separated = all(r.measured["vs_best"]["ci95"][1] < 1.0 for r in rivals) if rivals else None
+    tied = [r.as_dict() for r in rivals if not r.measured["vs_best"]["ci95"][1] < 1.0]
     chosen = (f"highest measured tokens/s at temperature {temperature:g} among the cost model's top {len(timed)}"
               if sampled else f"highest measured tokens/s among the cost model's top {len(timed)} (exact outputs only)")
     return {
@@ -425,7 +425,8 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
         "schema": SCHEMA,
         "temperature": float(temperature),
         "chosen_by": chosen,
-        "separated": separated,  # every other eligible timed tree's 95% interval vs the pick lies below 1 (None: no rival)
+        "separated": not tied if rivals else None,  # every other eligible timed tree's 95% interval vs the pick lies below 1 (None: no rival)
+        "not_separated_from": tied,  # the eligible timed trees whose interval vs the pick reaches 1
         "best": best.as_dict(),
         "ar": meas["ar"],
         "timed": [r.as_dict() for r in timed],

@@ -84,7 +84,7 @@ def _import(module: str, name: str, method: str):
                                 f"this version ({type(e).__name__}: {e})") from None
 
 
-def _sampling_kwargs(temperature: float) -> dict:
+def sampling_kwargs(temperature: float) -> dict:
     # Plain temperature sampling for every method: top_k=0 and top_p=1.0 switch HF's filters off
     # (its default top_k is 50), so all methods sample from the same distribution.
     if temperature > 0:
@@ -114,7 +114,7 @@ class HFGenerate:
     def generate(self, input_ids, max_new_tokens, temperature, generator=None):
         import copy
         cfg = copy.deepcopy(self._base)
-        cfg.update(max_new_tokens=max_new_tokens, **_sampling_kwargs(temperature))
+        cfg.update(max_new_tokens=max_new_tokens, **sampling_kwargs(temperature))
         # HF generate has no generator argument: the runner seeds torch's global RNG before the call.
         import torch
         mask = torch.ones_like(input_ids)
@@ -156,7 +156,7 @@ class _DecoderMethod:
 
     def generate(self, input_ids, max_new_tokens, temperature, generator=None):
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.ctx.eos_token_id,
-                  **_sampling_kwargs(temperature))
+                  **sampling_kwargs(temperature))
         if self._takes_generator and generator is not None:
             kw["generator"] = generator
         return self.decoder.generate(input_ids, **kw)

@@ -159,12 +159,10 @@ def run(args) -> int:
           f"tree_topk={result['tree_topk']} verify_budget={result['verify_budget']}")
     best = result["best"]["measured"]
     if result["separated"] is False:
-        key = ("max_draft_calls", "tree_topk", "verify_budget")
-        tied = [r for r in result["timed"] if r["measured"]["exact"] is not False and r["measured"]["vs_best"]["ci95"][1] >= 1.0
-                and [r[k] for k in key] != [result[k] for k in key]]
         print("[tune-static] note: the pick is not separated from " + ", ".join(
               f"{r['max_draft_calls']}/{r['tree_topk']}/{r['verify_budget']} ({r['measured']['vs_best']['ratio']:.3f}x "
-              f"[{r['measured']['vs_best']['ci95'][0]:.3f}-{r['measured']['vs_best']['ci95'][1]:.3f}])" for r in tied)
+              f"[{r['measured']['vs_best']['ci95'][0]:.3f}-{r['measured']['vs_best']['ci95'][1]:.3f}])"
+              for r in result["not_separated_from"])
               + f" at this timing budget ({best['answers']} timed answers); more --time-prompts or --repeats "
               "would tell them apart", file=sys.stderr)
     if best["speedup_mean"] < 1.0:
