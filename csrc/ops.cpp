@@ -202,7 +202,9 @@ at::Tensor linear_ieee(const at::Tensor& x, const at::Tensor& w, const c10::opti
 
 at::Tensor dequantize_blocks(const at::Tensor& q_in, const at::Tensor& d, const c10::optional<at::Tensor>& m) {
   // reference.dequantize_blocks: GGUF's formula, d * q exact in float32, one rounding per weight.
-  const at::Tensor q = q_in.contiguous();  // (the views below need q's rows dense)
+  // Any strides work (the views below only split a dim, then reshape copies if it must); a strided q
+  // (a slice, a transpose) is made dense once, so a GPU reads it coalesced.
+  const at::Tensor q = q_in.contiguous();
   const int64_t N = q.size(0);
   if (m.has_value()) {
     const int64_t K = 2 * q.size(1);

@@ -160,7 +160,7 @@ def dequantize_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None =
     low nibble, 32b + 16 + j in the high one): d * q + m; Q8_0 (m None, q int8 [N, K]): d * q. d * q is
     exact in float32, so each weight is rounded once."""
     N = q.shape[0]
-    q = q.contiguous()  # (the views below need dense rows; q may be a slice or a transpose)
+    q = q.contiguous()  # (any strides work: the views below only split a dim; dense rows read faster)
     if m is None:
         K = q.shape[1]
         return (q.float().view(N, K // 32, 32) * d.unsqueeze(2)).reshape(N, K)
