@@ -78,3 +78,29 @@ def test_nvcc_archs_of_the_installed_nvcc(setup_py):
     archs = setup_py.nvcc_archs(home)
     assert archs and (9, 0) in archs
     assert setup_py.nvcc_archs("/nonexistent") is None
+
+
+def test_cuda_torch_without_nvcc_builds_cpu_only_and_says_so(setup_py, monkeypatch, capsys):
+    monkeypatch.delenv("RADAR_EXT_CUDA", raising=False)
+    monkeypatch.setattr(setup_py, "find_nvcc", lambda: None)
+    monkeypatch.setattr(setup_py.torch.version, "cuda", "13.0")
+    assert setup_py.want_cuda() is None
+    out = capsys.readouterr().out
+    assert "nvcc was not found" in out and "reference" in out
+
+
+def test_no_arch_left_builds_cpu_only(setup_py, monkeypatch, capsys):
+    monkeypatch.delenv("RADAR_EXT_CUDA", raising=False)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(setup_py, "find_nvcc", lambda: "/usr/local/cuda")
+    monkeypatch.setattr(setup_py.torch.version, "cuda", "13.0")
+    monkeypatch.setattr(setup_py, "visible_capabilities", lambda: [(7, 0)])
+    monkeypatch.setattr(setup_py, "nvcc_archs", lambda home: NVCC_13)
+    assert setup_py.want_cuda() is None
+    assert "building CPU-only" in capsys.readouterr().out
+    monkeypatch.setenv("RADAR_EXT_CUDA", "1")
+    with pytest.raises(SystemExit, match="can target none"):
+        setup_py.want_cuda()
+    monkeypatch.setattr(setup_py, "visible_capabilities", lambda: [(9, 0)])
+    monkeypatch.setattr(setup_py.os, "environ", dict(setup_py.os.environ))  # want_cuda sets CUDA_HOME and the list
+    assert setup_py.want_cuda() == "9.0+PTX"
