@@ -89,9 +89,10 @@ def arch_token(archs):
     out = []
     for entry in archs.split(";"):
         parsed = _parse_arch(entry)
-        if parsed is not None:  # (a named arch cannot be checked against a GPU: ops.py then trusts the build)
-            (major, minor), ptx = parsed
-            out.append(f"{major}{minor}{'PTX' if ptx else ''}")
+        if parsed is None:  # a named arch ('Ampere') or '9.0a': "0", unknown, and ops.py trusts the build
+            return "0"
+        (major, minor), ptx = parsed
+        out.append(f"{major}{minor}{'PTX' if ptx else ''}")
     return "_".join(out) or "0"
 
 

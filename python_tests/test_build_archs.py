@@ -66,9 +66,10 @@ def test_unknown_nvcc_keeps_everything(setup_py):
 
 def test_arch_token_matches_ops_parser(setup_py):
     from radar_ext import ops
-    token = setup_py.arch_token("7.5+PTX;8.0;10.0;9.0a;Ampere")
+    token = setup_py.arch_token("7.5+PTX;8.0;10.0")
     assert token == "75PTX_80_100"
     assert ops.parse_cuda_archs(token) == [((7, 5), True), ((8, 0), False), ((10, 0), False)]
+    assert setup_py.arch_token("9.0;Ampere") == "0" and ops.parse_cuda_archs("0") is None  # unknown: trusted
 
 
 def test_nvcc_archs_of_the_installed_nvcc(setup_py):

@@ -6,8 +6,10 @@
 // ranks_before, NaN included, so the same ids), then the double sum of exp((x - max) / T) in the
 // CPU's order (kSumLanes threads, one per lane, then the lanes in order: the same bits, see
 // kernels/topk_expand.h); then one thread per batch element selects the next beams.
-// Built with --fmad=false (setup.py): the shared header arithmetic is not contracted into FMAs,
-// so every float operation rounds as on the host. policy_step: one block per row, its threads over each phase's elements.
+// The sum's 16 lanes each add Vd/16 terms in sequence (~2k for a 32k vocabulary), the price of the
+// CPU's bits; the W arg-best rounds before it read the row W times. Built with --fmad=false
+// (setup.py): the shared header arithmetic is not contracted into FMAs, so every float operation
+// rounds as on the host. policy_step: one block per row, its threads over each phase's elements.
 // build_tree: one thread per tree validates; one block per tree, a thread per node for mask/depth,
 // thread 0 for the leaves and paths.
 #include <cuda_runtime.h>
