@@ -78,6 +78,31 @@ def test_replay_reproduces_the_decoder(tiny):
     assert some_accepted
 
 
+def test_replay_copies_to_the_host_before_numpy(tiny, monkeypatch):
+    """A GPU tensor has no .numpy(): every host array replay_answer makes must come from .cpu(). Emulated
+    here: .numpy() refuses any tensor that was not just returned by .cpu()."""
+    target, drafter, prompts = tiny
+    answer = greedy_answers(target, prompts[:1], 6, None)[0]
+    want = replay_answer(target, drafter, prompts[0], answer, 2, 2, [1, 3])
+    real_cpu, real_numpy = torch.Tensor.cpu, torch.Tensor.numpy
+
+    def cpu(self, *args, **kwargs):
+        out = real_cpu(self, *args, **kwargs).view_as(self)   # a fresh tensor object, to tag
+        out._host_copy = True
+        return out
+
+    def numpy(self, *args, **kwargs):
+        if not getattr(self, "_host_copy", False):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
+        return real_numpy(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    monkeypatch.setattr(torch.Tensor, "numpy", numpy)
+    got = replay_answer(target, drafter, prompts[0], answer, 2, 2, [1, 3])
+    assert np.array_equal(got.accepted, want.accepted)
+
+
 def synthetic_replay(per_depth: int, v_grid) -> Replay:
     """An answer of 41 tokens on which any tree of depth >= d with V >= d * per_depth accepts d."""
     K = 4

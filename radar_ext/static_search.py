@@ -145,8 +145,9 @@ def replay_answer(target, drafter, prompt_ids, answer_ids, tree_topk: int, max_c
                            verify_budget=pool_size(tree_topk, max_calls), policy=policy, costs=CostInfo())
         tree = drafter.draft(req)
         C = tree.tokens.shape[1] - 1
-        acc[t] = accepted_lengths(tree.tokens[0, 1:].numpy(), (tree.parents[0, 1:] - 1).numpy(),
-                                  policy.pool_scores[0, :C].float().numpy(), y[t + 1:t + 1 + max_calls],
+        # host copies (.cpu() first: the tree lives on the target's device, a GPU's tensors have no .numpy())
+        acc[t] = accepted_lengths(tree.tokens[0, 1:].cpu().numpy(), (tree.parents[0, 1:] - 1).cpu().numpy(),
+                                  policy.pool_scores[0, :C].float().cpu().numpy(), y[t + 1:t + 1 + max_calls],
                                   tree_topk, max_calls, v_grid)
         drafter.commit(answer_ids[:, t + 1:t + 2], 1, feats[:, P + t:P + t + 1] if feats is not None else None)
     return Replay(tree_topk, P, N, list(v_grid), acc)
