@@ -426,3 +426,27 @@ def test_bench_heads_arguments_and_paired_interval(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mod.main(["--heads", str(head), str(head), "--questions", "humaneval", "--tree", "8,10"])
     assert "--tree must be three ints >= 1 'CALLS,W,V'" in capsys.readouterr().err
+
+
+def test_report_markdown_tables(tmp_path, capsys):
+    md = load_bench_script("report_markdown")
+    recs = []
+    for rep in (0, 1):
+        for q, cat in ((1, "x"), (2, "y")):
+            recs += [_rec("ar", rep, q, cat, 1.0), _rec("ar-fast", rep, q, cat, 0.5),
+                     _rec("static-gs", rep, q, cat, 0.4, exact=True, accepted_hist=[2, 2], cycles=4),
+                     _rec("ltd", rep, q, cat, 0.25, exact=q == 1, policy_seconds=0.01, accepted_hist=[0, 4], cycles=4,
+                          draft_calls=8.0, verify_tokens=12.0)]
+    names = ["ar", "ar-fast", "static-gs", "ltd"]
+    report = build_report(aggregate(recs, names), {"temperature": 0.0, "max_new_tokens": 10, "repeats": 2},
+                          {"cpu": "test cpu", "torch_threads": 2}, recs)
+    path = tmp_path / "r.json"
+    write_json(report, path)
+    assert md.main([str(path), "--categories"]) == 0
+    out = capsys.readouterr().out
+    assert "| ltd | 40.0 [40.0-40.0] | 4.00x [4.00-4.00] | 2.00x [2.00-2.00] | 2.00 | 2.00 | 3.0 | 4.0% | 2/4 |" in out
+    assert "**y**" in out and "best opponent by overall tokens/s: `static-gs`" in out
+    assert "- ltd: vs static-gs 1.600 [1.600-1.600]" in out
+    (tmp_path / "bad.json").write_text("[]")
+    assert md.main([str(tmp_path / "bad.json")]) == 2
+    assert "is not a `radar bench` report" in capsys.readouterr().err
