@@ -158,8 +158,9 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
     criteria = target._get_stopping_criteria(generation_config=gc, stopping_criteria=user_criteria,
                                              tokenizer=objects["tokenizer"])
     max_new = gc.max_length - P
-    extra_criteria = []
-    from transformers.generation import EosTokenCriteria, MaxLengthCriteria
+    from transformers.generation import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
+
+    extra_criteria = StoppingCriteriaList()
     for c in criteria:
         # a user MaxLengthCriteria / EosTokenCriteria replaces generate's own (HF's merge): use its values
         if isinstance(c, MaxLengthCriteria):
