@@ -42,6 +42,8 @@ class BenchOptions:
     ngram_budget: int = 15               # verify_budget of `ngram`: 16 tree tokens stay in the flat part
                                          # of a CPU target forward's cost (2..16 tokens cost about the same)
     pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
+    generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
+                                         # and ours (`radar bench --generate-kwargs`, e.g. repetition_penalty)
 
 
 @dataclass
@@ -107,6 +109,9 @@ class HFGenerate:
         self.ctx = ctx
         self._base = GenerationConfig(eos_token_id=ctx.eos_token_id, pad_token_id=ctx.pad_token_id,
                                       **self._extra(ctx))
+        unused = self._base.update(**ctx.options.generate_kwargs)
+        if unused:
+            raise ValueError(f"--generate-kwargs: {sorted(unused)} are not HF generation config fields")
 
     def _extra(self, ctx) -> dict:
         return {}
@@ -156,7 +161,7 @@ class _DecoderMethod:
 
     def generate(self, input_ids, max_new_tokens, temperature, generator=None):
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.ctx.eos_token_id,
-                  **sampling_kwargs(temperature))
+                  **sampling_kwargs(temperature), **self.ctx.options.generate_kwargs)
         if self._takes_generator and generator is not None:
             kw["generator"] = generator
         return self.decoder.generate(input_ids, **kw)
