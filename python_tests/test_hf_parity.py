@@ -16,7 +16,7 @@ from test_acceptance import VOCAB as SMALL_VOCAB
 from test_decoder import VOCAB, make_drafter, prompts, tiny_llama
 from transformers import GenerationConfig
 from transformers.generation import (EosTokenCriteria, GenerateDecoderOnlyOutput, LogitsProcessor,
-                                     MaxLengthCriteria, StoppingCriteria, StoppingCriteriaList)
+                                     MaxLengthCriteria, StoppingCriteria, StoppingCriteriaList, TopKLogitsWarper)
 
 from radar_ext import RadarDecoder, StaticPolicy
 from radar_ext.drafters import Drafter
@@ -358,7 +358,8 @@ def test_renormalize_and_remove_invalid_values_scores(model):
 
 WARPER_CASES = [dict(temperature=0.7), dict(top_k=10), dict(top_p=0.8), dict(min_p=0.1), dict(typical_p=0.8),
                 dict(epsilon_cutoff=0.02), dict(eta_cutoff=0.02), dict(top_k=0, temperature=1.4, top_p=0.9),
-                dict(repetition_penalty=1.5, no_repeat_ngram_size=2, temperature=0.9)]
+                dict(repetition_penalty=1.5, no_repeat_ngram_size=2, temperature=0.9),
+                dict(logits_processor=[TopKLogitsWarper(5)], top_k=20)]  # a user warper runs besides generate's
 
 
 @pytest.mark.parametrize("kw", WARPER_CASES, ids=lambda kw: "+".join(kw))
@@ -451,3 +452,36 @@ def test_object_argument_errors(model):
         dec.generate(ids, max_new_tokens=3, stopping_criteria=[3])
     with pytest.raises(TypeError, match="prefix_allowed_tokens_fn must be callable"):
         dec.generate(ids, max_new_tokens=3, prefix_allowed_tokens_fn=[1, 2])
+
+
+def test_no_processor_no_walk(model, monkeypatch):
+    """Plain greedy, and sampling with only temperature / top_k / top_p, keep the vectorised acceptance
+    (no per-node processing); a user processor list, another warper or score outputs take the walk."""
+    import radar_ext.processors as processors
+
+    calls = []
+    real = processors.walk_accept
+    monkeypatch.setattr(processors, "walk_accept", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids = prompts()[1]
+    g = torch.Generator().manual_seed(0)
+    dec = RadarDecoder(model, ScriptedDrafter(free_answer(model, ids)), StaticPolicy(1), verify_budget=10)
+    dec.generate(ids, max_new_tokens=N)
+    dec.generate(ids, max_new_tokens=N, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, generator=g)
+    dec.generate(ids, max_new_tokens=N, return_dict_in_generate=True)
+    assert calls == []
+    for kw in (dict(output_scores=True, return_dict_in_generate=True), dict(min_p=0.1, do_sample=True),
+               dict(do_sample=True, logits_processor=[PenaliseLast()]), dict(repetition_penalty=1.1)):
+        dec.generate(ids, max_new_tokens=N, generator=g, **kw)
+        assert calls, kw
+        calls.clear()
+
+
+def test_user_warper_is_not_dropped_by_the_fast_sampling_path(model):
+    """A user TopKLogitsWarper(1) makes sampling deterministic in HF (it runs besides generate's own
+    warpers); RadarDecoder must run it too, without score outputs (the path a user takes)."""
+    ids = prompts()[2]
+    kw = dict(max_new_tokens=N, do_sample=True, temperature=1.5, logits_processor=[TopKLogitsWarper(1)])
+    want = hf(model, ids, pad_token_id=0, **kw)
+    assert torch.equal(want, hf(model, ids, pad_token_id=0, max_new_tokens=N))  # top-1: the greedy answer
+    for _, dec in decoders(model, script=want[0, ids.shape[1]:].tolist()):
+        assert torch.equal(dec.generate(ids, generator=torch.Generator().manual_seed(1), **kw), want)

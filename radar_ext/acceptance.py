@@ -8,6 +8,10 @@ probability p(x) of the (renormalised) warped target distribution (the draft is 
 deterministic); on rejection set p(x) = 0 and renormalise; when every child is rejected, the bonus
 token is drawn from what is left of p. A tree node can then only be emitted with its target
 probability, so the output distribution equals the target's.
+
+walk_accept: the same two rules node by node, where each visited node's logits first go through a
+caller's function (HF's logits processors with that node's own prefix, radar_ext.processors); used
+when generate has processors beyond temperature / top-k / top-p, or returns per-token scores.
 """
 from __future__ import annotations
 

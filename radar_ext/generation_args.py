@@ -174,8 +174,8 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
                 eos_ids = tuple(int(e) for e in c.eos_token_id.reshape(-1).tolist())
         else:
             extra_criteria.append(c)
-    processing = Processing.build(given, processors, extra_criteria, do_sample, bool(gc.return_dict_in_generate),
-                                  bool(gc.output_scores), bool(gc.output_logits))
+    processing = Processing.build(given, processors, extra_criteria, do_sample, len(user_processors) > 0,
+                                  bool(gc.return_dict_in_generate), bool(gc.output_scores), bool(gc.output_logits))
     sampling = SamplingParams(float(gc.temperature), int(gc.top_k), float(gc.top_p)) if do_sample else SamplingParams()
     return GenerationSettings(max_new, do_sample, sampling, eos_ids, processing)
 

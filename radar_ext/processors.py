@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from radar_ext.acceptance import Acceptance, walk_accept
+from radar_ext.acceptance import Acceptance, draw, walk_accept
 
 # Processors the vectorised sampling path applies itself (acceptance.SamplingParams, HF's order).
 _FAST_WARPERS = ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper")
@@ -48,12 +48,13 @@ class Processing:
     logits: list = field(default_factory=list)  # [1, V] float32 raw logits, one per emitted token
 
     @classmethod
-    def build(cls, prompt, processors, criteria, do_sample: bool, return_dict: bool, output_scores: bool,
-              output_logits: bool) -> "Processing":
+    def build(cls, prompt, processors, criteria, do_sample: bool, user_processors: bool, return_dict: bool,
+              output_scores: bool, output_logits: bool) -> "Processing":
+        """user_processors: the call passed a logits_processor list (merged into `processors` by HF)."""
         output_scores, output_logits = return_dict and output_scores, return_dict and output_logits
-        names = {type(p).__name__ for p in processors}
-        fast = not processors or (do_sample and names <= set(_FAST_WARPERS)
-                                  and all(type(p).__module__.startswith("transformers.") for p in processors))
+        # the vectorised sampling path rebuilds exactly generate's own temperature / top-k / top-p warpers
+        fast = not processors or (do_sample and not user_processors
+                                  and all(type(p).__name__ in _FAST_WARPERS for p in processors))
         walk = not fast or output_scores or output_logits
         return cls(prompt, processors, criteria or None, walk, return_dict, output_scores, output_logits)
 
@@ -69,8 +70,6 @@ class Processing:
 
     def first_token(self, raw: torch.Tensor, do_sample: bool, generator) -> torch.Tensor:
         """The token after the prompt [1] from the prefill's last logits raw [1, V]."""
-        from radar_ext.acceptance import draw
-
         scores = self.node_scores(self.prompt, raw.float())
         if not do_sample:
             return scores.argmax(-1)
