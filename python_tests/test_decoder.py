@@ -185,7 +185,7 @@ def test_input_errors(models):
         dec.generate(ids, do_sample=True, top_k=-1)
     with pytest.raises(NotImplementedError, match="generation_config.num_beams = 4 is not supported"):
         dec.generate(ids, generation_config=GenerationConfig(num_beams=4))
-    with pytest.raises(NotImplementedError, match="generation_config.penalty_alpha = 0.6 is not supported.*contrastive"):
+    with pytest.raises(NotImplementedError, match="generation_config.penalty_alpha = 0.6 with top_k = 4 selects contrastive"):
         dec.generate(ids, generation_config=GenerationConfig(penalty_alpha=0.6, top_k=4))
 
 
@@ -342,13 +342,20 @@ def test_hf_arguments_that_change_the_output_are_refused(models):
     for kw, msg in ((dict(num_beams=4), r"generate\(num_beams=...\) = 4 is not supported by RadarDecoder \(only 1\): "
                                         "beam search is not a speculative method"),
                     (dict(num_return_sequences=2), r"num_return_sequences=...\) = 2"),
-                    (dict(penalty_alpha=0.6, top_k=4), r"penalty_alpha=...\) = 0.6 .*contrastive search"),
+                    (dict(penalty_alpha=0.6, top_k=4), r"penalty_alpha=...\) = 0.6 with top_k = 4 selects contrastive search"),
+                    (dict(use_mtp=True), r"use_mtp=...\) = True .*multi-token-prediction"),
                     (dict(guidance_scale=1.5), r"guidance_scale=...\) = 1.5 .*only None or 1.*classifier-free"),
                     (dict(output_attentions=True), r"output_attentions=...\) = True .*over the draft tree"),
                     (dict(output_hidden_states=True), r"output_hidden_states=...\) = True"),
                     (dict(dola_layers="high"), r"dola_layers=...\) = 'high'.*DoLa"),
                     (dict(prompt_lookup_num_tokens=3), r"prompt_lookup_num_tokens=...\) = 3 .*NgramDrafter"),
                     (dict(token_healing=True), r"token_healing=...\) = True"),
+                    (dict(num_beam_groups=2), r"num_beam_groups=...\) = 2 .*group beam search"),
+                    (dict(force_words_ids=[[3]]), r"force_words_ids=...\) = \[\[3\]\] .*constrained beam search"),
+                    (dict(constraints=[object()]), r"constraints=...\) = .*constrained beam search"),
+                    (dict(watermarking_config={"bias": 2.0}), r"watermarking_config=...\) = .*not verified per tree node"),
+                    (dict(assistant_early_exit=2), r"assistant_early_exit=...\) = 2 .*assisted decoding"),
+                    (dict(assistant_tokenizer=object()), r"assistant_tokenizer=...\) is not supported .*assisted decoding"),
                     (dict(generation_config=GenerationConfig(num_beams=3)),
                      r"generation_config.num_beams = 3 is not supported"),
                     (dict(assistant_model=model), r"generate\(assistant_model=...\) is not supported by RadarDecoder: assisted"),

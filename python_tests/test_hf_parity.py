@@ -359,7 +359,7 @@ def test_renormalize_and_remove_invalid_values_scores(model):
 WARPER_CASES = [dict(temperature=0.7), dict(top_k=10), dict(top_p=0.8), dict(min_p=0.1), dict(typical_p=0.8),
                 dict(epsilon_cutoff=0.02), dict(eta_cutoff=0.02), dict(top_k=0, temperature=1.4, top_p=0.9),
                 dict(repetition_penalty=1.5, no_repeat_ngram_size=2, temperature=0.9),
-                dict(logits_processor=[TopKLogitsWarper(5)], top_k=20)]  # a user warper runs besides generate's
+                dict(top_h=0.4), dict(logits_processor=[TopKLogitsWarper(5)], top_k=20)]  # a user warper runs besides generate's
 
 
 @pytest.mark.parametrize("kw", WARPER_CASES, ids=lambda kw: "+".join(kw))
@@ -485,3 +485,23 @@ def test_user_warper_is_not_dropped_by_the_fast_sampling_path(model):
     assert torch.equal(want, hf(model, ids, pad_token_id=0, max_new_tokens=N))  # top-1: the greedy answer
     for _, dec in decoders(model, script=want[0, ids.shape[1]:].tolist()):
         assert torch.equal(dec.generate(ids, generator=torch.Generator().manual_seed(1), **kw), want)
+
+
+def test_forced_bos_token_on_a_one_token_prompt(model):
+    """forced_bos_token_id acts only when the prompt is one token long (HF's rule): the first token is forced."""
+    ids = prompts()[0][:, :1]
+    kw = dict(max_new_tokens=12, pad_token_id=0, forced_bos_token_id=9, return_dict_in_generate=True, output_scores=True)
+    want = hf(model, ids, **kw)
+    assert want.sequences[0, 1] == 9 and free_answer(model, ids, 12)[0] != 9
+    for _, dec in decoders(model, script=want.sequences[0, 1:].tolist()):
+        assert_same_output(dec.generate(ids, **kw), want)
+
+
+def test_penalty_alpha_without_contrastive_search_is_plain_greedy(model):
+    """penalty_alpha selects contrastive search only with top_k > 1 (HF's rule); with top_k = 1 HF decodes
+    greedily, and so does RadarDecoder instead of refusing."""
+    ids = prompts()[1]
+    want = hf(model, ids, max_new_tokens=10, pad_token_id=0, penalty_alpha=0.6, top_k=1)
+    assert torch.equal(want, hf(model, ids, max_new_tokens=10, pad_token_id=0))
+    dec = RadarDecoder(model, make_drafter("ngram", model))
+    assert torch.equal(dec.generate(ids, max_new_tokens=10, penalty_alpha=0.6, top_k=1), want)

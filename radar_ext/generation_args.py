@@ -32,7 +32,6 @@ UNSUPPORTED = {
     "num_beams": ((1,), "beam search is not a speculative method (RadarDecoder reproduces greedy and sampling)"),
     "num_beam_groups": ((1,), "group beam search is not a speculative method"),
     "num_return_sequences": ((1,), "one sequence per prompt (batch size 1)"),
-    "penalty_alpha": ((None, 0), "contrastive search re-ranks by hidden-state similarity, not a speculative method"),
     "force_words_ids": ((None,), "constrained beam search is not a speculative method"),
     "constraints": ((None,), "constrained beam search is not a speculative method"),
     "guidance_scale": ((None, 1), "classifier-free guidance needs a second, unconditional target pass per token"),
@@ -41,6 +40,8 @@ UNSUPPORTED = {
     "dola_layers": ((None,), "DoLa contrasts early-exit layers, a different decoding method"),
     "prompt_lookup_num_tokens": ((None,), "prompt lookup is HF's own speculative method; use NgramDrafter"),
     "assistant_early_exit": ((None,), "assisted decoding is HF's own speculative method"),
+    "use_mtp": ((None, False), "multi-token-prediction drafting is HF's own speculative method"),
+    "speculation_type": ((None,), "HF's own speculative methods (e.g. dflash) are not RadarDecoder's"),
     "output_attentions": ((False,), "the verify forward's attentions are over the draft tree, not HF's per-step ones"),
     "output_hidden_states": ((False,), "the verify forward's hidden states are over the draft tree, not HF's per-step ones"),
 }
@@ -114,6 +115,14 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
     refuse_unsupported(kwargs.get)  # before HF's config validation, which raises its own errors for some
     gc, unused = target._prepare_generation_config(generation_config, **kwargs)
     refuse_unsupported(lambda name: getattr(gc, name, None))
+    mode = str(getattr(gc.get_generation_mode(), "value", gc.get_generation_mode()))
+    if mode == "contrastive_search":
+        raise NotImplementedError(f"{where('penalty_alpha')} = {gc.penalty_alpha!r} with top_k = {gc.top_k!r} selects "
+                                  "contrastive search, which RadarDecoder does not reproduce: it re-ranks by "
+                                  "hidden-state similarity, not a speculative method")
+    if mode not in ("greedy_search", "sample"):  # a flag this table does not know yet selects another method
+        raise NotImplementedError(f"generate's arguments select HF's {mode!r} mode; RadarDecoder reproduces greedy "
+                                  "and sampling decoding only")
     unused = sorted(k for k in unused if k not in UNSUPPORTED)
     inputs = [k for k in unused if k in MODEL_INPUTS]
     if inputs:
