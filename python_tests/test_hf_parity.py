@@ -506,3 +506,17 @@ def test_penalty_alpha_without_contrastive_search_is_plain_greedy(model):
     assert torch.equal(want, hf(model, ids, max_new_tokens=10, pad_token_id=0))
     dec = RadarDecoder(model, make_drafter("ngram", model))
     assert torch.equal(dec.generate(ids, max_new_tokens=10, penalty_alpha=0.6, top_k=1), want)
+
+
+def test_no_effect_arguments(model):
+    """Arguments accepted as no effect on one sequence: HF's answer with them set away from their
+    defaults is still the plain greedy one, and so is RadarDecoder's."""
+    ids = prompts()[1]
+    kw = dict(bos_token_id=3, use_cache=False, synced_gpus=False, length_penalty=2.0, early_stopping=True,
+              low_memory=True, cache_implementation="dynamic", num_assistant_tokens=7, disable_compile=True,
+              max_cache_len=200, decoder_start_token_id=4, num_beams=1, num_return_sequences=1)
+    plain = hf(model, ids, max_new_tokens=N, pad_token_id=0)
+    want = hf(model, ids, max_new_tokens=N, pad_token_id=5, **kw)
+    assert torch.equal(want, plain)
+    for _, dec in decoders(model):
+        assert torch.equal(dec.generate(ids, max_new_tokens=N, pad_token_id=5, **kw), want)
