@@ -13,7 +13,7 @@ export CUDA_HOME
 PIP = $(VENV)/bin/python -m pip
 EXT_SOURCES = setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 
-.PHONY: test demo setup ctest pytest clean
+.PHONY: test demo setup ctest pytest clean gpu-test
 
 setup: $(VENV)/.stamp-package
 
@@ -49,6 +49,18 @@ test: setup ctest pytest
 
 demo: setup
 	$(DEMO_CMD)
+
+# make gpu-test: the CUDA tests (pytest -m cuda: every test taking the `cuda` fixture) against a build with
+# the CUDA kernels. Without a GPU it prints one line and exits 0, before building anything.
+GPU_CHECK = import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
+gpu-test:
+	@if [ -x $(VENV)/bin/python ]; then gpu=$$($(VENV)/bin/python -c "$(GPU_CHECK)" 2>/dev/null && echo yes); \
+	else gpu=$$(nvidia-smi -L >/dev/null 2>&1 && echo maybe); fi; \
+	if [ -z "$$gpu" ]; then echo "make gpu-test: no GPU: skipped (torch.cuda.is_available() is False)"; exit 0; fi; \
+	$(MAKE) setup || exit $$?; \
+	if ! $(VENV)/bin/python -c "$(GPU_CHECK)" 2>/dev/null; then \
+	  echo "make gpu-test: no GPU: skipped (torch.cuda.is_available() is False)"; exit 0; fi; \
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) -rs -m cuda python_tests
 
 clean:
 	rm -rf build $(BUILD_DIR) radar_ext/_C*.so *.egg-info

@@ -36,6 +36,15 @@ void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::op
 void check_skinny_linear_quant(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
                                const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias);
 
+// The skinny ops as ATen calls, for devices without a custom kernel (the CUDA implementations;
+// also registered as radar_ext::skinny_linear_aten / skinny_linear_quant_aten for every device, so
+// the CPU tests run the code a GPU runs): the shared checks, the weights dequantized
+// (dequantize_blocks, any strides), then at::linear with TF32 off, bias added after the product.
+at::Tensor dequantize_blocks(const at::Tensor& q, const at::Tensor& d, const c10::optional<at::Tensor>& m);
+at::Tensor skinny_linear_aten(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias);
+at::Tensor skinny_linear_quant_aten(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
+                                    const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias);
+
 void check_build_tree(const at::Tensor& parents, const at::Tensor& n_nodes);
 
 // Raises the message for a kernels::build_tree_validate code != kTreeOk of tree b

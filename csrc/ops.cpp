@@ -191,6 +191,42 @@ void check_skinny_linear(const at::Tensor& x, const at::Tensor& w, const c10::op
   }
 }
 
+// The product on float32 weights, IEEE float32 whatever torch.backends.cuda.matmul.allow_tf32 says
+// (NoTF32Guard is thread-local). The bias is added after at::linear's plain product, so no cuBLASLt
+// bias epilogue picks its own compute type.
+at::Tensor linear_ieee(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  const at::NoTF32Guard no_tf32;
+  const at::Tensor y = at::linear(x, w);
+  return bias.has_value() ? y + *bias : y;
+}
+
+at::Tensor dequantize_blocks(const at::Tensor& q_in, const at::Tensor& d, const c10::optional<at::Tensor>& m) {
+  // reference.dequantize_blocks: GGUF's formula, d * q exact in float32, one rounding per weight.
+  // Any strides work (the views below only split a dim, then reshape copies if it must); a strided q
+  // (a slice, a transpose) is made dense once, so a GPU reads it coalesced.
+  const at::Tensor q = q_in.contiguous();
+  const int64_t N = q.size(0);
+  if (m.has_value()) {
+    const int64_t K = 2 * q.size(1);
+    const at::Tensor b = q.view({N, K / 32, 16});
+    const at::Tensor nib = at::cat({at::bitwise_and(b, 15), at::bitwise_right_shift(b, 4)}, 2).to(at::kFloat);
+    return (nib * d.unsqueeze(2) + m->unsqueeze(2)).reshape({N, K});
+  }
+  const int64_t K = q.size(1);
+  return (q.to(at::kFloat).view({N, K / 32, 32}) * d.unsqueeze(2)).reshape({N, K});
+}
+
+at::Tensor skinny_linear_aten(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  check_skinny_linear(x, w, bias);
+  return linear_ieee(x, w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type()), bias);
+}
+
+at::Tensor skinny_linear_quant_aten(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
+                                    const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias) {
+  check_skinny_linear_quant(x, q, d, m, bias);
+  return linear_ieee(x, dequantize_blocks(q, d, m), bias);
+}
+
 namespace {
 
 // Rows per parallel_for task: enough logits that a task outweighs the thread hand-off (~10 us).
@@ -481,6 +517,9 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
   m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
+  // What skinny_linear / skinny_linear_quant run on a GPU, callable on any device (tests, no GPU needed).
+  m.def("skinny_linear_aten(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
+  m.def("skinny_linear_quant_aten(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
   m.def("llama_layers_quant(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
         "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
 }
@@ -494,6 +533,12 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
 }
 
+// ATen calls only: the same code on every device, and traceable (no fake implementation needed).
+TORCH_LIBRARY_IMPL(radar_ext, CompositeImplicitAutograd, m) {
+  m.impl("skinny_linear_aten", &skinny_linear_aten);
+  m.impl("skinny_linear_quant_aten", &skinny_linear_quant_aten);
+}
+
 }  // namespace radar_ext
 
 // The Python module radar_ext._C: importing it runs the registrations above.
@@ -504,6 +549,18 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
   Py_RETURN_TRUE;
 #else
   Py_RETURN_FALSE;
+#endif
+}
+
+// The CUDA architectures compiled in, as setup.py's arch_token ("70PTX_75_80": sm_70 with its PTX,
+// sm_75, sm_80); None without the CUDA kernels.
+PyObject* cuda_archs(PyObject*, PyObject*) {
+#if defined(RADAR_EXT_WITH_CUDA) && defined(RADAR_EXT_CUDA_ARCHS)
+#define RADAR_EXT_STR2(x) #x
+#define RADAR_EXT_STR(x) RADAR_EXT_STR2(x)
+  return PyUnicode_FromString(RADAR_EXT_STR(RADAR_EXT_CUDA_ARCHS));
+#else
+  Py_RETURN_NONE;
 #endif
 }
 
@@ -533,6 +590,7 @@ PyMethodDef methods[] = {
     {"parallel_threads", parallel_threads, METH_NOARGS,
      "Distinct threads at::parallel_for uses inside this extension (1 if it was built without OpenMP)."},
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
+    {"cuda_archs", cuda_archs, METH_NOARGS, "The CUDA architectures compiled in ('70PTX_75_80'), or None."},
     {"skinny_linear_avx512", skinny_linear_avx512, METH_NOARGS,
      "True when skinny_linear runs its AVX-512 kernel on this CPU (else the plain C++ one)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -31,6 +31,17 @@ def load_bench_script(name: str):
     return mod
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (`make gpu-test` runs these; they skip without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes the `cuda` fixture is marked `cuda`, so `pytest -m cuda` selects them all."""
+    for item in items:
+        if "cuda" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture
 def cuda():
     """The CUDA device; skips without a GPU (queried only when a CUDA test runs)."""

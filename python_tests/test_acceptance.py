@@ -184,3 +184,49 @@ def test_draw_matches_the_distribution_and_never_a_zero():
         assert draw(torch.tensor([0.0, 2.0, 0.0])) == 1
     finally:
         torch.rand = real_rand
+
+
+# ---- the generator and the target's device -------------------------------------------------------
+
+def _strict_rand(real_rand):
+    """torch.rand as a GPU sees it: a generator must live on the device it draws for."""
+    def rand(*args, generator=None, device=None, **kwargs):
+        if generator is not None and torch.device(device if device is not None else "cpu").type != generator.device.type:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found "
+                               f"'{generator.device.type}'")
+        return real_rand(*args, generator=generator, device=device, **kwargs)
+    return rand
+
+
+def test_a_cpu_generator_serves_another_device(monkeypatch):
+    """A CPU torch.Generator with a target on another device (CUDA in use; meta here) draws on the CPU and
+    copies the draws over: no device-mismatch error, and the same stream a CPU target gets."""
+    monkeypatch.setattr(torch, "rand", _strict_rand(torch.rand))
+    g = torch.Generator().manual_seed(4)
+    u = acceptance.uniform((3,), g, torch.device("meta"), torch.float64)
+    assert u.device.type == "meta" and u.dtype == torch.float64 and u.shape == (3,)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(acceptance.uniform((5,), g1, torch.device("cpu")), torch.rand((5,), generator=g2))
+    assert acceptance.uniform((2,), None, torch.device("meta")).device.type == "meta"  # the device's own default
+
+
+def test_a_generator_that_is_not_one_is_named():
+    p = torch.tensor([0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^generator must be a torch.Generator or None, got int$"):
+        acceptance.draw(p, 1234)
+
+
+def test_cuda_target_with_a_cpu_generator(cuda):
+    """Sampling acceptance on CUDA logits with a CPU generator: runs, and gives the CPU run's tokens."""
+    tree = tree_of([5, 1, 2, 3], [-1, 0, 0, 1])
+    logits = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=0.9)
+    for seed in range(5):
+        on_cpu = sample_accept(tree, logits, params, torch.Generator().manual_seed(seed))
+        cuda_tree = make_tree(tree.tokens.to(cuda), tree.parents.to(cuda), tree.n_nodes.to(cuda))
+        on_gpu = sample_accept(cuda_tree, logits.to(cuda), params, torch.Generator().manual_seed(seed))
+        # the same uniforms on both (the CPU stream); the softmaxes differ in the last bits at most
+        assert on_gpu.tokens.cpu().tolist() == on_cpu.tokens.tolist(), seed
+        p = torch.softmax(logits[0, 0], -1)
+        assert acceptance.draw(p.to(cuda), torch.Generator().manual_seed(seed)) == acceptance.draw(
+            p, torch.Generator().manual_seed(seed))

@@ -128,6 +128,35 @@ def test_aggregation_math():
     assert "== x ==" in text and "== overall ==" in text and "3.00x [3.00-3.00]" in text
 
 
+def test_speedup_vs_ar_fast_and_paired_comparisons():
+    recs = []
+    # ar 10 tok/s, ar-fast 20, static-gs 25, pmin 40 on q1 / 20 on q2, ltd 30 on both
+    for rep in (0, 1):
+        for q in (1, 2):
+            recs += [_rec("ar", rep, q, "x", 1.0), _rec("ar-fast", rep, q, "x", 0.5), _rec("static-gs", rep, q, "x", 0.4),
+                     _rec("pmin", rep, q, "x", 0.25 if q == 1 else 0.5), _rec("ltd", rep, q, "x", 1 / 3)]
+    names = ["ar", "ar-fast", "static-gs", "pmin", "ltd"]
+    s = aggregate(recs, names)
+    m = s["methods"]
+    assert m["ar-fast"]["speedup"] == pytest.approx(2.0) and m["ar-fast"]["speedup_vs_ar_fast"] == pytest.approx(1.0)
+    assert m["ltd"]["speedup"] == pytest.approx(3.0) and m["ltd"]["speedup_vs_ar_fast"] == pytest.approx(1.5)
+    assert m["ltd"]["per_category"]["x"]["speedup_vs_ar_fast"] == pytest.approx(1.5)
+    assert m["ar"]["speedup_vs_ar_fast"] == pytest.approx(0.5)
+    # best opponent by overall tok/s: pmin (40 tok/s over 0.75 s per pair of answers = 26.7) > static-gs (25)
+    comp = s["comparisons"]
+    assert comp["best_opponent"] == "pmin"
+    # ltd vs pmin per answer: 30/40 and 30/20 -> geometric mean sqrt(0.75 * 1.5)
+    assert comp["ltd"]["vs best"]["ratio"] == pytest.approx(math.sqrt(0.75 * 1.5))
+    assert comp["ltd"]["vs static-gs"]["ratio"] == pytest.approx(1.2)
+    assert comp["ltd"]["vs static-gs"]["ci95"] == pytest.approx([1.2, 1.2])
+    assert comp["ltd"]["vs best"]["answers"] == 4
+    text = format_table(s)
+    assert "vs ar-fast" in text and "1.50x [1.50-1.50]" in text and "best training-free" in text
+    # without ar-fast in the run the column is empty, not wrong
+    s2 = aggregate([r for r in recs if r["method"] != "ar-fast"], ["ar", "ltd"])
+    assert s2["methods"]["ltd"]["speedup_vs_ar_fast"] is None and s2["comparisons"] == {}
+
+
 def test_speedup_needs_pairing_and_mismatch_positions():
     recs = [_rec("ar", 0, 1, "x", 1.0), _rec("m", 0, 1, "x", 0.5), _rec("m", 0, 2, "x", 0.5)]
     # m has an answer ar lacks: its speedup is not computed on unpaired answers
@@ -183,8 +212,27 @@ def test_report_json_schema_and_plot(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+@pytest.mark.parametrize("kind", ["pmin", "ema", "goodput"])
+def test_adaptive_methods_need_a_tuned_setting(tmp_path, kind):
+    opts = BenchOptions(drafter_path=str(_head_dir(tmp_path)))
+    with pytest.raises(MethodUnavailable, match=f"no tuned {kind} setting at .*{kind}.json.*--{kind} FILE"):
+        METHODS[kind].check(opts)
+    f = tmp_path / "x.json"
+    f.write_text(json.dumps({"policy": kind, "policy_kwargs": {}, "tree_topk": 4, "verify_budget": 0}))
+    opts = BenchOptions(drafter_path=str(_head_dir(tmp_path)), adaptive_paths={kind: str(f)})
+    with pytest.raises(MethodUnavailable, match="verify_budget must be an int >= 1, got 0"):
+        METHODS[kind].check(opts)
+
+
+def _head_dir(tmp_path):
+    d = tmp_path / "head"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text("{}")
+    return d
+
+
 def test_method_errors(tmp_path):
-    with pytest.raises(UnknownMethod, match="unknown method 'nope'; known: ar, hf-pld"):
+    with pytest.raises(UnknownMethod, match="unknown method 'nope'; known: ar, ar-fast, hf-pld"):
         parse_methods("ar,nope")
     with pytest.raises(UnknownMethod, match="--methods: give"):
         parse_methods(" , ")
@@ -261,7 +309,7 @@ QS = [Question(1, "writing", ("hello there hello there", "again please")),
 
 
 def _tiny_methods():
-    names = ["ar", "hf-pld"]
+    names = ["ar", "ar-fast", "hf-pld"]
     try:
         METHODS["ngram"].check(BenchOptions())
         names.append("ngram")
@@ -287,11 +335,15 @@ def test_tiny_end_to_end(tiny_ctx, tmp_path):
     assert all(r["accepted_hist"] == [r["new_tokens"] - 1] and r["target_forwards"] == r["new_tokens"]
                for r in res.records if r["method"] == "ar")
     # method order rotates per question and repeat
-    assert {r["order"] for r in res.records if r["method"] == "ar"} == set(range(len(names)))
+    n = len(names)
+    assert {r["order"] for r in res.records if r["method"] == "ar"} == {-(rep + qi) % n for rep in (0, 1) for qi in (0, 1)}
     s = aggregate(res.records, names)
     assert s["methods"]["ar"]["speedup"] == pytest.approx(1.0)
     assert s["methods"]["ar"]["tau"] == pytest.approx(1.0)
     assert s["methods"]["hf-pld"]["exact_match"] == 1.0 and s["methods"]["hf-pld"]["repeats"] == 2
+    # ar-fast: our own plain decoding, one target forward per token, exact
+    assert s["methods"]["ar-fast"]["exact_match"] == 1.0 and s["methods"]["ar-fast"]["tau"] == pytest.approx(1.0)
+    assert s["methods"]["ar-fast"]["draft_calls"] == 0 and s["methods"]["ar-fast"]["speedup_vs_ar_fast"] == pytest.approx(1.0)
     assert s["methods"]["hf-pld"]["tau"] >= 1.0
 
 

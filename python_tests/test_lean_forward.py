@@ -89,6 +89,9 @@ def test_models_that_do_not_qualify_fall_back():
     assert "sdpa" in lean_forward_reason(eager) and lean_forward_for(eager) is None
     trained = tiny_llama("sdpa").train()
     assert "training" in lean_forward_reason(trained)
+    on_meta = tiny_llama("sdpa").to("meta")  # off the CPU (a GPU in use): its bits are checked on the CPU only
+    assert lean_forward_reason(on_meta).startswith("model is on meta: the lean forward stays on the CPU")
+    assert lean_forward_for(on_meta) is None
     hooked = tiny_llama("sdpa")
     handle = hooked.model.layers[1].register_forward_hook(lambda m, a, o: None)
     assert "hooks" in lean_forward_reason(hooked)

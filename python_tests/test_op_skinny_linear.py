@@ -155,6 +155,37 @@ def test_error_messages(impl, make, message):
         fn(*make())
 
 
+def test_cuda_side_path_on_the_cpu():
+    """skinny_linear_aten is what a CUDA tensor runs (the same function is skinny_linear's CUDA
+    implementation): shared checks, 16-bit weights widened, at::linear with TF32 off, bias after."""
+    extension_required()
+    if not ops.HAS_EXTENSION:
+        pytest.skip("without the extension there is no custom op")
+    x, w = inputs(5, 33, 70, seed=8)
+    bias = torch.randn(33)
+    for ww in (w, w.T.contiguous().T, w.to(torch.bfloat16), w.to(torch.float16)):
+        for b in (None, bias):
+            y = torch.ops.radar_ext.skinny_linear_aten(x, ww, b)
+            assert_close_to_reference(y, x, ww, b)
+    for make, message in ERRORS:
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            torch.ops.radar_ext.skinny_linear_aten(*make())
+
+
+def test_cuda_no_tf32(cuda):
+    x, w = inputs(4, 256, 2048, seed=10)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        outs = []
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            outs.append(ops.skinny_linear(x.to(cuda), w.to(cuda)).cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert torch.equal(outs[0], outs[1])
+    assert_close_to_reference(outs[1], x, w)
+
+
 def test_cuda_is_linear(cuda):
     x, w = inputs(6, 50, 70, seed=9)
     bias = torch.randn(50)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import assert_outputs_match, extension_required
+from conftest import FLOAT_TOL, assert_outputs_match, extension_required
 from radar_ext import ops, reference
 
 NEG_INF = -math.inf
@@ -137,3 +137,68 @@ def test_cuda_matches_cpu(cuda):
     want = ops.topk_expand(logits, beam_scores, 10, 0.7)
     got = ops.topk_expand(logits.to(cuda), beam_scores.to(cuda), 10, 0.7)
     assert_outputs_match([t.cpu() for t in got], want)
+
+
+# ---- NaN: torch.topk's order (NaN above +inf), ties to the lower id, on every path -------------------
+
+def nan_rows():
+    """[2, 4, 300]: an all-NaN row, two NaNs past the first block, a NaN every 7, a +inf row, then in
+    batch 1 a decreasing row whose one NaN sits where a NaN-blind block skip would miss it, and clean rows."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 4, 300, generator=g) * 3
+    logits[0, 0] = math.nan
+    logits[0, 1, [130, 200]] = math.nan
+    logits[0, 2, ::7] = math.nan
+    logits[0, 3, 17] = math.inf
+    logits[1, 0] = -torch.arange(300.0)
+    logits[1, 0, 150] = math.nan
+    return logits, -torch.rand(2, 4, generator=g)
+
+
+def assert_same_with_nan(got, want):
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, k
+        if g.is_floating_point():
+            torch.testing.assert_close(g, w, **FLOAT_TOL, equal_nan=True, msg=lambda m: f"output {k}: {m}")
+        else:
+            assert torch.equal(g, w), f"output {k} differs:\n{g}\n{w}"
+
+
+@pytest.mark.parametrize("W", [1, 6, 64])
+def test_nan_rows_match_the_reference(W):
+    logits, beam_scores = nan_rows()
+    got, want = both(logits, beam_scores, W, 0.8)
+    assert_same_with_nan(got, want)
+    assert ((got.child_ids >= 0) & (got.child_ids < 300)).all() and got.next_ids.lt(300).all()
+
+
+def test_nan_order_is_torch_topk_with_ties_to_the_lower_id():
+    logits, beam_scores = nan_rows()
+    out = ops.topk_expand(logits, beam_scores, 6)
+    ids = out.child_ids
+    assert ids[0, 0].tolist() == [0, 1, 2, 3, 4, 5]                 # all NaN: ids 0..W-1 (were INT64_MAX on CUDA)
+    assert ids[0, 1, :2].tolist() == [130, 200]                      # the NaNs first, lower id first
+    assert ids[0, 2].tolist() == [0, 7, 14, 21, 28, 35]
+    assert ids[1, 0, :2].tolist() == [150, 0]                        # a NaN in a skipped-looking block
+    for b, n in [(0, 3), (1, 0), (1, 1), (1, 3)]:    # rows without tied values (at most one NaN): torch.topk exactly
+        assert ids[b, n].tolist() == torch.topk(logits[b, n], 6).indices.tolist(), (b, n)
+    # log_softmax of a row with a NaN (or +inf) is NaN everywhere; a clean row has no NaN.
+    assert torch.isnan(out.child_logp[0]).all() and torch.isnan(out.child_logp[1, 0]).all()
+    assert not torch.isnan(out.child_logp[1, 1:]).any()
+    # NaN children's scores rank first in the next-beam selection too, lower flat index first
+    assert out.next_parent[0].tolist() == [0] * 6 and out.next_ids[0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_cuda_nan_rows_and_bits_match_cpu(cuda):
+    """Same bits on both devices: ids, log-probs (NaN included), scores and the selection."""
+    logits, beam_scores = nan_rows()
+    big = torch.randn(3, 4, 32000, generator=torch.Generator().manual_seed(5)) * 4
+    for lg, bs, W in [(logits, beam_scores, 6), (big, -torch.rand(3, 4), 10), (torch.zeros(1, 3, 100), torch.zeros(1, 3), 4)]:
+        want = ops.topk_expand(lg, bs, W, 0.7)
+        got = ops.topk_expand(lg.to(cuda), bs.to(cuda), W, 0.7)
+        for k, (g, w) in enumerate(zip(got, want)):
+            g = g.cpu()
+            if g.is_floating_point():
+                assert torch.equal(g.view(torch.int32), w.view(torch.int32)), f"output {k}: CUDA bits differ from CPU"
+            else:
+                assert torch.equal(g, w), k

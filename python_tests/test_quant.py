@@ -100,11 +100,70 @@ def test_error_messages(impl, args, message):
         fn(**args)
 
 
+def strided_copies(blocks):
+    """The same blocks with q, d and m non-contiguous: q a transposed copy's transpose, d and m column slices."""
+    q = blocks.q.T.contiguous().T
+    d = torch.stack([blocks.d, blocks.d], 2).flatten(1)[:, ::2]
+    m = None if blocks.m is None else torch.stack([blocks.m, blocks.m], 2).flatten(1)[:, ::2]
+    assert not q.is_contiguous() and not d.is_contiguous()
+    return q, d, m
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_cuda_side_path_on_the_cpu(kind):
+    """skinny_linear_quant_aten is what a CUDA tensor runs (csrc/cuda/dispatch.cpp registers the same
+    function): the shared checks, dequantize_blocks on any strides, at::linear with TF32 off, bias after.
+    Run here on the CPU: dense and strided blocks (the CUDA path used .view on q), with and without bias."""
+    extension_required()
+    if not ops.HAS_EXTENSION:
+        pytest.skip("without the extension there is no custom op")
+    b = gguf_blocks(37, 96, kind, seed=6)
+    x, bias = torch.randn(5, 96), torch.randn(37)
+    w = b.dequantize()
+    q, d, m = strided_copies(b)
+    assert torch.equal(reference.dequantize_blocks(q, d, m), w)
+    for args in [(b.q, b.d, b.m), (q, d, m)]:
+        for bb in (None, bias):
+            y = torch.ops.radar_ext.skinny_linear_quant_aten(x, *args, bb)
+            assert_close_to_reference(y, x, w, bb)
+            torch.testing.assert_close(y, torch.nn.functional.linear(x, w, bb), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,message", ERRORS)
+def test_cuda_side_path_error_messages(args, message):
+    extension_required()
+    if not ops.HAS_EXTENSION:
+        pytest.skip("without the extension there is no custom op")
+    a = dict(args)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        torch.ops.radar_ext.skinny_linear_quant_aten(a["x"], a["q"], a["d"], a["m"], a["bias"])
+
+
 def test_cuda_matches_cpu(cuda):
     b = gguf_blocks(50, 96, "Q4_1", seed=2)
     x = torch.randn(6, 96)
     y = ops.skinny_linear_quant(x.to(cuda), b.q.to(cuda), b.d.to(cuda), b.m.to(cuda))
     torch.testing.assert_close(y.cpu(), ops.skinny_linear_quant(x, b.q, b.d, b.m), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_cuda_strided_blocks_and_no_tf32(cuda, kind):
+    """On a GPU: non-contiguous q works, and the result does not move with the global TF32 switch
+    (TF32's 10-bit mantissa would miss this tolerance by orders of magnitude)."""
+    b = gguf_blocks(64, 1024, kind, seed=3)
+    x, bias = torch.randn(4, 1024), torch.randn(64)
+    q, d, m = (t if t is None else t.to(cuda) for t in strided_copies(b))
+    want = reference.skinny_linear_quant(x, b.q, b.d, b.m, bias)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        outs = []
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            outs.append(ops.skinny_linear_quant(x.to(cuda), q, d, None if m is None else m, bias.to(cuda)).cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert torch.equal(outs[0], outs[1])
+    assert_close_to_reference(outs[1], x, b.dequantize(), bias)
 
 
 # ----------------------------------------------------------------------------- recovery from float32

@@ -78,6 +78,31 @@ def test_replay_reproduces_the_decoder(tiny):
     assert some_accepted
 
 
+def test_replay_copies_to_the_host_before_numpy(tiny, monkeypatch):
+    """A GPU tensor has no .numpy(): every host array replay_answer makes must come from .cpu(). Emulated
+    here: .numpy() refuses any tensor that was not just returned by .cpu()."""
+    target, drafter, prompts = tiny
+    answer = greedy_answers(target, prompts[:1], 6, None)[0]
+    want = replay_answer(target, drafter, prompts[0], answer, 2, 2, [1, 3])
+    real_cpu, real_numpy = torch.Tensor.cpu, torch.Tensor.numpy
+
+    def cpu(self, *args, **kwargs):
+        out = real_cpu(self, *args, **kwargs).view_as(self)   # a fresh tensor object, to tag
+        out._host_copy = True
+        return out
+
+    def numpy(self, *args, **kwargs):
+        if not getattr(self, "_host_copy", False):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
+        return real_numpy(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    monkeypatch.setattr(torch.Tensor, "numpy", numpy)
+    got = replay_answer(target, drafter, prompts[0], answer, 2, 2, [1, 3])
+    assert np.array_equal(got.accepted, want.accepted)
+
+
 def synthetic_replay(per_depth: int, v_grid) -> Replay:
     """An answer of 41 tokens on which any tree of depth >= d with V >= d * per_depth accepts d."""
     K = 4
@@ -313,3 +338,53 @@ def test_tune_static_at_a_temperature(tiny):
     with pytest.raises(ValueError, match=r"the episodes were recorded at temperature\(s\) \[0.5\], not 1"):
         tune_static(target, drafter, cm, prompts, calls_list=[1], topk_list=[2], budget_list=[1], temperature=1.0,
                     episodes=synthetic_episodes(temperature=0.5))
+
+
+# ------------------------------------------------------------------------- --policy: the training-free opponents
+@pytest.mark.parametrize("argv, message", [
+    (["--policy", "pmin", "--values", "0.2,x"], "--values must be a comma-separated list of numbers, got '0.2,x'"),
+    (["--policy", "ema", "--max-draft-calls", "4,8"], "--max-draft-calls with --policy is the one cap on draft calls"),
+    (["--policy", "goodput"], "--policy goodput needs --episodes"),
+    (["--policy", "goodput", "--episodes", "/tmp/x", "--values", "1"], "goodput has no knob grid of its own"),
+    (["--policy", "goodput", "--episodes", "/tmp/x", "--verify-budget", "8,16"], "the one cap on V"),
+    (["--policy", "pmin", "--episodes", "/tmp/x"], "--episodes is read by --policy goodput only"),
+    (["--values", "0.3"], "--values is the knob grid of --policy pmin / ema"),
+])
+def test_cli_policy_errors(capsys, argv, message):
+    assert main(["tune-static"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radar tune-static: error: ") and message in err
+
+
+@pytest.mark.parametrize("kind, extra", [("pmin", ["--values", "0.1,0.9"]), ("ema", ["--values", "0,2"])])
+def test_cli_policy_run_writes_a_setting_the_bench_reads(tiny, tmp_path, monkeypatch, capsys, kind, extra):
+    """`radar tune-static --policy KIND` on the tiny model: every candidate timed and exact, the best written and
+    installed beside the head, and the bench method builds the same policy from it."""
+    import types
+
+    import radar_ext.models
+    from radar_ext.benchmark.methods import METHODS, BenchContext, BenchOptions
+    from radar_ext.commands import tune_static as cmd
+    target, drafter, prompts = tiny
+    head = tmp_path / "head"
+    drafter.save_pretrained(head)
+    monkeypatch.setattr(radar_ext.models, "load_default_target", lambda: (target, types.SimpleNamespace(eos_token_id=None)))
+    monkeypatch.setattr(cmd, "sharegpt_prompts", lambda tok, n, split, max_tokens, seed: prompts[:n])
+    out = tmp_path / f"{kind}.json"
+    rc = main(["tune-static", "--policy", kind, "--head", str(head), "--tree-topk", "2", "--verify-budget", "3",
+               "--max-draft-calls", "3", "--prompts", "2", "--time-prompts", "2", "--max-new-tokens", "12",
+               "--repeats", "1", "--warmup", "0", "--out", str(out), "--install", "--no-progress", *extra])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "vs best [95%]" in printed and "best: " in printed
+    written = json.loads(out.read_text())
+    assert json.loads((head / f"{kind}.json").read_text()) == written
+    assert written["policy"] == kind and len(written["timed"]) == 2
+    assert all(r["measured"]["exact"] for r in written["timed"]) and written["ar"]["exact"]
+    knob = "p_min" if kind == "pmin" else "margin"
+    assert written["policy_kwargs"][knob] in (float(extra[1].split(",")[0]), float(extra[1].split(",")[1]))
+    assert written["policy_kwargs"]["max_draft_calls"] == 3 and (written["tree_topk"], written["verify_budget"]) == (2, 3)
+    ctx = BenchContext(target, None, None, 0, BenchOptions(drafter_path=str(head)))
+    m = METHODS[kind](ctx)
+    assert getattr(m.decoder.policy, knob) == written["policy_kwargs"][knob]
+    assert (m.decoder.tree_topk, m.decoder.verify_budget) == (2, 3)

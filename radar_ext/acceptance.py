@@ -81,13 +81,26 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     return Acceptance(path, tokens, acc_len.tolist())  # host sync: the loop needs the lengths
 
 
+def uniform(shape, generator, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) draws of `shape` on `device`, from `generator` (None: the default generator of `device`).
+    A generator on another device (a CPU torch.Generator with a CUDA target) draws on its own device and
+    the draws are copied over, so a seed gives the same stream on every target device."""
+    if generator is None:
+        return torch.rand(shape, dtype=dtype, device=device)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device == torch.device(device):
+        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    return torch.rand(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+
+
 def draw(p: torch.Tensor, generator=None) -> int:
     """One token from the unnormalised probabilities p [V] >= 0 (sum > 0): inverse CDF over a float64
     running sum, so token i is drawn with probability p[i] / sum(p) and a zero-mass token never.
     Same distribution as torch.multinomial(p, 1), which costs ~1.3 ms on a 49k vocabulary on a 2-core
     CPU, ~25x this, and would be paid on every sampled cycle (the bonus token)."""
     cdf = torch.cumsum(p, 0, dtype=torch.float64)                             # [V]
-    u = torch.rand((1,), generator=generator, dtype=torch.float64, device=p.device) * cdf[-1]
+    u = uniform((1,), generator, p.device, torch.float64) * cdf[-1]
     i = int(torch.searchsorted(cdf, u, right=True))  # host sync: the token; first i with cdf[i] > u
     if i >= p.numel() or not bool(p[i] > 0):  # u rounded up to the total: the last token with mass
         i = int(torch.nonzero(p > 0)[-1])
@@ -98,7 +111,7 @@ def sample_node(p: torch.Tensor, child_tokens: list, generator) -> tuple[int, in
     """One node of the sampling walk. p [V] float32 target probs at the node (modified in place).
     Returns (index of the accepted child or -1, token emitted: the child's token or the bonus)."""
     for k, x in enumerate(child_tokens):
-        u = torch.rand((), generator=generator, device=p.device)
+        u = uniform((), generator, p.device)
         total = p.sum()
         if bool(u * total < p[x]):  # host sync: one accept/reject decision
             return k, x

@@ -13,9 +13,10 @@ import torch
 from radar_ext import kv_cache
 from radar_ext.acceptance import Acceptance, draw, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.drafters.plain import PlainDrafter
 from radar_ext.generation_args import GenerationSettings, resolve as resolve_generation_args
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
-from radar_ext.policies import CostInfo, Policy, StaticPolicy
+from radar_ext.policies import CostInfo, CycleOutcome, Policy, StaticPolicy
 from radar_ext.verifier import prefill, verify
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -82,8 +83,14 @@ class _TimedPolicy(Policy):
         finally:
             self.stats.time_policy += time.perf_counter() - t0
 
+    def start_sequence(self):
+        return self._timed(self.policy.start_sequence)
+
     def reset(self):
         return self._timed(self.policy.reset)
+
+    def observe(self, outcome):
+        return self._timed(self.policy.observe, outcome)
 
     def should_continue(self, step):
         return self._timed(self.policy.should_continue, step)
@@ -93,9 +100,11 @@ class _TimedPolicy(Policy):
 
 
 class RadarDecoder:
-    def __init__(self, target, drafter: Drafter, policy: Policy | None = None, tree_topk: int = 10,
+    def __init__(self, target, drafter: Drafter | None = None, policy: Policy | None = None, tree_topk: int = 10,
                  verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True):
-        """fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
+        """drafter: None (PlainDrafter) decodes one token per target forward through the same verify path
+        (our own plain decoding: token-identical to HF greedy generate, the `ar-fast` baseline).
+        fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
         and sdpa attention without K/V copies (radar_ext.fast_linear; the target is changed only during
         those forwards), where it applies (float32 CPU target, AVX-512 kernel available; elsewhere it is
         a no-op). On by default: on an idle 2-core AVX-512 machine at 2 threads it makes a verify
@@ -112,8 +121,10 @@ class RadarDecoder:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
                                       f"got {model_type!r}")
+        drafter = PlainDrafter() if drafter is None else drafter
         if not isinstance(drafter, Drafter):
-            raise TypeError(f"drafter must be a radar_ext Drafter (EagleDrafter, NgramDrafter), got {type(drafter).__name__}")
+            raise TypeError(f"drafter must be a radar_ext Drafter (EagleDrafter, NgramDrafter) or None (plain "
+                            f"decoding), got {type(drafter).__name__}")
         policy = StaticPolicy() if policy is None else policy
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a radar_ext Policy (e.g. StaticPolicy), got {type(policy).__name__}")
@@ -151,6 +162,7 @@ class RadarDecoder:
         policy = _TimedPolicy(self.policy, stats)
         if streamer is not None:
             streamer.put(given.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
+        policy.start_sequence()
         cache, out = self._prefill(input_ids, cfg, stats, generator)
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
         emitted = out.new_empty(1, 0)
@@ -166,6 +178,7 @@ class RadarDecoder:
             acc = self._accept(tree, logits, cfg, generator, emitted)
             out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
                                cfg, emitted.shape[1], stats)
+            policy.observe(CycleOutcome(acc.accepted_len[0], tree.draft_calls, tree.verify_budget))
         if streamer is not None:
             streamer.end()
         stats.tokens = emitted.shape[1]

@@ -57,6 +57,10 @@ def lean_forward_reason(target) -> str | None:
         return "pretraining_tp > 1"
     if target.training:
         return "model is in training mode"
+    device = next(target.parameters()).device
+    if device.type != "cpu":  # the bit-identity with the HF forward is tested on the CPU only
+        return (f"model is on {device.type}: the lean forward stays on the CPU until its bits are checked "
+                f"against the HF forward on {device.type}")
     model = _sub(target, "model")
     if type(_sub(model, "norm")) is not ml.LlamaRMSNorm or type(_sub(model, "embed_tokens")) is not torch.nn.Embedding:
         return "embedding or final norm replaced"

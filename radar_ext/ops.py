@@ -1,19 +1,24 @@
 """The fused controller ops: one-line documented wrappers over `torch.ops.radar_ext.*`.
 
-When the compiled extension `radar_ext._C` is importable (HAS_EXTENSION), the wrappers call the
-C++/CUDA kernels; otherwise they fall back to the plain-PyTorch reference (radar_ext/reference.py),
-which has the same signatures and results. The fake (meta) implementations used by torch.compile
-are registered here with the reference's argument checkers, so a bad call fails the same way
-while tracing as it does eagerly.
+Each call is routed by the device of its tensors: to the C++/CUDA kernels when the compiled
+extension `radar_ext._C` has one for that device (has_kernel), otherwise to the plain-PyTorch
+reference (radar_ext/reference.py), which has the same signatures and results, with one warning
+saying why and how to build the kernels. So a build without nvcc (CPU kernels only) still serves
+CUDA tensors, and so does a GPU the build has no kernel image for. The fake (meta) implementations
+used by torch.compile are registered here with the reference's argument checkers, so a bad call
+fails the same way while tracing as it does eagerly.
 """
 from __future__ import annotations
+
+import re
+import warnings
 
 import torch
 
 from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
-__all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "topk_expand", "policy_step", "build_tree",
+__all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "has_kernel", "topk_expand", "policy_step", "build_tree",
            "skinny_linear", "skinny_linear_quant", "llama_layers_quant"]
 
 try:
@@ -31,23 +36,85 @@ def built_with_cuda() -> bool:
     return bool(HAS_EXTENSION and _C.built_with_cuda())
 
 
+def parse_cuda_archs(token: str | None) -> list[tuple[tuple[int, int], bool]] | None:
+    """radar_ext._C.cuda_archs() ('70PTX_75_80', setup.arch_token) -> [((7, 0), True), ((7, 5), False), ...];
+    None when unknown (no token, or a build for named archs only: '0')."""
+    if not token or token == "0":
+        return None
+    out = []
+    for part in token.split("_"):
+        m = re.fullmatch(r"(\d+)(\d)(PTX)?", part)
+        if m is None:
+            return None
+        out.append(((int(m.group(1)), int(m.group(2))), bool(m.group(3))))
+    return out
+
+
+def arch_runs(archs: list[tuple[tuple[int, int], bool]] | None, capability: tuple[int, int]) -> bool:
+    """Whether code built for `archs` runs on a GPU of this compute capability: a cubin for X.y runs on
+    X.z with z >= y, a PTX for X.y on every capability >= X.y (the driver compiles it). None: unknown, True."""
+    if archs is None:
+        return True
+    return any((cap[0] == capability[0] and cap[1] <= capability[1]) or (ptx and cap <= capability)
+               for cap, ptx in archs)
+
+
+_routes: dict = {}     # device -> whether the compiled kernels serve it (decided once per device)
+_warned: set = set()   # reasons already warned about
+
+
+def _no_kernel_reason(device: torch.device) -> str | None:
+    """None when radar_ext._C has a kernel for tensors on `device`, else why not (for the warning)."""
+    if not HAS_EXTENSION:
+        return f"radar_ext._C did not load ({IMPORT_ERROR})"
+    if device.type in ("cpu", "meta"):  # (meta: the fake implementations registered below)
+        return None
+    if device.type != "cuda":
+        return f"radar_ext has no {device.type} kernels"
+    if not built_with_cuda():
+        return "radar_ext._C was built without its CUDA kernels (nvcc was not found when it was installed)"
+    capability = torch.cuda.get_device_capability(device)
+    archs = parse_cuda_archs(_C.cuda_archs())
+    if not arch_runs(archs, capability):
+        return (f"radar_ext._C has no kernel image for this GPU (compute capability {capability[0]}.{capability[1]}; "
+                f"built for {_C.cuda_archs()})")
+    return None
+
+
+def has_kernel(device: torch.device) -> bool:
+    """Whether the compiled kernels serve tensors on `device`; if not, warns once why (the ops then run
+    the reference). Decided once per device."""
+    route = _routes.get(device)
+    if route is None:
+        reason = _no_kernel_reason(device)
+        route = _routes[device] = reason is None
+        if reason is not None and reason not in _warned:
+            _warned.add(reason)
+            warnings.warn(f"radar_ext: {reason}, so the ops on {device.type} tensors run the plain-PyTorch "
+                          "reference (slower). To build the kernels: install the CUDA toolkit (nvcc) matching "
+                          f"torch {torch.version.cuda or ''}, set CUDA_HOME, then `pip install --no-build-isolation "
+                          "--force-reinstall --no-deps radar_ext` (or `make setup` in a checkout).", RuntimeWarning,
+                          stacklevel=3)
+    return route
+
+
 def topk_expand(logits, beam_scores, tree_topk: int, temperature: float = 1.0) -> TopkExpandOut:
     """Fused log-softmax + per-beam top-W + score accumulation + global top-W (see reference.topk_expand)."""
-    if not HAS_EXTENSION:
+    if not has_kernel(logits.device):
         return reference.topk_expand(logits, beam_scores, tree_topk, temperature)
     return TopkExpandOut(*torch.ops.radar_ext.topk_expand(logits, beam_scores, tree_topk, float(temperature)))
 
 
 def policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2):
     """One LSTM cell step + MLP head + softmax -> (probs [B, O], h_new, c_new) (see reference.policy_step)."""
-    if not HAS_EXTENSION:
+    if not has_kernel(features.device):
         return reference.policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2)
     return torch.ops.radar_ext.policy_step(features, h, c, w_ih, w_hh, b, w1, b1, w2, b2)
 
 
 def build_tree(parents, n_nodes):
     """Ancestor mask, depth, root-to-leaf paths and path count of B parent-index trees (see reference.build_tree)."""
-    if not HAS_EXTENSION:
+    if not has_kernel(parents.device):
         return reference.build_tree(parents, n_nodes)
     return torch.ops.radar_ext.build_tree(parents, n_nodes)
 
@@ -56,22 +123,30 @@ def skinny_linear(x, w, bias=None):
     """y = x @ w.T (+ bias) for few rows x [M, K] float32, w [N, K] float32, bfloat16 or float16 ->
     [M, N] float32: a CPU kernel that reads w once (faster than MKL's sgemm for small M, see
     radar_ext.fast_linear; 16-bit weights are widened exactly, so they give the bits of their float32
-    values from half the memory traffic); on CUDA tensors it is F.linear, because cuBLAS serves GPUs
-    well (see reference.skinny_linear)."""
-    if x.is_cuda or not HAS_EXTENSION:
+    values from half the memory traffic); on CUDA tensors it is cuBLAS with TF32 off (the op's CUDA
+    implementation, skinny_linear_aten), because cuBLAS serves GPUs well (see reference.skinny_linear)."""
+    if not has_kernel(x.device):
+        return _linear_without_kernel(x, w, bias)
+    return torch.ops.radar_ext.skinny_linear(x, w, bias)
+
+
+def _linear_without_kernel(x, w, bias):
+    # CPU without the extension: F.linear (float32, no TF32 on CPUs). Elsewhere the float64 reference,
+    # which no TF32 setting changes.
+    if x.device.type == "cpu":
         reference.check_skinny_linear_args(x, w, bias)
         return torch.nn.functional.linear(x, w.to(x.dtype), bias)
-    return torch.ops.radar_ext.skinny_linear(x, w, bias)
+    return reference.skinny_linear(x, w, bias)
 
 
 def skinny_linear_quant(x, q, d, m=None, bias=None):
     """skinny_linear with block-quantized weights (GGUF Q4_1 when m is given, Q8_0 when it is None; layout
     in reference.dequantize_blocks), decoded to float32 as they stream in: the bits of skinny_linear on
-    the dequantized float32 weights from 1/6 (Q4_1) or 1/4 (Q8_0) of the bytes. On CUDA tensors (or
-    without the extension) the weights are dequantized and F.linear runs."""
-    if x.is_cuda or not HAS_EXTENSION:
+    the dequantized float32 weights from 1/6 (Q4_1) or 1/4 (Q8_0) of the bytes. On CUDA tensors the
+    weights are dequantized and cuBLAS runs with TF32 off (skinny_linear_quant_aten)."""
+    if not has_kernel(x.device):
         reference.check_skinny_linear_quant_args(x, q, d, m, bias)
-        return torch.nn.functional.linear(x, reference.dequantize_blocks(q, d, m), bias)
+        return _linear_without_kernel(x, reference.dequantize_blocks(q, d, m), bias)
     return torch.ops.radar_ext.skinny_linear_quant(x, q, d, m, bias)
 
 
@@ -79,7 +154,7 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capt
     """A Llama verify forward's decoder layers with every linear on Q4_1 / Q8_0 blocks, in one call
     (radar_ext.lean_forward's native loop; reference.llama_layers_quant says what it computes). CPU only:
     the kernel runs the same ATen ops as the Python loop, so the same bits, without ~1200 Python op calls."""
-    if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_layers_quant"):
+    if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_layers_quant") or x.device.type != "cpu":
         return reference.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps,
                                             scaling, head_dim)
     return torch.ops.radar_ext.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,

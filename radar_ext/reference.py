@@ -7,7 +7,11 @@ are the same, word for word, as the C++ checkers in csrc/checks.h.
 
 Numerics shared by reference and kernels:
 - topk_expand picks the top-W children by the raw logits (dividing by a temperature > 0 keeps the
-  order), ties to the lower token id. Log-probs are computed in float64 here and rounded to float32.
+  order), ties to the lower token id. NaN ranks above +inf, as in torch.topk (and two NaNs tie, so
+  the lower id first): one total order on every device, so every row has W real ids, however many
+  NaNs it holds (an all-NaN row after a half-precision overflow: ids 0..W-1). A row with a NaN (or a
+  +inf) has no distribution: log_softmax makes all its log-probs NaN, and so its children's scores,
+  which then rank first in the selection of the next beams too (same order). Log-probs are computed in float64 here and rounded to float32.
   Child scores are summed in float32 (beam score + rounded child log-prob), so the selection of the
   next beams (ties to the lower flat index n*W + j) sees the same numbers on every device.
 - policy_step sums in float64 here; the kernels sum in float32 in one fixed order (kernels/policy_step.h).
@@ -156,6 +160,7 @@ def dequantize_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None =
     low nibble, 32b + 16 + j in the high one): d * q + m; Q8_0 (m None, q int8 [N, K]): d * q. d * q is
     exact in float32, so each weight is rounded once."""
     N = q.shape[0]
+    q = q.contiguous()  # (any strides work: the views below only split a dim; dense rows read faster)
     if m is None:
         K = q.shape[1]
         return (q.float().view(N, K // 32, 32) * d.unsqueeze(2)).reshape(N, K)
@@ -270,7 +275,8 @@ def topk_expand(logits: torch.Tensor, beam_scores: torch.Tensor, tree_topk: int,
     check_topk_expand_args(logits, beam_scores, tree_topk, temperature)
     B, N, Vd = logits.shape
     W = tree_topk
-    # Top-W by the raw logits; a stable descending sort keeps equal logits in increasing id order.
+    # Top-W by the raw logits; a stable descending sort keeps equal logits in increasing id order
+    # and puts NaN first (above +inf), NaNs in increasing id order: torch.topk's order, ties resolved.
     child_ids = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :W]  # [B, N, W]
 
     # log_softmax(logits / T) in float64. A row whose logits are all -inf has no distribution:

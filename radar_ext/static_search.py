@@ -145,8 +145,9 @@ def replay_answer(target, drafter, prompt_ids, answer_ids, tree_topk: int, max_c
                            verify_budget=pool_size(tree_topk, max_calls), policy=policy, costs=CostInfo())
         tree = drafter.draft(req)
         C = tree.tokens.shape[1] - 1
-        acc[t] = accepted_lengths(tree.tokens[0, 1:].numpy(), (tree.parents[0, 1:] - 1).numpy(),
-                                  policy.pool_scores[0, :C].float().numpy(), y[t + 1:t + 1 + max_calls],
+        # host copies (.cpu() first: the tree lives on the target's device, a GPU's tensors have no .numpy())
+        acc[t] = accepted_lengths(tree.tokens[0, 1:].cpu().numpy(), (tree.parents[0, 1:] - 1).cpu().numpy(),
+                                  policy.pool_scores[0, :C].float().cpu().numpy(), y[t + 1:t + 1 + max_calls],
                                   tree_topk, max_calls, v_grid)
         drafter.commit(answer_ids[:, t + 1:t + 2], 1, feats[:, P + t:P + t + 1] if feats is not None else None)
     return Replay(tree_topk, P, N, list(v_grid), acc)
@@ -270,18 +271,26 @@ def _pad(eos):
 def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: int, eos_token_id,
                   repeats: int = 2, warmup: int = 1, progress: bool = False, temperature: float = 0.0,
                   seed: int = 0) -> dict:
-    """Real tokens/s of each setting and of the target's own generate ("ar"), interleaved per
-    prompt with the order rotated. Greedy (temperature 0): every answer is checked against `answers`.
-    Sampling: plain temperature sampling for all (top_k 0, top_p 1), each answer's draws seeded from
-    `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare). Returns {name:
-    {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}; names are
-    "ar" and str(StaticSetting)."""
-    from radar_ext.benchmark.methods import sampling_kwargs
+    """time_decoders over one StaticPolicy RadarDecoder per StaticSetting, named str(setting)."""
     from radar_ext.decoder import RadarDecoder
     from radar_ext.policies import StaticPolicy
 
     decoders = {str(s): RadarDecoder(target, drafter, StaticPolicy(s.max_draft_calls), tree_topk=s.tree_topk,
                                      verify_budget=s.verify_budget) for s in settings}
+    return time_decoders(target, decoders, prompts, answers, max_new_tokens, eos_token_id, repeats=repeats,
+                         warmup=warmup, progress=progress, temperature=temperature, seed=seed)
+
+
+def time_decoders(target, decoders: dict, prompts, answers, max_new_tokens: int, eos_token_id,
+                  repeats: int = 2, warmup: int = 1, progress: bool = False, temperature: float = 0.0,
+                  seed: int = 0) -> dict:
+    """Real tokens/s of each RadarDecoder in `decoders` {name: decoder} and of the target's own generate
+    ("ar"), interleaved per prompt with the order rotated. Greedy (temperature 0): every answer is checked
+    against `answers`. Sampling: plain temperature sampling for all (top_k 0, top_p 1), each answer's draws
+    seeded from `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare). Returns
+    {name: {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}."""
+    from radar_ext.benchmark.methods import sampling_kwargs
+
     names = ["ar"] + list(decoders)
     pad = _pad(eos_token_id)
 
@@ -484,10 +493,7 @@ def format_rows(rows: list, n: int = 15) -> str:
                       f"{r['predicted_tokens_per_s']:.1f}", f"{r['predicted_speedup']:.2f}",
                       f"{m['tokens_per_s_mean']:.1f}" if m else "-", f"{m['speedup_mean']:.2f}" if m else "-",
                       _vs_best(m.get("vs_best")), {True: "yes", False: "NO"}.get(m.get("exact"), "-")))
-    w = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    out = ["  ".join(s.rjust(k) for s, k in zip(x, w)) for x in lines]
-    out.insert(1, "  ".join("-" * k for k in w))
-    return "\n".join(out)
+    return _render(lines)
 
 
 def _vs_best(v) -> str:
@@ -495,3 +501,77 @@ def _vs_best(v) -> str:
         return "-"
     lo, hi = v["ci95"]
     return f"{v['ratio']:.3f}" + ("" if math.isnan(lo) else f" [{lo:.3f}-{hi:.3f}]")
+
+
+# ------------------------------------------------------------------------- training-free adaptive policies
+def tune_adaptive(target, drafter, kind: str, candidates: list, prompts, *, max_new_tokens: int = 128,
+                  eos_token_id=None, repeats: int = 2, warmup: int = 1, progress: bool = False, log=None,
+                  temperature: float = 0.0, seed: int = 0) -> dict:
+    """The knob of a training-free controller (radar_ext.policies.adaptive), by real timing: every candidate
+    {"label", "policy_kwargs", "tree_topk", "verify_budget"} decodes `prompts` (ShareGPT, never the benchmark)
+    paired against the target's own generate, interleaved as in time_decoders; greedy answers must be
+    token-identical to the target's. The best measured tokens/s wins; every candidate's speed against it is
+    paired per answer (vs_best). Returns the setting JSON that `radar bench --methods KIND` reads."""
+    from radar_ext.decoder import RadarDecoder
+    from radar_ext.policies.adaptive import ADAPTIVE, SETTING_SCHEMA
+
+    say = log or (lambda s: None)
+    if kind not in ADAPTIVE:
+        raise ValueError(f"kind must be one of {sorted(ADAPTIVE)}, got {kind!r}")
+    if not candidates:
+        raise ValueError("candidates must not be empty")
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    t_start = time.perf_counter()
+    decoders = {}
+    for c in candidates:
+        if c["label"] in decoders:
+            raise ValueError(f"candidate labels must be distinct, {c['label']!r} is repeated")
+        decoders[c["label"]] = RadarDecoder(target, drafter, ADAPTIVE[kind](**c["policy_kwargs"]),
+                                            tree_topk=c["tree_topk"], verify_budget=c["verify_budget"])
+    answers = None if temperature > 0 else greedy_answers(target, prompts, max_new_tokens, eos_token_id)
+    say(f"[tune-static] {kind}: timing {len(candidates)} candidate(s) on {len(prompts)} prompt(s) x {repeats} repeat(s)")
+    meas = time_decoders(target, decoders, prompts, answers, max_new_tokens, eos_token_id, repeats=repeats,
+                         warmup=warmup, progress=progress, temperature=temperature, seed=seed)
+    rows = [{**{k: c[k] for k in ("label", "tree_topk", "verify_budget")},
+             "knob": {k: v for k, v in c["policy_kwargs"].items() if k not in ("costs", "acceptance")},
+             "measured": meas[c["label"]]} for c in candidates]
+    eligible = [r for r in rows if r["measured"]["exact"] is not False]
+    if not eligible:
+        raise RuntimeError(f"no {kind} candidate reproduced the target's greedy output; refusing to pick one")
+    best = max(eligible, key=lambda r: r["measured"]["tokens_per_s_mean"])
+    for r in rows:
+        r["measured"]["vs_best"] = paired_speed_ratio(r["measured"]["answer_tokens_per_s"],
+                                                      best["measured"]["answer_tokens_per_s"])
+    tied = [r["label"] for r in eligible if r is not best and not r["measured"]["vs_best"]["ci95"][1] < 1.0]
+    chosen = next(c for c in candidates if c["label"] == best["label"])
+    return {"schema": SETTING_SCHEMA, "policy": kind, "policy_kwargs": chosen["policy_kwargs"],
+            "tree_topk": chosen["tree_topk"], "verify_budget": chosen["verify_budget"], "label": best["label"],
+            "temperature": float(temperature),
+            "chosen_by": f"highest measured tokens/s of {len(rows)} candidate(s)"
+                         + (" (exact outputs only)" if temperature == 0 else f" at temperature {temperature:g}"),
+            "separated": (not tied) if len(eligible) > 1 else None, "not_separated_from": tied,
+            "ar": meas["ar"], "timed": rows,
+            "search": {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
+                       "warmup": warmup, "temperature": float(temperature), "seconds": time.perf_counter() - t_start,
+                       "threads": torch.get_num_threads()}}
+
+
+def format_adaptive_rows(rows: list) -> str:
+    """The timed candidates of tune_adaptive, best measured first."""
+    head = ("candidate", "W", "V", "tau", "meas tok/s", "meas x", "vs best [95%]", "exact")
+    lines = [head]
+    for r in sorted(rows, key=lambda r: -r["measured"]["tokens_per_s_mean"]):
+        m = r["measured"]
+        lines.append((r["label"], str(r["tree_topk"]), str(r["verify_budget"]), f"{m.get('tau', 0.0):.2f}",
+                      f"{m['tokens_per_s_mean']:.1f}", f"{m['speedup_mean']:.2f}", _vs_best(m.get("vs_best")),
+                      {True: "yes", False: "NO"}.get(m.get("exact"), "-")))
+    return _render(lines)
+
+
+def _render(lines: list) -> str:
+    """Rows of strings (the first is the header) -> right-aligned columns with a rule under the header."""
+    w = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(s.rjust(k) for s, k in zip(x, w)) for x in lines]
+    out.insert(1, "  ".join("-" * k for k in w))
+    return "\n".join(out)

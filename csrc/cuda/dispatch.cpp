@@ -77,37 +77,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const
   return {mask, depth, paths, n_paths};
 }
 
-// No custom kernel on GPUs: the matrix product stays in cuBLAS (F.linear), after the shared checks.
-at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
-  check_skinny_linear(x, w, bias);
-  return at::linear(x, w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type()), bias);
-}
-
-// Block-quantized weights on a GPU: dequantized (GGUF's formula, one rounding: d * q is exact) and
-// handed to cuBLAS; the fused decode-on-load is the CPU kernel's (memory-bound few-row products).
-at::Tensor skinny_linear_quant_cuda(const at::Tensor& x, const at::Tensor& q, const at::Tensor& d,
-                                    const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias) {
-  check_skinny_linear_quant(x, q, d, m, bias);
-  const int64_t N = q.size(0), K = x.size(1);
-  at::Tensor w;
-  if (m.has_value()) {
-    const at::Tensor b = q.view({N, K / 32, 16});
-    const at::Tensor nib = at::cat({at::bitwise_and(b, 15), at::bitwise_right_shift(b, 4)}, 2).to(at::kFloat);
-    w = (nib * d.unsqueeze(2) + m->unsqueeze(2)).reshape({N, K});
-  } else {
-    w = (q.to(at::kFloat).view({N, K / 32, 32}) * d.unsqueeze(2)).reshape({N, K});
-  }
-  return at::linear(x, w, bias);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(radar_ext, CUDA, m) {
   m.impl("topk_expand", &topk_expand_cuda);
   m.impl("policy_step", &policy_step_cuda);
   m.impl("build_tree", &build_tree_cuda);
-  m.impl("skinny_linear", &skinny_linear_cuda);
-  m.impl("skinny_linear_quant", &skinny_linear_quant_cuda);
+  // No custom kernel: the ATen-level products of csrc/ops.cpp (cuBLAS, TF32 off), shared with the
+  // skinny_linear_aten / skinny_linear_quant_aten ops that test them on the CPU.
+  m.impl("skinny_linear", &skinny_linear_aten);
+  m.impl("skinny_linear_quant", &skinny_linear_quant_aten);
 }
 
 }  // namespace radar_ext

@@ -3,8 +3,13 @@
 // the CPU path runs.
 // topk_expand: one block per row (b, n). W rounds of a block-wide arg-best over the row, each round
 // taking the best element ranked after the previous pick (same total order as the CPU insertion,
-// so the same ids), then a block-wide double sum of exp((x - max) / T); then one thread per batch
-// element selects the next beams. policy_step: one block per row, its threads over each phase's elements.
+// ranks_before, NaN included, so the same ids), then the double sum of exp((x - max) / T) in the
+// CPU's order (kSumLanes threads, one per lane, then the lanes in order: the same bits, see
+// kernels/topk_expand.h); then one thread per batch element selects the next beams.
+// The sum's 16 lanes each add Vd/16 terms in sequence (~2k for a 32k vocabulary), the price of the
+// CPU's bits; the W arg-best rounds before it read the row W times. Built with --fmad=false
+// (setup.py): the shared header arithmetic is not contracted into FMAs, so every float operation
+// rounds as on the host. policy_step: one block per row, its threads over each phase's elements.
 // build_tree: one thread per tree validates; one block per tree, a thread per node for mask/depth,
 // thread 0 for the leaves and paths.
 #include <cuda_runtime.h>
@@ -42,25 +47,14 @@ __device__ Pick block_best(Pick mine, Pick* shared /* [kWarps] */) {
   return best;
 }
 
-__device__ double block_sum(double mine, double* shared /* [kWarps] */) {
-  for (int off = 16; off > 0; off >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = mine;
-  __syncthreads();
-  double s = 0.0;
-  for (int w = 0; w < kWarps; ++w) s += shared[w];
-  return s;
-}
-
 __global__ void topk_expand_rows_kernel(TopkExpandParams p) {
   __shared__ Pick picks[kWarps];
-  __shared__ double sums[kWarps];
+  __shared__ double lanes[kSumLanes];
   const int64_t row = blockIdx.x;
   const float* x = p.logits + row * p.Vd;
-  // "Nothing" ranks after every element; "before everything" ranks before every element.
+  // "Nothing" ranks after every element; "before everything" (a NaN with id -1) before every one.
   const Pick nothing{kNegInf, INT64_MAX};
-  Pick prev{INFINITY, -1};
+  Pick prev{NAN, -1};
   float m = kNegInf;
   for (int64_t r = 0; r < p.W; ++r) {
     Pick mine = nothing;
@@ -72,12 +66,13 @@ __global__ void topk_expand_rows_kernel(TopkExpandParams p) {
     if (r == 0) m = prev.v;
     if (threadIdx.x == 0) p.child_ids[row * p.W + r] = prev.i;
   }
-  double s = 0.0;
-  if (m != kNegInf)
-    for (int64_t i = threadIdx.x; i < p.Vd; i += blockDim.x)
-      s += static_cast<double>(exp_accurate((x[i] - m) * p.inv_temperature));
-  s = block_sum(s, sums);
-  if (threadIdx.x == 0) topk_expand_finish_row(p, row, m, m == kNegInf ? 0.0 : log(s));
+  if (m == kNegInf) {  // no distribution: log_sum unused (uniform across the block: no barrier split)
+    if (threadIdx.x == 0) topk_expand_finish_row(p, row, m, 0.0);
+    return;
+  }
+  if (threadIdx.x < kSumLanes) lanes[threadIdx.x] = exp_sum_lane(x, p.Vd, m, p.inv_temperature, threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) topk_expand_finish_row(p, row, m, log_of_lanes(lanes));
 }
 
 __global__ void topk_expand_select_kernel(TopkExpandParams p) {

@@ -9,7 +9,9 @@
 // hidden [G] and logits [O]. Four phases, each a loop over independent elements (CPU: a loop;
 // CUDA: one block per row, its threads over the elements, a barrier between phases), then the
 // softmax: policy_gate_elem -> policy_cell_elem -> policy_hidden_elem -> policy_logit_elem ->
-// softmax_row. Every sum has one fixed order (dot_f32), so CPU and CUDA give the same bits.
+// softmax_row. Every sum has one fixed order (dot_f32), and exp / tanh are common.h's libm-free
+// exp_float / tanh_float (device expf / tanhf differ from glibc's in the last ulp), so CPU and CUDA
+// give the same bits, and a policy's decision (argmax of probs, ties to the lower index) is the same.
 #pragma once
 
 #include "common.h"
@@ -57,7 +59,7 @@ RADAR_HD RADAR_HOST_INLINE float dot_f32(const float* w, const float* x, int64_t
   return s;
 }
 
-RADAR_HD inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+RADAR_HD inline float sigmoid(float x) { return 1.0f / (1.0f + exp_float(-x)); }
 
 // Phase 1, j in [0, 4H): gates[j] = (b[j] + w_ih[j] . x) + w_hh[j] . h.
 RADAR_HD RADAR_HOST_INLINE void policy_gate_elem(const PolicyStepParams& p, int64_t row, int64_t j, float* s) {
@@ -74,9 +76,9 @@ RADAR_HD inline void policy_cell_elem(const PolicyStepParams& p, int64_t row, in
   if (k < H) {
     const float* g = policy_gates(p, s);
     const float in_gate = sigmoid(g[k]), forget_gate = sigmoid(g[H + k]);
-    const float cell_in = tanhf(g[2 * H + k]), out_gate = sigmoid(g[3 * H + k]);
+    const float cell_in = tanh_float(g[2 * H + k]), out_gate = sigmoid(g[3 * H + k]);
     const float c_new = forget_gate * p.c[row * H + k] + in_gate * cell_in;
-    const float h_new = out_gate * tanhf(c_new);
+    const float h_new = out_gate * tanh_float(c_new);
     p.c_new[row * H + k] = c_new;
     p.h_new[row * H + k] = h_new;
     z[k] = h_new;
@@ -101,8 +103,8 @@ RADAR_HD inline void softmax_row(const float* in, float* out, int64_t O) {
   float m = in[0];
   for (int64_t k = 1; k < O; ++k) m = in[k] > m ? in[k] : m;
   double sum = 0.0;
-  for (int64_t k = 0; k < O; ++k) sum += static_cast<double>(expf(in[k] - m));
-  for (int64_t k = 0; k < O; ++k) out[k] = static_cast<float>(static_cast<double>(expf(in[k] - m)) / sum);
+  for (int64_t k = 0; k < O; ++k) sum += static_cast<double>(exp_float(in[k] - m));
+  for (int64_t k = 0; k < O; ++k) out[k] = static_cast<float>(static_cast<double>(exp_float(in[k] - m)) / sum);
 }
 
 // The host's whole row: the phases in order, then the softmax into probs.

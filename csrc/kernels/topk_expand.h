@@ -4,6 +4,12 @@
 // then one sequential selection per batch element b over its N*W children.
 // Per row: pass 1 keeps the top W raw logits (no exp; the first entry is the row max), pass 2 sums
 // exp((x - max) / T) in double lanes, then the W log-probs are (x - max) / T - log(sum).
+// Ranking: ranks_before (common.h), torch.topk's order: NaN above +inf, ties to the lower id. A row
+// with a NaN has a NaN max, so all its log-probs (and its children's scores) are NaN, as
+// log_softmax gives; its top-W ids are its NaNs first, by id, then the rest by value.
+// Same bits on CPU and CUDA: the ids are comparisons only; the sum adds lane k = i mod kSumLanes
+// in increasing i, then the lanes in order 0..kSumLanes-1, on both devices (CPU: vector lanes,
+// CUDA: kSumLanes threads); exp_accurate and log_accurate are libm-free, and nothing is contracted.
 #pragma once
 
 #include "common.h"
@@ -43,9 +49,27 @@ RADAR_HD RADAR_HOST_INLINE int64_t topw_insert(float* vals, int64_t* ids, int64_
 
 // Log-prob of a child with raw logit x in a row with max m and log(sum exp((x - m) * inv_t)).
 // A row whose max is -inf (all logits -inf) has no distribution: every child gets -inf.
+// A row with a NaN has m = NaN (NaN ranks first), so x - m is NaN: every child gets NaN.
 RADAR_HD RADAR_HOST_INLINE float child_log_prob(float x, float m, float inv_t, double log_sum) {
   if (m == kNegInf) return kNegInf;
   return static_cast<float>(static_cast<double>((x - m) * inv_t) - log_sum);
+}
+
+// Lanes of the row sum: lane k adds the elements i = k mod kSumLanes in increasing i.
+constexpr int kSumLanes = 16;
+
+// log of the row sum from its lane sums, added in lane order (both devices).
+RADAR_HD inline double log_of_lanes(const double* lanes) {
+  double s = 0.0;
+  for (int k = 0; k < kSumLanes; ++k) s += lanes[k];
+  return log_accurate(s);
+}
+
+// Lane k of the sum of exp((x - m) * inv_t) over one row (the CUDA path: one thread per lane).
+RADAR_HD inline double exp_sum_lane(const float* x, int64_t Vd, float m, float inv_t, int k) {
+  double acc = 0.0;
+  for (int64_t i = k; i < Vd; i += kSumLanes) acc += static_cast<double>(exp_accurate((x[i] - m) * inv_t));
+  return acc;
 }
 
 // Writes child_logp / child_scores of one row from its top-W ids (child_ids already filled).
@@ -79,9 +103,9 @@ RADAR_HD inline void topk_expand_select(const TopkExpandParams& p, int64_t b) {
 #if !defined(__CUDA_ARCH__)
 constexpr int kLanes = 16;
 
-// Pass 1: top-W raw logits of one row into vals/ids (sorted). Blocks of 64 whose values are all
-// <= the current W-th value are skipped after one vectorized count: nothing there can enter
-// (an equal value has a higher id than the kept one).
+// Pass 1: top-W raw logits of one row into vals/ids (sorted by ranks_before). Blocks of 64 whose
+// values are all <= the current W-th value are skipped after one vectorized count: nothing there
+// can enter (an equal value has a higher id than the kept one).
 RADAR_HOST_INLINE void topw_scan_row(const float* x, int64_t Vd, int64_t W, float* vals, int64_t* ids) {
   constexpr int64_t kBlock = 64;
   int64_t count = 0, i = 0;
@@ -89,25 +113,26 @@ RADAR_HOST_INLINE void topw_scan_row(const float* x, int64_t Vd, int64_t W, floa
   for (; i + kBlock <= Vd; i += kBlock) {
     const float threshold = vals[W - 1];
     int above = 0;
-    for (int64_t k = 0; k < kBlock; ++k) above += x[i + k] > threshold;
+    // !(x <= threshold): a NaN can enter (it ranks above any number); if the threshold is NaN,
+    // nothing later can (a later NaN has a higher id), but the block is then just not skipped.
+    for (int64_t k = 0; k < kBlock; ++k) above += !(x[i + k] <= threshold);
     if (above)
       for (int64_t k = 0; k < kBlock; ++k) count = topw_insert(vals, ids, count, W, x[i + k], i + k);
   }
   for (; i < Vd; ++i) count = topw_insert(vals, ids, count, W, x[i], i);
 }
 
-// Pass 2: sum of exp((x - m) * inv_t) over one row, m = row max (finite). Each lane accumulates
-// in double; the lanes are added in a fixed order, so the result does not depend on the thread split.
-RADAR_HOST_INLINE double exp_sum_row(const float* x, int64_t Vd, float m, float inv_t) {
+// Pass 2: log of the sum of exp((x - m) * inv_t) over one row, m = row max. Lane k accumulates
+// the elements i = k mod kSumLanes in double (exp_sum_lane's order, vectorized), then log_of_lanes.
+RADAR_HOST_INLINE double log_exp_sum_row(const float* x, int64_t Vd, float m, float inv_t) {
+  static_assert(kLanes == kSumLanes, "the host's vector lanes are the sum's lanes");
   double acc[kLanes] = {0};
   int64_t i = 0;
   for (; i + kLanes <= Vd; i += kLanes)
     for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(exp_accurate((x[i + k] - m) * inv_t));
   const int64_t tail = Vd - i;
   for (int64_t k = 0; k < tail; ++k) acc[k] += static_cast<double>(exp_accurate((x[i + k] - m) * inv_t));
-  double s = 0.0;
-  for (int k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
+  return log_of_lanes(acc);
 }
 
 // One full row on the host: both passes, then the W log-probs and scores.
@@ -117,7 +142,7 @@ RADAR_HOST_INLINE void topk_expand_row_host(const TopkExpandParams& p, int64_t r
   int64_t* ids = p.child_ids + row * p.W;
   topw_scan_row(x, p.Vd, p.W, vals, ids);
   const float m = vals[0];
-  const double log_sum = m == kNegInf ? 0.0 : log(exp_sum_row(x, p.Vd, m, p.inv_temperature));
+  const double log_sum = m == kNegInf ? 0.0 : log_exp_sum_row(x, p.Vd, m, p.inv_temperature);
   topk_expand_finish_row(p, row, m, log_sum);
 }
 #endif

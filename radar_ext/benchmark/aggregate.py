@@ -3,6 +3,8 @@
 Per method and per category (and overall), per repeat r:
   tokens_per_s[r] = sum(new_tokens) / sum(seconds)           (throughput over the same answers)
   speedup[r]      = tokens_per_s[r] / baseline tokens_per_s[r] on the same (question, turn) answers
+  speedup_vs_ar_fast[r] = the same ratio over our own plain decoding (`ar-fast`) when it ran: the
+                    speculation's own gain, beside `speedup` (vs HF generate), which also holds the forward's
 The reported value is the mean over repeats, with min, max and std (ddof=0) as the spread.
 tau = mean(accepted_len + 1) over cycles, from the summed accepted-length histogram;
 draft_calls and verify_budget are means per cycle; policy_share = policy seconds / total seconds;
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, defaultdict
 
-from radar_ext.benchmark.methods import BASELINE
+from radar_ext.benchmark.methods import BASELINE, OWN_BASELINE
 
 OVERALL = "overall"
 
@@ -59,24 +61,33 @@ def _sum_hist(records):
     return hist
 
 
-def summarize(records, baseline_records) -> dict:
+def _throughput(recs) -> float:
+    secs = sum(r["seconds"] for r in recs)
+    return sum(r["new_tokens"] for r in recs) / secs if secs > 0 else float("nan")
+
+
+def _speedups(by_repeat: dict, ref_records) -> list:
+    """Per repeat: tokens/s over the reference's tokens/s on the same answers (a repeat missing any is skipped)."""
+    ref_by_key = {_key(r): r for r in ref_records}
+    out = []
+    for rep in sorted(by_repeat):
+        recs = by_repeat[rep]
+        paired = [ref_by_key[_key(r)] for r in recs if _key(r) in ref_by_key]
+        if len(paired) == len(recs) and paired:
+            bt = _throughput(paired)
+            out.append(_throughput(recs) / bt if bt > 0 else float("nan"))
+    return out
+
+
+def summarize(records, baseline_records, own_records=None) -> dict:
     """One cell of the table: `records` of one method (one category or all), paired with the
-    baseline's records (same filter)."""
-    base_by_key = {_key(r): r for r in baseline_records}
+    baseline's records (same filter) and, when given, our own plain decoding's (speedup_vs_ar_fast)."""
     by_repeat = defaultdict(list)
     for r in records:
         by_repeat[r["repeat"]].append(r)
-    tps, speedups = [], []
-    for rep in sorted(by_repeat):
-        recs = by_repeat[rep]
-        secs = sum(r["seconds"] for r in recs)
-        t = sum(r["new_tokens"] for r in recs) / secs if secs > 0 else float("nan")
-        tps.append(t)
-        paired = [base_by_key[_key(r)] for r in recs if _key(r) in base_by_key]
-        if len(paired) == len(recs) and paired:
-            bsecs = sum(b["seconds"] for b in paired)
-            bt = sum(b["new_tokens"] for b in paired) / bsecs if bsecs > 0 else float("nan")
-            speedups.append(t / bt if bt > 0 else float("nan"))
+    tps = [_throughput(by_repeat[rep]) for rep in sorted(by_repeat)]
+    speedups = _speedups(by_repeat, baseline_records)
+    own = _spread(_speedups(by_repeat, own_records)) if own_records else _spread([])
     hist = _sum_hist(records)
     cycles = sum(hist)
     with_cycles = [r for r in records if r.get("cycles")]
@@ -99,6 +110,8 @@ def summarize(records, baseline_records) -> dict:
         "tokens_per_s_max": tps_s["max"], "tokens_per_s_std": tps_s["std"],
         "speedup": sp_s["mean"], "speedup_min": sp_s["min"], "speedup_max": sp_s["max"],
         "speedup_std": sp_s["std"],
+        "speedup_vs_ar_fast": own["mean"], "speedup_vs_ar_fast_min": own["min"],
+        "speedup_vs_ar_fast_max": own["max"], "speedup_vs_ar_fast_std": own["std"],
         "tau": (sum((k + 1) * c for k, c in enumerate(hist)) / cycles) if cycles else None,
         "draft_calls": per_cycle("draft_calls") if ncyc else None,
         "verify_budget": per_cycle("verify_tokens") if ncyc else None,
@@ -116,21 +129,56 @@ def summarize(records, baseline_records) -> dict:
     }
 
 
-def aggregate(records, methods, baseline=BASELINE) -> dict:
-    """{"methods": {name: {...overall..., "per_category": {cat: {...}}}}, "categories": [...]}"""
+def aggregate(records, methods, baseline=BASELINE, own_baseline=OWN_BASELINE) -> dict:
+    """{"methods": {name: {...overall..., "per_category": {cat: {...}}}}, "categories": [...],
+    "comparisons": paired_comparisons(...)}"""
     categories = list(OrderedDict.fromkeys(r["category"] for r in records))
     by = defaultdict(list)
     for r in records:
         by[(r["method"], r["category"])].append(r)
     out = OrderedDict()
+    base = [r for r in records if r["method"] == baseline]
+    own = [r for r in records if r["method"] == own_baseline]
     for m in methods:
         mine = [r for r in records if r["method"] == m]
-        base = [r for r in records if r["method"] == baseline]
-        cell = summarize(mine, base)
+        cell = summarize(mine, base, own)
         cell["per_category"] = OrderedDict(
-            (c, summarize(by[(m, c)], by[(baseline, c)])) for c in categories)
+            (c, summarize(by[(m, c)], by[(baseline, c)], by[(own_baseline, c)])) for c in categories)
         out[m] = cell
-    return {"methods": out, "categories": categories}
+    return {"methods": out, "categories": categories, "comparisons": paired_comparisons(records, out)}
+
+
+LEARNED = ("radar", "ltd")
+# The opponents a learned controller must beat (METHOD.md 9): the grid-searched static tree and the
+# training-free adaptive controllers.
+OPPONENTS = ("static-gs", "pmin", "ema", "goodput")
+
+
+def paired_ratio(records, method: str, ref: str) -> dict | None:
+    """`method` against `ref` over the answers both gave: the geometric mean of the per-answer tokens/s
+    ratios and its 95% interval (paired_interval on the log ratios). None when they share no answer."""
+    ref_tps = {_key(r): r["new_tokens"] / r["seconds"] for r in records if r["method"] == ref and r["seconds"] > 0}
+    logs = [math.log((r["new_tokens"] / r["seconds"]) / ref_tps[_key(r)]) for r in records
+            if r["method"] == method and r["seconds"] > 0 and ref_tps.get(_key(r), 0) > 0 and r["new_tokens"] > 0]
+    if not logs:
+        return None
+    m, lo, hi = paired_interval(logs)
+    return {"ratio": math.exp(m), "ci95": [math.exp(lo), math.exp(hi)], "answers": len(logs)}
+
+
+def paired_comparisons(records, cells: dict) -> dict:
+    """Each learned method present against each opponent present and against the best of them (the one with
+    the highest overall tokens/s): {"best_opponent": name, "<learned>": {"vs <opponent>": paired_ratio}}."""
+    present = [m for m in OPPONENTS if m in cells and cells[m]["tokens_per_s"] is not None]
+    if not present:
+        return {}
+    best = max(present, key=lambda m: cells[m]["tokens_per_s"])
+    out = {"best_opponent": best}
+    for m in LEARNED:
+        if m in cells:
+            out[m] = {f"vs {o}": paired_ratio(records, m, o) for o in present}
+            out[m]["vs best"] = out[m][f"vs {best}"]
+    return out
 
 
 def mismatches(records) -> list:

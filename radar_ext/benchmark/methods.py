@@ -42,6 +42,8 @@ class BenchOptions:
     ngram_budget: int = 15               # verify_budget of `ngram`: 16 tree tokens stay in the flat part
                                          # of a CPU target forward's cost (2..16 tokens cost about the same)
     pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
+    adaptive_paths: dict = field(default_factory=dict)  # pmin / ema / goodput -> tuned setting JSON;
+                                         # default: <kind>.json beside the head (`radar tune-static --policy`)
     generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
                                          # and ours (`radar bench --generate-kwargs`, e.g. repetition_penalty)
 
@@ -150,8 +152,8 @@ class _DecoderMethod:
     def __init__(self, ctx: BenchContext):
         RadarDecoder = _import("radar_ext.decoder", "RadarDecoder", self.name)
         drafter, policy, kwargs = self._parts(ctx)
-        self.settings = {"drafter": repr(drafter), "policy": repr(policy), **kwargs}
         self.decoder = RadarDecoder(ctx.target, drafter, policy=policy, **kwargs)
+        self.settings = {"drafter": repr(self.decoder.drafter), "policy": repr(self.decoder.policy), **kwargs}
         self.ctx = ctx
         params = inspect.signature(self.decoder.generate).parameters
         self._takes_generator = "generator" in params
@@ -179,6 +181,15 @@ def decoder_stats(stats) -> dict:
             "policy_seconds": float(stats.time_policy),
             "time_split": {"prefill": stats.time_prefill, "draft": stats.time_draft, "policy": stats.time_policy,
                            "verify": stats.time_verify, "other": stats.time_other}}
+
+
+class ArFast(_DecoderMethod):
+    """`ar-fast`: our own plain decoding, the speculation's own 1.00x."""
+    name = "ar-fast"
+    summary = "RadarDecoder(target, drafter=None): one token per forward through our own verify path"
+
+    def _parts(self, ctx):
+        return None, None, {}
 
 
 class Ngram(_DecoderMethod):
@@ -304,8 +315,54 @@ class Ltd(_Learned):
     option = "ltd_policy_path"
 
 
-METHODS = {m.name: m for m in (HFGenerate, HFPromptLookup, Ngram, Static, StaticGS, Radar, Ltd)}
+def adaptive_setting_path(options: BenchOptions, kind: str) -> Path:
+    given = (options.adaptive_paths or {}).get(kind)
+    return Path(given) if given else eagle_head_path(options) / f"{kind}.json"
+
+
+class _Adaptive(Static):
+    """A training-free adaptive controller (radar_ext.policies.adaptive) with its tuned setting."""
+    kind = ""
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        cls._setting_of(options)
+
+    @classmethod
+    def _setting_of(cls, options):
+        from radar_ext.policies.adaptive import read_setting
+        path = adaptive_setting_path(options, cls.kind)
+        try:
+            return read_setting(path, cls.kind)
+        except (FileNotFoundError, ValueError) as e:
+            raise MethodUnavailable(f"method {cls.name!r}: {e} (or pass --{cls.kind} FILE)") from None
+
+    def _parts(self, ctx):
+        from radar_ext.policies.adaptive import from_setting
+        policy, W, V = from_setting(self._setting_of(ctx.options), costs=ctx.options.policy_costs)
+        return ctx.eagle_drafter(), policy, dict(tree_topk=W, verify_budget=V)
+
+
+class Pmin(_Adaptive):
+    name = kind = "pmin"
+    summary = "RadarDecoder + EagleDrafter + PminPolicy (llama.cpp's p-min stop rule, tuned p)"
+
+
+class Ema(_Adaptive):
+    name = kind = "ema"
+    summary = "RadarDecoder + EagleDrafter + EmaPolicy (SGLang-style depth from an EMA of accepted lengths)"
+
+
+class Goodput(_Adaptive):
+    name = kind = "goodput"
+    summary = "RadarDecoder + EagleDrafter + GoodputPolicy (vLLM-style expected-goodput depth and V)"
+
+
+METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Static, StaticGS, Pmin, Ema, Goodput, Radar,
+                               Ltd)}
 BASELINE = "ar"
+OWN_BASELINE = "ar-fast"  # our own plain decoding: speedup_vs_ar_fast is the speculation's own gain
 
 
 def parse_methods(spec: str) -> list:

@@ -47,6 +47,7 @@ def machine_info() -> dict:
 def build_report(summary: dict, config: dict, machine: dict, records, interrupted=False,
                  settings=None) -> dict:
     return {"schema": SCHEMA, "methods": summary["methods"], "categories": summary["categories"],
+            "comparisons": summary.get("comparisons", {}),
             "config": config, "machine": machine, "method_settings": settings or {},
             "interrupted": interrupted, "records": list(records)}
 
@@ -71,7 +72,8 @@ def _range(cell, key, fmt):
     return f" [{format(lo, fmt)}-{format(hi, fmt)}]"
 
 
-COLUMNS = ("method", "tok/s [min-max]", "speedup [min-max]", "tau", "draft", "V", "policy", "exact", "n")
+COLUMNS = ("method", "tok/s [min-max]", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V", "policy",
+           "exact", "n")
 
 
 def table_rows(cell_by_method: dict) -> list:
@@ -81,6 +83,8 @@ def table_rows(cell_by_method: dict) -> list:
                      _f(c["tokens_per_s"], ".2f") + _range(c, "tokens_per_s", ".2f"),
                      (_f(c["speedup"], ".2f") + "x" if c["speedup"] is not None else "-")
                      + _range(c, "speedup", ".2f"),
+                     (_f(c.get("speedup_vs_ar_fast"), ".2f") + "x" if c.get("speedup_vs_ar_fast") is not None else "-")
+                     + _range(c, "speedup_vs_ar_fast", ".2f"),
                      _f(c["tau"], ".2f"), _f(c["draft_calls"], ".2f"), _f(c["verify_budget"], ".1f"),
                      "-" if c["policy_share"] is None else f"{100 * c['policy_share']:.1f}%",
                      "-" if c["exact_match"] is None else f"{100 * c['exact_match']:.0f}%",
@@ -102,6 +106,16 @@ def format_table(summary: dict) -> str:
             lines.append("  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(r, widths))))
             if j == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        blocks.append("\n".join(lines))
+    comp = summary.get("comparisons") or {}
+    if comp.get("best_opponent"):
+        lines = [f"== learned vs the best training-free / grid-searched opponent ({comp['best_opponent']}): "
+                 "paired per answer, geometric mean [95% interval] =="]
+        for m, vs in comp.items():
+            if m == "best_opponent":
+                continue
+            lines.append(f"{m}: " + "; ".join(f"{k} {v['ratio']:.3f} [{v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}]"
+                                             for k, v in vs.items() if v is not None))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

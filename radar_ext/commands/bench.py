@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-costs", default=None,
                    help="a `radar calibrate` JSON the learned policies (radar, ltd) read instead of the calibration "
                         "stored with them, e.g. this machine's or this thread count's")
+    for kind, what in (("pmin", "p-min stop rule"), ("ema", "EMA depth rule"), ("goodput", "expected-goodput rule")):
+        p.add_argument(f"--{kind}", default=None, metavar="FILE",
+                       help=f"tuned setting of the `{kind}` method's {what} (default: {kind}.json beside the head, "
+                            f"written by `radar tune-static --policy {kind} --install`)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -182,6 +186,8 @@ def run(args) -> int:
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
                                policy_costs=args.policy_costs,
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget,
+                               adaptive_paths={k: getattr(args, k) for k in ("pmin", "ema", "goodput")
+                                               if getattr(args, k, None)},
                                generate_kwargs=generate_kwargs)
         methods = resolve_methods(args.methods, options)
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None

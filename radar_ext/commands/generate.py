@@ -10,12 +10,14 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
-    p.add_argument("--drafter", choices=("eagle", "ngram"), default="ngram",
-                   help="eagle: the shipped EAGLE-3 head (or --head); ngram: prompt lookup (default)")
+    p.add_argument("--drafter", choices=("eagle", "ngram", "none"), default="eagle",
+                   help="eagle: the shipped EAGLE-3 head (or --head; default); ngram: prompt lookup; none: our own plain "
+                        "decoding, one token per forward through the fast verify path")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (with --drafter eagle)")
-    p.add_argument("--policy", default="static",
-                   help="draft controller: static (default), radar or ltd (the policies shipped for the default "
-                        "target and head), or a saved policy directory from `radar train-policy` (with --drafter eagle)")
+    p.add_argument("--policy", default=None,
+                   help="draft controller: static, radar or ltd (the policies shipped for the default target and head), "
+                        "or a saved policy directory from `radar train-policy` (with --drafter eagle). Default: ltd with "
+                        "--drafter eagle, static otherwise")
     p.add_argument("--costs", default=None,
                    help="this machine's `radar calibrate` JSON for a learned --policy, in place of the calibration "
                         "stored with it (an LTD policy reads its cost features from it)")
@@ -46,6 +48,8 @@ def _check(args) -> None:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.compare and args.temperature > 0:
         raise ValueError(f"--compare needs greedy decoding (--temperature 0), got --temperature {args.temperature}")
+    if args.policy is None:
+        args.policy = "ltd" if args.drafter == "eagle" else "static"
     if args.head is not None and args.drafter != "eagle":
         raise ValueError(f"--head needs --drafter eagle, got --drafter {args.drafter}")
     if not args.prompt.strip():
@@ -88,7 +92,10 @@ def build(args, policy=None):
     from radar_ext.models import load_default, load_default_target
     from radar_ext.policies import StaticPolicy
 
-    if args.drafter == "ngram":
+    if args.drafter == "none":
+        target, tok = load_default_target()
+        drafter, calls, budget = None, 1, 1
+    elif args.drafter == "ngram":
         target, tok = load_default_target()
         drafter = NgramDrafter(max_ngram=args.max_ngram)
         calls, budget = args.max_draft_calls or 1, args.verify_budget or 15
@@ -134,7 +141,8 @@ def run(args) -> int:
     if args.no_stream:
         print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     s = dec.last_stats
-    print(f"[radar] {args.drafter} drafter, {dec.policy!r}, tree_topk={dec.tree_topk}, "
+    label = "no drafter (own plain decoding)" if args.drafter == "none" else f"{args.drafter} drafter"
+    print(f"[radar] {label}, {dec.policy!r}, tree_topk={dec.tree_topk}, "
           f"verify_budget={dec.verify_budget}: {s.summary()}")
     if args.compare:
         t0 = time.perf_counter()

@@ -4,7 +4,13 @@ answers, a predicted tokens/s from the calibrated CostModel (`radar calibrate` f
 model's top few decoded for real, paired against the target's greedy generate and checked
 token-identical. With --temperature T > 0 the tau comes from `radar collect` episodes recorded at T
 (--episodes) and the timing samples at T. Writes static_tree.json (read by `radar bench --methods
-static-gs` and `radar demo`). Never uses the dev benchmark questions."""
+static-gs` and `radar demo`). Never uses the dev benchmark questions.
+
+With --policy pmin|ema|goodput it tunes a training-free adaptive controller instead
+(radar_ext.policies.adaptive): every knob value x tree in the grid is decoded for real on the same
+ShareGPT prompts, paired against the target's own generate, and the fastest exact one is written as
+<policy>.json (read by `radar bench --methods <policy>`). goodput fits its acceptance calibration on
+--episodes first."""
 from __future__ import annotations
 
 import json
@@ -20,10 +26,20 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", default=None,
                    help=f"CostModel JSON from `radar calibrate` (default: <cache>/calibration/{DEFAULT_TARGET_NAME}.json)")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (default: the shipped head)")
-    p.add_argument("--max-draft-calls", default="1,2,3,4,5,6,7,8", help="grid of draft calls (default: %(default)s)")
-    p.add_argument("--verify-budget", default="4,8,12,16,20,24,32,40,48,64",
-                   help="grid of verify budgets V (default: %(default)s)")
-    p.add_argument("--tree-topk", default="4,6,8,10", help="grid of tree_topk W (default: %(default)s)")
+    p.add_argument("--max-draft-calls", default=None,
+                   help=f"grid of draft calls (default: {STATIC_GRID['max_draft_calls']}; with --policy: the cap, "
+                        f"{POLICY_MAX_CALLS})")
+    p.add_argument("--verify-budget", default=None,
+                   help=f"grid of verify budgets V (default: {STATIC_GRID['verify_budget']}; with --policy pmin / ema: "
+                        "the shipped static tree's V and twice it; goodput chooses V itself, this caps it (default 64))")
+    p.add_argument("--tree-topk", default=None,
+                   help=f"grid of tree_topk W (default: {STATIC_GRID['tree_topk']}; with --policy pmin / ema: the shipped "
+                        f"static tree's W; goodput: {POLICY_GRID['goodput']['tree_topk']})")
+    p.add_argument("--policy", choices=("pmin", "ema", "goodput"), default=None,
+                   help="tune this training-free controller's knob instead of the static tree")
+    p.add_argument("--values", default=None,
+                   help="with --policy pmin / ema: the knob's grid, comma separated (pmin: p_min, default "
+                        f"{POLICY_GRID['pmin']['values']}; ema: margin in draft calls, default {POLICY_GRID['ema']['values']})")
     p.add_argument("--prompts", type=int, default=16, help="ShareGPT prompts for the replay (default: %(default)s)")
     p.add_argument("--time-prompts", type=int, default=8,
                    help="of those, prompts decoded for the real timing (default: %(default)s)")
@@ -47,15 +63,36 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+STATIC_GRID = {"max_draft_calls": "1,2,3,4,5,6,7,8", "verify_budget": "4,8,12,16,20,24,32,40,48,64",
+               "tree_topk": "4,6,8,10"}
+POLICY_MAX_CALLS = 8
+POLICY_GRID = {"pmin": {"values": "0.2,0.4,0.6,0.8"}, "ema": {"values": "0.5,1,2"},
+               "goodput": {"tree_topk": "4,6,10", "verify_budget": "64"}}
+
+
 def _fail(msg: str) -> int:
     print(f"radar tune-static: error: {msg}", file=sys.stderr)
     return 2
 
 
 def check_args(args) -> dict:
-    out = dict(calls_list=parse_int_list(args.max_draft_calls, "--max-draft-calls"),
-               budget_list=parse_int_list(args.verify_budget, "--verify-budget"),
-               topk_list=parse_int_list(args.tree_topk, "--tree-topk"))
+    if args.policy is not None:
+        return check_policy_args(args)
+    if args.values is not None:
+        raise ValueError("--values is the knob grid of --policy pmin / ema; the static search has no knob")
+    out = dict(calls_list=parse_int_list(args.max_draft_calls or STATIC_GRID["max_draft_calls"], "--max-draft-calls"),
+               budget_list=parse_int_list(args.verify_budget or STATIC_GRID["verify_budget"], "--verify-budget"),
+               topk_list=parse_int_list(args.tree_topk or STATIC_GRID["tree_topk"], "--tree-topk"))
+    _common_checks(args)
+    if args.temperature > 0 and not args.episodes:
+        raise ValueError(f"--temperature {args.temperature:g} needs --episodes recorded at that temperature "
+                         "(radar collect --temperature ...): greedy replays say nothing about sampled acceptance")
+    if args.temperature == 0 and args.episodes:
+        raise ValueError("--episodes is read only above --temperature 0 (greedy ranks on exact replays)")
+    return out
+
+
+def _common_checks(args) -> None:
     for name, v, lo in (("--prompts", args.prompts, 1), ("--time-prompts", args.time_prompts, 1),
                         ("--max-prompt-tokens", args.max_prompt_tokens, 1), ("--max-new-tokens", args.max_new_tokens, 2),
                         ("--top", args.top, 1), ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
@@ -64,14 +101,59 @@ def check_args(args) -> dict:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.temperature > 0 and not args.episodes:
-        raise ValueError(f"--temperature {args.temperature:g} needs --episodes recorded at that temperature "
-                         "(radar collect --temperature ...): greedy replays say nothing about sampled acceptance")
-    if args.temperature == 0 and args.episodes:
-        raise ValueError("--episodes is read only above --temperature 0 (greedy ranks on exact replays)")
     if args.time_prompts > args.prompts:
         raise ValueError(f"--time-prompts must be <= --prompts ({args.prompts}), got {args.time_prompts}")
+
+
+def check_policy_args(args) -> dict:
+    """--policy: the candidate grid's parts, checked before any model is loaded."""
+    _common_checks(args)
+    kind = args.policy
+    static = _shipped_static(args.head)
+    grid = POLICY_GRID[kind]
+    cap = parse_int_list(args.max_draft_calls or str(POLICY_MAX_CALLS), "--max-draft-calls")
+    if len(cap) != 1:
+        raise ValueError(f"--max-draft-calls with --policy is the one cap on draft calls, got {args.max_draft_calls!r}")
+    out = dict(max_draft_calls=cap[0])
+    if kind == "goodput":
+        if args.values is not None:
+            raise ValueError("--values: goodput has no knob grid of its own (its grid is --tree-topk)")
+        if not args.episodes:
+            raise ValueError("--policy goodput needs --episodes (`radar collect` directories) to fit its acceptance "
+                             "calibration")
+        out.update(topk_list=parse_int_list(args.tree_topk or grid["tree_topk"], "--tree-topk"),
+                   budget_list=parse_int_list(args.verify_budget or grid["verify_budget"], "--verify-budget"))
+        if len(out["budget_list"]) != 1:
+            raise ValueError(f"--verify-budget with --policy goodput is the one cap on V, got {args.verify_budget!r}")
+        return out
+    if args.episodes:
+        raise ValueError(f"--episodes is read by --policy goodput only, not {kind}")
+    values = [float(x) for x in _floats(args.values or grid["values"], "--values")]
+    out.update(values=values,
+               topk_list=parse_int_list(args.tree_topk or str(static["tree_topk"]), "--tree-topk"),
+               budget_list=parse_int_list(args.verify_budget or f"{static['verify_budget']},{2 * static['verify_budget']}",
+                                          "--verify-budget"))
     return out
+
+
+def _floats(spec: str, flag: str) -> list:
+    try:
+        vals = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise ValueError(f"{flag} must be a comma-separated list of numbers, got {spec!r}")
+    return vals
+
+
+def _shipped_static(head) -> dict:
+    from radar_ext.benchmark.methods import MethodUnavailable, read_static_gs
+    from radar_ext.models import default_head_path
+    path = (Path(head) if head else default_head_path()) / "static_tree.json"
+    try:
+        return read_static_gs(path)
+    except MethodUnavailable:
+        return {"max_draft_calls": 8, "tree_topk": 10, "verify_budget": 60}
 
 
 def sharegpt_prompts(tokenizer, n: int, split: str, max_tokens: int, seed: int) -> list:
@@ -110,6 +192,8 @@ def run(args) -> int:
     from radar_ext.static_search import format_rows, tune_static
     try:
         grid = check_args(args)
+        if args.policy is not None:
+            return run_policy(args, grid)
         cal_path = Path(args.calibration) if args.calibration else default_path(DEFAULT_TARGET_NAME)
         cost_model = CostModel.load(cal_path)
         head = Path(args.head) if args.head else default_head_path()
@@ -175,4 +259,92 @@ def run(args) -> int:
     if args.install:
         write(result, head / "static_tree.json")
         print(f"[tune-static] installed {head / 'static_tree.json'}", file=sys.stderr)
+    return 0
+
+
+def policy_candidates(kind: str, grid: dict, costs=None, acceptance=None) -> list:
+    """The timed candidates of --policy KIND: {"label", "policy_kwargs", "tree_topk", "verify_budget"}."""
+    out = []
+    for W in grid["topk_list"]:
+        for V in grid["budget_list"]:
+            if kind == "goodput":
+                kw = dict(costs=costs, acceptance=acceptance, max_draft_calls=grid["max_draft_calls"],
+                          max_verify_budget=V)
+                out.append(dict(label=f"W={W}", policy_kwargs=kw, tree_topk=W, verify_budget=V))
+                continue
+            for x in grid["values"]:
+                knob = "p_min" if kind == "pmin" else "margin"
+                kw = {knob: x, "max_draft_calls": grid["max_draft_calls"]}
+                out.append(dict(label=f"{knob}={x:g} W={W} V={V}", policy_kwargs=kw, tree_topk=W, verify_budget=V))
+    return out
+
+
+def run_policy(args, grid: dict) -> int:
+    """--policy: time the knob grid of one training-free controller and write <policy>.json."""
+    import torch
+
+    from radar_ext.calibration import CalibrationError, default_path
+    from radar_ext.models import DEFAULT_TARGET_NAME, cache_dir, default_head_path
+    from radar_ext.static_search import format_adaptive_rows, tune_adaptive
+    kind = args.policy
+    head = Path(args.head) if args.head else default_head_path()
+    if not (head / "config.json").is_file():
+        return _fail(f"--head {str(head)!r} has no config.json (an EAGLE-3 head directory)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from radar_ext.drafters import EagleDrafter
+    from radar_ext.models import load_default_target
+    costs = acceptance = None
+    if kind == "goodput":
+        from radar_ext.policies.adaptive import fit_acceptance
+        from radar_ext.policies.costs import PolicyCosts
+        from radar_ext.training.episodes import load_episodes
+        try:
+            cal_path = Path(args.calibration) if args.calibration else default_path(DEFAULT_TARGET_NAME)
+            PolicyCosts.load(cal_path)  # a `radar calibrate` JSON or any cost source a learned policy reads
+            acceptance = {}
+            for d in args.episodes:
+                ep = load_episodes(d, "train")
+                fit = fit_acceptance(ep)
+                t = sorted({float(x) for x in ep["temperature"].tolist()})
+                print(f"[tune-static] goodput acceptance fit on {d} (T = {t}): a={fit['a']:.3f} b={fit['b']:.3f} "
+                      f"rmse {fit['rmse']:.3f} over {fit['cycles']} cycles", file=sys.stderr)
+                for temp in t:
+                    acceptance[f"{temp:g}"] = {"a": fit["a"], "b": fit["b"]}
+        except (OSError, ValueError, CalibrationError) as e:
+            return _fail(str(e))
+    target, tok = load_default_target()
+    drafter = EagleDrafter.from_pretrained(head, target)
+    try:
+        prompts = sharegpt_prompts(tok, args.prompts, args.prompt_split, args.max_prompt_tokens, args.seed)
+    except ValueError as e:
+        return _fail(str(e))
+    if kind == "goodput":
+        mean_len = float(sum(p.shape[1] for p in prompts) / len(prompts)) + args.max_new_tokens / 2
+        costs = {W: PolicyCosts.load(cal_path, tree_topk=W, prefix_len=mean_len).to_dict() for W in grid["topk_list"]}
+    cands = policy_candidates(kind, grid, acceptance=acceptance)
+    if kind == "goodput":
+        for c in cands:
+            c["policy_kwargs"]["costs"] = costs[c["tree_topk"]]
+    eos = getattr(target.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    result = tune_adaptive(target, drafter, kind, cands, prompts[:args.time_prompts], max_new_tokens=args.max_new_tokens,
+                           eos_token_id=eos, repeats=args.repeats, warmup=args.warmup, progress=not args.no_progress,
+                           log=lambda s: print(s, file=sys.stderr), temperature=args.temperature, seed=args.seed)
+    result["search"].update(prompt_source=f"ShareGPT first user turns ({args.prompt_split} split), chat template",
+                            head=str(head), seed=args.seed, episodes=args.episodes,
+                            calibration=str(cal_path) if kind == "goodput" else None)
+    print(format_adaptive_rows(result["timed"]))
+    ar = result["ar"]
+    print(f"ar: {ar['tokens_per_s_mean']:.1f} tok/s | best: {result['label']}")
+    if result["separated"] is False:
+        print(f"[tune-static] note: the pick is not separated from {', '.join(result['not_separated_from'])} at this "
+              "timing budget; more --time-prompts or --repeats would tell them apart", file=sys.stderr)
+    out = Path(args.out) if args.out else cache_dir() / "tune_static" / f"{kind}.json"
+    write(result, out)
+    print(f"[tune-static] wrote {out}", file=sys.stderr)
+    if args.install:
+        write(result, head / f"{kind}.json")
+        print(f"[tune-static] installed {head / f'{kind}.json'}", file=sys.stderr)
     return 0

@@ -1,6 +1,8 @@
-"""Drafters propose draft trees: an EAGLE-3 head (EagleDrafter) or prompt lookup (NgramDrafter)."""
+"""Drafters propose draft trees: an EAGLE-3 head (EagleDrafter), prompt lookup (NgramDrafter), or nothing
+(PlainDrafter: one token per forward, our own plain decoding)."""
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.eagle import EagleDrafter
 from radar_ext.drafters.ngram import NgramDrafter
+from radar_ext.drafters.plain import PlainDrafter
 
-__all__ = ["DraftRequest", "Drafter", "EagleDrafter", "NgramDrafter"]
+__all__ = ["DraftRequest", "Drafter", "EagleDrafter", "NgramDrafter", "PlainDrafter"]

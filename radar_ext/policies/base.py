@@ -1,6 +1,8 @@
 """The controller interface. A policy decides, after each draft call, whether to make another one,
 and after drafting it may choose the verify budget V. StaticPolicy (a fixed depth) is the baseline;
-the learned RADAR and LTD controllers implement the same two methods.
+the learned RADAR and LTD controllers and the training-free ones (policies/adaptive.py) implement the
+same two methods. Policies that adapt within a sequence also get `start_sequence()` at the start of
+every generate call and `observe(CycleOutcome)` after every cycle's acceptance (no-ops by default).
 """
 from __future__ import annotations
 
@@ -40,13 +42,27 @@ class BudgetStep:
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
 
 
+@dataclass
+class CycleOutcome:
+    """What a cycle earned, reported to the policy after acceptance (row 0; B = 1 for now)."""
+    accepted_len: int           # draft tokens accepted (emitted = accepted_len + 1)
+    draft_calls: int            # draft calls made in the cycle
+    verify_budget: int          # draft tokens verified (root excluded)
+
+
 class Policy:
     """Base controller. `max_draft_calls` is a hard cap the decoder also uses to size its buffers."""
 
     max_draft_calls: int = 1
 
+    def start_sequence(self) -> None:
+        """Called once at the start of every generate call (per-sequence history goes back to zero)."""
+
     def reset(self) -> None:
         """Called at the start of every cycle (recurrent state goes back to zero)."""
+
+    def observe(self, outcome: CycleOutcome) -> None:
+        """Called after every cycle's acceptance with what it earned."""
 
     def should_continue(self, step: DraftStep) -> bool:
         """After a draft call: True to make another call (never asked beyond max_draft_calls)."""
