@@ -3,7 +3,8 @@ random Llama: default lengths, return_dict_in_generate with scores / logits, sto
 emitted token, logits processors applied per tree node with the node's own prefix (greedy: token-identical
 output and scores; sampling: the processed scores, and a TV test of the processed distribution), refusals.
 
-Besides the n-gram and random EAGLE drafters (few accepted tokens on a random model), a scripted drafter
+Besides the n-gram and random EAGLE drafters (few accepted tokens on a random model) and plain decoding
+(drafter=None), a scripted drafter
 proposes HF's own answer as a chain with a wrong sibling at every level: most of each cycle is accepted, so
 processors see deep tree nodes and stopping criteria have to cut inside a cycle."""
 import string
@@ -60,9 +61,10 @@ def hf(model, ids, **kw):
 
 
 def decoders(model, script=None):
-    """(name, RadarDecoder) for the n-gram and EAGLE drafters, and the scripted one when a script is given."""
+    """(name, RadarDecoder) for the n-gram and EAGLE drafters, plain decoding (drafter=None, ar-fast), and
+    the scripted drafter when a script is given."""
     out = [(k, RadarDecoder(model, make_drafter(k, model), StaticPolicy(3), tree_topk=3, verify_budget=7))
-           for k in ("ngram", "eagle")]
+           for k in ("ngram", "eagle")] + [("plain", RadarDecoder(model, None))]
     if script is not None:
         out.append(("scripted", RadarDecoder(model, ScriptedDrafter(script), StaticPolicy(1), verify_budget=10)))
     return out
