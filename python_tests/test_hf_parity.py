@@ -4,9 +4,9 @@ emitted token, logits processors applied per tree node with the node's own prefi
 output and scores; sampling: the processed scores, and a TV test of the processed distribution), refusals.
 
 Besides the n-gram and random EAGLE drafters (few accepted tokens on a random model) and plain decoding
-(drafter=None), a scripted drafter
-proposes HF's own answer as a chain with a wrong sibling at every level: most of each cycle is accepted, so
-processors see deep tree nodes and stopping criteria have to cut inside a cycle."""
+(drafter=None), a scripted drafter proposes HF's own answer as a chain with a wrong sibling at every level:
+most of each cycle is accepted, so processors see deep tree nodes and stopping criteria have to cut inside
+a cycle."""
 import string
 
 import pytest
