@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -450,3 +451,28 @@ def test_report_markdown_tables(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("[]")
     assert md.main([str(tmp_path / "bad.json")]) == 2
     assert "is not a `radar bench` report" in capsys.readouterr().err
+
+
+def test_generate_kwargs_reach_every_method(tiny_ctx):
+    """--generate-kwargs goes to every method's generate, HF's and ours: with repetition_penalty 1.5 the
+    answers change, and every method's answer is still identical to ar's with the same setting."""
+    import dataclasses
+    names = _tiny_methods()
+    cfg = RunConfig(methods=names, max_new_tokens=12, temperature=0.0, repeats=1, seed=3, warmup=0)
+    plain = run_benchmark(tiny_ctx, QS[1:], cfg, progress=False).records
+    ctx = dataclasses.replace(tiny_ctx, options=BenchOptions(generate_kwargs={"repetition_penalty": 1.5}))
+    recs = run_benchmark(ctx, QS[1:], cfg, progress=False).records
+    assert {r["method"] for r in recs} == set(names) and len(names) > 1
+    assert all(r["exact"] is True for r in recs if r["method"] != BASELINE)
+    ar_plain = next(r for r in plain if r["method"] == BASELINE)["output_ids"]
+    assert next(r for r in recs if r["method"] == BASELINE)["output_ids"] != ar_plain
+
+
+def test_generate_kwargs_cli_errors(capsys):
+    from radar_ext.cli import main
+    for bad, msg in (("{", "--generate-kwargs must be a JSON object"), ("[1]", "--generate-kwargs must be a JSON object"),
+                     ('{"temperature": 0.5}', r"\['temperature'\] are set by the runner"),
+                     ('{"repetition_penaltyy": 1.2}', r"\['repetition_penaltyy'\] are not HF generation config fields")):
+        assert main(["bench", "--questions", "humaneval", "--generate-kwargs", bad]) == 2
+        err = capsys.readouterr().err
+        assert re.search(msg, err), err

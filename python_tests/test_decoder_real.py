@@ -90,3 +90,50 @@ def test_lean_verify_bit_identical_on_real_target(target):
     assert torch.equal(outs[0].logits, outs[1].logits) and torch.equal(outs[0].features, outs[1].features)
     for a, b in zip(*(c.layers for c in caches)):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_real_target_processors_and_scores_match_hf(target):
+    """repetition_penalty 1.2 + no_repeat_ngram_size 3 with the shipped head and the learned RADAR policy:
+    the tokens are HF's and so are the returned per-token scores; seeded sampling with the same processors
+    and top_p returns, at every emitted token, the scores HF's own generate computes on that prefix."""
+    from transformers.generation import GenerateDecoderOnlyOutput
+
+    from radar_ext.models import load_default
+    from radar_ext.policies import RadarPolicy
+
+    model, tok = target
+    _, _, drafter = load_default()
+    policy = RadarPolicy.from_pretrained()
+    dec = RadarDecoder(model, drafter, policy, tree_topk=policy.tree_topk,
+                       verify_budget=getattr(policy, "trained_verify_budget", None) or 60)
+    ids = chat(tok, "List the days of the week, then list them again.")
+    P = ids.shape[1]
+    kw = dict(max_new_tokens=24, repetition_penalty=1.2, no_repeat_ngram_size=3, return_dict_in_generate=True,
+              output_scores=True)
+    want = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24)
+    assert not torch.equal(want.sequences, plain)  # the processors change this answer
+    got = dec.generate(ids, **kw)
+    assert isinstance(got, GenerateDecoderOnlyOutput) and torch.equal(got.sequences, want.sequences)
+    assert len(got.scores) == len(want.scores)
+    for a, b in zip(got.scores, want.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    assert dec.last_stats.cycles < 24
+    kw = dict(kw, max_new_tokens=6, do_sample=True, top_p=0.9)
+    got = dec.generate(ids, generator=torch.Generator().manual_seed(0), **kw)
+    for t in range(got.sequences.shape[1] - P):
+        prefix = got.sequences[:, :P + t]
+        ref = model.generate(prefix, attention_mask=torch.ones_like(prefix), **dict(kw, max_new_tokens=1))
+        torch.testing.assert_close(got.scores[t], ref.scores[0], rtol=1e-4, atol=1e-3)
+
+
+def test_real_target_stop_strings_with_min_new_tokens(target):
+    """stop_strings with the real tokenizer, with and without min_new_tokens, stop where HF stops."""
+    model, tok = target
+    ids = chat(tok, "Repeat exactly: the cat sat on the mat, the cat sat on the mat.")
+    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(1), verify_budget=10)
+    for kw in (dict(stop_strings=["mat"]), dict(stop_strings=["mat"], min_new_tokens=12)):
+        kw = dict(kw, max_new_tokens=30, tokenizer=tok)
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        assert want.shape[1] < ids.shape[1] + 30 and tok.decode(want[0, ids.shape[1]:]).endswith("mat")
+        assert torch.equal(dec.generate(ids, **kw), want), kw

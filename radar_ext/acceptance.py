@@ -8,6 +8,10 @@ probability p(x) of the (renormalised) warped target distribution (the draft is 
 deterministic); on rejection set p(x) = 0 and renormalise; when every child is rejected, the bonus
 token is drawn from what is left of p. A tree node can then only be emitted with its target
 probability, so the output distribution equals the target's.
+
+walk_accept: the same two rules node by node, where each visited node's logits first go through a
+caller's function (HF's logits processors with that node's own prefix, radar_ext.processors); used
+when generate has processors beyond temperature / top-k / top-p, or returns per-token scores.
 """
 from __future__ import annotations
 
@@ -148,3 +152,43 @@ def sample_accept(tree: DraftTree, logits: torch.Tensor, params: SamplingParams,
         acc_lens.append(n)
     dev = tree.tokens.device
     return Acceptance(path.to(dev), out.to(dev), acc_lens)
+
+
+def walk_accept(tree: DraftTree, logits: torch.Tensor, scores_at, do_sample: bool, generator=None) -> Acceptance:
+    """logits [1, M, V]. The acceptance walk from the root where each visited node's logits first go through
+    scores_at(path_tokens, raw [1, V]) -> processed scores [1, V] (path_tokens: the draft tokens from the
+    root's child down to the node, host ints). Greedy: the processed argmax picks the child (the first child
+    holding it) or is the bonus token. Sampling: the rule of `sample_node` on softmax(processed scores).
+    Only visited nodes are processed: accepted length + 1 calls, one per emitted token, in order."""
+    B, M, _ = logits.shape
+    if B != 1:
+        raise NotImplementedError(f"walk_accept: batch size must be 1, got {B}")
+    tokens_h = tree.tokens[0].tolist()                            # host sync: tree structure
+    parents_h = tree.parents[0].tolist()
+    n_nodes = int(tree.n_nodes[0])
+    children = [[] for _ in range(n_nodes)]
+    for i in range(1, n_nodes):
+        children[parents_h[i]].append(i)
+    D = tree.paths.shape[2]
+    path = torch.full((1, D), -1, dtype=torch.int64)
+    out = torch.full((1, D), -1, dtype=torch.int64)
+    node, n, path_tokens = 0, 0, []
+    path[0, 0] = 0
+    while True:
+        scores = scores_at(path_tokens, logits[0, node:node + 1].float())     # [1, V]
+        kids = children[node]
+        kid_tokens = [tokens_h[c] for c in kids]
+        if do_sample:
+            k, tok = sample_node(torch.softmax(scores[0], dim=-1), kid_tokens, generator)
+        else:
+            tok = int(scores[0].argmax())  # host sync: the target's processed choice (ties: lowest index, as HF)
+            k = kid_tokens.index(tok) if tok in kid_tokens else -1
+        out[0, n] = tok
+        if k < 0:
+            break
+        node = kids[k]
+        path_tokens.append(tok)
+        n += 1
+        path[0, n] = node
+    dev = tree.tokens.device
+    return Acceptance(path.to(dev), out.to(dev), [n])

@@ -143,19 +143,21 @@ class RadarDecoder:
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=None, do_sample=None, temperature=None,
                  top_p=None, top_k=None, eos_token_id=None, streamer=None, generation_config=None,
-                 generator: torch.Generator | None = None, *, inputs=None, max_length=None, **kwargs) -> torch.Tensor:
-        """Like `target.generate`: returns LongTensor [B, prompt + new]. Unset arguments come from
-        `generation_config` (else the target's), then the defaults max_new_tokens=128, greedy,
-        temperature 1, top_p 1, top_k 0. `generator` drives the sampling draws. HF's other arguments
-        (`inputs=`, `max_length`, `pad_token_id`, `num_beams`, ...) are read as HF reads them or
-        refused by name (radar_ext.generation_args)."""
+                 generator: torch.Generator | None = None, *, inputs=None, max_length=None, **kwargs):
+        """Like `target.generate`: returns LongTensor [B, prompt + new], or HF's GenerateDecoderOnlyOutput
+        with return_dict_in_generate=True. Arguments are merged as HF merges them (call > `generation_config`
+        > the target's > HF's defaults: 20 new tokens with HF's warning when no length is set, greedy).
+        `generator` drives the sampling draws. Logits processors (`repetition_penalty`, ...,
+        `logits_processor=`, called once per prefix) and stopping criteria (`stop_strings`, `max_time`,
+        `stopping_criteria=`, checked per emitted token) run as in HF (radar_ext.processors); what is not
+        reproduced is refused by name (radar_ext.generation_args, docs/generate_parity.md)."""
         t_start = time.perf_counter()
         given, n_pad = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
         input_ids = given[:, n_pad:]  # left padding: HF's positions start at the first real token, so drop it
-        cfg = resolve_generation_args(given.shape[1], generation_config, getattr(self.target, "generation_config", None),
+        cfg = resolve_generation_args(self.target, given, n_pad, generation_config,
                                       max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
                                       temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
-                                      extra=kwargs)
+                                      has_attention_mask=attention_mask is not None, extra=kwargs)
         stats = self.last_stats = DecodeStats()
         policy = _TimedPolicy(self.policy, stats)
         if streamer is not None:
@@ -165,14 +167,15 @@ class RadarDecoder:
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
         emitted = out.new_empty(1, 0)
         while True:
+            out, stopped = cfg.processing.cut(emitted, out)  # stopping criteria, per emitted token
             emitted = torch.cat([emitted, out], 1)  # tokens of this cycle, already checked for EOS/limit
             if streamer is not None:
                 streamer.put(out[0].cpu())
-            if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg):
+            if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg) or stopped:
                 break
             tree = self._draft(emitted, input_ids.shape[1], policy, stats, cfg)
             logits, features = self._verify(cache, tree, input_ids.shape[1] + emitted.shape[1] - 1, stats)
-            acc = self._accept(tree, logits, cfg, generator)
+            acc = self._accept(tree, logits, cfg, generator, emitted)
             out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
                                cfg, emitted.shape[1], stats)
             policy.observe(CycleOutcome(acc.accepted_len[0], tree.draft_calls, tree.verify_budget))
@@ -182,7 +185,7 @@ class RadarDecoder:
         stats.seconds = time.perf_counter() - t_start
         stats.time_other = max(0.0, stats.seconds - stats.time_prefill - stats.time_draft - stats.time_policy
                                - stats.time_verify)
-        return torch.cat([given, emitted.to(given.device)], 1)
+        return cfg.processing.output(torch.cat([given, emitted.to(given.device)], 1))
 
     # ------------------------------------------------------------------ steps
     def _prefill(self, input_ids, cfg, stats, generator):
@@ -220,7 +223,9 @@ class RadarDecoder:
         self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.verify_budget))
         return res.logits, res.features
 
-    def _accept(self, tree, logits, cfg, generator) -> Acceptance:
+    def _accept(self, tree, logits, cfg, generator, emitted) -> Acceptance:
+        if cfg.processing.walk:  # processors or score outputs: node by node, each with its own prefix
+            return cfg.processing.accept(tree, logits, emitted, cfg.do_sample, generator)
         if cfg.do_sample:
             return sample_accept(tree, logits, cfg.sampling, generator)
         return greedy_accept(tree, logits)
@@ -247,6 +252,8 @@ class RadarDecoder:
     # ------------------------------------------------------------------ helpers
     def _first_token(self, logits, cfg, generator):
         """The token after the prompt from the prefill logits [B, V]."""
+        if cfg.processing.walk:
+            return cfg.processing.first_token(logits, cfg.do_sample, generator)
         if not cfg.do_sample:
             return logits.argmax(-1)
         probs = target_probs(logits, cfg.sampling)                                # [B, V]

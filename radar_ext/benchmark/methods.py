@@ -44,6 +44,8 @@ class BenchOptions:
     pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
     adaptive_paths: dict = field(default_factory=dict)  # pmin / ema / goodput -> tuned setting JSON;
                                          # default: <kind>.json beside the head (`radar tune-static --policy`)
+    generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
+                                         # and ours (`radar bench --generate-kwargs`, e.g. repetition_penalty)
 
 
 @dataclass
@@ -109,6 +111,9 @@ class HFGenerate:
         self.ctx = ctx
         self._base = GenerationConfig(eos_token_id=ctx.eos_token_id, pad_token_id=ctx.pad_token_id,
                                       **self._extra(ctx))
+        unused = self._base.update(**ctx.options.generate_kwargs)
+        if unused:
+            raise ValueError(f"--generate-kwargs: {sorted(unused)} are not HF generation config fields")
 
     def _extra(self, ctx) -> dict:
         return {}
@@ -158,7 +163,7 @@ class _DecoderMethod:
 
     def generate(self, input_ids, max_new_tokens, temperature, generator=None):
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.ctx.eos_token_id,
-                  **sampling_kwargs(temperature))
+                  **sampling_kwargs(temperature), **self.ctx.options.generate_kwargs)
         if self._takes_generator and generator is not None:
             kw["generator"] = generator
         return self.decoder.generate(input_ids, **kw)

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--generate-kwargs", default=None, metavar="JSON",
+                   help="more generate() arguments for every method, HF's and ours, as a JSON object, e.g. "
+                        "'{\"repetition_penalty\": 1.2}' (lengths, EOS and sampling come from the flags above)")
 
 
 def _fail(msg: str) -> int:
@@ -70,6 +73,36 @@ def _check_args(args):
     if args.policy_costs is not None and not Path(args.policy_costs).is_file():
         raise ValueError(f"--policy-costs {args.policy_costs!r} is not a file (a `radar calibrate` JSON)")
     return parse_static_tree(args.static_tree)
+
+
+# generate() arguments the runner sets itself (from --max-new-tokens / --temperature, the target's EOS),
+# or that would change what a method returns
+_RUNNER_SET = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
+               "pad_token_id", "generation_config", "return_dict_in_generate", "num_return_sequences", "streamer")
+
+
+def parse_generate_kwargs(spec):
+    """--generate-kwargs JSON -> dict of generate() keyword arguments (None: {})."""
+    import json
+    if spec is None:
+        return {}
+    try:
+        kw = json.loads(spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--generate-kwargs must be a JSON object, got {spec!r} ({e})") from None
+    if not isinstance(kw, dict):
+        raise ValueError(f"--generate-kwargs must be a JSON object, got {spec!r}")
+    taken = sorted(k for k in kw if k in _RUNNER_SET)
+    if taken:
+        raise ValueError(f"--generate-kwargs: {taken} are set by the runner (use --max-new-tokens / --temperature)")
+    from transformers import GenerationConfig
+    try:
+        unused = GenerationConfig().update(**kw)
+    except ValueError as e:
+        raise ValueError(f"--generate-kwargs: {e}") from None
+    if unused:
+        raise ValueError(f"--generate-kwargs: {sorted(unused)} are not HF generation config fields")
+    return kw
 
 
 def parse_static_tree(spec, flag: str = "--static-tree"):
@@ -148,12 +181,14 @@ def run(args) -> int:
                                      write_json)
     try:
         static_tree = _check_args(args)
+        generate_kwargs = parse_generate_kwargs(args.generate_kwargs)
         options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs, static_tree=static_tree,
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
                                policy_costs=args.policy_costs,
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget,
                                adaptive_paths={k: getattr(args, k) for k in ("pmin", "ema", "goodput")
-                                               if getattr(args, k, None)})
+                                               if getattr(args, k, None)},
+                               generate_kwargs=generate_kwargs)
         methods = resolve_methods(args.methods, options)
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
         questions = select_questions(load_questions(args.questions), cats, args.limit)
