@@ -157,7 +157,7 @@ def test_cli_help(command, capsys):
     (["train-policy", "--kind", "radar", "--gamma", "2"], "--gamma must be in (0, 1], got 2.0"),
     (["train-policy", "--kind", "ltd", "--entropy", "-0.1"], "--entropy must be a finite number >= 0, got -0.1"),
     (["train-policy", "--kind", "ltd", "--prefix-len", "0"], "--prefix-len must be a finite number of tokens > 0"),
-    (["generate", "--prompt", "hi", "--policy", "radar"], "--policy radar needs --drafter eagle"),
+    (["generate", "--prompt", "hi", "--drafter", "ngram", "--policy", "radar"], "--policy radar needs --drafter eagle"),
     (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "/nonexistent/policy"],
      "--policy must be static, radar, ltd or a saved policy directory"),
     (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "ltd", "--max-draft-calls", "3"],
@@ -313,7 +313,7 @@ def test_from_pretrained_with_this_machines_costs(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "--prompt", "hi", "--costs", "c.json"], "--costs needs a learned --policy"),
+    (["generate", "--prompt", "hi", "--policy", "static", "--costs", "c.json"], "--costs needs a learned --policy"),
     (["generate", "--prompt", "hi", "--drafter", "eagle", "--policy", "ltd", "--costs", "/nonexistent/c.json"],
      "--costs '/nonexistent/c.json' is not a file"),
     (["train-policy", "--kind", "radar", "--cost-curves", "3"], "--cost-curves > 1 needs kind 'ltd'"),
