@@ -388,3 +388,32 @@ def test_cli_policy_run_writes_a_setting_the_bench_reads(tiny, tmp_path, monkeyp
     m = METHODS[kind](ctx)
     assert getattr(m.decoder.policy, knob) == written["policy_kwargs"][knob]
     assert (m.decoder.tree_topk, m.decoder.verify_budget) == (2, 3)
+
+
+def test_cli_at_a_temperature_defaults_to_the_episodes_budgets(tiny, tmp_path, monkeypatch, capsys):
+    """Above --temperature 0 without --verify-budget the grid is the episodes' own budgets (the default static
+    grid holds budgets the episodes never recorded, which could only be refused)."""
+    import types
+
+    import radar_ext.models
+    import radar_ext.training.episodes
+    from radar_ext.commands import tune_static as cmd
+    target, drafter, prompts = tiny
+    head = tmp_path / "head"
+    drafter.save_pretrained(head)
+    monkeypatch.setattr(radar_ext.models, "load_default_target", lambda: (target, types.SimpleNamespace(eos_token_id=None)))
+    monkeypatch.setattr(cmd, "sharegpt_prompts", lambda tok, n, split, max_tokens, seed: prompts[:n])
+    monkeypatch.setattr(radar_ext.training.episodes, "load_episodes",
+                        lambda dirs, split: synthetic_episodes(temperature=1.0, W=2, N=3, budgets=(1, 2, 4, 8)))
+    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
+                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                    draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
+                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)}, machine={"torch_threads": torch.get_num_threads()})
+    cal = cm.save(tmp_path / "cal.json")
+    out = tmp_path / "static_tree.json"
+    rc = main(["tune-static", "--calibration", str(cal), "--head", str(head), "--temperature", "1", "--episodes", "ep",
+               "--tree-topk", "2", "--max-draft-calls", "1,2", "--prompts", "2", "--time-prompts", "1",
+               "--max-new-tokens", "12", "--top", "1", "--repeats", "1", "--warmup", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["search"]["verify_budget"] == [1, 2, 4, 8]

@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
                    help=f"grid of draft calls (default: {STATIC_GRID['max_draft_calls']}; with --policy: the cap, "
                         f"{POLICY_MAX_CALLS})")
     p.add_argument("--verify-budget", default=None,
-                   help=f"grid of verify budgets V (default: {STATIC_GRID['verify_budget']}; with --policy pmin / ema: "
+                   help=f"grid of verify budgets V (default: {STATIC_GRID['verify_budget']}; above --temperature 0: the "
+                        "--episodes' budgets; with --policy pmin / ema: "
                         "the shipped static tree's V and twice it; goodput chooses V itself, this caps it (default 64))")
     p.add_argument("--tree-topk", default=None,
                    help=f"grid of tree_topk W (default: {STATIC_GRID['tree_topk']}; with --policy pmin / ema: the shipped "
@@ -225,6 +226,8 @@ def run(args) -> int:
             episodes = load_episodes(args.episodes, "all")
         except (OSError, ValueError) as e:
             return _fail(f"--episodes: {e}")
+        if args.verify_budget is None:  # the episodes fix which budgets can be ranked: default to all of them
+            grid["budget_list"] = [int(v) for v in episodes.meta["budgets"]]
     try:
         result = tune_static(target, drafter, cost_model, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
                              top=args.top, time_prompts=args.time_prompts, repeats=args.repeats, warmup=args.warmup,
