@@ -18,27 +18,43 @@ N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
 COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
 
 
-def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0, temperature=0.0):
+def write_episodes(path, continue_pays, cycles=(192, 64), seed=0, temperature=0.0, fmt=FORMAT):
     """Continue pays: every draft call adds one accepted token (L = n). Otherwise nothing is accepted
-    beyond the first call's level. Beam scores are noise the policy must learn to ignore."""
+    beyond the first call's level. "mixed": even cycles are the first kind, odd ones the second, and
+    only the history features tell them apart (the previous cycle accepted 4 tokens of its best guess,
+    or none). Beam scores are noise the policy must learn to ignore. fmt 1: the fields of format 1 only."""
     g = torch.Generator().manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": temperature,
+    meta = {"format": fmt, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": temperature,
             "pool_topk": K, "head": "synthetic", "target": "synthetic"}
     (path / "episodes_meta.json").write_text(json.dumps(meta))
     for split, C in zip(("train", "val"), cycles):
+        good = (torch.arange(C) % 2 == 0) if continue_pays == "mixed" else torch.full((C,), bool(continue_pays))
         dist = torch.zeros(C, N, len(BUDGETS), N + 1)
         for n in range(N):
-            dist[:, n, :, (n + 1) if continue_pays else 0] = 1.0
+            dist[good, n, :, n + 1] = 1.0
+            dist[~good, n, :, 0] = 1.0
         child = torch.full((C, N, W, W), -float("inf"))
         child[:, 0, 0] = -torch.rand(C, W, generator=g)
         child[:, 1:] = -torch.rand(C, N - 1, W, W, generator=g) * 5
-        save_file({"beam_scores": -torch.rand(C, N, W, generator=g).sort(-1).values * 4, "child_scores": child,
-                   "pool_top": -torch.rand(C, N, K, generator=g).sort(-1).values * 6, "accept_dist": dist,
-                   "t_draft": torch.full((C, N), 0.002), "t_verify": torch.full((C,), 0.02),
-                   "verify_nodes": torch.full((C,), 30), "seq_len": torch.randint(10, 300, (C,), generator=g),
-                   "accepted_len": dist[:, -1, -1].argmax(-1), "prompt": torch.zeros(C, dtype=torch.int64)},
-                  str(path / f"{split}_00000.safetensors"))
+        t = {"beam_scores": -torch.rand(C, N, W, generator=g).sort(-1).values * 4, "child_scores": child,
+             "pool_top": -torch.rand(C, N, K, generator=g).sort(-1).values * 6, "accept_dist": dist,
+             "t_draft": torch.full((C, N), 0.002), "t_verify": torch.full((C,), 0.02),
+             "verify_nodes": torch.full((C,), 30), "seq_len": torch.randint(10, 300, (C,), generator=g),
+             "accepted_len": dist[:, -1, -1].argmax(-1), "prompt": torch.zeros(C, dtype=torch.int64)}
+        if fmt >= 2:
+            if continue_pays == "mixed":
+                gf = good.float()
+                hist = dict(hist_accept_ema=gf * 3, hist_accept_last=gf * 4, hist_best_prob=0.2 + 0.6 * gf,
+                            hist_best_accepted=gf)
+            else:
+                hist = {k: torch.rand(C, generator=g) * 4 for k in ("hist_accept_ema", "hist_accept_last")}
+                hist.update(hist_best_prob=torch.rand(C, generator=g),
+                            hist_best_accepted=(torch.rand(C, generator=g) > 0.5).float())
+            t.update(hist, hist_drafted=torch.randint(1, 50, (C,), generator=g), batch_size=torch.ones(C, dtype=torch.int64),
+                     lookup_match_len=torch.zeros(C, dtype=torch.int64), lookup_count=torch.zeros(C, dtype=torch.int64),
+                     lookup_best_score=torch.zeros(C))
+        save_file(t, str(path / f"{split}_00000.safetensors"))
     (path / "costs.json").write_text(json.dumps(COSTS))
     return path
 
