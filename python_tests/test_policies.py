@@ -435,7 +435,7 @@ def test_history_layouts_inference_equals_training():
     hold bit for bit what train_policy feeds the nets."""
     from radar_ext.policies import PreDraftStep
     from radar_ext.policies.base import history_features
-    from radar_ext.policies.learned import seq_len_feature, sorted_padded
+    from radar_ext.policies.learned import PRE_DRAFT_SCORE, seq_len_feature, sorted_padded
     from radar_ext.policies.ltd import depth_features, size_features
     from radar_ext.policies.radar import radar_features
     from radar_ext.training.train_policy import radar_skip_input
@@ -459,8 +459,8 @@ def test_history_layouts_inference_equals_training():
         seen = []
         ltd.depth_head = lambda x: seen.append(x) or torch.tensor([[0.3, 0.7]])
         assert ltd.should_draft(PreDraftStep(s.seq_len, CostInfo(), h, s.temperature))
-        want = depth_features(sorted_padded(torch.zeros(1, 0), 9), sl, torch.zeros(1), temp, cost, hf)
-        assert torch.equal(seen[0], want) and float(want[0, 0]) == SCORE_FLOOR / 10
+        want = depth_features(torch.full((1, 9), PRE_DRAFT_SCORE), sl, torch.zeros(1), temp, cost, hf)
+        assert torch.equal(seen[0], want)
         ltd.refresh()
     radar = make2("radar", seed=5)
     seen = []

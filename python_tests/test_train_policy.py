@@ -11,8 +11,9 @@ from conftest import load_bench_script
 from radar_ext.cli import main
 from radar_ext.policies import PolicyCosts, load_policy
 from radar_ext.training.episodes import FORMAT, load_episodes
-from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, oracle_throughput,
-                                             policy_throughput, radar_choices, static_grid, train)
+from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, ltd_choices,
+                                             oracle_throughput, policy_throughput, radar_choices, static_grid, subset,
+                                             train)
 
 N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
 COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
@@ -447,3 +448,107 @@ def test_bench_controller_ceiling(tmp_path, capsys):
     assert table[0].startswith("| T | cycles | best static (n, V): tok/s | oracle | LTD | RADAR") and len(table) == 3
     with pytest.raises(SystemExit):
         mod.main(["--episodes", str(dirs[0]), "--costs", str(cost_file), "--prefix-len", "0"])
+
+
+# ----------------------------------------------------------------------------- skip action, history features
+
+STEEP = dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})  # a drafted cycle always costs more than t_ar
+
+
+def test_throughput_and_oracle_with_skip_are_exact(tmp_path):
+    """A skipped cycle (n = 0) earns 1 token in t_ar + t_policy; with skip every drafted cycle pays one
+    more decision; the oracle with skip is the best per-cycle choice among the plain step and every (n, V)."""
+    import itertools
+    from radar_ext.training.train_policy import cycle_times, skip_time
+    ep = load_episodes(write_episodes(tmp_path / "e", "mixed", cycles=(8, 4)), "val")
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(ep["accept_dist"].shape, generator=g) ** 4
+    ep.tensors["accept_dist"] = d / d.sum(-1, keepdim=True)
+    costs = PolicyCosts.load(STEEP)
+    E = expected_tokens(ep)
+    T = cycle_times(ep, costs, skip=True)
+    assert torch.allclose(T - cycle_times(ep, costs), torch.full_like(T, costs.t_policy))
+    n, v = torch.tensor([0, 2, 0, 4]), torch.tensor([1, 1, 2, 0])
+    res = policy_throughput(ep, costs, n, v, True, skip=True)
+    tokens = 1 + float(E[1, 1, 1]) + 1 + float(E[3, 3, 0])
+    secs = 2 * (0.02 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    assert skip_time(costs) == 0.02 + 1e-5
+    assert res["throughput"] == pytest.approx(tokens / secs) and res["skip_share"] == 0.5
+    assert res["mean_verify_budget"] == pytest.approx((BUDGETS[1] + BUDGETS[0]) / 4)
+    with pytest.raises(ValueError, match="n: a stopping point 0"):
+        policy_throughput(ep, costs, n, v, True)
+    sub = subset(ep, torch.tensor([True, True, False, True]))
+    actions = [(0, 0)] + [(k, j) for k in range(1, N + 1) for j in range(len(BUDGETS))]
+    best = max(policy_throughput(sub, costs, torch.tensor([a[0] for a in ch]), torch.tensor([a[1] for a in ch]),
+                                 True, skip=True)["throughput"] for ch in itertools.product(actions, repeat=3))
+    o = oracle_throughput(sub, costs, skip=True)
+    assert o["throughput"] == pytest.approx(best, rel=1e-12)
+    assert o["throughput"] >= oracle_throughput(sub, costs)["throughput"] * (1 - 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+@pytest.mark.parametrize("continue_pays", [True, False])
+def test_skip_is_learned_where_drafting_does_not_pay(tmp_path, kind, continue_pays):
+    """Nothing is ever accepted and a drafted cycle costs more than a plain forward: the policy learns to
+    skip every cycle (plain decoding's throughput, less its decision); where drafting pays it never skips."""
+    ep_dir = write_episodes(tmp_path / "e", continue_pays)
+    (ep_dir / "costs.json").write_text(json.dumps(STEEP))
+    extra = dict(epochs=25, lr=3e-3, verify_budget=8) if kind == "radar" else dict(epochs=8, lr=1e-2)
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind=kind, costs=str(ep_dir / "costs.json"),
+                            batch_size=32, seed=1, skip=True, **extra)
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    assert policy.skip and not policy.history
+    res = evaluate(policy, load_episodes(ep_dir, "val"), PolicyCosts.load(STEEP), v_idx_fixed=BUDGETS.index(8))
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    oracle = rep["oracle"]["0"]["with_skip"]
+    if continue_pays:
+        assert res["skip_share"] == 0.0 and oracle["skip_share"] == 0.0
+    else:
+        assert res["skip_share"] > 0.95 and oracle["skip_share"] == 1.0
+        assert res["throughput"] >= 0.99 / (0.02 + 1e-5)
+        assert rep["plain"]["throughput"] == pytest.approx(1 / 0.02) and rep["plain"]["gain_over_best_static"] > 0.3
+    assert res["throughput"] >= 0.98 * oracle["throughput"]
+    assert rep["policy"]["skip_share"] == pytest.approx(res["skip_share"])
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_history_features_tell_good_cycles_from_bad(tmp_path, kind):
+    """Half the cycles accept a token per draft call, half accept nothing, and only the history features
+    tell them apart: with history the policy drafts to the cap on the first and skips the second, close
+    to the oracle with skip; without history it cannot, and stays well below."""
+    ep_dir = write_episodes(tmp_path / "e", "mixed")
+    (ep_dir / "costs.json").write_text(json.dumps(STEEP))
+    extra = dict(epochs=30, lr=3e-3, verify_budget=4) if kind == "radar" else dict(epochs=8, lr=1e-2)
+    val = load_episodes(ep_dir, "val")
+    good = torch.arange(val.cycles) % 2 == 0
+    got = {}
+    for history in (True, False):
+        cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / f"run{history}", kind=kind, batch_size=32, seed=1,
+                                costs=str(ep_dir / "costs.json"), skip=True, history=history, **extra)
+        policy = load_policy(train(cfg, log=lambda *_: None))
+        assert policy.history == history
+        n = radar_choices(policy, val) if kind == "radar" else ltd_choices(policy, val)[0]
+        got[history] = (n, json.loads((tmp_path / f"run{history}" / "report.json").read_text()))
+    n, rep = got[True]
+    assert (n[good] == N).float().mean() > 0.95 and (n[~good] == 0).float().mean() > 0.95, n.tolist()
+    assert rep["oracle"]["0"]["policy_room"] > 0.9
+    assert rep["policy"]["throughput"] >= 0.97 * rep["oracle"]["0"]["with_skip"]["throughput"]
+    assert got[False][1]["policy"]["throughput"] < 0.9 * rep["policy"]["throughput"]
+
+
+def test_format1_episodes_load_and_history_training_is_refused(tmp_path):
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(16, 8), fmt=1)
+    ep = load_episodes(ep_dir, "train")
+    assert ep.cycles == 16 and not ep.has_history and "hist_accept_ema" not in ep.tensors
+    with pytest.raises(ValueError, match="episodes format 1 records no history features; collect them again"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                history=True, epochs=1, rounds=1), log=lambda *_: None)
+    best = train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run2", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                   skip=True, epochs=1, rounds=1), log=lambda *_: None)
+    assert load_policy(best).skip
+    v2 = write_episodes(tmp_path / "v2", True, cycles=(16, 8))
+    with pytest.raises(ValueError, match=r"cannot be merged .*format \(2 vs 1\)"):
+        load_episodes([ep_dir, v2], "train")
+    with pytest.raises(ValueError, match="max_skip_run must be an int >= 1, got 0"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run3", kind="ltd", skip=True, max_skip_run=0),
+              log=lambda *_: None)

@@ -17,6 +17,10 @@ from radar_ext.policies.costs import PolicyCosts
 FORMAT = 2          # what save_pretrained writes (docs/CONTROLLER_FORMAT.md)
 FORMATS = (1, 2)    # what loads: format 1 (no history features, no skip action) decides as it always did
 MAX_SKIP_RUN = 32   # default: consecutive plain steps after which a skipping policy drafts again
+# Every beam / child score of the state before the first draft call: the only path is the root's empty one,
+# whose log-probability is 0 (drafted scores are < 0). Not SCORE_FLOOR: a state of all-floor scores drives
+# the nets' first layer to +-hundreds, which saturates the decision before training can shape it.
+PRE_DRAFT_SCORE = 0.0
 SCORE_FLOOR = -40.0   # -inf (dead beams, padding) and very unlikely scores are clamped here
 SCORE_SCALE = 10.0    # LTD inputs: scores / 10 (RADAR keeps the raw log-probs, METHOD.md 5)
 WEIGHTS = "model.safetensors"

@@ -16,7 +16,7 @@ sees when the machine's cost curve changes.
 Format 2 options (docs/CONTROLLER_FORMAT.md): history=True inserts the sequence's history features
 (base.HISTORY_FEATURES) after the context features of both heads. skip=True lets the policy stop before
 the first draft call: the depth head is asked once more, at call 0 (no scores yet: every child score
-at the floor, calls_frac 0), and its "stop" there is a plain step (no draft call, V = 0). The size set
+learned.PRE_DRAFT_SCORE, calls_frac 0), and its "stop" there is a plain step (no draft call, V = 0). The size set
 is unchanged: V = 0 follows from stopping at call 0, so there is one skip action, not two.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ import torch
 
 from radar_ext.policies.base import HISTORY_FEATURES, BudgetStep, DraftStep, History, PreDraftStep
 from radar_ext.policies.costs import PolicyCosts
-from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, SCORE_FLOOR, SCORE_SCALE, ControllerNet, FusedHead,
-                                        LearnedPolicy, check_batch, check_features, check_flags, config_value,
-                                        costs_from_config, decide, format2_flags, must_draft, seq_len_feature,
-                                        temperature_feature)
+from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, PRE_DRAFT_SCORE, SCORE_FLOOR, SCORE_SCALE,
+                                        ControllerNet, FusedHead, LearnedPolicy, check_batch, check_features,
+                                        check_flags, config_value, costs_from_config, decide, format2_flags,
+                                        must_draft, seq_len_feature, temperature_feature)
 
 STOP, CONTINUE = 0, 1
 
@@ -103,6 +103,7 @@ class LtdPolicy(LearnedPolicy):
     # ------------------------------------------------------------------ the Policy interface
     def refresh(self) -> None:
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
+        self._pre_draft_scores = torch.full((1, self.tree_topk * self.tree_topk), PRE_DRAFT_SCORE)
         self._cost_list = self.cost_tensor().tolist()
 
     def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int, temperature: float,
@@ -121,10 +122,10 @@ class LtdPolicy(LearnedPolicy):
         return torch.tensor([row + self._cost_list], dtype=torch.float32)
 
     def should_draft(self, step: PreDraftStep) -> bool:
-        """skip=True: the depth head at call 0 (every child score at the floor); its stop is a plain step."""
+        """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run):
             return True
-        x = self._features(torch.empty(1, 0), self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
+        x = self._features(self._pre_draft_scores, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
                            step.history)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 

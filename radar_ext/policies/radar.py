@@ -8,8 +8,8 @@ One fused ops.policy_step per draft call. Deterministic argmax by default; `samp
 
 Format 2 options (docs/CONTROLLER_FORMAT.md): history=True appends log seq_len and the sequence's
 history features (base.HISTORY_FEATURES) to every state. skip=True adds a decision before the first
-draft call: one LSTM step from the zero state on a state whose beam scores are all at the floor (nothing
-drafted yet); "stop" there is a plain step (no draft call). The cycle's draft calls then start from
+draft call: one LSTM step from the zero state on a state whose beam scores are all
+learned.PRE_DRAFT_SCORE (nothing drafted yet: the root's empty path); "stop" there is a plain step (no draft call). The cycle's draft calls then start from
 the zero state again (reset()), in training as at inference.
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 
 from radar_ext.policies.base import HISTORY_FEATURES, DraftStep, History, PreDraftStep
 from radar_ext.policies.costs import PolicyCosts
-from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, SCORE_FLOOR, ControllerNet, FusedHead, LearnedPolicy,
-                                        check_batch, check_features, check_flags, config_value, costs_from_config,
-                                        decide, format2_flags, must_draft, seq_len_feature, temperature_feature)
+from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, PRE_DRAFT_SCORE, SCORE_FLOOR, ControllerNet,
+                                        FusedHead, LearnedPolicy, check_batch, check_features, check_flags,
+                                        config_value, costs_from_config, decide, format2_flags, must_draft,
+                                        seq_len_feature, temperature_feature)
 
 STOP, CONTINUE = 0, 1
 
@@ -86,11 +87,11 @@ class RadarPolicy(LearnedPolicy):
         return decide(probs, self.sample, self.generator) == CONTINUE
 
     def should_draft(self, step: PreDraftStep) -> bool:
-        """skip=True: one step from the zero state on floor beam scores; its stop is a plain step."""
+        """skip=True: one step from the zero state, every beam score PRE_DRAFT_SCORE; its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run):
             return True
         self.head.reset(1)
-        probs = self.head(self._row([SCORE_FLOOR] * self.tree_topk, step.temperature, step.seq_len, step.history))
+        probs = self.head(self._row([PRE_DRAFT_SCORE] * self.tree_topk, step.temperature, step.seq_len, step.history))
         return decide(probs, self.sample, self.generator) == CONTINUE
 
     def _row(self, scores: list, temperature, seq_len, history: History | None) -> torch.Tensor:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from radar_ext.policies.costs import PolicyCosts
-from radar_ext.policies.learned import SCORE_FLOOR, seq_len_feature, sorted_padded, temperature_feature
+from radar_ext.policies.learned import PRE_DRAFT_SCORE, seq_len_feature, sorted_padded, temperature_feature
 from radar_ext.policies.ltd import CONTINUE, STOP, LtdPolicy, depth_features, size_features
 from radar_ext.policies.radar import RadarPolicy, radar_features
 from radar_ext.training.episodes import Episodes, load_episodes
@@ -195,8 +195,9 @@ def radar_extra(policy: RadarPolicy, ep: Episodes) -> torch.Tensor | None:
 
 
 def radar_skip_input(beams: torch.Tensor, temperature, extra) -> torch.Tensor:
-    """The state of the decision before the first draft call: every beam score at the floor."""
-    return radar_features(torch.full(beams.shape[:1] + beams.shape[2:], SCORE_FLOOR), temperature, extra)
+    """The state of the decision before the first draft call (beams [C, N, W]): every beam score
+    PRE_DRAFT_SCORE."""
+    return radar_features(torch.full(beams.shape[:1] + beams.shape[2:], PRE_DRAFT_SCORE), temperature, extra)
 
 
 @torch.no_grad()
@@ -221,7 +222,7 @@ def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
 
 def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
     """Depth features [C, N, Fd] and size features [C, N, Fs] of every cycle and stopping point, and with
-    skip the depth features at call 0 [C, Fd] (every child score at the floor), else None."""
+    skip the depth features at call 0 [C, Fd] (every child score PRE_DRAFT_SCORE), else None."""
     child, pool = ep["child_scores"], ep["pool_top"]
     C, N, W, _ = child.shape
     cost = policy.cost_tensor()
@@ -233,7 +234,7 @@ def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
         frac = torch.full((C,), (t + 1) / policy.max_draft_calls)
         fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost, hf))
         fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost, hf))
-    f0 = (depth_features(sorted_padded(child.new_zeros(C, 0), W * W), sl, torch.zeros(C), tf, cost, hf)
+    f0 = (depth_features(torch.full((C, W * W), PRE_DRAFT_SCORE), sl, torch.zeros(C), tf, cost, hf)
           if policy.skip else None)
     return torch.stack(fd, 1), torch.stack(fs, 1), f0
 
