@@ -445,7 +445,8 @@ def test_bench_controller_ceiling(tmp_path, capsys):
     assert rows[0]["best_static"]["max_draft_calls"] == 1 and rows[1]["best_static"]["max_draft_calls"] == N
     assert [-1e-2 < r["oracle"]["gain"] <= 0.0 for r in rows] == [True, True], [r["oracle"] for r in rows]
     table = [l for l in printed.splitlines() if l.startswith("| ")]
-    assert table[0].startswith("| T | cycles | best static (n, V): tok/s | oracle | LTD | RADAR") and len(table) == 3
+    assert table[0] == "| T | cycles | best static (n, V): tok/s | plain | oracle | oracle + skip | ltd | radar |"
+    assert len(table) == 3 and all(len(l.split(" | ")) == 8 for l in table[1:])
     with pytest.raises(SystemExit):
         mod.main(["--episodes", str(dirs[0]), "--costs", str(cost_file), "--prefix-len", "0"])
 
@@ -552,3 +553,38 @@ def test_format1_episodes_load_and_history_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_skip_run must be an int >= 1, got 0"):
         train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run3", kind="ltd", skip=True, max_skip_run=0),
               log=lambda *_: None)
+
+
+def test_bench_controller_ceiling_with_skip_and_history(tmp_path, capsys):
+    """Several policies per kind: each labelled by its options, with its gain, skip share and room (the
+    share of the gain of the oracle with its own action set), equal to evaluate / oracle_room; plain
+    decoding and the oracle with skip beside the oracle without."""
+    from radar_ext.training.train_policy import oracle_room, plain_throughput
+    mod = load_bench_script("controller_ceiling")
+    ep_dir = write_episodes(tmp_path / "e", "mixed")
+    cost_file = tmp_path / "costs.json"
+    cost_file.write_text(json.dumps(STEEP))
+    runs = [train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / f"l{h}", kind="ltd", costs=str(cost_file),
+                                    epochs=8, lr=1e-2, batch_size=32, seed=1, skip=True, history=h), log=lambda *_: None)
+            for h in (True, False)]
+    out = tmp_path / "c.json"
+    assert mod.main(["--episodes", str(ep_dir), "--costs", str(cost_file), "--ltd", *map(str, runs), "--radar", "none",
+                     "--json", str(out)]) == 0
+    header = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| T"))
+    assert header.endswith("| plain | oracle | oracle + skip | ltd+hist+skip | ltd+skip |")
+    (row,) = json.loads(out.read_text())["rows"]
+    ep = load_episodes(ep_dir, "all")
+    costs = PolicyCosts.load(str(cost_file), tree_topk=W, prefix_len=float(ep["seq_len"].double().mean()))
+    best = float(static_grid(ep, costs).max())
+    assert row["plain"]["tokens_per_s"] == pytest.approx(plain_throughput(costs))
+    o_skip = oracle_throughput(ep, costs, skip=True)
+    assert row["oracle_skip"]["tokens_per_s"] == pytest.approx(o_skip["throughput"])
+    assert row["oracle_skip"]["gain"] > row["oracle"]["gain"] and row["oracle_skip"]["skip_share"] == 0.5
+    hist, plain_skip = row["policies"]
+    assert [p["label"] for p in row["policies"]] == ["ltd+hist+skip", "ltd+skip"] and row["ltd"] == hist
+    for p, run in zip(row["policies"], runs):
+        r = evaluate(load_policy(run), ep, costs)
+        assert p["tokens_per_s"] == pytest.approx(r["throughput"]) and p["skip_share"] == r["skip_share"]
+        assert p["room"] == pytest.approx(oracle_room(r["throughput"], best, o_skip["throughput"]))
+    assert hist["room"] > 0.9 and hist["skip_share"] == pytest.approx(0.5, abs=0.03)
+    assert plain_skip["room"] < 0.5
