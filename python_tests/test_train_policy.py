@@ -588,3 +588,78 @@ def test_bench_controller_ceiling_with_skip_and_history(tmp_path, capsys):
         assert p["room"] == pytest.approx(oracle_room(r["throughput"], best, o_skip["throughput"]))
     assert hist["room"] > 0.9 and hist["skip_share"] == pytest.approx(0.5, abs=0.03)
     assert plain_skip["room"] < 0.5
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_offline_choices_are_the_inference_decisions(tmp_path, kind):
+    """radar_choices / ltd_choices (batched torch, what training scores) decide what the policy decides
+    through the Policy interface on the same recorded cycles: should_draft, then reset and should_continue
+    after every call, then verify_budget, with a History holding the recorded state."""
+    from radar_ext.policies import BudgetStep, CostInfo, DraftStep, History, LtdPolicy, PreDraftStep, RadarPolicy
+    ep = load_episodes(write_episodes(tmp_path / "e", "mixed", cycles=(8, 48)), "val")
+    if kind == "radar":
+        policy = RadarPolicy(W, N, lstm_hidden=16, mlp_hidden=16, seed=3, history=True, skip=True)
+    else:
+        policy = LtdPolicy(W, N, BUDGETS, STEEP, pool_topk=K, mlp_hidden=16, seed=3, history=True, skip=True)
+
+    def offline():
+        return (radar_choices(policy, ep), None) if kind == "radar" else ltd_choices(policy, ep)
+    # shift the continue output so that the random net skips some cycles and drafts others: between two
+    # cycles' pre-draft margins (its outputs differ little between inputs), else on a grid
+    net = policy.net if kind == "radar" else policy.depth_net
+    base = net.fc2.bias.detach().clone()
+    with torch.no_grad():
+        net.fc2.weight.mul_(50.0)  # decisions that turn on small differences of the inputs and the state
+        if kind == "radar":
+            from radar_ext.training.train_policy import radar_extra, radar_skip_input
+            x0 = radar_skip_input(ep["beam_scores"], ep["temperature"], radar_extra(policy, ep))
+        else:
+            from radar_ext.training.train_policy import _ltd_inputs
+            x0 = _ltd_inputs(policy, ep)[2]
+        lg = net.step(x0, *net.zero_state(x0.shape[0]))[0]
+    margin = (lg[:, 0] - lg[:, 1]).sort().values                      # stop - continue before the first call
+    shifts = ((margin[1:] + margin[:-1]) / 2).tolist() + torch.linspace(-8, 8, 161).tolist()  # between two cycles
+    spread = []
+    for b in shifts:
+        with torch.no_grad():
+            net.fc2.bias.copy_(base + torch.tensor([0.0, b]))
+        got = set(offline()[0].tolist())
+        spread.append(((0 in got) + bool(got - {0}), len(got), -abs(b), b))
+    with torch.no_grad():
+        net.fc2.bias.copy_(base + torch.tensor([0.0, max(spread)[3]]))
+    policy.refresh()
+    n_off, v_off = offline()
+    if kind == "radar":
+        from radar_ext.training.train_policy import radar_logits
+        pre, calls = radar_logits(policy, ep)
+        head = policy.head
+
+        def recording(x):
+            seen.append(head(x))
+            return seen[-1]
+        recording.reset = head.reset
+        policy.head = recording
+    assert 0 in set(n_off.tolist()) and len(set(n_off.tolist())) >= 2, n_off.tolist()  # skipped and drafted cycles
+    for c in range(ep.cycles):
+        h = History()
+        h.ema, h.last = float(ep["hist_accept_ema"][c]), float(ep["hist_accept_last"][c])
+        h.best_prob, h.best_accepted = float(ep["hist_best_prob"][c]), float(ep["hist_best_accepted"][c])
+        h.drafted = int(ep["hist_drafted"][c])
+        seq_len, temp = int(ep["seq_len"][c]), float(ep["temperature"][c])
+        n, seen = 0, []
+        if policy.should_draft(PreDraftStep(seq_len, CostInfo(), h, temp)):
+            policy.reset()
+            n = N
+            for t in range(N - 1):
+                step = DraftStep(t + 1, ep["beam_scores"][c, t][None], ep["child_scores"][c, t][None], seq_len,
+                                 CostInfo(), temp, h)
+                if not policy.should_continue(step):
+                    n = t + 1
+                    break
+        assert n == int(n_off[c]), c
+        if kind == "radar":  # and every head output equals the offline logits' softmax
+            want = ([pre[c]] if pre is not None else []) + list(calls[c, :len(seen) - (pre is not None)])
+            torch.testing.assert_close(torch.cat(seen), torch.softmax(torch.stack(want), 1), rtol=1e-5, atol=1e-6)
+        if kind == "ltd" and n > 0:
+            V = policy.verify_budget(BudgetStep(ep["pool_top"][c, n - 1][None], n, seq_len, 8, CostInfo(), temp, h))
+            assert V == BUDGETS[int(v_off[c])], c

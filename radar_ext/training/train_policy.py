@@ -200,22 +200,41 @@ def radar_skip_input(beams: torch.Tensor, temperature, extra) -> torch.Tensor:
     return radar_features(torch.full(beams.shape[:1] + beams.shape[2:], PRE_DRAFT_SCORE), temperature, extra)
 
 
+def radar_decisions(policy: RadarPolicy, beams: torch.Tensor, temperature, extra, calls: int) -> list:
+    """A RadarPolicy's (stop, continue) logits [C, 2] at every decision of the cycles beams [C, N, W], in
+    order, with the recurrent state as at inference: before the first call (skip only: one step from the
+    zero state), then after calls 1..`calls` from the zero state again (the drafter's reset())."""
+    net, C = policy.net, beams.shape[0]
+    out = [net.step(radar_skip_input(beams, temperature, extra), *net.zero_state(C))[0]] if policy.skip else []
+    h, c = net.zero_state(C)
+    for t in range(calls):
+        logits, h, c = net.step(radar_features(beams[:, t], temperature, extra), h, c)
+        out.append(logits)
+    return out
+
+
 @torch.no_grad()
-def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
-    """Argmax stopping point n [C] of a RadarPolicy on every recorded cycle (batched torch forward);
-    with skip, n = 0 where it stops before the first call (one step from the zero state, as at inference)."""
+def radar_logits(policy: RadarPolicy, ep: Episodes):
+    """(pre [C, 2] or None, calls [C, K, 2]): radar_decisions on every recorded cycle, K = min(N,
+    max_draft_calls) - 1."""
     beams = ep["beam_scores"]
     C, N, _ = beams.shape
-    net = policy.net
-    extra = radar_extra(policy, ep)
+    out = radar_decisions(policy, beams, ep["temperature"], radar_extra(policy, ep), min(N, policy.max_draft_calls) - 1)
+    pre = out.pop(0) if policy.skip else None
+    return pre, torch.stack(out, 1) if out else torch.zeros(C, 0, 2)
+
+
+@torch.no_grad()
+def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
+    """Argmax stopping point n [C] of a RadarPolicy on every recorded cycle (radar_logits); with skip,
+    n = 0 where it stops before the first call."""
+    C, N = ep["beam_scores"].shape[:2]
+    pre, calls = radar_logits(policy, ep)
     n = torch.full((C,), N, dtype=torch.int64)
-    if policy.skip:
-        logits, _, _ = net.step(radar_skip_input(beams, ep["temperature"], extra), *net.zero_state(C))
-        n[logits[:, STOP] >= logits[:, CONTINUE]] = 0
-    h, c = net.zero_state(C)
-    for t in range(min(N, policy.max_draft_calls) - 1):
-        logits, h, c = net.step(radar_features(beams[:, t], ep["temperature"], extra), h, c)
-        stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
+    if pre is not None:
+        n[pre[:, STOP] >= pre[:, CONTINUE]] = 0
+    for t in range(calls.shape[1]):
+        stop = (calls[:, t, STOP] >= calls[:, t, CONTINUE]) & (n == N)
         n[stop] = t + 1
     return n.clamp(max=policy.max_draft_calls)
 
@@ -334,19 +353,13 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen, ex
     ex = None if extra is None else extra[idx]
     B, N, _ = beams.shape
     s = int(policy.skip)
-    inputs = ([radar_skip_input(beams, temp, ex)] if s else []) + [radar_features(beams[:, t], temp, ex)
-                                                                    for t in range(N - 1)]
-    net = policy.net
     logps, acts = [], []
-    for k, x in enumerate(inputs):
-        if k == 0 or k == s:
-            h, c = net.zero_state(B)
-        logits, h, c = net.step(x, h, c)
+    for logits in radar_decisions(policy, beams, temp, ex, N - 1):   # the LSTM runs on whatever is sampled
         logp = torch.log_softmax(logits, 1)
         a = torch.multinomial(logp.exp().detach(), 1, generator=gen).view(B)
         logps.append(logp.gather(1, a.view(B, 1)).view(B))
         acts.append(a)
-    K = len(inputs)                                                      # decision steps
+    K = len(acts)                                                        # decision steps
     if K == 0:
         return 0.0, float(N)
     acts = torch.stack(acts, 1)                                          # [B, K]
