@@ -136,6 +136,19 @@ def test_aggregation_math():
     assert header[header.index("V") + 1] == "skip" and row[header.index("skip")] == "25%"
 
 
+def test_decoder_stats_carry_the_skipped_cycles():
+    """RadarDecoder's DecodeStats -> the runner's record: skipped_cycles, summed per cell into skip_share."""
+    from radar_ext.benchmark.methods import decoder_stats
+    from radar_ext.decoder import DecodeStats
+    st = DecodeStats(tokens=20, seconds=1.0, cycles=10, skipped_cycles=4, draft_calls=12, verify_tokens=30,
+                     accepted_hist=[6, 2, 2])
+    rec = decoder_stats(st)
+    assert rec["skipped_cycles"] == 4 and rec["cycles"] == 10 and st.skip_share == 0.4
+    assert st.as_dict()["skip_share"] == 0.4 and "skipped=4" in st.summary()
+    cell = aggregate([_rec("m", 0, 1, "x", 1.0, **rec), _rec("ar", 0, 1, "x", 2.0)], ["ar", "m"])["methods"]["m"]
+    assert cell["skip_share"] == pytest.approx(0.4)
+
+
 def test_speedup_vs_ar_fast_and_paired_comparisons():
     recs = []
     # ar 10 tok/s, ar-fast 20, static-gs 25, pmin 40 on q1 / 20 on q2, ltd 30 on both
