@@ -235,6 +235,11 @@ def test_costs_formats_and_errors(tmp_path):
         PolicyCosts.load({**COSTS, "t_ar": 0})
     with pytest.raises(FileNotFoundError, match="radar calibrate"):
         PolicyCosts.load(tmp_path / "nope.json")
+    assert a.t_plain is None and a.plain_step() == a.t_ar and "t_plain" not in a.to_dict()
+    p = PolicyCosts.load({**COSTS, "t_plain": 0.004})
+    assert p.plain_step() == 0.004 and PolicyCosts.load(p.to_dict()) == p
+    with pytest.raises(ValueError, match="t_plain must be None or a finite number > 0"):
+        PolicyCosts.load({**COSTS, "t_plain": 0})
 
 
 def _clamp_excess(cm, W, P=None):
@@ -260,6 +265,9 @@ def test_costs_from_calibration_cost_model(model, tmp_path):
     for src in (cm, path, str(path)):
         pc = PolicyCosts.load(src, tree_topk=3)
         assert pc.verify_budgets == [1, 4, 8] and pc.t_ar == pytest.approx(cm.t_ar())
+        # a skipped cycle's plain step: the smallest V's cycle without draft calls (not HF's generate step)
+        assert pc.plain_step() == pc.t_plain == pytest.approx(cm.t_verify(1) + cm.t_overhead(1))
+        assert PolicyCosts.load(pc.to_dict()) == pc
         for n in (1, 3):
             for V in (1, 4, 8):
                 assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(

@@ -478,6 +478,11 @@ def test_throughput_and_oracle_with_skip_are_exact(tmp_path):
     assert res["mean_verify_budget"] == pytest.approx((BUDGETS[1] + BUDGETS[0]) / 4)
     with pytest.raises(ValueError, match="n: a stopping point 0"):
         policy_throughput(ep, costs, n, v, True)
+    # a calibration's plain step (our own verify path) replaces t_ar as the skipped cycle's time
+    fast = PolicyCosts.load(dict(STEEP, t_plain=0.01))
+    assert skip_time(fast) == 0.01 + 1e-5 and fast.features(BUDGETS) == costs.features(BUDGETS)
+    secs_fast = 2 * (0.01 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    assert policy_throughput(ep, fast, n, v, True, skip=True)["throughput"] == pytest.approx(tokens / secs_fast)
     sub = subset(ep, torch.tensor([True, True, False, True]))
     actions = [(0, 0)] + [(k, j) for k in range(1, N + 1) for j in range(len(BUDGETS))]
     best = max(policy_throughput(sub, costs, torch.tensor([a[0] for a in ch]), torch.tensor([a[1] for a in ch]),

@@ -49,7 +49,7 @@ def add_arguments(p) -> None:
                         "cycle's best first-call guess probability and outcome); needs format-2 episodes")
     p.add_argument("--skip", action="store_true",
                    help="the policy may skip drafting before the first draft call (a plain step: 1 token for one "
-                        "plain forward, t_ar of the calibration)")
+                        "plain step through our own verify path: t_plain of the calibration, else t_ar)")
     p.add_argument("--max-skip-run", type=int, default=32,
                    help="with --skip: plain steps in a row after which the policy drafts again (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)

@@ -17,10 +17,10 @@ temperature's best static (n, V), and the selection score is the geometric mean 
 the many cheap greedy cycles cannot buy a loss at T=1.
 
 Skip (docs/CONTROLLER_FORMAT.md): with `skip` a policy may stop before the first draft call (n = 0, a
-plain step). Such a cycle earns exactly 1 token in T_skip = t_ar + t_policy (one plain forward, from
-the calibration, and the pre-draft decision), and every drafted cycle pays that decision's t_policy
-too. With `history` every decision also reads the History features recorded before the cycle
-(format-2 episodes). The recorded cycles advance the text with the full tree, so their history is the
+plain step). Such a cycle earns exactly 1 token in T_skip = t_plain + t_policy (one plain step through
+our verify path, from the calibration, else t_ar; and the pre-draft decision), and every drafted cycle
+pays that decision's t_policy too. With `history` every decision also reads the History features
+recorded before the cycle (format-2 episodes). The recorded cycles advance the text with the full tree, so their history is the
 full tree's, not the policy's own (shallower) one: an offline approximation the dev-set benchmark checks.
 """
 from __future__ import annotations
@@ -104,13 +104,14 @@ def cycle_times(ep: Episodes, costs: PolicyCosts, policy: bool = True, size_deci
 
 
 def skip_time(costs: PolicyCosts, policy: bool = True) -> float:
-    """T of a skipped cycle: one plain forward (t_ar), plus with `policy` the decision that chose it."""
-    return costs.t_ar + (costs.t_policy if policy else 0.0)
+    """T of a skipped cycle: one plain step (PolicyCosts.plain_step: the calibration's t_plain, else t_ar),
+    plus with `policy` the decision that chose it."""
+    return costs.plain_step() + (costs.t_policy if policy else 0.0)
 
 
 def plain_throughput(costs: PolicyCosts) -> float:
-    """Plain decoding's tokens/s under these costs (every cycle a plain step, no decision)."""
-    return 1.0 / costs.t_ar
+    """Our own plain decoding's tokens/s under these costs (every cycle a plain step, no decision)."""
+    return 1.0 / costs.plain_step()
 
 
 def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
@@ -441,12 +442,14 @@ def _ltd_reward_table(ep, costs, reward: str = "ratio", skip: bool = False):
 
 def perturbed_costs(costs: PolicyCosts, draft: float, base: float, slope: float) -> PolicyCosts:
     """The calibrated curve with its draft call scaled by `draft`, its smallest-V verify by `base` and
-    every step above it by `slope` (t_ar and t_policy kept; the policies see costs relative to t_ar):
+    every step above it by `slope`, the plain step (t_plain) like the smallest-V verify (t_ar and t_policy
+    kept; the policies see costs relative to t_ar):
     the same staircase on a machine whose draft calls, fixed verify cost and per-token verify cost
     differ."""
     s0 = costs.verify_seconds[0]
     return PolicyCosts(costs.t_draft * draft, costs.t_policy, costs.t_ar, list(costs.verify_budgets),
-                       [s0 * base + max(v - s0, 0.0) * slope for v in costs.verify_seconds])
+                       [s0 * base + max(v - s0, 0.0) * slope for v in costs.verify_seconds],
+                       None if costs.t_plain is None else costs.t_plain * base)
 
 
 def cost_curves(costs: PolicyCosts, k: int, jitter: float, seed: int) -> list:
