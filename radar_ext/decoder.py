@@ -1,7 +1,8 @@
 """RadarDecoder: lossless tree speculative decoding for stock Hugging Face causal LMs.
 
 One cycle = draft (drafter + policy; or, when the policy declines before the first draft call, a plain
-step: the root alone) -> build tree -> verify (one target forward) -> accept -> commit caches. `generate` below is the whole algorithm; the detail lives in the callees.
+step: the root alone) -> build tree -> verify (one target forward) -> accept -> commit caches.
+`generate` below is the whole algorithm; the detail lives in the callees.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ class DecodeStats:
     def summary(self) -> str:
         t = self.seconds or 1.0
         return (f"tokens={self.tokens} time={self.seconds:.2f}s tok/s={self.tokens_per_second:.2f} "
-                f"cycles={self.cycles} skipped={self.skipped_cycles} tau={self.tau:.2f} draft_calls={self.mean_draft_calls:.2f} "
+                f"cycles={self.cycles} skipped={self.skipped_cycles} tau={self.tau:.2f} "
+                f"draft_calls={self.mean_draft_calls:.2f} "
                 f"V={self.mean_verify_budget:.1f} accepted_hist={self.accepted_hist} | time: "
                 f"prefill {self.time_prefill / t:.0%} draft {self.time_draft / t:.0%} "
                 f"policy {self.time_policy / t:.0%} verify {self.time_verify / t:.0%} "
