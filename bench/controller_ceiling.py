@@ -2,19 +2,25 @@
 how much the shipped (or given) RADAR and LTD policies do, per temperature, under one machine's costs.
 
 From `radar collect` episodes (every cycle's exact expected accepted length for every stopping point n
-and verify budget V) and a `radar calibrate` JSON (T_draft, T_verify(V), T_policy), all in expected
+and verify budget V) and a `radar calibrate` JSON (T_draft, T_verify(V), T_policy, t_ar), all in expected
 tokens/s = sum E[L + 1] / sum T_cycle (radar_ext.training.train_policy):
 - best static: the single (n, V) that is best on these cycles (the grid-searched opponent, chosen here
   with hindsight on the same cycles, so it is if anything too strong a baseline for the policies and
   exactly the baseline for the ceiling);
+- plain: plain decoding, one token per forward (1 / t_ar): what a controller that never drafts gets;
 - oracle: the best per-cycle (n, V) knowing each cycle's expected accepted lengths (Dinkelbach's exact
   maximum of the ratio), paying a controller's decision time as the policies do: no controller that
-  decides from what it sees before verifying can beat it;
+  decides from what it sees before verifying can beat it; "oracle + skip" may also make plain steps
+  (1 token in t_ar), paying the pre-draft decision on every cycle;
 - RADAR (at its trained V, against the best static and the oracle at that V) and LTD (given these costs
-  as its cost features, as `LtdPolicy.from_pretrained(costs=...)` does).
+  as its cost features, as `LtdPolicy.from_pretrained(costs=...)` does), each labelled by its options
+  (+hist: history features, +skip: the pre-draft skip): its gain over the best static, its share of
+  skipped cycles, and `room`, the share of the gain of the oracle with its own action set that it gets.
+  Pass several directories per kind (e.g. trained with and without --history) to see what the history
+  features recover.
 
     python bench/controller_ceiling.py --episodes T0_DIR T1_DIR --costs CALIBRATION.json [--split all]
-        [--radar DIR] [--ltd DIR] [--json OUT]
+        [--radar DIR [DIR ...]] [--ltd DIR [DIR ...]] [--json OUT]
 """
 from __future__ import annotations
 
@@ -23,10 +29,21 @@ import json
 import sys
 
 
+def label(policy) -> str:
+    return policy.kind + ("+hist" if policy.history else "") + ("+skip" if policy.skip else "")
+
+
+def _as_list(p) -> list:
+    return [] if p is None else list(p) if isinstance(p, (list, tuple)) else [p]
+
+
 def ceiling_rows(ep, costs, radar=None, ltd=None) -> list:
-    """One dict per temperature: best static, oracle and the policies' expected tokens/s and gains."""
-    from radar_ext.training.train_policy import (_AtCosts, best_static_throughput, evaluate, oracle_throughput,
-                                                 static_grid, subset, temperatures)
+    """One dict per temperature: best static, plain decoding, the oracle without and with skip, and every
+    policy's expected tokens/s and gains (`policies`, in the order given, LTD first; `ltd` / `radar`: the
+    first of each kind). radar, ltd: a policy, a list of them, or None."""
+    from radar_ext.training.train_policy import (_AtCosts, best_static_throughput, evaluate, oracle_room,
+                                                 oracle_throughput, plain_throughput, static_grid, subset,
+                                                 temperatures)
     budgets = ep.meta["budgets"]
     rows = []
     for t in temperatures(ep):
@@ -34,44 +51,72 @@ def ceiling_rows(ep, costs, radar=None, ltd=None) -> list:
         grid = static_grid(sub, costs)
         bn, bv = divmod(int(grid.argmax()), len(budgets))
         best = float(grid[bn, bv])
-        oracle = oracle_throughput(sub, costs)
+        oracle, oracle_skip = oracle_throughput(sub, costs), oracle_throughput(sub, costs, skip=True)
+        plain = plain_throughput(costs)
         row = {"temperature": t, "cycles": sub.cycles,
                "best_static": {"max_draft_calls": bn + 1, "verify_budget": budgets[bv], "tokens_per_s": best},
+               "plain": {"tokens_per_s": plain, "gain": plain / best - 1},
                "oracle": {"tokens_per_s": oracle["throughput"], "gain": oracle["throughput"] / best - 1,
-                          "mean_draft_calls": oracle["mean_draft_calls"]}}
-        if ltd is not None:
-            with _AtCosts(ltd, costs):
-                r = evaluate(ltd, sub, costs)
-            row["ltd"] = {"tokens_per_s": r["throughput"], "gain": r["throughput"] / best - 1,
-                          "mean_draft_calls": r["mean_draft_calls"], "mean_verify_budget": r["mean_verify_budget"]}
-        if radar is not None:
-            V = radar.trained_verify_budget
+                          "mean_draft_calls": oracle["mean_draft_calls"]},
+               "oracle_skip": {"tokens_per_s": oracle_skip["throughput"], "gain": oracle_skip["throughput"] / best - 1,
+                               "mean_draft_calls": oracle_skip["mean_draft_calls"],
+                               "skip_share": oracle_skip["skip_share"]},
+               "policies": []}
+        for pol in _as_list(ltd):
+            with _AtCosts(pol, costs):
+                r = evaluate(pol, sub, costs)
+            ceiling = oracle_skip if pol.skip else oracle
+            row["policies"].append({"kind": "ltd", "label": label(pol), "history": pol.history, "skip": pol.skip,
+                                    "tokens_per_s": r["throughput"], "gain": r["throughput"] / best - 1,
+                                    "room": oracle_room(r["throughput"], best, ceiling["throughput"]),
+                                    "skip_share": r["skip_share"], "mean_draft_calls": r["mean_draft_calls"],
+                                    "mean_verify_budget": r["mean_verify_budget"]})
+        for pol in _as_list(radar):
+            V = pol.trained_verify_budget
             if V not in budgets:
                 raise ValueError(f"--radar: the policy's verify budget {V} is not among the episodes' budgets {budgets}")
             vi = budgets.index(V)
-            r = evaluate(radar, sub, costs, v_idx_fixed=vi)
+            r = evaluate(pol, sub, costs, v_idx_fixed=vi)
             best_v = best_static_throughput(sub, costs, vi)
-            o_v = oracle_throughput(sub, costs, vi)["throughput"]
-            row["radar"] = {"verify_budget": V, "tokens_per_s": r["throughput"], "gain": r["throughput"] / best - 1,
-                            "gain_at_V": r["throughput"] / best_v - 1, "oracle_gain_at_V": o_v / best_v - 1,
-                            "mean_draft_calls": r["mean_draft_calls"]}
+            o_v = oracle_throughput(sub, costs, vi, skip=pol.skip)["throughput"]
+            row["policies"].append({"kind": "radar", "label": label(pol), "history": pol.history, "skip": pol.skip,
+                                    "verify_budget": V, "tokens_per_s": r["throughput"], "gain": r["throughput"] / best - 1,
+                                    "gain_at_V": r["throughput"] / best_v - 1, "oracle_gain_at_V": o_v / best_v - 1,
+                                    "room": oracle_room(r["throughput"], best_v, o_v), "skip_share": r["skip_share"],
+                                    "mean_draft_calls": r["mean_draft_calls"]})
+        for kind in ("ltd", "radar"):
+            first = next((p for p in row["policies"] if p["kind"] == kind), None)
+            if first is not None:
+                row[kind] = first
         rows.append(row)
     return rows
 
 
+def _policy_cell(p) -> str:
+    room = "-" if p["room"] is None else f"{p['room']:.0%}"
+    s = f"{p['gain']:+.1%} (room {room}, skip {p['skip_share']:.0%}, n {p['mean_draft_calls']:.2f}"
+    if p["kind"] == "ltd":
+        return s + f", V {p['mean_verify_budget']:.1f})"
+    return s + f"; V {p['verify_budget']}: {p['gain_at_V']:+.1%} / {p['oracle_gain_at_V']:+.1%})"
+
+
 def format_rows(rows) -> str:
-    out = ["| T | cycles | best static (n, V): tok/s | oracle | LTD | RADAR (its V: gain / oracle at V) |",
-           "|---|---|---|---|---|---|"]
+    labels = []
     for r in rows:
-        b, o = r["best_static"], r["oracle"]
-        ltd = r.get("ltd")
-        rad = r.get("radar")
-        ltd_s = (f"{ltd['gain']:+.1%} (n {ltd['mean_draft_calls']:.2f}, V {ltd['mean_verify_budget']:.1f})"
-                 if ltd else "-")
-        rad_s = (f"{rad['gain']:+.1%} (V {rad['verify_budget']}: {rad['gain_at_V']:+.1%} / {rad['oracle_gain_at_V']:+.1%}, "
-                 f"n {rad['mean_draft_calls']:.2f})" if rad else "-")
-        out.append(f"| {r['temperature']:g} | {r['cycles']} | {b['max_draft_calls']}, {b['verify_budget']}: "
-                   f"{b['tokens_per_s']:.1f} | {o['gain']:+.1%} (n {o['mean_draft_calls']:.2f}) | {ltd_s} | {rad_s} |")
+        for p in r["policies"]:
+            if p["label"] not in labels:
+                labels.append(p["label"])
+    head = ["T", "cycles", "best static (n, V): tok/s", "plain", "oracle", "oracle + skip"] + labels
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        b, o, os_ = r["best_static"], r["oracle"], r["oracle_skip"]
+        cells = [f"{r['temperature']:g}", str(r["cycles"]), f"{b['max_draft_calls']}, {b['verify_budget']}: "
+                 f"{b['tokens_per_s']:.1f}", f"{r['plain']['gain']:+.1%}",
+                 f"{o['gain']:+.1%} (n {o['mean_draft_calls']:.2f})",
+                 f"{os_['gain']:+.1%} (skip {os_['skip_share']:.0%}, n {os_['mean_draft_calls']:.2f})"]
+        by_label = {p["label"]: p for p in r["policies"]}
+        cells += [_policy_cell(by_label[l]) if l in by_label else "-" for l in labels]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -83,8 +128,9 @@ def main(argv=None) -> int:
                    help="which recorded cycles to score (default: all; the ceiling needs no training)")
     p.add_argument("--prefix-len", type=float, default=None,
                    help="context length the calibration is read at (default: the scored cycles' mean)")
-    p.add_argument("--radar", default="shipped", help="RADAR policy directory, 'shipped' (default) or 'none'")
-    p.add_argument("--ltd", default="shipped", help="LTD policy directory, 'shipped' (default) or 'none'")
+    p.add_argument("--radar", nargs="+", default=["shipped"],
+                   help="RADAR policy directories, 'shipped' (default) or 'none'")
+    p.add_argument("--ltd", nargs="+", default=["shipped"], help="LTD policy directories, 'shipped' (default) or 'none'")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     if args.prefix_len is not None and not args.prefix_len > 0:
@@ -97,12 +143,10 @@ def main(argv=None) -> int:
     prefix = args.prefix_len or float(ep["seq_len"].double().mean())
     costs = PolicyCosts.load(args.costs, tree_topk=ep.meta["tree_topk"], prefix_len=prefix)
 
-    def policy(cls, spec):
-        if spec == "none":
-            return None
-        return cls.from_pretrained(None if spec == "shipped" else spec)
+    def policies(cls, specs):
+        return [cls.from_pretrained(None if s == "shipped" else s) for s in specs if s != "none"]
 
-    rows = ceiling_rows(ep, costs, radar=policy(RadarPolicy, args.radar), ltd=policy(LtdPolicy, args.ltd))
+    rows = ceiling_rows(ep, costs, radar=policies(RadarPolicy, args.radar), ltd=policies(LtdPolicy, args.ltd))
     print(f"expected tokens/s on {ep.cycles} recorded cycles ({args.split}), costs {args.costs} at prefix {prefix:.0f}:")
     print(format_rows(rows))
     if args.json:

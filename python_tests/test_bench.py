@@ -97,9 +97,9 @@ def test_aggregation_math():
     # fast: x answers twice as fast, y answers four times as fast; stats per answer
     for rep, s in ((0, 1.0), (1, 2.0)):
         recs += [_rec("fast", rep, 1, "x", s / 2, accepted_hist=[1, 1, 2], cycles=4, draft_calls=8.0,
-                      verify_tokens=20.0, policy_seconds=0.1 * s / 2, exact=True),
+                      verify_tokens=20.0, policy_seconds=0.1 * s / 2, exact=True, skipped_cycles=1),
                  _rec("fast", rep, 2, "y", s / 4, accepted_hist=[0, 0, 0, 4], cycles=4, draft_calls=4.0,
-                      verify_tokens=40.0, exact=False),
+                      verify_tokens=40.0, exact=False, skipped_cycles=0),
                  _rec("fast", rep, 2, "y", s / 4, turn=1, accepted_hist=[0, 2], cycles=2, draft_calls=2.0,
                       verify_tokens=10.0, exact=True)]
     s = aggregate(recs, ["ar", "fast"])
@@ -119,6 +119,10 @@ def test_aggregation_math():
     assert fast["tau"] == pytest.approx((2 + 12 + 12 + 32) / 20)
     assert fast["draft_calls"] == pytest.approx(2 * 14 / 20)
     assert fast["verify_budget"] == pytest.approx(2 * 70 / 20)
+    # skip share per cycle over the answers that report it (the third answer does not): 2 of 16 cycles
+    assert fast["skip_share"] == pytest.approx(2 / 16) and ar["skip_share"] is None
+    assert fast["per_category"]["x"]["skip_share"] == pytest.approx(0.25)
+    assert fast["per_category"]["y"]["skip_share"] == pytest.approx(0.0)
     # policy share only over answers that report policy time: 0.1 of their seconds
     assert fast["policy_share"] == pytest.approx(0.1)
     assert fast["exact_match"] == pytest.approx(4 / 6) and fast["exact_checked"] == 6
@@ -126,6 +130,23 @@ def test_aggregation_math():
     assert fast["per_category"]["y"]["exact_match"] == pytest.approx(0.5)
     text = format_table(s)
     assert "== x ==" in text and "== overall ==" in text and "3.00x [3.00-3.00]" in text
+    x_block = text.split("== y ==")[0].splitlines()
+    header = re.split(r"\s{2,}", next(l for l in x_block if l.startswith("method")))
+    row = re.split(r"\s{2,}", next(l for l in x_block if l.startswith("fast")))
+    assert header[header.index("V") + 1] == "skip" and row[header.index("skip")] == "25%"
+
+
+def test_decoder_stats_carry_the_skipped_cycles():
+    """RadarDecoder's DecodeStats -> the runner's record: skipped_cycles, summed per cell into skip_share."""
+    from radar_ext.benchmark.methods import decoder_stats
+    from radar_ext.decoder import DecodeStats
+    st = DecodeStats(tokens=20, seconds=1.0, cycles=10, skipped_cycles=4, draft_calls=12, verify_tokens=30,
+                     accepted_hist=[6, 2, 2])
+    rec = decoder_stats(st)
+    assert rec["skipped_cycles"] == 4 and rec["cycles"] == 10 and st.skip_share == 0.4
+    assert st.as_dict()["skip_share"] == 0.4 and "skipped=4" in st.summary()
+    cell = aggregate([_rec("m", 0, 1, "x", 1.0, **rec), _rec("ar", 0, 1, "x", 2.0)], ["ar", "m"])["methods"]["m"]
+    assert cell["skip_share"] == pytest.approx(0.4)
 
 
 def test_speedup_vs_ar_fast_and_paired_comparisons():
@@ -344,6 +365,7 @@ def test_tiny_end_to_end(tiny_ctx, tmp_path):
     # ar-fast: our own plain decoding, one target forward per token, exact
     assert s["methods"]["ar-fast"]["exact_match"] == 1.0 and s["methods"]["ar-fast"]["tau"] == pytest.approx(1.0)
     assert s["methods"]["ar-fast"]["draft_calls"] == 0 and s["methods"]["ar-fast"]["speedup_vs_ar_fast"] == pytest.approx(1.0)
+    assert s["methods"]["ar-fast"]["skip_share"] == 0 and s["methods"][BASELINE]["skip_share"] is None
     assert s["methods"]["hf-pld"]["tau"] >= 1.0
 
 

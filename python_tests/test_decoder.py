@@ -399,3 +399,101 @@ def test_left_padding_matches_hf_generate(models, kind):
         assert torch.equal(got[:, :P + 4], padded)
     assert torch.equal(dec.generate(padded, attention_mask=mask, max_new_tokens=20)[:, 4:],
                        dec.generate(ids, max_new_tokens=20))
+
+
+# ------------------------------------------------------------------ skipped cycles (plain steps)
+
+class SkipPattern(StaticPolicy):
+    """Drafts (True) or makes a plain step (False) by a repeating pattern, restarted per generate call;
+    records the History's skip_run it was shown before each cycle."""
+
+    def __init__(self, pattern, depth=3):
+        super().__init__(depth)
+        self.pattern = list(pattern)
+        self.start_sequence()
+
+    def start_sequence(self):
+        self.k, self.skip_runs = 0, []
+
+    def should_draft(self, step):
+        self.skip_runs.append(step.history.skip_run)
+        self.k += 1
+        return self.pattern[(self.k - 1) % len(self.pattern)]
+
+
+class RecordingDrafter(Drafter):
+    """Delegates to a drafter and records, after every draft(), the request, the tree and the drafter's
+    own state (EAGLE: the head cache length; lookup: the context)."""
+
+    def __init__(self, inner):
+        self.inner, self.feature_layers, self.drafts = inner, inner.feature_layers, []
+
+    def start(self, input_ids, features, root):
+        self.drafts = []
+        self.inner.start(input_ids, features, root)
+
+    def commit(self, emitted, n_emitted, features):
+        self.inner.commit(emitted, n_emitted, features)
+
+    def draft(self, req):
+        tree = self.inner.draft(req)
+        state = (self.inner.cache.length if isinstance(self.inner, EagleDrafter)
+                 else self.inner._ctx[:self.inner._n].tolist())
+        self.drafts.append((req, tree, state))
+        return tree
+
+
+PATTERNS = [(False, True), (True, False, False), (False, False, False, True)]
+
+
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_skipped_cycles_stay_exact(models, kind, pattern):
+    """A sequence switching between plain steps and drafted cycles is token-identical to HF greedy
+    generate; every skip is counted, drafts nothing and shows in the History's skip_run."""
+    model = models["sdpa"]
+    policy = SkipPattern(pattern)
+    dec = RadarDecoder(model, make_drafter(kind, model), policy, tree_topk=3, verify_budget=7)
+    for ids, n in zip(prompts(), (9, 30, 30)):
+        out = dec.generate(ids, max_new_tokens=n)
+        assert torch.equal(out, reference(model, ids, n)), (kind, pattern, n)
+        s = dec.last_stats
+        asked = [pattern[k % len(pattern)] for k in range(policy.k)]
+        assert policy.k == s.cycles and s.skipped_cycles == asked.count(False) > 0
+        assert s.skip_share == pytest.approx(asked.count(False) / s.cycles)
+        runs, run = [], 0
+        for d in asked:
+            runs.append(run)
+            run = 0 if d else run + 1
+        assert policy.skip_runs == runs
+        if kind == "eagle":
+            assert s.draft_calls == 3 * asked.count(True)
+
+
+@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+def test_drafter_state_stays_current_through_skipped_cycles(models, kind):
+    """After plain steps the next draft sees the whole text: the EAGLE head cache holds an entry for every
+    position before the root (the skipped cycles' pairs are caught up in that one call 1) and its tree
+    equals the one a fresh drafter drafts after a prefill of the same text; the lookup context is the
+    whole text."""
+    from radar_ext import kv_cache
+    from radar_ext.verifier import prefill
+    model = models["sdpa"]
+    inner = make_drafter(kind, model)
+    rec = RecordingDrafter(inner)
+    ids = prompts()[1]
+    dec = RadarDecoder(model, rec, SkipPattern((False, False, True)), tree_topk=3, verify_budget=7)
+    text = dec.generate(ids, max_new_tokens=30)[0]
+    assert len(rec.drafts) >= 3
+    for req, tree, state in rec.drafts:
+        seen = text[:req.seq_len]                                     # prompt + emitted, root last
+        if kind == "ngram":
+            assert state == seen.tolist()
+            continue
+        assert state == req.seq_len - 1                                # entries 0 .. root - 1
+        fresh = EagleDrafter(inner.head, model)
+        feats = prefill(model, kv_cache.new_target_cache(model), seen[None, :-1], fresh.feature_layers).features
+        fresh.start(seen[None, :-1], feats, seen[-1:])
+        want = fresh.draft(req)
+        assert torch.equal(tree.tokens, want.tokens) and torch.equal(tree.parents, want.parents)
+        torch.testing.assert_close(tree.guess_score, want.guess_score, rtol=0, atol=1e-4)

@@ -61,6 +61,59 @@ def test_greedy_distributions_match_static_decoding(model, drafter):
     assert max(seen) >= 2  # the check covered accepted drafts, not only rejections
 
 
+class _HistoryRecorder(StaticPolicy):
+    """StaticPolicy that records the History state the decoder shows it before every cycle."""
+
+    def start_sequence(self):
+        self.seen = []
+
+    def should_draft(self, step):
+        h = step.history
+        self.seen.append((h.ema, h.last, h.best_prob, h.best_accepted, h.drafted))
+        return True
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_history_fields_are_what_the_decoder_shows_its_policy(model, drafter, temperature):
+    """Format 2: before every cycle the collector records the History state that RadarDecoder, decoding
+    with the full tree (StaticPolicy(N), the largest V), hands to its policy: the same History class fed
+    the same outcomes (EMA and last accepted length, best first-call guess probability and hit); batch
+    size 1 and zero lookup features."""
+    col = EpisodeCollector(model, drafter, max_draft_calls=N, tree_topk=W, budgets=BUDGETS, temperature=temperature)
+    policy = _HistoryRecorder(N)
+    dec = RadarDecoder(model, drafter, policy, tree_topk=W, verify_budget=BUDGETS[-1])
+    hits = 0
+    for seed in (3, 4):
+        ids = prompt(seed)
+        ep = col.run(ids, 24, generator=torch.Generator().manual_seed(seed))
+        kw = dict(do_sample=True, temperature=1.0, generator=torch.Generator().manual_seed(seed)) if temperature else {}
+        out = dec.generate(ids, max_new_tokens=24, **kw)
+        if temperature:  # the two draw differently; the history must still be the recorded outcomes'
+            L = ep["accepted_len"].tolist()
+            ema = L[0]
+            for c in range(1, len(L)):
+                assert float(ep["hist_accept_last"][c]) == L[c - 1]
+                assert float(ep["hist_accept_ema"][c]) == pytest.approx(ema)
+                ema = 0.8 * ema + 0.2 * L[c]
+            assert ep["hist_drafted"].tolist() == list(range(len(L)))
+            continue
+        assert torch.equal(out[0, ids.shape[1]:], ep["tokens"])
+        got = list(zip(*(ep[k].tolist() for k in ("hist_accept_ema", "hist_accept_last", "hist_best_prob",
+                                                     "hist_best_accepted", "hist_drafted"))))
+        want = [tuple(torch.tensor(v[:4], dtype=torch.float32).tolist()) + (v[4],) for v in policy.seen]
+        # exact but for the guess probability: the collector's head reads target features of its union
+        # tree's forward, the decoder's of its own tree's (the same numbers up to float rounding)
+        assert [g[:2] + g[3:] for g in got] == [w[:2] + w[3:] for w in want]
+        assert [g[2] for g in got] == pytest.approx([w[2] for w in want], rel=1e-5, abs=1e-7)
+        hits += sum(ep["hist_best_accepted"].tolist())
+        assert ep["batch_size"].tolist() == [1] * len(got) and not ep["lookup_count"].any()
+        assert not ep["lookup_match_len"].any() and not ep["lookup_best_score"].any()
+        # the previous cycle's best guess is its best root child: probability exp(its score)
+        torch.testing.assert_close(ep["hist_best_prob"][1:], ep["beam_scores"][:-1, 0, 0].exp(), rtol=1e-6, atol=0)
+    if not temperature:
+        assert hits > 0  # some guesses were accepted: the hit field was exercised both ways
+
+
 def test_sampling_distributions(model, drafter):
     col = EpisodeCollector(model, drafter, max_draft_calls=N, tree_topk=W, budgets=BUDGETS, temperature=1.0)
     ep = col.run(prompt(5), 30, generator=torch.Generator().manual_seed(0))
@@ -137,6 +190,7 @@ def test_collect_dataset_resume_and_split(model, drafter, tmp_path):
     assert tuple(tr["child_scores"].shape[1:]) == (N, W, W) and tuple(tr["pool_top"].shape[1:]) == (N, 16)
     assert torch.isinf(tr["child_scores"][:, 0, 1:]).all() and torch.isfinite(tr["child_scores"][:, 0, 0]).all()
     assert (tr["t_draft"] > 0).all() and (tr["t_verify"] > 0).all()
+    assert meta["format"] == 2 and tr.has_history and tuple(tr.history_features().shape) == (tr.cycles, 5)
     # resume: present shards are skipped (not rewritten)
     mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.safetensors")}
     collect(cfg, target=model, drafter=drafter, prompts=prompts)

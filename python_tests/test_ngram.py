@@ -1,4 +1,6 @@
-"""NgramDrafter: suffix matching, trie of continuations, budget cap, argument errors."""
+"""NgramDrafter: suffix matching, trie of continuations, budget cap, the first-call guess, argument errors."""
+import math
+
 import pytest
 import torch
 
@@ -81,3 +83,18 @@ def test_errors():
         NgramDrafter(max_depth=1.5)
     with pytest.raises(NotImplementedError, match="batch size must be 1 for now, got 2"):
         NgramDrafter().start(torch.zeros(2, 3, dtype=torch.int64), None, torch.zeros(2, dtype=torch.int64))
+
+
+def test_first_call_guess_is_the_best_root_child():
+    """The tree's guess (History's best_prob) is the root child of the largest occurrence weight, its score
+    the log of that weight's share among the root children; ties go to the older child (the more recent
+    occurrence, inserted first); no match, no guess."""
+    d = drafter_on([1, 2, 3, 9, 9, 0, 2, 3, 7, 7, 0, 5, 3, 4, 0, 1, 2, 3], max_ngram=3, min_ngram=1, max_depth=8)
+    tree = d.draft(request(3))                       # root children 9 (weight 3), 7 (2), 4 (1)
+    assert tree.guess_token.tolist() == [9] and tree.guess_score.tolist() == pytest.approx([math.log(3 / 6)])
+    tree = d.draft(request(3, budget=1))             # the budget does not change the guess
+    assert tree.guess_token.tolist() == [9]
+    d = drafter_on([5, 1, 0, 5, 2, 0, 5], max_ngram=1, min_ngram=1, max_depth=1)
+    tree = d.draft(request(5))
+    assert tree.guess_token.tolist() == [2] and tree.guess_score.tolist() == pytest.approx([math.log(0.5)])
+    assert drafter_on([1, 2, 3, 4], min_ngram=1).draft(request(4)).guess_token is None

@@ -10,6 +10,7 @@ from torch import nn
 from radar_ext import EagleDrafter, RadarDecoder
 from radar_ext.policies import BudgetStep, CostInfo, DraftStep, LtdPolicy, PolicyCosts, RadarPolicy, load_policy
 from radar_ext.policies import StaticPolicy
+from radar_ext.policies.base import CycleOutcome
 from radar_ext.policies.learned import SCORE_FLOOR, temperature_feature
 from test_decoder import prompts, reference, tiny_llama
 
@@ -234,6 +235,11 @@ def test_costs_formats_and_errors(tmp_path):
         PolicyCosts.load({**COSTS, "t_ar": 0})
     with pytest.raises(FileNotFoundError, match="radar calibrate"):
         PolicyCosts.load(tmp_path / "nope.json")
+    assert a.t_plain is None and a.plain_step() == a.t_ar and "t_plain" not in a.to_dict()
+    p = PolicyCosts.load({**COSTS, "t_plain": 0.004})
+    assert p.plain_step() == 0.004 and PolicyCosts.load(p.to_dict()) == p
+    with pytest.raises(ValueError, match="t_plain must be None or a finite number > 0"):
+        PolicyCosts.load({**COSTS, "t_plain": 0})
 
 
 def _clamp_excess(cm, W, P=None):
@@ -259,6 +265,9 @@ def test_costs_from_calibration_cost_model(model, tmp_path):
     for src in (cm, path, str(path)):
         pc = PolicyCosts.load(src, tree_topk=3)
         assert pc.verify_budgets == [1, 4, 8] and pc.t_ar == pytest.approx(cm.t_ar())
+        # a skipped cycle's plain step: the smallest V's cycle without draft calls (not HF's generate step)
+        assert pc.plain_step() == pc.t_plain == pytest.approx(cm.t_verify(1) + cm.t_overhead(1))
+        assert PolicyCosts.load(pc.to_dict()) == pc
         for n in (1, 3):
             for V in (1, 4, 8):
                 assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(
@@ -317,3 +326,222 @@ def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
     for bad in (0, -5, float("nan"), "long"):
         with pytest.raises(ValueError, match="prefix_len"):
             PolicyCosts.load(cm, tree_topk=3, prefix_len=bad)
+
+
+# ------------------------------------------------------------------ shipped format-1 policies
+
+# Decisions and fused-head outputs (float.hex) of the shipped policies on fixed steps, recorded with the
+# code before the history features and the skip action (format 1); they must stay bit-identical.
+SHIPPED_RADAR = ([True, False, False, False, False, False, False],
+    [["0x1.37515c0000000p-18", "0x1.ffff640000000p-1"],
+     ["0x1.0000000000000p+0", "0x1.375f120000000p-27"],
+     ["0x1.0000000000000p+0", "0x1.52d8280000000p-47"],
+     ["0x1.0000000000000p+0", "0x1.a75fe20000000p-57"],
+     ["0x1.0000000000000p+0", "0x1.0700b20000000p-60"],
+     ["0x1.0000000000000p+0", "0x1.9e014e0000000p-61"],
+     ["0x1.0000000000000p+0", "0x1.6329660000000p-61"]])
+SHIPPED_LTD = ([False, False, False, True, False, True, False, 1, 3, 3, 3],
+    [["0x1.007dfe0000000p-1", "0x1.ff04020000000p-2"],
+     ["0x1.bdc8bc0000000p-1", "0x1.08dd0e0000000p-3"],
+     ["0x1.d2b5b80000000p-1", "0x1.6a523e0000000p-4"],
+     ["0x1.a90b4c0000000p-2", "0x1.2b7a5a0000000p-1"],
+     ["0x1.b25d180000000p-1", "0x1.368ba40000000p-3"],
+     ["0x1.eedfc60000000p-2", "0x1.08901e0000000p-1"],
+     ["0x1.18e3400000000p-1", "0x1.ce39820000000p-2"],
+     ["0x1.19377a0000000p-3", "0x1.00a00c0000000p-3", "0x1.f67d2c0000000p-4", "0x1.38f3440000000p-4", "0x1.3e212e0000000p-4", "0x1.4284040000000p-4", "0x1.47a9ee0000000p-4", "0x1.42c5ba0000000p-4", "0x1.3b08620000000p-4", "0x1.3358f40000000p-4", "0x1.236a540000000p-4"],
+     ["0x1.e69c000000000p-4", "0x1.06f7f80000000p-3", "0x1.12ea640000000p-3", "0x1.cc7f1a0000000p-4", "0x1.904db80000000p-4", "0x1.91d26c0000000p-4", "0x1.781bce0000000p-4", "0x1.51c8d60000000p-4", "0x1.fd822e0000000p-5", "0x1.6534300000000p-5", "0x1.ef00d80000000p-6"],
+     ["0x1.cc88220000000p-4", "0x1.117fe00000000p-3", "0x1.12bb7c0000000p-3", "0x1.b8993a0000000p-4", "0x1.9c514c0000000p-4", "0x1.9549900000000p-4", "0x1.837f040000000p-4", "0x1.5d89ee0000000p-4", "0x1.0962b40000000p-4", "0x1.7bbac20000000p-5", "0x1.62101c0000000p-6"],
+     ["0x1.9c317e0000000p-4", "0x1.e99c940000000p-4", "0x1.111a4c0000000p-3", "0x1.c89b840000000p-4", "0x1.a5b97e0000000p-4", "0x1.acd07e0000000p-4", "0x1.8c25f80000000p-4", "0x1.6ce9360000000p-4", "0x1.14e3640000000p-4", "0x1.957fc60000000p-5", "0x1.90957c0000000p-6"]])
+
+
+def _shipped_steps(W, n, seed, history=None):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(n):
+        beams = torch.sort(-torch.rand(1, W, generator=g) * 8, descending=True).values
+        rows = 1 if t == 0 else W
+        out.append(DraftStep(t + 1, beams, -torch.rand(1, rows, W, generator=g) * 10, 40 + 13 * t, CostInfo(),
+                             temperature=(0.0, 1.0, 0.7)[t % 3], history=history))
+    return out
+
+
+def _recording(policy, attr):
+    head, seen = getattr(policy, attr), []
+
+    def call(x):
+        seen.append(head(x))
+        return seen[-1]
+    setattr(policy, attr, call)
+    return seen
+
+
+@pytest.mark.parametrize("with_history", [False, True])
+def test_shipped_format1_policies_decide_as_before(with_history):
+    """The shipped policies (config format 1) load and give the same decisions and the same head outputs,
+    bit for bit, as before format 2 existed; a History handed to their decisions changes nothing, and
+    they never skip."""
+    from radar_ext.policies import History, PreDraftStep
+    from radar_ext.policies.base import CycleOutcome
+    hist = None
+    if with_history:
+        hist = History()
+        for L in (3, 0, 5):
+            hist.observe(CycleOutcome(L, 2, 4, best_draft_prob=0.7, best_guess_accepted=L > 0))
+    r = RadarPolicy.from_pretrained()
+    assert r.config_dict()["format"] == 2 and not r.history and not r.skip
+    assert r.should_draft(PreDraftStep(50, CostInfo(), hist or History()))
+    r.reset()
+    seen = _recording(r, "head")
+    dec = [r.should_continue(s) for s in _shipped_steps(4, 7, seed=11, history=hist)]
+    assert dec == SHIPPED_RADAR[0]
+    assert [[x.hex() for x in p[0].tolist()] for p in seen] == SHIPPED_RADAR[1]
+    l = LtdPolicy.from_pretrained()
+    assert not l.history and not l.skip
+    assert l.should_draft(PreDraftStep(50, CostInfo(), hist or History()))
+    d, sz = _recording(l, "depth_head"), _recording(l, "size_head")
+    g = torch.Generator().manual_seed(12)
+    dec = [l.should_continue(s) for s in _shipped_steps(4, 7, seed=12, history=hist)]
+    dec += [l.verify_budget(BudgetStep(-torch.rand(1, 4 + 16 * k, generator=g) * 12, k + 1, 60 + k, 3, CostInfo(),
+                                       temperature=(0.0, 1.0)[k % 2], history=hist)) for k in range(4)]
+    assert dec == SHIPPED_LTD[0]
+    assert [[x.hex() for x in p[0].tolist()] for p in d + sz] == SHIPPED_LTD[1]
+
+
+# ------------------------------------------------------------------ format 2: history features, skip action
+
+def _history(*outcomes):
+    from radar_ext.policies import History
+    from radar_ext.policies.base import CycleOutcome
+    h = History()
+    for L, p, hit, skipped in outcomes:
+        h.observe(CycleOutcome(L, 0 if skipped else 2, 0 if skipped else 4, skipped, p, hit))
+    return h
+
+
+def test_history_features_from_outcomes():
+    """EMA (weight 0.2) from the first drafted cycle, the last accepted length, the best guess's
+    probability and hit; skipped cycles only count towards skip_run."""
+    from radar_ext.policies import History
+    assert History().features() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    h = _history((4, 0.9, True, False), (0, 0.0, False, True), (2, 0.5, False, False), (0, 0.0, False, True),
+                 (0, 0.0, False, True))
+    assert h.ema == pytest.approx(0.8 * 4 + 0.2 * 2) and h.last == 2 and h.drafted == 2 and h.skip_run == 2
+    assert h.features() == pytest.approx([(0.8 * 4 + 0.2 * 2) / 8, 2 / 8, 0.5, 0.0, 0.0])
+    h.start()
+    assert h.features() == [0.0, 0.0, 0.0, 0.0, 1.0] and h.skip_run == 0
+
+
+def make2(kind, history=True, skip=True, seed=0, W=3, N=4, **kw):
+    if kind == "radar":
+        return RadarPolicy(tree_topk=W, max_draft_calls=N, seed=seed, history=history, skip=skip, **kw)
+    return LtdPolicy(tree_topk=W, max_draft_calls=N, budgets=BUDGETS, costs=COSTS, pool_topk=8, seed=seed,
+                     history=history, skip=skip, **kw)
+
+
+def test_history_layouts_inference_equals_training():
+    """With history the inference rows (after a draft call, for the budget, and before the first call)
+    hold bit for bit what train_policy feeds the nets."""
+    from radar_ext.policies import PreDraftStep
+    from radar_ext.policies.base import history_features
+    from radar_ext.policies.learned import PRE_DRAFT_SCORE, seq_len_feature, sorted_padded
+    from radar_ext.policies.ltd import depth_features, size_features
+    from radar_ext.policies.radar import radar_features
+    from radar_ext.training.train_policy import radar_skip_input
+    h = _history((3, 0.61, True, False), (1, 0.27, False, False))
+    hf = history_features(torch.tensor([h.ema], dtype=torch.float32), torch.tensor([h.last], dtype=torch.float32),
+                          torch.tensor([h.best_prob], dtype=torch.float32),
+                          torch.tensor([h.best_accepted], dtype=torch.float32), torch.tensor([h.drafted]))
+    ltd = make2("ltd", seed=5)
+    cost = ltd.cost_tensor()
+    for s in steps(3, 4, seed=6):
+        temp = temperature_feature(torch.tensor([s.temperature]))
+        sl = torch.tensor([seq_len_feature(s.seq_len)])
+        got = ltd._features(s.child_scores.reshape(1, -1), 9, s.seq_len, s.draft_calls, s.temperature, h)
+        want = depth_features(sorted_padded(s.child_scores.reshape(1, -1), 9), sl, torch.tensor([s.draft_calls / 4]),
+                              temp, cost, hf)
+        assert torch.equal(got, want)
+        pool = -torch.rand(1, 5 + s.draft_calls * 3) * 8
+        got = ltd._features(pool, 8, s.seq_len, s.draft_calls, s.temperature, h)
+        want = size_features(sorted_padded(pool, 8), sl, torch.tensor([s.draft_calls / 4]), temp, cost, hf)
+        assert torch.equal(got, want)
+        seen = []
+        ltd.depth_head = lambda x: seen.append(x) or torch.tensor([[0.3, 0.7]])
+        assert ltd.should_draft(PreDraftStep(s.seq_len, CostInfo(), h, s.temperature))
+        want = depth_features(torch.full((1, 9), PRE_DRAFT_SCORE), sl, torch.zeros(1), temp, cost, hf)
+        assert torch.equal(seen[0], want)
+        ltd.refresh()
+    radar = make2("radar", seed=5)
+    seen = []
+    radar.head = lambda x: seen.append(x.clone()) or torch.tensor([[0.4, 0.6]])
+    radar.head.reset = lambda batch: None
+    for s in steps(3, 4, seed=6):
+        s.history = h
+        extra = torch.cat([torch.tensor([[seq_len_feature(s.seq_len)]]), hf], 1)
+        assert radar.should_continue(s)
+        assert torch.equal(seen[-1], radar_features(s.beam_scores, torch.tensor([s.temperature]), extra))
+        assert radar.should_draft(PreDraftStep(s.seq_len, CostInfo(), h, s.temperature))
+        assert torch.equal(seen[-1], radar_skip_input(s.beam_scores.unsqueeze(1), torch.tensor([s.temperature]), extra))
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_skip_decision_and_forced_probe(kind):
+    """A policy whose head always stops skips before the first call, until max_skip_run plain steps ran
+    in a row; without skip=True it never asks its head before drafting."""
+    from radar_ext.policies import History, PreDraftStep
+    policy = make2(kind, max_skip_run=3)
+    _bias(policy, -50.0)
+    h = History()
+    got = []
+    for _ in range(9):
+        d = policy.should_draft(PreDraftStep(60, CostInfo(), h))
+        got.append(d)
+        h.observe(CycleOutcome(0, 1 if d else 0, 2 if d else 0, skipped=not d))
+    assert got == [False, False, False, True] * 2 + [False]
+    policy = make2(kind, skip=False)
+    _bias(policy, -50.0)
+    assert policy.should_draft(PreDraftStep(60, CostInfo(), History()))
+    policy = make2(kind)
+    _bias(policy, 50.0)
+    assert policy.should_draft(PreDraftStep(60, CostInfo(), History()))
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_format2_config_round_trip_and_errors(kind, tmp_path):
+    from radar_ext.policies import History, PreDraftStep
+    policy = make2(kind, seed=4, max_skip_run=5)
+    policy.save_pretrained(tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["format"] == 2 and cfg["history"] and cfg["skip"] and cfg["max_skip_run"] == 5
+    names = cfg["features"] if kind == "radar" else cfg["depth_features"]
+    assert [x for x in names if x in ("accept_ema", "accept_last", "prev_best_prob", "prev_best_accepted",
+                                      "history_empty")] == ["accept_ema", "accept_last", "prev_best_prob",
+                                                            "prev_best_accepted", "history_empty"]
+    loaded = load_policy(tmp_path / "p")
+    assert (loaded.history, loaded.skip, loaded.max_skip_run) == (True, True, 5)
+    h = _history((2, 0.4, True, False))
+    for s in steps(3, 3, seed=2):
+        s.history = h
+        pre = PreDraftStep(s.seq_len, CostInfo(), h, s.temperature)
+        assert policy.should_draft(pre) == loaded.should_draft(pre)
+        policy.reset(), loaded.reset()
+        assert policy.should_continue(s) == loaded.should_continue(s)
+    # a format-2 config stating no history but holding the history layout is refused (and the reverse)
+    key = "features" if kind == "radar" else "depth_features"
+    for change, msg in ((dict(history=False), f"{key} = .* does not match the features"),
+                        ({"skip": None}, "skip must be true or false, got None")):
+        bad = dict(cfg, **change)
+        shutil.copytree(tmp_path / "p", tmp_path / "bad", dirs_exist_ok=True)
+        (tmp_path / "bad" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            load_policy(tmp_path / "bad")
+    del cfg["max_skip_run"]
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="missing 'max_skip_run'"):
+        load_policy(tmp_path / "bad")
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(dict(cfg, format=3)))
+    with pytest.raises(ValueError, match=r"policy format 3 is not supported \(expected one of \[1, 2\]\)"):
+        load_policy(tmp_path / "bad")
+    with pytest.raises(ValueError, match="max_skip_run must be an int >= 1, got 0"):
+        make2(kind, max_skip_run=0)
+    with pytest.raises(ValueError, match="skip must be True or False, got 1"):
+        make2(kind, skip=1)

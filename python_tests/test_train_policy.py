@@ -11,34 +11,51 @@ from conftest import load_bench_script
 from radar_ext.cli import main
 from radar_ext.policies import PolicyCosts, load_policy
 from radar_ext.training.episodes import FORMAT, load_episodes
-from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, oracle_throughput,
-                                             policy_throughput, radar_choices, static_grid, train)
+from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, ltd_choices,
+                                             oracle_throughput, policy_throughput, radar_choices, static_grid, subset,
+                                             train)
 
 N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
 COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
 
 
-def write_episodes(path, continue_pays: bool, cycles=(192, 64), seed=0, temperature=0.0):
+def write_episodes(path, continue_pays, cycles=(192, 64), seed=0, temperature=0.0, fmt=FORMAT):
     """Continue pays: every draft call adds one accepted token (L = n). Otherwise nothing is accepted
-    beyond the first call's level. Beam scores are noise the policy must learn to ignore."""
+    beyond the first call's level. "mixed": even cycles are the first kind, odd ones the second, and
+    only the history features tell them apart (the previous cycle accepted 4 tokens of its best guess,
+    or none). Beam scores are noise the policy must learn to ignore. fmt 1: the fields of format 1 only."""
     g = torch.Generator().manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": temperature,
+    meta = {"format": fmt, "tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "temperature": temperature,
             "pool_topk": K, "head": "synthetic", "target": "synthetic"}
     (path / "episodes_meta.json").write_text(json.dumps(meta))
     for split, C in zip(("train", "val"), cycles):
+        good = (torch.arange(C) % 2 == 0) if continue_pays == "mixed" else torch.full((C,), bool(continue_pays))
         dist = torch.zeros(C, N, len(BUDGETS), N + 1)
         for n in range(N):
-            dist[:, n, :, (n + 1) if continue_pays else 0] = 1.0
+            dist[good, n, :, n + 1] = 1.0
+            dist[~good, n, :, 0] = 1.0
         child = torch.full((C, N, W, W), -float("inf"))
         child[:, 0, 0] = -torch.rand(C, W, generator=g)
         child[:, 1:] = -torch.rand(C, N - 1, W, W, generator=g) * 5
-        save_file({"beam_scores": -torch.rand(C, N, W, generator=g).sort(-1).values * 4, "child_scores": child,
-                   "pool_top": -torch.rand(C, N, K, generator=g).sort(-1).values * 6, "accept_dist": dist,
-                   "t_draft": torch.full((C, N), 0.002), "t_verify": torch.full((C,), 0.02),
-                   "verify_nodes": torch.full((C,), 30), "seq_len": torch.randint(10, 300, (C,), generator=g),
-                   "accepted_len": dist[:, -1, -1].argmax(-1), "prompt": torch.zeros(C, dtype=torch.int64)},
-                  str(path / f"{split}_00000.safetensors"))
+        t = {"beam_scores": -torch.rand(C, N, W, generator=g).sort(-1).values * 4, "child_scores": child,
+             "pool_top": -torch.rand(C, N, K, generator=g).sort(-1).values * 6, "accept_dist": dist,
+             "t_draft": torch.full((C, N), 0.002), "t_verify": torch.full((C,), 0.02),
+             "verify_nodes": torch.full((C,), 30), "seq_len": torch.randint(10, 300, (C,), generator=g),
+             "accepted_len": dist[:, -1, -1].argmax(-1), "prompt": torch.zeros(C, dtype=torch.int64)}
+        if fmt >= 2:
+            if continue_pays == "mixed":
+                gf = good.float()
+                hist = dict(hist_accept_ema=gf * 3, hist_accept_last=gf * 4, hist_best_prob=0.2 + 0.6 * gf,
+                            hist_best_accepted=gf)
+            else:
+                hist = {k: torch.rand(C, generator=g) * 4 for k in ("hist_accept_ema", "hist_accept_last")}
+                hist.update(hist_best_prob=torch.rand(C, generator=g),
+                            hist_best_accepted=(torch.rand(C, generator=g) > 0.5).float())
+            t.update(hist, hist_drafted=torch.randint(1, 50, (C,), generator=g), batch_size=torch.ones(C, dtype=torch.int64),
+                     lookup_match_len=torch.zeros(C, dtype=torch.int64), lookup_count=torch.zeros(C, dtype=torch.int64),
+                     lookup_best_score=torch.zeros(C))
+        save_file(t, str(path / f"{split}_00000.safetensors"))
     (path / "costs.json").write_text(json.dumps(COSTS))
     return path
 
@@ -428,6 +445,226 @@ def test_bench_controller_ceiling(tmp_path, capsys):
     assert rows[0]["best_static"]["max_draft_calls"] == 1 and rows[1]["best_static"]["max_draft_calls"] == N
     assert [-1e-2 < r["oracle"]["gain"] <= 0.0 for r in rows] == [True, True], [r["oracle"] for r in rows]
     table = [l for l in printed.splitlines() if l.startswith("| ")]
-    assert table[0].startswith("| T | cycles | best static (n, V): tok/s | oracle | LTD | RADAR") and len(table) == 3
+    assert table[0] == "| T | cycles | best static (n, V): tok/s | plain | oracle | oracle + skip | ltd | radar |"
+    assert len(table) == 3 and all(len(l.split(" | ")) == 8 for l in table[1:])
     with pytest.raises(SystemExit):
         mod.main(["--episodes", str(dirs[0]), "--costs", str(cost_file), "--prefix-len", "0"])
+
+
+# ----------------------------------------------------------------------------- skip action, history features
+
+STEEP = dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.02, 0.05]})  # a drafted cycle always costs more than t_ar
+
+
+def test_throughput_and_oracle_with_skip_are_exact(tmp_path):
+    """A skipped cycle (n = 0) earns 1 token in t_ar + t_policy; with skip every drafted cycle pays one
+    more decision; the oracle with skip is the best per-cycle choice among the plain step and every (n, V)."""
+    import itertools
+    from radar_ext.training.train_policy import cycle_times, skip_time
+    ep = load_episodes(write_episodes(tmp_path / "e", "mixed", cycles=(8, 4)), "val")
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(ep["accept_dist"].shape, generator=g) ** 4
+    ep.tensors["accept_dist"] = d / d.sum(-1, keepdim=True)
+    costs = PolicyCosts.load(STEEP)
+    E = expected_tokens(ep)
+    T = cycle_times(ep, costs, skip=True)
+    assert torch.allclose(T - cycle_times(ep, costs), torch.full_like(T, costs.t_policy))
+    n, v = torch.tensor([0, 2, 0, 4]), torch.tensor([1, 1, 2, 0])
+    res = policy_throughput(ep, costs, n, v, True, skip=True)
+    tokens = 1 + float(E[1, 1, 1]) + 1 + float(E[3, 3, 0])
+    secs = 2 * (0.02 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    assert skip_time(costs) == 0.02 + 1e-5
+    assert res["throughput"] == pytest.approx(tokens / secs) and res["skip_share"] == 0.5
+    assert res["mean_verify_budget"] == pytest.approx((BUDGETS[1] + BUDGETS[0]) / 4)
+    with pytest.raises(ValueError, match="n: a stopping point 0"):
+        policy_throughput(ep, costs, n, v, True)
+    # a calibration's plain step (our own verify path) replaces t_ar as the skipped cycle's time
+    fast = PolicyCosts.load(dict(STEEP, t_plain=0.01))
+    assert skip_time(fast) == 0.01 + 1e-5 and fast.features(BUDGETS) == costs.features(BUDGETS)
+    secs_fast = 2 * (0.01 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    assert policy_throughput(ep, fast, n, v, True, skip=True)["throughput"] == pytest.approx(tokens / secs_fast)
+    sub = subset(ep, torch.tensor([True, True, False, True]))
+    actions = [(0, 0)] + [(k, j) for k in range(1, N + 1) for j in range(len(BUDGETS))]
+    best = max(policy_throughput(sub, costs, torch.tensor([a[0] for a in ch]), torch.tensor([a[1] for a in ch]),
+                                 True, skip=True)["throughput"] for ch in itertools.product(actions, repeat=3))
+    o = oracle_throughput(sub, costs, skip=True)
+    assert o["throughput"] == pytest.approx(best, rel=1e-12)
+    assert o["throughput"] >= oracle_throughput(sub, costs)["throughput"] * (1 - 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+@pytest.mark.parametrize("continue_pays", [True, False])
+def test_skip_is_learned_where_drafting_does_not_pay(tmp_path, kind, continue_pays):
+    """Nothing is ever accepted and a drafted cycle costs more than a plain forward: the policy learns to
+    skip every cycle (plain decoding's throughput, less its decision); where drafting pays it never skips."""
+    ep_dir = write_episodes(tmp_path / "e", continue_pays)
+    (ep_dir / "costs.json").write_text(json.dumps(STEEP))
+    extra = dict(epochs=25, lr=3e-3, verify_budget=8) if kind == "radar" else dict(epochs=8, lr=1e-2)
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind=kind, costs=str(ep_dir / "costs.json"),
+                            batch_size=32, seed=1, skip=True, **extra)
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    assert policy.skip and not policy.history
+    res = evaluate(policy, load_episodes(ep_dir, "val"), PolicyCosts.load(STEEP), v_idx_fixed=BUDGETS.index(8))
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    oracle = rep["oracle"]["0"]["with_skip"]
+    if continue_pays:
+        assert res["skip_share"] == 0.0 and oracle["skip_share"] == 0.0
+    else:
+        assert res["skip_share"] > 0.95 and oracle["skip_share"] == 1.0
+        assert res["throughput"] >= 0.99 / (0.02 + 1e-5)
+        assert rep["plain"]["throughput"] == pytest.approx(1 / 0.02) and rep["plain"]["gain_over_best_static"] > 0.3
+    assert res["throughput"] >= 0.98 * oracle["throughput"]
+    assert rep["policy"]["skip_share"] == pytest.approx(res["skip_share"])
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_history_features_tell_good_cycles_from_bad(tmp_path, kind):
+    """Half the cycles accept a token per draft call, half accept nothing, and only the history features
+    tell them apart: with history the policy drafts to the cap on the first and skips the second, close
+    to the oracle with skip; without history it cannot, and stays well below."""
+    ep_dir = write_episodes(tmp_path / "e", "mixed")
+    (ep_dir / "costs.json").write_text(json.dumps(STEEP))
+    extra = dict(epochs=30, lr=3e-3, verify_budget=4) if kind == "radar" else dict(epochs=8, lr=1e-2)
+    val = load_episodes(ep_dir, "val")
+    good = torch.arange(val.cycles) % 2 == 0
+    got = {}
+    for history in (True, False):
+        cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / f"run{history}", kind=kind, batch_size=32, seed=1,
+                                costs=str(ep_dir / "costs.json"), skip=True, history=history, **extra)
+        policy = load_policy(train(cfg, log=lambda *_: None))
+        assert policy.history == history
+        n = radar_choices(policy, val) if kind == "radar" else ltd_choices(policy, val)[0]
+        got[history] = (n, json.loads((tmp_path / f"run{history}" / "report.json").read_text()))
+    n, rep = got[True]
+    assert (n[good] == N).float().mean() > 0.95 and (n[~good] == 0).float().mean() > 0.95, n.tolist()
+    assert rep["oracle"]["0"]["policy_room"] > 0.9
+    assert rep["policy"]["throughput"] >= 0.97 * rep["oracle"]["0"]["with_skip"]["throughput"]
+    assert got[False][1]["policy"]["throughput"] < 0.9 * rep["policy"]["throughput"]
+
+
+def test_format1_episodes_load_and_history_training_is_refused(tmp_path):
+    ep_dir = write_episodes(tmp_path / "e", True, cycles=(16, 8), fmt=1)
+    ep = load_episodes(ep_dir, "train")
+    assert ep.cycles == 16 and not ep.has_history and "hist_accept_ema" not in ep.tensors
+    with pytest.raises(ValueError, match="episodes format 1 records no history features; collect them again"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                history=True, epochs=1, rounds=1), log=lambda *_: None)
+    best = train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run2", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                   skip=True, epochs=1, rounds=1), log=lambda *_: None)
+    assert load_policy(best).skip
+    v2 = write_episodes(tmp_path / "v2", True, cycles=(16, 8))
+    with pytest.raises(ValueError, match=r"cannot be merged .*format \(2 vs 1\)"):
+        load_episodes([ep_dir, v2], "train")
+    with pytest.raises(ValueError, match="max_skip_run must be an int >= 1, got 0"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run3", kind="ltd", skip=True, max_skip_run=0),
+              log=lambda *_: None)
+
+
+def test_bench_controller_ceiling_with_skip_and_history(tmp_path, capsys):
+    """Several policies per kind: each labelled by its options, with its gain, skip share and room (the
+    share of the gain of the oracle with its own action set), equal to evaluate / oracle_room; plain
+    decoding and the oracle with skip beside the oracle without."""
+    from radar_ext.training.train_policy import oracle_room, plain_throughput
+    mod = load_bench_script("controller_ceiling")
+    ep_dir = write_episodes(tmp_path / "e", "mixed")
+    cost_file = tmp_path / "costs.json"
+    cost_file.write_text(json.dumps(STEEP))
+    runs = [train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / f"l{h}", kind="ltd", costs=str(cost_file),
+                                    epochs=8, lr=1e-2, batch_size=32, seed=1, skip=True, history=h), log=lambda *_: None)
+            for h in (True, False)]
+    out = tmp_path / "c.json"
+    assert mod.main(["--episodes", str(ep_dir), "--costs", str(cost_file), "--ltd", *map(str, runs), "--radar", "none",
+                     "--json", str(out)]) == 0
+    header = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| T"))
+    assert header.endswith("| plain | oracle | oracle + skip | ltd+hist+skip | ltd+skip |")
+    (row,) = json.loads(out.read_text())["rows"]
+    ep = load_episodes(ep_dir, "all")
+    costs = PolicyCosts.load(str(cost_file), tree_topk=W, prefix_len=float(ep["seq_len"].double().mean()))
+    best = float(static_grid(ep, costs).max())
+    assert row["plain"]["tokens_per_s"] == pytest.approx(plain_throughput(costs))
+    o_skip = oracle_throughput(ep, costs, skip=True)
+    assert row["oracle_skip"]["tokens_per_s"] == pytest.approx(o_skip["throughput"])
+    assert row["oracle_skip"]["gain"] > row["oracle"]["gain"] and row["oracle_skip"]["skip_share"] == 0.5
+    hist, plain_skip = row["policies"]
+    assert [p["label"] for p in row["policies"]] == ["ltd+hist+skip", "ltd+skip"] and row["ltd"] == hist
+    for p, run in zip(row["policies"], runs):
+        r = evaluate(load_policy(run), ep, costs)
+        assert p["tokens_per_s"] == pytest.approx(r["throughput"]) and p["skip_share"] == r["skip_share"]
+        assert p["room"] == pytest.approx(oracle_room(r["throughput"], best, o_skip["throughput"]))
+    assert hist["room"] > 0.9 and hist["skip_share"] == pytest.approx(0.5, abs=0.03)
+    assert plain_skip["room"] < 0.5
+
+
+@pytest.mark.parametrize("kind", ["radar", "ltd"])
+def test_offline_choices_are_the_inference_decisions(tmp_path, kind):
+    """radar_choices / ltd_choices (batched torch, what training scores) decide what the policy decides
+    through the Policy interface on the same recorded cycles: should_draft, then reset and should_continue
+    after every call, then verify_budget, with a History holding the recorded state."""
+    from radar_ext.policies import BudgetStep, CostInfo, DraftStep, History, LtdPolicy, PreDraftStep, RadarPolicy
+    ep = load_episodes(write_episodes(tmp_path / "e", "mixed", cycles=(8, 48)), "val")
+    if kind == "radar":
+        policy = RadarPolicy(W, N, lstm_hidden=16, mlp_hidden=16, seed=3, history=True, skip=True)
+    else:
+        policy = LtdPolicy(W, N, BUDGETS, STEEP, pool_topk=K, mlp_hidden=16, seed=3, history=True, skip=True)
+
+    def offline():
+        return (radar_choices(policy, ep), None) if kind == "radar" else ltd_choices(policy, ep)
+    # shift the continue output so that the random net skips some cycles and drafts others: between two
+    # cycles' pre-draft margins (its outputs differ little between inputs), else on a grid
+    net = policy.net if kind == "radar" else policy.depth_net
+    base = net.fc2.bias.detach().clone()
+    with torch.no_grad():
+        net.fc2.weight.mul_(50.0)  # decisions that turn on small differences of the inputs and the state
+        if kind == "radar":
+            from radar_ext.training.train_policy import radar_extra, radar_skip_input
+            x0 = radar_skip_input(ep["beam_scores"], ep["temperature"], radar_extra(policy, ep))
+        else:
+            from radar_ext.training.train_policy import _ltd_inputs
+            x0 = _ltd_inputs(policy, ep)[2]
+        lg = net.step(x0, *net.zero_state(x0.shape[0]))[0]
+    margin = (lg[:, 0] - lg[:, 1]).sort().values                      # stop - continue before the first call
+    shifts = ((margin[1:] + margin[:-1]) / 2).tolist() + torch.linspace(-8, 8, 161).tolist()  # between two cycles
+    spread = []
+    for b in shifts:
+        with torch.no_grad():
+            net.fc2.bias.copy_(base + torch.tensor([0.0, b]))
+        got = set(offline()[0].tolist())
+        spread.append(((0 in got) + bool(got - {0}), len(got), -abs(b), b))
+    with torch.no_grad():
+        net.fc2.bias.copy_(base + torch.tensor([0.0, max(spread)[3]]))
+    policy.refresh()
+    n_off, v_off = offline()
+    if kind == "radar":
+        from radar_ext.training.train_policy import radar_logits
+        pre, calls = radar_logits(policy, ep)
+        head = policy.head
+
+        def recording(x):
+            seen.append(head(x))
+            return seen[-1]
+        recording.reset = head.reset
+        policy.head = recording
+    assert 0 in set(n_off.tolist()) and len(set(n_off.tolist())) >= 2, n_off.tolist()  # skipped and drafted cycles
+    for c in range(ep.cycles):
+        h = History()
+        h.ema, h.last = float(ep["hist_accept_ema"][c]), float(ep["hist_accept_last"][c])
+        h.best_prob, h.best_accepted = float(ep["hist_best_prob"][c]), float(ep["hist_best_accepted"][c])
+        h.drafted = int(ep["hist_drafted"][c])
+        seq_len, temp = int(ep["seq_len"][c]), float(ep["temperature"][c])
+        n, seen = 0, []
+        if policy.should_draft(PreDraftStep(seq_len, CostInfo(), h, temp)):
+            policy.reset()
+            n = N
+            for t in range(N - 1):
+                step = DraftStep(t + 1, ep["beam_scores"][c, t][None], ep["child_scores"][c, t][None], seq_len,
+                                 CostInfo(), temp, h)
+                if not policy.should_continue(step):
+                    n = t + 1
+                    break
+        assert n == int(n_off[c]), c
+        if kind == "radar":  # and every head output equals the offline logits' softmax
+            want = ([pre[c]] if pre is not None else []) + list(calls[c, :len(seen) - (pre is not None)])
+            torch.testing.assert_close(torch.cat(seen), torch.softmax(torch.stack(want), 1), rtol=1e-5, atol=1e-6)
+        if kind == "ltd" and n > 0:
+            V = policy.verify_budget(BudgetStep(ep["pool_top"][c, n - 1][None], n, seq_len, 8, CostInfo(), temp, h))
+            assert V == BUDGETS[int(v_off[c])], c

@@ -346,6 +346,8 @@ def _crop_head(drafter, length):
     cache = getattr(drafter, "cache", None)
     if cache is not None and length is not None:
         cache.crop(length)
+    if hasattr(drafter, "drop_pending"):  # commits append until the next draft call; the bench recommits
+        drafter.drop_pending()
 
 
 def _policy_timer(policy, max_draft_calls):

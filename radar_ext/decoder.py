@@ -1,7 +1,8 @@
 """RadarDecoder: lossless tree speculative decoding for stock Hugging Face causal LMs.
 
-One cycle = draft (drafter + policy) -> build tree -> verify (one target forward) -> accept ->
-commit caches. `generate` below is the whole algorithm; the detail lives in the callees.
+One cycle = draft (drafter + policy; or, when the policy declines before the first draft call, a plain
+step: the root alone) -> build tree -> verify (one target forward) -> accept -> commit caches.
+`generate` below is the whole algorithm; the detail lives in the callees.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.plain import PlainDrafter
 from radar_ext.generation_args import GenerationSettings, resolve as resolve_generation_args
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
-from radar_ext.policies import CostInfo, CycleOutcome, Policy, StaticPolicy
+from radar_ext.policies import CostInfo, CycleOutcome, History, Policy, PreDraftStep, StaticPolicy
+from radar_ext.policies.base import guess_probability
+from radar_ext.tree import root_only_tree
 from radar_ext.verifier import prefill, verify
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -27,6 +30,7 @@ class DecodeStats:
     tokens: int = 0                 # new tokens emitted
     seconds: float = 0.0            # wall time of generate()
     cycles: int = 0                 # target forwards after the prefill
+    skipped_cycles: int = 0         # cycles the policy made plain steps (no draft call, root-only tree)
     draft_calls: int = 0            # summed over cycles
     verify_tokens: int = 0          # draft tokens verified, summed over cycles (root excluded)
     accepted_hist: list = field(default_factory=list)  # accepted_hist[n] = cycles accepting n drafts
@@ -50,19 +54,25 @@ class DecodeStats:
         return self.verify_tokens / self.cycles if self.cycles else 0.0
 
     @property
+    def skip_share(self) -> float:
+        return self.skipped_cycles / self.cycles if self.cycles else 0.0
+
+    @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d.update(tau=self.tau, mean_draft_calls=self.mean_draft_calls,
-                 mean_verify_budget=self.mean_verify_budget, tokens_per_second=self.tokens_per_second)
+                 mean_verify_budget=self.mean_verify_budget, skip_share=self.skip_share,
+                 tokens_per_second=self.tokens_per_second)
         return d
 
     def summary(self) -> str:
         t = self.seconds or 1.0
         return (f"tokens={self.tokens} time={self.seconds:.2f}s tok/s={self.tokens_per_second:.2f} "
-                f"cycles={self.cycles} tau={self.tau:.2f} draft_calls={self.mean_draft_calls:.2f} "
+                f"cycles={self.cycles} skipped={self.skipped_cycles} tau={self.tau:.2f} "
+                f"draft_calls={self.mean_draft_calls:.2f} "
                 f"V={self.mean_verify_budget:.1f} accepted_hist={self.accepted_hist} | time: "
                 f"prefill {self.time_prefill / t:.0%} draft {self.time_draft / t:.0%} "
                 f"policy {self.time_policy / t:.0%} verify {self.time_verify / t:.0%} "
@@ -91,6 +101,9 @@ class _TimedPolicy(Policy):
 
     def observe(self, outcome):
         return self._timed(self.policy.observe, outcome)
+
+    def should_draft(self, step):
+        return self._timed(self.policy.should_draft, step)
 
     def should_continue(self, step):
         return self._timed(self.policy.should_continue, step)
@@ -137,6 +150,7 @@ class RadarDecoder:
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.lean_verify = bool(lean_verify)
         self.costs = CostInfo()
+        self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
 
     # ------------------------------------------------------------------ the loop
@@ -163,6 +177,7 @@ class RadarDecoder:
         if streamer is not None:
             streamer.put(given.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
         policy.start_sequence()
+        self.history.start()
         cache, out = self._prefill(input_ids, cfg, stats, generator)
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
         emitted = out.new_empty(1, 0)
@@ -178,7 +193,9 @@ class RadarDecoder:
             acc = self._accept(tree, logits, cfg, generator, emitted)
             out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
                                cfg, emitted.shape[1], stats)
-            policy.observe(CycleOutcome(acc.accepted_len[0], tree.draft_calls, tree.verify_budget))
+            outcome = _outcome(tree, acc)
+            self.history.observe(outcome)
+            policy.observe(outcome)
         if streamer is not None:
             streamer.end()
         stats.tokens = emitted.shape[1]
@@ -202,7 +219,10 @@ class RadarDecoder:
         t_policy = stats.time_policy
         req = DraftRequest(root=emitted[:, -1], seq_len=prompt_len + emitted.shape[1], tree_topk=self.tree_topk,
                            verify_budget=self.verify_budget, policy=policy, costs=self.costs,
-                           temperature=cfg.sampling.temperature if cfg.do_sample else 0.0)
+                           temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=self.history)
+        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, self.history, req.temperature)):
+            stats.skipped_cycles += 1
+            return root_only_tree(req.root)  # a plain step: no draft call, the drafter catches up next time
         tree = self.drafter.draft(req)
         dt = time.perf_counter() - t0 - (stats.time_policy - t_policy)
         stats.time_draft += dt
@@ -308,6 +328,17 @@ def _one_input(input_ids, inputs):
     if input_ids is None and inputs is None:
         raise ValueError("input_ids must be given (an int64 tensor [B, prompt_len])")
     return input_ids if input_ids is not None else inputs
+
+
+def _outcome(tree, acc) -> CycleOutcome:
+    """What the cycle earned (row 0), with the drafter's first-call guess and whether it was the first
+    token emitted (History's best_prob / best_accepted)."""
+    n = acc.accepted_len[0]
+    if tree.guess_token is None:
+        return CycleOutcome(n, tree.draft_calls, tree.verify_budget, skipped=tree.draft_calls == 0)
+    score, hit = torch.stack([tree.guess_score[0].float(),
+                              (acc.tokens[0, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
+    return CycleOutcome(n, tree.draft_calls, tree.verify_budget, False, guess_probability(score), hit == 1.0)
 
 
 def _ema(old: float, new: float, rate: float = 0.1) -> float:

@@ -23,6 +23,8 @@ class DraftTree:
     paths: torch.Tensor    # [B, P, M] int64 root-to-leaf node paths, one row per leaf, -1 padded
     n_paths: torch.Tensor  # [B] int64 leaves per row
     draft_calls: int = 0   # drafter forward passes spent on this tree (host int)
+    guess_token: torch.Tensor | None = None  # [B] int64 the drafter's best first-call guess (None: no draft)
+    guess_score: torch.Tensor | None = None  # [B] float32 its log-probability (History's best_prob)
 
     @property
     def verify_budget(self) -> int:

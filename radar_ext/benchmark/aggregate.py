@@ -7,7 +7,8 @@ Per method and per category (and overall), per repeat r:
                     speculation's own gain, beside `speedup` (vs HF generate), which also holds the forward's
 The reported value is the mean over repeats, with min, max and std (ddof=0) as the spread.
 tau = mean(accepted_len + 1) over cycles, from the summed accepted-length histogram;
-draft_calls and verify_budget are means per cycle; policy_share = policy seconds / total seconds;
+draft_calls and verify_budget are means per cycle; skip_share = the share of cycles the policy made plain
+steps (no draft call; RadarDecoder's skipped_cycles, our methods only); policy_share = policy seconds / total seconds;
 exact_match = fraction of answers token-identical to the baseline (T = 0 only); time_split =
 the decoder's own time split as shares of the wall time (our methods only).
 A cycle is a target forward after the prefill (RadarDecoder's definition; for HF methods it is
@@ -115,6 +116,7 @@ def summarize(records, baseline_records, own_records=None) -> dict:
         "tau": (sum((k + 1) * c for k, c in enumerate(hist)) / cycles) if cycles else None,
         "draft_calls": per_cycle("draft_calls") if ncyc else None,
         "verify_budget": per_cycle("verify_tokens") if ncyc else None,
+        "skip_share": per_cycle("skipped_cycles") if ncyc else None,
         "policy_share": (sum(r["policy_seconds"] for r in pol) / sum(r["seconds"] for r in pol)
                          if pol and sum(r["seconds"] for r in pol) > 0 else None),
         "exact_match": (sum(exact) / len(exact)) if exact else None,

@@ -176,7 +176,7 @@ def decoder_stats(stats) -> dict:
     """RadarDecoder.last_stats (DecodeStats: totals over the answer) -> the runner's additive keys."""
     if stats is None:
         return {}
-    return {"cycles": int(stats.cycles), "draft_calls": float(stats.draft_calls),
+    return {"cycles": int(stats.cycles), "skipped_cycles": int(stats.skipped_cycles), "draft_calls": float(stats.draft_calls),
             "verify_tokens": float(stats.verify_tokens), "accepted_hist": [int(c) for c in stats.accepted_hist],
             "policy_seconds": float(stats.time_policy),
             "time_split": {"prefill": stats.time_prefill, "draft": stats.time_draft, "policy": stats.time_policy,

@@ -72,8 +72,8 @@ def _range(cell, key, fmt):
     return f" [{format(lo, fmt)}-{format(hi, fmt)}]"
 
 
-COLUMNS = ("method", "tok/s [min-max]", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V", "policy",
-           "exact", "n")
+COLUMNS = ("method", "tok/s [min-max]", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V", "skip",
+           "policy", "exact", "n")
 
 
 def table_rows(cell_by_method: dict) -> list:
@@ -86,6 +86,7 @@ def table_rows(cell_by_method: dict) -> list:
                      (_f(c.get("speedup_vs_ar_fast"), ".2f") + "x" if c.get("speedup_vs_ar_fast") is not None else "-")
                      + _range(c, "speedup_vs_ar_fast", ".2f"),
                      _f(c["tau"], ".2f"), _f(c["draft_calls"], ".2f"), _f(c["verify_budget"], ".1f"),
+                     "-" if c.get("skip_share") is None else f"{100 * c['skip_share']:.0f}%",
                      "-" if c["policy_share"] is None else f"{100 * c['policy_share']:.1f}%",
                      "-" if c["exact_match"] is None else f"{100 * c['exact_match']:.0f}%",
                      str(c["answers"])))

@@ -44,6 +44,14 @@ def add_arguments(p) -> None:
                         "(LtdPolicy.from_pretrained(costs=...)); selection then scores every curve (default: 1)")
     p.add_argument("--cost-jitter", type=float, default=1.0,
                    help="LTD: j, the half-width of those log-scale factors (default: %(default)s, x0.37..x2.7)")
+    p.add_argument("--history", action="store_true",
+                   help="every decision also reads the sequence's history (EMA and last accepted length, the previous "
+                        "cycle's best first-call guess probability and outcome); needs format-2 episodes")
+    p.add_argument("--skip", action="store_true",
+                   help="the policy may skip drafting before the first draft call (a plain step: 1 token for one "
+                        "plain step through our own verify path: t_plain of the calibration, else t_ar)")
+    p.add_argument("--max-skip-run", type=int, default=32,
+                   help="with --skip: plain steps in a row after which the policy drafts again (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -58,7 +66,8 @@ def run(args) -> int:
                             epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
                             entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
-                            cost_jitter=args.cost_jitter, seed=args.seed, threads=args.threads)
+                            cost_jitter=args.cost_jitter, history=args.history, skip=args.skip,
+                            max_skip_run=args.max_skip_run, seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")
@@ -67,7 +76,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         msg = str(e)
         for name in ("epochs", "rounds", "batch_size", "verify_budget", "lr", "gamma", "alpha", "beta", "entropy",
-                     "threads", "prefix_len", "cost_curves", "cost_jitter"):
+                     "threads", "prefix_len", "cost_curves", "cost_jitter", "max_skip_run"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar train-policy: error: {msg}", file=sys.stderr)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radar_ext.policies.base import CostInfo, Policy
+from radar_ext.policies.base import CostInfo, History, Policy
 from radar_ext.tree import DraftTree
 
 
@@ -19,6 +19,7 @@ class DraftRequest:
     policy: Policy
     costs: CostInfo
     temperature: float = 0.0  # the generation's sampling temperature (0.0: greedy), passed to the policy
+    history: History | None = None  # the sequence's history, passed to the policy's decisions
 
 
 class Drafter:
@@ -41,5 +42,7 @@ class Drafter:
     def commit(self, emitted: torch.Tensor, n_emitted: int, features: torch.Tensor | None) -> None:
         """After acceptance. emitted [B, D+1] accepted draft tokens then the bonus (-1 padded),
         n_emitted = accepted_len + 1; features [B, n_emitted, F] target features at the root and
-        the accepted nodes (None unless feature_layers is set)."""
+        the accepted nodes (None unless feature_layers is set). Also called after a skipped cycle
+        (no draft() call before it: emitted holds the bonus token only); a drafter keeps what every
+        commit since its last draft() brought, so drafting can resume at any cycle."""
         raise NotImplementedError

@@ -7,7 +7,9 @@ embedding of token t+1) at position id t. Per cycle:
   call k>1  runs the W beams at once, all at position id P-1+(k-1) (P = committed entries), each
             seeing the committed entries, its own ancestors' speculative entries and itself.
 After drafting the speculative entries are cropped; the next cycle's call 1 re-encodes the
-accepted path from the target's true features.
+accepted path from the target's true features. A skipped cycle (the policy's plain step, no draft()
+call) commits one more pair; pending pairs accumulate until the next call 1 consumes them all in one
+causal call, so drafting resumes at any cycle for the cost of one call over a few more rows.
 """
 from __future__ import annotations
 
@@ -87,8 +89,17 @@ class EagleDrafter(Drafter):
         self._pending_tokens = torch.cat([input_ids[:, 1:], root.view(-1, 1)], 1)  # [B, P]
 
     def commit(self, emitted, n_emitted, features) -> None:
-        self._pending_feats = features                                          # [B, n, F]
-        self._pending_tokens = emitted[:, :n_emitted]                           # [B, n]
+        if self._pending_tokens is None:                                        # consumed by the last call 1
+            self._pending_feats = features                                      # [B, n, F]
+            self._pending_tokens = emitted[:, :n_emitted]                       # [B, n]
+        else:                                                                   # skipped cycles: keep them all
+            self._pending_feats = torch.cat([self._pending_feats, features], 1)
+            self._pending_tokens = torch.cat([self._pending_tokens, emitted[:, :n_emitted]], 1)
+
+    def drop_pending(self) -> None:
+        """Forget the pairs committed since the last call 1 (a caller that rewinds the head cache to a
+        saved length and commits the same pairs again, as radar_ext.calibration does)."""
+        self._pending_feats = self._pending_tokens = None
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
@@ -107,6 +118,7 @@ class EagleDrafter(Drafter):
         n_new = self._pending_tokens.shape[1]
         pos = torch.arange(cache.length, cache.length + n_new, device=dev).expand(B, n_new)
         out = head(self._pending_feats, self.embed(self._pending_tokens), pos, cache)  # [B, n, H]
+        self._pending_feats = self._pending_tokens = None                       # now in the head cache
         committed = cache.length
         hidden = out[:, -1:]                                                    # [B, 1, H]
         exp = ops.topk_expand(head.logits(hidden).float(), torch.zeros(B, 1, device=dev), W)
@@ -116,7 +128,8 @@ class EagleDrafter(Drafter):
         hidden = hidden.expand(B, W, -1)                                        # parent output per beam
         calls = 1
         policy.reset()
-        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature)
+        guess_token, guess_score = ids[:, 0], beam_scores[:, 0]                 # [B] the best root child
+        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history)
         if self.recorder is not None:
             self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
@@ -143,10 +156,13 @@ class EagleDrafter(Drafter):
             beam_scores = exp.next_scores
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
-            step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature)
+            step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature,
+                             req.history)
             if self.recorder is not None:
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
         budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
-                                                 req.verify_budget, req.costs, req.temperature))
-        return pool.to_tree(req.root, budget, calls)
+                                                 req.verify_budget, req.costs, req.temperature, req.history))
+        tree = pool.to_tree(req.root, budget, calls)
+        tree.guess_token, tree.guess_score = guess_token, guess_score
+        return tree

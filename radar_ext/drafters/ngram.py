@@ -12,8 +12,14 @@ Default min_ngram = 2: on a CPU a tree forward costs ~1.5-2x a one-token forward
 triggered by a single matching token are accepted too rarely to pay for it (replaying the greedy
 answers to 10 Spec-Bench dev questions: min_ngram 1 gives tau 1.41 but drafts in 47% of cycles,
 min_ngram 2 gives tau 1.29 drafting in 15% of cycles, the better trade at those costs).
+
+The context grows at every commit, drafted cycle or skipped (a policy's plain step), so a lookup after
+skipped cycles sees the whole text. The tree's first-call guess (History's best_prob) is the best root
+child and its share of the root children's summed weight.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -105,6 +111,9 @@ class NgramDrafter(Drafter):
                     scores.append(0.0)
                 scores[nxt] += w
                 node = nxt
+        firsts = list(children[0].values())                      # the root children, in creation order
+        best = max(firsts, key=scores.__getitem__)               # the first of equal maxima: the older
+        guess = (tokens[best], math.log(scores[best] / sum(scores[i] for i in firsts)))
         n_draft = len(tokens) - 1
         if n_draft > budget:
             # best `budget` nodes by score (stable: ties to the older node), kept in creation order
@@ -117,4 +126,7 @@ class NgramDrafter(Drafter):
         dev = req.root.device
         t = torch.tensor([tokens], dtype=torch.int64, device=dev)
         p = torch.tensor([parents], dtype=torch.int64, device=dev)
-        return make_tree(t, p, torch.tensor([len(tokens)], dtype=torch.int64, device=dev), draft_calls=1)
+        tree = make_tree(t, p, torch.tensor([len(tokens)], dtype=torch.int64, device=dev), draft_calls=1)
+        tree.guess_token = torch.tensor([guess[0]], dtype=torch.int64, device=dev)
+        tree.guess_score = torch.tensor([guess[1]], dtype=torch.float32, device=dev)
+        return tree

@@ -1,13 +1,13 @@
 """Draft controllers: decide how many draft calls to make and how many tokens to verify."""
 from radar_ext.policies.adaptive import EmaPolicy, GoodputPolicy, PminPolicy
-from radar_ext.policies.base import BudgetStep, CostInfo, CycleOutcome, DraftStep, Policy
+from radar_ext.policies.base import BudgetStep, CostInfo, CycleOutcome, DraftStep, History, Policy, PreDraftStep
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.ltd import LtdPolicy
 from radar_ext.policies.radar import RadarPolicy
 from radar_ext.policies.static import StaticPolicy
 
-__all__ = ["BudgetStep", "CostInfo", "CycleOutcome", "DraftStep", "EmaPolicy", "GoodputPolicy", "LtdPolicy", "Policy",
-           "PminPolicy", "PolicyCosts", "RadarPolicy", "StaticPolicy", "load_policy"]
+__all__ = ["BudgetStep", "CostInfo", "CycleOutcome", "DraftStep", "EmaPolicy", "GoodputPolicy", "History", "LtdPolicy", "Policy",
+           "PminPolicy", "PreDraftStep", "PolicyCosts", "RadarPolicy", "StaticPolicy", "load_policy"]
 
 
 def load_policy(path, costs=None, prefix_len=None):

@@ -1,11 +1,15 @@
-"""The controller interface. A policy decides, after each draft call, whether to make another one,
-and after drafting it may choose the verify budget V. StaticPolicy (a fixed depth) is the baseline;
-the learned RADAR and LTD controllers and the training-free ones (policies/adaptive.py) implement the
-same two methods. Policies that adapt within a sequence also get `start_sequence()` at the start of
-every generate call and `observe(CycleOutcome)` after every cycle's acceptance (no-ops by default).
+"""The controller interface. Before a cycle's first draft call a policy may decline to draft
+(`should_draft`: a plain step, a root-only tree verified with no draft call); after each draft call it
+decides whether to make another one, and after drafting it may choose the verify budget V.
+StaticPolicy (a fixed depth) is the baseline; the learned RADAR and LTD controllers and the
+training-free ones (policies/adaptive.py) implement the same methods. Policies that adapt within a
+sequence also get `start_sequence()` at the start of every generate call and `observe(CycleOutcome)`
+after every cycle's acceptance (no-ops by default). `History` turns those outcomes into the sequence's
+history features, which the decoder hands to every decision (docs/CONTROLLER_FORMAT.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +24,84 @@ class CostInfo:
     mean_verify_budget: float = 0.0  # the V those verify times were measured at
 
 
+HISTORY_FEATURES = ["accept_ema", "accept_last", "prev_best_prob", "prev_best_accepted", "history_empty"]
+ACCEPT_SCALE = 8.0   # accepted lengths enter the features divided by this (about 0..1)
+
+
+class History:
+    """The sequence's recent history, from the outcomes of its cycles (CycleOutcome), the same for every
+    policy and for episode collection (radar_ext/training/episodes.py), so training and inference see
+    the same numbers. Only drafted cycles move it: a skipped cycle tells nothing about the drafter, so
+    it only counts towards `skip_run` (consecutive skipped cycles, which bounds how long a learned
+    policy may skip before it must probe the drafter again).
+      ema            EMA (weight EMA_WEIGHT on the newest) of the drafted cycles' accepted lengths,
+                     starting at the first one
+      last           the last drafted cycle's accepted length
+      best_prob      the last drafted cycle's best first-call guess probability (EAGLE: its best root
+                     child's probability; lookup: the best root child's share of the occurrences)
+      best_accepted  whether that guess was the first token the cycle emitted (0.0 / 1.0)
+      drafted        drafted cycles so far in the sequence"""
+
+    EMA_WEIGHT = 0.2
+
+    def __init__(self):
+        self.start()
+
+    def start(self) -> None:
+        self.ema, self.last, self.best_prob, self.best_accepted = 0.0, 0.0, 0.0, 0.0
+        self.drafted, self.skip_run = 0, 0
+
+    def observe(self, outcome: "CycleOutcome") -> None:
+        if outcome.skipped:
+            self.skip_run += 1
+            return
+        L = float(outcome.accepted_len)
+        self.ema = L if self.drafted == 0 else (1.0 - self.EMA_WEIGHT) * self.ema + self.EMA_WEIGHT * L
+        self.last = L
+        self.best_prob = float(outcome.best_draft_prob)
+        self.best_accepted = 1.0 if outcome.best_guess_accepted else 0.0
+        self.drafted += 1
+        self.skip_run = 0
+
+    def features(self) -> list:
+        """HISTORY_FEATURES' values (Python floats; float32 rounding happens where the row is built)."""
+        return history_features(self.ema, self.last, self.best_prob, self.best_accepted, self.drafted)
+
+    @staticmethod
+    def features_of(history: "History | None") -> list:
+        """The features of `history`, or of an empty one (a decision asked outside a decoder)."""
+        return (history or _EMPTY).features()
+
+
+def history_features(ema, last, best_prob, best_accepted, drafted):
+    """HISTORY_FEATURES from the History state: numbers (inference) or tensors [...] (training, from the
+    episodes' recorded state); the scalings are powers of two, so both give the same float32 bits."""
+    if isinstance(ema, torch.Tensor):
+        empty = (drafted == 0).float()
+        return torch.stack([ema.float() / ACCEPT_SCALE, last.float() / ACCEPT_SCALE, best_prob.float(),
+                            best_accepted.float(), empty], -1)
+    return [ema / ACCEPT_SCALE, last / ACCEPT_SCALE, best_prob, best_accepted, 1.0 if drafted == 0 else 0.0]
+
+
+_EMPTY = History()
+
+
+def guess_probability(score: float) -> float:
+    """A guess's log-probability score -> its probability (0.0 for -inf: no guess)."""
+    return math.exp(score) if score > -math.inf else 0.0
+
+
+@dataclass
+class PreDraftStep:
+    """What the policy sees before a cycle's first draft call, to choose between drafting and a plain
+    step (no draft call: the root alone is verified, one token for one target forward)."""
+    seq_len: int                # tokens in the sequence so far (prompt + emitted, root included)
+    costs: CostInfo             # measured costs
+    history: History            # the sequence's history (History.features())
+    temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
+    batch_size: int = 1         # rows decoded together (the verify cost per row grows with it)
+
+
 @dataclass
 class DraftStep:
     """What the policy sees after draft call number `draft_calls` of a cycle."""
@@ -29,6 +111,7 @@ class DraftStep:
     seq_len: int                # tokens in the sequence so far (prompt + emitted, root included)
     costs: CostInfo             # measured costs
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
+    history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
 
 
 @dataclass
@@ -40,6 +123,7 @@ class BudgetStep:
     default_budget: int         # the decoder's verify_budget
     costs: CostInfo
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
+    history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
 
 
 @dataclass
@@ -48,6 +132,9 @@ class CycleOutcome:
     accepted_len: int           # draft tokens accepted (emitted = accepted_len + 1)
     draft_calls: int            # draft calls made in the cycle
     verify_budget: int          # draft tokens verified (root excluded)
+    skipped: bool = False       # no draft call this cycle (the policy's plain step; or a drafter proposing nothing)
+    best_draft_prob: float = 0.0      # probability of the drafter's best first-call guess (0.0: none)
+    best_guess_accepted: bool = False  # that guess was the first token the cycle emitted
 
 
 class Policy:
@@ -63,6 +150,11 @@ class Policy:
 
     def observe(self, outcome: CycleOutcome) -> None:
         """Called after every cycle's acceptance with what it earned."""
+
+    def should_draft(self, step: PreDraftStep) -> bool:
+        """Before a cycle's first draft call: False for a plain step (no draft call, the root alone is
+        verified). Default: always draft."""
+        return True
 
     def should_continue(self, step: DraftStep) -> bool:
         """After a draft call: True to make another call (never asked beyond max_draft_calls)."""

@@ -14,9 +14,10 @@ from pathlib import Path
 class PolicyCosts:
     t_draft: float          # one draft call
     t_policy: float         # one policy decision
-    t_ar: float             # one plain autoregressive target forward (1 token)
+    t_ar: float             # one plain autoregressive target forward (1 token): the LTD features' unit
     verify_budgets: list    # V of the measured verify curve, increasing
     verify_seconds: list    # T_verify(V) at those V
+    t_plain: float | None = None  # one plain step through our own verify path (a skipped cycle); None: t_ar
 
     def __post_init__(self):
         for name in ("t_draft", "t_policy", "t_ar"):
@@ -25,6 +26,10 @@ class PolicyCosts:
                 raise ValueError(f"costs: {name} must be a finite number >= 0 (seconds), got {v!r}")
         if not self.t_ar > 0:
             raise ValueError(f"costs: t_ar must be > 0 (seconds of one target forward), got {self.t_ar!r}")
+        if self.t_plain is not None and not (isinstance(self.t_plain, (int, float)) and math.isfinite(self.t_plain)
+                                             and self.t_plain > 0):
+            raise ValueError(f"costs: t_plain must be None or a finite number > 0 (seconds of one plain step), "
+                             f"got {self.t_plain!r}")
         vb, vs = list(self.verify_budgets), list(self.verify_seconds)
         if not vb or len(vb) != len(vs):
             raise ValueError(f"costs: the T_verify curve needs matching non-empty V and seconds lists, "
@@ -45,14 +50,22 @@ class PolicyCosts:
         v0, v1, s0, s1 = vb[k - 1], vb[k], vs[k - 1], vs[k]
         return max(s0 + (s1 - s0) * (V - v0) / (v1 - v0), 1e-9)
 
+    def plain_step(self) -> float:
+        """Seconds of a skipped cycle's plain step (the root verified alone, no draft call): t_plain where
+        the calibration gives it, else t_ar."""
+        return self.t_ar if self.t_plain is None else self.t_plain
+
     def features(self, budgets) -> list:
         """Cost inputs of the LTD policies, unitless: t_draft, t_policy and T_verify(V) per budget,
         each over t_ar."""
         return [self.t_draft / self.t_ar, self.t_policy / self.t_ar] + [self.t_verify(v) / self.t_ar for v in budgets]
 
     def to_dict(self) -> dict:
-        return {"t_draft": self.t_draft, "t_policy": self.t_policy, "t_ar": self.t_ar,
-                "t_verify": {"V": list(self.verify_budgets), "seconds": list(self.verify_seconds)}}
+        d = {"t_draft": self.t_draft, "t_policy": self.t_policy, "t_ar": self.t_ar,
+             "t_verify": {"V": list(self.verify_budgets), "seconds": list(self.verify_seconds)}}
+        if self.t_plain is not None:
+            d["t_plain"] = self.t_plain
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PolicyCosts":
@@ -79,7 +92,9 @@ class PolicyCosts:
             vb, vs = [p[0] for p in pts], [p[1] for p in pts]
         else:
             raise ValueError(f"costs: T_verify must be a dict or a list of [V, seconds], got {type(curve).__name__}")
-        return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs)
+        t_plain = d.get("t_plain")
+        return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs,
+                   None if t_plain is None else float(t_plain))
 
     @classmethod
     def from_cost_model(cls, cm, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
@@ -93,7 +108,11 @@ class PolicyCosts:
         call on W beams: measured so at W >= 6 on a 2-core AMD EPYC), which is exact as long as
         T_verify(V) stays positive. A noisy calibration of a tiny model can time a later call so slow
         that it would not; call 1's extra cost is then floored at minus half the cheapest V's
-        cost, overestimating every cycle by the rest, instead of the calibration being refused."""
+        cost, overestimating every cycle by the rest, instead of the calibration being refused.
+        t_ar is the calibration's HF generate step (the speedup baseline, and the LTD features' unit);
+        t_plain, what a skipped cycle costs in our decoder, is its cycle without draft calls at the smallest
+        calibrated V (verify forward + acceptance and commits): an upper bound of the root-only step, which
+        runs through the same lean verify path, often far below HF's step."""
         if prefix_len is not None and not (isinstance(prefix_len, (int, float)) and math.isfinite(prefix_len)
                                            and prefix_len > 0):
             raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
@@ -103,7 +122,8 @@ class PolicyCosts:
         base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) for v in vb]
         extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
         vs = [b + extra_first for b in base]
-        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs)
+        t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
+        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain))
 
     @classmethod
     def load(cls, source, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":

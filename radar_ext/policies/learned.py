@@ -14,7 +14,13 @@ from radar_ext import ops
 from radar_ext.policies.base import Policy
 from radar_ext.policies.costs import PolicyCosts
 
-FORMAT = 1
+FORMAT = 2          # what save_pretrained writes (docs/CONTROLLER_FORMAT.md)
+FORMATS = (1, 2)    # what loads: format 1 (no history features, no skip action) decides as it always did
+MAX_SKIP_RUN = 32   # default: consecutive plain steps after which a skipping policy drafts again
+# Every beam / child score of the state before the first draft call: the only path is the root's empty one,
+# whose log-probability is 0 (drafted scores are < 0). Not SCORE_FLOOR: a state of all-floor scores drives
+# the nets' first layer to +-hundreds, which saturates the decision before training can shape it.
+PRE_DRAFT_SCORE = 0.0
 SCORE_FLOOR = -40.0   # -inf (dead beams, padding) and very unlikely scores are clamped here
 SCORE_SCALE = 10.0    # LTD inputs: scores / 10 (RADAR keeps the raw log-probs, METHOD.md 5)
 WEIGHTS = "model.safetensors"
@@ -147,8 +153,9 @@ class LearnedPolicy(Policy):
             raise FileNotFoundError(f"{path} is not a saved policy: it needs {CONFIG} and {WEIGHTS} "
                                     "(write one with `radar train-policy`)")
         cfg = json.loads((path / CONFIG).read_text())
-        if cfg.get("format") != FORMAT:
-            raise ValueError(f"{path / CONFIG}: policy format {cfg.get('format')!r} is not supported (expected {FORMAT})")
+        if cfg.get("format") not in FORMATS:
+            raise ValueError(f"{path / CONFIG}: policy format {cfg.get('format')!r} is not supported "
+                             f"(expected one of {list(FORMATS)})")
         return cfg
 
     @classmethod
@@ -196,6 +203,32 @@ def config_value(cfg: dict, key: str, kind: str):
     if key not in cfg:
         raise ValueError(f"{kind} policy config is missing {key!r}")
     return cfg[key]
+
+
+def format2_flags(cfg: dict, kind: str) -> dict:
+    """history, skip and max_skip_run of a policy config: format 1 has neither feature (its layouts are
+    format 2's with both off); format 2 must state all three."""
+    if cfg.get("format") == 1:
+        return {"history": False, "skip": False, "max_skip_run": MAX_SKIP_RUN}
+    flags = {k: config_value(cfg, k, kind) for k in ("history", "skip", "max_skip_run")}
+    for k in ("history", "skip"):
+        if not isinstance(flags[k], bool):
+            raise ValueError(f"{kind} policy config: {k} must be true or false, got {flags[k]!r}")
+    return flags
+
+
+def check_flags(kind: str, history, skip, max_skip_run) -> None:
+    for name, v in (("history", history), ("skip", skip)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{kind}: {name} must be True or False, got {v!r}")
+    if isinstance(max_skip_run, bool) or not isinstance(max_skip_run, int) or max_skip_run < 1:
+        raise ValueError(f"{kind}: max_skip_run must be an int >= 1, got {max_skip_run!r}")
+
+
+def must_draft(step, max_skip_run: int) -> bool:
+    """A skipping policy drafts once `max_skip_run` plain steps ran in a row: skipped cycles leave the
+    history features as they were, so without a probe one decision to skip would repeat to the end."""
+    return step.history is not None and step.history.skip_run >= max_skip_run
 
 
 def check_features(cfg: dict, key: str, expected: list, kind: str) -> None:

@@ -8,6 +8,15 @@ could have seen and earned:
   accept_dist   [N, nV, N+1] for every stopping point n and budget V, the exact distribution of the
                              accepted length of the tree "best V of the pool after n calls"
   t_draft [N], t_verify, verify_nodes, seq_len, accepted_len (of the full tree, which advances the text)
+Format 2 adds what a controller knows before drafting (docs/CONTROLLER_FORMAT.md), each [] per cycle:
+  hist_accept_ema, hist_accept_last, hist_best_prob, hist_best_accepted (float32), hist_drafted (int64)
+                             the policies' History state before the cycle (base.History, fed the
+                             cycles of this text, whose accepted lengths are the full trees')
+  batch_size (int64)         rows decoded together (1 for now)
+  lookup_match_len, lookup_count (int64), lookup_best_score (float32)
+                             context-lookup features (0: no lookup drafter in the collection)
+A skipped cycle needs no record: it earns exactly 1 token for one plain forward (t_ar, calibrated).
+Format-1 directories still load (Episodes.has_history False); training a history policy on them fails.
 
 Drafting is deterministic given the prefix and the pool after n calls is a prefix of the full pool,
 so every (n, V) tree is a subset of the full pool. All of them are verified in ONE target forward
@@ -35,17 +44,27 @@ import torch
 from radar_ext import kv_cache
 from radar_ext.acceptance import SamplingParams, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest
-from radar_ext.policies import CostInfo, StaticPolicy
+from radar_ext.policies import CostInfo, CycleOutcome, History, StaticPolicy
+from radar_ext.policies.base import guess_probability
 from radar_ext.tree import make_tree
 from radar_ext.verifier import prefill, verify
 
 DEFAULT_BUDGETS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 60, 64)
-FORMAT = 1
+FORMAT = 2
+FORMATS = (1, 2)  # what loads
 # Keys of the meta JSON that must agree when a collection is resumed.
 _RESUME_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "temperature", "pool_topk", "head",
                 "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard")
-TENSOR_KEYS = ("beam_scores", "child_scores", "pool_top", "accept_dist", "t_draft", "t_verify",
-               "verify_nodes", "seq_len", "accepted_len", "prompt")
+TENSOR_KEYS_V1 = ("beam_scores", "child_scores", "pool_top", "accept_dist", "t_draft", "t_verify",
+                  "verify_nodes", "seq_len", "accepted_len", "prompt")
+HISTORY_KEYS = ("hist_accept_ema", "hist_accept_last", "hist_best_prob", "hist_best_accepted", "hist_drafted")
+LOOKUP_KEYS = ("lookup_match_len", "lookup_count", "lookup_best_score")
+TENSOR_KEYS = TENSOR_KEYS_V1 + HISTORY_KEYS + ("batch_size",) + LOOKUP_KEYS
+
+
+def tensor_keys(fmt: int) -> tuple:
+    """The per-cycle fields of an episodes format."""
+    return TENSOR_KEYS_V1 if fmt == 1 else TENSOR_KEYS
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -159,8 +178,12 @@ class EpisodeCollector:
         dr.start(input_ids, res.features, root)
         emitted = [int(root)]
         rows = []
+        history = History()
         while len(emitted) < max_new_tokens and emitted[-1] not in eos_ids:
+            before = _history_row(history)
             row, out = self._cycle(cache, P + len(emitted) - 1, emitted[-1], generator)
+            history.observe(row.pop("outcome"))
+            row.update(before)
             rows.append(row)
             for t in out:
                 emitted.append(t)
@@ -226,12 +249,26 @@ class EpisodeCollector:
         for k, cnt in enumerate(rec.counts):
             top = torch.sort(scores[:cnt], descending=True).values[:self.K]
             pool_top[k, :top.shape[0]] = top
-        row = dict(beam_scores=torch.stack(rec.beams).float().cpu(), child_scores=child, pool_top=pool_top,
+        # the first-call guess (call 1 adds the root children in score order: pool index 0 is the best)
+        outcome = CycleOutcome(int(n - 1), N, tokens.shape[0] - 1, False, guess_probability(float(rec.beams[0][0])),
+                               int(acc.tokens[0, 0]) == int(ptok[0]))
+        row = dict(outcome=outcome, beam_scores=torch.stack(rec.beams).float().cpu(), child_scores=child, pool_top=pool_top,
                    accept_dist=dist, t_draft=torch.tensor(rec.times, dtype=torch.float32),
                    t_verify=torch.tensor(t_verify, dtype=torch.float32),
                    verify_nodes=torch.tensor(tokens.shape[0] - 1), seq_len=torch.tensor(prefix_len + 1),
                    accepted_len=torch.tensor(n - 1))
         return row, acc.tokens[0, :n].tolist()
+
+
+def _history_row(h: History) -> dict:
+    """The format-2 fields known before a cycle: the History state, batch size 1, no lookup drafter."""
+    f32, i64 = torch.float32, torch.int64
+    return dict(hist_accept_ema=torch.tensor(h.ema, dtype=f32), hist_accept_last=torch.tensor(h.last, dtype=f32),
+                hist_best_prob=torch.tensor(h.best_prob, dtype=f32),
+                hist_best_accepted=torch.tensor(h.best_accepted, dtype=f32),
+                hist_drafted=torch.tensor(h.drafted, dtype=i64), batch_size=torch.tensor(1, dtype=i64),
+                lookup_match_len=torch.tensor(0, dtype=i64), lookup_count=torch.tensor(0, dtype=i64),
+                lookup_best_score=torch.tensor(0.0, dtype=f32))
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -362,13 +399,16 @@ def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, promp
     return meta_path
 
 
-def _empty_shard(cfg):
+def _empty_shard(cfg, fmt: int = FORMAT):
     N, W, nV = cfg.max_draft_calls, cfg.tree_topk, len(cfg.budgets)
-    return dict(beam_scores=torch.zeros(0, N, W), child_scores=torch.zeros(0, N, W, W),
-                pool_top=torch.zeros(0, N, cfg.pool_topk), accept_dist=torch.zeros(0, N, nV, N + 1),
-                t_draft=torch.zeros(0, N), t_verify=torch.zeros(0), verify_nodes=torch.zeros(0, dtype=torch.int64),
-                seq_len=torch.zeros(0, dtype=torch.int64), accepted_len=torch.zeros(0, dtype=torch.int64),
-                prompt=torch.zeros(0, dtype=torch.int64))
+    out = dict(beam_scores=torch.zeros(0, N, W), child_scores=torch.zeros(0, N, W, W),
+               pool_top=torch.zeros(0, N, cfg.pool_topk), accept_dist=torch.zeros(0, N, nV, N + 1),
+               t_draft=torch.zeros(0, N), t_verify=torch.zeros(0), verify_nodes=torch.zeros(0, dtype=torch.int64),
+               seq_len=torch.zeros(0, dtype=torch.int64), accepted_len=torch.zeros(0, dtype=torch.int64),
+               prompt=torch.zeros(0, dtype=torch.int64))
+    if fmt >= 2:
+        out.update({k: v[:0] for k, v in _history_row(History()).items()})
+    return out
 
 
 def _eos_ids(target, tokenizer) -> tuple:
@@ -407,6 +447,22 @@ class Episodes:
     def cycles(self) -> int:
         return int(self.tensors["accept_dist"].shape[0])
 
+    @property
+    def has_history(self) -> bool:
+        """Format 2: the History state and the batch / lookup fields of every cycle are recorded."""
+        return all(k in self.tensors for k in HISTORY_KEYS)
+
+    def history_features(self) -> torch.Tensor:
+        """[C, 5] float32 base.history_features of every cycle (what the policies saw before it)."""
+        from radar_ext.policies.base import history_features
+        if not self.has_history:
+            where = self.meta.get("merged_from") or self.meta.get("path", "these episodes")
+            raise ValueError(f"{where}: episodes format {self.meta.get('format')!r} records no history features; "
+                             "collect them again with `radar collect` (format 2) to train a policy with history")
+        t = self.tensors
+        return history_features(t["hist_accept_ema"], t["hist_accept_last"], t["hist_best_prob"],
+                                t["hist_best_accepted"], t["hist_drafted"])
+
     def __getitem__(self, key):
         return self.tensors[key]
 
@@ -423,7 +479,7 @@ def load_episodes(path, split: str) -> Episodes:
     split "all": the train cycles, then the validation ones (for scoring, not for training)."""
     if split == "all":
         tr, va = load_episodes(path, "train"), load_episodes(path, "val")
-        return Episodes(tr.meta, {k: torch.cat([tr[k], va[k]]) for k in TENSOR_KEYS + ("temperature",)})
+        return Episodes(tr.meta, {k: torch.cat([tr[k], va[k]]) for k in tr.tensors})
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -440,7 +496,7 @@ def load_episodes(path, split: str) -> Episodes:
                              + ", ".join(f"{k} ({ep.meta.get(k)!r} vs {meta.get(k)!r})" for k in bad))
     meta["temperature"] = [ep.meta.get("temperature") for ep in loaded]
     meta["merged_from"] = [str(p) for p in paths]
-    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in TENSOR_KEYS + ("temperature",)})
+    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in loaded[0].tensors})
 
 
 def _load_one(path: Path, split: str) -> Episodes:
@@ -450,12 +506,19 @@ def _load_one(path: Path, split: str) -> Episodes:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not an episodes directory (no episodes_meta.json); run `radar collect` first")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: episodes format {meta.get('format')!r} is not supported (expected {FORMAT})")
+    if meta.get("format") not in FORMATS:
+        raise ValueError(f"{meta_path}: episodes format {meta.get('format')!r} is not supported "
+                         f"(expected one of {list(FORMATS)})")
+    meta["path"] = str(path)
     shards = sorted(path.glob(f"{split}_*.safetensors"))
     parts = [load_file(str(s)) for s in shards]
-    tensors = (_empty_shard(_cfg_from_meta(meta)) if not parts else
-               {k: torch.cat([p[k] for p in parts]) for k in TENSOR_KEYS})
+    keys = tensor_keys(meta["format"])
+    for s, p in zip(shards, parts):
+        missing = [k for k in keys if k not in p]
+        if missing:
+            raise ValueError(f"{s}: episodes format {meta['format']} needs the fields {missing}")
+    tensors = (_empty_shard(_cfg_from_meta(meta), meta["format"]) if not parts else
+               {k: torch.cat([p[k] for p in parts]) for k in keys})
     temperature = meta.get("temperature")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
         raise ValueError(f"{meta_path}: temperature must be a number >= 0, got {temperature!r}")

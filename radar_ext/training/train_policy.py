@@ -15,6 +15,13 @@ cycles with the deterministic (argmax) policy, compared with every static (n, V)
 Episodes of several temperatures (T=0 and T=1 collections) are scored per temperature against that
 temperature's best static (n, V), and the selection score is the geometric mean of those ratios, so
 the many cheap greedy cycles cannot buy a loss at T=1.
+
+Skip (docs/CONTROLLER_FORMAT.md): with `skip` a policy may stop before the first draft call (n = 0, a
+plain step). Such a cycle earns exactly 1 token in T_skip = t_plain + t_policy (one plain step through
+our verify path, from the calibration, else t_ar; and the pre-draft decision), and every drafted cycle
+pays that decision's t_policy too. With `history` every decision also reads the History features
+recorded before the cycle (format-2 episodes). The recorded cycles advance the text with the full tree, so their history is the
+full tree's, not the policy's own (shallower) one: an offline approximation the dev-set benchmark checks.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from pathlib import Path
 import torch
 
 from radar_ext.policies.costs import PolicyCosts
-from radar_ext.policies.learned import seq_len_feature, sorted_padded, temperature_feature
+from radar_ext.policies.learned import PRE_DRAFT_SCORE, seq_len_feature, sorted_padded, temperature_feature
 from radar_ext.policies.ltd import CONTINUE, STOP, LtdPolicy, depth_features, size_features
 from radar_ext.policies.radar import RadarPolicy, radar_features
 from radar_ext.training.episodes import Episodes, load_episodes
@@ -56,6 +63,9 @@ class TrainPolicyConfig:
     cost_jitter: float = 1.0        # LTD: half-width of the perturbation's log-scale factors
     lstm_hidden: int = 128
     mlp_hidden: int = 128
+    history: bool = False           # every decision also reads the History features (format-2 episodes)
+    skip: bool = False              # a decision before the first draft call: a plain step (n = 0)
+    max_skip_run: int = 32          # skipping policies draft after this many plain steps in a row
     seed: int = 0
     threads: int = 0
 
@@ -80,15 +90,28 @@ def decisions(n: torch.Tensor, N: int) -> torch.Tensor:
     return torch.clamp(n, max=N - 1)
 
 
-def cycle_times(ep: Episodes, costs: PolicyCosts, policy: bool = True, size_decision: bool = True) -> torch.Tensor:
+def cycle_times(ep: Episodes, costs: PolicyCosts, policy: bool = True, size_decision: bool = True,
+                skip: bool = False) -> torch.Tensor:
     """T_cycle of every stopping point and budget: [N, nV] float64, n t_draft + T_verify(V), plus with
-    `policy` one t_policy per depth decision and (size_decision) one for the budget."""
+    `policy` one t_policy per depth decision, (size_decision) one for the budget and (skip) one for the
+    decision before the first call."""
     N = ep.meta["max_draft_calls"]
     n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
     T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
     if policy:
-        T = T + (decisions(n, N) + int(size_decision)) * costs.t_policy
+        T = T + (decisions(n, N) + int(size_decision) + int(skip)) * costs.t_policy
     return T
+
+
+def skip_time(costs: PolicyCosts, policy: bool = True) -> float:
+    """T of a skipped cycle: one plain step (PolicyCosts.plain_step: the calibration's t_plain, else t_ar),
+    plus with `policy` the decision that chose it."""
+    return costs.plain_step() + (costs.t_policy if policy else 0.0)
+
+
+def plain_throughput(costs: PolicyCosts) -> float:
+    """Our own plain decoding's tokens/s under these costs (every cycle a plain step, no decision)."""
+    return 1.0 / costs.plain_step()
 
 
 def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
@@ -114,30 +137,42 @@ def temperatures(ep: Episodes) -> list:
 
 
 def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: torch.Tensor,
-                      size_decision: bool) -> dict:
-    """Expected throughput of per-cycle choices n [C] (1..N), v_idx [C] (index into budgets)."""
+                      size_decision: bool, skip: bool = False) -> dict:
+    """Expected throughput of per-cycle choices n [C] (1..N; with skip 0..N, 0 a plain step: 1 token in
+    skip_time), v_idx [C] (index into budgets; ignored where n = 0, whose V is 0)."""
+    if not skip and bool((n < 1).any()):
+        raise ValueError("n: a stopping point 0 (a skipped cycle) needs skip=True")
     E = expected_tokens(ep)
     C = E.shape[0]
-    e = E[torch.arange(C), n - 1, v_idx]
-    t = cycle_times(ep, costs, size_decision=size_decision)[n - 1, v_idx]
+    drafted = n > 0
+    nd = n.clamp(min=1)
+    e = torch.where(drafted, E[torch.arange(C), nd - 1, v_idx], torch.ones(C, dtype=torch.float64))
+    t = torch.where(drafted, cycle_times(ep, costs, size_decision=size_decision, skip=skip)[nd - 1, v_idx],
+                    torch.full((C,), skip_time(costs), dtype=torch.float64))
     budgets = torch.tensor(ep.meta["budgets"])
+    V = torch.where(drafted, budgets[v_idx], 0)
     return {"throughput": float(e.sum() / t.sum()), "tau": float(e.mean()), "mean_draft_calls": float(n.double().mean()),
-            "mean_verify_budget": float(budgets[v_idx].double().mean()), "cycles": C}
+            "mean_verify_budget": float(V.double().mean()), "cycles": C,
+            "skip_share": float((~drafted).double().mean()) if C else 0.0}
 
 
-def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None) -> dict:
+def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None, skip: bool = False) -> dict:
     """The ceiling of any controller on these cycles: the best per-cycle choice of (n, V) (with v_idx:
-    of n at that V) knowing every cycle's expected accepted length, maximising sum E[L + 1] / sum T
-    (Dinkelbach's iteration: choose argmax E - lambda T per cycle, set lambda to the ratio reached;
-    it stops at the exact maximum). Costs as policy_throughput's, with one size decision unless v_idx."""
+    of n at that V; with skip also n = 0, a plain step) knowing every cycle's expected accepted length,
+    maximising sum E[L + 1] / sum T (Dinkelbach's iteration: choose argmax E - lambda T per cycle, set
+    lambda to the ratio reached; it stops at the exact maximum). Costs as policy_throughput's, with one
+    size decision unless v_idx."""
     E = expected_tokens(ep)
     C = E.shape[0]
-    T = cycle_times(ep, costs, size_decision=v_idx is None)
+    T = cycle_times(ep, costs, size_decision=v_idx is None, skip=skip)
     if v_idx is not None:
         E, T = E[:, :, v_idx:v_idx + 1], T[:, v_idx:v_idx + 1]
     if C == 0:
-        return {"throughput": 0.0, "cycles": 0, "mean_draft_calls": 0.0}
+        return {"throughput": 0.0, "cycles": 0, "mean_draft_calls": 0.0, "skip_share": 0.0}
     Ef, Tf = E.reshape(C, -1), T.reshape(-1)
+    if skip:  # action 0: the plain step
+        Ef = torch.cat([torch.ones(C, 1, dtype=torch.float64), Ef], 1)
+        Tf = torch.cat([torch.tensor([skip_time(costs)], dtype=torch.float64), Tf])
     lam, a = 0.0, None
     for _ in range(100):
         a_new = (Ef - lam * Tf).argmax(1)
@@ -145,75 +180,135 @@ def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None
             break
         a = a_new
         lam = float(Ef.gather(1, a.view(C, 1)).sum() / Tf[a].sum())
-    return {"throughput": lam, "cycles": C, "mean_draft_calls": float((a // E.shape[2]).double().mean() + 1)}
+    if skip:
+        n = torch.where(a == 0, 0, (a - 1) // E.shape[2] + 1)
+        return {"throughput": lam, "cycles": C, "mean_draft_calls": float(n.double().mean()),
+                "skip_share": float((a == 0).double().mean())}
+    return {"throughput": lam, "cycles": C, "mean_draft_calls": float((a // E.shape[2]).double().mean() + 1),
+            "skip_share": 0.0}
+
+
+def radar_extra(policy: RadarPolicy, ep: Episodes) -> torch.Tensor | None:
+    """[C, 6] the history layout's extra inputs (log seq_len, the History features), None without history."""
+    if not policy.history:
+        return None
+    return torch.cat([seq_len_feature(ep["seq_len"]).view(-1, 1), ep.history_features()], 1)
+
+
+def radar_skip_input(beams: torch.Tensor, temperature, extra) -> torch.Tensor:
+    """The state of the decision before the first draft call (beams [C, N, W]): every beam score
+    PRE_DRAFT_SCORE."""
+    return radar_features(torch.full(beams.shape[:1] + beams.shape[2:], PRE_DRAFT_SCORE), temperature, extra)
+
+
+def radar_decisions(policy: RadarPolicy, beams: torch.Tensor, temperature, extra, calls: int) -> list:
+    """A RadarPolicy's (stop, continue) logits [C, 2] at every decision of the cycles beams [C, N, W], in
+    order, with the recurrent state as at inference: before the first call (skip only: one step from the
+    zero state), then after calls 1..`calls` from the zero state again (the drafter's reset())."""
+    net, C = policy.net, beams.shape[0]
+    out = [net.step(radar_skip_input(beams, temperature, extra), *net.zero_state(C))[0]] if policy.skip else []
+    h, c = net.zero_state(C)
+    for t in range(calls):
+        logits, h, c = net.step(radar_features(beams[:, t], temperature, extra), h, c)
+        out.append(logits)
+    return out
+
+
+@torch.no_grad()
+def radar_logits(policy: RadarPolicy, ep: Episodes):
+    """(pre [C, 2] or None, calls [C, K, 2]): radar_decisions on every recorded cycle, K = min(N,
+    max_draft_calls) - 1."""
+    beams = ep["beam_scores"]
+    C, N, _ = beams.shape
+    out = radar_decisions(policy, beams, ep["temperature"], radar_extra(policy, ep), min(N, policy.max_draft_calls) - 1)
+    pre = out.pop(0) if policy.skip else None
+    return pre, torch.stack(out, 1) if out else torch.zeros(C, 0, 2)
 
 
 @torch.no_grad()
 def radar_choices(policy: RadarPolicy, ep: Episodes) -> torch.Tensor:
-    """Argmax stopping point n [C] of a RadarPolicy on every recorded cycle (batched torch forward)."""
-    beams = ep["beam_scores"]
-    C, N, _ = beams.shape
-    net = policy.net
-    h, c = net.zero_state(C)
+    """Argmax stopping point n [C] of a RadarPolicy on every recorded cycle (radar_logits); with skip,
+    n = 0 where it stops before the first call."""
+    C, N = ep["beam_scores"].shape[:2]
+    pre, calls = radar_logits(policy, ep)
     n = torch.full((C,), N, dtype=torch.int64)
-    for t in range(min(N, policy.max_draft_calls) - 1):
-        logits, h, c = net.step(radar_features(beams[:, t], ep["temperature"]), h, c)
-        stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
+    if pre is not None:
+        n[pre[:, STOP] >= pre[:, CONTINUE]] = 0
+    for t in range(calls.shape[1]):
+        stop = (calls[:, t, STOP] >= calls[:, t, CONTINUE]) & (n == N)
         n[stop] = t + 1
     return n.clamp(max=policy.max_draft_calls)
 
 
 def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
-    """Depth features [C, N, Fd] and size features [C, N, Fs] of every cycle and stopping point."""
+    """Depth features [C, N, Fd] and size features [C, N, Fs] of every cycle and stopping point, and with
+    skip the depth features at call 0 [C, Fd] (every child score PRE_DRAFT_SCORE), else None."""
     child, pool = ep["child_scores"], ep["pool_top"]
     C, N, W, _ = child.shape
     cost = policy.cost_tensor()
     sl = seq_len_feature(ep["seq_len"])
     tf = temperature_feature(ep["temperature"])
+    hf = ep.history_features() if policy.history else None
     fd, fs = [], []
     for t in range(N):
         frac = torch.full((C,), (t + 1) / policy.max_draft_calls)
-        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost))
-        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost))
-    return torch.stack(fd, 1), torch.stack(fs, 1)
+        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost, hf))
+        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost, hf))
+    f0 = (depth_features(torch.full((C, W * W), PRE_DRAFT_SCORE), sl, torch.zeros(C), tf, cost, hf)
+          if policy.skip else None)
+    return torch.stack(fd, 1), torch.stack(fs, 1), f0
 
 
 @torch.no_grad()
 def ltd_choices(policy: LtdPolicy, ep: Episodes, feats=None):
-    """Argmax (n [C], v_idx [C]) of an LtdPolicy on every recorded cycle."""
-    fd, fs = feats or _ltd_inputs(policy, ep)
+    """Argmax (n [C], v_idx [C]) of an LtdPolicy on every recorded cycle (with skip, n = 0 where the depth
+    head stops at call 0; v_idx there is unused)."""
+    fd, fs, f0 = feats or _ltd_inputs(policy, ep)
     C, N, _ = fd.shape
     n = torch.full((C,), N, dtype=torch.int64)
+    if f0 is not None:
+        logits, _, _ = policy.depth_net.step(f0, *policy.depth_net.zero_state(C))
+        n[logits[:, STOP] >= logits[:, CONTINUE]] = 0
     for t in range(N - 1):
         logits, _, _ = policy.depth_net.step(fd[:, t], *policy.depth_net.zero_state(C))
         stop = (logits[:, STOP] >= logits[:, CONTINUE]) & (n == N)
         n[stop] = t + 1
-    logits, _, _ = policy.size_net.step(fs[torch.arange(C), n - 1], *policy.size_net.zero_state(C))
+    logits, _, _ = policy.size_net.step(fs[torch.arange(C), n.clamp(min=1) - 1], *policy.size_net.zero_state(C))
     return n, logits.argmax(1)
 
 
 def evaluate(policy, ep: Episodes, costs: PolicyCosts, v_idx_fixed: int | None = None) -> dict:
     """policy_throughput over all cycles, plus per temperature (`by_temperature`: the policy's and that
-    temperature's best static throughput, for RADAR the best static at its fixed V, and their ratio)
-    and `score`, the geometric mean of those ratios (the selection criterion)."""
+    temperature's best static throughput, for RADAR the best static at its fixed V, and their ratio;
+    plain decoding's throughput; the oracle of the policy's own action set and `room`, the share of the
+    oracle's gain over the best static that the policy gets) and `score`, the geometric mean of those
+    ratios (the selection criterion). `skip_share`: cycles the policy makes plain steps."""
+    skip = bool(getattr(policy, "skip", False))
     if isinstance(policy, RadarPolicy):
         n = radar_choices(policy, ep)
         v, size_decision = torch.full_like(n, v_idx_fixed), False
     else:
         (n, v), size_decision = ltd_choices(policy, ep), True
-    res = policy_throughput(ep, costs, n, v, size_decision)
+    res = policy_throughput(ep, costs, n, v, size_decision, skip)
+    res.update(history=bool(getattr(policy, "history", False)), skip=skip)
     temp = ep["temperature"]
     res["by_temperature"], logs = {}, []
     for t in temperatures(ep):
         m = temp == t
         sub = subset(ep, m)
-        r = policy_throughput(sub, costs, n[m], v[m], size_decision)
+        r = policy_throughput(sub, costs, n[m], v[m], size_decision, skip)
         best = best_static_throughput(sub, costs, None if size_decision else v_idx_fixed)  # RADAR: at its own V
-        r.update(best_static=best, ratio=r["throughput"] / best)
-        res["by_temperature"][f"{t:g}"] = r
+        r.update(best_static=best, ratio=r["throughput"] / best, plain=plain_throughput(costs))
         logs.append(math.log(r["ratio"]))
+        res["by_temperature"][f"{t:g}"] = r
     res["score"] = math.exp(sum(logs) / len(logs)) if logs else 0.0
     return res
+
+
+def oracle_room(policy_tps: float, best_static: float, oracle_tps: float) -> float | None:
+    """The share of the oracle's gain over the best static that a policy gets (None: no room)."""
+    room = oracle_tps - best_static
+    return (policy_tps - best_static) / room if room > 1e-12 * max(oracle_tps, 1.0) else None
 
 
 # ----------------------------------------------------------------------------- costs
@@ -249,30 +344,36 @@ def measure_policy_time(policy, W: int, repeats: int = 200) -> float:
 
 # ----------------------------------------------------------------------------- training
 
-def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
-    """One REINFORCE update on the cycles idx. Returns (mean return, mean n)."""
+def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen, extra=None):
+    """One REINFORCE update on the cycles idx (extra [C, 6]: radar_extra of the episodes, for a history
+    policy). With skip, decision 0 comes before the first call (one step from the zero state; its stop
+    is a plain step, n = 0, which earns beta * 1 / skip_time) and the calls' steps start from the zero
+    state again. Returns (mean return, mean n)."""
     beams, dist = ep["beam_scores"][idx], ep["accept_dist"][idx, :, v_idx]  # [B, N, W], [B, N, N+1]
     temp = ep["temperature"][idx]
+    ex = None if extra is None else extra[idx]
     B, N, _ = beams.shape
-    net = policy.net
-    h, c = net.zero_state(B)
+    s = int(policy.skip)
     logps, acts = [], []
-    for t in range(N - 1):
-        logits, h, c = net.step(radar_features(beams[:, t], temp), h, c)
+    for logits in radar_decisions(policy, beams, temp, ex, N - 1):   # the LSTM runs on whatever is sampled
         logp = torch.log_softmax(logits, 1)
         a = torch.multinomial(logp.exp().detach(), 1, generator=gen).view(B)
         logps.append(logp.gather(1, a.view(B, 1)).view(B))
         acts.append(a)
-    K = N - 1                                                            # decision steps
+    K = len(acts)                                                        # decision steps
     if K == 0:
         return 0.0, float(N)
     acts = torch.stack(acts, 1)                                          # [B, K]
     logps = torch.stack(logps, 1)
     stopped = (acts == STOP)
     first = torch.where(stopped.any(1), stopped.float().argmax(1), torch.full((B,), K - 1))  # last decision index
-    n = torch.where(stopped.any(1), first + 1, torch.full((B,), N))      # calls made
-    L = torch.multinomial(dist[torch.arange(B), n - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
-    T = cycle_times(ep, costs, size_decision=False)[n - 1, v_idx]
+    n = torch.where(stopped.any(1), first + 1 - s, torch.full((B,), N))  # calls made
+    nd = n.clamp(min=1)
+    L = torch.multinomial(dist[torch.arange(B), nd - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
+    T = cycle_times(ep, costs, size_decision=False, skip=bool(s))[nd - 1, v_idx]
+    if s:
+        L = torch.where(n == 0, 0, L)
+        T = torch.where(n == 0, skip_time(costs), T)
     steps = torch.arange(K)
     alive = steps.view(1, K) <= first.view(B, 1)                         # decisions actually taken
     r = torch.where(alive & (acts == CONTINUE), -cfg.alpha, 0.0).double()
@@ -296,7 +397,7 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen):
     return float(G[:, 0].mean()), float(n.double().mean())
 
 
-def _ltd_rewards(ep, costs, reward: str = "ratio") -> torch.Tensor:
+def _ltd_rewards(ep, costs, reward: str = "ratio", skip: bool = False) -> torch.Tensor:
     """Reward of every (cycle, n, V): [C, N, nV], scaled per temperature so that its best static
     (n, V) has mean reward 1.0 (cycles of every temperature weigh alike; greedy cycles' rewards differ
     far more between actions and would otherwise dominate).
@@ -307,15 +408,25 @@ def _ltd_rewards(ep, costs, reward: str = "ratio") -> torch.Tensor:
            tree, whose gradient in any one cycle's choice is the throughput's own. A ratio reward
            overpays cheap cycles: it may take a short cycle that accepts little over a longer one that
            adds tokens at more than the running rate."""
+    return _ltd_reward_table(ep, costs, reward, skip)[0]
+
+
+def _ltd_reward_table(ep, costs, reward: str = "ratio", skip: bool = False):
+    """(_ltd_rewards [C, N, nV], the skipped cycle's reward [C] in the same scale): a plain step's 1 token
+    in skip_time; with skip every drafted cycle also pays the pre-draft decision."""
     E = expected_tokens(ep)
-    T = cycle_times(ep, costs).unsqueeze(0)                                 # [1, N, nV]
+    T = cycle_times(ep, costs, skip=skip).unsqueeze(0)                      # [1, N, nV]
+    T0 = skip_time(costs)
     temp = ep["temperature"]
+    R0 = torch.empty(E.shape[0], dtype=torch.float64)
     if reward == "ratio":
         R = E / T
         for t in temp.unique():
             m = temp == t
-            R[m] = R[m] / R[m].mean(0).max()
-        return R.float()
+            scale = R[m].mean(0).max()
+            R[m] = R[m] / scale
+            R0[m] = (1.0 / T0) / scale
+        return R.float(), R0.float()
     if reward != "rate":
         raise ValueError(f"reward must be 'ratio' or 'rate', got {reward!r}")
     R = torch.empty_like(E)
@@ -325,17 +436,20 @@ def _ltd_rewards(ep, costs, reward: str = "ratio") -> torch.Tensor:
         k = int(thr.argmax())
         lam, t_best = float(thr.reshape(-1)[k]), float(T[0].reshape(-1)[k])
         R[m] = 1 + (E[m] - lam * T) / (lam * t_best)
-    return R.float()
+        R0[m] = 1 + (1.0 - lam * T0) / (lam * t_best)
+    return R.float(), R0.float()
 
 
 def perturbed_costs(costs: PolicyCosts, draft: float, base: float, slope: float) -> PolicyCosts:
     """The calibrated curve with its draft call scaled by `draft`, its smallest-V verify by `base` and
-    every step above it by `slope` (t_ar and t_policy kept; the policies see costs relative to t_ar):
+    every step above it by `slope`, the plain step (t_plain) like the smallest-V verify (t_ar and t_policy
+    kept; the policies see costs relative to t_ar):
     the same staircase on a machine whose draft calls, fixed verify cost and per-token verify cost
     differ."""
     s0 = costs.verify_seconds[0]
     return PolicyCosts(costs.t_draft * draft, costs.t_policy, costs.t_ar, list(costs.verify_budgets),
-                       [s0 * base + max(v - s0, 0.0) * slope for v in costs.verify_seconds])
+                       [s0 * base + max(v - s0, 0.0) * slope for v in costs.verify_seconds],
+                       None if costs.t_plain is None else costs.t_plain * base)
 
 
 def cost_curves(costs: PolicyCosts, k: int, jitter: float, seed: int) -> list:
@@ -395,11 +509,12 @@ def _ltd_size_step(policy, opt, fs, R, n, entropy=0.0):
     depth phase would learn to avoid those depths for that reason alone. (Maximising
     sum_v softmax_v R_v instead saturates: Adam keeps pushing the logits of the action that is best
     on average until the gradient of every other region has vanished.) entropy: a bonus on the mean
-    entropy of softmax(outputs), as for the depth head. fs [B, N, F], R [B, N, nV], n [B]. Returns the
+    entropy of softmax(outputs), as for the depth head. fs [B, N, F], R [B, N, nV], n [B] (0: skipped). Returns the
     weighted reward of the head's argmax budgets."""
     B, N, F = fs.shape
     w = torch.full((B, N), 0.5 / N)
-    w[torch.arange(B), n - 1] += 0.5
+    w[torch.arange(B), n.clamp(min=1) - 1] += torch.where(n > 0, 0.5, 0.0)  # skipped (n = 0): evenly spread
+    w[n == 0] += 0.5 / N
     q, _, _ = policy.size_net.step(fs.reshape(B * N, F), *policy.size_net.zero_state(B * N))
     q = q.view(B, N, -1)
     loss = (w * ((q - R) ** 2).mean(2)).sum(1).mean()
@@ -460,6 +575,9 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         val_ep = train_ep
     meta = train_ep.meta
     W, N, budgets = meta["tree_topk"], meta["max_draft_calls"], list(meta["budgets"])
+    if cfg.history:  # refused here, before any work, when the episodes are format 1
+        train_ep.history_features(), val_ep.history_features()
+    flags = dict(history=cfg.history, skip=cfg.skip, max_skip_run=cfg.max_skip_run)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -469,17 +587,18 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         if cfg.verify_budget not in budgets:
             raise ValueError(f"--verify-budget {cfg.verify_budget} is not in the episodes' budget set {budgets}")
         v_idx = budgets.index(cfg.verify_budget)
-        probe = RadarPolicy(W, N, cfg.lstm_hidden, cfg.mlp_hidden, seed=cfg.seed)
+        probe = RadarPolicy(W, N, cfg.lstm_hidden, cfg.mlp_hidden, seed=cfg.seed, **flags)
     else:
         v_idx = None
         probe = None
     costs = _costs(cfg, train_ep, probe, W, N, budgets, log)
     if cfg.kind == "radar":
         policy = RadarPolicy(W, N, cfg.lstm_hidden, cfg.mlp_hidden, seed=cfg.seed, costs=costs,
-                             verify_budget=cfg.verify_budget)
+                             verify_budget=cfg.verify_budget, **flags)
         phases = [("radar", 0)]
     else:
-        policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed)
+        policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed,
+                           **flags)
         phases = [(p, r) for r in range(cfg.rounds) for p in ("size", "depth")]
     opts = {"radar": lambda: torch.optim.Adam(policy.net.parameters(), lr=lr),
             "size": lambda: torch.optim.Adam(policy.size_net.parameters(), lr=lr),
@@ -509,12 +628,13 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
     K = len(curves)
     if K > 1:
         log("[train-policy] cost curves: " + "; ".join(name for name, _ in curves))
-    ltd_train, R_train = [], []   # per cost curve: (depth, size) features and rewards of the training cycles
+    ltd_train, R_train = [], []   # per cost curve: (depth, size, call-0) features and rewards of the training cycles
+    radar_train_extra = radar_extra(policy, train_ep) if cfg.kind == "radar" else None
     if cfg.kind == "ltd":
         for _, c in curves:
             with _AtCosts(policy, c):
                 ltd_train.append(_ltd_inputs(policy, train_ep))
-            R_train.append(_ltd_rewards(train_ep, c, cfg.reward))
+            R_train.append(_ltd_reward_table(train_ep, c, cfg.reward, cfg.skip))
 
     def validate():
         return evaluate_curves(policy, val_ep, curves, v_idx) if K > 1 else evaluate(policy, val_ep, costs, v_idx)
@@ -531,23 +651,28 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
             with torch.no_grad():
                 n_frozen = [ltd_choices(policy, train_ep, f)[0] for f in ltd_train]
         if phase == "depth":
-            Rn = []
+            Rn, Fd = [], []  # per curve: the reward of every stopping point and the depth features there
             with torch.no_grad():
-                for (_, fs), R in zip(ltd_train, R_train):
+                for (fd, fs, f0), (R, R0) in zip(ltd_train, R_train):
                     lg, _, _ = policy.size_net.step(fs.reshape(C * N, -1), *policy.size_net.zero_state(C * N))
                     v_frozen = lg.argmax(1).view(C, N)
-                    Rn.append(R.gather(2, v_frozen.unsqueeze(2)).squeeze(2))      # [C, N]
+                    r = R.gather(2, v_frozen.unsqueeze(2)).squeeze(2)            # [C, N]
+                    if f0 is not None:  # stopping point 0: the plain step, decided from the call-0 features
+                        r, fd = torch.cat([R0.view(C, 1), r], 1), torch.cat([f0.unsqueeze(1), fd], 1)
+                    Rn.append(r)
+                    Fd.append(fd)
         for s in range(0, C, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
             # one cost curve per batch (always the calibrated one when training on a single curve)
             k = int(torch.randint(K, (1,), generator=gen)) if K > 1 else 0
             if phase == "radar":
-                stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen)[0])
+                stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen,
+                                                   radar_train_extra)[0])
             elif phase == "size":
-                stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][idx], n_frozen[k][idx],
+                stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][0][idx], n_frozen[k][idx],
                                             cfg.entropy))
             else:
-                stats.append(_ltd_depth_step(policy, opt, ltd_train[k][0][idx], Rn[k][idx], cfg.entropy))
+                stats.append(_ltd_depth_step(policy, opt, Fd[k][idx], Rn[k][idx], cfg.entropy))
         policy.refresh()
         res = validate()
         state["epoch"] += 1
@@ -646,13 +771,21 @@ def _report(cfg, final, grid, budgets, best_static, costs, val_ep, v_idx, n_trai
         k = int(col.argmax())
         rep["best_static_at_V"] = {"max_draft_calls": k + 1, "verify_budget": budgets[v_idx], "throughput": float(col[k])}
     rep["gain_over_best_static"] = final["throughput"] / rep["best_static"]["throughput"] - 1
+    rep["plain"] = {"throughput": plain_throughput(costs),
+                    "gain_over_best_static": plain_throughput(costs) / rep["best_static"]["throughput"] - 1}
     # the ceiling: a controller that knew each cycle's outcome, per temperature, against the static
-    # opponent the policy is scored against (RADAR: at its V)
+    # opponent the policy is scored against (RADAR: at its V), without and with the skip action; `room`:
+    # the share of the ceiling of the policy's own action set that the policy gets
     rep["oracle"] = {}
     for t in temperatures(val_ep):
         sub = subset(val_ep, val_ep["temperature"] == t)
+        best = best_static_throughput(sub, costs, v_idx)
         o = oracle_throughput(sub, costs, v_idx)
-        o["gain_over_best_static"] = o["throughput"] / best_static_throughput(sub, costs, v_idx) - 1
+        o["gain_over_best_static"] = o["throughput"] / best - 1
+        with_skip = oracle_throughput(sub, costs, v_idx, skip=True)
+        o["with_skip"] = dict(with_skip, gain_over_best_static=with_skip["throughput"] / best - 1)
+        mine = with_skip if cfg.skip else o
+        o["policy_room"] = oracle_room(final["by_temperature"][f"{t:g}"]["throughput"], best, mine["throughput"])
         rep["oracle"][f"{t:g}"] = o
     return rep
 
@@ -688,15 +821,25 @@ def _format_report(rep, grid, budgets) -> str:
     if "best_static_at_V" in rep:
         s = rep["best_static_at_V"]
         lines.append(f"  best static at V={s['verify_budget']}: n={s['max_draft_calls']}: {s['throughput']:.2f} tok/s")
-    lines.append(f"  learned {rep['kind']}: {p['throughput']:.2f} tok/s (tau {p['tau']:.2f}, draft calls "
-                 f"{p['mean_draft_calls']:.2f}, V {p['mean_verify_budget']:.1f}) -> "
+    if "plain" in rep:
+        lines.append(f"  plain decoding: {rep['plain']['throughput']:.2f} tok/s")
+    lines.append(f"  learned {rep['kind']}{' +history' if p.get('history') else ''}{' +skip' if p.get('skip') else ''}: "
+                 f"{p['throughput']:.2f} tok/s (tau {p['tau']:.2f}, draft calls "
+                 f"{p['mean_draft_calls']:.2f}, V {p['mean_verify_budget']:.1f}, skipped {p.get('skip_share', 0.0):.1%}) -> "
                  f"{rep['gain_over_best_static']:+.1%} vs the best static")
     for t, r in p.get("by_temperature", {}).items():
         o = rep.get("oracle", {}).get(t)
-        ceiling = f"; oracle {o['gain_over_best_static']:+.1%}" if o else ""
+        ceiling = ""
+        if o:
+            ceiling = f"; oracle {o['gain_over_best_static']:+.1%}"
+            if "with_skip" in o:
+                ceiling += (f", with skip {o['with_skip']['gain_over_best_static']:+.1%} "
+                            f"(skips {o['with_skip']['skip_share']:.1%})")
+            if o.get("policy_room") is not None:
+                ceiling += f"; the policy gets {o['policy_room']:.0%} of its room"
         lines.append(f"    T={t}: {r['throughput']:.2f} tok/s vs its best static {r['best_static']:.2f} ({r['ratio'] - 1:+.1%}; "
                      f"{r['cycles']} cycles, tau {r['tau']:.2f}, draft calls {r['mean_draft_calls']:.2f}, "
-                     f"V {r['mean_verify_budget']:.1f}{ceiling})")
+                     f"V {r['mean_verify_budget']:.1f}, skipped {r.get('skip_share', 0.0):.1%}{ceiling})")
     for c in rep.get("cost_curves", []):
         b, q = c["best_static"], c["policy"]
         lines.append(f"  at {c['curve']}: best static n={b['max_draft_calls']} V={b['verify_budget']} "
@@ -708,6 +851,11 @@ def _format_report(rep, grid, budgets) -> str:
 def _check(cfg: TrainPolicyConfig) -> None:
     if cfg.kind not in ("radar", "ltd"):
         raise ValueError(f"kind must be 'radar' or 'ltd', got {cfg.kind!r}")
+    for name in ("history", "skip"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    if isinstance(cfg.max_skip_run, bool) or not isinstance(cfg.max_skip_run, int) or cfg.max_skip_run < 1:
+        raise ValueError(f"max_skip_run must be an int >= 1, got {cfg.max_skip_run!r}")
     for name in ("epochs", "rounds", "batch_size", "verify_budget", "lstm_hidden", "mlp_hidden"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
