@@ -331,7 +331,8 @@ def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
 # ------------------------------------------------------------------ shipped format-1 policies
 
 # Decisions and fused-head outputs (float.hex) of the shipped policies on fixed steps, recorded with the
-# code before the history features and the skip action (format 1); they must stay bit-identical.
+# code before the history features and the skip action (format 1) on the current kernels (policy_step's
+# libm-free exp/tanh); they must stay bit-identical.
 SHIPPED_RADAR = ([True, False, False, False, False, False, False],
     [["0x1.37515c0000000p-18", "0x1.ffff640000000p-1"],
      ["0x1.0000000000000p+0", "0x1.375f120000000p-27"],
@@ -349,9 +350,9 @@ SHIPPED_LTD = ([False, False, False, True, False, True, False, 1, 3, 3, 3],
      ["0x1.eedfc60000000p-2", "0x1.08901e0000000p-1"],
      ["0x1.18e3400000000p-1", "0x1.ce39820000000p-2"],
      ["0x1.19377a0000000p-3", "0x1.00a00c0000000p-3", "0x1.f67d2c0000000p-4", "0x1.38f3440000000p-4", "0x1.3e212e0000000p-4", "0x1.4284040000000p-4", "0x1.47a9ee0000000p-4", "0x1.42c5ba0000000p-4", "0x1.3b08620000000p-4", "0x1.3358f40000000p-4", "0x1.236a540000000p-4"],
-     ["0x1.e69c000000000p-4", "0x1.06f7f80000000p-3", "0x1.12ea640000000p-3", "0x1.cc7f1a0000000p-4", "0x1.904db80000000p-4", "0x1.91d26c0000000p-4", "0x1.781bce0000000p-4", "0x1.51c8d60000000p-4", "0x1.fd822e0000000p-5", "0x1.6534300000000p-5", "0x1.ef00d80000000p-6"],
-     ["0x1.cc88220000000p-4", "0x1.117fe00000000p-3", "0x1.12bb7c0000000p-3", "0x1.b8993a0000000p-4", "0x1.9c514c0000000p-4", "0x1.9549900000000p-4", "0x1.837f040000000p-4", "0x1.5d89ee0000000p-4", "0x1.0962b40000000p-4", "0x1.7bbac20000000p-5", "0x1.62101c0000000p-6"],
-     ["0x1.9c317e0000000p-4", "0x1.e99c940000000p-4", "0x1.111a4c0000000p-3", "0x1.c89b840000000p-4", "0x1.a5b97e0000000p-4", "0x1.acd07e0000000p-4", "0x1.8c25f80000000p-4", "0x1.6ce9360000000p-4", "0x1.14e3640000000p-4", "0x1.957fc60000000p-5", "0x1.90957c0000000p-6"]])
+     ["0x1.e69c000000000p-4", "0x1.06f7f80000000p-3", "0x1.12ea640000000p-3", "0x1.cc7f1a0000000p-4", "0x1.904dba0000000p-4", "0x1.91d26c0000000p-4", "0x1.781bcc0000000p-4", "0x1.51c8d60000000p-4", "0x1.fd82320000000p-5", "0x1.6534300000000p-5", "0x1.ef00d80000000p-6"],
+     ["0x1.cc88220000000p-4", "0x1.117fe00000000p-3", "0x1.12bb7c0000000p-3", "0x1.b8993c0000000p-4", "0x1.9c514e0000000p-4", "0x1.95498e0000000p-4", "0x1.837f020000000p-4", "0x1.5d89ee0000000p-4", "0x1.0962b40000000p-4", "0x1.7bbac20000000p-5", "0x1.62101c0000000p-6"],
+     ["0x1.9c317e0000000p-4", "0x1.e99c940000000p-4", "0x1.111a4c0000000p-3", "0x1.c89b840000000p-4", "0x1.a5b9800000000p-4", "0x1.acd07e0000000p-4", "0x1.8c25f80000000p-4", "0x1.6ce9360000000p-4", "0x1.14e3640000000p-4", "0x1.957fc60000000p-5", "0x1.9095780000000p-6"]])
 
 
 def _shipped_steps(W, n, seed, history=None):
