@@ -235,6 +235,15 @@ def test_cli_bad_head(capsys, tmp_path):
     assert "has no config.json" in capsys.readouterr().err
 
 
+def _tiny_cost_model():
+    """A hand-made calibration of the tiny model's W = 2 trees at this run's thread count."""
+    return hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
+                      tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                      overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
+                      draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
+                      ar_step={4: s(0.008)}, ar_generate={4: s(0.009)}, machine={"torch_threads": torch.get_num_threads()})
+
+
 def test_cli_run_writes_and_installs(tiny, tmp_path, monkeypatch, capsys):
     """`radar tune-static` end to end on the tiny model: --out and --install write the same
     static_tree.json, which the benchmark's static-gs reader accepts."""
@@ -247,11 +256,7 @@ def test_cli_run_writes_and_installs(tiny, tmp_path, monkeypatch, capsys):
     drafter.save_pretrained(head)
     monkeypatch.setattr(radar_ext.models, "load_default_target", lambda: (target, types.SimpleNamespace(eos_token_id=None)))
     monkeypatch.setattr(cmd, "sharegpt_prompts", lambda tok, n, split, max_tokens, seed: prompts[:n])
-    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
-                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
-                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
-                    draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
-                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)}, machine={"torch_threads": torch.get_num_threads()})
+    cm = _tiny_cost_model()
     cal = cm.save(tmp_path / "cal.json")
     out = tmp_path / "out" / "static_tree.json"
     rc = main(["tune-static", "--calibration", str(cal), "--head", str(head), "--max-draft-calls", "1,2",
@@ -405,11 +410,7 @@ def test_cli_at_a_temperature_defaults_to_the_episodes_budgets(tiny, tmp_path, m
     monkeypatch.setattr(cmd, "sharegpt_prompts", lambda tok, n, split, max_tokens, seed: prompts[:n])
     monkeypatch.setattr(radar_ext.training.episodes, "load_episodes",
                         lambda dirs, split: synthetic_episodes(temperature=1.0, W=2, N=3, budgets=(1, 2, 4, 8)))
-    cm = hand_model(prefix_lens=[4, 40], verify={p: {V: s(0.01 + 0.001 * V) for V in (1, 5, 9)} for p in (4, 40)},
-                    tree_build={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
-                    overhead={p: {V: s(1e-4) for V in (1, 5, 9)} for p in (4, 40)},
-                    draft_first={2: {4: s(0.001)}}, draft_next={2: {4: s(0.001)}},
-                    ar_step={4: s(0.008)}, ar_generate={4: s(0.009)}, machine={"torch_threads": torch.get_num_threads()})
+    cm = _tiny_cost_model()
     cal = cm.save(tmp_path / "cal.json")
     out = tmp_path / "static_tree.json"
     rc = main(["tune-static", "--calibration", str(cal), "--head", str(head), "--temperature", "1", "--episodes", "ep",

@@ -208,17 +208,10 @@ def run(args) -> int:
     if threads and threads != torch.get_num_threads():
         print(f"[tune-static] warning: the calibration was measured with {threads} torch thread(s), this run "
               f"uses {torch.get_num_threads()} (pass --threads {threads})", file=sys.stderr)
-    from radar_ext.drafters import EagleDrafter
-    from radar_ext.models import load_default_target
-    target, tok = load_default_target()
-    drafter = EagleDrafter.from_pretrained(head, target)
     try:
-        prompts = sharegpt_prompts(tok, args.prompts, args.prompt_split, args.max_prompt_tokens, args.seed)
+        target, drafter, prompts, eos = load_parts(args, head)
     except ValueError as e:
         return _fail(str(e))
-    eos = getattr(target.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tok.eos_token_id
     episodes = None
     if args.episodes:
         from radar_ext.training.episodes import load_episodes
@@ -265,6 +258,17 @@ def run(args) -> int:
     return 0
 
 
+def load_parts(args, head):
+    """(target, EagleDrafter, ShareGPT prompts, eos id) of a tuning run; ValueError when too few prompts qualify."""
+    from radar_ext.drafters import EagleDrafter
+    from radar_ext.models import load_default_target
+    target, tok = load_default_target()
+    drafter = EagleDrafter.from_pretrained(head, target)
+    prompts = sharegpt_prompts(tok, args.prompts, args.prompt_split, args.max_prompt_tokens, args.seed)
+    eos = getattr(target.generation_config, "eos_token_id", None)
+    return target, drafter, prompts, tok.eos_token_id if eos is None else eos
+
+
 def policy_candidates(kind: str, grid: dict, costs=None, acceptance=None) -> list:
     """The timed candidates of --policy KIND: {"label", "policy_kwargs", "tree_topk", "verify_budget"}."""
     out = []
@@ -295,8 +299,6 @@ def run_policy(args, grid: dict) -> int:
         return _fail(f"--head {str(head)!r} has no config.json (an EAGLE-3 head directory)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from radar_ext.drafters import EagleDrafter
-    from radar_ext.models import load_default_target
     costs = acceptance = None
     if kind == "goodput":
         from radar_ext.policies.adaptive import fit_acceptance
@@ -316,10 +318,8 @@ def run_policy(args, grid: dict) -> int:
                     acceptance[f"{temp:g}"] = {"a": fit["a"], "b": fit["b"]}
         except (OSError, ValueError, CalibrationError) as e:
             return _fail(str(e))
-    target, tok = load_default_target()
-    drafter = EagleDrafter.from_pretrained(head, target)
     try:
-        prompts = sharegpt_prompts(tok, args.prompts, args.prompt_split, args.max_prompt_tokens, args.seed)
+        target, drafter, prompts, eos = load_parts(args, head)
     except ValueError as e:
         return _fail(str(e))
     if kind == "goodput":
@@ -329,9 +329,6 @@ def run_policy(args, grid: dict) -> int:
     if kind == "goodput":
         for c in cands:
             c["policy_kwargs"]["costs"] = costs[c["tree_topk"]]
-    eos = getattr(target.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tok.eos_token_id
     result = tune_adaptive(target, drafter, kind, cands, prompts[:args.time_prompts], max_new_tokens=args.max_new_tokens,
                            eos_token_id=eos, repeats=args.repeats, warmup=args.warmup, progress=not args.no_progress,
                            log=lambda s: print(s, file=sys.stderr), temperature=args.temperature, seed=args.seed)
