@@ -140,7 +140,7 @@ def test_paired_speed_ratio():
     """Geometric mean of per-answer speed ratios and a 95% interval on their logs (paired t, normal)."""
     import math
 
-    from radar_ext.static_search import paired_speed_ratio
+    from radar_ext.benchmark.aggregate import paired_speed_ratio
     ref = [10.0, 20.0, 30.0, 40.0]
     r = paired_speed_ratio([x * 0.9 for x in ref], ref)
     assert r["ratio"] == pytest.approx(0.9) and r["ci95"] == pytest.approx([0.9, 0.9]) and r["answers"] == 4

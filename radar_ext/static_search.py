@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from radar_ext.benchmark.aggregate import paired_speed_ratio
 from radar_ext.policies.base import Policy
 
 SCHEMA = "radar_ext.static_tree/1"
@@ -353,19 +354,6 @@ def time_decoders(target, decoders: dict, prompts, answers, max_new_tokens: int,
         if name != "ar":
             out[name].update(cycles=rec["cycles"] // repeats, tau=rec["emitted"] / rec["cycles"] if rec["cycles"] else 0.0)
     return out
-
-
-def paired_speed_ratio(tokens_per_s, ref_tokens_per_s) -> dict:
-    """A setting's speed against a reference over the same answers, paired per (repeat, prompt): the
-    geometric mean of the per-answer tokens/s ratios and its 95% interval (normal approximation on
-    the log ratios). Below 1 is slower than the reference."""
-    from radar_ext.benchmark.aggregate import paired_interval
-
-    if len(tokens_per_s) != len(ref_tokens_per_s) or not tokens_per_s:
-        raise ValueError(f"paired_speed_ratio needs the same non-empty answers, got {len(tokens_per_s)} and "
-                         f"{len(ref_tokens_per_s)}")
-    m, lo, hi = paired_interval([math.log(a / b) for a, b in zip(tokens_per_s, ref_tokens_per_s)])
-    return {"ratio": math.exp(m), "ci95": [math.exp(lo), math.exp(hi)], "answers": len(tokens_per_s)}
 
 
 # -------------------------------------------------------------------------------------- all

@@ -156,16 +156,25 @@ LEARNED = ("radar", "ltd")
 OPPONENTS = ("static-gs", "pmin", "ema", "goodput")
 
 
+def paired_speed_ratio(tokens_per_s, ref_tokens_per_s) -> dict:
+    """A method's speed against a reference over the same answers, paired per answer: the geometric mean
+    of the per-answer tokens/s ratios and its 95% interval (normal approximation on the log ratios).
+    Below 1 is slower than the reference."""
+    if len(tokens_per_s) != len(ref_tokens_per_s) or not tokens_per_s:
+        raise ValueError(f"paired_speed_ratio needs the same non-empty answers, got {len(tokens_per_s)} and "
+                         f"{len(ref_tokens_per_s)}")
+    m, lo, hi = paired_interval([math.log(a / b) for a, b in zip(tokens_per_s, ref_tokens_per_s)])
+    return {"ratio": math.exp(m), "ci95": [math.exp(lo), math.exp(hi)], "answers": len(tokens_per_s)}
+
+
 def paired_ratio(records, method: str, ref: str) -> dict | None:
-    """`method` against `ref` over the answers both gave: the geometric mean of the per-answer tokens/s
-    ratios and its 95% interval (paired_interval on the log ratios). None when they share no answer."""
+    """paired_speed_ratio of `method` against `ref` over the answers both gave; None when they share none."""
     ref_tps = {_key(r): r["new_tokens"] / r["seconds"] for r in records if r["method"] == ref and r["seconds"] > 0}
-    logs = [math.log((r["new_tokens"] / r["seconds"]) / ref_tps[_key(r)]) for r in records
-            if r["method"] == method and r["seconds"] > 0 and ref_tps.get(_key(r), 0) > 0 and r["new_tokens"] > 0]
-    if not logs:
+    pairs = [(r["new_tokens"] / r["seconds"], ref_tps[_key(r)]) for r in records
+             if r["method"] == method and r["seconds"] > 0 and ref_tps.get(_key(r), 0) > 0 and r["new_tokens"] > 0]
+    if not pairs:
         return None
-    m, lo, hi = paired_interval(logs)
-    return {"ratio": math.exp(m), "ci95": [math.exp(lo), math.exp(hi)], "answers": len(logs)}
+    return paired_speed_ratio([a for a, _ in pairs], [b for _, b in pairs])
 
 
 def paired_comparisons(records, cells: dict) -> dict:
