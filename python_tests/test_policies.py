@@ -2,6 +2,7 @@
 fused policy_step path equals a plain torch LSTM/MLP forward, save/load round trips, config errors."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,6 +331,8 @@ def test_costs_from_calibration_at_a_prefix_length(model, tmp_path):
 
 # ------------------------------------------------------------------ shipped format-1 policies
 
+FORMAT1 = Path(__file__).parent / "data" / "format1_policies"
+
 # Decisions and fused-head outputs (float.hex) of the shipped policies on fixed steps, recorded with the
 # code before the history features and the skip action (format 1) on the current kernels (policy_step's
 # libm-free exp/tanh); they must stay bit-identical.
@@ -378,7 +381,7 @@ def _recording(policy, attr):
 
 @pytest.mark.parametrize("with_history", [False, True])
 def test_shipped_format1_policies_decide_as_before(with_history):
-    """The shipped policies (config format 1) load and give the same decisions and the same head outputs,
+    """The first shipped policies (config format 1, kept in python_tests/data/format1_policies) load and give the same decisions and the same head outputs,
     bit for bit, as before format 2 existed; a History handed to their decisions changes nothing, and
     they never skip."""
     from radar_ext.policies import History, PreDraftStep
@@ -388,7 +391,7 @@ def test_shipped_format1_policies_decide_as_before(with_history):
         hist = History()
         for L in (3, 0, 5):
             hist.observe(CycleOutcome(L, 2, 4, best_draft_prob=0.7, best_guess_accepted=L > 0))
-    r = RadarPolicy.from_pretrained()
+    r = RadarPolicy.from_pretrained(FORMAT1 / "radar")
     assert r.config_dict()["format"] == 2 and not r.history and not r.skip
     assert r.should_draft(PreDraftStep(50, CostInfo(), hist or History()))
     r.reset()
@@ -396,7 +399,7 @@ def test_shipped_format1_policies_decide_as_before(with_history):
     dec = [r.should_continue(s) for s in _shipped_steps(4, 7, seed=11, history=hist)]
     assert dec == SHIPPED_RADAR[0]
     assert [[x.hex() for x in p[0].tolist()] for p in seen] == SHIPPED_RADAR[1]
-    l = LtdPolicy.from_pretrained()
+    l = LtdPolicy.from_pretrained(FORMAT1 / "ltd")
     assert not l.history and not l.skip
     assert l.should_draft(PreDraftStep(50, CostInfo(), hist or History()))
     d, sz = _recording(l, "depth_head"), _recording(l, "size_head")
