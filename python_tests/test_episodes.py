@@ -202,6 +202,14 @@ def test_collect_dataset_resume_and_split(model, drafter, tmp_path):
     cfg.budgets = (2, 4)
     with pytest.raises(ValueError, match="budgets"):
         collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    # a collection stopped before its val shards (train shards come first) loads an empty val split with
+    # every format-2 field, so it can be combined with a separately collected validation directory
+    for v in tmp_path.glob("val_*.safetensors"):
+        v.unlink()
+    va = load_episodes(tmp_path, "val")
+    assert va.cycles == 0 and va.has_history and tuple(va.history_features().shape) == (0, 5)
+    both = load_episodes([tmp_path, tmp_path], "train")
+    assert both.cycles == 2 * tr.cycles
 
 
 def test_collector_argument_errors(model, drafter):

@@ -407,7 +407,7 @@ def _empty_shard(cfg, fmt: int = FORMAT):
                seq_len=torch.zeros(0, dtype=torch.int64), accepted_len=torch.zeros(0, dtype=torch.int64),
                prompt=torch.zeros(0, dtype=torch.int64))
     if fmt >= 2:
-        out.update({k: v[:0] for k, v in _history_row(History()).items()})
+        out.update({k: v.reshape(1)[:0] for k, v in _history_row(History()).items()})  # 0-d fields -> [0]
     return out
 
 
