@@ -98,6 +98,13 @@ def test_json_round_trip(tmp_path):
     path = m.save(tmp_path / "sub" / "c.json")
     d = json.loads(path.read_text())
     assert d["schema"] == SCHEMA and set(d["verify"]) == {"100", "300"}
+    # plain_step is optional: calibrations written before it load with {} and t_plain() None
+    assert "plain_step" in d and d["plain_step"] == {}
+    assert CostModel.from_dict({k: v for k, v in d.items() if k != "plain_step"}).t_plain() is None
+    mp = hand_model(plain_step={100: s(0.0095), 300: s(0.019)})
+    assert CostModel.from_dict(json.loads(json.dumps(mp.to_dict()))) == mp
+    assert mp.t_plain(100) == pytest.approx(0.0095) and mp.t_plain(200) == pytest.approx(0.01425)
+    assert "plain step (skipped cycle) P=100" in mp.format_table()
     back = CostModel.load(path)
     assert back == m
     assert back.t_verify(7, 250) == m.t_verify(7, 250)
@@ -151,7 +158,9 @@ def test_calibrate_tiny_model(tiny, tmp_path):
     assert m.v_set == [1, 2, 4] and m.prefix_lens == [8, 16] and m.verify_tree_topk == 3
     assert set(m.verify) == {8, 16} and all(set(c) == {1, 2, 4} for c in m.verify.values())
     assert set(m.draft_first) == set(m.draft_next) == {2, 3}
-    assert set(m.ar_step) == set(m.ar_generate) == {8, 16}
+    assert set(m.ar_step) == set(m.ar_generate) == set(m.plain_step) == {8, 16}
+    assert all(st.n == 3 and 0 < st.p10 <= st.median <= st.p90 for st in m.plain_step.values())
+    assert m.t_plain(12) == pytest.approx((m.plain_step[8].median + m.plain_step[16].median) / 2)
     # every draft call 2..3 of each timed draft was split out: 2 later calls x 3 repeats
     assert all(m.draft_next[W][p].n == 2 * 3 and m.draft_first[W][p].n == 3 for W in (2, 3) for p in (8, 16))
     for table in (m.verify, m.tree_build, m.overhead):

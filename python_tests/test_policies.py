@@ -1,5 +1,6 @@
 """RadarPolicy / LtdPolicy: greedy decoding stays token-identical to the target's greedy generate, the
 fused policy_step path equals a plain torch LSTM/MLP forward, save/load round trips, config errors."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -266,13 +267,17 @@ def test_costs_from_calibration_cost_model(model, tmp_path):
     for src in (cm, path, str(path)):
         pc = PolicyCosts.load(src, tree_topk=3)
         assert pc.verify_budgets == [1, 4, 8] and pc.t_ar == pytest.approx(cm.t_ar())
-        # a skipped cycle's plain step: the smallest V's cycle without draft calls (not HF's generate step)
-        assert pc.plain_step() == pc.t_plain == pytest.approx(cm.t_verify(1) + cm.t_overhead(1))
+        # a skipped cycle's plain step: the calibration's measured root-only cycle (not HF's generate step)
+        assert pc.plain_step() == pc.t_plain == pytest.approx(cm.t_plain()) and cm.t_plain() > 0
         assert PolicyCosts.load(pc.to_dict()) == pc
         for n in (1, 3):
             for V in (1, 4, 8):
                 assert n * pc.t_draft + pc.t_verify(V) + n * pc.t_policy == pytest.approx(
                     cm.t_cycle(n, V, 3) + _clamp_excess(cm, 3))
+    # a calibration from before the plain-step measurement: the smallest V's cycle without draft calls
+    old = dataclasses.replace(cm, plain_step={})
+    assert old.t_plain() is None
+    assert PolicyCosts.load(old, tree_topk=3).t_plain == pytest.approx(cm.t_verify(1) + cm.t_overhead(1))
 
 
 def test_costs_from_calibration_with_a_slow_later_draft_call(model):

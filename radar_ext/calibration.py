@@ -7,6 +7,9 @@
             V draft tokens, at each prefix length, plus the tree build and the acceptance + cache
             commit around it;
   policy    one decision of a policy (StaticPolicy by default, or any Policy / callable);
+  plain     a skipped cycle as the decoder runs it: the root alone through the same verify path
+            (the drafter's target features captured), acceptance and commits; the 1-token forward
+            is ~8% cheaper than V = 1's 2-token one, which is what a skip decision weighs;
   ar        the target's plain 1-token decode step, and its per-token cost inside HF `generate`.
 Every figure is a `Stat` (median, p10, p90 over the repeats, after warm-up). Cycles are timed
 inside the real code paths: a stamping policy records the clock at each `should_continue`, so the
@@ -123,6 +126,8 @@ class CostModel:
     draft_next: dict                  # {W: {prefix_len: Stat}} one later draft call
     ar_step: dict                     # {prefix_len: Stat} target forward on 1 token + argmax
     ar_generate: dict                 # {prefix_len: Stat} per new token inside HF generate (the bench baseline)
+    plain_step: dict = field(default_factory=dict)  # {prefix_len: Stat} a skipped cycle (root-only verify +
+                                      # acceptance + commits); {}: not measured (calibrations before it)
     policy_name: str = "StaticPolicy"
     policy_decision: Stat | None = None  # one should_continue
     policy_budget: Stat | None = None    # one verify_budget choice
@@ -188,6 +193,11 @@ class CostModel:
         """One bare 1-token target forward + argmax."""
         return _interp_keyed(self.ar_step, self._prefix(prefix_len))
 
+    def t_plain(self, prefix_len: float | None = None) -> float | None:
+        """A skipped cycle (root-only verify through the decoder's path, acceptance, commits), None when
+        the calibration predates its measurement."""
+        return _interp_keyed(self.plain_step, self._prefix(prefix_len)) if self.plain_step else None
+
     def t_cycle(self, calls: int, V: int, tree_topk: int | None = None, prefix_len: float | None = None) -> float:
         """Predicted wall time of one cycle: draft calls, one policy decision per call, tree build,
         verify, acceptance and commits."""
@@ -247,7 +257,7 @@ class CostModel:
                 continue
             v = d[k]
             if k in _NESTED:
-                v = {} if (k == "ar_generate" and not v) else stats(v, _NESTED[k], k)  # {}: not measured
+                v = {} if (k in ("ar_generate", "plain_step") and not v) else stats(v, _NESTED[k], k)  # {}: not measured
             elif k in ("policy_decision", "policy_budget"):
                 v = None if v is None else Stat.from_dict(v, f"{where}: {k}")
             kw[k] = v
@@ -297,6 +307,8 @@ class CostModel:
         for p in sorted(self.ar_step):
             g = f", per token in HF generate {ms(self.ar_generate[p]).strip()} ms" if p in self.ar_generate else ""
             lines.append(f"AR P={p}: 1-token forward {ms(self.ar_step[p]).strip()} ms{g}")
+        for p in sorted(self.plain_step):
+            lines.append(f"plain step (skipped cycle) P={p}: {ms(self.plain_step[p]).strip()} ms")
         if self.policy_decision is not None:
             b = f", verify_budget {1e6 * self.policy_budget.median:.1f} us" if self.policy_budget else ""
             lines.append(f"policy {self.policy_name}: one decision {1e6 * self.policy_decision.median:.1f} us "
@@ -305,7 +317,7 @@ class CostModel:
 
 
 _NESTED = {"verify": 2, "tree_build": 2, "overhead": 2, "draft_first": 2, "draft_next": 2,
-           "ar_step": 1, "ar_generate": 1}
+           "ar_step": 1, "ar_generate": 1, "plain_step": 1}
 
 
 def default_path(name: str) -> Path:
@@ -448,6 +460,24 @@ class _PrefixBench:
         self.drafter.commit(acc.tokens, n, out.features[:, path] if out.features is not None else None)
         return d, t1 - t0, time.perf_counter() - t1
 
+    def plain_cycle(self) -> float:
+        """A skipped cycle as RadarDecoder runs it: the root alone through verify (with the drafter's feature
+        layers, which keep its state current), greedy acceptance, cache and drafter commits."""
+        from radar_ext import kv_cache
+        from radar_ext.acceptance import greedy_accept
+        from radar_ext.tree import root_only_tree
+        from radar_ext.verifier import verify
+        t0 = time.perf_counter()
+        tree = root_only_tree(self.root)
+        with self.linears:
+            out = verify(self.target, self.cache, tree, self.P, self.layers)
+        acc = greedy_accept(tree, out.logits)
+        n = acc.accepted_len[0] + 1
+        path = acc.path[0, :n]
+        kv_cache.commit_path(self.cache, self.P, path)
+        self.drafter.commit(acc.tokens, n, out.features[:, path] if out.features is not None else None)
+        return time.perf_counter() - t0
+
     def ar_step(self) -> float:
         """The plain decode step: one token through the target on the prefix cache, argmax read."""
         t0 = time.perf_counter()
@@ -494,7 +524,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     W_verify, V_max = max(tree_topks), max(v_set)
     gen = torch.Generator().manual_seed(seed)
     rounds = warmup + repeats
-    total = len(prefix_lens) * (rounds * (len(tree_topks) + len(v_set) + 1) + ar_repeats * (ar_tokens > 0))
+    total = len(prefix_lens) * (rounds * (len(tree_topks) + len(v_set) + 2) + ar_repeats * (ar_tokens > 0))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -503,7 +533,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     say = log or (lambda s: None)
     timed = lambda r: r >= warmup  # noqa: E731  (the first `warmup` rounds are not recorded)
 
-    verify_t, build_t, over_t, first_t, next_t, ar_t, gen_t = {}, {}, {}, {}, {}, {}, {}
+    verify_t, build_t, over_t, first_t, next_t, ar_t, gen_t, plain_t = {}, {}, {}, {}, {}, {}, {}, {}
     decisions, budgets = [], []
     t_start = time.perf_counter()
     with torch.no_grad():
@@ -537,7 +567,16 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
                             budgets.extend(bench.stamp.budget_steps)
                     tick()
             verify_t[P], build_t[P], over_t[P] = ({V: Stat.of(x[V]) for V in v_set} for x in (vt, bt, ot))
-            # the plain decode step, and the per-token cost of HF generate (the speedup baseline)
+            # a skipped cycle (what a policy's plain step costs), then the target's bare 1-token step and the
+            # per-token cost of HF generate (the speedup baseline)
+            plains = []
+            for r in range(rounds):
+                bench.reset()
+                t = bench.plain_cycle()
+                if timed(r):
+                    plains.append(t)
+                tick()
+            plain_t[P] = Stat.of(plains)
             steps = []
             for r in range(rounds):
                 bench.reset()
@@ -574,7 +613,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
         prefix_lens=list(prefix_lens), v_set=list(v_set), tree_topks=list(tree_topks),
         verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=bench.pending,
         verify=verify_t, tree_build=build_t, overhead=over_t, draft_first=first_t, draft_next=next_t,
-        ar_step=ar_t, ar_generate=gen_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
+        ar_step=ar_t, ar_generate=gen_t, plain_step=plain_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
         policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings)
 
 

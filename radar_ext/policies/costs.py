@@ -110,9 +110,11 @@ class PolicyCosts:
         that it would not; call 1's extra cost is then floored at minus half the cheapest V's
         cost, overestimating every cycle by the rest, instead of the calibration being refused.
         t_ar is the calibration's HF generate step (the speedup baseline, and the LTD features' unit);
-        t_plain, what a skipped cycle costs in our decoder, is its cycle without draft calls at the smallest
-        calibrated V (verify forward + acceptance and commits): an upper bound of the root-only step, which
-        runs through the same lean verify path, often far below HF's step."""
+        t_plain, what a skipped cycle costs in our decoder, is the calibration's plain step (the root alone
+        through the same verify path, acceptance and commits), often far below HF's step; a calibration
+        that predates that measurement gives the cycle without draft calls at the smallest calibrated V,
+        an upper bound (one token more in the forward: ~8% dearer on the default target, enough to hide
+        that plain steps pay where acceptance is low)."""
         if prefix_len is not None and not (isinstance(prefix_len, (int, float)) and math.isfinite(prefix_len)
                                            and prefix_len > 0):
             raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
@@ -122,7 +124,9 @@ class PolicyCosts:
         base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) for v in vb]
         extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
         vs = [b + extra_first for b in base]
-        t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
+        t_plain = cm.t_plain(p)
+        if t_plain is None:
+            t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
         return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain))
 
     @classmethod
