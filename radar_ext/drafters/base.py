@@ -21,6 +21,7 @@ class DraftRequest:
     costs: CostInfo
     temperature: float = 0.0  # the generation's sampling temperature (0.0: greedy), passed to the policy
     history: History | None = None  # the sequence's history, passed to the policy's decisions
+    batch_size: int = 1   # rows decoded together (passed to the policy's decisions)
 
 
 class Drafter:

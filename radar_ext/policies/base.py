@@ -113,6 +113,7 @@ class DraftStep:
     costs: CostInfo             # measured costs
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
+    batch_size: int = 1         # rows decoded together (the verify cost per row grows with it)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class BudgetStep:
     costs: CostInfo
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
+    batch_size: int = 1         # rows decoded together
 
 
 @dataclass
