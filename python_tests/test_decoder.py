@@ -154,8 +154,8 @@ def test_input_errors(models):
     model = models["sdpa"]
     dec = RadarDecoder(model, NgramDrafter())
     ids = prompts()[1]
-    with pytest.raises(NotImplementedError, match="batch size > 1 is not supported yet, got batch size 2"):
-        dec.generate(ids.repeat(2, 1))
+    with pytest.raises(ValueError, match=r"at least one sequence \(batch size >= 1\), got \[0, 12\]"):
+        dec.generate(ids[:0])
     with pytest.raises(ValueError, match="at least one token, got an empty prompt"):
         dec.generate(ids[:, :0])
     with pytest.raises(ValueError, match="must be an int64 tensor"):
@@ -171,7 +171,7 @@ def test_input_errors(models):
     mask[0, 5] = 0
     with pytest.raises(NotImplementedError, match=r"only left padding \(zeros before the prompt, then ones\) is supported"):
         dec.generate(ids, attention_mask=mask)
-    with pytest.raises(NotImplementedError, match="only left padding"):
+    with pytest.raises(ValueError, match="row 0 is all padding"):
         dec.generate(ids, attention_mask=torch.zeros_like(ids))
     with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
         dec.generate(ids, attention_mask=mask * 2)

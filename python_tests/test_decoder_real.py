@@ -137,3 +137,34 @@ def test_real_target_stop_strings_with_min_new_tokens(target):
         want = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         assert want.shape[1] < ids.shape[1] + 30 and tok.decode(want[0, ids.shape[1]:]).endswith("mat")
         assert torch.equal(dec.generate(ids, **kw), want), kw
+
+
+def test_real_target_batch_of_four_matches_each_row_alone(target):
+    """B = 4 left-padded chat prompts of different lengths with the shipped head and the shipped LTD
+    controller (each row its own tree and decisions; the fast verify path with exact quantized linears):
+    every row is token-identical to the target's greedy generate of that row alone."""
+    from radar_ext.models import load_default
+    from radar_ext.policies import LtdPolicy
+
+    model, tok = target
+    _, _, drafter = load_default()
+    policy = LtdPolicy.from_pretrained()
+    texts = ["What is 2 + 2?", "Repeat exactly: the cat sat on the mat, the cat sat on the mat.",
+             "Write a short Python function that adds two numbers.", "Name three colours."]
+    prompts = [chat(tok, t) for t in texts]
+    n = 16
+    refs = [model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=n, do_sample=False)[0, p.shape[1]:]
+            for p in prompts]
+    P = max(p.shape[1] for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((4, P), pad, dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, P - p.shape[1]:], mask[b, P - p.shape[1]:] = p[0], 1
+    dec = RadarDecoder(model, drafter, policy, tree_topk=policy.tree_topk)
+    out = dec.generate(ids, attention_mask=mask, max_new_tokens=n, pad_token_id=pad)
+    for b, ref in enumerate(refs):
+        got = out[b, P:]
+        assert torch.equal(got[:ref.shape[0]], ref), (b, got.tolist(), ref.tolist())
+        assert (got[ref.shape[0]:] == pad).all()
+    assert dec.last_stats.forwards < dec.last_stats.cycles

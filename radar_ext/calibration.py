@@ -133,6 +133,9 @@ class CostModel:
     policy_budget: Stat | None = None    # one verify_budget choice
     machine: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    # `--batch-sizes`: {B: {"plain": seconds, "verify": {V: seconds}}} medians of one batched verify forward
+    # (radar_ext.verifier.verify_rows) of B rows at the first prefix length, root alone / V draft tokens each
+    batch: dict = field(default_factory=dict)
 
     # -------------------------------------------------------------- costs
     def _prefix(self, prefix_len):
@@ -214,6 +217,16 @@ class CostModel:
         return CostInfo(draft_call=self.t_draft(2, tree_topk, prefix_len) - self.t_draft(1, tree_topk, prefix_len),
                         verify=self.t_verify(V, prefix_len), policy=self.t_policy(), mean_verify_budget=float(V))
 
+    def batch_ratios(self) -> dict:
+        """PolicyCosts.per_batch: {B: {"plain": r, "V": [...], "verify": [...]}}, every batched time over the
+        same forward at B = 1 ({} when no batch was calibrated)."""
+        if 1 not in self.batch or len(self.batch) < 2:
+            return {}
+        one = self.batch[1]
+        vs = sorted(one["verify"])
+        return {B: {"plain": e["plain"] / one["plain"], "V": vs, "verify": [e["verify"][v] / one["verify"][v] for v in vs]}
+                for B, e in sorted(self.batch.items()) if B > 1}
+
     # -------------------------------------------------------------- JSON
     def to_dict(self) -> dict:
         def stats(table):
@@ -260,6 +273,13 @@ class CostModel:
                 v = {} if (k in ("ar_generate", "plain_step") and not v) else stats(v, _NESTED[k], k)  # {}: not measured
             elif k in ("policy_decision", "policy_budget"):
                 v = None if v is None else Stat.from_dict(v, f"{where}: {k}")
+            elif k == "batch":
+                try:
+                    v = {int(B): {"plain": float(e["plain"]), "verify": {int(V): float(t) for V, t in e["verify"].items()}}
+                         for B, e in (v or {}).items()}
+                except (TypeError, KeyError, ValueError, AttributeError):
+                    raise CalibrationError(f"{where}: batch must be {{B: {{'plain': seconds, 'verify': {{V: seconds}}}}}}, "
+                                           f"got {v!r:.80}") from None
             kw[k] = v
         return cls(**kw)
 
@@ -497,15 +517,60 @@ class _PrefixBench:
         return max((t2 - t1) - (t1 - t0), 0.0) / n_tokens
 
 
+def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: int = 3, repeats: int = 10,
+                        seed: int = 0, linears=None, feature_layers=None) -> dict:
+    """CostModel.batch: for each B, the median seconds of one batched verify forward (verify_rows, the
+    decoder's own batch path) of B rows of `prefix_len` random tokens, each row the root alone ("plain")
+    or a chain of V draft tokens ("verify"; the shape of a tree does not change its cost, its size does).
+    B = 1 is always measured: the policies read every B as a ratio over it."""
+    import contextlib
+
+    import torch
+
+    from radar_ext import kv_cache
+    from radar_ext.tree import make_tree
+    from radar_ext.verifier import prefill_rows, verify_rows
+
+    linears = linears if linears is not None else contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(seed)
+    vocab = target.get_input_embeddings().weight.shape[0]
+    device = next(target.parameters()).device
+    out = {}
+    for B in sorted(set(batch_sizes) | {1}):
+        ids = torch.randint(0, vocab, (B, prefix_len), generator=gen).to(device)
+        cache = kv_cache.new_target_cache(target)
+        pads = torch.zeros(B, dtype=torch.int64, device=device)
+        prefill_rows(target, cache, ids, pads, feature_layers)
+        lengths = torch.full((B,), prefix_len, dtype=torch.int64, device=device)
+        times = {}
+        for V in [0] + sorted(v_set):
+            tokens = torch.randint(0, vocab, (B, V + 1), generator=gen).to(device)
+            parents = (torch.arange(V + 1, device=device) - 1).expand(B, V + 1).contiguous()  # a chain
+            tree = make_tree(tokens, parents, torch.full((B,), V + 1, dtype=torch.int64, device=device))
+            samples = []
+            for r in range(warmup + repeats):
+                t0 = time.perf_counter()
+                with linears:
+                    verify_rows(target, cache, tree, lengths, pads, feature_layers)
+                if r >= warmup:
+                    samples.append(time.perf_counter() - t0)
+                kv_cache.crop(cache, prefix_len)
+            times[V] = Stat.of(samples).median
+        out[B] = {"plain": times.pop(0), "verify": times}
+    return out
+
+
 def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
-              seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True) -> CostModel:
+              seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True,
+              batch_sizes=()) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
     skips the HF generate measurement. fast_linear: as RadarDecoder's option (on by default), so the verify
-    curve is the one decoding pays."""
+    curve is the one decoding pays. batch_sizes: also measure the batched verify forward at these B
+    (measure_batch_costs, at the shortest prefix length; CostModel.batch)."""
     import torch
 
     from radar_ext import fast_linear as fl
@@ -595,6 +660,14 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
             bench.reset()
             say(f"[calibrate] prefix {P}: verify V={v_set[0]} {1e3 * verify_t[P][v_set[0]].median:.2f} ms, "
                 f"V={V_max} {1e3 * verify_t[P][V_max].median:.2f} ms")
+    batch = {}
+    if batch_sizes:
+        if any(isinstance(B, bool) or not isinstance(B, int) or B < 1 for B in batch_sizes):
+            raise CalibrationError(f"batch_sizes must be ints >= 1, got {list(batch_sizes)}")
+        batch = measure_batch_costs(target, batch_sizes, v_set, prefix_lens[0], warmup=warmup, repeats=repeats,
+                                    seed=seed, linears=linears, feature_layers=drafter.feature_layers)
+        say("[calibrate] batched verify: " + ", ".join(
+            f"B={B} plain {1e3 * e['plain']:.1f} ms" for B, e in batch.items()))
     dec_t, bud_t = _time_policy(decisions, budgets, decide, budget, reset, warmup)
     if bar is not None:
         bar.close()
@@ -614,7 +687,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
         verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=bench.pending,
         verify=verify_t, tree_build=build_t, overhead=over_t, draft_first=first_t, draft_next=next_t,
         ar_step=ar_t, ar_generate=gen_t, plain_step=plain_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
-        policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings)
+        policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings, batch=batch)
 
 
 def _time_policy(decisions, budgets, decide, budget, reset, warmup):

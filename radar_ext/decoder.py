@@ -19,8 +19,8 @@ from radar_ext.generation_args import GenerationSettings, resolve as resolve_gen
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
 from radar_ext.policies import CostInfo, CycleOutcome, History, Policy, PreDraftStep, StaticPolicy
 from radar_ext.policies.base import guess_probability
-from radar_ext.tree import root_only_tree
-from radar_ext.verifier import prefill, verify
+from radar_ext.tree import root_only_tree, stack_trees
+from radar_ext.verifier import prefill, prefill_rows, verify, verify_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -29,7 +29,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 class DecodeStats:
     tokens: int = 0                 # new tokens emitted
     seconds: float = 0.0            # wall time of generate()
-    cycles: int = 0                 # target forwards after the prefill
+    cycles: int = 0                 # target forwards after the prefill (batch > 1: rows verified, summed)
+    forwards: int = 0               # target forwards after the prefill (= cycles at batch 1)
     skipped_cycles: int = 0         # cycles the policy made plain steps (no draft call, root-only tree)
     draft_calls: int = 0            # summed over cycles
     verify_tokens: int = 0          # draft tokens verified, summed over cycles (root excluded)
@@ -166,13 +167,18 @@ class RadarDecoder:
         `stopping_criteria=`, checked per emitted token) run as in HF (radar_ext.processors); what is not
         reproduced is refused by name (radar_ext.generation_args, docs/generate_parity.md)."""
         t_start = time.perf_counter()
-        given, n_pad = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
-        input_ids = given[:, n_pad:]  # left padding: HF's positions start at the first real token, so drop it
-        cfg = resolve_generation_args(self.target, given, n_pad, generation_config,
+        given, pads = self._check_inputs(_one_input(input_ids, inputs), attention_mask)
+        cfg = resolve_generation_args(self.target, given, pads, generation_config,
                                       max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
                                       temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
                                       has_attention_mask=attention_mask is not None, extra=kwargs)
+        _check_generator(generator, given.device)
         stats = self.last_stats = DecodeStats()
+        if given.shape[0] > 1:
+            out = self._generate_batch(given, pads, streamer, cfg, generator, stats)
+            return cfg.processing.output(_finish_stats(out, stats, t_start))
+        n_pad = pads[0]
+        input_ids = given[:, n_pad:]  # left padding: HF's positions start at the first real token, so drop it
         policy = _TimedPolicy(self.policy, stats)
         if streamer is not None:
             streamer.put(given.cpu())  # HF protocol: the prompt first (TextStreamer may skip it)
@@ -188,7 +194,8 @@ class RadarDecoder:
                 streamer.put(out[0].cpu())
             if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg) or stopped:
                 break
-            tree = self._draft(emitted, input_ids.shape[1], policy, stats, cfg)
+            tree = self._draft(self.drafter, policy, self.history, emitted[:, -1], input_ids.shape[1] + emitted.shape[1],
+                               stats, cfg)
             logits, features = self._verify(cache, tree, input_ids.shape[1] + emitted.shape[1] - 1, stats)
             acc = self._accept(tree, logits, cfg, generator, emitted)
             out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
@@ -199,10 +206,25 @@ class RadarDecoder:
         if streamer is not None:
             streamer.end()
         stats.tokens = emitted.shape[1]
-        stats.seconds = time.perf_counter() - t_start
-        stats.time_other = max(0.0, stats.seconds - stats.time_prefill - stats.time_draft - stats.time_policy
-                               - stats.time_verify)
-        return cfg.processing.output(torch.cat([given, emitted.to(given.device)], 1))
+        return cfg.processing.output(_finish_stats(torch.cat([given, emitted.to(given.device)], 1), stats, t_start))
+
+    def _generate_batch(self, given, pads, streamer, cfg, generator, stats):
+        """B > 1 (docs/BATCH.md): every row drafts its own tree with its own controller decision, one
+        rectangular verify [B, M] on a dense cache with per-row lengths, then every row accepts, moves its
+        path to its own slots and stops on its own EOS / max_new_tokens; a finished row leaves the batch."""
+        _check_batch_settings(given.shape[0], streamer, cfg)
+        cache, batch = self._prefill_batch(given, pads, cfg, generator, stats)
+        self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)
+        while batch.size:
+            trees = [self._draft(batch.drafters[b], batch.policies[b], batch.histories[b], batch.roots[b:b + 1],
+                                 batch.seq_len(b), stats, cfg, batch.size) for b in range(batch.size)]
+            tree = stack_trees(trees)                                          # [B, M], unused nodes masked
+            start, logits, features = self._verify_rows(cache, tree, batch, stats)
+            acc = self._accept(tree, logits, cfg, generator, None)
+            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats)
+            batch.drop_finished(cache)
+        stats.tokens = sum(len(e) for e in batch.emitted)
+        return batch.output(given, cfg.pad_token_id)
 
     # ------------------------------------------------------------------ steps
     def _prefill(self, input_ids, cfg, stats, generator):
@@ -214,16 +236,18 @@ class RadarDecoder:
         stats.time_prefill += time.perf_counter() - t0
         return cache, root.view(-1, 1)
 
-    def _draft(self, emitted, prompt_len, policy, stats, cfg):
+    def _draft(self, drafter, policy, history, root, seq_len, stats, cfg, batch_size: int = 1):
+        """One sequence's tree: root [1] its last emitted token, seq_len its prompt + emitted tokens."""
         t0 = time.perf_counter()
         t_policy = stats.time_policy
-        req = DraftRequest(root=emitted[:, -1], seq_len=prompt_len + emitted.shape[1], tree_topk=self.tree_topk,
+        req = DraftRequest(root=root, seq_len=seq_len, tree_topk=self.tree_topk,
                            verify_budget=self.verify_budget, policy=policy, costs=self.costs,
-                           temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=self.history)
-        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, self.history, req.temperature)):
+                           temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=history,
+                           batch_size=batch_size)
+        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size)):
             stats.skipped_cycles += 1
             return root_only_tree(req.root)  # a plain step: no draft call, the drafter catches up next time
-        tree = self.drafter.draft(req)
+        tree = drafter.draft(req)
         dt = time.perf_counter() - t0 - (stats.time_policy - t_policy)
         stats.time_draft += dt
         stats.draft_calls += tree.draft_calls
@@ -239,9 +263,25 @@ class RadarDecoder:
         dt = time.perf_counter() - t0
         stats.time_verify += dt
         stats.cycles += 1
+        stats.forwards += 1
         self.costs.verify = _ema(self.costs.verify, dt)
         self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.verify_budget))
         return res.logits, res.features
+
+    def _verify_rows(self, cache, tree, batch, stats):
+        """Batch > 1: (the tree block's first slot, logits [B, M, V], features [B, M, F] or None)."""
+        t0 = time.perf_counter()
+        start = kv_cache.cache_length(cache)
+        with self._linears:
+            res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
+                              lean=self.lean_verify)
+        dt = time.perf_counter() - t0
+        stats.time_verify += dt
+        stats.cycles += batch.size
+        stats.forwards += 1
+        self.costs.verify = _ema(self.costs.verify, dt)
+        self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.tokens.shape[1] - 1))
+        return start, res.logits, res.features
 
     def _accept(self, tree, logits, cfg, generator, emitted) -> Acceptance:
         if cfg.processing.walk:  # processors or score outputs: node by node, each with its own prefix
@@ -269,6 +309,46 @@ class RadarDecoder:
                 n_keep = int(hit[0, 0]) + 1   # host sync: stop right after the first EOS
         return out[:, :n_keep]
 
+    def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats):
+        """Batch > 1: every row's accepted path to its own cache slots, its drafter and controller told,
+        its tokens cut at its first EOS and at max_new_tokens."""
+        n_keep = torch.tensor(acc.accepted_len, dtype=torch.int64) + 1                 # [B]
+        kv_cache.commit_rows(cache, start, batch.lengths, acc.path, n_keep.to(batch.lengths.device))
+        batch.lengths += n_keep.to(batch.lengths.device)
+        eos = set(cfg.eos_token_ids)
+        paths, tokens = acc.path.tolist(), acc.tokens.tolist()  # host sync: a few ints per row
+        for b, n in enumerate(n_keep.tolist()):
+            feats = features[b:b + 1, paths[b][:n]] if features is not None else None
+            batch.drafters[b].commit(acc.tokens[b:b + 1], n, feats)
+            stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
+            stats.accepted_hist[n - 1] += 1
+            outcome = _outcome(trees[b], acc, b)
+            batch.histories[b].observe(outcome)
+            batch.policies[b].observe(outcome)
+            batch.emit(b, tokens[b][:n], cfg.max_new_tokens, eos)
+
+    def _prefill_batch(self, given, pads, cfg, generator, stats):
+        t0 = time.perf_counter()
+        B = given.shape[0]
+        cache = kv_cache.new_target_cache(self.target)
+        pads_t = torch.tensor(pads, dtype=torch.int64, device=given.device)
+        res = prefill_rows(self.target, cache, given, pads_t, self.drafter.feature_layers)
+        roots = self._first_token(res.logits[:, -1], cfg, generator)                  # [B]
+        batch = _Batch(rows=list(range(B)), lengths=torch.full((B,), given.shape[1], dtype=torch.int64,
+                                                                 device=given.device),
+                       pads=pads_t, prompt_lens=[given.shape[1] - p for p in pads], roots=roots.clone(),
+                       drafters=[self.drafter.fork() for _ in range(B)],
+                       policies=[_TimedPolicy(self.policy.fork(), stats) for _ in range(B)],
+                       histories=[History() for _ in range(B)], emitted=[[] for _ in range(B)], done=[False] * B)
+        for b in range(B):
+            feats = res.features[b:b + 1, pads[b]:] if res.features is not None else None
+            batch.drafters[b].start(given[b:b + 1, pads[b]:], feats, roots[b:b + 1])
+            batch.policies[b].start_sequence()
+            batch.emit(b, [int(roots[b])], cfg.max_new_tokens, set(cfg.eos_token_ids))  # host sync: B ints
+        stats.time_prefill += time.perf_counter() - t0
+        batch.drop_finished(cache)
+        return cache, batch
+
     # ------------------------------------------------------------------ helpers
     def _first_token(self, logits, cfg, generator):
         """The token after the prompt from the prefill logits [B, V]."""
@@ -290,35 +370,41 @@ class RadarDecoder:
             got = f"{input_ids.dtype} {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be an int64 tensor [B, prompt_len], got {got}")
         B, P = input_ids.shape
-        if B != 1:
-            raise NotImplementedError(f"input_ids: batch size > 1 is not supported yet, got batch size {B}")
+        if B < 1:
+            raise ValueError(f"input_ids must hold at least one sequence (batch size >= 1), got {list(input_ids.shape)}")
         if P < 1:
             raise ValueError(f"input_ids must hold at least one token, got an empty prompt {list(input_ids.shape)}")
         vocab = self.target.get_input_embeddings().weight.shape[0]
         lo, hi = int(input_ids.min()), int(input_ids.max())  # host sync: once per generate
         if lo < 0 or hi >= vocab:
             raise ValueError(f"input_ids must be token ids in [0, {vocab}), got values in [{lo}, {hi}]")
-        n_pad = 0 if attention_mask is None else _left_padding(attention_mask, B, P)
+        pads = [0] * B if attention_mask is None else _left_padding(attention_mask, B, P)
         limit = getattr(self.target.config, "max_position_embeddings", None)
-        if limit is not None and P - n_pad >= limit:
+        if limit is not None and P - min(pads) >= limit:
             raise ValueError(f"input_ids: prompt length must be < the model's max_position_embeddings = {limit}, "
-                             f"got {P - n_pad}")
-        return input_ids.to(self.target.device), n_pad
+                             f"got {P - min(pads)}")
+        return input_ids.to(self.target.device), pads
 
 
-def _left_padding(attention_mask, B: int, P: int) -> int:
-    """Zeros before the prompt in a [1, P] attention_mask (HF's left padding); any other zero is refused."""
+def _left_padding(attention_mask, B: int, P: int) -> list:
+    """Zeros before the prompt in each row of a [B, P] attention_mask (HF's left padding), per row; any
+    other zero (right padding, holes) and a row of padding only are refused."""
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, P):
         got = list(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
         raise ValueError(f"attention_mask must be a tensor with the shape of input_ids {[B, P]}, got {got}")
-    row = attention_mask[0].tolist()  # host sync: once per generate
-    if any(v not in (0, 1) for v in row):
-        raise ValueError("attention_mask must hold only 0 and 1")
-    n_pad = row.index(1) if 1 in row else P
-    if n_pad == P or 0 in row[n_pad:]:
-        raise NotImplementedError("attention_mask: only left padding (zeros before the prompt, then ones) is supported, "
-                                  f"got {row if P <= 16 else 'zeros after the first one'}")
-    return n_pad
+    pads = []
+    for b, row in enumerate(attention_mask.tolist()):  # host sync: once per generate
+        if any(v not in (0, 1) for v in row):
+            raise ValueError("attention_mask must hold only 0 and 1")
+        n_pad = row.index(1) if 1 in row else P
+        where = "" if B == 1 else f" (row {b})"
+        if n_pad == P:
+            raise ValueError(f"attention_mask: row {b} is all padding; every sequence needs at least one token")
+        if 0 in row[n_pad:]:
+            raise NotImplementedError(f"attention_mask: only left padding (zeros before the prompt, then ones) is "
+                                      f"supported, got {row if P <= 16 else 'zeros after the first one'}{where}")
+        pads.append(n_pad)
+    return pads
 
 
 def _one_input(input_ids, inputs):
@@ -330,16 +416,97 @@ def _one_input(input_ids, inputs):
     return input_ids if input_ids is not None else inputs
 
 
-def _outcome(tree, acc) -> CycleOutcome:
-    """What the cycle earned (row 0), with the drafter's first-call guess and whether it was the first
-    token emitted (History's best_prob / best_accepted)."""
-    n = acc.accepted_len[0]
+def _outcome(tree, acc, row: int = 0) -> CycleOutcome:
+    """What the cycle earned for batch row `row` (tree: that row's own one-row tree), with the drafter's
+    first-call guess and whether it was the first token emitted (History's best_prob / best_accepted)."""
+    n = acc.accepted_len[row]
     if tree.guess_token is None:
         return CycleOutcome(n, tree.draft_calls, tree.verify_budget, skipped=tree.draft_calls == 0)
     score, hit = torch.stack([tree.guess_score[0].float(),
-                              (acc.tokens[0, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
+                              (acc.tokens[row, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
     return CycleOutcome(n, tree.draft_calls, tree.verify_budget, False, guess_probability(score), hit == 1.0)
 
 
 def _ema(old: float, new: float, rate: float = 0.1) -> float:
     return new if old == 0.0 else (1 - rate) * old + rate * new
+
+
+def _finish_stats(out, stats: DecodeStats, t_start: float):
+    stats.seconds = time.perf_counter() - t_start
+    stats.time_other = max(0.0, stats.seconds - stats.time_prefill - stats.time_draft - stats.time_policy
+                           - stats.time_verify)
+    return out
+
+
+def _check_generator(generator, device) -> None:
+    """A CPU generator serves any target (its draws are copied over, acceptance.uniform); one on an
+    accelerator must be on the target's own device."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != "cpu" and generator.device != torch.device(device):
+        raise ValueError(f"generator must be on the CPU or on the target's device ({device}), got one on "
+                         f"{generator.device}")
+
+
+def _check_batch_settings(B: int, streamer, cfg) -> None:
+    if streamer is not None:
+        raise ValueError(f"streamer: streaming supports batch size 1 only (as HF's TextStreamer), got batch size {B}")
+    p = cfg.processing
+    if p.walk or p.criteria is not None:
+        raise NotImplementedError(
+            f"generate at batch size {B}: logits processors beyond temperature / top_k / top_p, extra stopping "
+            "criteria (stop_strings, max_time, stopping_criteria) and output_scores / output_logits are "
+            "supported at batch size 1 only")
+
+
+@dataclass
+class _Batch:
+    """The live rows of a batched generate (B > 1). Finished rows leave (drop_finished)."""
+    rows: list             # [B] host ints: each live row's index in the caller's batch
+    lengths: torch.Tensor  # [B] int64 cache slots in use per row (its left padding included)
+    pads: torch.Tensor     # [B] int64 left-padding slots at the start of each row
+    prompt_lens: list      # [B] host ints: real prompt tokens per row
+    roots: torch.Tensor    # [B] int64 each row's last emitted token (the root of its next tree)
+    drafters: list         # [B] one Drafter per row (Drafter.fork)
+    policies: list         # [B] one controller per row (Policy.fork, timed)
+    histories: list        # [B] one History per row
+    emitted: list          # [B_caller] host int lists: every caller row's emitted tokens (kept when it leaves)
+    done: list             # [B] host bools: the row hit EOS or max_new_tokens this cycle
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def seq_len(self, b: int) -> int:
+        return self.prompt_lens[b] + len(self.emitted[self.rows[b]])
+
+    def emit(self, b: int, tokens: list, max_new_tokens: int, eos: set) -> None:
+        """Row b's tokens of this cycle, cut at max_new_tokens and right after its first EOS."""
+        out = self.emitted[self.rows[b]]
+        for t in tokens[:max_new_tokens - len(out)]:
+            out.append(t)
+            if t in eos:
+                break
+        self.done[b] = len(out) >= max_new_tokens or out[-1] in eos
+        self.roots[b] = out[-1]
+
+    def drop_finished(self, cache) -> None:
+        keep = [b for b in range(self.size) if not self.done[b]]
+        if len(keep) == self.size:
+            return
+        idx = torch.tensor(keep, dtype=torch.int64, device=self.lengths.device)
+        self.lengths, self.pads, self.roots = self.lengths[idx], self.pads[idx], self.roots[idx]
+        if keep:
+            kv_cache.select_rows(cache, idx, int(self.lengths.max()))  # host sync: the new longest row
+        for name in ("rows", "prompt_lens", "drafters", "policies", "histories", "done"):
+            setattr(self, name, [getattr(self, name)[b] for b in keep])
+
+    def output(self, given: torch.Tensor, pad_token_id) -> torch.Tensor:
+        """[B, P + longest]: each row's tokens, then pad_token_id after a row that finished early (HF)."""
+        longest = max(len(e) for e in self.emitted)
+        new = given.new_full((given.shape[0], longest), pad_token_id if pad_token_id is not None else 0)
+        for b, e in enumerate(self.emitted):
+            new[b, :len(e)] = torch.tensor(e, dtype=torch.int64)
+        return torch.cat([given, new], 1)

@@ -69,13 +69,14 @@ class GenerationSettings:
     sampling: SamplingParams
     eos_token_ids: tuple            # empty: no EOS stop
     processing: Processing | None = None  # HF's processors, extra stopping criteria, dict outputs (radar_ext.processors)
+    pad_token_id: int | None = None  # HF's pad token (eos when unset): fills a batch row after its EOS
 
 
-def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_new_tokens=None, max_length=None,
+def resolve(target, given: torch.Tensor, n_pad, generation_config, *, max_new_tokens=None, max_length=None,
             do_sample=None, temperature=None, top_p=None, top_k=None, eos_token_id=None,
             has_attention_mask: bool = False, extra: dict | None = None) -> GenerationSettings:
-    """Settings of one generate call on `target` for the prompt `given` [1, P] (n_pad left-padding
-    positions included, as HF sees it). Explicit arguments (None: not given) and `extra`, the call's
+    """Settings of one generate call on `target` for the prompts `given` [B, P] (n_pad left-padding
+    positions included, as HF sees it: an int, or a list with one count per row). Explicit arguments (None: not given) and `extra`, the call's
     other keyword arguments, are merged with `generation_config` as HF's generate merges them."""
     extra = dict(extra or {})
     objects = {name: extra.pop(name, None) for name in OBJECTS}
@@ -148,7 +149,7 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
     # HF generate's steps 3, 6 and 8, on the target itself: special tokens as tensors, the length
     # (max_new_tokens over max_length; 20 new tokens by default, capped at max_position_embeddings),
     # its length warnings, then its processors and stopping criteria
-    target._prepare_special_tokens(gc, has_attention_mask, device=given.device, batch_size=1)
+    target._prepare_special_tokens(gc, has_attention_mask, device=given.device, batch_size=given.shape[0])
     gc = target._prepare_generated_length(gc, has_default_max_length, has_default_min_length, "input_ids", P, given)
     target._validate_generated_length(gc, P, has_default_max_length)
     user_processors = _object_list(objects["logits_processor"], "logits_processor", "LogitsProcessorList")
@@ -157,10 +158,12 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
     if fn is not None and not callable(fn):
         raise TypeError(f"prefix_allowed_tokens_fn must be callable (batch_id, input_ids) -> list of token ids, "
                         f"got {type(fn).__name__}")
+    pads = [n_pad] * given.shape[0] if isinstance(n_pad, int) else list(n_pad)
     mask = None
-    if n_pad:  # HF keeps the attention mask only when it has zeros (repetition_penalty then skips the padding)
+    if any(pads):  # HF keeps the attention mask only when it has zeros (repetition_penalty then skips the padding)
         mask = torch.ones_like(given)
-        mask[:, :n_pad] = 0
+        for b, p in enumerate(pads):
+            mask[b, :p] = 0
     processors = target._get_logits_processor(
         generation_config=gc, input_ids_seq_length=P, encoder_input_ids=given, prefix_allowed_tokens_fn=fn,
         logits_processor=user_processors, device=given.device, model_kwargs={"attention_mask": mask})
@@ -186,7 +189,9 @@ def resolve(target, given: torch.Tensor, n_pad: int, generation_config, *, max_n
     processing = Processing.build(given, processors, extra_criteria, do_sample, len(user_processors) > 0,
                                   bool(gc.return_dict_in_generate), bool(gc.output_scores), bool(gc.output_logits))
     sampling = SamplingParams(float(gc.temperature), int(gc.top_k), float(gc.top_p)) if do_sample else SamplingParams()
-    return GenerationSettings(max_new, do_sample, sampling, eos_ids, processing)
+    pad = gc._pad_token_tensor
+    pad_id = None if pad is None else int(pad.reshape(-1)[0])  # host sync: once per generate
+    return GenerationSettings(max_new, do_sample, sampling, eos_ids, processing, pad_id)
 
 
 def _named(name, kwargs, where):

@@ -130,3 +130,47 @@ def commit_path(cache, prefix_len: int, keep: torch.Tensor) -> None:
             layer.values[:, :, prefix_len:prefix_len + n] = layer.values.index_select(2, src)
         layer.keys = layer.keys[:, :, :prefix_len + n]
         layer.values = layer.values[:, :, :prefix_len + n]
+
+
+# ---------------------------------------------------------------------------------------- batch > 1
+# One dense cache for B rows with a per-row length (docs BATCH.md, pattern 3): row b's entries live in
+# slots [pad_b, length_b) (pad_b: its left padding, never attended); the cache's own length is the
+# longest row's, and the slots between a shorter row's length and it are holes its mask hides. A verify
+# appends every row's tree at the shared end S; commit_rows then moves each row's accepted path to its
+# own slots [length_b, length_b + n_b) and crops to the new longest row: O(B * depth) per layer, no
+# realignment of the rows.
+
+def commit_rows(cache, start: int, lengths: torch.Tensor, paths: torch.Tensor, n_keep: torch.Tensor) -> int:
+    """Move each row's accepted tree entries to its own slots; returns the new shared length.
+
+    start: the slot of the tree block (the cache length before the verify); lengths [B] int64 each row's
+    length before the verify (<= start); paths [B, L] int64 tree node indices, root first, strictly
+    increasing, -1 padded; n_keep [B] int64 (>= 1) entries of each path to keep."""
+    B, L = paths.shape
+    i = torch.arange(L, device=paths.device).expand(B, L)
+    last = (n_keep - 1).view(B, 1)
+    # past a row's n_keep, repeat its last entry: the same value written to the same slot again
+    i = torch.minimum(i, last)
+    src = paths.gather(1, i) + start                                # [B, L]
+    dst = lengths.view(B, 1) + i                                    # [B, L]
+    new_len = int((lengths + n_keep).max())  # host sync: the cache's new shared length
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        for name in ("keys", "values"):
+            t = getattr(layer, name)                                # [B, Hkv, T, D]
+            H, D = t.shape[1], t.shape[3]
+            # gather copies before the scatter writes: a source slot may be another entry's target
+            moved = t.gather(2, src.view(B, 1, L, 1).expand(B, H, L, D))
+            t.scatter_(2, dst.view(B, 1, L, 1).expand(B, H, L, D), moved)
+            setattr(layer, name, t[:, :, :new_len])
+    return new_len
+
+
+def select_rows(cache, rows: torch.Tensor, length: int) -> None:
+    """Keep only the batch rows `rows` [B'] int64 of every layer, cropped to `length` slots (finished
+    rows leave the batch; the copy is made once, when a row finishes)."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys = layer.keys[:, :, :length].index_select(0, rows)
+            layer.values = layer.values[:, :, :length].index_select(0, rows)

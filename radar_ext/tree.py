@@ -105,3 +105,22 @@ class CandidatePool:
                              node_of.gather(1, pool_parent + 1)], 1)
         n_nodes = torch.full((B,), V + 1, dtype=torch.int64, device=dev)
         return make_tree(tokens, parents, n_nodes, draft_calls)
+
+
+def stack_trees(trees: list) -> DraftTree:
+    """One rectangular DraftTree [B, M] from B one-row trees of any sizes (batch > 1, docs BATCH.md):
+    M = the largest tree; a smaller row's unused nodes are -1 padded (token -1, depth -1, seen by no
+    real node), and its paths pad to the batch's [P, L] with -1. draft_calls: the batch's sum."""
+    M = max(t.tokens.shape[1] for t in trees)
+    P = max(t.paths.shape[1] for t in trees)
+    L = max(t.paths.shape[2] for t in trees)
+
+    def pad(x, *shape):  # x [1, ...] -> [1, *shape], -1 (or False) beyond its own extent
+        out = x.new_full((1, *shape), False if x.dtype == torch.bool else -1)
+        out[(slice(None), *(slice(0, n) for n in x.shape[1:]))] = x
+        return out
+
+    return DraftTree(torch.cat([pad(t.tokens, M) for t in trees]), torch.cat([pad(t.parents, M) for t in trees]),
+                     torch.cat([t.n_nodes for t in trees]), torch.cat([pad(t.depth, M) for t in trees]),
+                     torch.cat([pad(t.mask, M, M) for t in trees]), torch.cat([pad(t.paths, P, L) for t in trees]),
+                     torch.cat([t.n_paths for t in trees]), sum(t.draft_calls for t in trees))

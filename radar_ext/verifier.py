@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radar_ext import kv_cache
 from radar_ext.lean_forward import lean_forward_for
 from radar_ext.tree import DraftTree
 
@@ -49,6 +50,21 @@ def prefill(target, cache, input_ids: torch.Tensor, feature_layers=None) -> Veri
 
 
 @torch.no_grad()
+def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, feature_layers=None) -> VerifyOut:
+    """`prefill` of B left-padded prompts [B, P] (pads [B] int64 padding slots per row): HF's batched
+    prefill (2-D attention mask, positions counted from each row's first real token, as HF generate does).
+    The padding slots get K/V too; every later mask hides them (rows_attention_mask)."""
+    B, P = input_ids.shape
+    attention_mask = (torch.arange(P, device=input_ids.device) >= pads.view(B, 1)).long()  # [B, P]
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)                          # [B, P]
+    out = target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 past_key_values=cache, use_cache=True, output_hidden_states=feature_layers is not None,
+                 logits_to_keep=1)
+    feats = target_features(out.hidden_states, feature_layers) if feature_layers is not None else None
+    return VerifyOut(out.logits.float(), feats)
+
+
+@torch.no_grad()
 def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True,
            native: bool = True) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
@@ -58,6 +74,37 @@ def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None,
     input_ids = tree.tokens.clamp(min=0)                           # [B, M]
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
     mask = tree_attention_mask(tree, prefix_len, dtype)            # [B, 1, M, prefix_len + M]
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native)
+
+
+def rows_attention_mask(tree: DraftTree, start: int, lengths: torch.Tensor, pads: torch.Tensor,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, M, start + M] additive mask of a batch whose rows have their own lengths on one dense cache
+    (kv_cache.commit_rows): row b's nodes see its slots [pads_b, lengths_b) (not its left padding, not the
+    holes up to the shared `start`) and their tree ancestors in the block at `start`."""
+    B, M = tree.tokens.shape
+    slot = torch.arange(start, device=tree.tokens.device)                            # [start]
+    seen = (slot >= pads.view(B, 1)) & (slot < lengths.view(B, 1))                   # [B, start]
+    visible = torch.cat([seen.view(B, 1, start).expand(B, M, start), tree.mask], 2)  # [B, M, start + M]
+    mask = torch.zeros(B, 1, M, start + M, dtype=dtype, device=tree.tokens.device)
+    return mask.masked_fill_(~visible.unsqueeze(1), torch.finfo(dtype).min)
+
+
+@torch.no_grad()
+def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: torch.Tensor, feature_layers=None,
+                lean: bool = True, native: bool = True) -> VerifyOut:
+    """`verify` for B rows with their own cache lengths [B] and left padding [B] (int64): every row's tree
+    [B, M] (unused nodes -1, masked) is appended at the cache's shared end; row b's root sits at position
+    lengths_b - pads_b."""
+    dtype = next(target.parameters()).dtype
+    start = kv_cache.cache_length(cache)
+    input_ids = tree.tokens.clamp(min=0)                                         # [B, M]
+    position_ids = tree.depth.clamp(min=0) + (lengths - pads).view(-1, 1)        # [B, M]
+    mask = rows_attention_mask(tree, start, lengths, pads, dtype)                # [B, 1, M, start + M]
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native)
+
+
+def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native) -> VerifyOut:
     fast = lean_forward_for(target, native=native) if lean else None
     if fast is not None:
         return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))

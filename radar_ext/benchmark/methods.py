@@ -5,8 +5,8 @@ Each adapter class has
 - `check(options)` (classmethod, cheap, runs before any model is loaded): raises `MethodUnavailable`
   naming the method and what is missing (a class this version does not have, shipped weights, a file);
 - `__init__(ctx)`: builds the method on the loaded target;
-- `generate(input_ids [1, P], max_new_tokens, temperature, generator) -> LongTensor [1, P + N]`:
-  the only call the runner times;
+- `generate(input_ids [B, P], max_new_tokens, temperature, generator, attention_mask=None) -> LongTensor
+  [B, P + N]`: the only call the runner times (B > 1: left-padded rows, radar_ext.benchmark.batch);
 - `stats() -> dict`: what the method itself reports about its last call (may be empty), read after
   the timer stopped. Additive keys: `cycles`, `draft_calls`, `verify_tokens`, `policy_seconds`,
   `accepted_hist` (list, index = accepted length). The runner fills missing ones from its own count
@@ -118,13 +118,13 @@ class HFGenerate:
     def _extra(self, ctx) -> dict:
         return {}
 
-    def generate(self, input_ids, max_new_tokens, temperature, generator=None):
+    def generate(self, input_ids, max_new_tokens, temperature, generator=None, attention_mask=None):
         import copy
         cfg = copy.deepcopy(self._base)
         cfg.update(max_new_tokens=max_new_tokens, **sampling_kwargs(temperature))
         # HF generate has no generator argument: the runner seeds torch's global RNG before the call.
         import torch
-        mask = torch.ones_like(input_ids)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # batches: left padding
         return self.ctx.target.generate(input_ids, attention_mask=mask, generation_config=cfg)
 
     def stats(self) -> dict:
@@ -161,11 +161,13 @@ class _DecoderMethod:
     def _parts(self, ctx):
         raise NotImplementedError
 
-    def generate(self, input_ids, max_new_tokens, temperature, generator=None):
+    def generate(self, input_ids, max_new_tokens, temperature, generator=None, attention_mask=None):
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=self.ctx.eos_token_id,
                   **sampling_kwargs(temperature), **self.ctx.options.generate_kwargs)
         if self._takes_generator and generator is not None:
             kw["generator"] = generator
+        if attention_mask is not None:  # batches: left padding, and HF's pad token after a row's EOS
+            kw.update(attention_mask=attention_mask, pad_token_id=self.ctx.pad_token_id)
         return self.decoder.generate(input_ids, **kw)
 
     def stats(self) -> dict:

@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="all",
                    help=f"comma-separated, from {', '.join(METHODS)}; 'all' = every available one "
                         "(ar is always run: it is the baseline)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="run the questions' first turns in left-padded batches of B (every method on the same "
+                        "batches; radar_ext.benchmark.batch); default: one question at a time, every turn")
+    p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
+                   help="a sweep of batch sizes, e.g. 1,4,8 (paired in one process; JSON and a plot of tokens/s "
+                        "against B per method)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (exactness is checked)")
     p.add_argument("--repeats", type=int, default=3)
@@ -65,7 +71,7 @@ def _check_args(args):
                             ("--warmup", args.warmup, 0), ("--pld-tokens", args.pld_tokens, 1),
                             ("--ngram-budget", args.ngram_budget, 1),
                             ("--limit", args.limit, 1), ("--threads", args.threads, 1),
-                            ("--max-turns", args.max_turns, 1)):
+                            ("--max-turns", args.max_turns, 1), ("--batch-size", args.batch_size, 1)):
         if value is not None and value < lo:
             raise ValueError(f"{name} must be >= {lo}, got {value}")
     if not args.temperature >= 0:
@@ -122,9 +128,43 @@ def parse_static_tree(spec, flag: str = "--static-tree"):
     return dict(zip(STATIC_GS_KEYS, values))
 
 
-def resolve_methods(spec: str, options) -> list:
+# the methods a batched run compares by default (`--methods all` with --batch-size / --batch-sizes)
+BATCH_METHODS = ("ar", "ar-fast", "static", "static-gs", "radar", "ltd")
+# HF's assisted generation (prompt lookup) refuses batches: "assisted generate is only supported for batch_size = 1"
+NOT_BATCHED = {"hf-pld": "HF's prompt lookup (assisted generate) is only supported for batch_size = 1"}
+
+
+def parse_batch_sizes(batch_size, batch_sizes) -> list:
+    """--batch-size B / --batch-sizes B1,B2 -> sorted distinct sizes ([] = the per-question protocol)."""
+    if batch_size is not None and batch_sizes is not None:
+        raise ValueError("pass --batch-size or --batch-sizes, not both")
+    if batch_size is not None:
+        sizes = [batch_size]
+    elif batch_sizes is not None:
+        try:
+            sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
+        except ValueError:
+            sizes = []
+        if not sizes:
+            raise ValueError(f"--batch-sizes must be comma-separated ints >= 1, e.g. 1,4,8, got {batch_sizes!r}")
+    else:
+        return []
+    if min(sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {sizes}")
+    return sorted(set(sizes))
+
+
+def resolve_methods(spec: str, options, batched: bool = False) -> list:
     """--methods -> names (ar first if missing). Unknown or unavailable names raise with the reason."""
     from radar_ext.benchmark.methods import BASELINE, METHODS, availability, parse_methods
+    if batched:
+        names = [n for n in BATCH_METHODS if availability(options).get(n) is None] if spec.strip() == "all" \
+            else parse_methods(spec)
+        for n in names:
+            if n in NOT_BATCHED:
+                raise ValueError(f"method {n!r} cannot run batched: {NOT_BATCHED[n]}")
+            METHODS[n].check(options)
+        return names if BASELINE in names else [BASELINE] + names
     if spec.strip() == "all":
         avail = availability(options)
         for name, why in avail.items():
@@ -189,7 +229,8 @@ def run(args) -> int:
                                adaptive_paths={k: getattr(args, k) for k in ("pmin", "ema", "goodput")
                                                if getattr(args, k, None)},
                                generate_kwargs=generate_kwargs)
-        methods = resolve_methods(args.methods, options)
+        batch_sizes = parse_batch_sizes(args.batch_size, args.batch_sizes)
+        methods = resolve_methods(args.methods, options, batched=bool(batch_sizes))
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
         questions = select_questions(load_questions(args.questions), cats, args.limit)
         if args.max_turns is not None:
@@ -207,6 +248,8 @@ def run(args) -> int:
           f"methods {', '.join(methods)}, repeats {args.repeats}", file=sys.stderr)
     target, tok = load_target()
     ctx = make_context(target, tok, options)
+    if batch_sizes:
+        return run_batches(ctx, questions, methods, batch_sizes, args)
     cfg = RunConfig(methods=methods, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     repeats=args.repeats, seed=args.seed, warmup=args.warmup)
     try:
@@ -215,6 +258,41 @@ def run(args) -> int:
     except MethodUnavailable as e:
         return _fail(str(e))
     return finish(result, methods, questions, args, ctx)
+
+
+def run_batches(ctx, questions, methods, batch_sizes, args) -> int:
+    """The batched protocol (radar_ext.benchmark.batch): first turns, batches of each B, paired."""
+    import dataclasses as dc
+    import json
+
+    from radar_ext.benchmark import machine_info
+    from radar_ext.benchmark.batch import format_batch_table, plot_throughput, run_batch_benchmark, summarize
+
+    records = run_batch_benchmark(ctx, questions, methods, batch_sizes, args.max_new_tokens, args.temperature,
+                                  repeats=args.repeats, warmup=args.warmup > 0, seed=args.seed,
+                                  log=lambda s: print(s, file=sys.stderr))
+    summary = summarize(records, methods)
+    print(format_batch_table(summary))
+    bad = [(r.method, r.batch_size, q) for r in records if r.exact for q, e in zip(r.question_ids, r.exact) if not e]
+    if bad:
+        print(f"\n[bench] {len(bad)} row(s) differ from their single-row greedy output (method, B, question): "
+              f"{bad[:20]}")
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command") and not k.startswith("_")}
+    config.update(methods=methods, batch_sizes=batch_sizes, questions_run=len(questions),
+                  eos_token_id=ctx.eos_token_id, target=getattr(ctx.target.config, "_name_or_path", None),
+                  timing="wall time of each batched generate call; tokens/s = sum of the rows' new tokens (to "
+                         "their EOS) / sum of the call times per B; latency per sequence = mean call time")
+    report = {"config": config, "machine": machine_info(), "summary": {str(B): c for B, c in summary.items()},
+              "records": [dc.asdict(r) for r in records]}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(f"[bench] wrote {args.out}", file=sys.stderr)
+    if args.plot:
+        plot_throughput(summary, args.plot, f"{len(questions)} first turns, {args.max_new_tokens} new tokens, "
+                                            f"T={args.temperature}")
+        print(f"[bench] wrote {args.plot}", file=sys.stderr)
+    return 1 if bad and args.temperature == 0 else 0
 
 
 def finish(result, methods, questions, args, ctx) -> int:

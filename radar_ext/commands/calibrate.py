@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
     p.add_argument("--policy", choices=("static", "radar", "ltd"), default="static",
                    help="policy whose decision is timed (radar/ltd: shipped weights or --policy-path)")
     p.add_argument("--policy-path", default=None, help="weights of the radar/ltd policy")
+    p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
+                   help="also time the batched verify forward at these batch sizes, e.g. 1,2,4,8 (root alone and "
+                        "each V per row; the LTD policy's batch cost features read them)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (default: %(default)s)")
     p.add_argument("--ar-tokens", type=int, default=32,
@@ -65,6 +68,8 @@ def check_args(args) -> dict:
     out = dict(v_set=parse_int_list(args.v_set, "--v-set"),
                prefix_lens=parse_int_list(args.prefix_lens, "--prefix-lens"),
                tree_topks=parse_int_list(args.tree_topk, "--tree-topk"))
+    if getattr(args, "batch_sizes", None) is not None:
+        out["batch_sizes"] = parse_int_list(args.batch_sizes, "--batch-sizes")
     for name, v, lo in (("--max-draft-calls", args.max_draft_calls, 1), ("--pending", args.pending, 1),
                         ("--warmup", args.warmup, 0), ("--repeats", args.repeats, 1),
                         ("--ar-tokens", args.ar_tokens, 0), ("--ar-repeats", args.ar_repeats, 1),
@@ -134,7 +139,7 @@ def run(args) -> int:
                           pending=args.pending, warmup=args.warmup, repeats=args.repeats,
                           ar_tokens=args.ar_tokens, ar_repeats=args.ar_repeats, seed=args.seed,
                           progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
-                          fast_linear=args.fast_linear, **lists)
+                          fast_linear=args.fast_linear, batch_sizes=lists.pop("batch_sizes", ()), **lists)
     except CalibrationError as e:
         return _fail(str(e))
     print(model.format_table())

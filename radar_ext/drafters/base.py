@@ -2,6 +2,7 @@
 target accepted. EagleDrafter and NgramDrafter implement it; the decoder loop never looks inside."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ class DraftRequest:
     costs: CostInfo
     temperature: float = 0.0  # the generation's sampling temperature (0.0: greedy), passed to the policy
     history: History | None = None  # the sequence's history, passed to the policy's decisions
+    batch_size: int = 1   # rows decoded together (passed to the policy's decisions)
 
 
 class Drafter:
@@ -30,6 +32,11 @@ class Drafter:
 
     def check_target(self, target) -> None:
         """Raise if this drafter cannot serve `target` (e.g. a vocabulary mismatch)."""
+
+    def fork(self) -> "Drafter":
+        """A drafter for one more sequence of a batch (batch > 1: one drafter per row): the same weights
+        and settings, sharing nothing that start() / draft() / commit() change in place."""
+        return copy.copy(self)
 
     def start(self, input_ids: torch.Tensor, features: torch.Tensor | None, root: torch.Tensor) -> None:
         """A new sequence: prompt input_ids [B, P], target features at the prompt [B, P, F] or None,

@@ -129,7 +129,8 @@ class EagleDrafter(Drafter):
         calls = 1
         policy.reset()
         guess_token, guess_score = ids[:, 0], beam_scores[:, 0]                 # [B] the best root child
-        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history)
+        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history,
+                         req.batch_size)
         if self.recorder is not None:
             self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
@@ -157,12 +158,13 @@ class EagleDrafter(Drafter):
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
             step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature,
-                             req.history)
+                             req.history, req.batch_size)
             if self.recorder is not None:
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
         budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
-                                                 req.verify_budget, req.costs, req.temperature, req.history))
+                                                 req.verify_budget, req.costs, req.temperature, req.history,
+                                                 req.batch_size))
         tree = pool.to_tree(req.root, budget, calls)
         tree.guess_token, tree.guess_score = guess_token, guess_score
         return tree

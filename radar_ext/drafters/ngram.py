@@ -56,6 +56,11 @@ class NgramDrafter(Drafter):
         self._ctx[self._n:need] = tokens
         self._n = need
 
+    def fork(self) -> "NgramDrafter":
+        twin = super().fork()
+        twin._ctx, twin._n = np.zeros(0, dtype=np.int64), 0  # _append writes the context array in place
+        return twin
+
     def start(self, input_ids, features, root) -> None:
         if input_ids.shape[0] != 1:
             raise NotImplementedError(f"NgramDrafter: batch size must be 1 for now, got {input_ids.shape[0]}")

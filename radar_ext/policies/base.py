@@ -9,6 +9,7 @@ history features, which the decoder hands to every decision (docs/CONTROLLER_FOR
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ class DraftStep:
     costs: CostInfo             # measured costs
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
+    batch_size: int = 1         # rows decoded together (the verify cost per row grows with it)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class BudgetStep:
     costs: CostInfo
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
+    batch_size: int = 1         # rows decoded together
 
 
 @dataclass
@@ -141,6 +144,12 @@ class Policy:
     """Base controller. `max_draft_calls` is a hard cap the decoder also uses to size its buffers."""
 
     max_draft_calls: int = 1
+
+    def fork(self) -> "Policy":
+        """A policy for one more sequence of a batch (batch > 1: one controller per row, each with its own
+        recurrent and history state): the same weights and settings. Every policy here replaces its state
+        attributes rather than changing them in place, so a shallow copy is independent."""
+        return copy.copy(self)
 
     def start_sequence(self) -> None:
         """Called once at the start of every generate call (per-sequence history goes back to zero)."""

@@ -18,6 +18,9 @@ class PolicyCosts:
     verify_budgets: list    # V of the measured verify curve, increasing
     verify_seconds: list    # T_verify(V) at those V
     t_plain: float | None = None  # one plain step through our own verify path (a skipped cycle); None: t_ar
+    # batch > 1 (`radar calibrate --batch-sizes`): {B: {"plain": r, "V": [...], "verify": [...]}}, the batched
+    # forward of B rows (root alone; V draft tokens per row) over the same forward at B = 1; None: not measured
+    per_batch: dict | None = None
 
     def __post_init__(self):
         for name in ("t_draft", "t_policy", "t_ar"):
@@ -40,6 +43,8 @@ class PolicyCosts:
             raise ValueError(f"costs: T_verify seconds must be finite numbers > 0, got {vs}")
         self.verify_budgets = [int(v) for v in vb]
         self.verify_seconds = [float(s) for s in vs]
+        if self.per_batch is not None:
+            self.per_batch = {int(B): _check_batch_entry(B, e) for B, e in self.per_batch.items()}
 
     def t_verify(self, V: float) -> float:
         """T_verify(V): piecewise linear through the measured points, linear extrapolation outside."""
@@ -60,11 +65,30 @@ class PolicyCosts:
         each over t_ar."""
         return [self.t_draft / self.t_ar, self.t_policy / self.t_ar] + [self.t_verify(v) / self.t_ar for v in budgets]
 
+    def batch_features(self, budgets, batch_size: int) -> list:
+        """`features` for a row of a batch of `batch_size` (the largest calibrated B <= batch_size; the
+        B = 1 features where none is calibrated). A row's share of a cycle at batch B, in units of its
+        share of a plain step t_ar(B) / B (t_ar(B) = t_ar * the measured plain-forward ratio): its draft
+        calls and decisions run alone (B * t / t_ar(B)), its tree in the batched forward
+        (T_verify(V) * the measured verify ratio at V, / t_ar(B)). At B = 1 these are `features`."""
+        if not self.per_batch or batch_size <= 1:
+            return self.features(budgets)
+        B = max((b for b in self.per_batch if b <= batch_size), default=1)
+        if B == 1:
+            return self.features(budgets)
+        e = self.per_batch[B]
+        t_ar_b = self.t_ar * e["plain"]
+        ratio = PolicyCosts(0.0, 0.0, 1.0, e["V"], e["verify"]).t_verify  # piecewise linear in V
+        return ([B * self.t_draft / t_ar_b, B * self.t_policy / t_ar_b]
+                + [self.t_verify(v) * ratio(v) / t_ar_b for v in budgets])
+
     def to_dict(self) -> dict:
         d = {"t_draft": self.t_draft, "t_policy": self.t_policy, "t_ar": self.t_ar,
              "t_verify": {"V": list(self.verify_budgets), "seconds": list(self.verify_seconds)}}
         if self.t_plain is not None:
             d["t_plain"] = self.t_plain
+        if self.per_batch:
+            d["per_batch"] = {str(B): dict(e) for B, e in self.per_batch.items()}
         return d
 
     @classmethod
@@ -94,7 +118,7 @@ class PolicyCosts:
             raise ValueError(f"costs: T_verify must be a dict or a list of [V, seconds], got {type(curve).__name__}")
         t_plain = d.get("t_plain")
         return cls(float(d["t_draft"]), float(d["t_policy"]), float(d["t_ar"]), vb, vs,
-                   None if t_plain is None else float(t_plain))
+                   None if t_plain is None else float(t_plain), d.get("per_batch"))
 
     @classmethod
     def from_cost_model(cls, cm, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
@@ -127,7 +151,8 @@ class PolicyCosts:
         t_plain = cm.t_plain(p)
         if t_plain is None:
             t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
-        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain))
+        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain),
+                   cm.batch_ratios() or None)
 
     @classmethod
     def load(cls, source, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
@@ -160,3 +185,15 @@ class PolicyCosts:
         if hasattr(source, "to_dict"):
             return cls.from_dict(source.to_dict())
         raise TypeError(f"costs must be a path, a dict or a cost model, got {type(source).__name__}")
+
+
+def _check_batch_entry(B, e) -> dict:
+    """One per_batch entry {"plain": ratio, "V": [...], "verify": [ratios]} (ratios over B = 1, > 0)."""
+    ok = (isinstance(e, dict) and isinstance(e.get("plain"), (int, float)) and e["plain"] > 0
+          and isinstance(e.get("V"), list) and isinstance(e.get("verify"), list) and e["V"]
+          and len(e["V"]) == len(e["verify"]) and e["V"] == sorted(set(e["V"]))
+          and all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in e["verify"]))
+    if not ok or int(B) < 1:
+        raise ValueError(f"costs: per_batch[{B}] must be {{'plain': ratio > 0, 'V': increasing ints, 'verify': "
+                         f"ratios > 0 per V}} for a batch size >= 1, got {e!r:.120}")
+    return {"plain": float(e["plain"]), "V": [int(v) for v in e["V"]], "verify": [float(r) for r in e["verify"]]}

@@ -136,6 +136,11 @@ class LearnedPolicy(Policy):
         """Re-pack the fused weights after the nets changed (training, loading)."""
         raise NotImplementedError
 
+    def fork(self) -> "LearnedPolicy":
+        twin = super().fork()
+        twin.refresh()  # its own fused heads: their LSTM state is per sequence (the nets are shared, read only)
+        return twin
+
     def save_pretrained(self, path) -> None:
         from safetensors.torch import save_file
 

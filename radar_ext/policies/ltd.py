@@ -69,9 +69,12 @@ class LtdPolicy(LearnedPolicy):
     def __init__(self, tree_topk: int = 10, max_draft_calls: int = 12, budgets=(2, 4, 6, 8, 12, 16, 24, 32, 48, 60, 64),
                  costs=None, pool_topk: int = 64, mlp_hidden: int = 128, sample: bool = False, seed: int = 0,
                  generator: torch.Generator | None = None, history: bool = False, skip: bool = False,
-                 max_skip_run: int = MAX_SKIP_RUN):
+                 max_skip_run: int = MAX_SKIP_RUN, batch_costs: bool = False):
         """history: the heads also read the sequence's history features; skip: the depth head may stop
-        before the first draft call (a plain step), at most max_skip_run times in a row."""
+        before the first draft call (a plain step), at most max_skip_run times in a row. batch_costs: at
+        batch size B > 1 the cost features are a row's share of the batch's costs (PolicyCosts.batch_features,
+        from a `radar calibrate --batch-sizes` calibration); off, every B reads the B = 1 features (the
+        layout is the same: a policy trained on costs of several B turns it on)."""
         for name, v in (("tree_topk", tree_topk), ("max_draft_calls", max_draft_calls), ("pool_topk", pool_topk),
                         ("mlp_hidden", mlp_hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -86,6 +89,9 @@ class LtdPolicy(LearnedPolicy):
         self.costs = PolicyCosts.load(costs)
         self.tree_topk, self.max_draft_calls, self.budgets, self.pool_topk = tree_topk, max_draft_calls, budgets, pool_topk
         self.history, self.skip, self.max_skip_run = history, skip, max_skip_run
+        if not isinstance(batch_costs, bool):
+            raise ValueError(f"LtdPolicy: batch_costs must be True or False, got {batch_costs!r}")
+        self.batch_costs = batch_costs
         self.sample = bool(sample)
         nc = len(cost_feature_names(budgets))
         g = torch.Generator().manual_seed(seed)
@@ -105,9 +111,19 @@ class LtdPolicy(LearnedPolicy):
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
         self._pre_draft_scores = torch.full((1, self.tree_topk * self.tree_topk), PRE_DRAFT_SCORE)
         self._cost_list = self.cost_tensor().tolist()
+        self._batch_cost_lists = {1: self._cost_list}  # batch size -> cost features (batch_costs)
+
+    def _costs_at(self, batch_size: int) -> list:
+        """The cost features at this batch size: float32-rounded as cost_tensor's, cached per B."""
+        if not self.batch_costs or batch_size <= 1:
+            return self._cost_list
+        if batch_size not in self._batch_cost_lists:
+            self._batch_cost_lists[batch_size] = torch.tensor(self.costs.batch_features(self.budgets, batch_size),
+                                                              dtype=torch.float32).tolist()
+        return self._batch_cost_lists[batch_size]
 
     def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int, temperature: float,
-                  history: History | None = None) -> torch.Tensor:
+                  history: History | None = None, batch_size: int = 1) -> torch.Tensor:
         """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
         log seq_len, calls_frac, temperature, cost features: the values depth_features / size_features build for
         training, bit for bit (one host copy and Python floats instead of a dozen small ATen ops, which
@@ -119,14 +135,14 @@ class LtdPolicy(LearnedPolicy):
                                                 temperature_feature(temperature)]
         if self.history:
             row += History.features_of(history)
-        return torch.tensor([row + self._cost_list], dtype=torch.float32)
+        return torch.tensor([row + self._costs_at(batch_size)], dtype=torch.float32)
 
     def should_draft(self, step: PreDraftStep) -> bool:
         """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run):
             return True
         x = self._features(self._pre_draft_scores, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
-                           step.history)
+                           step.history, step.batch_size)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def should_continue(self, step: DraftStep) -> bool:
@@ -136,13 +152,13 @@ class LtdPolicy(LearnedPolicy):
             raise ValueError(f"LtdPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{cs.shape[2]} children per beam; use --tree-topk {self.tree_topk}")
         x = self._features(cs.reshape(1, -1), self.tree_topk * self.tree_topk, step.seq_len, step.draft_calls,
-                           step.temperature, step.history)
+                           step.temperature, step.history, step.batch_size)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def verify_budget(self, step: BudgetStep) -> int:
         check_batch(step.pool_scores, "pool_scores")
         x = self._features(step.pool_scores, self.pool_topk, step.seq_len, step.draft_calls, step.temperature,
-                           step.history)
+                           step.history, step.batch_size)
         return self.budgets[decide(self.size_head(x), self.sample, self.generator)]
 
     # ------------------------------------------------------------------ I/O
@@ -157,7 +173,8 @@ class LtdPolicy(LearnedPolicy):
                 "depth_features": depth_feature_names(W, self.budgets, self.history),
                 "size_features": size_feature_names(self.pool_topk, self.budgets, self.history),
                 "score_floor": SCORE_FLOOR, "depth_actions": ["stop", "continue"],
-                "size_actions": [f"V={v}" for v in self.budgets], "costs": self.costs.to_dict()}
+                "size_actions": [f"V={v}" for v in self.budgets], "costs": self.costs.to_dict(),
+                **({"batch_costs": True} if self.batch_costs else {})}  # absent: the format 1/2 files as shipped
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LtdPolicy":
@@ -171,7 +188,8 @@ class LtdPolicy(LearnedPolicy):
         if costs is None:
             raise ValueError("ltd policy config is missing 'costs' (the calibration it was trained with)")
         return cls(tree_topk=W, max_draft_calls=config_value(cfg, "max_draft_calls", "ltd"), budgets=budgets,
-                   costs=costs, pool_topk=pool_topk, mlp_hidden=config_value(cfg, "mlp_hidden", "ltd"), **flags)
+                   costs=costs, pool_topk=pool_topk, mlp_hidden=config_value(cfg, "mlp_hidden", "ltd"),
+                   batch_costs=cfg.get("batch_costs", False), **flags)
 
     def __repr__(self) -> str:
         return (f"LtdPolicy(tree_topk={self.tree_topk}, max_draft_calls={self.max_draft_calls}, "
