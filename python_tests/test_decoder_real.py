@@ -137,3 +137,20 @@ def test_real_target_stop_strings_with_min_new_tokens(target):
         want = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         assert want.shape[1] < ids.shape[1] + 30 and tok.decode(want[0, ids.shape[1]:]).endswith("mat")
         assert torch.equal(dec.generate(ids, **kw), want), kw
+
+
+@pytest.mark.parametrize("kind", ["static", "ltd"])
+def test_hybrid_exact_on_real_target(target, kind):
+    """The shipped head and lookup scores in one hybrid tree, static (W 4, V 6) and under the shipped LTD policy:
+    token-identical to HF greedy on an answer that copies its prompt, with lookup nodes among the accepted ones."""
+    from radar_ext import HybridDrafter, LtdPolicy
+    from radar_ext.models import load_default
+
+    model, tok = target
+    _, _, eagle = load_default()
+    ids = chat(tok, "Repeat exactly: the cat sat on the mat, the cat sat on the mat.")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    policy = StaticPolicy(2) if kind == "static" else LtdPolicy.from_pretrained()
+    dec = RadarDecoder(model, HybridDrafter(eagle), policy, tree_topk=getattr(policy, "tree_topk", 4), verify_budget=6)
+    assert torch.equal(dec.generate(ids, max_new_tokens=24), ref)
+    assert dec.last_stats.lookup_accepted + dec.last_stats.shared_accepted > 0

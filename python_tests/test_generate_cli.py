@@ -19,7 +19,8 @@ from radar_ext.cli import main
     (["--prompt", "hi", "--head", "x", "--drafter", "ngram"], "--head needs --drafter eagle or hybrid, got --drafter ngram"),
     (["--prompt", "hi", "--drafter", "none", "--policy", "ltd"],
      "--policy ltd needs --drafter eagle or hybrid, got --drafter none"),
-    (["--prompt", "hi", "--lookup-scores", "x.json"], "--lookup-scores needs --drafter hybrid, got --drafter eagle"),
+    (["--prompt", "hi", "--drafter", "eagle", "--lookup-scores", "x.json"],
+     "--lookup-scores needs --drafter hybrid, got --drafter eagle"),
     (["--prompt", "hi", "--max-draft-calls", "3"], "--max-draft-calls sets the static policy's depth; a learned --policy"),
     (["--prompt", "  "], "--prompt must not be empty"),
 ])
@@ -35,9 +36,9 @@ def test_choices_are_checked(capsys):
 
 
 @pytest.mark.parametrize("argv, shown", [
-    ([], "[radar] eagle drafter, LtdPolicy("),        # the default: the shipped head and LTD policy
+    ([], "[radar] hybrid drafter, LtdPolicy("),       # the default: the shipped head + lookups and LTD policy
+    (["--drafter", "eagle"], "[radar] eagle drafter, LtdPolicy("),
     (["--drafter", "ngram", "--verify-budget", "6"], "[radar] ngram drafter, StaticPolicy("),
-    (["--drafter", "hybrid"], "[radar] hybrid drafter, LtdPolicy("),  # the shipped head, lookup scores and LTD
     (["--drafter", "hybrid", "--policy", "static"], "[radar] hybrid drafter, StaticPolicy("),
     (["--drafter", "none"], "[radar] no drafter (own plain decoding), StaticPolicy("),
 ])

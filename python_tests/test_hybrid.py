@@ -232,3 +232,89 @@ def test_request_batch_error(models):  # noqa: F811
                        costs=CostInfo())
     with pytest.raises(NotImplementedError, match="HybridDrafter: batch size must be 1 for now, got 2"):
         d.draft(req)
+
+
+# ------------------------------------------------------------------ lookup features for the controllers
+
+def test_lookup_info_of_a_trie():
+    from radar_ext.drafters.hybrid import lookup_info
+    # root 3: occurrences "1 2 3" (match 3) -> 9 9, "2 3" (2) -> 7 7, "3" (1) -> 4
+    lk = lookup_on([1, 2, 3, 9, 9, 0, 2, 3, 7, 7, 0, 5, 3, 4, 0, 1, 2, 3], max_depth=2)
+    trie = lk.trie()
+    scores = flat_scores(0.5).score(trie)
+    info = lookup_info(trie, scores)
+    assert (info.match_len, info.count) == (3, 3) and info.best_score == pytest.approx(math.log(0.5))
+    empty = lookup_on([1, 2, 3, 4]).trie()
+    assert lookup_info(empty, flat_scores().score(empty)) == type(info)()
+
+
+def test_the_policy_sees_the_cycles_lookup(models):  # noqa: F811
+    """HybridDrafter hands the cycle's LookupInfo to every depth decision and to the budget decision."""
+    from radar_ext.drafters.hybrid import lookup_info
+
+    model = models["sdpa"]
+    d = hybrid(model)
+
+    class Recording(StaticPolicy):
+        def __init__(self):
+            super().__init__(2)
+            self.seen = []
+
+        def should_continue(self, step):
+            self.seen.append(("depth", step.lookup))
+            return super().should_continue(step)
+
+        def verify_budget(self, step):  # the trie of this cycle is the drafter's last one
+            self.seen.append(("size", step.lookup, lookup_info(d.last_trie, d.scores.score(d.last_trie))))
+            return step.default_budget
+
+    pol = Recording()
+    dec = RadarDecoder(model, d, pol, tree_topk=2, verify_budget=4)
+    dec.generate(prompts()[2], max_new_tokens=20)
+    assert [s[0] for s in pol.seen[:2]] == ["depth", "size"] and len(pol.seen) % 2 == 0
+    for (_, at_depth), (_, at_size, want) in zip(pol.seen[0::2], pol.seen[1::2]):
+        assert at_depth == at_size == want
+    assert any(s[2].count >= 1 and s[2].match_len >= 1 for s in pol.seen[1::2])
+
+
+def test_ltd_lookup_layout_inference_equals_training_and_configs_without_it_load_unchanged(tmp_path):
+    from radar_ext.policies import LtdPolicy, load_policy
+    from radar_ext.policies.base import LookupInfo, lookup_features
+    from radar_ext.policies.learned import seq_len_feature, sorted_padded, temperature_feature
+    from radar_ext.policies.ltd import depth_features, depth_feature_names, size_features
+    costs = {"t_draft": 0.002, "t_policy": 1e-4, "t_ar": 0.01,
+             "t_verify": {"V": [1, 16, 64], "seconds": [0.01, 0.012, 0.02]}}
+    pol = LtdPolicy(tree_topk=3, max_draft_calls=4, budgets=(2, 4, 7), costs=costs, pool_topk=8, seed=3, lookup=True)
+    names = depth_feature_names(3, (2, 4, 7), lookup=True)
+    assert names[9 + 3:9 + 6] == ["lookup_match_len", "lookup_count", "lookup_best_prob"]
+    info = LookupInfo(3, 5, math.log(0.37))
+    lf = lookup_features(torch.tensor([3]), torch.tensor([5]), torch.tensor([math.log(0.37)], dtype=torch.float32))
+    assert lf.tolist()[0] == pytest.approx([3 / 8, 5 / 8, 0.37])
+    child = -torch.rand(1, 9) * 6
+    sl, temp = torch.tensor([seq_len_feature(40)]), temperature_feature(torch.tensor([1.0]))
+    got_d = pol._features(child, 9, 40, 2, 1.0, None, info)
+    want = depth_features(sorted_padded(child, 9), sl, torch.tensor([2 / 4]), temp, pol.cost_tensor(), None, lf)
+    assert torch.equal(got_d, want)
+    pool = -torch.rand(1, 12) * 6
+    got = pol._features(pool, 8, 40, 2, 1.0, None, info)
+    assert torch.equal(got, size_features(sorted_padded(pool, 8), sl, torch.tensor([2 / 4]), temp, pol.cost_tensor(),
+                                          None, lf))
+    # no occurrence: the probability feature is 0, not exp(0)
+    assert lookup_features(0, 0, 0.0) == [0.0, 0.0, 0.0]
+    pol.save_pretrained(tmp_path / "p")
+    back = load_policy(tmp_path / "p")
+    assert back.lookup and torch.equal(back._features(child, 9, 40, 2, 1.0, None, info), got_d)
+    # a config written before the flag existed (no "lookup" key) loads with lookup off
+    plain = LtdPolicy(tree_topk=3, max_draft_calls=4, budgets=(2, 4, 7), costs=costs, pool_topk=8, seed=3)
+    plain.save_pretrained(tmp_path / "q")
+    import json
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert cfg.pop("lookup") is False
+    (tmp_path / "q" / "config.json").write_text(json.dumps(cfg))
+    assert not load_policy(tmp_path / "q").lookup
+    cfg["lookup"] = "yes"
+    (tmp_path / "q" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="ltd policy config: lookup must be true or false, got 'yes'"):
+        load_policy(tmp_path / "q")
+    with pytest.raises(ValueError, match="LtdPolicy: lookup must be True or False, got 1"):
+        LtdPolicy(tree_topk=3, costs=costs, lookup=1)

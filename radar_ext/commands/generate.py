@@ -10,10 +10,10 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
-    p.add_argument("--drafter", choices=("eagle", "hybrid", "ngram", "none"), default="eagle",
-                   help="eagle: the shipped EAGLE-3 head (or --head; default); hybrid: that head and context lookups in one "
-                        "tree (lookup scores beside the head, or --lookup-scores); ngram: prompt lookup; none: our own plain "
-                        "decoding, one token per forward through the fast verify path")
+    p.add_argument("--drafter", choices=("hybrid", "eagle", "ngram", "none"), default="hybrid",
+                   help="hybrid (default): the shipped EAGLE-3 head (or --head) and context lookups in one tree (lookup "
+                        "scores beside the head, or --lookup-scores); eagle: the head alone; ngram: prompt lookup; none: "
+                        "our own plain decoding, one token per forward through the fast verify path")
     p.add_argument("--lookup-scores", default=None, help="calibrated lookup scores JSON (with --drafter hybrid)")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (with --drafter eagle)")
     p.add_argument("--policy", default=None,

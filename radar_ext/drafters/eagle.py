@@ -152,7 +152,8 @@ class EagleDrafter(Drafter):
         calls = 1
         policy.reset()
         guess_token, guess_score = ids[:, 0], beam_scores[:, 0]                 # [B] the best root child
-        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history)
+        step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history,
+                         req.lookup)
         if self.recorder is not None:
             self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
@@ -180,7 +181,7 @@ class EagleDrafter(Drafter):
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
             step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature,
-                             req.history)
+                             req.history, req.lookup)
             if self.recorder is not None:
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k

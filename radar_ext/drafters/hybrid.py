@@ -15,6 +15,7 @@ The tree's `source` says which side proposed each node (the bench's lookup share
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.eagle import EagleDrafter
 from radar_ext.drafters.lookup_scores import LookupScores
 from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
-from radar_ext.policies.base import BudgetStep
+from radar_ext.policies.base import BudgetStep, LookupInfo
 from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree
 
 LOOKUP_SCORES_FILE = "lookup_scores.json"  # shipped beside the head
@@ -81,14 +82,39 @@ class HybridDrafter(Drafter):
     def draft(self, req: DraftRequest) -> DraftTree:
         if req.root.shape[0] != 1:
             raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
-        drafted = self.eagle.draft_pool(req)
+        # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
         trie = self.last_trie = self.lookup.trie()
-        pool = merge_lookup(drafted.pool, trie, self.scores.score(trie))
+        scores = self.scores.score(trie)
+        req = dataclasses.replace(req, lookup=lookup_info(trie, scores))
+        drafted = self.eagle.draft_pool(req)
+        pool = merge_lookup(drafted.pool, trie, scores)
         budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
-                                                     req.verify_budget, req.costs, req.temperature, req.history))
+                                                     req.verify_budget, req.costs, req.temperature, req.history,
+                                                     req.lookup))
         tree = pool.to_tree(req.root, budget, drafted.draft_calls)
         tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
         return tree
+
+
+def lookup_info(trie: LookupTrie, scores: np.ndarray) -> LookupInfo:
+    """The cycle's LookupInfo: every occurrence passes through exactly one root child, so the root children's
+    counts sum to the occurrences found; scores fall along a path, so the best node is a root child."""
+    if trie.size == 0:
+        return LookupInfo()
+    return LookupInfo(int(trie.match_len.max()), int(trie.count[trie.parents < 0].sum()), float(scores.max()))
+
+
+def trie_positions(pool: CandidatePool, trie: LookupTrie) -> list:
+    """Each trie node's index in merge_lookup(pool, trie, ...): the pool node it is, or its appended slot."""
+    C = pool.count
+    index = dict(zip(zip(pool.parents[0, :C].tolist(), pool.tokens[0, :C].tolist()), range(C)))
+    at, n_new = [], 0
+    for tok, tp in zip(trie.tokens.tolist(), trie.parents.tolist()):
+        j = index.get((at[tp] if tp >= 0 else -1, tok))
+        if j is None:
+            j, n_new = C + n_new, n_new + 1
+        at.append(j)
+    return at
 
 
 def merge_lookup(pool: CandidatePool, trie: LookupTrie, lookup_scores: np.ndarray) -> CandidatePool:
