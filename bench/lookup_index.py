@@ -2,10 +2,11 @@
 incrementally updated n-gram index (a dict from each k-gram, k = 1..max_ngram, to its end positions), which is
 what a suffix automaton buys in practice for suffixes of at most max_ngram tokens.
 
-Result on the 2-core Xeon (see the closing note of the hybrid work for the command): the index answers a
-lookup ~3x faster (~7 vs ~25 us at 4k tokens) but building it over a 4k prompt costs ~20 ms, which ~18 us
-per cycle repays only after ~1000 cycles (~2000 new tokens); both are < 0.2% of a ~14 ms verify forward.
-NgramDrafter keeps the rescan.
+Result on the 2-core Xeon (idle, /tmp/timed.sh; max_ngram 4, min_ngram 1, 8 matches, 2 tokens per cycle): the
+index answers a cycle ~4x faster (5.7 vs 23.4 us at 4096 tokens, 5.2 vs 19.5 at 512), but building it over a
+4096-token prompt costs 5.2 ms, repaid only after ~300 cycles (~600 new tokens at tau 2); both are < 0.2% of a
+~14 ms verify forward. For the answers we serve (128-512 new tokens) the rescan is faster per sequence, so
+NgramDrafter keeps it.
 
 Both must return the same occurrences (longest match first, then most recent, capped at max_matches): that is
 checked on every context before anything is timed. Timed per cycle: the lookup (matches()) plus the context
