@@ -498,3 +498,57 @@ def test_generate_kwargs_cli_errors(capsys):
         assert main(["bench", "--questions", "humaneval", "--generate-kwargs", bad]) == 2
         err = capsys.readouterr().err
         assert re.search(msg, err), err
+
+
+def test_lookup_share_of_hybrid_answers():
+    """DecodeStats' lookup_accepted / shared_accepted -> the record -> the cell's share of accepted draft tokens,
+    shown in the table's lookup column; methods without lookups show '-'."""
+    from radar_ext.benchmark.methods import decoder_stats
+    from radar_ext.decoder import DecodeStats
+    st = DecodeStats(tokens=20, seconds=1.0, cycles=10, draft_calls=12, verify_tokens=30, accepted_hist=[4, 2, 4],
+                     lookup_accepted=3, shared_accepted=2)   # 2 + 8 = 10 accepted draft tokens
+    rec = decoder_stats(st)
+    assert rec["lookup_accepted"] == 3 and rec["shared_accepted"] == 2
+    plain = decoder_stats(DecodeStats(tokens=20, seconds=1.0, cycles=10, accepted_hist=[10]))
+    s = aggregate([_rec("hyb", 0, 1, "x", 1.0, **rec), _rec("hyb", 0, 2, "x", 1.0, **rec),
+                   _rec("ar", 0, 1, "x", 2.0), _rec("ar", 0, 2, "x", 2.0), _rec("eagle", 0, 1, "x", 1.0, **plain),
+                   _rec("eagle", 0, 2, "x", 1.0, **plain)], ["ar", "hyb", "eagle"])
+    hyb = s["methods"]["hyb"]
+    assert hyb["lookup_share"] == pytest.approx(0.3) and hyb["shared_share"] == pytest.approx(0.2)
+    assert s["methods"]["ar"]["lookup_share"] is None and s["methods"]["eagle"]["lookup_share"] is None
+    lines = format_table(s).split("== overall ==")[1].splitlines()
+    header = re.split(r"\s{2,}", next(l for l in lines if l.startswith("method")))
+    row = re.split(r"\s{2,}", next(l for l in lines if l.startswith("hyb")))
+    assert row[header.index("lookup")] == "30%"
+    row = re.split(r"\s{2,}", next(l for l in lines if l.startswith("eagle")))
+    assert row[header.index("lookup")] == "-"
+
+
+@pytest.mark.parametrize("kind", ["hybrid-static", "hybrid-ltd", "hybrid-pmin"])
+def test_hybrid_methods_need_lookup_scores(tmp_path, kind):
+    head = _head_dir(tmp_path)
+    (head / "static_tree.json").write_text(json.dumps({"max_draft_calls": 1, "tree_topk": 4, "verify_budget": 3}))
+    (head / "pmin.json").write_text(json.dumps({"policy": "pmin", "policy_kwargs": {}, "tree_topk": 4,
+                                                "verify_budget": 3}))
+    opts = BenchOptions(drafter_path=str(head))
+    with pytest.raises(MethodUnavailable, match=f"method '{kind}' needs calibrated lookup scores: the shipped lookup "
+                                                r"scores '.*lookup_scores.json' is not a file.*--lookup-scores FILE"):
+        METHODS[kind].check(opts)
+    opts = BenchOptions(drafter_path=str(head), lookup_scores_path=str(tmp_path / "nope.json"))
+    with pytest.raises(MethodUnavailable, match="--lookup-scores '.*nope.json' is not a file"):
+        METHODS[kind].check(opts)
+    (head / "lookup_scores.json").write_text("{}")
+    METHODS[kind].check(BenchOptions(drafter_path=str(head)))
+
+
+def test_hybrid_static_setting():
+    """hybrid-static: the grid-searched static setting unless --hybrid-static gives one (then no static_tree.json
+    is needed)."""
+    from radar_ext.commands.bench import parse_static_tree
+    assert parse_static_tree("2,4,6", "--hybrid-static") == {"max_draft_calls": 2, "tree_topk": 4, "verify_budget": 6}
+    with pytest.raises(ValueError, match="--hybrid-static must be three ints"):
+        parse_static_tree("2,4", "--hybrid-static")
+    m = METHODS["hybrid-static"].__new__(METHODS["hybrid-static"])
+    ctx = BenchContext(None, None, None, None, BenchOptions(hybrid_static={"max_draft_calls": 2, "tree_topk": 4,
+                                                                         "verify_budget": 6}))
+    assert m._setting(ctx) == {"max_draft_calls": 2, "tree_topk": 4, "verify_budget": 6}

@@ -3,11 +3,15 @@ own greedy generate of that row alone (left-padded prompts of different lengths,
 different steps by EOS or max_new_tokens, both drafters, every controller, eager and sdpa), HF's output
 layout (pad_token_id after a row's EOS), finished rows leaving the verify batch, rows taking plain steps
 (V = 0) while others draft, lossless sampling per row, and the refused inputs."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
 import radar_ext.decoder as decoder_mod
-from radar_ext import EagleDrafter, NgramDrafter, RadarDecoder, StaticPolicy
+from radar_ext import EagleDrafter, HybridDrafter, LookupScores, NgramDrafter, RadarDecoder, StaticPolicy
+from radar_ext.drafters.lookup_scores import COUNT_BUCKETS
 from radar_ext.policies import LtdPolicy, RadarPolicy
 from test_acceptance import N_SAMPLES, PARAMS, FixedTreeDrafter, exact_distribution, small_model, tv_threshold  # noqa: F401
 from test_decoder import VOCAB, SkipPattern, tiny_llama
@@ -73,11 +77,15 @@ def make_policy(kind, skip=False):
 
 
 def make_drafter(kind, model):
+    if kind == "hybrid":  # EAGLE pool + context lookups in one tree: each row forks both sides
+        rates = np.full((4, 12, COUNT_BUCKETS), math.log(0.9))
+        return HybridDrafter(EagleDrafter.init_random(model, seed=1), NgramDrafter(max_ngram=3, min_ngram=1),
+                             LookupScores(rates))
     return NgramDrafter(max_ngram=3, min_ngram=1) if kind == "ngram" else EagleDrafter.init_random(model, seed=1)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("kind", ["ngram", "eagle"])
+@pytest.mark.parametrize("kind", ["ngram", "eagle", "hybrid"])
 @pytest.mark.parametrize("B", [2, 3, 5])
 def test_every_row_matches_its_single_row_greedy_output(models, attn, kind, B):
     model = models[attn]

@@ -168,3 +168,20 @@ def test_real_target_batch_of_four_matches_each_row_alone(target):
         assert torch.equal(got[:ref.shape[0]], ref), (b, got.tolist(), ref.tolist())
         assert (got[ref.shape[0]:] == pad).all()
     assert dec.last_stats.forwards < dec.last_stats.cycles
+
+
+@pytest.mark.parametrize("kind", ["static", "ltd"])
+def test_hybrid_exact_on_real_target(target, kind):
+    """The shipped head and lookup scores in one hybrid tree, static (W 4, V 6) and under the shipped LTD policy:
+    token-identical to HF greedy on an answer that copies its prompt, with lookup nodes among the accepted ones."""
+    from radar_ext import HybridDrafter, LtdPolicy
+    from radar_ext.models import load_default
+
+    model, tok = target
+    _, _, eagle = load_default()
+    ids = chat(tok, "Repeat exactly: the cat sat on the mat, the cat sat on the mat.")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    policy = StaticPolicy(2) if kind == "static" else LtdPolicy.from_pretrained()
+    dec = RadarDecoder(model, HybridDrafter(eagle), policy, tree_topk=getattr(policy, "tree_topk", 4), verify_budget=6)
+    assert torch.equal(dec.generate(ids, max_new_tokens=24), ref)
+    assert dec.last_stats.lookup_accepted + dec.last_stats.shared_accepted > 0

@@ -215,7 +215,7 @@ def test_collect_dataset_resume_and_split(model, drafter, tmp_path):
 def test_collector_argument_errors(model, drafter):
     from radar_ext import NgramDrafter
 
-    with pytest.raises(TypeError, match="drafter must be an EagleDrafter"):
+    with pytest.raises(TypeError, match="drafter must be an EagleDrafter or a HybridDrafter"):
         EpisodeCollector(model, NgramDrafter())
     with pytest.raises(ValueError, match="budgets must be distinct increasing"):
         EpisodeCollector(model, drafter, budgets=(4, 2))
@@ -223,3 +223,45 @@ def test_collector_argument_errors(model, drafter):
         EpisodeCollector(model, drafter, max_draft_calls=0)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         EpisodeCollector(model, drafter, temperature=-1.0)
+
+
+def test_hybrid_distributions_match_static_decoding(model, drafter):
+    """A HybridDrafter collection: every (n, V) distribution is what hybrid decoding with StaticPolicy(n) at budget
+    V accepts (the merged pool after n calls holds the lookup nodes from call 1 on), and the lookup fields are the
+    cycle's LookupInfo."""
+    import math
+
+    import numpy as np
+
+    from radar_ext import HybridDrafter, LookupScores, NgramDrafter
+    from radar_ext.drafters.lookup_scores import COUNT_BUCKETS
+    hyb = HybridDrafter(drafter, NgramDrafter(max_ngram=3, min_ngram=1, max_depth=6),
+                        LookupScores(np.full((3, 6, COUNT_BUCKETS), math.log(0.6))))
+    col = EpisodeCollector(model, hyb, max_draft_calls=N, tree_topk=W, budgets=BUDGETS)
+    ids = prompt(5, n=6).repeat(1, 3)                                     # repeats: the lookup finds them
+    ep = col.run(ids, 16)
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert torch.equal(ep["tokens"], ref[0, ids.shape[1]:])
+    assert int(ep["lookup_count"].max()) >= 1 and int(ep["lookup_match_len"].max()) >= 1
+    full = torch.cat([ids[0], ep["tokens"]])
+    dist = ep["accept_dist"]
+    from radar_ext.tree import SOURCE_LOOKUP
+    with_lookup, draft = [], hyb.draft
+
+    def recording_draft(req):  # which decoded trees held lookup-only nodes
+        tree = draft(req)
+        with_lookup.append(bool((tree.source == SOURCE_LOOKUP).any()))
+        return tree
+
+    for c in range(dist.shape[0]):
+        s = int(ep["seq_len"][c])
+        for n in range(1, N + 1):
+            for k, V in enumerate(BUDGETS):
+                dec = RadarDecoder(model, hyb, StaticPolicy(n), tree_topk=W, verify_budget=V)
+                hyb.draft = recording_draft
+                dec.generate(full[:s - 1].view(1, -1), max_new_tokens=2)
+                hist = dec.last_stats.accepted_hist
+                got = int(dist[c, n - 1, k].argmax())
+                assert hist[got] == 1 and sum(hist) == 1, (c, n, V, hist, dist[c, n - 1, k])
+    del hyb.draft
+    assert sum(with_lookup) >= 3  # lookup-only nodes were in the compared trees: the staging was exercised

@@ -16,8 +16,11 @@ from radar_ext.cli import main
     (["--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
     (["--prompt", "hi", "--top-p", "0"], r"--top-p must be in (0, 1], got 0.0"),
     (["--prompt", "hi", "--temperature", "0.7", "--compare"], "--compare needs greedy decoding"),
-    (["--prompt", "hi", "--head", "x", "--drafter", "ngram"], "--head needs --drafter eagle, got --drafter ngram"),
-    (["--prompt", "hi", "--drafter", "none", "--policy", "ltd"], "--policy ltd needs --drafter eagle, got --drafter none"),
+    (["--prompt", "hi", "--head", "x", "--drafter", "ngram"], "--head needs --drafter eagle or hybrid, got --drafter ngram"),
+    (["--prompt", "hi", "--drafter", "none", "--policy", "ltd"],
+     "--policy ltd needs --drafter eagle or hybrid, got --drafter none"),
+    (["--prompt", "hi", "--drafter", "eagle", "--lookup-scores", "x.json"],
+     "--lookup-scores needs --drafter hybrid, got --drafter eagle"),
     (["--prompt", "hi", "--max-draft-calls", "3"], "--max-draft-calls sets the static policy's depth; a learned --policy"),
     (["--prompt", "  "], "--prompt must not be empty"),
 ])
@@ -33,8 +36,10 @@ def test_choices_are_checked(capsys):
 
 
 @pytest.mark.parametrize("argv, shown", [
-    ([], "[radar] eagle drafter, LtdPolicy("),        # the default: the shipped head and LTD policy
+    ([], "[radar] hybrid drafter, LtdPolicy("),       # the default: the shipped head + lookups and LTD policy
+    (["--drafter", "eagle"], "[radar] eagle drafter, LtdPolicy("),
     (["--drafter", "ngram", "--verify-budget", "6"], "[radar] ngram drafter, StaticPolicy("),
+    (["--drafter", "hybrid", "--policy", "static"], "[radar] hybrid drafter, StaticPolicy("),
     (["--drafter", "none"], "[radar] no drafter (own plain decoding), StaticPolicy("),
 ])
 def test_generate_compare_real(capsys, argv, shown):

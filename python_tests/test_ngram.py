@@ -98,3 +98,25 @@ def test_first_call_guess_is_the_best_root_child():
     tree = d.draft(request(5))
     assert tree.guess_token.tolist() == [2] and tree.guess_score.tolist() == pytest.approx([math.log(0.5)])
     assert drafter_on([1, 2, 3, 4], min_ngram=1).draft(request(4)).guess_token is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bench_index_agrees_with_the_rescan(seed):
+    """bench/lookup_index.py's incremental n-gram index returns NgramDrafter.matches() exactly (it validates
+    this before timing; here on small-alphabet contexts full of repeats, through appends)."""
+    import numpy as np
+
+    from conftest import load_bench_script
+    mod = load_bench_script("lookup_index")
+    g = np.random.default_rng(seed)
+    ctx = g.integers(0, 4, size=300).tolist()
+    d = NgramDrafter(max_ngram=4, min_ngram=1, max_matches=8)
+    d.start(torch.tensor([ctx[:99]]), None, torch.tensor([ctx[99]]))
+    idx = mod.NgramIndex(4, 1, 8)
+    idx.append(ctx[:100])
+    for pos in range(100, 300, 3):
+        a, b = d.matches(), idx.matches()
+        assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist(), pos
+        new = ctx[pos:pos + 3]
+        d.commit(torch.tensor([new]), len(new), None)
+        idx.append(new)

@@ -10,6 +10,8 @@ _LAZY = {
     "RadarDecoder": "radar_ext.decoder",
     "EagleDrafter": "radar_ext.drafters",
     "NgramDrafter": "radar_ext.drafters",
+    "HybridDrafter": "radar_ext.drafters",
+    "LookupScores": "radar_ext.drafters",
     "PlainDrafter": "radar_ext.drafters",
     "StaticPolicy": "radar_ext.policies",
     "RadarPolicy": "radar_ext.policies",

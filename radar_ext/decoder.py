@@ -19,7 +19,7 @@ from radar_ext.generation_args import GenerationSettings, resolve as resolve_gen
 from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear as fast_linear_ctx
 from radar_ext.policies import CostInfo, CycleOutcome, History, Policy, PreDraftStep, StaticPolicy
 from radar_ext.policies.base import guess_probability
-from radar_ext.tree import root_only_tree, stack_trees
+from radar_ext.tree import SOURCE_BOTH, SOURCE_LOOKUP, root_only_tree, stack_trees
 from radar_ext.verifier import prefill, prefill_rows, verify, verify_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -35,6 +35,8 @@ class DecodeStats:
     draft_calls: int = 0            # summed over cycles
     verify_tokens: int = 0          # draft tokens verified, summed over cycles (root excluded)
     accepted_hist: list = field(default_factory=list)  # accepted_hist[n] = cycles accepting n drafts
+    lookup_accepted: int = 0        # accepted draft tokens only a context lookup proposed (hybrid trees)
+    shared_accepted: int = 0        # accepted draft tokens both the drafter and a lookup proposed (hybrid trees)
     time_prefill: float = 0.0
     time_draft: float = 0.0         # drafter forwards (policy excluded)
     time_policy: float = 0.0
@@ -298,6 +300,10 @@ class RadarDecoder:
         kv_cache.commit_path(cache, prefix_len, path)
         feats = features[:, path] if features is not None else None
         self.drafter.commit(acc.tokens, n, feats)
+        if tree.source is not None and n > 1:
+            src = tree.source[0, path[1:n]].tolist()  # host sync: a few ints per cycle
+            stats.lookup_accepted += src.count(SOURCE_LOOKUP)
+            stats.shared_accepted += src.count(SOURCE_BOTH)
         stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
         stats.accepted_hist[n - 1] += 1
         out = acc.tokens[:, :n]

@@ -13,6 +13,9 @@ import torch
 from radar_ext import ops
 
 
+SOURCE_DRAFTER, SOURCE_LOOKUP, SOURCE_BOTH = 0, 1, 2
+
+
 @dataclass
 class DraftTree:
     tokens: torch.Tensor   # [B, M] int64 target token ids, node 0 = root, -1 padded
@@ -25,6 +28,8 @@ class DraftTree:
     draft_calls: int = 0   # drafter forward passes spent on this tree (host int)
     guess_token: torch.Tensor | None = None  # [B] int64 the drafter's best first-call guess (None: no draft)
     guess_score: torch.Tensor | None = None  # [B] float32 its log-probability (History's best_prob)
+    source: torch.Tensor | None = None  # [B, M] int8 who proposed each node (hybrid trees; None: one drafter):
+                                        # SOURCE_DRAFTER (root too), SOURCE_LOOKUP only, SOURCE_BOTH
 
     @property
     def verify_budget(self) -> int:
@@ -65,6 +70,7 @@ class CandidatePool:
         self.tokens = torch.empty(batch, capacity, dtype=torch.int64, device=device)   # [B, C]
         self.parents = torch.empty(batch, capacity, dtype=torch.int64, device=device)  # [B, C]
         self.scores = torch.empty(batch, capacity, dtype=torch.float32, device=device)  # [B, C]
+        self.source = None  # [B, C] int8 who proposed each node (a hybrid pool; None: one drafter)
         self.count = 0
 
     def add(self, tokens: torch.Tensor, parents: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -104,7 +110,13 @@ class CandidatePool:
         parents = torch.cat([torch.full((B, 1), -1, dtype=torch.int64, device=dev),
                              node_of.gather(1, pool_parent + 1)], 1)
         n_nodes = torch.full((B,), V + 1, dtype=torch.int64, device=dev)
-        return make_tree(tokens, parents, n_nodes, draft_calls)
+        tree = make_tree(tokens, parents, n_nodes, draft_calls)
+        if self.source is not None:
+            tree.source = torch.cat([torch.full((B, 1), SOURCE_DRAFTER, dtype=torch.int8, device=dev),
+                                     self.source[:, :self.count].gather(1, picked)], 1)
+        return tree
+
+
 
 
 def stack_trees(trees: list) -> DraftTree:

@@ -9,6 +9,8 @@ The reported value is the mean over repeats, with min, max and std (ddof=0) as t
 tau = mean(accepted_len + 1) over cycles, from the summed accepted-length histogram;
 draft_calls and verify_budget are means per cycle; skip_share = the share of cycles the policy made plain
 steps (no draft call; RadarDecoder's skipped_cycles, our methods only); policy_share = policy seconds / total seconds;
+lookup_share = the share of accepted draft tokens only a context lookup proposed (hybrid methods; shared_share:
+those both the EAGLE head and a lookup proposed);
 exact_match = fraction of answers token-identical to the baseline (T = 0 only); time_split =
 the decoder's own time split as shares of the wall time (our methods only).
 A cycle is a target forward after the prefill (RadarDecoder's definition; for HF methods it is
@@ -99,6 +101,8 @@ def summarize(records, baseline_records, own_records=None) -> dict:
         n = sum(r["cycles"] for r in rs)
         return sum(r[key] for r in rs) / n if rs and n else None
 
+    hyb = [r for r in records if r.get("lookup_accepted") is not None and r.get("accepted_hist")]
+    hyb_accepted = sum(k * c for r in hyb for k, c in enumerate(r["accepted_hist"]))
     pol = [r for r in records if r.get("policy_seconds") is not None]
     exact = [r["exact"] for r in records if r.get("exact") is not None]
     split = [r for r in records if r.get("time_split")]
@@ -117,6 +121,8 @@ def summarize(records, baseline_records, own_records=None) -> dict:
         "draft_calls": per_cycle("draft_calls") if ncyc else None,
         "verify_budget": per_cycle("verify_tokens") if ncyc else None,
         "skip_share": per_cycle("skipped_cycles") if ncyc else None,
+        "lookup_share": (sum(r["lookup_accepted"] for r in hyb) / hyb_accepted) if hyb_accepted else None,
+        "shared_share": (sum(r["shared_accepted"] for r in hyb) / hyb_accepted) if hyb_accepted else None,
         "policy_share": (sum(r["policy_seconds"] for r in pol) / sum(r["seconds"] for r in pol)
                          if pol and sum(r["seconds"] for r in pol) > 0 else None),
         "exact_match": (sum(exact) / len(exact)) if exact else None,

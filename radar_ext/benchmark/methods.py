@@ -42,6 +42,10 @@ class BenchOptions:
     ngram_budget: int = 15               # verify_budget of `ngram`: 16 tree tokens stay in the flat part
                                          # of a CPU target forward's cost (2..16 tokens cost about the same)
     pld_tokens: int = 10                 # HF prompt_lookup_num_tokens
+    lookup_scores_path: str | None = None  # hybrid methods' calibrated lookup scores; default: lookup_scores.json
+                                         # beside the head (radar_ext.training.lookup_fit)
+    hybrid_static: dict | None = None    # `hybrid-static` setting (max_draft_calls, tree_topk, verify_budget);
+                                         # None: the grid-searched static setting (static_tree.json)
     adaptive_paths: dict = field(default_factory=dict)  # pmin / ema / goodput -> tuned setting JSON;
                                          # default: <kind>.json beside the head (`radar tune-static --policy`)
     generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
@@ -57,12 +61,20 @@ class BenchContext:
     pad_token_id: int | None
     options: BenchOptions = field(default_factory=BenchOptions)
     drafter: object = None               # the EagleDrafter, loaded on first use
+    hybrid: object = None                # the HybridDrafter over that EagleDrafter, built on first use
 
     def eagle_drafter(self):
         if self.drafter is None:
             EagleDrafter = _import("radar_ext.drafters", "EagleDrafter", "eagle drafter")
             self.drafter = EagleDrafter.from_pretrained(eagle_head_path(self.options), self.target)
         return self.drafter
+
+    def hybrid_drafter(self):
+        """The EAGLE head (shared with the EAGLE-only methods: every generate restarts it) plus lookups."""
+        if self.hybrid is None:
+            from radar_ext.drafters import HybridDrafter, LookupScores
+            self.hybrid = HybridDrafter(self.eagle_drafter(), None, LookupScores.load(lookup_scores_path(self.options)))
+        return self.hybrid
 
 
 def eagle_head_path(options: BenchOptions) -> Path:
@@ -78,6 +90,22 @@ def _check_head(options: BenchOptions, method: str) -> None:
         where = "--drafter" if options.drafter_path else "the shipped EAGLE-3 head"
         raise MethodUnavailable(f"method {method!r} needs an EAGLE-3 head: {where} {str(path)!r} has no "
                                 "config.json (not shipped in this version; pass --drafter DIR)")
+
+
+def lookup_scores_path(options: BenchOptions) -> Path:
+    if options.lookup_scores_path:
+        return Path(options.lookup_scores_path)
+    from radar_ext.drafters.hybrid import LOOKUP_SCORES_FILE
+    return eagle_head_path(options) / LOOKUP_SCORES_FILE
+
+
+def _check_lookup_scores(options: BenchOptions, method: str) -> None:
+    path = lookup_scores_path(options)
+    if not path.is_file():
+        where = "--lookup-scores" if options.lookup_scores_path else "the shipped lookup scores"
+        raise MethodUnavailable(f"method {method!r} needs calibrated lookup scores: {where} {str(path)!r} is not "
+                                "a file (fit them with `python -m radar_ext.training.lookup_fit`, or pass "
+                                "--lookup-scores FILE)")
 
 
 def _import(module: str, name: str, method: str):
@@ -179,6 +207,8 @@ def decoder_stats(stats) -> dict:
     if stats is None:
         return {}
     return {"cycles": int(stats.cycles), "skipped_cycles": int(stats.skipped_cycles), "draft_calls": float(stats.draft_calls),
+            "lookup_accepted": int(getattr(stats, "lookup_accepted", 0)),
+            "shared_accepted": int(getattr(stats, "shared_accepted", 0)),
             "verify_tokens": float(stats.verify_tokens), "accepted_hist": [int(c) for c in stats.accepted_hist],
             "policy_seconds": float(stats.time_policy),
             "time_split": {"prefill": stats.time_prefill, "draft": stats.time_draft, "policy": stats.time_policy,
@@ -361,8 +391,66 @@ class Goodput(_Adaptive):
     summary = "RadarDecoder + EagleDrafter + GoodputPolicy (vLLM-style expected-goodput depth and V)"
 
 
+class _Hybrid:
+    """Mixin: the same method with the HybridDrafter (EAGLE pool + context lookups, radar_ext.drafters.hybrid)
+    in place of the EagleDrafter; everything else (policy, W, V) as the EAGLE-only method builds it."""
+
+    @classmethod
+    def check(cls, options):
+        super().check(options)
+        _import("radar_ext.drafters", "HybridDrafter", cls.name)
+        _check_lookup_scores(options, cls.name)
+
+    def _parts(self, ctx):
+        drafter, policy, kwargs = super()._parts(ctx)
+        return ctx.hybrid_drafter(), policy, kwargs
+
+
+class HybridStatic(_Hybrid, StaticGS):
+    name = "hybrid-static"
+    summary = ("RadarDecoder + HybridDrafter + StaticPolicy: the grid-searched static tree's calls and W (or "
+               "--hybrid-static), best V of EAGLE and lookup nodes by calibrated score")
+
+    @classmethod
+    def check(cls, options):
+        if options.hybrid_static is not None:  # a given setting needs no static_tree.json
+            Static.check.__func__(cls, options)
+            _import("radar_ext.drafters", "HybridDrafter", cls.name)
+            _check_lookup_scores(options, cls.name)
+        else:
+            super().check(options)
+
+    def _setting(self, ctx):
+        return dict(ctx.options.hybrid_static) if ctx.options.hybrid_static else super()._setting(ctx)
+
+
+class HybridRadar(_Hybrid, Radar):
+    name = "hybrid-radar"
+    summary = "RadarDecoder + HybridDrafter + RadarPolicy"
+
+
+class HybridLtd(_Hybrid, Ltd):
+    name = "hybrid-ltd"
+    summary = "RadarDecoder + HybridDrafter + LtdPolicy (V from the merged pool's scores)"
+
+
+class HybridPmin(_Hybrid, Pmin):
+    name = "hybrid-pmin"
+    summary = "RadarDecoder + HybridDrafter + PminPolicy (pmin's tuned setting)"
+
+
+class HybridEma(_Hybrid, Ema):
+    name = "hybrid-ema"
+    summary = "RadarDecoder + HybridDrafter + EmaPolicy (ema's tuned setting)"
+
+
+class HybridGoodput(_Hybrid, Goodput):
+    name = "hybrid-goodput"
+    summary = "RadarDecoder + HybridDrafter + GoodputPolicy (goodput's tuned setting; V from the merged pool)"
+
+
 METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Static, StaticGS, Pmin, Ema, Goodput, Radar,
-                               Ltd)}
+                               Ltd, HybridStatic, HybridPmin, HybridEma, HybridGoodput, HybridRadar, HybridLtd)}
 BASELINE = "ar"
 OWN_BASELINE = "ar-fast"  # our own plain decoding: speedup_vs_ar_fast is the speculation's own gain
 

@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{kind}", default=None, metavar="FILE",
                        help=f"tuned setting of the `{kind}` method's {what} (default: {kind}.json beside the head, "
                             f"written by `radar tune-static --policy {kind} --install`)")
+    p.add_argument("--lookup-scores", default=None, metavar="FILE",
+                   help="hybrid methods: calibrated lookup scores (default: lookup_scores.json beside the head)")
+    p.add_argument("--hybrid-static", default=None, metavar="CALLS,W,V",
+                   help="the `hybrid-static` method's max_draft_calls, tree_topk, verify_budget (default: the grid-searched "
+                        "static setting, static_tree.json beside the head)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -222,7 +227,9 @@ def run(args) -> int:
     try:
         static_tree = _check_args(args)
         generate_kwargs = parse_generate_kwargs(args.generate_kwargs)
+        hybrid_static = parse_static_tree(getattr(args, "hybrid_static", None), "--hybrid-static")
         options = BenchOptions(drafter_path=args.drafter, static_gs_path=args.static_gs, static_tree=static_tree,
+                               lookup_scores_path=getattr(args, "lookup_scores", None), hybrid_static=hybrid_static,
                                radar_policy_path=args.radar_policy, ltd_policy_path=args.ltd_policy,
                                policy_costs=args.policy_costs,
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget,

@@ -30,6 +30,11 @@ def add_arguments(p) -> None:
     p.add_argument("--pool-topk", type=int, default=64, help="best pool scores recorded per call (LTD size input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--drafter", choices=("eagle", "hybrid"), default="eagle",
+                   help="hybrid: the head's pool merged with context lookups (radar_ext.drafters.hybrid); the "
+                        "episodes record the merged pool and the lookup features")
+    p.add_argument("--lookup-scores", default=None,
+                   help="with --drafter hybrid: calibrated lookup scores (default: lookup_scores.json beside the head)")
 
 
 def parse_budgets(text: str) -> tuple:
@@ -53,12 +58,13 @@ def run(args) -> int:
                             max_new_tokens=args.max_new_tokens, max_draft_calls=args.max_draft_calls,
                             tree_topk=args.tree_topk, budgets=parse_budgets(args.budgets),
                             temperature=args.temperature, pool_topk=args.pool_topk, seed=args.seed,
-                            threads=args.threads, head=args.head)
+                            threads=args.threads, head=args.head, drafter=args.drafter,
+                            lookup_scores=args.lookup_scores)
         check_config(cfg)
     except ValueError as e:
         msg = str(e)
         for name in ("num_prompts", "prompt_offset", "val_fraction", "prompts_per_shard", "max_new_tokens",
-                     "max_draft_calls", "tree_topk", "temperature", "pool_topk"):
+                     "max_draft_calls", "tree_topk", "temperature", "pool_topk", "lookup_scores"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar collect: error: {msg}", file=sys.stderr)

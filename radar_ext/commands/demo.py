@@ -12,6 +12,8 @@ DEFAULT_PROMPT = ("Natalia sold clips to 48 of her friends in April, and then sh
 def add_arguments(p) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="user message (chat template applied)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--drafter", choices=("hybrid", "eagle"), default="hybrid",
+                   help="hybrid (default): the shipped head and context lookups in one tree; eagle: the head alone")
     p.add_argument("--policy", choices=("ltd", "radar", "static"), default="ltd",
                    help="the controller of the speculative run: the shipped LTD (default) or RADAR policy, or the "
                         "shipped grid-searched static tree")
@@ -77,8 +79,8 @@ def run(args) -> int:
         raise SystemExit(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     policy, tree_topk, verify_budget, what = _speculative_parts(args)
     t0 = time.time()
-    target, tok, drafter = load_default()
-    print(f"[demo] loaded SmolLM2-135M-Instruct + EAGLE-3 head in {time.time() - t0:.1f}s; "
+    target, tok, drafter = load_default(drafter=args.drafter)
+    print(f"[demo] loaded SmolLM2-135M-Instruct + EAGLE-3 head ({args.drafter}) in {time.time() - t0:.1f}s; "
           f"torch threads {torch.get_num_threads()}; {what}")
     enc = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)
@@ -91,7 +93,8 @@ def run(args) -> int:
 
     runs = [("HF generate (greedy)", hf), ("own plain decoding (RadarDecoder, drafter=None)",
                                             lambda **kw: plain.generate(ids, attention_mask=mask, **kw)),
-            (f"RadarDecoder (EAGLE-3 head, {what})", lambda **kw: spec.generate(ids, attention_mask=mask, **kw))]
+            (f"RadarDecoder ({'EAGLE-3 head + context lookups' if args.drafter == 'hybrid' else 'EAGLE-3 head'}, {what})",
+             lambda **kw: spec.generate(ids, attention_mask=mask, **kw))]
     with torch.no_grad():  # warm-up: first calls pay allocator and kernel set-up costs
         for _, fn in runs:
             fn(max_new_tokens=4)

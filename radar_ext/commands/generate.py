@@ -10,9 +10,11 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied)")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
-    p.add_argument("--drafter", choices=("eagle", "ngram", "none"), default="eagle",
-                   help="eagle: the shipped EAGLE-3 head (or --head; default); ngram: prompt lookup; none: our own plain "
-                        "decoding, one token per forward through the fast verify path")
+    p.add_argument("--drafter", choices=("hybrid", "eagle", "ngram", "none"), default="hybrid",
+                   help="hybrid (default): the shipped EAGLE-3 head (or --head) and context lookups in one tree (lookup "
+                        "scores beside the head, or --lookup-scores); eagle: the head alone; ngram: prompt lookup; none: "
+                        "our own plain decoding, one token per forward through the fast verify path")
+    p.add_argument("--lookup-scores", default=None, help="calibrated lookup scores JSON (with --drafter hybrid)")
     p.add_argument("--head", default=None, help="EAGLE-3 head directory (with --drafter eagle)")
     p.add_argument("--policy", default=None,
                    help="draft controller: static, radar or ltd (the policies shipped for the default target and head), "
@@ -48,15 +50,18 @@ def _check(args) -> None:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.compare and args.temperature > 0:
         raise ValueError(f"--compare needs greedy decoding (--temperature 0), got --temperature {args.temperature}")
+    eagle_side = args.drafter in ("eagle", "hybrid")
     if args.policy is None:
-        args.policy = "ltd" if args.drafter == "eagle" else "static"
-    if args.head is not None and args.drafter != "eagle":
-        raise ValueError(f"--head needs --drafter eagle, got --drafter {args.drafter}")
+        args.policy = "ltd" if eagle_side else "static"
+    if args.head is not None and not eagle_side:
+        raise ValueError(f"--head needs --drafter eagle or hybrid, got --drafter {args.drafter}")
+    if args.lookup_scores is not None and args.drafter != "hybrid":
+        raise ValueError(f"--lookup-scores needs --drafter hybrid, got --drafter {args.drafter}")
     if not args.prompt.strip():
         raise ValueError("--prompt must not be empty")
     if args.policy != "static":
-        if args.drafter != "eagle":
-            raise ValueError(f"--policy {args.policy} needs --drafter eagle, got --drafter {args.drafter}")
+        if not eagle_side:
+            raise ValueError(f"--policy {args.policy} needs --drafter eagle or hybrid, got --drafter {args.drafter}")
         if args.max_draft_calls is not None:
             raise ValueError("--max-draft-calls sets the static policy's depth; a learned --policy has its own")
     elif args.costs is not None:
@@ -88,7 +93,8 @@ def load_learned_policy(name: str, costs=None):
 def build(args, policy=None):
     """(target, tokenizer, RadarDecoder) for the arguments; `policy`: a loaded learned policy or None."""
     from radar_ext.decoder import RadarDecoder
-    from radar_ext.drafters import EagleDrafter, NgramDrafter
+    from radar_ext.drafters import EagleDrafter, HybridDrafter, LookupScores, NgramDrafter
+    from radar_ext.drafters.hybrid import default_scores_path
     from radar_ext.models import load_default, load_default_target
     from radar_ext.policies import StaticPolicy
 
@@ -106,6 +112,8 @@ def build(args, policy=None):
         else:
             target, tok, drafter = load_default()
         calls, budget = args.max_draft_calls or 8, args.verify_budget or getattr(policy, "trained_verify_budget", None) or 60
+        if args.drafter == "hybrid":
+            drafter = HybridDrafter(drafter, None, LookupScores.load(args.lookup_scores or default_scores_path(args.head)))
     topk = args.tree_topk or getattr(policy, "tree_topk", None) or 10
     dec = RadarDecoder(target, drafter, policy=policy or StaticPolicy(max_draft_calls=calls),
                        tree_topk=topk, verify_budget=budget)

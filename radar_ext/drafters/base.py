@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radar_ext.policies.base import CostInfo, History, Policy
+from radar_ext.policies.base import CostInfo, History, LookupInfo, Policy
 from radar_ext.tree import DraftTree
 
 
@@ -22,6 +22,7 @@ class DraftRequest:
     temperature: float = 0.0  # the generation's sampling temperature (0.0: greedy), passed to the policy
     history: History | None = None  # the sequence's history, passed to the policy's decisions
     batch_size: int = 1   # rows decoded together (passed to the policy's decisions)
+    lookup: LookupInfo | None = None  # the cycle's context lookup (set by HybridDrafter), passed to the decisions
 
 
 class Drafter:

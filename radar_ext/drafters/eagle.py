@@ -13,12 +13,23 @@ causal call, so drafting resumes at any cycle for the cost of one call over a fe
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from radar_ext import ops
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.policies.base import BudgetStep, DraftStep
 from radar_ext.tree import CandidatePool, DraftTree
+
+
+@dataclass
+class DraftedPool:
+    """The EAGLE side of one cycle, before best-V selection."""
+    pool: CandidatePool         # every drafted node (tokens, parents, scores [B, C]), cumulative log-probs
+    draft_calls: int            # head forwards made (host int)
+    guess_token: torch.Tensor   # [B] int64 the best root child (History's best_prob)
+    guess_score: torch.Tensor   # [B] float32 its log-probability
 
 
 class EagleDrafter(Drafter):
@@ -103,10 +114,23 @@ class EagleDrafter(Drafter):
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
+        drafted = self.draft_pool(req)
+        pool = drafted.pool
+        budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
+                                                     req.verify_budget, req.costs, req.temperature, req.history,
+                                                     batch_size=req.batch_size, lookup=req.lookup))
+        tree = pool.to_tree(req.root, budget, drafted.draft_calls)
+        tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
+        return tree
+
+    @torch.no_grad()
+    def draft_pool(self, req: DraftRequest) -> "DraftedPool":
+        """The draft calls of one cycle (the policy decides how many), without the verify budget and the
+        tree: the pool a HybridDrafter merges its lookup candidates into before choosing the best V."""
         with self._head_linears:
             return self._draft(req)
 
-    def _draft(self, req: DraftRequest) -> DraftTree:
+    def _draft(self, req: DraftRequest) -> "DraftedPool":
         head, cache, W = self.head, self.cache, req.tree_topk
         B = req.root.shape[0]
         dev = req.root.device
@@ -130,7 +154,7 @@ class EagleDrafter(Drafter):
         policy.reset()
         guess_token, guess_score = ids[:, 0], beam_scores[:, 0]                 # [B] the best root child
         step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature, req.history,
-                         req.batch_size)
+                         req.batch_size, req.lookup)
         if self.recorder is not None:
             self.recorder(calls, pool, beam_scores, exp.child_scores)
         vis = torch.zeros(B, W, 0, dtype=torch.bool, device=dev)                # [B, W, spec entries]
@@ -158,13 +182,8 @@ class EagleDrafter(Drafter):
             hidden = out.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, out.shape[2]))
             vis = vis.gather(1, exp.next_parent.unsqueeze(2).expand(B, W, vis.shape[2]))
             step = DraftStep(calls, beam_scores, exp.child_scores, req.seq_len, req.costs, req.temperature,
-                             req.history, req.batch_size)
+                             req.history, req.batch_size, req.lookup)
             if self.recorder is not None:
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
-        budget = policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], calls, req.seq_len,
-                                                 req.verify_budget, req.costs, req.temperature, req.history,
-                                                 req.batch_size))
-        tree = pool.to_tree(req.root, budget, calls)
-        tree.guess_token, tree.guess_score = guess_token, guess_score
-        return tree
+        return DraftedPool(pool, calls, guess_token, guess_score)

@@ -20,12 +20,28 @@ child and its share of the root children's summed weight.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.tree import DraftTree, make_tree, root_only_tree
+
+
+@dataclass
+class LookupTrie:
+    """The lookup candidates of one cycle, host side (numpy), K nodes below the root in creation order."""
+    tokens: np.ndarray     # [K] int64 target token ids
+    parents: np.ndarray    # [K] int64 trie index of the parent, -1 = the root
+    depth: np.ndarray      # [K] int64 1 for the root's children
+    match_len: np.ndarray  # [K] int64 longest suffix match among the occurrences through the node
+    count: np.ndarray      # [K] int64 occurrences through the node (agreeing on its whole path)
+    weight: np.ndarray     # [K] int64 summed match lengths of those occurrences (NgramDrafter's score)
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
 
 
 class NgramDrafter(Drafter):
@@ -90,33 +106,48 @@ class NgramDrafter(Drafter):
         order = np.lexsort((-cand, -mlen))[:self.max_matches]   # longest match, then most recent
         return cand[order], mlen[order]
 
-    def draft(self, req: DraftRequest) -> DraftTree:
-        if req.root.shape[0] != 1:
-            raise NotImplementedError(f"NgramDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+    def trie(self, max_depth: int | None = None) -> "LookupTrie":
+        """The continuations of every occurrence (matches(), longest match first, then most recent) merged
+        into one trie below the root (distinct siblings), nodes in creation order (parents first)."""
         ends, mlen = self.matches()
-        budget = req.verify_budget
-        if ends.size == 0 or budget < 1:
-            tree = root_only_tree(req.root)
-            tree.draft_calls = 1
-            return tree
+        max_depth = self.max_depth if max_depth is None else max_depth
         c, n = self._ctx, self._n
-        # trie: children[node] = {token: child}; node 0 = root
-        children = [{}]
-        tokens, parents, scores = [int(req.root[0])], [-1], [0.0]
+        children = [{}]                       # children[node + 1] = {token: node}; slot 0 = the root
+        tokens, parents, depth, weight, count, best = [], [], [], [], [], []
         for j, w in zip(ends.tolist(), mlen.tolist()):
-            node = 0
-            for tok in c[j + 1:min(j + 1 + self.max_depth, n)].tolist():
-                nxt = children[node].get(tok)
+            node = -1
+            for tok in c[j + 1:min(j + 1 + max_depth, n)].tolist():
+                nxt = children[node + 1].get(tok)
                 if nxt is None:
                     nxt = len(tokens)
-                    children[node][tok] = nxt
+                    children[node + 1][tok] = nxt
                     children.append({})
                     tokens.append(tok)
                     parents.append(node)
-                    scores.append(0.0)
-                scores[nxt] += w
+                    depth.append(1 if node < 0 else depth[node] + 1)
+                    weight.append(0)
+                    count.append(0)
+                    best.append(0)
+                weight[nxt] += w
+                count[nxt] += 1
+                best[nxt] = max(best[nxt], w)
                 node = nxt
-        firsts = list(children[0].values())                      # the root children, in creation order
+        i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        return LookupTrie(i64(tokens), i64(parents), i64(depth), i64(best), i64(count), i64(weight))
+
+    def draft(self, req: DraftRequest) -> DraftTree:
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"NgramDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        budget = req.verify_budget
+        trie = self.trie()
+        if trie.size == 0 or budget < 1:
+            tree = root_only_tree(req.root)
+            tree.draft_calls = 1
+            return tree
+        tokens = [int(req.root[0])] + trie.tokens.tolist()
+        parents = [-1] + (trie.parents + 1).tolist()         # trie node i is tree node i + 1
+        scores = [0.0] + trie.weight.astype(np.float64).tolist()
+        firsts = (np.flatnonzero(trie.parents < 0) + 1).tolist()  # the root children, in creation order
         best = max(firsts, key=scores.__getitem__)               # the first of equal maxima: the older
         guess = (tokens[best], math.log(scores[best] / sum(scores[i] for i in firsts)))
         n_draft = len(tokens) - 1

@@ -87,6 +87,39 @@ def history_features(ema, last, best_prob, best_accepted, drafted):
 _EMPTY = History()
 
 
+LOOKUP_FEATURES = ["lookup_match_len", "lookup_count", "lookup_best_prob"]
+
+
+@dataclass
+class LookupInfo:
+    """What the context lookup found for this cycle (HybridDrafter), known before the EAGLE side drafts; the
+    episodes' lookup_match_len, lookup_count, lookup_best_score (0, 0, 0.0 without a lookup drafter)."""
+    match_len: int = 0          # longest suffix match among the occurrences found (0: none)
+    count: int = 0              # occurrences found (at most the lookup's max_matches)
+    best_score: float = 0.0     # the best lookup node's calibrated score (a log acceptance probability)
+
+
+def lookup_features(match_len, count, best_score):
+    """LOOKUP_FEATURES: match length and count / ACCEPT_SCALE, and the best node's acceptance probability (0.0
+    without an occurrence). Numbers (inference, Python floats) or tensors [...] (training, from the episodes);
+    the scalings are powers of two and exp runs in float32 on both sides' float32 score, so both give the
+    same bits."""
+    if isinstance(match_len, torch.Tensor):
+        p = torch.where(count > 0, torch.exp(best_score.float()), torch.zeros_like(best_score, dtype=torch.float32))
+        return torch.stack([match_len.float() / ACCEPT_SCALE, count.float() / ACCEPT_SCALE, p], -1)
+    p = float(torch.exp(torch.tensor(best_score, dtype=torch.float32))) if count > 0 else 0.0
+    return [match_len / ACCEPT_SCALE, count / ACCEPT_SCALE, p]
+
+
+def lookup_features_of(info: "LookupInfo | None") -> list:
+    """The features of `info`, or of no lookup (an EAGLE-only drafter, a decision asked outside a decoder)."""
+    info = info or _NO_LOOKUP
+    return lookup_features(info.match_len, info.count, info.best_score)
+
+
+_NO_LOOKUP = LookupInfo()
+
+
 def guess_probability(score: float) -> float:
     """A guess's log-probability score -> its probability (0.0 for -inf: no guess)."""
     return math.exp(score) if score > -math.inf else 0.0
@@ -114,6 +147,7 @@ class DraftStep:
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
     batch_size: int = 1         # rows decoded together (the verify cost per row grows with it)
+    lookup: LookupInfo | None = None  # the cycle's context lookup (HybridDrafter; None: no lookup side)
 
 
 @dataclass
@@ -127,6 +161,7 @@ class BudgetStep:
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     history: History | None = None  # the sequence's history (None: asked outside a decoder, read as empty)
     batch_size: int = 1         # rows decoded together
+    lookup: LookupInfo | None = None  # the cycle's context lookup (HybridDrafter; None: no lookup side)
 
 
 @dataclass

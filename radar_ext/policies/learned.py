@@ -222,6 +222,15 @@ def format2_flags(cfg: dict, kind: str) -> dict:
     return flags
 
 
+def lookup_flag(cfg: dict, kind: str) -> bool:
+    """A policy config's lookup flag (hybrid drafting's lookup features): optional, absent = off, so configs
+    written before it load and decide unchanged."""
+    v = cfg.get("lookup", False)
+    if not isinstance(v, bool):
+        raise ValueError(f"{kind} policy config: lookup must be true or false, got {v!r}")
+    return v
+
+
 def check_flags(kind: str, history, skip, max_skip_run) -> None:
     for name, v in (("history", history), ("skip", skip)):
         if not isinstance(v, bool):

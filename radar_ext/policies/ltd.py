@@ -18,16 +18,22 @@ Format 2 options (docs/CONTROLLER_FORMAT.md): history=True inserts the sequence'
 the first draft call: the depth head is asked once more, at call 0 (no scores yet: every child score
 learned.PRE_DRAFT_SCORE, calls_frac 0), and its "stop" there is a plain step (no draft call, V = 0). The size set
 is unchanged: V = 0 follows from stopping at call 0, so there is one skip action, not two.
+lookup=True (hybrid drafting, radar_ext.drafters.hybrid) inserts the cycle's context-lookup features
+(base.LOOKUP_FEATURES: match length, occurrences, the best lookup node's calibrated probability) after the
+history features; the merged pool's sorted scores already reach the size head. A config without the key
+has lookup off, so policies saved before it decide bit for bit as before.
 """
 from __future__ import annotations
 
 import torch
 
-from radar_ext.policies.base import HISTORY_FEATURES, BudgetStep, DraftStep, History, PreDraftStep
+from radar_ext.policies.base import (HISTORY_FEATURES, LOOKUP_FEATURES, BudgetStep, DraftStep, History, LookupInfo,
+                                    PreDraftStep, lookup_features_of)
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, PRE_DRAFT_SCORE, SCORE_FLOOR, SCORE_SCALE,
                                         ControllerNet, FusedHead, LearnedPolicy, check_batch, check_features,
                                         check_flags, config_value, costs_from_config, decide, format2_flags,
+                                        lookup_flag,
                                         must_draft, seq_len_feature, temperature_feature)
 
 STOP, CONTINUE = 0, 1
@@ -40,22 +46,25 @@ def cost_feature_names(budgets) -> list:
     return ["t_draft/t_ar", "t_policy/t_ar"] + [f"t_verify({v})/t_ar" for v in budgets]
 
 
-def depth_feature_names(W: int, budgets, history: bool = False) -> list:
+def depth_feature_names(W: int, budgets, history: bool = False, lookup: bool = False) -> list:
     return ([f"child_score_sorted_{i}" for i in range(W * W)] + CONTEXT_FEATURES
-            + (HISTORY_FEATURES if history else []) + cost_feature_names(budgets))
+            + (HISTORY_FEATURES if history else []) + (LOOKUP_FEATURES if lookup else []) + cost_feature_names(budgets))
 
 
-def size_feature_names(pool_topk: int, budgets, history: bool = False) -> list:
+def size_feature_names(pool_topk: int, budgets, history: bool = False, lookup: bool = False) -> list:
     return ([f"pool_score_sorted_{i}" for i in range(pool_topk)] + CONTEXT_FEATURES
-            + (HISTORY_FEATURES if history else []) + cost_feature_names(budgets))
+            + (HISTORY_FEATURES if history else []) + (LOOKUP_FEATURES if lookup else []) + cost_feature_names(budgets))
 
 
 def depth_features(child_sorted: torch.Tensor, seq_len_f: torch.Tensor, calls_frac: torch.Tensor,
-                   temperature_f: torch.Tensor, cost_f: torch.Tensor, history_f: torch.Tensor | None = None) -> torch.Tensor:
+                   temperature_f: torch.Tensor, cost_f: torch.Tensor, history_f: torch.Tensor | None = None,
+                   lookup_f: torch.Tensor | None = None) -> torch.Tensor:
     """child_sorted [B, W*W] (descending, floored), seq_len_f, calls_frac, temperature_f [B], cost_f [nc],
-    history_f [B, 5] (base.history_features; None: a layout without history) -> [B, F]."""
+    history_f [B, 5] (base.history_features; None: a layout without history), lookup_f [B, 3]
+    (base.lookup_features; None: a layout without lookup) -> [B, F]."""
     B = child_sorted.shape[0]
     hist = [] if history_f is None else [history_f.float().view(B, -1)]
+    hist += [] if lookup_f is None else [lookup_f.float().view(B, -1)]
     return torch.cat([child_sorted / SCORE_SCALE, seq_len_f.view(B, 1), calls_frac.view(B, 1),
                       temperature_f.view(B, 1)] + hist + [cost_f.view(1, -1).expand(B, -1)], 1).float()
 
@@ -69,7 +78,7 @@ class LtdPolicy(LearnedPolicy):
     def __init__(self, tree_topk: int = 10, max_draft_calls: int = 12, budgets=(2, 4, 6, 8, 12, 16, 24, 32, 48, 60, 64),
                  costs=None, pool_topk: int = 64, mlp_hidden: int = 128, sample: bool = False, seed: int = 0,
                  generator: torch.Generator | None = None, history: bool = False, skip: bool = False,
-                 max_skip_run: int = MAX_SKIP_RUN, batch_costs: bool = False):
+                 max_skip_run: int = MAX_SKIP_RUN, batch_costs: bool = False, lookup: bool = False):
         """history: the heads also read the sequence's history features; skip: the depth head may stop
         before the first draft call (a plain step), at most max_skip_run times in a row. batch_costs: at
         batch size B > 1 the cost features are a row's share of the batch's costs (PolicyCosts.batch_features,
@@ -86,9 +95,11 @@ class LtdPolicy(LearnedPolicy):
             raise ValueError("LtdPolicy: costs are required (a calibration JSON path, dict or PolicyCosts): "
                              "its inputs include the calibrated cost features")
         check_flags("LtdPolicy", history, skip, max_skip_run)
+        if not isinstance(lookup, bool):
+            raise ValueError(f"LtdPolicy: lookup must be True or False, got {lookup!r}")
         self.costs = PolicyCosts.load(costs)
         self.tree_topk, self.max_draft_calls, self.budgets, self.pool_topk = tree_topk, max_draft_calls, budgets, pool_topk
-        self.history, self.skip, self.max_skip_run = history, skip, max_skip_run
+        self.history, self.skip, self.max_skip_run, self.lookup = history, skip, max_skip_run, lookup
         if not isinstance(batch_costs, bool):
             raise ValueError(f"LtdPolicy: batch_costs must be True or False, got {batch_costs!r}")
         self.batch_costs = batch_costs
@@ -97,7 +108,7 @@ class LtdPolicy(LearnedPolicy):
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-            nx = len(CONTEXT_FEATURES) + len(HISTORY_FEATURES) * history + nc
+            nx = len(CONTEXT_FEATURES) + len(HISTORY_FEATURES) * history + len(LOOKUP_FEATURES) * lookup + nc
             self.depth_net = ControllerNet(tree_topk * tree_topk + nx, 2, 0, mlp_hidden)
             self.size_net = ControllerNet(pool_topk + nx, len(budgets), 0, mlp_hidden)
         self.generator = generator or torch.Generator().manual_seed(seed)
@@ -123,7 +134,7 @@ class LtdPolicy(LearnedPolicy):
         return self._batch_cost_lists[batch_size]
 
     def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int, temperature: float,
-                  history: History | None = None, batch_size: int = 1) -> torch.Tensor:
+                  history: History | None = None, batch_size: int = 1, lookup: LookupInfo | None = None) -> torch.Tensor:
         """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
         log seq_len, calls_frac, temperature, cost features: the values depth_features / size_features build for
         training, bit for bit (one host copy and Python floats instead of a dozen small ATen ops, which
@@ -135,6 +146,8 @@ class LtdPolicy(LearnedPolicy):
                                                 temperature_feature(temperature)]
         if self.history:
             row += History.features_of(history)
+        if self.lookup:
+            row += lookup_features_of(lookup)
         return torch.tensor([row + self._costs_at(batch_size)], dtype=torch.float32)
 
     def should_draft(self, step: PreDraftStep) -> bool:
@@ -142,7 +155,7 @@ class LtdPolicy(LearnedPolicy):
         if not self.skip or must_draft(step, self.max_skip_run):
             return True
         x = self._features(self._pre_draft_scores, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
-                           step.history, step.batch_size)
+                           step.history, step.batch_size, getattr(step, "lookup", None))
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def should_continue(self, step: DraftStep) -> bool:
@@ -152,13 +165,13 @@ class LtdPolicy(LearnedPolicy):
             raise ValueError(f"LtdPolicy was built for tree_topk = {self.tree_topk}, the drafter gives "
                              f"{cs.shape[2]} children per beam; use --tree-topk {self.tree_topk}")
         x = self._features(cs.reshape(1, -1), self.tree_topk * self.tree_topk, step.seq_len, step.draft_calls,
-                           step.temperature, step.history, step.batch_size)
+                           step.temperature, step.history, step.batch_size, step.lookup)
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
     def verify_budget(self, step: BudgetStep) -> int:
         check_batch(step.pool_scores, "pool_scores")
         x = self._features(step.pool_scores, self.pool_topk, step.seq_len, step.draft_calls, step.temperature,
-                           step.history, step.batch_size)
+                           step.history, step.batch_size, step.lookup)
         return self.budgets[decide(self.size_head(x), self.sample, self.generator)]
 
     # ------------------------------------------------------------------ I/O
@@ -169,9 +182,9 @@ class LtdPolicy(LearnedPolicy):
         W = self.tree_topk
         return {"kind": self.kind, "format": FORMAT, "tree_topk": W, "max_draft_calls": self.max_draft_calls,
                 "budgets": list(self.budgets), "pool_topk": self.pool_topk, "mlp_hidden": self.depth_net.mlp_hidden,
-                "history": self.history, "skip": self.skip, "max_skip_run": self.max_skip_run,
-                "depth_features": depth_feature_names(W, self.budgets, self.history),
-                "size_features": size_feature_names(self.pool_topk, self.budgets, self.history),
+                "history": self.history, "skip": self.skip, "max_skip_run": self.max_skip_run, "lookup": self.lookup,
+                "depth_features": depth_feature_names(W, self.budgets, self.history, self.lookup),
+                "size_features": size_feature_names(self.pool_topk, self.budgets, self.history, self.lookup),
                 "score_floor": SCORE_FLOOR, "depth_actions": ["stop", "continue"],
                 "size_actions": [f"V={v}" for v in self.budgets], "costs": self.costs.to_dict(),
                 **({"batch_costs": True} if self.batch_costs else {})}  # absent: the format 1/2 files as shipped
@@ -182,8 +195,10 @@ class LtdPolicy(LearnedPolicy):
         budgets = config_value(cfg, "budgets", "ltd")
         pool_topk = config_value(cfg, "pool_topk", "ltd")
         flags = format2_flags(cfg, "ltd")
-        check_features(cfg, "depth_features", depth_feature_names(W, budgets, flags["history"]), "ltd")
-        check_features(cfg, "size_features", size_feature_names(pool_topk, budgets, flags["history"]), "ltd")
+        flags["lookup"] = lookup_flag(cfg, "ltd")
+        check_features(cfg, "depth_features", depth_feature_names(W, budgets, flags["history"], flags["lookup"]), "ltd")
+        check_features(cfg, "size_features", size_feature_names(pool_topk, budgets, flags["history"], flags["lookup"]),
+                       "ltd")
         costs = costs_from_config(cfg)
         if costs is None:
             raise ValueError("ltd policy config is missing 'costs' (the calibration it was trained with)")
@@ -194,4 +209,5 @@ class LtdPolicy(LearnedPolicy):
     def __repr__(self) -> str:
         return (f"LtdPolicy(tree_topk={self.tree_topk}, max_draft_calls={self.max_draft_calls}, "
                 f"budgets={self.budgets}, history={self.history}, skip={self.skip}, "
+                f"{'lookup=True, ' if self.lookup else ''}"
                 f"{'sample' if self.sample else 'argmax'})")

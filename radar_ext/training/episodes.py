@@ -5,16 +5,21 @@ could have seen and earned:
   beam_scores   [N, W]       the W beam scores after every draft call (descending)
   child_scores  [N, W, W]    the W*W child scores of each level (call 1: one row of W, rest -inf)
   pool_top      [N, K]       the best K pool scores after n calls, descending, -inf padded
-  accept_dist   [N, nV, N+1] for every stopping point n and budget V, the exact distribution of the
+  accept_dist   [N, nV, D+1] for every stopping point n and budget V, the exact distribution of the
                              accepted length of the tree "best V of the pool after n calls"
   t_draft [N], t_verify, verify_nodes, seq_len, accepted_len (of the full tree, which advances the text)
+  (D = N; a hybrid collection's lookup paths may run deeper: D = max(N, the lookup's max_depth))
 Format 2 adds what a controller knows before drafting (docs/CONTROLLER_FORMAT.md), each [] per cycle:
   hist_accept_ema, hist_accept_last, hist_best_prob, hist_best_accepted (float32), hist_drafted (int64)
                              the policies' History state before the cycle (base.History, fed the
                              cycles of this text, whose accepted lengths are the full trees')
   batch_size (int64)         rows decoded together (1 for now)
   lookup_match_len, lookup_count (int64), lookup_best_score (float32)
-                             context-lookup features (0: no lookup drafter in the collection)
+                             context-lookup features (0: no lookup drafter in the collection; with a
+                             HybridDrafter, its LookupInfo: the cycle's lookup before drafting)
+A hybrid collection (drafter "hybrid") records the merged pool: the lookup nodes are in it from call 1, so
+the pool after n calls is not a prefix of the full one (tree_sets_staged, hybrid_stages); pool_top holds the
+merged pool's scores, beam_scores and child_scores stay EAGLE's (the depth decisions' inputs).
 A skipped cycle needs no record: it earns exactly 1 token for one plain forward (t_ar, calibrated).
 Format-1 directories still load (Episodes.has_history False); training a history policy on them fails.
 
@@ -44,6 +49,7 @@ import torch
 from radar_ext import kv_cache
 from radar_ext.acceptance import SamplingParams, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest
+from radar_ext.drafters.hybrid import lookup_info
 from radar_ext.policies import CostInfo, CycleOutcome, History, StaticPolicy
 from radar_ext.policies.base import guess_probability
 from radar_ext.tree import make_tree
@@ -54,7 +60,7 @@ FORMAT = 2
 FORMATS = (1, 2)  # what loads
 # Keys of the meta JSON that must agree when a collection is resumed.
 _RESUME_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "temperature", "pool_topk", "head",
-                "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard")
+                "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard", "drafter")
 TENSOR_KEYS_V1 = ("beam_scores", "child_scores", "pool_top", "accept_dist", "t_draft", "t_verify",
                   "verify_nodes", "seq_len", "accepted_len", "prompt")
 HISTORY_KEYS = ("hist_accept_ema", "hist_accept_last", "hist_best_prob", "hist_best_accepted", "hist_drafted")
@@ -80,6 +86,40 @@ def tree_sets(scores: torch.Tensor, counts: list, budgets) -> torch.Tensor:
         for k, V in enumerate(budgets):
             member[n, k, order[:min(V, cnt)]] = True
     return member
+
+
+def tree_sets_staged(stage_scores: torch.Tensor, budgets) -> torch.Tensor:
+    """Membership of every (n, V) tree when the pool after n calls is not a prefix of the full pool (a hybrid
+    pool: the lookup nodes are there from call 1, and a lookup node EAGLE drafts later is one node with the
+    larger score). stage_scores [N, G]: each node's score after n calls, -inf where the node is not in that
+    pool. Returns member [N, nV, G] bool: the best min(V, available) by stable descending score."""
+    N, G = stage_scores.shape
+    member = torch.zeros(N, len(budgets), G, dtype=torch.bool)
+    for n in range(N):
+        avail = int(torch.isfinite(stage_scores[n]).sum())
+        order = torch.sort(stage_scores[n], descending=True, stable=True).indices
+        for k, V in enumerate(budgets):
+            member[n, k, order[:min(V, avail)]] = True
+    return member
+
+
+def hybrid_stages(eagle_pool, counts: list, trie, lookup_scores):
+    """The merged pool of a full-depth hybrid cycle in one index space (EAGLE's nodes, then the lookup-only
+    ones, as merge_lookup builds it) and every node's score after n calls [N, G]: EAGLE nodes drafted by call n
+    score as in decoding (the larger of EAGLE's and the lookup's where both proposed them), later EAGLE nodes
+    only as lookup nodes when the lookup proposed them, -inf otherwise. Returns (merged pool, stage scores)."""
+    from radar_ext.drafters.hybrid import merge_lookup, trie_positions
+    merged = merge_lookup(eagle_pool, trie, lookup_scores)
+    G, Ce = merged.count, eagle_pool.count
+    look = torch.full((G,), -float("inf"))
+    at = trie_positions(eagle_pool, trie)
+    if at:
+        look[torch.tensor(at)] = torch.tensor(lookup_scores, dtype=torch.float32)
+    eag = torch.full((G,), -float("inf"))
+    eag[:Ce] = eagle_pool.scores[0, :Ce].float().cpu()
+    idx = torch.arange(G)
+    stages = torch.stack([torch.where(idx < c, torch.maximum(eag, look), look) for c in counts])
+    return merged, stages
 
 
 def reach_probs(parents: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -147,8 +187,12 @@ class _Recorder:
 class EpisodeCollector:
     def __init__(self, target, drafter, max_draft_calls: int = 12, tree_topk: int = 10,
                  budgets=DEFAULT_BUDGETS, temperature: float = 0.0, pool_topk: int = 64):
-        if not hasattr(drafter, "recorder"):
-            raise TypeError(f"drafter must be an EagleDrafter (it records the pool per call), got {type(drafter).__name__}")
+        from radar_ext.drafters.hybrid import HybridDrafter
+        self.hybrid = isinstance(drafter, HybridDrafter)
+        self.eagle = drafter.eagle if self.hybrid else drafter
+        if not hasattr(self.eagle, "recorder"):
+            raise TypeError(f"drafter must be an EagleDrafter or a HybridDrafter (its EAGLE side records the pool per "
+                            f"call), got {type(drafter).__name__}")
         if isinstance(max_draft_calls, bool) or not isinstance(max_draft_calls, int) or max_draft_calls < 1:
             raise ValueError(f"max_draft_calls must be an int >= 1, got {max_draft_calls!r}")
         if isinstance(tree_topk, bool) or not isinstance(tree_topk, int) or tree_topk < 1:
@@ -183,7 +227,7 @@ class EpisodeCollector:
             before = _history_row(history)
             row, out = self._cycle(cache, P + len(emitted) - 1, emitted[-1], generator)
             history.observe(row.pop("outcome"))
-            row.update(before)
+            row = {**before, **row}  # the cycle's own lookup fields (hybrid) replace the zeros
             rows.append(row)
             for t in out:
                 emitted.append(t)
@@ -199,19 +243,26 @@ class EpisodeCollector:
         N, W, dr = self.N, self.W, self.drafter
         root = torch.tensor([root_token])
         rec = _Recorder()
-        dr.recorder = rec
+        self.eagle.recorder = rec
         try:
             rec.t_last = time.perf_counter()
             dr.draft(DraftRequest(root=root, seq_len=prefix_len + 1, tree_topk=W, verify_budget=self.budgets[-1],
                                   policy=StaticPolicy(N), costs=CostInfo(), temperature=self.temperature))
         finally:
-            dr.recorder = None
+            self.eagle.recorder = None
         if len(rec.counts) != N:
             raise RuntimeError(f"expected {N} draft calls, the drafter made {len(rec.counts)}")
-        pool = rec.pool
+        pool, stages, lookup = rec.pool, None, {}
+        if self.hybrid:  # the merged pool in one index space, and each node's score after n calls
+            lsc = dr.scores.score(dr.last_trie)
+            pool, stages = hybrid_stages(rec.pool, rec.counts, dr.last_trie, lsc)
+            info = lookup_info(dr.last_trie, lsc)
+            lookup = dict(lookup_match_len=torch.tensor(info.match_len), lookup_count=torch.tensor(info.count),
+                          lookup_best_score=torch.tensor(info.best_score, dtype=torch.float32))
         C = pool.count
         scores, ptok, ppar = pool.scores[0, :C].cpu(), pool.tokens[0, :C].cpu(), pool.parents[0, :C].cpu()
-        member = tree_sets(scores, rec.counts, self.budgets)                   # [N, nV, C]
+        member = (tree_sets(scores, rec.counts, self.budgets) if stages is None
+                  else tree_sets_staged(stages, self.budgets))                 # [N, nV, C]
         union = member.any(0).any(0).nonzero().view(-1)                        # [U-1] ascending pool idx
         # union tree: node 0 = root, node k + 1 = pool index union[k]
         node_of = torch.zeros(C + 1, dtype=torch.int64)
@@ -226,7 +277,9 @@ class EpisodeCollector:
         q = node_probs(logits, tokens, parents, self.sampling)
         reach = reach_probs(parents, q)
         depth = tree.depth[0].cpu()
-        dist = accept_distributions(member[:, :, union], depth[1:], reach[1:], N)  # [N, nV, N+1]
+        # a lookup path may run deeper than N calls: hybrid distributions reach the lookup's max_depth
+        D = max(N, dr.lookup.max_depth) if self.hybrid else N
+        dist = accept_distributions(member[:, :, union], depth[1:], reach[1:], D)  # [N, nV, D+1]
         # advance with the full tree (n = N, V = max): its nodes inside the union
         keep = torch.cat([torch.tensor([0]), member[N - 1, -1, union].nonzero().view(-1) + 1])
         sub = subtree(tokens, parents, keep, N)
@@ -247,7 +300,8 @@ class EpisodeCollector:
             child[k, :cs.shape[0]] = cs.float().cpu()
         pool_top = torch.full((N, self.K), -float("inf"))
         for k, cnt in enumerate(rec.counts):
-            top = torch.sort(scores[:cnt], descending=True).values[:self.K]
+            avail = scores[:cnt] if stages is None else stages[k]   # -inf (absent nodes) sort last
+            top = torch.sort(avail, descending=True).values[:self.K]
             pool_top[k, :top.shape[0]] = top
         # the first-call guess (call 1 adds the root children in score order: pool index 0 is the best)
         outcome = CycleOutcome(int(n - 1), N, tokens.shape[0] - 1, False, guess_probability(float(rec.beams[0][0])),
@@ -256,7 +310,7 @@ class EpisodeCollector:
                    accept_dist=dist, t_draft=torch.tensor(rec.times, dtype=torch.float32),
                    t_verify=torch.tensor(t_verify, dtype=torch.float32),
                    verify_nodes=torch.tensor(tokens.shape[0] - 1), seq_len=torch.tensor(prefix_len + 1),
-                   accepted_len=torch.tensor(n - 1))
+                   accepted_len=torch.tensor(n - 1), **lookup)
         return row, acc.tokens[0, :n].tolist()
 
 
@@ -292,6 +346,8 @@ class CollectConfig:
     seed: int = 0
     threads: int = 0
     head: str | None = None
+    drafter: str = "eagle"          # "eagle" or "hybrid" (EAGLE pool + context lookups, radar_ext.drafters.hybrid)
+    lookup_scores: str | None = None  # hybrid: calibrated lookup scores (default: lookup_scores.json beside the head)
 
 
 def is_validation(conv_id: str, val_fraction: float) -> bool:
@@ -318,6 +374,10 @@ def check_config(cfg: CollectConfig) -> None:
         raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if not cfg.temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if cfg.drafter not in ("eagle", "hybrid"):
+        raise ValueError(f"drafter must be 'eagle' or 'hybrid', got {cfg.drafter!r}")
+    if cfg.lookup_scores is not None and cfg.drafter != "hybrid":
+        raise ValueError(f"lookup_scores needs drafter 'hybrid', got drafter {cfg.drafter!r}")
     b = list(cfg.budgets)
     if not b or b != sorted(set(b)) or b[0] < 1:
         raise ValueError(f"budgets must be distinct increasing ints >= 1, got {b}")
@@ -351,6 +411,10 @@ def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, promp
         else:
             target, tokenizer, drafter = load_default()
         target_name = DEFAULT_TARGET_NAME
+        if cfg.drafter == "hybrid":
+            from radar_ext.drafters import HybridDrafter, LookupScores
+            from radar_ext.drafters.hybrid import default_scores_path
+            drafter = HybridDrafter(drafter, None, LookupScores.load(cfg.lookup_scores or default_scores_path(cfg.head)))
     else:
         target_name = getattr(target.config, "_name_or_path", "") or target.config.model_type
     if prompts is None:
@@ -362,6 +426,7 @@ def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, promp
     meta_path = out / "episodes_meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        old.setdefault("drafter", "eagle")  # collections from before hybrid drafting: EAGLE only
         bad = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
         if bad:
             raise ValueError(f"{out} holds episodes collected with other settings ({', '.join(f'{k}: {old.get(k)!r} != {meta.get(k)!r}' for k in bad)}); "
@@ -401,8 +466,12 @@ def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, promp
 
 def _empty_shard(cfg, fmt: int = FORMAT):
     N, W, nV = cfg.max_draft_calls, cfg.tree_topk, len(cfg.budgets)
+    D = N
+    if getattr(cfg, "drafter", "eagle") == "hybrid":   # as EpisodeCollector._cycle: lookup paths reach deeper
+        from radar_ext.drafters.hybrid import default_lookup
+        D = max(N, default_lookup().max_depth)
     out = dict(beam_scores=torch.zeros(0, N, W), child_scores=torch.zeros(0, N, W, W),
-               pool_top=torch.zeros(0, N, cfg.pool_topk), accept_dist=torch.zeros(0, N, nV, N + 1),
+               pool_top=torch.zeros(0, N, cfg.pool_topk), accept_dist=torch.zeros(0, N, nV, D + 1),
                t_draft=torch.zeros(0, N), t_verify=torch.zeros(0), verify_nodes=torch.zeros(0, dtype=torch.int64),
                seq_len=torch.zeros(0, dtype=torch.int64), accepted_len=torch.zeros(0, dtype=torch.int64),
                prompt=torch.zeros(0, dtype=torch.int64))
@@ -462,6 +531,16 @@ class Episodes:
         t = self.tensors
         return history_features(t["hist_accept_ema"], t["hist_accept_last"], t["hist_best_prob"],
                                 t["hist_best_accepted"], t["hist_drafted"])
+
+    def lookup_features(self) -> torch.Tensor:
+        """[C, 3] float32 base.lookup_features of every cycle (zeros' features where no lookup drafter ran)."""
+        from radar_ext.policies.base import lookup_features
+        if not self.has_history:
+            where = self.meta.get("merged_from") or self.meta.get("path", "these episodes")
+            raise ValueError(f"{where}: episodes format {self.meta.get('format')!r} records no lookup fields; "
+                             "collect them again with `radar collect` (format 2) to train a policy with lookup features")
+        t = self.tensors
+        return lookup_features(t["lookup_match_len"], t["lookup_count"], t["lookup_best_score"])
 
     def __getitem__(self, key):
         return self.tensors[key]

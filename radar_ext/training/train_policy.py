@@ -249,12 +249,13 @@ def _ltd_inputs(policy: LtdPolicy, ep: Episodes):
     sl = seq_len_feature(ep["seq_len"])
     tf = temperature_feature(ep["temperature"])
     hf = ep.history_features() if policy.history else None
+    lf = ep.lookup_features() if getattr(policy, "lookup", False) else None
     fd, fs = [], []
     for t in range(N):
         frac = torch.full((C,), (t + 1) / policy.max_draft_calls)
-        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost, hf))
-        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost, hf))
-    f0 = (depth_features(torch.full((C, W * W), PRE_DRAFT_SCORE), sl, torch.zeros(C), tf, cost, hf)
+        fd.append(depth_features(sorted_padded(child[:, t].reshape(C, -1), W * W), sl, frac, tf, cost, hf, lf))
+        fs.append(size_features(sorted_padded(pool[:, t], policy.pool_topk), sl, frac, tf, cost, hf, lf))
+    f0 = (depth_features(torch.full((C, W * W), PRE_DRAFT_SCORE), sl, torch.zeros(C), tf, cost, hf, lf)
           if policy.skip else None)
     return torch.stack(fd, 1), torch.stack(fs, 1), f0
 

@@ -1,0 +1,170 @@
+"""HybridDrafter: the EAGLE head and context lookups in one draft tree, chosen by one controller (METHOD.md 9).
+
+Per cycle:
+  1. the EAGLE side drafts its pool (EagleDrafter.draft_pool: the policy decides the draft calls);
+  2. the lookup side (an NgramDrafter over prompt + generated text) builds its trie of continuations,
+     scored by LookupScores: calibrated log acceptance rates, the scale of EAGLE's cumulative log-probs;
+  3. the trie merges into the pool: a lookup node whose parent and token match an EAGLE node is that
+     node (no token twice among one node's children; its score is the larger of the two, which keeps
+     every child at or below its parent), the others are appended as new nodes, and a lookup path may
+     run deeper than the EAGLE tree;
+  4. the policy chooses V from the merged pool's scores and the best V nodes form the tree.
+Lookup nodes are deterministic proposals, so verification and acceptance (METHOD.md 4) are unchanged.
+The tree's `source` says which side proposed each node (the bench's lookup share). The first-call guess
+(History's best_prob) stays EAGLE's, so history features mean what the shipped policies were trained on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radar_ext.drafters.base import DraftRequest, Drafter
+from radar_ext.drafters.eagle import EagleDrafter
+from radar_ext.drafters.lookup_scores import LookupScores
+from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
+from radar_ext.policies.base import BudgetStep, LookupInfo
+from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree
+
+LOOKUP_SCORES_FILE = "lookup_scores.json"  # shipped beside the head
+
+
+def default_lookup() -> NgramDrafter:
+    """The lookup side the shipped scores were calibrated for. Single-token matches are allowed (min_ngram 1):
+    unlike the stand-alone NgramDrafter, a weak match costs nothing here unless its calibrated score earns
+    it a place among the best V."""
+    return NgramDrafter(max_ngram=4, min_ngram=1, max_depth=12, max_matches=8)
+
+
+def default_scores_path(head_dir=None) -> Path:
+    from radar_ext.models import default_head_path
+    return Path(head_dir or default_head_path()) / LOOKUP_SCORES_FILE
+
+
+class HybridDrafter(Drafter):
+    def __init__(self, eagle: EagleDrafter, lookup: NgramDrafter | None = None, scores: LookupScores | None = None):
+        if not isinstance(eagle, EagleDrafter):
+            raise TypeError(f"HybridDrafter: eagle must be an EagleDrafter, got {type(eagle).__name__}")
+        lookup = default_lookup() if lookup is None else lookup
+        if not isinstance(lookup, NgramDrafter):
+            raise TypeError(f"HybridDrafter: lookup must be an NgramDrafter, got {type(lookup).__name__}")
+        if scores is None:
+            scores = LookupScores.load(default_scores_path())
+        if not isinstance(scores, LookupScores):
+            raise TypeError(f"HybridDrafter: scores must be LookupScores, got {type(scores).__name__}")
+        self.eagle, self.lookup, self.scores = eagle, lookup, scores
+        self.feature_layers = eagle.feature_layers
+        self.last_trie: LookupTrie | None = None  # the lookup side of the last cycle (episode collection reads it)
+
+    @classmethod
+    def from_pretrained(cls, head_dir, target, scores=None, lookup=None) -> "HybridDrafter":
+        """The EAGLE head in head_dir and the lookup scores beside it (or `scores`, a path)."""
+        eagle = EagleDrafter.from_pretrained(head_dir, target)
+        return cls(eagle, lookup, LookupScores.load(scores or default_scores_path(head_dir)))
+
+    def __repr__(self) -> str:
+        return f"HybridDrafter({self.lookup!r}, {self.scores!r})"
+
+    def check_target(self, target) -> None:
+        self.eagle.check_target(target)
+
+    def fork(self) -> "HybridDrafter":
+        """One more row of a batch: its own EAGLE and lookup drafters (their sequence state is per row), the same
+        head weights and lookup scores."""
+        twin = super().fork()
+        twin.eagle, twin.lookup = self.eagle.fork(), self.lookup.fork()
+        return twin
+
+    def start(self, input_ids, features, root) -> None:
+        self.eagle.start(input_ids, features, root)
+        self.lookup.start(input_ids, features, root)
+
+    def commit(self, emitted, n_emitted, features) -> None:
+        self.eagle.commit(emitted, n_emitted, features)
+        self.lookup.commit(emitted, n_emitted, features)
+
+    @torch.no_grad()
+    def draft(self, req: DraftRequest) -> DraftTree:
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
+        trie = self.last_trie = self.lookup.trie()
+        scores = self.scores.score(trie)
+        req = dataclasses.replace(req, lookup=lookup_info(trie, scores))
+        drafted = self.eagle.draft_pool(req)
+        pool = merge_lookup(drafted.pool, trie, scores)
+        budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
+                                                     req.verify_budget, req.costs, req.temperature, req.history,
+                                                     batch_size=req.batch_size, lookup=req.lookup))
+        tree = pool.to_tree(req.root, budget, drafted.draft_calls)
+        tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
+        return tree
+
+
+def lookup_info(trie: LookupTrie, scores: np.ndarray) -> LookupInfo:
+    """The cycle's LookupInfo: every occurrence passes through exactly one root child, so the root children's
+    counts sum to the occurrences found; scores fall along a path, so the best node is a root child."""
+    if trie.size == 0:
+        return LookupInfo()
+    return LookupInfo(int(trie.match_len.max()), int(trie.count[trie.parents < 0].sum()), float(scores.max()))
+
+
+def trie_positions(pool: CandidatePool, trie: LookupTrie) -> list:
+    """Each trie node's index in merge_lookup(pool, trie, ...): the pool node it is, or its appended slot."""
+    C = pool.count
+    index = dict(zip(zip(pool.parents[0, :C].tolist(), pool.tokens[0, :C].tolist()), range(C)))
+    at, n_new = [], 0
+    for tok, tp in zip(trie.tokens.tolist(), trie.parents.tolist()):
+        j = index.get((at[tp] if tp >= 0 else -1, tok))
+        if j is None:
+            j, n_new = C + n_new, n_new + 1
+        at.append(j)
+    return at
+
+
+def merge_lookup(pool: CandidatePool, trie: LookupTrie, lookup_scores: np.ndarray) -> CandidatePool:
+    """A new pool: `pool`'s nodes (row 0; B = 1) then the lookup nodes no pool node already is.
+    lookup_scores [K] float: the trie nodes' cumulative scores. A shared node keeps the larger score.
+    Every node gets its source (SOURCE_DRAFTER / SOURCE_LOOKUP / SOURCE_BOTH)."""
+    C = pool.count
+    dev = pool.tokens.device
+    K = trie.size
+    out = CandidatePool(1, C + K, dev)
+    out.source = torch.full((1, C + K), SOURCE_DRAFTER, dtype=torch.int8, device=dev)
+    out.tokens[:, :C] = pool.tokens[:, :C]
+    out.parents[:, :C] = pool.parents[:, :C]
+    out.scores[:, :C] = pool.scores[:, :C]
+    out.count = C
+    if K == 0:
+        return out
+    # host side: the pool's (parent, token) -> index, a few hundred ints (host sync: one copy per cycle)
+    index = dict(zip(zip(pool.parents[0, :C].tolist(), pool.tokens[0, :C].tolist()), range(C)))
+    scores = pool.scores[0, :C].tolist()
+    at = []                                    # trie node -> pool index
+    new_tokens, new_parents, new_scores = [], [], []
+    shared, shared_scores = [], []
+    for tok, tp, s in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist()):
+        parent = at[tp] if tp >= 0 else -1
+        j = index.get((parent, tok))
+        if j is None:                          # a lookup-only node (its parent has a lower index)
+            j = C + len(new_tokens)
+            new_tokens.append(tok)
+            new_parents.append(parent)
+            new_scores.append(s)
+        else:                                  # both sides proposed it: one node, the larger score
+            shared.append(j)
+            shared_scores.append(max(scores[j], s))
+        at.append(j)
+    if shared:
+        idx = torch.tensor(shared, dtype=torch.int64, device=dev)
+        out.scores[0, idx] = torch.tensor(shared_scores, dtype=torch.float32, device=dev)
+        out.source[0, idx] = SOURCE_BOTH
+    if new_tokens:
+        n = len(new_tokens)
+        out.add(torch.tensor([new_tokens], dtype=torch.int64, device=dev),
+                torch.tensor([new_parents], dtype=torch.int64, device=dev),
+                torch.tensor([new_scores], dtype=torch.float32, device=dev))
+        out.source[0, C:C + n] = SOURCE_LOOKUP
+    return out
