@@ -292,18 +292,18 @@ def test_ltd_lookup_layout_inference_equals_training_and_configs_without_it_load
     assert lf.tolist()[0] == pytest.approx([3 / 8, 5 / 8, 0.37])
     child = -torch.rand(1, 9) * 6
     sl, temp = torch.tensor([seq_len_feature(40)]), temperature_feature(torch.tensor([1.0]))
-    got_d = pol._features(child, 9, 40, 2, 1.0, None, info)
+    got_d = pol._features(child, 9, 40, 2, 1.0, None, lookup=info)
     want = depth_features(sorted_padded(child, 9), sl, torch.tensor([2 / 4]), temp, pol.cost_tensor(), None, lf)
     assert torch.equal(got_d, want)
     pool = -torch.rand(1, 12) * 6
-    got = pol._features(pool, 8, 40, 2, 1.0, None, info)
+    got = pol._features(pool, 8, 40, 2, 1.0, None, lookup=info)
     assert torch.equal(got, size_features(sorted_padded(pool, 8), sl, torch.tensor([2 / 4]), temp, pol.cost_tensor(),
                                           None, lf))
     # no occurrence: the probability feature is 0, not exp(0)
     assert lookup_features(0, 0, 0.0) == [0.0, 0.0, 0.0]
     pol.save_pretrained(tmp_path / "p")
     back = load_policy(tmp_path / "p")
-    assert back.lookup and torch.equal(back._features(child, 9, 40, 2, 1.0, None, info), got_d)
+    assert back.lookup and torch.equal(back._features(child, 9, 40, 2, 1.0, None, lookup=info), got_d)
     # a config written before the flag existed (no "lookup" key) loads with lookup off
     plain = LtdPolicy(tree_topk=3, max_draft_calls=4, budgets=(2, 4, 7), costs=costs, pool_topk=8, seed=3)
     plain.save_pretrained(tmp_path / "q")

@@ -115,13 +115,7 @@ class EagleDrafter(Drafter):
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
         drafted = self.draft_pool(req)
-        pool = drafted.pool
-        budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
-                                                     req.verify_budget, req.costs, req.temperature, req.history,
-                                                     batch_size=req.batch_size, lookup=req.lookup))
-        tree = pool.to_tree(req.root, budget, drafted.draft_calls)
-        tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
-        return tree
+        return tree_from_pool(req, drafted, drafted.pool)
 
     @torch.no_grad()
     def draft_pool(self, req: DraftRequest) -> "DraftedPool":
@@ -187,3 +181,14 @@ class EagleDrafter(Drafter):
                 self.recorder(calls, pool, beam_scores, exp.child_scores)
         cache.crop(committed)  # drop the speculative entries of calls 2..k
         return DraftedPool(pool, calls, guess_token, guess_score)
+
+
+def tree_from_pool(req: DraftRequest, drafted: "DraftedPool", pool) -> DraftTree:
+    """The cycle's tree: the policy's verify budget V over `pool` (the drafted pool, or a HybridDrafter's merged
+    one), its best V nodes, and the first call's guess for the history features."""
+    budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
+                                                 req.verify_budget, req.costs, req.temperature, req.history,
+                                                 batch_size=req.batch_size, lookup=req.lookup))
+    tree = pool.to_tree(req.root, budget, drafted.draft_calls)
+    tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
+    return tree

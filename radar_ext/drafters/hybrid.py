@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from radar_ext.drafters.base import DraftRequest, Drafter
-from radar_ext.drafters.eagle import EagleDrafter
+from radar_ext.drafters.eagle import EagleDrafter, tree_from_pool
 from radar_ext.drafters.lookup_scores import LookupScores
 from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
-from radar_ext.policies.base import BudgetStep, LookupInfo
+from radar_ext.policies.base import LookupInfo
 from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree
 
 LOOKUP_SCORES_FILE = "lookup_scores.json"  # shipped beside the head
@@ -94,13 +94,7 @@ class HybridDrafter(Drafter):
         scores = self.scores.score(trie)
         req = dataclasses.replace(req, lookup=lookup_info(trie, scores))
         drafted = self.eagle.draft_pool(req)
-        pool = merge_lookup(drafted.pool, trie, scores)
-        budget = req.policy.verify_budget(BudgetStep(pool.scores[:, :pool.count], drafted.draft_calls, req.seq_len,
-                                                     req.verify_budget, req.costs, req.temperature, req.history,
-                                                     batch_size=req.batch_size, lookup=req.lookup))
-        tree = pool.to_tree(req.root, budget, drafted.draft_calls)
-        tree.guess_token, tree.guess_score = drafted.guess_token, drafted.guess_score
-        return tree
+        return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
 
 
 def lookup_info(trie: LookupTrie, scores: np.ndarray) -> LookupInfo:
