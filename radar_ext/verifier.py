@@ -50,15 +50,16 @@ def prefill(target, cache, input_ids: torch.Tensor, feature_layers=None) -> Veri
 
 @torch.no_grad()
 def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True,
-           native: bool = True) -> VerifyOut:
+           native: bool = True, fused: bool = True) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
     lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead); native: let it
-    run its layer loop in C++ where every linear is on exact blocks (same bits again)."""
+    run its layer loop in C++ where every linear is on exact blocks (same bits again); fused: let it run the
+    whole forward as one torch-free C++ call (radar_ext::llama_forward; HF's logits up to rounding)."""
     dtype = next(target.parameters()).dtype
     input_ids = tree.tokens.clamp(min=0)                           # [B, M]
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
     mask = tree_attention_mask(tree, prefix_len, dtype)            # [B, 1, M, prefix_len + M]
-    fast = lean_forward_for(target, native=native) if lean else None
+    fast = lean_forward_for(target, native=native, fused=fused) if lean else None
     if fast is not None:
         return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))
     out = target(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
