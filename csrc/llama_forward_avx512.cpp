@@ -12,8 +12,9 @@
 namespace radar_ext {
 namespace kernels {
 
-void llama_forward_thread_avx512(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws, int tid, int nth) {
-  llama_forward_thread(p, ws, tid, nth);
+void llama_forward_thread_avx512(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                 LlamaPhaseCounters* phases, int tid, int nth) {
+  llama_forward_thread(p, ws, phases, tid, nth);
 }
 
 }  // namespace kernels

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -551,14 +552,21 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
       TORCH_CHECK_VALUE(wt == at::kChar && w->size(1) == K, name.str(), " must be int8 [N, ", K, "] (Q8_0), got ",
                         describe(*w));
     }
-    TORCH_CHECK_VALUE(is_f32(*d, {r.N, K / 32}) && d->is_contiguous() && d->device().is_cpu(), "params[", i + 1,
-                      "] (scales of ", what, ") must be float32 [", r.N, ", ", K / 32, "], got ", describe(*d));
+    // scales float32, or float16 (GGUF's own, exact): then the minima too
+    const auto st = d->scalar_type();
+    const bool ok_d = (st == at::kFloat || st == at::kHalf) && d->sizes().equals({r.N, K / 32}) &&
+                      d->is_contiguous() && d->device().is_cpu();
+    TORCH_CHECK_VALUE(ok_d, "params[", i + 1, "] (scales of ", what, ") must be float32 or float16 [", r.N, ", ",
+                      K / 32, "], got ", describe(*d));
     r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
-    r.wd = d->data_ptr<float>();
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.scales_f16 = st == at::kHalf;
     if (m.has_value()) {
-      TORCH_CHECK_VALUE(is_f32(*m, {r.N, K / 32}) && m->is_contiguous() && m->device().is_cpu(), "params[", i + 2,
-                        "] (minima of ", what, ") must be float32 [", r.N, ", ", K / 32, "], got ", describe(*m));
-      r.wm = m->data_ptr<float>();
+      TORCH_CHECK_VALUE(m->scalar_type() == st && m->sizes().equals({r.N, K / 32}) && m->is_contiguous() &&
+                            m->device().is_cpu(),
+                        "params[", i + 2, "] (minima of ", what, ") must be ", dtype_name(st), " [", r.N, ", ",
+                        K / 32, "] like the scales, got ", describe(*m));
+      r.wm = static_cast<const float*>(m->const_data_ptr());
     }
   }
   if (bias.has_value()) {
@@ -672,12 +680,16 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
                                 past_len, layers.data(), kp.data(), vp.data(), cap, final_norm, lm_head,
                                 out[0].data_ptr<float>(), capture.data(), cap_ptrs.data(),
                                 static_cast<int64_t>(capture.size())};
-  // One thread per ~256k multiply-adds of a layer at most (tiny models stay on one thread).
+  // One thread per ~8k multiply-adds of a layer at most (a second thread costs a wake-up, ~10 us; the
+  // tests' tiny models still get two, so the claiming of phases runs there too).
   const int64_t work = B * M * (H * (n_heads + 2 * n_kv) * D + n_heads * D * H + 3 * H * inter);
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work >> 18)));
-  std::vector<float> shared(kernels::llama_shared_floats(p)), per_thread(nt * kernels::llama_thread_floats(p));
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work >> 13)));
+  // (uninitialized: every element is written before it is read)
+  const std::unique_ptr<float[]> shared(new float[kernels::llama_shared_floats(p)]);
+  const std::unique_ptr<float[]> per_thread(new float[nt * kernels::llama_thread_floats(p)]);
   kernels::LlamaForwardWorkspace ws{};
-  kernels::llama_workspace_carve(ws, p, shared.data(), per_thread.data());
+  kernels::llama_workspace_carve(ws, p, shared.get(), per_thread.get());
+  std::vector<kernels::LlamaPhaseCounters> phases(kernels::llama_n_phases(p));
   const bool avx512 = skinny_linear_uses_avx512();
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt)
@@ -689,9 +701,9 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
     const int tid = 0, nth = 1;
 #endif
     if (avx512)
-      kernels::llama_forward_thread_avx512(p, ws, tid, nth);
+      kernels::llama_forward_thread_avx512(p, ws, phases.data(), tid, nth);
     else
-      kernels::llama_forward_thread(p, ws, tid, nth);
+      kernels::llama_forward_thread(p, ws, phases.data(), tid, nth);
   }
   return out;
 }

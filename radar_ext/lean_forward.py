@@ -135,41 +135,65 @@ class _FusedWeights:
 
     def __init__(self, target):
         from radar_ext.quant import cached_exact_blocks
-        model = _sub(target, "model")
-        layers = list(_sub(model, "layers")._modules.values())[:target.config.num_hidden_layers]
+        sources = []  # (owner dict, name, object) of every module and tensor read, for fresh()
+
+        def sub(mod, name):
+            child = mod._modules[name]
+            sources.append((mod._modules, name, child))
+            return child
+
+        def param(mod, name):
+            t = mod._parameters[name]
+            sources.append((mod._parameters, name, t))
+            return t
 
         def linear(mod):
-            w, bias = mod._parameters["weight"], mod._parameters["bias"]
+            w, bias = param(mod, "weight"), param(mod, "bias")
+            bias = None if bias is None else bias.detach()
             blocks = cached_exact_blocks(w)
             if blocks is None:
-                return [w.detach().contiguous(), None, None, None if bias is None else bias.detach()]
-            return [blocks.q, blocks.d, blocks.m, None if bias is None else bias.detach()]
+                return [w.detach().contiguous(), None, None, bias]
+            # GGUF's scales and minima are float16: kept so, the block streams 1/5 fewer bytes (exact
+            # whenever float16 holds them, which exact_blocks' scales always do; checked anyway)
+            d16 = blocks.d.half()
+            m16 = None if blocks.m is None else blocks.m.half()
+            if torch.equal(d16.float(), blocks.d) and (m16 is None or torch.equal(m16.float(), blocks.m)):
+                return [blocks.q, d16, m16, bias]
+            return [blocks.q, blocks.d, blocks.m, bias]
 
-        params = [_sub(model, "embed_tokens")._parameters["weight"].detach(),
-                  _sub(model, "norm")._parameters["weight"].detach(), *linear(_sub(target, "lm_head"))]
-        eps, scaling = set(), set()
+        model = sub(target, "model")
+        stack = sub(model, "layers")
+        n_layers = target.config.num_hidden_layers
+        layers = [sub(stack, name) for name in list(stack._modules)[:n_layers]]
+        final_norm = sub(model, "norm")
+        params = [param(sub(model, "embed_tokens"), "weight").detach(), param(final_norm, "weight").detach(),
+                  *linear(sub(target, "lm_head"))]
+        eps, scaling = {final_norm.variance_epsilon}, set()
         for layer in layers:
-            attn, mlp = _sub(layer, "self_attn"), _sub(layer, "mlp")
-            norms = (_sub(layer, "input_layernorm"), _sub(layer, "post_attention_layernorm"))
-            params += [n._parameters["weight"].detach() for n in norms]
+            attn, mlp = sub(layer, "self_attn"), sub(layer, "mlp")
+            norms = (sub(layer, "input_layernorm"), sub(layer, "post_attention_layernorm"))
+            params += [param(n, "weight").detach() for n in norms]
             eps.update(n.variance_epsilon for n in norms)
-            eps.add(_sub(model, "norm").variance_epsilon)
             scaling.add(attn.scaling)
             for parent, name in _LINEARS:
-                params += linear(_sub(attn if parent == "self_attn" else mlp, name))
+                params += linear(sub(attn if parent == "self_attn" else mlp, name))
         self.params = params
         self.eps = eps.pop() if len(eps) == 1 else None
         self.scaling = scaling.pop() if len(scaling) == 1 else None
-        self.layer_ids = [_sub(layer, "self_attn").layer_idx for layer in layers]
-        self._sources = self._signature(target)
-
-    @staticmethod
-    def _signature(target):
-        return [(p, p.data_ptr(), p._version) for p in target.parameters()]
+        self.layer_ids = [layer.self_attn.layer_idx for layer in layers]
+        self.n_layers = n_layers
+        self._modules = [(d, n, m) for d, n, m in sources if isinstance(m, torch.nn.Module)]
+        self._tensors = [(d, n, t, t.data_ptr(), t._version) for d, n, t in sources
+                         if isinstance(t, torch.Tensor)]
+        self._absent = [(d, n) for d, n, t in sources if t is None]
 
     def fresh(self, target) -> bool:
-        return all(a is p and b == p.data_ptr() and v == p._version
-                   for (a, b, v), p in zip(self._sources, target.parameters()))
+        """Every module and tensor read is still in its place, each tensor with the same storage and version
+        (plain dict checks: walking target.parameters() costs ~0.4 ms a verify on the default target)."""
+        return (self.n_layers == target.config.num_hidden_layers
+                and all(d.get(n) is m for d, n, m in self._modules)
+                and all(d.get(n) is t and t._version == v and t.data_ptr() == ptr for d, n, t, ptr, v in self._tensors)
+                and all(d.get(n) is None for d, n in self._absent))
 
 
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -9,11 +9,13 @@
 // cache position t, so per-row cache lengths and left padding are the mask's business; K/V caches
 // [B, Hkv, capacity, D] per layer, entries [0, past_len) valid, the new ones go to [past_len, past_len + M).
 // Parallel split: the caller opens one parallel region for the whole forward and calls
-// llama_forward_thread(p, ws, tid, nthreads) on every thread; phases are separated by barriers
-// (5 per layer). Products split the 4-row blocks of their output columns evenly between threads (every
-// output is summed by one thread in the kernel's fixed order, so the result does not depend on the
-// thread count); rotary splits (row, head) pairs; attention splits (batch row, query head) pairs.
-// Each thread normalizes all R rows into its own buffer (R * H flops, cheaper than a barrier).
+// llama_forward_thread on every thread. The forward is a chain of phases (embedding, 6 per layer, LM
+// head) whose work items the threads claim in chunks from atomic counters (llama_phase: no barrier,
+// so a descheduled thread does not hold the other one up). Products: chunks of 4-row blocks of their
+// output columns (every output is summed by one thread in the kernel's fixed order, so the result does
+// not depend on the thread count or the split); rotary: (row, head) pairs; attention: (batch row,
+// query head) pairs. Each thread that takes product work first normalizes all R rows into its own
+// buffer (R * H flops, cheaper than another phase).
 // Numerics: float32 accumulation everywhere, no fast-math, no contraction (setup.py); logits differ
 // from the HF forward's by summation order only (python_tests/test_fused_forward.py).
 // All functions have internal linkage (static): this header is compiled for the baseline ISA in
@@ -23,7 +25,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <vector>
+#include <atomic>
+#include <thread>
 
 #include "kernels/common.h"
 #include "kernels/skinny_linear.h"
@@ -39,6 +42,7 @@ struct LinearWeights {
   const uint8_t* wq = nullptr;    // Q4_1 [N, K/2] (wm set) or Q8_0 [N, K] int8
   const float* wd = nullptr;      // [N, K/32]
   const float* wm = nullptr;      // [N, K/32] or nullptr
+  bool scales_f16 = false;        // wd / wm hold float16 bits (SkinnyLinearParams::scales_f16)
   const float* bias = nullptr;    // [N] or nullptr
   int64_t N = 0, K = 0;
 };
@@ -113,22 +117,52 @@ static inline SkinnyLinearParams linear_params(const LinearWeights& w, const flo
   s.wq = w.wq;
   s.wd = w.wd;
   s.wm = w.wm;
+  s.scales_f16 = w.scales_f16;
   return s;
 }
 
-// [lo, hi) of n items for thread tid of nth (contiguous, sizes differ by at most one).
-static inline void llama_split(int64_t n, int tid, int nth, int64_t& lo, int64_t& hi) {
-  lo = n * tid / nth;
-  hi = n * (tid + 1) / nth;
+// Phase synchronisation without barriers. Each phase has n_items work items; a thread claims chunks
+// of them from the phase's `claimed` counter and adds what it finished to `done`; it enters the next
+// phase once every item of this one is done, not once every thread has arrived. On a loaded machine
+// a thread that the OS has descheduled between phases costs nothing: the running one takes all the
+// items (an OpenMP barrier would wait a whole time slice for it, ~150 times a forward). Waiting only
+// happens for chunks another thread has claimed and not finished.
+struct LlamaPhaseCounters {
+  std::atomic<int64_t> claimed{0}, done{0};
+  char pad[64 - 2 * sizeof(std::atomic<int64_t>)];  // one cache line per phase
+};
+
+static inline void llama_wait_done(LlamaPhaseCounters& c, int64_t n_items) {
+  for (int spins = 0; c.done.load(std::memory_order_acquire) < n_items; ++spins) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (spins > 2000) std::this_thread::yield();  // the owner of the last chunk may be descheduled
+  }
 }
 
-// This thread's share of the products ps[0..n) (all on the same x): the 4-row blocks of all their
-// outputs as one range, as skinny_linear_run_many splits them.
-static inline void llama_products(const SkinnyLinearParams* ps, int n, int tid, int nth) {
-  int64_t total = 0;
-  for (int i = 0; i < n; ++i) total += skinny_linear_blocks(ps[i]);
-  int64_t lo, hi;
-  llama_split(total, tid, nth, lo, hi);
+// Claims chunks of `chunk` items of a phase until none is left: body(lo, hi) for each.
+template <typename Body>
+static inline void llama_phase(LlamaPhaseCounters& c, int64_t n_items, int64_t chunk, Body&& body) {
+  for (;;) {
+    const int64_t lo = c.claimed.fetch_add(chunk, std::memory_order_relaxed);
+    if (lo >= n_items) break;
+    const int64_t hi = lo + chunk < n_items ? lo + chunk : n_items;
+    body(lo, hi);
+    c.done.fetch_add(hi - lo, std::memory_order_acq_rel);
+  }
+  llama_wait_done(c, n_items);
+}
+
+// Chunk of 4-row blocks a thread claims at once: about 8 chunks per thread (load balance), at least
+// kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays.
+static inline int64_t llama_block_chunk(int64_t blocks, int nth) {
+  const int64_t c = blocks / (8 * nth);
+  return c > 2 * kSkinnyPrefetchBlocks ? c : 2 * kSkinnyPrefetchBlocks;
+}
+
+// Blocks [lo, hi) of the products ps[0..n) (all on the same x) taken as one range.
+static inline void llama_products(const SkinnyLinearParams* ps, int n, int64_t lo, int64_t hi) {
   int64_t start = 0;
   for (int i = 0; i < n; ++i) {
     const int64_t nb = skinny_linear_blocks(ps[i]);
@@ -215,116 +249,128 @@ static inline void llama_attention_head(const LlamaForwardParams& p, const Llama
 // silu(g) * u = g / (1 + exp(-g)) * u; exp_accurate saturates at exp(88), where the quotient is ~0 anyway.
 static inline float llama_silu_mul(float g, float u) { return g / (1.0f + exp_accurate(-g)) * u; }
 
-// x[:, c0:c1] += y[:, c0:c1] (the columns of blocks [b0, b1) of a product with N columns).
+// x[:, c0:c1] += y[:, c0:c1] for rows of N columns.
 static inline void llama_residual(float* x, const float* y, int64_t rows, int64_t N, int64_t c0, int64_t c1) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = c0; c < c1; ++c) x[r * N + c] = x[r * N + c] + y[r * N + c];
 }
 
-static inline void llama_block_columns(const SkinnyLinearParams& s, int tid, int nth, int64_t& c0, int64_t& c1) {
-  int64_t lo, hi;
-  llama_split(skinny_linear_blocks(s), tid, nth, lo, hi);
-  c0 = lo * kSkinnyNR;
-  c1 = hi * kSkinnyNR < s.N ? hi * kSkinnyNR : s.N;
+static inline int64_t llama_block_col(const SkinnyLinearParams& s, int64_t block) {
+  return block * kSkinnyNR < s.N ? block * kSkinnyNR : s.N;
 }
 
-static inline void llama_capture(const LlamaForwardParams& p, int64_t slot, const float* x, int tid) {
-  if (tid != 0) return;
-  for (int64_t i = 0; i < p.n_capture; ++i)
-    if (p.capture_slots[i] == slot) memcpy(p.capture_out[i], x, p.B * p.M * p.H * sizeof(float));
-}
+// Phases of one forward: embedding, 6 per layer (q/k/v, rotary, attention, o, gate/up, down), the LM head.
+static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 2 + 6 * p.n_layers; }
 
-#if defined(_OPENMP)
-#define RADAR_LLAMA_BARRIER _Pragma("omp barrier")
-#else
-#define RADAR_LLAMA_BARRIER
-#endif
-
-// The whole forward, as thread tid of nth (all nth threads must call it; see the top of the file).
-static inline void llama_forward_thread(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws, int tid,
-                                        int nth) {
+// The whole forward, as thread tid of nth (every thread calls it; see the top of the file). phases:
+// llama_n_phases(p) zeroed counters shared by the threads.
+static inline void llama_forward_thread(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                        LlamaPhaseCounters* phases, int tid, int nth) {
   const int64_t R = p.B * p.M, H = p.H, D = p.head_dim, M = p.M, T = p.past_len + M;
   const int64_t QD = p.n_heads * D, KD = p.n_kv_heads * D;
   float* h = ws.per_thread + tid * ws.thread_floats;  // [R, H] this thread's normed x
   float* qh = h + R * H;                              // [M, D]
   float* scores = qh + M * D;                         // [M, T]
   float* oh = scores + M * T;                         // [D]
-  int64_t lo, hi;
-  llama_split(R, tid, nth, lo, hi);
-  for (int64_t r = lo; r < hi; ++r) memcpy(ws.x + r * H, p.embed + p.tokens[r] * H, H * sizeof(float));
-  RADAR_LLAMA_BARRIER
+  LlamaPhaseCounters* ph = phases;
+  // Phase results that every later phase reads are complete when llama_phase returns; captures and
+  // norms are recomputed by each thread that claims work in a phase needing them (norm: R * H flops).
+  llama_phase(*ph++, R, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) memcpy(ws.x + r * H, p.embed + p.tokens[r] * H, H * sizeof(float));
+  });
   for (int64_t l = 0; l < p.n_layers; ++l) {
     const LlamaLayerWeights& L = p.layers[l];
-    llama_capture(p, l, ws.x, tid);
-    llama_rms_norm(ws.x, L.input_norm, h, R, H, p.eps);
     const SkinnyLinearParams qkv[3] = {linear_params(L.q, h, ws.q, R), linear_params(L.k, h, ws.k, R),
                                        linear_params(L.v, h, ws.v, R)};
-    llama_products(qkv, 3, tid, nth);
-    RADAR_LLAMA_BARRIER
+    const int64_t qkv_blocks = skinny_linear_blocks(qkv[0]) + skinny_linear_blocks(qkv[1]) + skinny_linear_blocks(qkv[2]);
+    bool normed = false;
+    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth), [&](int64_t lo, int64_t hi) {
+      if (!normed) {
+        if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
+          for (int64_t i = 0; i < p.n_capture; ++i)
+            if (p.capture_slots[i] == l) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
+        llama_rms_norm(ws.x, L.input_norm, h, R, H, p.eps);
+        normed = true;
+      }
+      llama_products(qkv, 3, lo, hi);
+    });
     // rotary on q (in place) and k, then k and v into the cache: items (row, head) over Hq + Hkv heads
     const int64_t heads = p.n_heads + p.n_kv_heads;
-    llama_split(R * heads, tid, nth, lo, hi);
-    for (int64_t it = lo; it < hi; ++it) {
-      const int64_t r = it / heads, hd = it % heads, b = r / M, m = r % M;
-      const float* cs = p.cos + r * D;
-      const float* sn = p.sin + r * D;
-      if (hd < p.n_heads) {
-        llama_rotary(ws.q + r * QD + hd * D, cs, sn, D);
-        continue;
+    llama_phase(*ph++, R * heads, heads, [&](int64_t lo, int64_t hi) {
+      for (int64_t it = lo; it < hi; ++it) {
+        const int64_t r = it / heads, hd = it % heads, b = r / M, m = r % M;
+        const float* cs = p.cos + r * D;
+        const float* sn = p.sin + r * D;
+        if (hd < p.n_heads) {
+          llama_rotary(ws.q + r * QD + hd * D, cs, sn, D);
+          continue;
+        }
+        const int64_t g = hd - p.n_heads;
+        float* kr = ws.k + r * KD + g * D;
+        llama_rotary(kr, cs, sn, D);
+        const int64_t slot = ((b * p.n_kv_heads + g) * p.cache_cap + p.past_len + m) * D;
+        memcpy(p.k_cache[l] + slot, kr, D * sizeof(float));
+        memcpy(p.v_cache[l] + slot, ws.v + r * KD + g * D, D * sizeof(float));
       }
-      const int64_t g = hd - p.n_heads;
-      float* kr = ws.k + r * KD + g * D;
-      llama_rotary(kr, cs, sn, D);
-      const int64_t slot = ((b * p.n_kv_heads + g) * p.cache_cap + p.past_len + m) * D;
-      memcpy(p.k_cache[l] + slot, kr, D * sizeof(float));
-      memcpy(p.v_cache[l] + slot, ws.v + r * KD + g * D, D * sizeof(float));
-    }
-    RADAR_LLAMA_BARRIER
-    llama_split(p.B * p.n_heads, tid, nth, lo, hi);
-    for (int64_t it = lo; it < hi; ++it) llama_attention_head(p, ws, l, it / p.n_heads, it % p.n_heads, qh, scores, oh);
-    RADAR_LLAMA_BARRIER
-    int64_t c0, c1;
+    });
+    llama_phase(*ph++, p.B * p.n_heads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t it = lo; it < hi; ++it) llama_attention_head(p, ws, l, it / p.n_heads, it % p.n_heads, qh, scores, oh);
+    });
     {
       const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R);
-      llama_products(&o, 1, tid, nth);
-      llama_block_columns(o, tid, nth, c0, c1);
-      llama_residual(ws.x, ws.tmp, R, H, c0, c1);
+      const int64_t nb = skinny_linear_blocks(o);
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+        skinny_linear_blocks_native(o, lo, hi);
+        llama_residual(ws.x, ws.tmp, R, H, llama_block_col(o, lo), llama_block_col(o, hi));
+      });
     }
-    RADAR_LLAMA_BARRIER
-    llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
     {
-      // gate and up split alike (same N), so this thread holds both halves of its act columns
+      // gate and up blocks claimed together, so one thread holds both halves of its act columns
       const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R), u = linear_params(L.up, h, ws.up, R);
-      llama_split(skinny_linear_blocks(g), tid, nth, lo, hi);
-      if (lo < hi) {
+      const int64_t nb = skinny_linear_blocks(g), I = p.inter;
+      normed = false;
+      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth), [&](int64_t lo, int64_t hi) {
+        if (!normed) {
+          llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
+          normed = true;
+        }
         skinny_linear_blocks_native(g, lo, hi);
         skinny_linear_blocks_native(u, lo, hi);
-      }
-      llama_block_columns(g, tid, nth, c0, c1);
-      const int64_t I = p.inter;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t c = c0; c < c1; ++c) ws.act[r * I + c] = llama_silu_mul(ws.gate[r * I + c], ws.up[r * I + c]);
+        const int64_t c0 = llama_block_col(g, lo), c1 = llama_block_col(g, hi);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = c0; c < c1; ++c) ws.act[r * I + c] = llama_silu_mul(ws.gate[r * I + c], ws.up[r * I + c]);
+      });
     }
-    RADAR_LLAMA_BARRIER
     {
       const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R);
-      llama_products(&dn, 1, tid, nth);
-      llama_block_columns(dn, tid, nth, c0, c1);
-      llama_residual(ws.x, ws.tmp, R, H, c0, c1);
+      const int64_t nb = skinny_linear_blocks(dn);
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+        skinny_linear_blocks_native(dn, lo, hi);
+        llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
+      });
     }
-    RADAR_LLAMA_BARRIER
   }
-  llama_capture(p, p.n_layers, ws.x, tid);
-  llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
-  llama_capture(p, p.n_layers + 1, h, tid);
   const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, R);
-  llama_products(&head, 1, tid, nth);
+  const int64_t nb = skinny_linear_blocks(head);
+  bool normed = false;
+  llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+    if (!normed) {
+      if (lo == 0)
+        for (int64_t i = 0; i < p.n_capture; ++i)
+          if (p.capture_slots[i] == p.n_layers) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
+      llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
+      if (lo == 0)
+        for (int64_t i = 0; i < p.n_capture; ++i)
+          if (p.capture_slots[i] == p.n_layers + 1) memcpy(p.capture_out[i], h, R * H * sizeof(float));
+      normed = true;
+    }
+    llama_products(&head, 1, lo, hi);
+  });
 }
 
-#undef RADAR_LLAMA_BARRIER
-
 // The AVX-512 build, in csrc/llama_forward_avx512.cpp (call only where skinny_linear_uses_avx512()).
-void llama_forward_thread_avx512(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws, int tid, int nth);
+void llama_forward_thread_avx512(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                 LlamaPhaseCounters* phases, int tid, int nth);
 
 }  // namespace kernels
 }  // namespace radar_ext
