@@ -159,8 +159,9 @@ def extensions():
     # torch.get_num_threads() said. Linking it resolves to the libgomp.so.1 torch has already loaded.
     cxx = ["-O3", "-fno-fast-math", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
-    # skinny_linear_avx512.cpp compiles itself for AVX-512 (a target pragma); ops.cpp checks the CPU.
-    sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp"]
+    # skinny_linear_avx512.cpp and llama_forward_avx512.cpp compile themselves for AVX-512 (a target
+    # pragma); ops.cpp checks the CPU.
+    sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp", "csrc/llama_forward_avx512.cpp"]
     archs = want_cuda()
     if archs:
         print(f"radar_ext: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")

@@ -4,7 +4,8 @@ MKL sgemm), `linear` (radar_ext.fast_linear's skinny_linear only, sdpa_gqa=False
 (fast_linear: skinny_linear + sdpa attention without the K/V copies, through the model's forward),
 `lean` (fast_linear inside radar_ext.lean_forward), `quant-py` (lean, with the weights read from their
 exact Q4_1 / Q8_0 blocks, skinny_linear_quant, the layer loop in Python) and `quant` (the same with the
-layer loop in C++, radar_ext::llama_layers_quant: as RadarDecoder verifies by default).
+layer loop in C++, radar_ext::llama_layers_quant) and `fused` (the whole forward as one torch-free C++
+call, radar_ext::llama_forward: as RadarDecoder verifies by default).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -84,7 +85,7 @@ def main():
     print(f"fast_linear available: {fast_linear_available()}  threads={args.threads}  prefix={P}  "
           f"load average {load_start[0]:.2f}")
 
-    settings = ("off", "linear", "fast", "lean", "quant-py", "quant")
+    settings = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused")
 
     def ctx(setting):
         return fast_linear(target, max_rows=args.max_rows, enabled=setting != "off", sdpa_gqa=setting == "fast",
@@ -93,8 +94,8 @@ def main():
     def run_verify(tree, setting):
         with ctx(setting):
             t0 = time.perf_counter()
-            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant"),
-                         native=setting == "quant")
+            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant", "fused"),
+                         native=setting == "quant", fused=setting == "fused")
             dt = time.perf_counter() - t0
         kv_cache.crop(cache, P)
         return dt, out.logits
@@ -133,11 +134,12 @@ def main():
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
     print(f"{'M':>4} | {'off (MKL)':>24} | {'linear (skinny only)':>24} | {'fast (skinny + gqa)':>24} | "
           f"{'lean (fast + lean fwd)':>24} | {'quant-py (+ Q blocks)':>24} | {'quant (+ C++ layers)':>24} | "
-          f"off/lean | off/quant")
+          f"{'fused (C++ forward)':>24} | off/lean | off/quant | off/fused")
     for r in rows:
         print(f"{r['M']:>4} | {cell(r['off'])} | {cell(r['linear'])} | {cell(r['fast'])} | {cell(r['lean'])} | "
-              f"{cell(r['quant-py'])} | {cell(r['quant'])} | {r['off']['median'] / r['lean']['median']:.2f}x | "
-              f"{r['off']['median'] / r['quant']['median']:.2f}x")
+              f"{cell(r['quant-py'])} | {cell(r['quant'])} | {cell(r['fused'])} | "
+              f"{r['off']['median'] / r['lean']['median']:.2f}x | {r['off']['median'] / r['quant']['median']:.2f}x | "
+              f"{r['off']['median'] / r['fused']['median']:.2f}x")
     print(f"HF 1-token step | {cell(hf['off'])} | {cell(hf['linear'])} | {cell(hf['fast'])} |")
     print(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
           + ("  (busy machine: figures are noisy)" if max(load_start[0], load_end[0]) > 0.5 + args.threads else ""))

@@ -8,15 +8,21 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <sstream>
 #include <vector>
 
 #include "checks.h"
 #include "kernels/build_tree.h"
+#include "kernels/llama_forward.h"
 #include "kernels/policy_step.h"
 #include "kernels/skinny_linear.h"
 #include "kernels/topk_expand.h"
@@ -506,6 +512,202 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
   return out;
 }
 
+// ---- llama_forward: the fused torch-free verify forward (kernels/llama_forward.h) ----------------
+// params: [embed [V_e, H], final_norm [H], lm_head (4 entries)] then per layer kLayerParams entries:
+// input norm [H], post-attention norm [H], then q, k, v, o, gate, up, down as 4 entries each:
+// (float32 / bfloat16 / float16 weight [N, K], None, None, bias or None) or Q4_1 / Q8_0 blocks
+// (q, d, m or None, bias or None), as skinny_linear / skinny_linear_quant take them.
+constexpr int64_t kForwardHeadParams = 6;
+
+kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>& params, int64_t i, int64_t K,
+                                      const char* what, int64_t layer) {
+  const c10::optional<at::Tensor> w = params.get(i), d = params.get(i + 1), m = params.get(i + 2),
+                                  bias = params.get(i + 3);
+  std::ostringstream name;
+  name << "params[" << i << "] (" << what;
+  if (layer >= 0) name << " of layer " << layer;
+  name << ")";
+  TORCH_CHECK_VALUE(w.has_value(), name.str(), " must be a weight or quantized blocks, got None");
+  TORCH_CHECK_VALUE(w->device().is_cpu() && w->is_contiguous() && w->dim() == 2, name.str(),
+                    " must be a contiguous 2-D CPU tensor, got ", describe(*w));
+  kernels::LinearWeights r;
+  r.N = w->size(0);
+  r.K = K;
+  const auto wt = w->scalar_type();
+  if (!d.has_value()) {
+    TORCH_CHECK_VALUE((wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf) && w->size(1) == K, name.str(),
+                      " must be float32, bfloat16 or float16 [N, ", K, "], got ", describe(*w));
+    if (wt == at::kFloat) {
+      r.w = w->data_ptr<float>();
+    } else {
+      r.w16 = static_cast<const uint16_t*>(w->const_data_ptr());
+      r.w16_is_f16 = wt == at::kHalf;
+    }
+  } else {
+    TORCH_CHECK_VALUE(K % 32 == 0, name.str(), ": quantized blocks need K divisible by 32, got K = ", K);
+    if (m.has_value()) {
+      TORCH_CHECK_VALUE(wt == at::kByte && w->size(1) == K / 2, name.str(), " must be uint8 [N, ", K / 2,
+                        "] (Q4_1), got ", describe(*w));
+    } else {
+      TORCH_CHECK_VALUE(wt == at::kChar && w->size(1) == K, name.str(), " must be int8 [N, ", K, "] (Q8_0), got ",
+                        describe(*w));
+    }
+    // scales float32, or float16 (GGUF's own, exact): then the minima too
+    const auto st = d->scalar_type();
+    const bool ok_d = (st == at::kFloat || st == at::kHalf) && d->sizes().equals({r.N, K / 32}) &&
+                      d->is_contiguous() && d->device().is_cpu();
+    TORCH_CHECK_VALUE(ok_d, "params[", i + 1, "] (scales of ", what, ") must be float32 or float16 [", r.N, ", ",
+                      K / 32, "], got ", describe(*d));
+    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.scales_f16 = st == at::kHalf;
+    if (m.has_value()) {
+      TORCH_CHECK_VALUE(m->scalar_type() == st && m->sizes().equals({r.N, K / 32}) && m->is_contiguous() &&
+                            m->device().is_cpu(),
+                        "params[", i + 2, "] (minima of ", what, ") must be ", dtype_name(st), " [", r.N, ", ",
+                        K / 32, "] like the scales, got ", describe(*m));
+      r.wm = static_cast<const float*>(m->const_data_ptr());
+    }
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(is_f32(*bias, {r.N}) && bias->is_contiguous() && bias->device().is_cpu(), "params[", i + 3,
+                      "] (bias of ", what, ") must be float32 [", r.N, "], got ", describe(*bias));
+    r.bias = bias->data_ptr<float>();
+  }
+  return r;
+}
+
+const float* forward_vector(const c10::List<c10::optional<at::Tensor>>& params, int64_t i, int64_t H, const char* what,
+                            int64_t layer) {
+  const c10::optional<at::Tensor> t = params.get(i);
+  TORCH_CHECK_VALUE(t.has_value() && is_f32(*t, {H}) && t->is_contiguous() && t->device().is_cpu(), "params[", i,
+                    "] (", what, layer >= 0 ? " of layer " + std::to_string(layer) : std::string(),
+                    ") must be a contiguous float32 [", H, "] CPU tensor, got ",
+                    t.has_value() ? describe(*t) : std::string("None"));
+  return t->data_ptr<float>();
+}
+
+std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                                          const at::Tensor& mask_in, const c10::List<c10::optional<at::Tensor>>& params,
+                                          at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
+                                          at::IntArrayRef capture, double eps, double scaling, int64_t head_dim) {
+  TORCH_CHECK_VALUE(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.device().is_cpu() &&
+                        tokens.size(0) >= 1 && tokens.size(1) >= 1,
+                    "tokens must be int64 [B, M] on the CPU with B, M >= 1, got ", describe(tokens));
+  const int64_t B = tokens.size(0), M = tokens.size(1), n_layers = static_cast<int64_t>(k_bufs.size());
+  TORCH_CHECK_VALUE(n_layers >= 1 && static_cast<int64_t>(v_bufs.size()) == n_layers &&
+                        static_cast<int64_t>(params.size()) == kForwardHeadParams + n_layers * kLayerParams,
+                    "params must hold ", kForwardHeadParams, " + ", kLayerParams,
+                    " entries per layer and k_bufs / v_bufs one buffer per layer (>= 1): got ", params.size(),
+                    " params, ", k_bufs.size(), " k_bufs, ", v_bufs.size(), " v_bufs");
+  TORCH_CHECK_VALUE(head_dim >= 2 && head_dim % 2 == 0 && head_dim <= 512, "head_dim must be even in [2, 512], got ",
+                    head_dim);
+  TORCH_CHECK_VALUE(past_len >= 0, "past_len must be >= 0, got ", past_len);
+  const c10::optional<at::Tensor> embed_opt = params.get(0);
+  TORCH_CHECK_VALUE(embed_opt.has_value() && embed_opt->scalar_type() == at::kFloat && embed_opt->dim() == 2 &&
+                        embed_opt->is_contiguous() && embed_opt->device().is_cpu(),
+                    "params[0] (embed_tokens) must be a contiguous float32 [V, H] CPU tensor, got ",
+                    embed_opt.has_value() ? describe(*embed_opt) : std::string("None"));
+  const at::Tensor& embed = *embed_opt;
+  const int64_t H = embed.size(1), D = head_dim, T = past_len + M;
+  const at::Tensor tok = tokens.contiguous();
+  const int64_t* tp = tok.data_ptr<int64_t>();
+  for (int64_t r = 0; r < B * M; ++r)
+    TORCH_CHECK_VALUE(tp[r] >= 0 && tp[r] < embed.size(0), "tokens[", r / M, ", ", r % M, "] = ", tp[r],
+                      " must be in [0, ", embed.size(0), ")");
+  TORCH_CHECK_VALUE(is_f32(cos_in, {B, M, D}) && is_f32(sin_in, {B, M, D}), "cos and sin must be float32 [B, M, D] = [",
+                    B, ", ", M, ", ", D, "], got ", describe(cos_in), " and ", describe(sin_in));
+  TORCH_CHECK_VALUE(mask_in.scalar_type() == at::kFloat && mask_in.dim() == 4 && mask_in.size(0) == B &&
+                        mask_in.size(1) == 1 && mask_in.size(2) == M && mask_in.size(3) >= T,
+                    "mask must be float32 [B, 1, M, >= past_len + M] = [", B, ", 1, ", M, ", >= ", T, "], got ",
+                    describe(mask_in));
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous(), mask = mask_in.contiguous();
+  std::vector<kernels::LlamaLayerWeights> layers(n_layers);
+  std::vector<float*> kp(n_layers), vp(n_layers);
+  int64_t n_heads = 0, n_kv = 0, inter = 0, cap = 0;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const int64_t base = kForwardHeadParams + i * kLayerParams;
+    kernels::LlamaLayerWeights& L = layers[i];
+    L.input_norm = forward_vector(params, base, H, "input_layernorm", i);
+    L.post_norm = forward_vector(params, base + 1, H, "post_attention_layernorm", i);
+    L.q = forward_linear(params, base + 2, H, "q_proj", i);
+    L.k = forward_linear(params, base + 6, H, "k_proj", i);
+    L.v = forward_linear(params, base + 10, H, "v_proj", i);
+    if (i == 0) {
+      n_heads = L.q.N / D, n_kv = L.k.N / D;
+      TORCH_CHECK_VALUE(L.q.N % D == 0 && L.k.N % D == 0 && n_kv >= 1 && n_heads % n_kv == 0,
+                        "q_proj / k_proj outputs (", L.q.N, ", ", L.k.N, ") must be multiples of head_dim ", D,
+                        " with the query heads a multiple of the key/value heads");
+    }
+    TORCH_CHECK_VALUE(L.q.N == n_heads * D && L.k.N == n_kv * D && L.v.N == n_kv * D, "layer ", i,
+                      ": q/k/v_proj must have ", n_heads * D, " / ", n_kv * D, " / ", n_kv * D, " outputs, got ",
+                      L.q.N, " / ", L.k.N, " / ", L.v.N);
+    L.o = forward_linear(params, base + 14, n_heads * D, "o_proj", i);
+    TORCH_CHECK_VALUE(L.o.N == H, "layer ", i, ": o_proj must have H = ", H, " outputs, got ", L.o.N);
+    L.gate = forward_linear(params, base + 18, H, "gate_proj", i);
+    if (i == 0) inter = L.gate.N;
+    L.up = forward_linear(params, base + 22, H, "up_proj", i);
+    TORCH_CHECK_VALUE(L.gate.N == inter && L.up.N == inter, "layer ", i, ": gate/up_proj must have ", inter,
+                      " outputs, got ", L.gate.N, " / ", L.up.N);
+    L.down = forward_linear(params, base + 26, inter, "down_proj", i);
+    TORCH_CHECK_VALUE(L.down.N == H, "layer ", i, ": down_proj must have H = ", H, " outputs, got ", L.down.N);
+    const at::Tensor &kb = k_bufs[i], &vb = v_bufs[i];
+    if (i == 0) cap = kb.dim() == 4 ? kb.size(2) : 0;
+    TORCH_CHECK_VALUE(kb.scalar_type() == at::kFloat && vb.scalar_type() == at::kFloat && kb.is_contiguous() &&
+                          vb.is_contiguous() && kb.sizes().equals({B, n_kv, cap, D}) &&
+                          vb.sizes().equals({B, n_kv, cap, D}) && cap >= T,
+                      "k_bufs[", i, "] / v_bufs[", i, "] must be contiguous float32 [B, Hkv, capacity, D] = [", B,
+                      ", ", n_kv, ", >= ", T, " (the same for every layer), ", D, "], got ", describe(kb), " / ",
+                      describe(vb));
+    kp[i] = kb.data_ptr<float>();
+    vp[i] = vb.data_ptr<float>();
+  }
+  const float* final_norm = forward_vector(params, 1, H, "final norm", -1);
+  const kernels::LinearWeights lm_head = forward_linear(params, 2, H, "lm_head", -1);
+  for (size_t j = 0; j < capture.size(); ++j)
+    TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] <= n_layers + 1,
+                      "capture must hold slots in [0, n_layers + 1] = [0, ", n_layers + 1, "], got ", capture);
+  const auto f32 = tok.options().dtype(at::kFloat);
+  std::vector<at::Tensor> out{at::empty({B, M, lm_head.N}, f32)};
+  std::vector<float*> cap_ptrs;
+  for (size_t j = 0; j < capture.size(); ++j) {
+    out.push_back(at::empty({B, M, H}, f32));
+    cap_ptrs.push_back(out.back().data_ptr<float>());
+  }
+  kernels::LlamaForwardParams p{B, M, H, n_layers, n_heads, n_kv, D, inter, lm_head.N,
+                                static_cast<float>(eps), static_cast<float>(scaling), tp, embed.data_ptr<float>(),
+                                cos.data_ptr<float>(), sin.data_ptr<float>(), mask.data_ptr<float>(), mask.size(3),
+                                past_len, layers.data(), kp.data(), vp.data(), cap, final_norm, lm_head,
+                                out[0].data_ptr<float>(), capture.data(), cap_ptrs.data(),
+                                static_cast<int64_t>(capture.size())};
+  // One thread per ~8k multiply-adds of a layer at most (a second thread costs a wake-up, ~10 us; the
+  // tests' tiny models still get two, so the claiming of phases runs there too).
+  const int64_t work = B * M * (H * (n_heads + 2 * n_kv) * D + n_heads * D * H + 3 * H * inter);
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work >> 13)));
+  // (uninitialized: every element is written before it is read)
+  const std::unique_ptr<float[]> shared(new float[kernels::llama_shared_floats(p)]);
+  const std::unique_ptr<float[]> per_thread(new float[nt * kernels::llama_thread_floats(p)]);
+  kernels::LlamaForwardWorkspace ws{};
+  kernels::llama_workspace_carve(ws, p, shared.get(), per_thread.get());
+  std::vector<kernels::LlamaPhaseCounters> phases(kernels::llama_n_phases(p));
+  const bool avx512 = skinny_linear_uses_avx512();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+#endif
+  {
+#if defined(_OPENMP)
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int tid = 0, nth = 1;
+#endif
+    if (avx512)
+      kernels::llama_forward_thread_avx512(p, ws, phases.data(), tid, nth);
+    else
+      kernels::llama_forward_thread(p, ws, phases.data(), tid, nth);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(radar_ext, m) {
@@ -522,6 +724,8 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("skinny_linear_quant_aten(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
   m.def("llama_layers_quant(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
         "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
+  m.def("llama_forward(Tensor tokens, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
+        "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
@@ -531,6 +735,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("skinny_linear", &skinny_linear_cpu);
   m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
+  m.impl("llama_forward", &llama_forward_cpu);
 }
 
 // ATen calls only: the same code on every device, and traceable (no fake implementation needed).

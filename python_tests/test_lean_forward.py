@@ -31,14 +31,16 @@ def branching_tree(M: int, seed: int, B: int = 1):
 
 
 def verify_both(model, tree, P, layers, ctx=None, B=1):
-    """verify() with lean=True and lean=False on identical caches -> (lean out, hf out, lean cache, hf cache)."""
+    """verify() with lean=True and lean=False on identical caches -> (lean out, hf out, lean cache, hf cache).
+    The lean side without the fused forward (fused=False), whose bits are the HF forward's; the fused one is
+    checked against HF within rounding in test_fused_forward.py."""
     prompt = torch.randint(0, VOCAB, (B, P), generator=torch.Generator().manual_seed(P))
     outs, caches = [], []
     for lean in (True, False):
         cache = kv_cache.new_target_cache(model)
         prefill(model, cache, prompt)
         with ctx or nullcontext():
-            outs.append(verify(model, cache, tree, P, layers, lean=lean))
+            outs.append(verify(model, cache, tree, P, layers, lean=lean, fused=False))
         caches.append(cache)
     return outs[0], outs[1], caches[0], caches[1]
 
@@ -166,7 +168,7 @@ def test_native_layer_loop_is_bit_identical(M, P, B):
     for native in (True, False):
         cache = kv_cache.new_target_cache(model)
         prefill(model, cache, prompt)
-        fwd = LeanLlamaForward(model, native=native)
+        fwd = LeanLlamaForward(model, native=native, fused=False)
         ids, pos = tree.tokens.clamp(min=0), tree.depth.clamp(min=0) + P
         from radar_ext.verifier import tree_attention_mask
         with ctx:
@@ -189,7 +191,7 @@ def test_native_layer_loop_only_when_every_linear_is_on_blocks():
                          (model, nullcontext(), False), (plain, fast_linear(plain, quantized=True), False)):
         cache = kv_cache.new_target_cache(m)
         prefill(m, cache, torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0)))
-        fwd = LeanLlamaForward(m)
+        fwd = LeanLlamaForward(m, fused=False)
         with ctx:
             fwd(ids, pos, mask, cache)
         assert fwd.last_native == want
@@ -198,7 +200,7 @@ def test_native_layer_loop_only_when_every_linear_is_on_blocks():
         model.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
     cache = kv_cache.new_target_cache(model)
     prefill(model, cache, torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0)))
-    fwd = LeanLlamaForward(model)
+    fwd = LeanLlamaForward(model, fused=False)
     with fast_linear(model, quantized=True):
         fwd(ids, pos, mask, cache)
     assert not fwd.last_native

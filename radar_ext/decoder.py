@@ -117,7 +117,8 @@ class _TimedPolicy(Policy):
 
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter | None = None, policy: Policy | None = None, tree_topk: int = 10,
-                 verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True):
+                 verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True,
+                 fused_forward: bool = False):
         """drafter: None (PlainDrafter) decodes one token per target forward through the same verify path
         (our own plain decoding: token-identical to HF greedy generate, the `ar-fast` baseline).
         fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
@@ -132,7 +133,10 @@ class RadarDecoder:
         fast_linear=False keeps every verify on the target's own linears.
         lean_verify: a plain Llama target with sdpa attention verifies through radar_ext.lean_forward
         (the same ops and bits without transformers' per-call plumbing; a 2-3 token verify of the
-        default target is ~7% faster than through the model's forward, bench/bench_verify.py); False runs every verify through the model's own forward."""
+        default target is ~7% faster than through the model's forward, bench/bench_verify.py); False runs every verify through the model's own forward.
+        fused_forward (opt-in, CPU, float32 Llama): the lean verify runs as one torch-free C++ call
+        (radar_ext::llama_forward, radar_ext.lean_forward.fused_reason says when it cannot); logits equal HF's up
+        to float32 rounding rather than bit for bit."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -152,6 +156,7 @@ class RadarDecoder:
         self.tree_topk, self.verify_budget = tree_topk, verify_budget
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.lean_verify = bool(lean_verify)
+        self.fused_forward = bool(fused_forward)
         self.costs = CostInfo()
         self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
@@ -261,7 +266,8 @@ class RadarDecoder:
     def _verify(self, cache, tree, prefix_len, stats):
         t0 = time.perf_counter()
         with self._linears:
-            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify)
+            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify,
+                         fused=self.fused_forward)
         dt = time.perf_counter() - t0
         stats.time_verify += dt
         stats.cycles += 1
@@ -276,7 +282,7 @@ class RadarDecoder:
         start = kv_cache.cache_length(cache)
         with self._linears:
             res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
-                              lean=self.lean_verify)
+                              lean=self.lean_verify, fused=self.fused_forward)
         dt = time.perf_counter() - t0
         stats.time_verify += dt
         stats.cycles += batch.size

@@ -16,16 +16,29 @@ nn.Linear modules, so that `radar_ext.fast_linear` still applies inside its bloc
 `F.scaled_dot_product_attention` with the additive tree mask and `enable_gqa=True`); python_tests/test_lean_forward.py checks
 logits, features and the cache bit for bit against the model's own forward.
 
+The fused path (`fused=True` here; `verify(..., fused=True)` / `RadarDecoder(fused_forward=True)` opt in): the whole forward, embedding to logits, runs as one call of
+radar_ext::llama_forward (torch-free C++, csrc/kernels/llama_forward.h: one parallel region per forward,
+no ATen call inside the layer loop), on the exact Q4_1 / Q8_0 blocks of each weight where it has them
+(radar_ext.quant) and on the float32 weight otherwise. It sums in another order than the HF forward, so
+its logits differ from HF's by rounding (~1e-5 on the default target; python_tests/test_fused_forward.py);
+greedy decoding was token-identical in every test. A float32 CPU model qualifies; anything else (`fused_reason`)
+takes the bit-identical paths below, and the reason is logged once.
+
 Only plain Llama decoders qualify (`lean_forward_reason` says why a model does not): model_type
 "llama", sdpa attention, silu MLP, unmodified nn.Linear projections and LlamaRMSNorm norms, no
 accelerate hooks, eval mode. Anything else keeps the model's own forward.
 """
 from __future__ import annotations
 
+import logging
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 from radar_ext import kv_cache, ops
+
+log = logging.getLogger(__name__)
 
 _LINEARS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
             ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
@@ -93,13 +106,113 @@ def observer_hook(module, hook_id, hook) -> bool:
     return getattr(hook, "radar_observer", False) is True and hook_id in module._forward_pre_hooks_with_kwargs
 
 
+def fused_reason(target) -> str | None:
+    """None if a lean-qualified `target` can run the fused forward (radar_ext::llama_forward), else why not."""
+    if not (ops.HAS_EXTENSION and hasattr(torch.ops.radar_ext, "llama_forward")):
+        return "the radar_ext extension with llama_forward is not built"
+    p = next(target.parameters())
+    if p.dtype != torch.float32:
+        return f"the model is {p.dtype}, the fused forward takes float32 weights"
+    cfg = target.config
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        return None  # biases are taken (LinearWeights.bias)
+    return None
+
+
+_LOGGED: set = set()
+
+
+def _log_fallback(reason: str):
+    if reason not in _LOGGED:  # once per reason and process: verify runs every cycle
+        _LOGGED.add(reason)
+        log.info("radar_ext: fused forward not used (%s); the lean forward runs instead", reason)
+
+
+class _FusedWeights:
+    """The params list of radar_ext::llama_forward for one target, rebuilt when a weight changes (another
+    tensor object, storage or version): every linear as its exact Q4_1 / Q8_0 blocks (radar_ext.quant) if
+    it has them, else its float32 weight."""
+
+    def __init__(self, target):
+        from radar_ext.quant import cached_exact_blocks
+        sources = []  # (owner dict, name, object) of every module and tensor read, for fresh()
+
+        def sub(mod, name):
+            child = mod._modules[name]
+            sources.append((mod._modules, name, child))
+            return child
+
+        def param(mod, name):
+            t = mod._parameters[name]
+            sources.append((mod._parameters, name, t))
+            return t
+
+        def linear(mod):
+            w, bias = param(mod, "weight"), param(mod, "bias")
+            bias = None if bias is None else bias.detach()
+            blocks = cached_exact_blocks(w)
+            if blocks is None:
+                return [w.detach().contiguous(), None, None, bias]
+            # GGUF's scales and minima are float16: kept so, the block streams 1/5 fewer bytes (exact
+            # whenever float16 holds them, which exact_blocks' scales always do; checked anyway)
+            d16 = blocks.d.half()
+            m16 = None if blocks.m is None else blocks.m.half()
+            if torch.equal(d16.float(), blocks.d) and (m16 is None or torch.equal(m16.float(), blocks.m)):
+                return [blocks.q, d16, m16, bias]
+            return [blocks.q, blocks.d, blocks.m, bias]
+
+        model = sub(target, "model")
+        stack = sub(model, "layers")
+        n_layers = target.config.num_hidden_layers
+        layers = [sub(stack, name) for name in list(stack._modules)[:n_layers]]
+        final_norm = sub(model, "norm")
+        params = [param(sub(model, "embed_tokens"), "weight").detach(), param(final_norm, "weight").detach(),
+                  *linear(sub(target, "lm_head"))]
+        eps, scaling = {final_norm.variance_epsilon}, set()
+        for layer in layers:
+            attn, mlp = sub(layer, "self_attn"), sub(layer, "mlp")
+            norms = (sub(layer, "input_layernorm"), sub(layer, "post_attention_layernorm"))
+            params += [param(n, "weight").detach() for n in norms]
+            eps.update(n.variance_epsilon for n in norms)
+            scaling.add(attn.scaling)
+            for parent, name in _LINEARS:
+                params += linear(sub(attn if parent == "self_attn" else mlp, name))
+        self.params = params
+        self.eps = eps.pop() if len(eps) == 1 else None
+        self.scaling = scaling.pop() if len(scaling) == 1 else None
+        self.layer_ids = [layer.self_attn.layer_idx for layer in layers]
+        self.n_layers = n_layers
+        self._modules = [(d, n, m) for d, n, m in sources if isinstance(m, torch.nn.Module)]
+        self._tensors = [(d, n, t, t.data_ptr(), t._version) for d, n, t in sources
+                         if isinstance(t, torch.Tensor)]
+        self._absent = [(d, n) for d, n, t in sources if t is None]
+
+    def fresh(self, target) -> bool:
+        """Every module and tensor read is still in its place, each tensor with the same storage and version
+        (plain dict checks: walking target.parameters() costs ~0.4 ms a verify on the default target)."""
+        return (self.n_layers == target.config.num_hidden_layers
+                and all(d.get(n) is m for d, n, m in self._modules)
+                and all(d.get(n) is t and t._version == v and t.data_ptr() == ptr for d, n, t, ptr, v in self._tensors)
+                and all(d.get(n) is None for d, n in self._absent))
+
+
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fused_weights(target) -> _FusedWeights:
+    got = _FUSED.get(target)
+    if got is None or not got.fresh(target):
+        got = _FUSED[target] = _FusedWeights(target)
+    return got
+
+
 class LeanLlamaForward:
     """`LeanLlamaForward(target)(input_ids, position_ids, attention_mask, cache, feature_layers)` ->
     (logits [B, M, vocab] float32, features [B, M, len(feature_layers) * H] or None), the cache extended
     by M positions. feature_layers index HF's hidden_states tuple (0 = embeddings, i = input of layer i,
     num_hidden_layers = the final normed state when the config ties it, as transformers does)."""
 
-    def __init__(self, target, _checked: bool = False, native: bool = True):
+    def __init__(self, target, _checked: bool = False, native: bool = True, fused: bool = True):
         reason = None if _checked else lean_forward_reason(target)
         if reason is not None:
             raise ValueError(f"target cannot use the lean Llama forward: {reason}")
@@ -112,6 +225,48 @@ class LeanLlamaForward:
         # the layer loop runs in C++ (radar_ext::llama_layers_quant: the same ops, the same bits)
         self.native = bool(native) and ops.HAS_EXTENSION and hasattr(torch.ops.radar_ext, "llama_layers_quant")
         self.last_native = False  # whether the last call took the native layer loop
+        self.fused = bool(fused)
+        self.last_fused = False   # whether the last call took the fused forward (radar_ext::llama_forward)
+
+    def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots):
+        """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once)."""
+        reason = fused_reason(self.target)
+        if reason is None and (attention_mask.dtype != torch.float32 or attention_mask.device.type != "cpu"):
+            reason = f"the attention mask is {attention_mask.dtype} on {attention_mask.device.type}"
+        fw = _fused_weights(self.target) if reason is None else None
+        if fw is not None and (fw.eps is None or fw.scaling is None):
+            reason = "the layers differ in norm epsilon or attention scaling"
+        if reason is not None:
+            _log_fallback(reason)
+            return None
+        B, M = input_ids.shape
+        model = _sub(self.target, "model")
+        n_kv = self.target.config.num_key_value_heads
+        k_bufs, v_bufs, past = [], [], None
+        empty = torch.empty(B, n_kv, 0, self.head_dim)
+        for layer_idx in fw.layer_ids:
+            if layer_idx >= len(cache.layers) or not cache.layers[layer_idx].is_initialized:
+                cache.update(empty, empty, layer_idx)  # an empty prefix (no prefill): the layer starts at length 0
+            got = kv_cache.reserve(cache, layer_idx, M, (B, n_kv, M, self.head_dim), torch.float32, input_ids.device)
+            if got is None or (past is not None and got[1] != past):
+                _log_fallback("the cache is not a DynamicCache with equal, initialized layers")
+                return None
+            (kb, vb), past = got
+            k_bufs.append(kb)
+            v_bufs.append(vb)
+        cos, sin = _sub(model, "rotary_emb")(attention_mask, position_ids)  # (x only gives dtype and device)
+        L = self.n_layers
+        op_slots = [] if slots is None else [s if s < L else (L + 1 if self.tie_last else L) for s in slots]
+        uniq = sorted(set(op_slots))
+        out = ops.llama_forward(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past, uniq,
+                                float(fw.eps), float(fw.scaling), self.head_dim)
+        for layer_idx in fw.layer_ids:
+            kv_cache.extend(cache, layer_idx, past + M)
+        feats = None
+        if slots is not None:
+            by_slot = dict(zip(uniq, out[1:]))
+            feats = torch.cat([by_slot[s] for s in op_slots], dim=-1)
+        return out[0], feats
 
     def _native_layers(self, x, cos, sin, attention_mask, cache, slots):
         """(x after the layers, {slot: captured input}) from radar_ext::llama_layers_quant, or None when
@@ -177,6 +332,10 @@ class LeanLlamaForward:
         model = self.target.model
         for hook in model._forward_pre_hooks.values():  # observers only (lean_forward_reason)
             hook(model, (), {"input_ids": input_ids, "position_ids": position_ids})
+        fused = self._fused_forward(input_ids, position_ids, attention_mask, cache, slots) if self.fused else None
+        self.last_fused = fused is not None
+        if fused is not None:
+            return fused
         x = model.embed_tokens(input_ids)                                  # [B, M, H]
         B, M, _ = x.shape
         cos, sin = model.rotary_emb(x, position_ids)                       # [B, M, D] each
@@ -218,8 +377,11 @@ class LeanLlamaForward:
         return logits, feats
 
 
-def lean_forward_for(target, native: bool = True) -> LeanLlamaForward | None:
+def lean_forward_for(target, native: bool = True, fused: bool = True) -> LeanLlamaForward | None:
     """A LeanLlamaForward for `target`, or None when it does not qualify. Checked on every call (it is
     cheap next to a forward), so a model switched to train(), hooked or modified falls back at once.
-    native=False keeps the layer loop in Python (same bits; for benchmarks)."""
-    return LeanLlamaForward(target, _checked=True, native=native) if lean_forward_reason(target) is None else None
+    native=False keeps the layer loop in Python (same bits; for benchmarks); fused=False skips the fused
+    forward (then the lean forward gives the HF forward's bits)."""
+    if lean_forward_reason(target) is not None:
+        return None
+    return LeanLlamaForward(target, _checked=True, native=native, fused=fused)

@@ -19,7 +19,7 @@ from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
 __all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "has_kernel", "topk_expand", "policy_step", "build_tree",
-           "skinny_linear", "skinny_linear_quant", "llama_layers_quant"]
+           "skinny_linear", "skinny_linear_quant", "llama_layers_quant", "llama_forward"]
 
 try:
     from radar_ext import _C  # noqa: F401  (loading it registers torch.ops.radar_ext.*)
@@ -159,6 +159,17 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capt
                                             scaling, head_dim)
     return torch.ops.radar_ext.llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
                                                   eps, scaling, head_dim)
+
+
+def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim):
+    """The whole verify forward of a plain Llama target (embedding, layers, final norm, LM head) as one
+    torch-free C++ call (csrc/kernels/llama_forward.h; reference.llama_forward says what it computes):
+    [logits [B, M, V], the hidden states of the `capture` slots]. CPU, float32 activations only."""
+    if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_forward") or tokens.device.type != "cpu":
+        return reference.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps,
+                                       scaling, head_dim)
+    return torch.ops.radar_ext.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
+                                             eps, scaling, head_dim)
 
 
 if HAS_EXTENSION:

@@ -234,6 +234,68 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len: int,
     return [x] + out
 
 
+LLAMA_FORWARD_HEAD_PARAMS = 6  # embed, final norm, then the LM head's 4 linear entries
+
+
+def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len: int, capture, eps: float,
+                  scaling: float, head_dim: int):
+    """The whole verify forward of a plain Llama decoder (radar_ext::llama_forward), in float64.
+    tokens [B, M] int64; cos, sin [B, M, D]; mask [B, 1, M, >= past_len + M] additive; params: embed [V, H],
+    final norm [H], the LM head's (weight or blocks q, d, m, bias), then per layer LLAMA_LAYER_PARAMS entries
+    (2 norm weights, then q, k, v, o, gate, up, down as (float weight, None, None, bias) or (q, d, m, bias)).
+    k_bufs / v_bufs [B, Hkv, capacity, D] per layer: the new K/V (after rotary) are written to
+    [past_len, past_len + M) in place. capture: slots s < n_layers = the input of layer s, n_layers = the
+    last layer's output, n_layers + 1 = after the final norm. Returns [logits [B, M, V] float32, captures]."""
+    n = len(k_bufs)
+    if len(params) != LLAMA_FORWARD_HEAD_PARAMS + n * LLAMA_LAYER_PARAMS:
+        _fail(f"params must hold {LLAMA_FORWARD_HEAD_PARAMS} + {LLAMA_LAYER_PARAMS} entries per layer, got "
+              f"{len(params)} for {n} layers")
+    B, M = tokens.shape
+    D, T = head_dim, past_len + M
+    f64 = torch.float64
+
+    def weight(i):
+        w, d, m = params[i], params[i + 1], params[i + 2]
+        return (w.to(f64) if d is None else dequantize_blocks(w, d, m).to(f64)), params[i + 3]
+
+    def linear(h, i):
+        w, bias = weight(i)
+        y = h @ w.T
+        return y if bias is None else y + bias.to(f64)
+
+    def norm(t, w):
+        return w.to(f64) * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps))
+
+    c, s = cos.to(f64)[:, None], sin.to(f64)[:, None]
+
+    def rotary(t):  # t [B, heads, M, D]
+        half = D // 2
+        return t * c + torch.cat([-t[..., half:], t[..., :half]], -1) * s
+
+    x = params[0].to(f64)[tokens]
+    keep = {}
+    m_add = mask[:, :, :, :T].to(f64)
+    for i in range(n):
+        keep[i] = x
+        b = LLAMA_FORWARD_HEAD_PARAMS + i * LLAMA_LAYER_PARAMS
+        h = norm(x, params[b])
+        q, k, v = (linear(h, b + 2 + 4 * j).view(B, M, -1, D).transpose(1, 2) for j in range(3))
+        q, k = rotary(q), rotary(k)
+        k_bufs[i][:, :, past_len:T] = k.to(k_bufs[i].dtype)
+        v_bufs[i][:, :, past_len:T] = v.to(v_bufs[i].dtype)
+        ka, va = k_bufs[i][:, :, :T].to(f64), v_bufs[i][:, :, :T].to(f64)
+        rep = q.shape[1] // ka.shape[1]
+        ka, va = ka.repeat_interleave(rep, 1), va.repeat_interleave(rep, 1)
+        att = torch.softmax(q @ ka.transpose(-1, -2) * scaling + m_add, -1)
+        x = x + linear((att @ va).transpose(1, 2).reshape(B, M, -1), b + 14)
+        h = norm(x, params[b + 1])
+        x = x + linear(torch.nn.functional.silu(linear(h, b + 18)) * linear(h, b + 22), b + 26)
+    keep[n] = x
+    x = norm(x, params[1])
+    keep[n + 1] = x
+    return [linear(x, 2).float()] + [keep[int(s_)].float() for s_ in capture]
+
+
 def check_build_tree_args(parents, n_nodes):
     _check_tensor("parents", parents)
     _check_tensor("n_nodes", n_nodes)

@@ -66,15 +66,17 @@ def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, fea
 
 @torch.no_grad()
 def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True,
-           native: bool = True) -> VerifyOut:
+           native: bool = True, fused: bool = False) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
     lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead); native: let it
-    run its layer loop in C++ where every linear is on exact blocks (same bits again)."""
+    run its layer loop in C++ where every linear is on exact blocks (same bits again); fused (opt-in,
+    RadarDecoder(fused_forward=True)): run the whole forward as one torch-free C++ call (radar_ext::llama_forward;
+    HF's logits up to rounding, not bit for bit)."""
     dtype = next(target.parameters()).dtype
     input_ids = tree.tokens.clamp(min=0)                           # [B, M]
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
     mask = tree_attention_mask(tree, prefix_len, dtype)            # [B, 1, M, prefix_len + M]
-    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native)
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused)
 
 
 def rows_attention_mask(tree: DraftTree, start: int, lengths: torch.Tensor, pads: torch.Tensor,
@@ -92,7 +94,7 @@ def rows_attention_mask(tree: DraftTree, start: int, lengths: torch.Tensor, pads
 
 @torch.no_grad()
 def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: torch.Tensor, feature_layers=None,
-                lean: bool = True, native: bool = True) -> VerifyOut:
+                lean: bool = True, native: bool = True, fused: bool = False) -> VerifyOut:
     """`verify` for B rows with their own cache lengths [B] and left padding [B] (int64): every row's tree
     [B, M] (unused nodes -1, masked) is appended at the cache's shared end; row b's root sits at position
     lengths_b - pads_b."""
@@ -101,11 +103,11 @@ def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: tor
     input_ids = tree.tokens.clamp(min=0)                                         # [B, M]
     position_ids = tree.depth.clamp(min=0) + (lengths - pads).view(-1, 1)        # [B, M]
     mask = rows_attention_mask(tree, start, lengths, pads, dtype)                # [B, 1, M, start + M]
-    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native)
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused)
 
 
-def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native) -> VerifyOut:
-    fast = lean_forward_for(target, native=native) if lean else None
+def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused) -> VerifyOut:
+    fast = lean_forward_for(target, native=native, fused=fused) if lean else None
     if fast is not None:
         return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))
     out = target(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,

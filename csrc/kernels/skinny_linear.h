@@ -11,6 +11,8 @@
 //   Q4_1 (wm set): wq [N, K/2] bytes, byte 16b + j holds element 32b + j in its low nibble and
 //        32b + 16 + j in its high one; w = wd[n, b] * q + wm[n, b] (q in 0..15),
 //   Q8_0 (wm null): wq [N, K] int8; w = wd[n, b] * q.
+// The scales wd / wm are float32, or float16 bits (scales_f16: GGUF keeps them so; 4 instead of 8
+// bytes per Q4_1 block of 16 bytes, so 1/5 less to stream) widened exactly as they are read.
 // Both are decoded to float32 as they are loaded, with one rounding (d * q is exact in float32, so a
 // fused d * q + m rounds like the separate product and add of GGUF's dequantization): a model loaded
 // from such a file and dequantized to float32 gives the float32 path's bits from 1/6 (Q4_1) or 1/4
@@ -58,6 +60,7 @@ struct SkinnyLinearParams {
   const uint8_t* wq = nullptr;    // block-quantized weights instead of w (see above): Q4_1 [N, K/2] or Q8_0 [N, K]
   const float* wd = nullptr;      // [N, K/32] block scales
   const float* wm = nullptr;      // [N, K/32] block minima (Q4_1), or nullptr (Q8_0)
+  bool scales_f16 = false;        // wd / wm hold float16 bits ([N, K/32] uint16 each), not float32
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -93,30 +96,36 @@ struct DenseRows {
 template <typename T>
 static inline float weight_at(const T* r, int64_t k) { return load_weight(r + k); }
 
-struct Q41Row { const uint8_t* q; const float* d; const float* m; };
-struct Q41Rows {
-  using Row = Q41Row;
+// Block scales as float32 or float16 (S = float or F16), widened exactly.
+static inline float scale_at(const float* s, int64_t b) { return s[b]; }
+static inline float scale_at(const F16* s, int64_t b) { return load_weight(s + b); }
+
+template <typename S> struct Q41Row { const uint8_t* q; const S* d; const S* m; };
+template <typename S> struct Q41Rows {
+  using Row = Q41Row<S>;
   const uint8_t* q;
-  const float* d;
-  const float* m;
+  const S* d;
+  const S* m;
   int64_t K;
   Row row(int64_t n) const { return {q + n * (K / 2), d + n * (K / 32), m + n * (K / 32)}; }
 };
-static inline float weight_at(const Q41Row& r, int64_t k) {
+template <typename S>
+static inline float weight_at(const Q41Row<S>& r, int64_t k) {
   const int64_t b = k >> 5, j = k & 31;
   const uint8_t byte = r.q[16 * b + (j & 15)];
-  return r.d[b] * static_cast<float>(j < 16 ? byte & 15 : byte >> 4) + r.m[b];
+  return scale_at(r.d, b) * static_cast<float>(j < 16 ? byte & 15 : byte >> 4) + scale_at(r.m, b);
 }
 
-struct Q80Row { const int8_t* q; const float* d; };
-struct Q80Rows {
-  using Row = Q80Row;
+template <typename S> struct Q80Row { const int8_t* q; const S* d; };
+template <typename S> struct Q80Rows {
+  using Row = Q80Row<S>;
   const int8_t* q;
-  const float* d;
+  const S* d;
   int64_t K;
   Row row(int64_t n) const { return {q + n * K, d + n * (K / 32)}; }
 };
-static inline float weight_at(const Q80Row& r, int64_t k) { return r.d[k >> 5] * static_cast<float>(r.q[k]); }
+template <typename S>
+static inline float weight_at(const Q80Row<S>& r, int64_t k) { return scale_at(r.d, k >> 5) * static_cast<float>(r.q[k]); }
 
 constexpr int64_t kSkinnyNR = 4;  // rows of w per block (and per register tile)
 constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
@@ -208,16 +217,22 @@ static inline __m512 load16(const F16* w) {  // 16 halves -> float32 (vcvtph2ps,
 // Weights k..k+15 of a row (k % 16 == 0).
 template <typename T>
 static inline __m512 load16(const T* r, int64_t k) { return load16(r + k); }
-static inline __m512 load16(const Q41Row& r, int64_t k) {  // 16 nibbles -> d * q + m (one rounding)
+static inline __m512 scale16(const float* s, int64_t b) { return _mm512_set1_ps(s[b]); }
+static inline __m512 scale16(const F16* s, int64_t b) {  // (vcvtph2ps of a broadcast half: exact)
+  return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(s[b].bits)));
+}
+template <typename S>
+static inline __m512 load16(const Q41Row<S>& r, int64_t k) {  // 16 nibbles -> d * q + m (one rounding)
   const int64_t b = k >> 5;
   __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.q + 16 * b)));
   if (k & 16) q = _mm512_srli_epi32(q, 4);
   q = _mm512_and_si512(q, _mm512_set1_epi32(15));
-  return _mm512_fmadd_ps(_mm512_set1_ps(r.d[b]), _mm512_cvtepi32_ps(q), _mm512_set1_ps(r.m[b]));
+  return _mm512_fmadd_ps(scale16(r.d, b), _mm512_cvtepi32_ps(q), scale16(r.m, b));
 }
-static inline __m512 load16(const Q80Row& r, int64_t k) {  // 16 int8 -> d * q (exact)
+template <typename S>
+static inline __m512 load16(const Q80Row<S>& r, int64_t k) {  // 16 int8 -> d * q (exact)
   const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.q + k)));
-  return _mm512_mul_ps(_mm512_set1_ps(r.d[k >> 5]), _mm512_cvtepi32_ps(q));
+  return _mm512_mul_ps(scale16(r.d, k >> 5), _mm512_cvtepi32_ps(q));
 }
 // The first n < 16 weights from k, zeros after.
 static inline __m512 load16_tail(const float* r, int64_t k, int64_t n) {
@@ -234,14 +249,16 @@ template <typename T>
 static inline void prefetch_row(const T* r, int64_t k) {
   _mm_prefetch(reinterpret_cast<const char*>(r + k), _MM_HINT_T1);
 }
-static inline void prefetch_row(const Q41Row& r, int64_t k) {
+template <typename S>
+static inline void prefetch_row(const Q41Row<S>& r, int64_t k) {
   _mm_prefetch(reinterpret_cast<const char*>(r.q + k / 2), _MM_HINT_T1);
   if ((k & 511) == 0) {  // one line of each scale row covers 16 blocks
     _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
     _mm_prefetch(reinterpret_cast<const char*>(r.m + k / 32), _MM_HINT_T1);
   }
 }
-static inline void prefetch_row(const Q80Row& r, int64_t k) {
+template <typename S>
+static inline void prefetch_row(const Q80Row<S>& r, int64_t k) {
   _mm_prefetch(reinterpret_cast<const char*>(r.q + k), _MM_HINT_T1);
   if ((k & 511) == 0) _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
 }
@@ -362,8 +379,8 @@ static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& 
 }
 
 template <typename Fmt> struct IsBlockQuant { static constexpr bool value = false; };
-template <> struct IsBlockQuant<Q41Rows> { static constexpr bool value = true; };
-template <> struct IsBlockQuant<Q80Rows> { static constexpr bool value = true; };
+template <typename S> struct IsBlockQuant<Q41Rows<S>> { static constexpr bool value = true; };
+template <typename S> struct IsBlockQuant<Q80Rows<S>> { static constexpr bool value = true; };
 
 template <typename Fmt>
 static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
@@ -399,10 +416,16 @@ static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f
 // Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
 // translation unit was compiled for (see the top of the file).
 static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
-  if (p.wq && p.wm)
-    skinny_blocks_typed(p, Q41Rows{p.wq, p.wd, p.wm, p.K}, b0, b1);
+  const F16* d16 = reinterpret_cast<const F16*>(p.wd);
+  const F16* m16 = reinterpret_cast<const F16*>(p.wm);
+  if (p.wq && p.wm && p.scales_f16)
+    skinny_blocks_typed(p, Q41Rows<F16>{p.wq, d16, m16, p.K}, b0, b1);
+  else if (p.wq && p.scales_f16)
+    skinny_blocks_typed(p, Q80Rows<F16>{reinterpret_cast<const int8_t*>(p.wq), d16, p.K}, b0, b1);
+  else if (p.wq && p.wm)
+    skinny_blocks_typed(p, Q41Rows<float>{p.wq, p.wd, p.wm, p.K}, b0, b1);
   else if (p.wq)
-    skinny_blocks_typed(p, Q80Rows{reinterpret_cast<const int8_t*>(p.wq), p.wd, p.K}, b0, b1);
+    skinny_blocks_typed(p, Q80Rows<float>{reinterpret_cast<const int8_t*>(p.wq), p.wd, p.K}, b0, b1);
   else if (!p.w16)
     skinny_blocks_typed(p, DenseRows<float>{p.w, p.K}, b0, b1);
   else if (p.w16_is_f16)

@@ -2,6 +2,9 @@
 
 Per method and per category (and overall), per repeat r:
   tokens_per_s[r] = sum(new_tokens) / sum(seconds)           (throughput over the same answers)
+  decode_tokens_per_s[r] = sum(new_tokens - 1) / sum(seconds - prefill_seconds)   (the decode-only rate: the
+                    tokens after the first over the time after the prefill, as llama-bench's tg rate counts;
+                    answers of one token or without a prefill time are left out)
   speedup[r]      = tokens_per_s[r] / baseline tokens_per_s[r] on the same (question, turn) answers
   speedup_vs_ar_fast[r] = the same ratio over our own plain decoding (`ar-fast`) when it ran: the
                     speculation's own gain, beside `speedup` (vs HF generate), which also holds the forward's
@@ -69,6 +72,12 @@ def _throughput(recs) -> float:
     return sum(r["new_tokens"] for r in recs) / secs if secs > 0 else float("nan")
 
 
+def _decode_throughput(recs) -> float | None:
+    rs = [r for r in recs if r.get("prefill_seconds") is not None and r["new_tokens"] > 1]
+    secs = sum(r["seconds"] - r["prefill_seconds"] for r in rs)
+    return sum(r["new_tokens"] - 1 for r in rs) / secs if rs and secs > 0 else None
+
+
 def _speedups(by_repeat: dict, ref_records) -> list:
     """Per repeat: tokens/s over the reference's tokens/s on the same answers (a repeat missing any is skipped)."""
     ref_by_key = {_key(r): r for r in ref_records}
@@ -110,7 +119,11 @@ def summarize(records, baseline_records, own_records=None) -> dict:
     time_split = ({k: sum(r["time_split"].get(k, 0.0) for r in split) / split_secs
                    for k in split[0]["time_split"]} if split and split_secs > 0 else None)
     tps_s, sp_s = _spread(tps), _spread(speedups)
+    decode = [d for d in (_decode_throughput(by_repeat[rep]) for rep in sorted(by_repeat)) if d is not None]
+    dec_s = _spread(decode)
     return {
+        "decode_tokens_per_s": dec_s["mean"], "decode_tokens_per_s_min": dec_s["min"],
+        "decode_tokens_per_s_max": dec_s["max"], "decode_tokens_per_s_std": dec_s["std"],
         "tokens_per_s": tps_s["mean"], "tokens_per_s_min": tps_s["min"],
         "tokens_per_s_max": tps_s["max"], "tokens_per_s_std": tps_s["std"],
         "speedup": sp_s["mean"], "speedup_min": sp_s["min"], "speedup_max": sp_s["max"],

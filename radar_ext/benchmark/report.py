@@ -72,8 +72,8 @@ def _range(cell, key, fmt):
     return f" [{format(lo, fmt)}-{format(hi, fmt)}]"
 
 
-COLUMNS = ("method", "tok/s [min-max]", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V", "skip",
-           "lookup", "policy", "exact", "n")
+COLUMNS = ("method", "tok/s [min-max]", "decode tok/s", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V",
+           "skip", "lookup", "policy", "exact", "n")
 
 
 def table_rows(cell_by_method: dict) -> list:
@@ -81,6 +81,7 @@ def table_rows(cell_by_method: dict) -> list:
     for m, c in cell_by_method.items():
         rows.append((m,
                      _f(c["tokens_per_s"], ".2f") + _range(c, "tokens_per_s", ".2f"),
+                     _f(c.get("decode_tokens_per_s"), ".2f"),
                      (_f(c["speedup"], ".2f") + "x" if c["speedup"] is not None else "-")
                      + _range(c, "speedup", ".2f"),
                      (_f(c.get("speedup_vs_ar_fast"), ".2f") + "x" if c.get("speedup_vs_ar_fast") is not None else "-")

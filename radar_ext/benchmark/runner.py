@@ -38,6 +38,7 @@ class ForwardCounter:
     def __init__(self, target):
         base = target.get_decoder() if hasattr(target, "get_decoder") else target
         self.calls = []  # (position tensor or None, n_tokens)
+        self.starts = []  # time.perf_counter() at the start of each forward
         self._handle = base.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
@@ -48,6 +49,7 @@ class ForwardCounter:
         if pos is None:
             pos = kwargs.get("cache_position")
         self.calls.append((pos, int(ids.shape[1])))
+        self.starts.append(time.perf_counter())
 
     # radar_ext.lean_forward calls this hook itself (lean_forward.observer_hook) instead of leaving its
     # fast verify path for the model's forward: the counter must not change what it measures.
@@ -55,6 +57,12 @@ class ForwardCounter:
 
     def reset(self):
         self.calls = []
+        self.starts = []
+
+    def prefill_seconds(self, t0: float) -> float | None:
+        """Seconds from t0 (the generate call) to the start of the first target forward after the prefill:
+        the prefill, plus, for HF's assisted methods, their first draft. None without a second forward."""
+        return self.starts[1] - t0 if len(self.starts) > 1 else None
 
     def derived_stats(self, prompt_len: int, new_tokens: int) -> dict:
         """Per-cycle accepted lengths from consecutive start positions (method-agnostic).
@@ -134,9 +142,12 @@ def answer(ctx, method, counter, messages, cfg, repeat, qid, turn) -> dict:
     seconds = time.perf_counter() - t0
     new = out[0, len(prompt):].tolist()
     rec = {"prompt_tokens": len(prompt), "new_tokens": len(new), "seconds": seconds,
-           "output_ids": new}
+           "output_ids": new, "prefill_seconds": counter.prefill_seconds(t0)}
     rec.update(counter.derived_stats(len(prompt), len(new)))
     rec.update(method.stats())  # the method's own numbers win over the derived ones
+    split = rec.get("time_split")
+    if split and split.get("prefill") is not None:  # our decoders time their prefill themselves
+        rec["prefill_seconds"] = float(split["prefill"])
     text = ctx.tokenizer.decode(new, skip_special_tokens=True)
     return rec, text
 

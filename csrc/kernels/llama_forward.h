@@ -1,0 +1,376 @@
+// llama_forward: the whole verify forward of a plain Llama decoder on the CPU, torch-free: token
+// embedding, per layer RMSNorm -> q/k/v -> rotary -> the new K/V into the cache -> attention over the
+// cache under the caller's additive (tree) mask -> o-proj + residual -> RMSNorm -> gate/up -> SiLU * up
+// -> down-proj + residual, then the final RMSNorm and the LM head. Every product is a skinny_linear
+// product (kernels/skinny_linear.h) on float32, 16-bit or exact Q4_1 / Q8_0 weights.
+// Layout: R = B * M rows (batch row b, tree node m at row b * M + m), every activation row-major
+// [R, width]; cos / sin [B, M, D] (the model's own rotary embedding, so any rope scaling is the
+// model's); mask [B, M, mask_cols] additive float (0 = visible, a large negative = hidden), column t is
+// cache position t, so per-row cache lengths and left padding are the mask's business; K/V caches
+// [B, Hkv, capacity, D] per layer, entries [0, past_len) valid, the new ones go to [past_len, past_len + M).
+// Parallel split: the caller opens one parallel region for the whole forward and calls
+// llama_forward_thread on every thread. The forward is a chain of phases (embedding, 6 per layer, LM
+// head) whose work items the threads claim in chunks from atomic counters (llama_phase: no barrier,
+// so a descheduled thread does not hold the other one up). Products: chunks of 4-row blocks of their
+// output columns (every output is summed by one thread in the kernel's fixed order, so the result does
+// not depend on the thread count or the split); rotary: (row, head) pairs; attention: (batch row,
+// query head) pairs. Each thread that takes product work first normalizes all R rows into its own
+// buffer (R * H flops, cheaper than another phase).
+// Numerics: float32 accumulation everywhere, no fast-math, no contraction (setup.py); logits differ
+// from the HF forward's by summation order only (python_tests/test_fused_forward.py).
+// All functions have internal linkage (static): this header is compiled for the baseline ISA in
+// csrc/ops.cpp and for AVX-512 in csrc/llama_forward_avx512.cpp, as skinny_linear.h.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include <atomic>
+#include <thread>
+
+#include "kernels/common.h"
+#include "kernels/skinny_linear.h"
+
+namespace radar_ext {
+namespace kernels {
+
+// One linear's weights, in any format skinny_linear takes (exactly one of w, w16, wq set).
+struct LinearWeights {
+  const float* w = nullptr;       // [N, K] float32
+  const uint16_t* w16 = nullptr;  // [N, K] bfloat16 / float16 bits
+  bool w16_is_f16 = false;
+  const uint8_t* wq = nullptr;    // Q4_1 [N, K/2] (wm set) or Q8_0 [N, K] int8
+  const float* wd = nullptr;      // [N, K/32]
+  const float* wm = nullptr;      // [N, K/32] or nullptr
+  bool scales_f16 = false;        // wd / wm hold float16 bits (SkinnyLinearParams::scales_f16)
+  const float* bias = nullptr;    // [N] or nullptr
+  int64_t N = 0, K = 0;
+};
+
+struct LlamaLayerWeights {
+  const float* input_norm;  // [H]
+  const float* post_norm;   // [H]
+  LinearWeights q, k, v, o, gate, up, down;
+};
+
+struct LlamaForwardParams {
+  int64_t B, M, H, n_layers, n_heads, n_kv_heads, head_dim, inter, vocab;
+  float eps, scaling;
+  const int64_t* tokens;      // [B, M], each in [0, embed rows)
+  const float* embed;         // [embed rows, H]
+  const float* cos;           // [B, M, D]
+  const float* sin;           // [B, M, D]
+  const float* mask;          // [B, M, mask_cols] additive
+  int64_t mask_cols, past_len;
+  const LlamaLayerWeights* layers;  // [n_layers]
+  float* const* k_cache;      // [n_layers] -> [B, Hkv, cache_cap, D]
+  float* const* v_cache;
+  int64_t cache_cap;
+  const float* final_norm;    // [H]
+  LinearWeights lm_head;      // N = vocab
+  float* logits;              // [R, vocab]
+  // captured hidden states: slot s < n_layers is the input of layer s, n_layers the last layer's
+  // output before the final norm, n_layers + 1 after it. capture_slots[i] -> capture_out[i] [R, H].
+  const int64_t* capture_slots;
+  float* const* capture_out;
+  int64_t n_capture;
+};
+
+// Scratch, shared by the threads (each writes disjoint parts) plus per-thread parts at stride.
+struct LlamaForwardWorkspace {
+  float *x, *q, *k, *v, *attn, *tmp, *gate, *up, *act;  // [R, H], [R, Hq*D], [R, Hkv*D] x2, [R, Hq*D], [R, H], [R, I] x3
+  float* per_thread;     // nthreads * thread_floats
+  int64_t thread_floats;
+};
+
+static inline int64_t llama_thread_floats(const LlamaForwardParams& p) {
+  const int64_t R = p.B * p.M, T = p.past_len + p.M;
+  return R * p.H + p.M * p.head_dim + p.M * T + p.M * p.head_dim + 64;  // normed x, q of a head, scores, output
+}
+
+static inline int64_t llama_shared_floats(const LlamaForwardParams& p) {
+  const int64_t R = p.B * p.M, QD = p.n_heads * p.head_dim, KD = p.n_kv_heads * p.head_dim;
+  return R * (p.H + QD + 2 * KD + QD + p.H + 3 * p.inter);
+}
+
+static inline void llama_workspace_carve(LlamaForwardWorkspace& ws, const LlamaForwardParams& p, float* shared,
+                                         float* per_thread) {
+  const int64_t R = p.B * p.M, QD = p.n_heads * p.head_dim, KD = p.n_kv_heads * p.head_dim;
+  float* s = shared;
+  ws.x = s, s += R * p.H;
+  ws.q = s, s += R * QD;
+  ws.k = s, s += R * KD;
+  ws.v = s, s += R * KD;
+  ws.attn = s, s += R * QD;
+  ws.tmp = s, s += R * p.H;
+  ws.gate = s, s += R * p.inter;
+  ws.up = s, s += R * p.inter;
+  ws.act = s;
+  ws.per_thread = per_thread;
+  ws.thread_floats = llama_thread_floats(p);
+}
+
+static inline SkinnyLinearParams linear_params(const LinearWeights& w, const float* x, float* y, int64_t rows) {
+  SkinnyLinearParams s{x, w.w, w.bias, y, rows, w.N, w.K};
+  s.w16 = w.w16;
+  s.w16_is_f16 = w.w16_is_f16;
+  s.wq = w.wq;
+  s.wd = w.wd;
+  s.wm = w.wm;
+  s.scales_f16 = w.scales_f16;
+  return s;
+}
+
+// Phase synchronisation without barriers. Each phase has n_items work items; a thread claims chunks
+// of them from the phase's `claimed` counter and adds what it finished to `done`; it enters the next
+// phase once every item of this one is done, not once every thread has arrived. On a loaded machine
+// a thread that the OS has descheduled between phases costs nothing: the running one takes all the
+// items (an OpenMP barrier would wait a whole time slice for it, ~150 times a forward). Waiting only
+// happens for chunks another thread has claimed and not finished.
+struct LlamaPhaseCounters {
+  std::atomic<int64_t> claimed{0}, done{0};
+  char pad[64 - 2 * sizeof(std::atomic<int64_t>)];  // one cache line per phase
+};
+
+static inline void llama_wait_done(LlamaPhaseCounters& c, int64_t n_items) {
+  for (int spins = 0; c.done.load(std::memory_order_acquire) < n_items; ++spins) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (spins > 2000) std::this_thread::yield();  // the owner of the last chunk may be descheduled
+  }
+}
+
+// Claims chunks of `chunk` items of a phase until none is left: body(lo, hi) for each.
+template <typename Body>
+static inline void llama_phase(LlamaPhaseCounters& c, int64_t n_items, int64_t chunk, Body&& body) {
+  for (;;) {
+    const int64_t lo = c.claimed.fetch_add(chunk, std::memory_order_relaxed);
+    if (lo >= n_items) break;
+    const int64_t hi = lo + chunk < n_items ? lo + chunk : n_items;
+    body(lo, hi);
+    c.done.fetch_add(hi - lo, std::memory_order_acq_rel);
+  }
+  llama_wait_done(c, n_items);
+}
+
+// Chunk of 4-row blocks a thread claims at once: about 8 chunks per thread (load balance), at least
+// kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays.
+static inline int64_t llama_block_chunk(int64_t blocks, int nth) {
+  const int64_t c = blocks / (8 * nth);
+  return c > 2 * kSkinnyPrefetchBlocks ? c : 2 * kSkinnyPrefetchBlocks;
+}
+
+// Blocks [lo, hi) of the products ps[0..n) (all on the same x) taken as one range.
+static inline void llama_products(const SkinnyLinearParams* ps, int n, int64_t lo, int64_t hi) {
+  int64_t start = 0;
+  for (int i = 0; i < n; ++i) {
+    const int64_t nb = skinny_linear_blocks(ps[i]);
+    const int64_t a = lo > start ? lo - start : 0, b = hi - start < nb ? hi - start : nb;
+    if (a < b) skinny_linear_blocks_native(ps[i], a, b);
+    start += nb;
+  }
+}
+
+// out[r] = w * (x[r] * rsqrt(mean(x[r]^2) + eps)), LlamaRMSNorm in float32; the sum of squares in 16
+// lanes (lane k % 16), then the lanes pairwise.
+static inline void llama_rms_norm(const float* x, const float* w, float* out, int64_t rows, int64_t H, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * H;
+    float acc[16] = {};
+    int64_t k = 0;
+    for (; k + 16 <= H; k += 16)
+      for (int l = 0; l < 16; ++l) acc[l] += xr[k + l] * xr[k + l];
+    for (; k < H; ++k) acc[k % 16] += xr[k] * xr[k];
+    for (int s = 8; s >= 1; s /= 2)
+      for (int l = 0; l < s; ++l) acc[l] += acc[l + s];
+    const float inv = 1.0f / sqrtf(acc[0] / static_cast<float>(H) + eps);
+    float* o = out + r * H;
+    for (int64_t j = 0; j < H; ++j) o[j] = w[j] * (xr[j] * inv);
+  }
+}
+
+// Rotary embedding of one head row in place: t * cos + rotate_half(t) * sin, rotate_half = (-t2, t1).
+static inline void llama_rotary(float* t, const float* cos, const float* sin, int64_t D) {
+  const int64_t half = D / 2;
+  float tmp[512];
+  for (int64_t d = 0; d < D; ++d) tmp[d] = t[d];
+  for (int64_t d = 0; d < half; ++d) t[d] = tmp[d] * cos[d] + (-tmp[d + half]) * sin[d];
+  for (int64_t d = half; d < D; ++d) t[d] = tmp[d] * cos[d] + tmp[d - half] * sin[d];
+}
+
+// Attention of query head h of batch row b, all M tree rows, over cache positions [0, past_len + M):
+// scores = q . k (a skinny product, the keys as weight rows) * scaling + mask, softmax with
+// exp_accurate, out = sum_t p_t v_t. Writes ws.attn[b * M + m, h * D : (h + 1) * D].
+static inline void llama_attention_head(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws, int64_t layer,
+                                        int64_t b, int64_t h, float* qh, float* scores, float* oh) {
+  const int64_t M = p.M, D = p.head_dim, T = p.past_len + M, QD = p.n_heads * D;
+  const int64_t g = h / (p.n_heads / p.n_kv_heads);
+  const float* kc = p.k_cache[layer] + (b * p.n_kv_heads + g) * p.cache_cap * D;
+  const float* vc = p.v_cache[layer] + (b * p.n_kv_heads + g) * p.cache_cap * D;
+  for (int64_t m = 0; m < M; ++m) memcpy(qh + m * D, ws.q + (b * M + m) * QD + h * D, D * sizeof(float));
+  SkinnyLinearParams s{qh, kc, nullptr, scores, M, T, D};
+  skinny_linear_blocks_native(s, 0, skinny_linear_blocks(s));
+  for (int64_t m = 0; m < M; ++m) {
+    float* sr = scores + m * T;
+    const float* mr = p.mask + (b * M + m) * p.mask_cols;
+    float mx = kNegInf;
+    for (int64_t t = 0; t < T; ++t) {
+      sr[t] = sr[t] * p.scaling + mr[t];
+      mx = sr[t] > mx ? sr[t] : mx;
+    }
+    float lanes[16] = {};
+    int64_t t = 0;
+    for (; t + 16 <= T; t += 16)
+      for (int l = 0; l < 16; ++l) {
+        const float e = exp_accurate(sr[t + l] - mx);
+        sr[t + l] = e;
+        lanes[l] += e;
+      }
+    for (; t < T; ++t) {
+      sr[t] = exp_accurate(sr[t] - mx);
+      lanes[t % 16] += sr[t];
+    }
+    for (int w = 8; w >= 1; w /= 2)
+      for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+    for (int64_t d = 0; d < D; ++d) oh[d] = 0.0f;
+    for (int64_t u = 0; u < T; ++u) {
+      const float e = sr[u];
+      if (e == 0.0f) continue;  // hidden (masked) entries: exactly nothing to add
+      const float* vr = vc + u * D;
+      for (int64_t d = 0; d < D; ++d) oh[d] += e * vr[d];
+    }
+    const float inv = 1.0f / lanes[0];
+    float* out = ws.attn + (b * M + m) * QD + h * D;
+    for (int64_t d = 0; d < D; ++d) out[d] = oh[d] * inv;
+  }
+}
+
+// silu(g) * u = g / (1 + exp(-g)) * u; exp_accurate saturates at exp(88), where the quotient is ~0 anyway.
+static inline float llama_silu_mul(float g, float u) { return g / (1.0f + exp_accurate(-g)) * u; }
+
+// x[:, c0:c1] += y[:, c0:c1] for rows of N columns.
+static inline void llama_residual(float* x, const float* y, int64_t rows, int64_t N, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) x[r * N + c] = x[r * N + c] + y[r * N + c];
+}
+
+static inline int64_t llama_block_col(const SkinnyLinearParams& s, int64_t block) {
+  return block * kSkinnyNR < s.N ? block * kSkinnyNR : s.N;
+}
+
+// Phases of one forward: embedding, 6 per layer (q/k/v, rotary, attention, o, gate/up, down), the LM head.
+static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 2 + 6 * p.n_layers; }
+
+// The whole forward, as thread tid of nth (every thread calls it; see the top of the file). phases:
+// llama_n_phases(p) zeroed counters shared by the threads.
+static inline void llama_forward_thread(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                        LlamaPhaseCounters* phases, int tid, int nth) {
+  const int64_t R = p.B * p.M, H = p.H, D = p.head_dim, M = p.M, T = p.past_len + M;
+  const int64_t QD = p.n_heads * D, KD = p.n_kv_heads * D;
+  float* h = ws.per_thread + tid * ws.thread_floats;  // [R, H] this thread's normed x
+  float* qh = h + R * H;                              // [M, D]
+  float* scores = qh + M * D;                         // [M, T]
+  float* oh = scores + M * T;                         // [D]
+  LlamaPhaseCounters* ph = phases;
+  // Phase results that every later phase reads are complete when llama_phase returns; captures and
+  // norms are recomputed by each thread that claims work in a phase needing them (norm: R * H flops).
+  llama_phase(*ph++, R, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) memcpy(ws.x + r * H, p.embed + p.tokens[r] * H, H * sizeof(float));
+  });
+  for (int64_t l = 0; l < p.n_layers; ++l) {
+    const LlamaLayerWeights& L = p.layers[l];
+    const SkinnyLinearParams qkv[3] = {linear_params(L.q, h, ws.q, R), linear_params(L.k, h, ws.k, R),
+                                       linear_params(L.v, h, ws.v, R)};
+    const int64_t qkv_blocks = skinny_linear_blocks(qkv[0]) + skinny_linear_blocks(qkv[1]) + skinny_linear_blocks(qkv[2]);
+    bool normed = false;
+    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth), [&](int64_t lo, int64_t hi) {
+      if (!normed) {
+        if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
+          for (int64_t i = 0; i < p.n_capture; ++i)
+            if (p.capture_slots[i] == l) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
+        llama_rms_norm(ws.x, L.input_norm, h, R, H, p.eps);
+        normed = true;
+      }
+      llama_products(qkv, 3, lo, hi);
+    });
+    // rotary on q (in place) and k, then k and v into the cache: items (row, head) over Hq + Hkv heads
+    const int64_t heads = p.n_heads + p.n_kv_heads;
+    llama_phase(*ph++, R * heads, heads, [&](int64_t lo, int64_t hi) {
+      for (int64_t it = lo; it < hi; ++it) {
+        const int64_t r = it / heads, hd = it % heads, b = r / M, m = r % M;
+        const float* cs = p.cos + r * D;
+        const float* sn = p.sin + r * D;
+        if (hd < p.n_heads) {
+          llama_rotary(ws.q + r * QD + hd * D, cs, sn, D);
+          continue;
+        }
+        const int64_t g = hd - p.n_heads;
+        float* kr = ws.k + r * KD + g * D;
+        llama_rotary(kr, cs, sn, D);
+        const int64_t slot = ((b * p.n_kv_heads + g) * p.cache_cap + p.past_len + m) * D;
+        memcpy(p.k_cache[l] + slot, kr, D * sizeof(float));
+        memcpy(p.v_cache[l] + slot, ws.v + r * KD + g * D, D * sizeof(float));
+      }
+    });
+    llama_phase(*ph++, p.B * p.n_heads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t it = lo; it < hi; ++it) llama_attention_head(p, ws, l, it / p.n_heads, it % p.n_heads, qh, scores, oh);
+    });
+    {
+      const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R);
+      const int64_t nb = skinny_linear_blocks(o);
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+        skinny_linear_blocks_native(o, lo, hi);
+        llama_residual(ws.x, ws.tmp, R, H, llama_block_col(o, lo), llama_block_col(o, hi));
+      });
+    }
+    {
+      // gate and up blocks claimed together, so one thread holds both halves of its act columns
+      const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R), u = linear_params(L.up, h, ws.up, R);
+      const int64_t nb = skinny_linear_blocks(g), I = p.inter;
+      normed = false;
+      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth), [&](int64_t lo, int64_t hi) {
+        if (!normed) {
+          llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
+          normed = true;
+        }
+        skinny_linear_blocks_native(g, lo, hi);
+        skinny_linear_blocks_native(u, lo, hi);
+        const int64_t c0 = llama_block_col(g, lo), c1 = llama_block_col(g, hi);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = c0; c < c1; ++c) ws.act[r * I + c] = llama_silu_mul(ws.gate[r * I + c], ws.up[r * I + c]);
+      });
+    }
+    {
+      const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R);
+      const int64_t nb = skinny_linear_blocks(dn);
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+        skinny_linear_blocks_native(dn, lo, hi);
+        llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
+      });
+    }
+  }
+  const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, R);
+  const int64_t nb = skinny_linear_blocks(head);
+  bool normed = false;
+  llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+    if (!normed) {
+      if (lo == 0)
+        for (int64_t i = 0; i < p.n_capture; ++i)
+          if (p.capture_slots[i] == p.n_layers) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
+      llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
+      if (lo == 0)
+        for (int64_t i = 0; i < p.n_capture; ++i)
+          if (p.capture_slots[i] == p.n_layers + 1) memcpy(p.capture_out[i], h, R * H * sizeof(float));
+      normed = true;
+    }
+    llama_products(&head, 1, lo, hi);
+  });
+}
+
+// The AVX-512 build, in csrc/llama_forward_avx512.cpp (call only where skinny_linear_uses_avx512()).
+void llama_forward_thread_avx512(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                 LlamaPhaseCounters* phases, int tid, int nth);
+
+}  // namespace kernels
+}  // namespace radar_ext

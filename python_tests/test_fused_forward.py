@@ -1,0 +1,232 @@
+"""radar_ext::llama_forward, the fused torch-free verify forward (csrc/kernels/llama_forward.h), as the lean
+verify path takes it: logits, features and the K/V it writes within float32 rounding of the HF forward, on
+tiny random Llamas with odd head counts and GQA ratios, batched padded trees, tree sizes 1..64 and
+prefixes 0..2k; the op against its float64 reference; its argument errors; the fallbacks (logged once)."""
+import logging
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from radar_ext import kv_cache, lean_forward, ops, reference
+from radar_ext.lean_forward import LeanLlamaForward, fused_reason
+from radar_ext.verifier import prefill, tree_attention_mask, verify
+from test_decoder import VOCAB, tiny_llama
+from test_lean_forward import branching_tree, quantized_tiny_llama
+
+needs_op = pytest.mark.skipif(not (ops.HAS_EXTENSION and hasattr(torch.ops.radar_ext, "llama_forward")),
+                              reason="needs the radar_ext extension with llama_forward")
+
+# float32 sums in another order than HF's: relative to the largest |value| of the output compared
+# (measured ~2e-6 on these models; the default target's logits ~2e-5 absolute at |logit| ~ 30)
+RTOL = 5e-5
+
+
+def close(a, b, what):
+    if b.numel() == 0:
+        assert a.shape == b.shape, what
+        return
+    err = float((a - b).abs().max())
+    scale = float(b.abs().max())
+    assert err <= RTOL * max(scale, 1.0), f"{what}: max |diff| {err:.3g} at max |value| {scale:.3g}"
+
+
+def llama(heads, kv_heads, head_dim, layers=2, hidden=None, inter=40, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden or heads * head_dim, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      head_dim=head_dim, max_position_embeddings=4096, initializer_range=0.3,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).eval()
+
+
+def run_both(model, tree, P, layers, B=1):
+    """verify() through the fused forward and through the HF forward on identical caches."""
+    prompt = torch.randint(0, VOCAB, (B, P), generator=torch.Generator().manual_seed(P))
+    outs = []
+    for fused in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        if P:
+            prefill(model, cache, prompt)
+        out = verify(model, cache, tree, P, layers, lean=fused, fused=fused)
+        outs.append((out, cache))
+    return outs
+
+
+def check_against_hf(model, tree, P, layers, B=1):
+    (fo, fc), (ho, hc) = run_both(model, tree, P, layers, B)
+    valid = tree.tokens >= 0  # padded nodes of a shorter tree are never read
+    close(fo.logits[valid], ho.logits[valid], "logits")
+    if layers is not None:
+        close(fo.features[valid], ho.features[valid], "features")
+    for la, lb in zip(fc.layers, hc.layers):
+        assert la.keys.shape == lb.keys.shape
+        close(la.keys[:, :, :P], lb.keys[:, :, :P], "cached keys")
+        close(la.keys[:, :, P:].transpose(1, 2)[valid], lb.keys[:, :, P:].transpose(1, 2)[valid], "new keys")
+        close(la.values[:, :, P:].transpose(1, 2)[valid], lb.values[:, :, P:].transpose(1, 2)[valid], "new values")
+    # greedy decisions: the same argmax wherever HF's top two logits are apart by more than the rounding
+    top2 = ho.logits.topk(2, -1).values
+    clear = valid & (top2[..., 0] - top2[..., 1] > 1e-3)
+    assert torch.equal(fo.logits.argmax(-1)[clear], ho.logits.argmax(-1)[clear])
+    return fo
+
+
+@needs_op
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 13, 16, 33, 64])
+@pytest.mark.parametrize("P", [0, 7, 130])
+def test_matches_hf_forward(M, P):
+    model = tiny_llama("sdpa")
+    L = model.config.num_hidden_layers
+    fwd = LeanLlamaForward(model)
+    tree = branching_tree(M, seed=M)
+    check_against_hf(model, tree, P, [0, 1, L - 1, L, -1])
+    cache = kv_cache.new_target_cache(model)
+    if P:
+        prefill(model, cache, torch.randint(0, VOCAB, (1, P), generator=torch.Generator().manual_seed(P)))
+    fwd(tree.tokens.clamp(min=0), tree.depth + P, tree_attention_mask(tree, P, torch.float32), cache)
+    assert fwd.last_fused and not fwd.last_native
+
+
+@needs_op
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(3, 1, 8), (5, 5, 6), (6, 3, 16), (7, 1, 4), (4, 2, 10)])
+def test_odd_head_counts_and_gqa_ratios(heads, kv_heads, head_dim):
+    model = llama(heads, kv_heads, head_dim, hidden=heads * head_dim + heads if head_dim == 6 else None)
+    for M, P in ((1, 5), (6, 0), (11, 40)):
+        check_against_hf(model, branching_tree(M, seed=M + heads), P, [0, 2])
+
+
+@needs_op
+def test_long_prefix():
+    """A 2k-token prefix (RAG and summary prompts): attention over the whole cache, the scores buffer at T ~ 2k."""
+    model = llama(4, 2, 8, layers=2)
+    for M in (1, 9):
+        check_against_hf(model, branching_tree(M, seed=M), 2048, None)
+
+
+@needs_op
+@pytest.mark.parametrize("B,M", [(2, 7), (3, 4)])
+def test_batched_padded_trees(B, M):
+    """Rows of a batch (the last tree padded) give their single-row results: per-row masks and positions."""
+    model = tiny_llama("sdpa")
+    tree = branching_tree(M, seed=B * M, B=B)
+    check_against_hf(model, tree, 9, [1, 3], B=B)
+
+
+@needs_op
+def test_quantized_weights_match_hf():
+    """Every linear on exact Q4_1 / Q8_0 blocks (as the default target's): the same values, read packed."""
+    model = quantized_tiny_llama()
+    fw = lean_forward._fused_weights(model)
+    assert sum(p is not None and p.dtype == torch.uint8 for p in fw.params) > 0  # Q4_1 blocks in use
+    assert sum(p is not None and p.dtype == torch.int8 for p in fw.params) > 0   # Q8_0 blocks in use
+    for M, P in ((1, 3), (9, 20)):
+        check_against_hf(model, branching_tree(M, seed=M), P, [0, 3])
+
+
+@needs_op
+def test_weights_rebuilt_after_a_change():
+    model = tiny_llama("sdpa")
+    tree = branching_tree(4, seed=1)
+    check_against_hf(model, tree, 5, None)
+    first = lean_forward._fused_weights(model)
+    assert lean_forward._fused_weights(model) is first
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.mul_(1.5)        # in place: version bump
+    assert lean_forward._fused_weights(model) is not first
+    check_against_hf(model, tree, 5, None)
+    second = lean_forward._fused_weights(model)
+    model.model.layers[0].self_attn.o_proj = torch.nn.Linear(32, 32, bias=False)  # a replaced module
+    assert lean_forward._fused_weights(model) is not second
+    check_against_hf(model, tree, 5, None)
+
+
+@needs_op
+def test_op_matches_float64_reference():
+    model = quantized_tiny_llama()
+    fw = lean_forward._fused_weights(model)
+    g = torch.Generator().manual_seed(3)
+    B, M, P, D = 2, 5, 7, 8
+    tokens = torch.randint(0, VOCAB, (B, M), generator=g)
+    pos = torch.arange(P, P + M).expand(B, M)
+    cos, sin = model.model.rotary_emb(torch.zeros(1), pos)
+    mask = torch.zeros(B, 1, M, P + M + 2)
+    mask[..., P:P + M] = torch.triu(torch.full((M, M), torch.finfo(torch.float32).min), 1)
+    mask[1, :, :, :2] = torch.finfo(torch.float32).min  # row 1: two left-padding positions
+    bufs = [[torch.randn(B, 2, P + M + 3, D, generator=g) for _ in range(3)] for _ in range(2)]
+    ref_bufs = [[t.clone() for t in b] for b in bufs]
+    args = (fw.params,)
+    got = ops.llama_forward(tokens, cos, sin, mask, *args, bufs[0], bufs[1], P, [0, 2, 3, 4], fw.eps, fw.scaling, D)
+    want = reference.llama_forward(tokens, cos, sin, mask, *args, ref_bufs[0], ref_bufs[1], P, [0, 2, 3, 4], fw.eps,
+                                   fw.scaling, D)
+    assert len(got) == len(want) == 5
+    assert torch.equal(got[1], model.model.embed_tokens.weight[tokens])  # slot 0: the embeddings, exactly
+    for a, b in zip(got, want):
+        close(a, b, "op vs reference")
+    for a, b in zip(bufs[0] + bufs[1], ref_bufs[0] + ref_bufs[1]):
+        close(a, b, "cache")
+        assert torch.equal(a[:, :, :P], b[:, :, :P]) and torch.equal(a[:, :, P + M:], b[:, :, P + M:])  # untouched
+    assert not torch.equal(got[3], got[4])  # slot 3: before the final norm, slot 4: after it
+
+
+@needs_op
+def test_op_checks_its_arguments():
+    model = tiny_llama("sdpa")
+    fw = lean_forward._fused_weights(model)
+    B, M, P, D = 1, 2, 3, 8
+    tokens = torch.zeros(B, M, dtype=torch.int64)
+    cs = torch.zeros(B, M, D)
+    mask = torch.zeros(B, 1, M, P + M)
+    buf = torch.zeros(B, 2, P + M, D)
+    bufs = [buf] * 3
+    op = torch.ops.radar_ext.llama_forward
+    args = lambda **kw: dict(dict(tokens=tokens, cos=cs, sin=cs, mask=mask, params=fw.params, k_bufs=bufs,  # noqa: E731
+                                  v_bufs=bufs, past_len=P, capture=[], eps=1e-6, scaling=0.35, head_dim=D), **kw)
+    cases = [
+        (dict(tokens=tokens.int()), "tokens must be int64 \\[B, M\\]"),
+        (dict(tokens=tokens + VOCAB), f"tokens\\[0, 0\\] = {VOCAB} must be in \\[0, {VOCAB}\\)"),
+        (dict(params=fw.params[:-1]), "params must hold 6 \\+ 30 entries per layer"),
+        (dict(head_dim=7), "head_dim must be even"),
+        (dict(cos=cs[:, :1]), "cos and sin must be float32 \\[B, M, D\\]"),
+        (dict(mask=mask[..., :-1]), "mask must be float32 \\[B, 1, M, >= past_len \\+ M\\]"),
+        (dict(k_bufs=[buf[:, :, :-1]] * 3), "k_bufs\\[0\\] / v_bufs\\[0\\] must be contiguous float32"),
+        (dict(capture=[5]), "capture must hold slots in \\[0, n_layers \\+ 1\\] = \\[0, 4\\]"),
+        (dict(params=fw.params[:8] + [None] + fw.params[9:]), "params\\[8\\] \\(q_proj of layer 0\\) must be"),
+        (dict(params=fw.params[:6] + [torch.zeros(5)] + fw.params[7:]),
+         "params\\[6\\] \\(input_layernorm of layer 0\\) must be a contiguous float32 \\[32\\]"),
+        (dict(params=fw.params[:8] + [fw.params[8][:, :-1]] + fw.params[9:]),
+         "params\\[8\\] \\(q_proj of layer 0\\) must be a contiguous 2-D CPU tensor|must be float32, bfloat16"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            op(**args(**kw))
+    op(**args())  # and the unchanged arguments run
+
+
+@needs_op
+def test_fallbacks_are_logged_once(caplog):
+    bf16 = tiny_llama("sdpa").to(torch.bfloat16)
+    assert "bfloat16" in fused_reason(bf16)
+    tree = branching_tree(3, seed=0)
+    lean_forward._LOGGED.clear()
+    with caplog.at_level(logging.INFO, logger="radar_ext.lean_forward"):
+        for _ in range(2):
+            cache = kv_cache.new_target_cache(bf16)
+            prefill(bf16, cache, torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0)))
+            fwd = LeanLlamaForward(bf16)
+            fwd(tree.tokens.clamp(min=0), tree.depth + 4, tree_attention_mask(tree, 4, torch.bfloat16), cache)
+            assert not fwd.last_fused
+    hits = [r for r in caplog.records if "fused forward not used" in r.getMessage()]
+    assert len(hits) == 1 and "bfloat16" in hits[0].getMessage()
+    assert fused_reason(tiny_llama("sdpa")) is None
+
+
+@needs_op
+def test_greedy_decoding_matches_hf_generate():
+    """RadarDecoder verifying through the fused forward emits HF's own greedy tokens."""
+    from radar_ext import NgramDrafter, RadarDecoder, StaticPolicy
+    from test_decoder import prompts, reference as hf_greedy
+    model = tiny_llama("sdpa")
+    dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(2), verify_budget=6)
+    for ids in prompts():
+        assert torch.equal(dec.generate(ids, max_new_tokens=24), hf_greedy(model, ids, 24))
