@@ -5,23 +5,14 @@ import json
 import pytest
 import torch
 
-from radar_ext.benchmark import BenchContext, BenchOptions
+from radar_ext.benchmark import BenchOptions
 from radar_ext.benchmark.batch import (format_batch_table, left_pad, plot_throughput, row_answers,
                                        run_batch_benchmark, summarize)
 from radar_ext.benchmark.questions import Question
 from radar_ext.commands.bench import parse_batch_sizes, resolve_methods
-from test_bench import TinyChatTokenizer
+from test_bench import TinyChatTokenizer, tiny_ctx  # noqa: F401  (tiny_ctx: the same module fixture)
 
 
-@pytest.fixture(scope="module")
-def tiny_ctx():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      eos_token_id=2, bos_token_id=1, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).to(torch.float64).eval()  # float64: no near-ties flip argmax
-    return BenchContext(model, TinyChatTokenizer(), eos_token_id=2, pad_token_id=0, options=BenchOptions())
 
 
 QS = [Question(i, "writing", (text,)) for i, text in

@@ -634,22 +634,15 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
             verify_t[P], build_t[P], over_t[P] = ({V: Stat.of(x[V]) for V in v_set} for x in (vt, bt, ot))
             # a skipped cycle (what a policy's plain step costs), then the target's bare 1-token step and the
             # per-token cost of HF generate (the speedup baseline)
-            plains = []
-            for r in range(rounds):
-                bench.reset()
-                t = bench.plain_cycle()
-                if timed(r):
-                    plains.append(t)
-                tick()
-            plain_t[P] = Stat.of(plains)
-            steps = []
-            for r in range(rounds):
-                bench.reset()
-                t = bench.ar_step()
-                if timed(r):
-                    steps.append(t)
-                tick()
-            ar_t[P] = Stat.of(steps)
+            for table, step in ((plain_t, bench.plain_cycle), (ar_t, bench.ar_step)):
+                times = []
+                for r in range(rounds):
+                    bench.reset()
+                    t = step()
+                    if timed(r):
+                        times.append(t)
+                    tick()
+                table[P] = Stat.of(times)
             if ar_tokens > 0:
                 bench.ar_generate(ar_tokens)  # warm-up
                 per_token = []
