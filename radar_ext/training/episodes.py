@@ -524,10 +524,7 @@ class Episodes:
     def history_features(self) -> torch.Tensor:
         """[C, 5] float32 base.history_features of every cycle (what the policies saw before it)."""
         from radar_ext.policies.base import history_features
-        if not self.has_history:
-            where = self.meta.get("merged_from") or self.meta.get("path", "these episodes")
-            raise ValueError(f"{where}: episodes format {self.meta.get('format')!r} records no history features; "
-                             "collect them again with `radar collect` (format 2) to train a policy with history")
+        self._require_format2("history features", "history")
         t = self.tensors
         return history_features(t["hist_accept_ema"], t["hist_accept_last"], t["hist_best_prob"],
                                 t["hist_best_accepted"], t["hist_drafted"])
@@ -535,12 +532,15 @@ class Episodes:
     def lookup_features(self) -> torch.Tensor:
         """[C, 3] float32 base.lookup_features of every cycle (zeros' features where no lookup drafter ran)."""
         from radar_ext.policies.base import lookup_features
-        if not self.has_history:
-            where = self.meta.get("merged_from") or self.meta.get("path", "these episodes")
-            raise ValueError(f"{where}: episodes format {self.meta.get('format')!r} records no lookup fields; "
-                             "collect them again with `radar collect` (format 2) to train a policy with lookup features")
+        self._require_format2("lookup fields", "lookup features")
         t = self.tensors
         return lookup_features(t["lookup_match_len"], t["lookup_count"], t["lookup_best_score"])
+
+    def _require_format2(self, what: str, purpose: str) -> None:
+        if not self.has_history:
+            where = self.meta.get("merged_from") or self.meta.get("path", "these episodes")
+            raise ValueError(f"{where}: episodes format {self.meta.get('format')!r} records no {what}; "
+                             f"collect them again with `radar collect` (format 2) to train a policy with {purpose}")
 
     def __getitem__(self, key):
         return self.tensors[key]
