@@ -268,12 +268,7 @@ class RadarDecoder:
         with self._linears:
             res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify,
                          fused=self.fused_forward)
-        dt = time.perf_counter() - t0
-        stats.time_verify += dt
-        stats.cycles += 1
-        stats.forwards += 1
-        self.costs.verify = _ema(self.costs.verify, dt)
-        self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.verify_budget))
+        self._note_verify(t0, stats, 1, tree.verify_budget)
         return res.logits, res.features
 
     def _verify_rows(self, cache, tree, batch, stats):
@@ -283,13 +278,17 @@ class RadarDecoder:
         with self._linears:
             res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
                               lean=self.lean_verify, fused=self.fused_forward)
+        self._note_verify(t0, stats, batch.size, tree.tokens.shape[1] - 1)
+        return start, res.logits, res.features
+
+    def _note_verify(self, t0, stats, rows: int, verify_budget: int) -> None:
+        """One target forward of `rows` sequences, begun at t0: its time, and the measured costs the policies read."""
         dt = time.perf_counter() - t0
         stats.time_verify += dt
-        stats.cycles += batch.size
+        stats.cycles += rows
         stats.forwards += 1
         self.costs.verify = _ema(self.costs.verify, dt)
-        self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(tree.tokens.shape[1] - 1))
-        return start, res.logits, res.features
+        self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(verify_budget))
 
     def _accept(self, tree, logits, cfg, generator, emitted) -> Acceptance:
         if cfg.processing.walk:  # processors or score outputs: node by node, each with its own prefix
@@ -306,12 +305,7 @@ class RadarDecoder:
         kv_cache.commit_path(cache, prefix_len, path)
         feats = features[:, path] if features is not None else None
         self.drafter.commit(acc.tokens, n, feats)
-        if tree.source is not None and n > 1:
-            src = tree.source[0, path[1:n]].tolist()  # host sync: a few ints per cycle
-            stats.lookup_accepted += src.count(SOURCE_LOOKUP)
-            stats.shared_accepted += src.count(SOURCE_BOTH)
-        stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
-        stats.accepted_hist[n - 1] += 1
+        _count_accepted(stats, tree, path, n)
         out = acc.tokens[:, :n]
         n_keep = min(n, cfg.max_new_tokens - n_done)
         if cfg.eos_token_ids:
@@ -332,8 +326,7 @@ class RadarDecoder:
         for b, n in enumerate(n_keep.tolist()):
             feats = features[b:b + 1, paths[b][:n]] if features is not None else None
             batch.drafters[b].commit(acc.tokens[b:b + 1], n, feats)
-            stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
-            stats.accepted_hist[n - 1] += 1
+            _count_accepted(stats, trees[b], paths[b], n)
             outcome = _outcome(trees[b], acc, b)
             batch.histories[b].observe(outcome)
             batch.policies[b].observe(outcome)
@@ -437,6 +430,17 @@ def _outcome(tree, acc, row: int = 0) -> CycleOutcome:
     score, hit = torch.stack([tree.guess_score[0].float(),
                               (acc.tokens[row, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
     return CycleOutcome(n, tree.draft_calls, tree.verify_budget, False, guess_probability(score), hit == 1.0)
+
+
+def _count_accepted(stats: DecodeStats, tree, path, n: int) -> None:
+    """A cycle that emitted n tokens (path: its accepted nodes, root first, in `tree`, that sequence's one-row
+    tree): the accepted-length histogram, and which accepted draft tokens came from context lookups."""
+    stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
+    stats.accepted_hist[n - 1] += 1
+    if tree.source is not None and n > 1:
+        src = tree.source[0, path[1:n]].tolist()  # host sync: a few ints per cycle
+        stats.lookup_accepted += src.count(SOURCE_LOOKUP)
+        stats.shared_accepted += src.count(SOURCE_BOTH)
 
 
 def _ema(old: float, new: float, rate: float = 0.1) -> float:
