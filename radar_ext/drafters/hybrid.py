@@ -133,24 +133,18 @@ def merge_lookup(pool: CandidatePool, trie: LookupTrie, lookup_scores: np.ndarra
     out.count = C
     if K == 0:
         return out
-    # host side: the pool's (parent, token) -> index, a few hundred ints (host sync: one copy per cycle)
-    index = dict(zip(zip(pool.parents[0, :C].tolist(), pool.tokens[0, :C].tolist()), range(C)))
+    at = trie_positions(pool, trie)            # trie node -> merged index (host sync: one copy per cycle)
     scores = pool.scores[0, :C].tolist()
-    at = []                                    # trie node -> pool index
     new_tokens, new_parents, new_scores = [], [], []
     shared, shared_scores = [], []
-    for tok, tp, s in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist()):
-        parent = at[tp] if tp >= 0 else -1
-        j = index.get((parent, tok))
-        if j is None:                          # a lookup-only node (its parent has a lower index)
-            j = C + len(new_tokens)
+    for tok, tp, s, j in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist(), at):
+        if j >= C:                             # a lookup-only node, appended in trie order (its parent first)
             new_tokens.append(tok)
-            new_parents.append(parent)
+            new_parents.append(at[tp] if tp >= 0 else -1)
             new_scores.append(s)
         else:                                  # both sides proposed it: one node, the larger score
             shared.append(j)
             shared_scores.append(max(scores[j], s))
-        at.append(j)
     if shared:
         idx = torch.tensor(shared, dtype=torch.int64, device=dev)
         out.scores[0, idx] = torch.tensor(shared_scores, dtype=torch.float32, device=dev)
