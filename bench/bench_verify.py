@@ -61,6 +61,9 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON (default: print only)")
@@ -71,7 +74,14 @@ def main():
                     help="fast_linear row limit while timing (64: the kernel at every M; the shipped "
                          f"default is {DEFAULT_MAX_ROWS})")
     ap.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help="comma-separated settings to time (`off` always runs: it is the reference); "
+                         f"default: all of {','.join(SETTINGS)}")
     args = ap.parse_args()
+    picked = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in picked if s not in SETTINGS]
+    if unknown:
+        ap.error(f"--settings: unknown {', '.join(unknown)}; expected a comma-separated subset of {','.join(SETTINGS)}")
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
 
@@ -85,7 +95,7 @@ def main():
     print(f"fast_linear available: {fast_linear_available()}  threads={args.threads}  prefix={P}  "
           f"load average {load_start[0]:.2f}")
 
-    settings = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused")
+    settings = ("off", *[s for s in SETTINGS[1:] if s in picked])
 
     def ctx(setting):
         return fast_linear(target, max_rows=args.max_rows, enabled=setting != "off", sdpa_gqa=setting == "fast",
@@ -127,20 +137,20 @@ def main():
         kv_cache.crop(cache, P)
         return dt
 
-    hf = time_settings(hf_step, settings[:3], args.repeats)
+    hf = time_settings(hf_step, [s for s in settings if s in ("off", "linear", "fast")], args.repeats)
     load_end = os.getloadavg()
 
     print(f"\nverify forward, ms (median [p10-p90]), SmolLM2-135M fp32, {args.threads} threads, prefix {P}")
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
-    print(f"{'M':>4} | {'off (MKL)':>24} | {'linear (skinny only)':>24} | {'fast (skinny + gqa)':>24} | "
-          f"{'lean (fast + lean fwd)':>24} | {'quant-py (+ Q blocks)':>24} | {'quant (+ C++ layers)':>24} | "
-          f"{'fused (C++ forward)':>24} | off/lean | off/quant | off/fused")
+    titles = {"off": "off (MKL)", "linear": "linear (skinny only)", "fast": "fast (skinny + gqa)",
+              "lean": "lean (fast + lean fwd)", "quant-py": "quant-py (+ Q blocks)", "quant": "quant (+ C++ layers)",
+              "fused": "fused (C++ forward)"}
+    ratios = [s for s in ("lean", "quant", "fused") if s in settings]
+    print(f"{'M':>4} | " + " | ".join(f"{titles[s]:>24}" for s in settings) + "".join(f" | off/{s}" for s in ratios))
     for r in rows:
-        print(f"{r['M']:>4} | {cell(r['off'])} | {cell(r['linear'])} | {cell(r['fast'])} | {cell(r['lean'])} | "
-              f"{cell(r['quant-py'])} | {cell(r['quant'])} | {cell(r['fused'])} | "
-              f"{r['off']['median'] / r['lean']['median']:.2f}x | {r['off']['median'] / r['quant']['median']:.2f}x | "
-              f"{r['off']['median'] / r['fused']['median']:.2f}x")
-    print(f"HF 1-token step | {cell(hf['off'])} | {cell(hf['linear'])} | {cell(hf['fast'])} |")
+        print(f"{r['M']:>4} | " + " | ".join(cell(r[s]) for s in settings)
+              + "".join(f" | {r['off']['median'] / r[s]['median']:.2f}x" for s in ratios))
+    print("HF 1-token step | " + " | ".join(cell(hf[s]) for s in hf) + " |")
     print(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
           + ("  (busy machine: figures are noisy)" if max(load_start[0], load_end[0]) > 0.5 + args.threads else ""))
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

@@ -127,6 +127,10 @@ template <typename S> struct Q80Rows {
 template <typename S>
 static inline float weight_at(const Q80Row<S>& r, int64_t k) { return scale_at(r.d, k >> 5) * static_cast<float>(r.q[k]); }
 
+template <typename Fmt> struct IsBlockQuant { static constexpr bool value = false; };
+template <typename S> struct IsBlockQuant<Q41Rows<S>> { static constexpr bool value = true; };
+template <typename S> struct IsBlockQuant<Q80Rows<S>> { static constexpr bool value = true; };
+
 constexpr int64_t kSkinnyNR = 4;  // rows of w per block (and per register tile)
 constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
 // The AVX-512 path prefetches w this many blocks ahead into L2 (~37 KB at K = 576). On the 2-core
@@ -309,8 +313,108 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
     }
 }
 
+// ---- block-quantized tiles (AVX-512): 32 weights (one block) per step ----
+// The generic tile above decodes 16 weights per load16 call and widens the block's scales at every
+// call (a broadcast and a conversion each, twice per block for Q4_1), so at 1-4 rows it spends more
+// vector instructions on decoding than on the products and runs below the memory's speed. These tiles
+// take one whole block per step with the same values in the same order, so the same bits:
+//   Q4_1: the block's 16 possible weights d * j + m (j = 0..15, one fused multiply-add: exactly the
+//         value load16 computes for q = j) form a table; each nibble selects its weight with one
+//         permute (vpermps reads only an index's low 4 bits, so the low nibbles need no mask);
+//   Q8_0: d * q as load16 computes it.
+// The scales are widened 16 blocks at a time into small arrays and broadcast from there.
+template <typename S>
+static inline void scales16(const S* s, int64_t b0, int64_t nb, float* out) {  // out[i] = s[b0 + i], i < nb <= 16
+  for (int64_t i = 0; i < nb; ++i) out[i] = scale_at(s, b0 + i);
+}
+static inline void scales16(const F16* s, int64_t b0, int64_t nb, float* out) {
+  if (nb == 16) {
+    _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + b0))));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) out[i] = load_weight(s + b0 + i);
+}
+template <typename S>
+static inline void row_scales16(const Q41Row<S>& r, int64_t b0, int64_t nb, float* d, float* m) {
+  scales16(r.d, b0, nb, d);
+  scales16(r.m, b0, nb, m);
+}
+template <typename S>
+static inline void row_scales16(const Q80Row<S>& r, int64_t b0, int64_t nb, float* d, float*) {
+  scales16(r.d, b0, nb, d);
+}
+// The 32 weights of block b: lo = elements 0..15, hi = 16..31.
+template <typename S>
+static inline void load_block32(const Q41Row<S>& r, int64_t b, float d, float m, __m512& lo, __m512& hi) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 table = _mm512_fmadd_ps(_mm512_set1_ps(d), iota, _mm512_set1_ps(m));
+  const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.q + 16 * b)));
+  lo = _mm512_permutexvar_ps(q, table);
+  hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+}
+template <typename S>
+static inline void load_block32(const Q80Row<S>& r, int64_t b, float d, float, __m512& lo, __m512& hi) {
+  const __m512 dv = _mm512_set1_ps(d);
+  const int8_t* q = r.q + 32 * b;
+  lo = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))));
+  hi = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)))));
+}
+
+// skinny_tile_avx512 for a block-quantized Fmt (K % 32 == 0): the same sums, bit for bit.
+template <int NR, int MR, typename Fmt, typename PfFmt>
+static inline void skinny_tile_blocks_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
+                                             const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
+  const int64_t K = p.K, nblocks = K / 32;
+  const float* xr[MR];
+  typename Fmt::Row wr[NR];
+  typename PfFmt::Row pr[kSkinnyNR];
+  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + (i < m_valid ? i : m_valid - 1)) * K;
+  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
+  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  alignas(64) float ds[NR][16], ms[NR][16];
+  for (int64_t c0 = 0; c0 < nblocks; c0 += 16) {
+    const int64_t nb = nblocks - c0 < 16 ? nblocks - c0 : 16;
+    for (int j = 0; j < NR; ++j) row_scales16(wr[j], c0, nb, ds[j], ms[j]);
+    for (int64_t b = c0; b < c0 + nb; ++b) {
+      const int64_t k = 32 * b;
+      for (int64_t j = 0; j < pf_rows; ++j) prefetch_row(pr[j], k);  // (one 64-byte line holds 2-4 blocks)
+      __m512 lo[NR], hi[NR];
+      for (int j = 0; j < NR; ++j) load_block32(wr[j], b, ds[j][b - c0], ms[j][b - c0], lo[j], hi[j]);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 x0 = _mm512_loadu_ps(xr[i] + k), x1 = _mm512_loadu_ps(xr[i] + k + 16);
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(x1, hi[j], _mm512_fmadd_ps(x0, lo[j], acc[i][j]));
+      }
+    }
+  }
+  __m512 all[16];
+  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) all[4 * i + j] = acc[i][j];
+  float sums[16];
+  _mm512_storeu_ps(sums, skinny_reduce16(all));
+  for (int i = 0; i < m_valid; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = sums[4 * j + i];
+      if (p.bias) s += p.bias[n0 + j];
+      p.y[(m0 + i) * p.N + n0 + j] = s;
+    }
+}
+
+// The tile for a format: the block tile for Q4_1 / Q8_0, the generic one otherwise.
+template <int NR, int MR, typename Fmt, typename PfFmt>
+static inline void skinny_tile_any_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
+                                          const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
+  if constexpr (IsBlockQuant<Fmt>::value)
+    skinny_tile_blocks_avx512<NR, MR>(p, f, n0, m0, pf, pf_n, pf_rows, m_valid);
+  else
+    skinny_tile_avx512<NR, MR>(p, f, n0, m0, pf, pf_n, pf_rows, m_valid);
+}
+
 #pragma GCC diagnostic pop
-#define RADAR_SKINNY_TILE skinny_tile_avx512
+#define RADAR_SKINNY_TILE skinny_tile_any_avx512
 #else
 #define RADAR_SKINNY_TILE skinny_tile_plain
 #endif
@@ -362,7 +466,17 @@ struct DecodedRows {
 template <typename Row>
 static inline void decode_row(const Row& r, float* out, int64_t K) {
 #if defined(RADAR_SKINNY_AVX512)
-  for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(out + k, load16(r, k));  // K % 32 == 0 for blocks
+  alignas(64) float ds[16], ms[16];  // K % 32 == 0 for blocks
+  for (int64_t c0 = 0; c0 < K / 32; c0 += 16) {
+    const int64_t nb = K / 32 - c0 < 16 ? K / 32 - c0 : 16;
+    row_scales16(r, c0, nb, ds, ms);
+    for (int64_t b = c0; b < c0 + nb; ++b) {
+      __m512 lo, hi;
+      load_block32(r, b, ds[b - c0], ms[b - c0], lo, hi);
+      _mm512_storeu_ps(out + 32 * b, lo);
+      _mm512_storeu_ps(out + 32 * b + 16, hi);
+    }
+  }
 #else
   for (int64_t k = 0; k < K; ++k) out[k] = weight_at(r, k);
 #endif
@@ -378,9 +492,6 @@ static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& 
   skinny_block<NR, DecodedRows, Fmt, true>(p, DecodedRows{buf, n0, p.K}, n0, f, pf_n, pf_rows);
 }
 
-template <typename Fmt> struct IsBlockQuant { static constexpr bool value = false; };
-template <typename S> struct IsBlockQuant<Q41Rows<S>> { static constexpr bool value = true; };
-template <typename S> struct IsBlockQuant<Q80Rows<S>> { static constexpr bool value = true; };
 
 template <typename Fmt>
 static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
@@ -393,7 +504,7 @@ static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f
     const int64_t pf_rows = b + kSkinnyPrefetchBlocks < b1 ? (p.N - n1 >= kSkinnyNR ? kSkinnyNR : p.N - n1) : 0;
     const int64_t pf_n = pf_rows ? n1 : 0;
     const int64_t nr = p.N - n0 >= kSkinnyNR ? kSkinnyNR : p.N - n0;
-    if (decode_once) {
+    if constexpr (IsBlockQuant<Fmt>::value) if (decode_once) {
       switch (nr) {
         case 4: skinny_block_decoded<4>(p, f, n0, pf_n, pf_rows, buf.data()); break;
         case 3: skinny_block_decoded<3>(p, f, n0, pf_n, pf_rows, buf.data()); break;

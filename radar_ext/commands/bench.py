@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "static setting, static_tree.json beside the head)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
+    p.add_argument("--fused-forward", action="store_true",
+                   help="our methods verify through the fused C++ forward (RadarDecoder(fused_forward=True): "
+                        "radar_ext::llama_forward, HF's logits up to rounding), ar-fast included")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--generate-kwargs", default=None, metavar="JSON",
                    help="more generate() arguments for every method, HF's and ours, as a JSON object, e.g. "
@@ -235,7 +238,7 @@ def run(args) -> int:
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget,
                                adaptive_paths={k: getattr(args, k) for k in ("pmin", "ema", "goodput")
                                                if getattr(args, k, None)},
-                               generate_kwargs=generate_kwargs)
+                               generate_kwargs=generate_kwargs, fused_forward=args.fused_forward)
         batch_sizes = parse_batch_sizes(args.batch_size, args.batch_sizes)
         methods = resolve_methods(args.methods, options, batched=bool(batch_sizes))
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
