@@ -199,9 +199,56 @@ static inline void llama_rotary(float* t, const float* cos, const float* sin, in
   for (int64_t d = half; d < D; ++d) t[d] = tmp[d] * cos[d] + tmp[d - half] * sin[d];
 }
 
+#if defined(RADAR_SKINNY_AVX512)
+// exp_accurate on 16 lanes: the same operations in the same order (separate multiplies and adds, as
+// the scalar code compiles under -ffp-contract=off), so the same bits lane by lane.
+static inline __m512 llama_exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.0f), shift = _mm512_set1_ps(12582912.0f);
+  const __mmask16 above_lo = _mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ);  // false for NaN
+  __m512 xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_LT_OQ), hi, x);
+  xc = _mm512_mask_blend_ps(above_lo, lo, xc);
+  const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), shift), shift);
+  __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+  __m512 q = _mm512_set1_ps(1.9875691500e-4f);
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(1.3981999507e-3f));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(8.3334519073e-3f));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(4.1665795894e-2f));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(1.6666665459e-1f));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mov_ps(above_lo, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
+}
+
+// scores[t] = q . k_t for t < T over D % 16 == 0, 16 keys per step: the skinny product's sums (lane
+// d % 16, then skinny_reduce16's fixed lane order), so the same bits as skinny_linear on one row,
+// without its 4-key tiles that leave 12 of the 16 reduction slots empty at 1 query row.
+static inline void llama_scores_row16(const float* q, const float* kc, int64_t T, int64_t D, float* scores) {
+  int64_t t0 = 0;
+  for (; t0 + 16 <= T; t0 += 16) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 qv = _mm512_loadu_ps(q + d);
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kc + (t0 + j) * D + d), acc[j]);
+    }
+    float sums[16];
+    _mm512_storeu_ps(sums, skinny_reduce16(acc));  // lane 4 * (j % 4) + j / 4 holds key j (slot 4 * i + j)
+    for (int j = 0; j < 16; ++j) scores[t0 + j] = sums[4 * (j % 4) + j / 4];
+  }
+  if (t0 < T) {
+    SkinnyLinearParams s{q, kc + t0 * D, nullptr, scores + t0, 1, T - t0, D};
+    skinny_linear_blocks_native(s, 0, skinny_linear_blocks(s));
+  }
+}
+#endif
+
 // Attention of query head h of batch row b, all M tree rows, over cache positions [0, past_len + M):
 // scores = q . k (a skinny product, the keys as weight rows) * scaling + mask, softmax with
 // exp_accurate, out = sum_t p_t v_t. Writes ws.attn[b * M + m, h * D : (h + 1) * D].
+// The AVX-512 build computes the same values in the same order 16 lanes at a time (scores of fewer
+// than 4 rows 16 keys per step, the softmax 16 positions per step, the value sums 16 dims per step).
 static inline void llama_attention_head(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws, int64_t layer,
                                         int64_t b, int64_t h, float* qh, float* scores, float* oh) {
   const int64_t M = p.M, D = p.head_dim, T = p.past_len + M, QD = p.n_heads * D;
@@ -209,11 +256,70 @@ static inline void llama_attention_head(const LlamaForwardParams& p, const Llama
   const float* kc = p.k_cache[layer] + (b * p.n_kv_heads + g) * p.cache_cap * D;
   const float* vc = p.v_cache[layer] + (b * p.n_kv_heads + g) * p.cache_cap * D;
   for (int64_t m = 0; m < M; ++m) memcpy(qh + m * D, ws.q + (b * M + m) * QD + h * D, D * sizeof(float));
-  SkinnyLinearParams s{qh, kc, nullptr, scores, M, T, D};
-  skinny_linear_blocks_native(s, 0, skinny_linear_blocks(s));
+#if defined(RADAR_SKINNY_AVX512)
+  const bool vec = D % 16 == 0 && D <= 256;
+#else
+  const bool vec = false;
+#endif
+  if (vec && M < kSkinnyMR) {
+#if defined(RADAR_SKINNY_AVX512)
+    for (int64_t m = 0; m < M; ++m) llama_scores_row16(qh + m * D, kc, T, D, scores + m * T);
+#endif
+  } else {
+    SkinnyLinearParams s{qh, kc, nullptr, scores, M, T, D};
+    skinny_linear_blocks_native(s, 0, skinny_linear_blocks(s));
+  }
   for (int64_t m = 0; m < M; ++m) {
     float* sr = scores + m * T;
     const float* mr = p.mask + (b * M + m) * p.mask_cols;
+    float* out = ws.attn + (b * M + m) * QD + h * D;
+#if defined(RADAR_SKINNY_AVX512)
+    if (vec) {
+      const __m512 sc = _mm512_set1_ps(p.scaling);
+      __m512 mxv = _mm512_set1_ps(kNegInf);
+      int64_t t = 0;
+      for (; t + 16 <= T; t += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(sr + t), sc), _mm512_loadu_ps(mr + t));
+        _mm512_storeu_ps(sr + t, v);
+        mxv = _mm512_max_ps(mxv, v);
+      }
+      float mx = _mm512_reduce_max_ps(mxv);
+      for (; t < T; ++t) {
+        sr[t] = sr[t] * p.scaling + mr[t];
+        mx = sr[t] > mx ? sr[t] : mx;
+      }
+      const __m512 mv = _mm512_set1_ps(mx);
+      __m512 lanes = _mm512_setzero_ps();
+      for (t = 0; t + 16 <= T; t += 16) {
+        const __m512 e = llama_exp16(_mm512_sub_ps(_mm512_loadu_ps(sr + t), mv));
+        _mm512_storeu_ps(sr + t, e);
+        lanes = _mm512_add_ps(lanes, e);
+      }
+      if (t < T) {  // the last T % 16 positions in lanes 0.. (t % 16 == 0 here), the other lanes + 0
+        const __mmask16 tail = static_cast<__mmask16>((1u << (T - t)) - 1u);
+        const __m512 e = _mm512_maskz_mov_ps(tail, llama_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sr + t), mv)));
+        _mm512_mask_storeu_ps(sr + t, tail, e);
+        lanes = _mm512_add_ps(lanes, e);
+      }
+      float ls[16];
+      _mm512_storeu_ps(ls, lanes);
+      for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) ls[l] += ls[l + w];
+      __m512 acc[16];
+      const int64_t nd = D / 16;
+      for (int64_t c = 0; c < nd; ++c) acc[c] = _mm512_setzero_ps();
+      for (int64_t u = 0; u < T; ++u) {
+        const float e = sr[u];
+        if (e == 0.0f) continue;  // hidden (masked) entries: exactly nothing to add
+        const __m512 ev = _mm512_set1_ps(e);
+        const float* vr = vc + u * D;
+        for (int64_t c = 0; c < nd; ++c) acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(ev, _mm512_loadu_ps(vr + 16 * c)));
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / ls[0]);
+      for (int64_t c = 0; c < nd; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
+      continue;
+    }
+#endif
     float mx = kNegInf;
     for (int64_t t = 0; t < T; ++t) {
       sr[t] = sr[t] * p.scaling + mr[t];
@@ -241,7 +347,6 @@ static inline void llama_attention_head(const LlamaForwardParams& p, const Llama
       for (int64_t d = 0; d < D; ++d) oh[d] += e * vr[d];
     }
     const float inv = 1.0f / lanes[0];
-    float* out = ws.attn + (b * M + m) * QD + h * D;
     for (int64_t d = 0; d < D; ++d) out[d] = oh[d] * inv;
   }
 }
