@@ -230,3 +230,29 @@ def test_greedy_decoding_matches_hf_generate():
     dec = RadarDecoder(model, NgramDrafter(), StaticPolicy(2), verify_budget=6)
     for ids in prompts():
         assert torch.equal(dec.generate(ids, max_new_tokens=24), hf_greedy(model, ids, 24))
+
+
+def test_pinned_checks_once_and_a_changed_weight_is_seen_after_the_pin():
+    model = quantized_tiny_llama()
+    fwd = lean_forward.lean_forward_for(model, fused=True)
+    assert fwd is not None and lean_forward.lean_forward_for(model, fused=True) is not fwd  # unpinned: built per call
+    with lean_forward.pinned(model, native=True, fused=True) as pinned_fwd:
+        assert lean_forward.lean_forward_for(model, fused=True) is pinned_fwd
+        assert lean_forward.lean_forward_for(model, fused=False) is not pinned_fwd  # other flags: checked as usual
+        with lean_forward.pinned(model, native=True, fused=False) as inner:
+            assert inner is pinned_fwd  # nested: the outer pin holds
+        weights = lean_forward._fused_weights(model)
+        tree = branching_tree(4, seed=0)
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, torch.tensor([[1, 2, 3]]))
+        verify(model, cache, tree, 3, fused=True)
+        assert lean_forward.last_fused(model)
+    assert not lean_forward.last_fused(model)  # no pin, nothing to report
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.5)  # a weight changed between calls: the next pin rebuilds the fused copy
+    with lean_forward.pinned(model, native=True, fused=True):
+        assert lean_forward._fused_weights(model) is not weights
+    with torch.no_grad():
+        model.train()
+    with lean_forward.pinned(model, native=True, fused=True) as fwd:
+        assert fwd is None and lean_forward.lean_forward_for(model, fused=True) is None  # no longer qualifies

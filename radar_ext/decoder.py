@@ -6,12 +6,13 @@ step: the root alone) -> build tree -> verify (one target forward) -> accept -> 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from radar_ext import kv_cache
+from radar_ext import kv_cache, lean_forward
 from radar_ext.acceptance import Acceptance, draw, greedy_accept, sample_accept, target_probs
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.plain import PlainDrafter
@@ -157,6 +158,7 @@ class RadarDecoder:
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.lean_verify = bool(lean_verify)
         self.fused_forward = bool(fused_forward)
+        self._fused_last = False  # the last verify took the fused forward (then fast_linear is not entered)
         self.costs = CostInfo()
         self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
@@ -181,9 +183,16 @@ class RadarDecoder:
                                       has_attention_mask=attention_mask is not None, extra=kwargs)
         _check_generator(generator, given.device)
         stats = self.last_stats = DecodeStats()
-        if given.shape[0] > 1:
-            out = self._generate_batch(given, pads, streamer, cfg, generator, stats)
-            return cfg.processing.output(_finish_stats(out, stats, t_start))
+        self._fused_last = False
+        # the target is checked once per call, not before every verify (lean_forward.pinned)
+        with lean_forward.pinned(self.target, native=True, fused=self.fused_forward):
+            if given.shape[0] > 1:
+                out = self._generate_batch(given, pads, streamer, cfg, generator, stats)
+                return cfg.processing.output(_finish_stats(out, stats, t_start))
+            return self._generate_one(given, pads, streamer, cfg, generator, stats, t_start)
+
+    def _generate_one(self, given, pads, streamer, cfg, generator, stats, t_start):
+        """Batch 1."""
         n_pad = pads[0]
         input_ids = given[:, n_pad:]  # left padding: HF's positions start at the first real token, so drop it
         policy = _TimedPolicy(self.policy, stats)
@@ -263,11 +272,17 @@ class RadarDecoder:
             self.costs.draft_call = _ema(self.costs.draft_call, dt / tree.draft_calls)
         return tree
 
+    def _linears_ctx(self):
+        """fast_linear's context for a verify, or none once the fused forward runs (it reads no nn.Linear:
+        entering fast_linear costs ~0.06 ms a verify)."""
+        return contextlib.nullcontext() if self._fused_last else self._linears
+
     def _verify(self, cache, tree, prefix_len, stats):
         t0 = time.perf_counter()
-        with self._linears:
+        with self._linears_ctx():
             res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify,
                          fused=self.fused_forward)
+        self._fused_last = lean_forward.last_fused(self.target)
         self._note_verify(t0, stats, 1, tree.verify_budget)
         return res.logits, res.features
 
@@ -275,9 +290,10 @@ class RadarDecoder:
         """Batch > 1: (the tree block's first slot, logits [B, M, V], features [B, M, F] or None)."""
         t0 = time.perf_counter()
         start = kv_cache.cache_length(cache)
-        with self._linears:
+        with self._linears_ctx():
             res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
                               lean=self.lean_verify, fused=self.fused_forward)
+        self._fused_last = lean_forward.last_fused(self.target)
         self._note_verify(t0, stats, batch.size, tree.tokens.shape[1] - 1)
         return start, res.logits, res.features
 

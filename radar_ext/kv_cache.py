@@ -107,7 +107,7 @@ def extend(cache, layer_idx: int, length: int):
     """Point a reserved layer's keys / values at the first `length` entries of its buffers; returns them."""
     layer = cache.layers[layer_idx]
     kb, vb = layer.__dict__[_BUFFERS]
-    layer.keys, layer.values = kb[:, :, :length], vb[:, :, :length]
+    layer.keys, layer.values = kb.narrow(2, 0, length), vb.narrow(2, 0, length)
     return layer.keys, layer.values
 
 
