@@ -413,7 +413,7 @@ class _PrefixBench:
     of a real tree path) for call 1 to re-encode."""
 
     def __init__(self, target, drafter, P: int, pending: int, W: int, max_calls: int, V: int, gen,
-                 linears=None):
+                 linears=None, fused: bool = False):
         import contextlib
 
         import torch
@@ -421,6 +421,7 @@ class _PrefixBench:
         from radar_ext import kv_cache
         from radar_ext.verifier import prefill, verify
         self.target, self.drafter, self.P = target, drafter, P
+        self.fused = bool(fused)  # RadarDecoder(fused_forward=...): verify through radar_ext::llama_forward
         # the decoder's verify-time setting (radar_ext.fast_linear), so T_verify is what decoding pays
         self.linears = linears if linears is not None else contextlib.nullcontext()
         self.layers = drafter.feature_layers
@@ -433,7 +434,7 @@ class _PrefixBench:
         drafter.start(self.ids, res.features, self.root)
         tree, *_ = self.draft(W, V)               # consumes the whole prompt
         self.head_len = _head_length(drafter)
-        out = verify(target, self.cache, tree, P, self.layers)
+        out = verify(target, self.cache, tree, P, self.layers, fused=self.fused)
         longest = int((tree.paths[0] >= 0).sum(1).argmax())  # host sync: once per prefix
         path = tree.paths[0, longest]
         path = path[path >= 0][:pending]                                          # root + accepted nodes
@@ -471,7 +472,7 @@ class _PrefixBench:
         tree = d[0]
         t0 = time.perf_counter()
         with self.linears:
-            out = verify(self.target, self.cache, tree, self.P, self.layers)
+            out = verify(self.target, self.cache, tree, self.P, self.layers, fused=self.fused)
         t1 = time.perf_counter()
         acc = greedy_accept(tree, out.logits)
         n = acc.accepted_len[0] + 1
@@ -490,7 +491,7 @@ class _PrefixBench:
         t0 = time.perf_counter()
         tree = root_only_tree(self.root)
         with self.linears:
-            out = verify(self.target, self.cache, tree, self.P, self.layers)
+            out = verify(self.target, self.cache, tree, self.P, self.layers, fused=self.fused)
         acc = greedy_accept(tree, out.logits)
         n = acc.accepted_len[0] + 1
         path = acc.path[0, :n]
@@ -518,7 +519,7 @@ class _PrefixBench:
 
 
 def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: int = 3, repeats: int = 10,
-                        seed: int = 0, linears=None, feature_layers=None) -> dict:
+                        seed: int = 0, linears=None, feature_layers=None, fused: bool = False) -> dict:
     """CostModel.batch: for each B, the median seconds of one batched verify forward (verify_rows, the
     decoder's own batch path) of B rows of `prefix_len` random tokens, each row the root alone ("plain")
     or a chain of V draft tokens ("verify"; the shape of a tree does not change its cost, its size does).
@@ -551,7 +552,7 @@ def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: 
             for r in range(warmup + repeats):
                 t0 = time.perf_counter()
                 with linears:
-                    verify_rows(target, cache, tree, lengths, pads, feature_layers)
+                    verify_rows(target, cache, tree, lengths, pads, feature_layers, fused=fused)
                 if r >= warmup:
                     samples.append(time.perf_counter() - t0)
                 kv_cache.crop(cache, prefix_len)
@@ -560,22 +561,32 @@ def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: 
     return out
 
 
-def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
+def calibrate(target, drafter, policy=None, **kwargs) -> CostModel:
+    """Measure the CostModel of `target` + `drafter` (`_calibrate` below), with the target's checks made
+    once (radar_ext.lean_forward.pinned), as RadarDecoder.generate makes them."""
+    from radar_ext import lean_forward
+    with lean_forward.pinned(target, native=True, fused=bool(kwargs.get("fused_forward", False))):
+        return _calibrate(target, drafter, policy, **kwargs)
+
+
+def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
               seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True,
-              batch_sizes=()) -> CostModel:
+              batch_sizes=(), fused_forward: bool = False) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
     skips the HF generate measurement. fast_linear: as RadarDecoder's option (on by default), so the verify
-    curve is the one decoding pays. batch_sizes: also measure the batched verify forward at these B
+    curve is the one decoding pays; fused_forward: as RadarDecoder's option (verify through the fused C++
+    forward; off by default, as there). batch_sizes: also measure the batched verify forward at these B
     (measure_batch_costs, at the shortest prefix length; CostModel.batch)."""
     import torch
 
     from radar_ext import fast_linear as fl
     use_fast = bool(fast_linear) and fl.applies_to(target)
-    linears = fl.fast_linear(target, enabled=use_fast, quantized=True)
+    # (the fused forward reads no nn.Linear: the decoder does not enter fast_linear around it)
+    linears = fl.fast_linear(target, enabled=use_fast and not fused_forward, quantized=True)
 
     v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
     check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))
@@ -603,7 +614,8 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     t_start = time.perf_counter()
     with torch.no_grad():
         for P in prefix_lens:
-            bench = _PrefixBench(target, drafter, P, pending, W_verify, max_draft_calls, V_max, gen, linears)
+            bench = _PrefixBench(target, drafter, P, pending, W_verify, max_draft_calls, V_max, gen, linears,
+                                 fused_forward)
             # draft calls at each W (call 1 apart from the later ones)
             firsts, nexts = {W: [] for W in tree_topks}, {W: [] for W in tree_topks}
             for r in range(rounds):
@@ -658,7 +670,8 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
         if any(isinstance(B, bool) or not isinstance(B, int) or B < 1 for B in batch_sizes):
             raise CalibrationError(f"batch_sizes must be ints >= 1, got {list(batch_sizes)}")
         batch = measure_batch_costs(target, batch_sizes, v_set, prefix_lens[0], warmup=warmup, repeats=repeats,
-                                    seed=seed, linears=linears, feature_layers=drafter.feature_layers)
+                                    seed=seed, linears=linears, feature_layers=drafter.feature_layers,
+                                    fused=fused_forward)
         say("[calibrate] batched verify: " + ", ".join(
             f"B={B} plain {1e3 * e['plain']:.1f} ms" for B, e in batch.items()))
     dec_t, bud_t = _time_policy(decisions, budgets, decide, budget, reset, warmup)
@@ -669,6 +682,7 @@ def calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=
     machine = machine_info()
     machine["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     machine["fast_linear"] = bool(use_fast and linears.active)
+    machine["fused_forward"] = bool(fused_forward)
     settings = dict(warmup=warmup, repeats=repeats, ar_tokens=ar_tokens, ar_repeats=ar_repeats, seed=seed,
                     prefix="random token ids", seconds=time.perf_counter() - t_start,
                     dtype=str(next(target.parameters()).dtype).replace("torch.", ""))

@@ -389,15 +389,18 @@ static inline void skinny_tile_blocks_avx512(const SkinnyLinearParams& p, const 
       }
     }
   }
+  // slot i * NR + j (MR * NR <= 16); skinny_reduce16 puts slot s's sum in lane 4 * (s % 4) + s / 4
+  static_assert(MR * NR <= 16, "one reduction holds 16 dot products");
   __m512 all[16];
   for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) all[4 * i + j] = acc[i][j];
+    for (int j = 0; j < NR; ++j) all[i * NR + j] = acc[i][j];
   float sums[16];
   _mm512_storeu_ps(sums, skinny_reduce16(all));
   for (int i = 0; i < m_valid; ++i)
     for (int j = 0; j < NR; ++j) {
-      float s = sums[4 * j + i];
+      const int slot = i * NR + j;
+      float s = sums[4 * (slot % 4) + slot / 4];
       if (p.bias) s += p.bias[n0 + j];
       p.y[(m0 + i) * p.N + n0 + j] = s;
     }
@@ -493,10 +496,21 @@ static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& 
 }
 
 
+// Rows of x above which a block-quantized block is decoded once into a float32 buffer for its tiles
+// (skinny_block_decoded) instead of in registers by each tile. The AVX-512 block tiles decode a block
+// in ~5 instructions per 32 weights, so re-decoding per 4-row tile wins up to 16 rows: one thread, a
+// 1536 x 576 Q4_1 weight (in L2), 5 / 8 / 16 / 32 rows 126 / 163 / 315 / 629 us in registers against
+// 176 / 206 / 325 / 564 us through the buffer.
+#if defined(RADAR_SKINNY_AVX512)
+constexpr int64_t kSkinnyDecodeOnceRows = 16;
+#else
+constexpr int64_t kSkinnyDecodeOnceRows = kSkinnyMR;
+#endif
+
 template <typename Fmt>
 static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
   static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
-  const bool decode_once = IsBlockQuant<Fmt>::value && p.M > kSkinnyMR;
+  const bool decode_once = IsBlockQuant<Fmt>::value && p.M > kSkinnyDecodeOnceRows;
   std::vector<float> buf(decode_once ? kSkinnyNR * p.K : 0);
   for (int64_t b = b0; b < b1; ++b) {
     // prefetch the block kSkinnyPrefetchBlocks ahead in this range (other ranges are other threads')

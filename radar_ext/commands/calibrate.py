@@ -53,6 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-fast-linear", dest="fast_linear", action="store_false",
                    help="time verify without radar_ext.fast_linear (match RadarDecoder(fast_linear=False))")
+    p.add_argument("--fused-forward", action="store_true",
+                   help="time verify through the fused C++ forward (match RadarDecoder(fused_forward=True))")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prefix")
     p.add_argument("--plot", default=None, help="also draw the curves into this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,7 +141,8 @@ def run(args) -> int:
                           pending=args.pending, warmup=args.warmup, repeats=args.repeats,
                           ar_tokens=args.ar_tokens, ar_repeats=args.ar_repeats, seed=args.seed,
                           progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
-                          fast_linear=args.fast_linear, batch_sizes=lists.pop("batch_sizes", ()), **lists)
+                          fast_linear=args.fast_linear, batch_sizes=lists.pop("batch_sizes", ()),
+                          fused_forward=args.fused_forward, **lists)
     except CalibrationError as e:
         return _fail(str(e))
     print(model.format_table())
