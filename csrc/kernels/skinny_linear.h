@@ -485,9 +485,9 @@ static inline void decode_row(const Row& r, float* out, int64_t K) {
 #endif
 }
 
-// With more than one tile of x rows, a block-quantized block is decoded once into buf (NR * K floats,
-// in L1/L2) and its tiles run on the float32 values (the same values, so the same bits) instead of
-// each tile decoding it again; the prefetch still streams the blocks ahead in their packed form.
+// With more than kSkinnyDecodeOnceRows rows of x, a block-quantized block is decoded once into buf (NR * K
+// floats, in L1/L2) and its tiles run on the float32 values (the same values, so the same bits) instead
+// of each tile decoding it again; the prefetch still streams the blocks ahead in their packed form.
 template <int NR, typename Fmt>
 static inline void skinny_block_decoded(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t pf_n,
                                         int64_t pf_rows, float* buf) {
