@@ -92,7 +92,10 @@ def test_rows_limit_and_logits(count_kernel_calls):
 def test_decoder_greedy_exact_and_model_untouched(attn, kind, count_kernel_calls):
     model = tiny_llama(attn)
     before = own_forwards(model)
-    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    # fused_forward=False: the verify forwards go through the model's linears, where fast_linear acts
+    # (the fused default reads the weights itself; its exactness: test_fused_forward.py)
+    dec = RadarDecoder(model, make_drafter(kind, model), StaticPolicy(3), tree_topk=3, verify_budget=7,
+                       fused_forward=False)
     assert dec.fast_linear                                  # default: on for a float32 CPU target
     for ids, n in zip(prompts(), (1, 9, 30)):
         want = reference(model, ids, n)                      # the AR baseline, before and after

@@ -252,7 +252,11 @@ def test_decoder_on_a_block_exact_target_is_token_identical(monkeypatch):
     calls = []
     real = fl.ops.skinny_linear_quant
     monkeypatch.setattr(fl.ops, "skinny_linear_quant", lambda *a: calls.append(a[0].shape[0]) or real(*a))
-    dec = RadarDecoder(model, make_drafter("ngram", model), StaticPolicy(3), tree_topk=3, verify_budget=7)
+    dec = RadarDecoder(model, make_drafter("ngram", model), StaticPolicy(3), tree_topk=3, verify_budget=7,
+                       fused_forward=False)  # the C++ layer loop on skinny_linear_quant (counted here)
+    fused = RadarDecoder(model, make_drafter("ngram", model), StaticPolicy(3), tree_topk=3, verify_budget=7)
     for ids, n in zip(prompts(), (1, 9, 30)):
-        assert torch.equal(dec.generate(ids, max_new_tokens=n), reference(model, ids, n))
+        want = reference(model, ids, n)
+        assert torch.equal(dec.generate(ids, max_new_tokens=n), want)
+        assert torch.equal(fused.generate(ids, max_new_tokens=n), want)  # the default: the fused forward
     assert calls and max(calls) <= 8

@@ -565,7 +565,7 @@ def calibrate(target, drafter, policy=None, **kwargs) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (`_calibrate` below), with the target's checks made
     once (radar_ext.lean_forward.pinned), as RadarDecoder.generate makes them."""
     from radar_ext import lean_forward
-    with lean_forward.pinned(target, native=True, fused=bool(kwargs.get("fused_forward", False))):
+    with lean_forward.pinned(target, native=True, fused=bool(kwargs.get("fused_forward", True))):
         return _calibrate(target, drafter, policy, **kwargs)
 
 
@@ -573,13 +573,13 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
               seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True,
-              batch_sizes=(), fused_forward: bool = False) -> CostModel:
+              batch_sizes=(), fused_forward: bool = True) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0
     skips the HF generate measurement. fast_linear: as RadarDecoder's option (on by default), so the verify
     curve is the one decoding pays; fused_forward: as RadarDecoder's option (verify through the fused C++
-    forward; off by default, as there). batch_sizes: also measure the batched verify forward at these B
+    forward; on by default, as there). batch_sizes: also measure the batched verify forward at these B
     (measure_batch_costs, at the shortest prefix length; CostModel.batch)."""
     import torch
 

@@ -119,7 +119,7 @@ class _TimedPolicy(Policy):
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter | None = None, policy: Policy | None = None, tree_topk: int = 10,
                  verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True,
-                 fused_forward: bool = False):
+                 fused_forward: bool = True):
         """drafter: None (PlainDrafter) decodes one token per target forward through the same verify path
         (our own plain decoding: token-identical to HF greedy generate, the `ar-fast` baseline).
         fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
@@ -135,9 +135,12 @@ class RadarDecoder:
         lean_verify: a plain Llama target with sdpa attention verifies through radar_ext.lean_forward
         (the same ops and bits without transformers' per-call plumbing; a 2-3 token verify of the
         default target is ~7% faster than through the model's forward, bench/bench_verify.py); False runs every verify through the model's own forward.
-        fused_forward (opt-in, CPU, float32 Llama): the lean verify runs as one torch-free C++ call
-        (radar_ext::llama_forward, radar_ext.lean_forward.fused_reason says when it cannot); logits equal HF's up
-        to float32 rounding rather than bit for bit."""
+        fused_forward (on by default; CPU, float32 Llama): the lean verify runs as one torch-free C++ call
+        (radar_ext::llama_forward; radar_ext.lean_forward.fused_reason says when it cannot, and the lean
+        forward runs, the reason logged once). Its logits equal HF's up to float32 rounding (max |dlogit|
+        1.5e-5..4.8e-5 on the default target, as the lean path's quantized linears: 1.1e-5..5e-5), greedy
+        output identical to HF's on every dev-set answer; on the default target a 1 / 4 / 8 token verify takes
+        9.0 / 12.9 / 20.3 ms against 15.0 / 21.7 / 28.5 (bench/bench_verify.py). False: the lean forward."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "

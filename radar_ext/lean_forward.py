@@ -16,7 +16,7 @@ nn.Linear modules, so that `radar_ext.fast_linear` still applies inside its bloc
 `F.scaled_dot_product_attention` with the additive tree mask and `enable_gqa=True`); python_tests/test_lean_forward.py checks
 logits, features and the cache bit for bit against the model's own forward.
 
-The fused path (`fused=True` here; `verify(..., fused=True)` / `RadarDecoder(fused_forward=True)` opt in): the whole forward, embedding to logits, runs as one call of
+The fused path (`fused=True` here, `verify(..., fused=True)`; RadarDecoder's default, `fused_forward=True`): the whole forward, embedding to logits, runs as one call of
 radar_ext::llama_forward (torch-free C++, csrc/kernels/llama_forward.h: one parallel region per forward,
 no ATen call inside the layer loop), on the exact Q4_1 / Q8_0 blocks of each weight where it has them
 (radar_ext.quant) and on the float32 weight otherwise. It sums in another order than the HF forward, so

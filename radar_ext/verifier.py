@@ -69,8 +69,8 @@ def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None,
            native: bool = True, fused: bool = False) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
     lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead); native: let it
-    run its layer loop in C++ where every linear is on exact blocks (same bits again); fused (opt-in,
-    RadarDecoder(fused_forward=True)): run the whole forward as one torch-free C++ call (radar_ext::llama_forward;
+    run its layer loop in C++ where every linear is on exact blocks (same bits again); fused (RadarDecoder's
+    default, fused_forward=True): run the whole forward as one torch-free C++ call (radar_ext::llama_forward;
     HF's logits up to rounding, not bit for bit)."""
     dtype = next(target.parameters()).dtype
     input_ids = tree.tokens.clamp(min=0)                           # [B, M]

@@ -50,7 +50,7 @@ class BenchOptions:
                                          # default: <kind>.json beside the head (`radar tune-static --policy`)
     generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
                                          # and ours (`radar bench --generate-kwargs`, e.g. repetition_penalty)
-    fused_forward: bool = False          # our methods: RadarDecoder(fused_forward=True) (`radar bench --fused-forward`)
+    fused_forward: bool = True           # our methods: RadarDecoder(fused_forward=...) (`radar bench --no-fused-forward`)
 
 
 @dataclass
@@ -181,8 +181,7 @@ class _DecoderMethod:
     def __init__(self, ctx: BenchContext):
         RadarDecoder = _import("radar_ext.decoder", "RadarDecoder", self.name)
         drafter, policy, kwargs = self._parts(ctx)
-        if ctx.options.fused_forward:
-            kwargs = {**kwargs, "fused_forward": True}
+        kwargs = {**kwargs, "fused_forward": bool(ctx.options.fused_forward)}
         self.decoder = RadarDecoder(ctx.target, drafter, policy=policy, **kwargs)
         self.settings = {"drafter": repr(self.decoder.drafter), "policy": repr(self.decoder.policy), **kwargs}
         self.ctx = ctx

@@ -60,9 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "static setting, static_tree.json beside the head)")
     p.add_argument("--pld-tokens", type=int, default=10, help="hf-pld prompt_lookup_num_tokens")
     p.add_argument("--ngram-budget", type=int, default=15, help="ngram: verify_budget (draft tokens per cycle)")
-    p.add_argument("--fused-forward", action="store_true",
-                   help="our methods verify through the fused C++ forward (RadarDecoder(fused_forward=True): "
-                        "radar_ext::llama_forward, HF's logits up to rounding), ar-fast included")
+    p.add_argument("--fused-forward", action=argparse.BooleanOptionalAction, default=True,
+                   help="our methods (ar-fast included) verify through the fused C++ forward, as RadarDecoder does "
+                        "by default (radar_ext::llama_forward); --no-fused-forward: the lean forward with its C++ "
+                        "layer loop, RadarDecoder(fused_forward=False) (default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--generate-kwargs", default=None, metavar="JSON",
                    help="more generate() arguments for every method, HF's and ours, as a JSON object, e.g. "

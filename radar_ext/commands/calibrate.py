@@ -5,6 +5,7 @@ policy decision, and the target's own 1-token decode step. Warm-up first; median
 the repeats. Close other work on the machine first: every figure is wall time."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-fast-linear", dest="fast_linear", action="store_false",
                    help="time verify without radar_ext.fast_linear (match RadarDecoder(fast_linear=False))")
-    p.add_argument("--fused-forward", action="store_true",
-                   help="time verify through the fused C++ forward (match RadarDecoder(fused_forward=True))")
+    p.add_argument("--fused-forward", action=argparse.BooleanOptionalAction, default=True,
+                   help="time verify through the fused C++ forward, as RadarDecoder verifies by default; "
+                        "--no-fused-forward matches RadarDecoder(fused_forward=False) (default: on)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prefix")
     p.add_argument("--plot", default=None, help="also draw the curves into this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
