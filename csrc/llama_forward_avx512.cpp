@@ -1,12 +1,8 @@
 // The AVX-512 build of kernels/llama_forward.h (and of the skinny_linear products it runs), torch-free.
-// This file alone is compiled for AVX-512 (the target pragma below, GCC on x86-64), as
+// This file alone is compiled for AVX-512 (kernels/avx512_target.h, GCC on x86-64), as
 // csrc/skinny_linear_avx512.cpp; csrc/ops.cpp calls in here only after checking the running CPU.
 // The headers' functions have internal linkage, so the baseline copies in ops.cpp stay separate.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#pragma GCC target("avx512f")
-#define RADAR_SKINNY_AVX512 1
-#endif
-
+#include "kernels/avx512_target.h"  // first: the rest of this file is compiled for AVX-512
 #include "kernels/llama_forward.h"
 
 namespace radar_ext {

@@ -1,12 +1,8 @@
 // The AVX-512 build of kernels/skinny_linear.h, torch-free. This file alone is compiled for AVX-512
-// (the target pragma below, GCC on x86-64); the rest of the extension stays baseline x86-64, and
+// (kernels/avx512_target.h, GCC on x86-64); the rest of the extension stays baseline x86-64, and
 // csrc/ops.cpp calls in here only after checking the running CPU. The header's functions have
 // internal linkage, so its baseline copy in ops.cpp and this AVX-512 copy never get merged.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#pragma GCC target("avx512f")
-#define RADAR_SKINNY_AVX512 1
-#endif
-
+#include "kernels/avx512_target.h"  // first: the rest of this file is compiled for AVX-512
 #include "kernels/skinny_linear.h"
 
 namespace radar_ext {

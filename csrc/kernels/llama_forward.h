@@ -225,17 +225,16 @@ static inline __m512 llama_exp16(__m512 x) {
 // d % 16, then skinny_reduce16's fixed lane order), so the same bits as skinny_linear on one row,
 // without its 4-key tiles that leave 12 of the 16 reduction slots empty at 1 query row.
 static inline void llama_scores_row16(const float* q, const float* kc, int64_t T, int64_t D, float* scores) {
+  const SkinnyLinearParams row{q, kc, nullptr, scores, 1, T, D};  // one query row against T keys
   int64_t t0 = 0;
   for (; t0 + 16 <= T; t0 += 16) {
-    __m512 acc[16];
-    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    __m512 acc[1][16];
+    for (int j = 0; j < 16; ++j) acc[0][j] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d += 16) {
       const __m512 qv = _mm512_loadu_ps(q + d);
-      for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kc + (t0 + j) * D + d), acc[j]);
+      for (int j = 0; j < 16; ++j) acc[0][j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kc + (t0 + j) * D + d), acc[0][j]);
     }
-    float sums[16];
-    _mm512_storeu_ps(sums, skinny_reduce16(acc));  // lane 4 * (j % 4) + j / 4 holds key j (slot 4 * i + j)
-    for (int j = 0; j < 16; ++j) scores[t0 + j] = sums[4 * (j % 4) + j / 4];
+    skinny_tile_store<16, 1>(row, acc, t0, 0, 1);  // scores[t0 + j] = key j's sum
   }
   if (t0 < T) {
     SkinnyLinearParams s{q, kc + t0 * D, nullptr, scores + t0, 1, T - t0, D};

@@ -37,7 +37,7 @@
 #include <vector>
 
 // RADAR_SKINNY_AVX512: this translation unit is compiled for AVX-512, by -mavx512f (__AVX512F__) or
-// by `#pragma GCC target("avx512f")` as in csrc/skinny_linear_avx512.cpp, which must then define it
+// by `#pragma GCC target("avx512f")` in kernels/avx512_target.h, which defines it too
 // (GCC's C++ front end does not define __AVX512F__ for a target pragma).
 #if defined(__AVX512F__) && !defined(RADAR_SKINNY_AVX512)
 #define RADAR_SKINNY_AVX512 1
@@ -267,6 +267,40 @@ static inline void prefetch_row(const Q80Row<S>& r, int64_t k) {
   if ((k & 511) == 0) _mm_prefetch(reinterpret_cast<const char*>(r.d + k / 32), _MM_HINT_T1);
 }
 
+// What every AVX-512 tile starts with: its x rows (rows past m_valid, a padded tile, repeat the last
+// valid x row; their sums are not stored), its NR rows of w and the pf_rows rows it prefetches, into the
+// tile's own arrays (locals, so the compiler keeps them in registers).
+template <int NR, int MR, typename Fmt, typename PfFmt>
+static inline void skinny_tile_rows(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0, const PfFmt& pf,
+                                    int64_t pf_n, int64_t pf_rows, int m_valid, const float* (&xr)[MR],
+                                    typename Fmt::Row (&wr)[NR], typename PfFmt::Row (&pr)[kSkinnyNR]) {
+  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + (i < m_valid ? i : m_valid - 1)) * p.K;
+  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
+  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
+}
+
+// What every AVX-512 tile ends with: its MR x NR accumulators reduced at once (slot i * NR + j;
+// skinny_reduce16 puts slot s's sum in lane 4 * (s % 4) + s / 4, in the same lane order for every slot,
+// so the slot does not change a result), + bias, stored for the m_valid valid rows.
+template <int NR, int MR>
+static inline void skinny_tile_store(const SkinnyLinearParams& p, const __m512 (&acc)[MR][NR], int64_t n0, int64_t m0,
+                                     int m_valid) {
+  static_assert(MR * NR <= 16, "one reduction holds 16 dot products");
+  __m512 all[16];  // slots outside the tile stay zero and are not stored
+  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) all[i * NR + j] = acc[i][j];
+  float sums[16];
+  _mm512_storeu_ps(sums, skinny_reduce16(all));
+  for (int i = 0; i < m_valid; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int slot = i * NR + j;
+      float s = sums[4 * (slot % 4) + slot / 4];
+      if (p.bias) s += p.bias[n0 + j];
+      p.y[(m0 + i) * p.N + n0 + j] = s;
+    }
+}
+
 template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
                                       const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
@@ -274,10 +308,7 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
   const float* xr[MR];
   typename Fmt::Row wr[NR];
   typename PfFmt::Row pr[kSkinnyNR];
-  // rows past m_valid (a padded tile) repeat the last valid x row; their sums are not stored
-  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + (i < m_valid ? i : m_valid - 1)) * K;
-  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
-  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
+  skinny_tile_rows<NR, MR>(p, f, n0, m0, pf, pf_n, pf_rows, m_valid, xr, wr, pr);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -299,18 +330,7 @@ static inline void skinny_tile_avx512(const SkinnyLinearParams& p, const Fmt& f,
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
     }
   }
-  __m512 all[16];  // slot 4 * i + j; slots outside the tile stay zero and are not stored
-  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) all[4 * i + j] = acc[i][j];
-  float sums[16];
-  _mm512_storeu_ps(sums, skinny_reduce16(all));
-  for (int i = 0; i < m_valid; ++i)
-    for (int j = 0; j < NR; ++j) {
-      float s = sums[4 * j + i];
-      if (p.bias) s += p.bias[n0 + j];
-      p.y[(m0 + i) * p.N + n0 + j] = s;
-    }
+  skinny_tile_store<NR, MR>(p, acc, n0, m0, m_valid);
 }
 
 // ---- block-quantized tiles (AVX-512): 32 weights (one block) per step ----
@@ -332,7 +352,7 @@ static inline void scales16(const F16* s, int64_t b0, int64_t nb, float* out) {
     _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + b0))));
     return;
   }
-  for (int64_t i = 0; i < nb; ++i) out[i] = load_weight(s + b0 + i);
+  scales16<F16>(s, b0, nb, out);
 }
 template <typename S>
 static inline void row_scales16(const Q41Row<S>& r, int64_t b0, int64_t nb, float* d, float* m) {
@@ -364,13 +384,11 @@ static inline void load_block32(const Q80Row<S>& r, int64_t b, float d, float, _
 template <int NR, int MR, typename Fmt, typename PfFmt>
 static inline void skinny_tile_blocks_avx512(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, int64_t m0,
                                              const PfFmt& pf, int64_t pf_n, int64_t pf_rows, int m_valid = MR) {
-  const int64_t K = p.K, nblocks = K / 32;
+  const int64_t nblocks = p.K / 32;
   const float* xr[MR];
   typename Fmt::Row wr[NR];
   typename PfFmt::Row pr[kSkinnyNR];
-  for (int i = 0; i < MR; ++i) xr[i] = p.x + (m0 + (i < m_valid ? i : m_valid - 1)) * K;
-  for (int j = 0; j < NR; ++j) wr[j] = f.row(n0 + j);
-  for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
+  skinny_tile_rows<NR, MR>(p, f, n0, m0, pf, pf_n, pf_rows, m_valid, xr, wr, pr);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -389,21 +407,7 @@ static inline void skinny_tile_blocks_avx512(const SkinnyLinearParams& p, const 
       }
     }
   }
-  // slot i * NR + j (MR * NR <= 16); skinny_reduce16 puts slot s's sum in lane 4 * (s % 4) + s / 4
-  static_assert(MR * NR <= 16, "one reduction holds 16 dot products");
-  __m512 all[16];
-  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) all[i * NR + j] = acc[i][j];
-  float sums[16];
-  _mm512_storeu_ps(sums, skinny_reduce16(all));
-  for (int i = 0; i < m_valid; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int slot = i * NR + j;
-      float s = sums[4 * (slot % 4) + slot / 4];
-      if (p.bias) s += p.bias[n0 + j];
-      p.y[(m0 + i) * p.N + n0 + j] = s;
-    }
+  skinny_tile_store<NR, MR>(p, acc, n0, m0, m_valid);
 }
 
 // The tile for a format: the block tile for Q4_1 / Q8_0, the generic one otherwise.
