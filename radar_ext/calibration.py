@@ -561,19 +561,19 @@ def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: 
     return out
 
 
-def calibrate(target, drafter, policy=None, **kwargs) -> CostModel:
+def calibrate(target, drafter, policy=None, *, fused_forward: bool = True, **kwargs) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (`_calibrate` below), with the target's checks made
     once (radar_ext.lean_forward.pinned), as RadarDecoder.generate makes them."""
     from radar_ext import lean_forward
-    with lean_forward.pinned(target, native=True, fused=bool(kwargs.get("fused_forward", True))):
-        return _calibrate(target, drafter, policy, **kwargs)
+    with lean_forward.pinned(target, native=True, fused=fused_forward):
+        return _calibrate(target, drafter, policy, fused_forward=fused_forward, **kwargs)
 
 
 def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set=DEFAULT_V_SET,
               prefix_lens=DEFAULT_PREFIX_LENS, tree_topks=DEFAULT_TREE_TOPKS, max_draft_calls: int = 8,
               pending: int = 3, warmup: int = 3, repeats: int = 20, ar_tokens: int = 32, ar_repeats: int = 5,
               seed: int = 0, progress: bool = False, log=None, fast_linear: bool = True,
-              batch_sizes=(), fused_forward: bool = True) -> CostModel:
+              batch_sizes=(), fused_forward: bool) -> CostModel:
     """Measure the CostModel of `target` + `drafter` (see the module docstring). `policy`: a
     Policy or a callable(DraftStep) whose decision is timed (default StaticPolicy). The verify trees
     are the drafter's own trees at W = max(tree_topks) after `max_draft_calls` calls. ar_tokens = 0

@@ -161,7 +161,6 @@ class RadarDecoder:
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.lean_verify = bool(lean_verify)
         self.fused_forward = bool(fused_forward)
-        self._fused_last = False  # the last verify took the fused forward (then fast_linear is not entered)
         self.costs = CostInfo()
         self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
@@ -186,7 +185,6 @@ class RadarDecoder:
                                       has_attention_mask=attention_mask is not None, extra=kwargs)
         _check_generator(generator, given.device)
         stats = self.last_stats = DecodeStats()
-        self._fused_last = False
         # the target is checked once per call, not before every verify (lean_forward.pinned)
         with lean_forward.pinned(self.target, native=True, fused=self.fused_forward):
             if given.shape[0] > 1:
@@ -276,16 +274,15 @@ class RadarDecoder:
         return tree
 
     def _linears_ctx(self):
-        """fast_linear's context for a verify, or none once the fused forward runs (it reads no nn.Linear:
-        entering fast_linear costs ~0.06 ms a verify)."""
-        return contextlib.nullcontext() if self._fused_last else self._linears
+        """fast_linear's context for a verify, or none once the fused forward runs (the pinned forward's last
+        call took it: it reads no nn.Linear, and entering fast_linear costs ~0.06 ms a verify)."""
+        return contextlib.nullcontext() if lean_forward.last_fused(self.target) else self._linears
 
     def _verify(self, cache, tree, prefix_len, stats):
         t0 = time.perf_counter()
         with self._linears_ctx():
             res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify,
                          fused=self.fused_forward)
-        self._fused_last = lean_forward.last_fused(self.target)
         self._note_verify(t0, stats, 1, tree.verify_budget)
         return res.logits, res.features
 
@@ -296,7 +293,6 @@ class RadarDecoder:
         with self._linears_ctx():
             res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
                               lean=self.lean_verify, fused=self.fused_forward)
-        self._fused_last = lean_forward.last_fused(self.target)
         self._note_verify(t0, stats, batch.size, tree.tokens.shape[1] - 1)
         return start, res.logits, res.features
 
