@@ -587,17 +587,27 @@ const float* forward_vector(const c10::List<c10::optional<at::Tensor>>& params, 
   return t->data_ptr<float>();
 }
 
-std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Tensor& cos_in, const at::Tensor& sin_in,
-                                          const at::Tensor& mask_in, const c10::List<c10::optional<at::Tensor>>& params,
-                                          at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
-                                          at::IntArrayRef capture, double eps, double scaling, int64_t head_dim) {
+// EAGLE-3 head mode of forward_impl (eagle_forward): params [embed, final norm, lm_head (4 entries), fc (4
+// entries, all None without fc), hidden_norm] then the layers as llama_forward's.
+constexpr int64_t kEagleHeadParams = kForwardHeadParams + 4 + 1;
+
+// llama_forward and eagle_forward: hidden (EAGLE mode) is the head's input [B, M, F], else nullptr; mask
+// None (EAGLE mode only): causal, row m sees cache positions [0, past_len + m].
+std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor& cos_in, const at::Tensor& sin_in,
+                                     const c10::optional<at::Tensor>& mask_opt,
+                                     const c10::List<c10::optional<at::Tensor>>& params, at::TensorList k_bufs,
+                                     at::TensorList v_bufs, int64_t past_len, at::IntArrayRef capture, double eps,
+                                     double scaling, int64_t head_dim, const at::Tensor* hidden_in,
+                                     bool last_only = false) {
+  const bool eagle = hidden_in != nullptr;
+  const int64_t n_head_params = eagle ? kEagleHeadParams : kForwardHeadParams;
   TORCH_CHECK_VALUE(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.device().is_cpu() &&
                         tokens.size(0) >= 1 && tokens.size(1) >= 1,
                     "tokens must be int64 [B, M] on the CPU with B, M >= 1, got ", describe(tokens));
   const int64_t B = tokens.size(0), M = tokens.size(1), n_layers = static_cast<int64_t>(k_bufs.size());
   TORCH_CHECK_VALUE(n_layers >= 1 && static_cast<int64_t>(v_bufs.size()) == n_layers &&
-                        static_cast<int64_t>(params.size()) == kForwardHeadParams + n_layers * kLayerParams,
-                    "params must hold ", kForwardHeadParams, " + ", kLayerParams,
+                        static_cast<int64_t>(params.size()) == n_head_params + n_layers * kLayerParams,
+                    "params must hold ", n_head_params, " + ", kLayerParams,
                     " entries per layer and k_bufs / v_bufs one buffer per layer (>= 1): got ", params.size(),
                     " params, ", k_bufs.size(), " k_bufs, ", v_bufs.size(), " v_bufs");
   TORCH_CHECK_VALUE(head_dim >= 2 && head_dim % 2 == 0 && head_dim <= 512, "head_dim must be even in [2, 512], got ",
@@ -617,22 +627,34 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
                       " must be in [0, ", embed.size(0), ")");
   TORCH_CHECK_VALUE(is_f32(cos_in, {B, M, D}) && is_f32(sin_in, {B, M, D}), "cos and sin must be float32 [B, M, D] = [",
                     B, ", ", M, ", ", D, "], got ", describe(cos_in), " and ", describe(sin_in));
-  TORCH_CHECK_VALUE(mask_in.scalar_type() == at::kFloat && mask_in.dim() == 4 && mask_in.size(0) == B &&
-                        mask_in.size(1) == 1 && mask_in.size(2) == M && mask_in.size(3) >= T,
-                    "mask must be float32 [B, 1, M, >= past_len + M] = [", B, ", 1, ", M, ", >= ", T, "], got ",
-                    describe(mask_in));
-  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous(), mask = mask_in.contiguous();
+  at::Tensor mask;
+  std::vector<float> causal;
+  if (mask_opt.has_value()) {
+    const at::Tensor& mask_in = *mask_opt;
+    TORCH_CHECK_VALUE(mask_in.scalar_type() == at::kFloat && mask_in.dim() == 4 && mask_in.size(0) == B &&
+                          mask_in.size(1) == 1 && mask_in.size(2) == M && mask_in.size(3) >= T,
+                      "mask must be float32 [B, 1, M, >= past_len + M] = [", B, ", 1, ", M, ", >= ", T, "], got ",
+                      describe(mask_in));
+    mask = mask_in.contiguous();
+  } else {
+    TORCH_CHECK_VALUE(eagle, "mask must be float32 [B, 1, M, >= past_len + M], got None");
+    causal.assign(B * M * T, 0.0f);
+    for (int64_t r = 0; r < B * M; ++r)
+      for (int64_t t = past_len + r % M + 1; t < T; ++t) causal[r * T + t] = kernels::kNegInf;
+  }
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
   std::vector<kernels::LlamaLayerWeights> layers(n_layers);
   std::vector<float*> kp(n_layers), vp(n_layers);
   int64_t n_heads = 0, n_kv = 0, inter = 0, cap = 0;
   for (int64_t i = 0; i < n_layers; ++i) {
-    const int64_t base = kForwardHeadParams + i * kLayerParams;
+    const int64_t base = n_head_params + i * kLayerParams;
+    const int64_t K_in = eagle && i == 0 ? 2 * H : H;  // EAGLE's layer 0: [embedding | x], normed
     kernels::LlamaLayerWeights& L = layers[i];
     L.input_norm = forward_vector(params, base, H, "input_layernorm", i);
     L.post_norm = forward_vector(params, base + 1, H, "post_attention_layernorm", i);
-    L.q = forward_linear(params, base + 2, H, "q_proj", i);
-    L.k = forward_linear(params, base + 6, H, "k_proj", i);
-    L.v = forward_linear(params, base + 10, H, "v_proj", i);
+    L.q = forward_linear(params, base + 2, K_in, "q_proj", i);
+    L.k = forward_linear(params, base + 6, K_in, "k_proj", i);
+    L.v = forward_linear(params, base + 10, K_in, "v_proj", i);
     if (i == 0) {
       n_heads = L.q.N / D, n_kv = L.k.N / D;
       TORCH_CHECK_VALUE(L.q.N % D == 0 && L.k.N % D == 0 && n_kv >= 1 && n_heads % n_kv == 0,
@@ -645,11 +667,11 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
     L.o = forward_linear(params, base + 14, n_heads * D, "o_proj", i);
     TORCH_CHECK_VALUE(L.o.N == H, "layer ", i, ": o_proj must have H = ", H, " outputs, got ", L.o.N);
     L.gate = forward_linear(params, base + 18, H, "gate_proj", i);
-    if (i == 0) inter = L.gate.N;
     L.up = forward_linear(params, base + 22, H, "up_proj", i);
-    TORCH_CHECK_VALUE(L.gate.N == inter && L.up.N == inter, "layer ", i, ": gate/up_proj must have ", inter,
-                      " outputs, got ", L.gate.N, " / ", L.up.N);
-    L.down = forward_linear(params, base + 26, inter, "down_proj", i);
+    TORCH_CHECK_VALUE(L.gate.N == L.up.N, "layer ", i, ": gate/up_proj must have as many outputs, got ", L.gate.N,
+                      " / ", L.up.N);
+    inter = std::max(inter, L.gate.N);
+    L.down = forward_linear(params, base + 26, L.gate.N, "down_proj", i);
     TORCH_CHECK_VALUE(L.down.N == H, "layer ", i, ": down_proj must have H = ", H, " outputs, got ", L.down.N);
     const at::Tensor &kb = k_bufs[i], &vb = v_bufs[i];
     if (i == 0) cap = kb.dim() == 4 ? kb.size(2) : 0;
@@ -668,21 +690,46 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
     TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] <= n_layers + 1,
                       "capture must hold slots in [0, n_layers + 1] = [0, ", n_layers + 1, "], got ", capture);
   const auto f32 = tok.options().dtype(at::kFloat);
-  std::vector<at::Tensor> out{at::empty({B, M, lm_head.N}, f32)};
+  std::vector<at::Tensor> out{at::empty({B, last_only ? 1 : M, lm_head.N}, f32)};
   std::vector<float*> cap_ptrs;
   for (size_t j = 0; j < capture.size(); ++j) {
     out.push_back(at::empty({B, M, H}, f32));
     cap_ptrs.push_back(out.back().data_ptr<float>());
   }
+  at::Tensor hidden;
+  kernels::LinearWeights fc;
+  const float* hidden_norm = nullptr;
+  if (eagle) {
+    const bool has_fc = params.get(kForwardHeadParams).has_value();
+    const int64_t F = has_fc ? params.get(kForwardHeadParams)->size(-1) : H;
+    TORCH_CHECK_VALUE(hidden_in->scalar_type() == at::kFloat && hidden_in->device().is_cpu() &&
+                          hidden_in->sizes().equals({B, M, F}),
+                      "hidden must be float32 [B, M, ", F, "] = [", B, ", ", M, ", ", F, "] on the CPU (",
+                      has_fc ? "the target's features, fc's input" : "the head's previous output", "), got ",
+                      describe(*hidden_in));
+    hidden = hidden_in->contiguous();
+    if (has_fc) {
+      fc = forward_linear(params, kForwardHeadParams, F, "fc", -1);
+      TORCH_CHECK_VALUE(fc.N == H, "fc must have H = ", H, " outputs, got ", fc.N);
+    }
+    hidden_norm = forward_vector(params, kForwardHeadParams + 4, H, "hidden_norm", -1);
+  }
   kernels::LlamaForwardParams p{B, M, H, n_layers, n_heads, n_kv, D, inter, lm_head.N,
                                 static_cast<float>(eps), static_cast<float>(scaling), tp, embed.data_ptr<float>(),
-                                cos.data_ptr<float>(), sin.data_ptr<float>(), mask.data_ptr<float>(), mask.size(3),
+                                cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                mask.defined() ? mask.data_ptr<float>() : causal.data(), mask.defined() ? mask.size(3) : T,
                                 past_len, layers.data(), kp.data(), vp.data(), cap, final_norm, lm_head,
                                 out[0].data_ptr<float>(), capture.data(), cap_ptrs.data(),
                                 static_cast<int64_t>(capture.size())};
+  p.logits_last_only = last_only;
+  if (eagle) {
+    p.hidden = hidden.data_ptr<float>();
+    p.fc = fc;
+    p.hidden_norm = hidden_norm;
+  }
   // One thread per ~8k multiply-adds of a layer at most (a second thread costs a wake-up, ~10 us; the
   // tests' tiny models still get two, so the claiming of phases runs there too).
-  const int64_t work = B * M * (H * (n_heads + 2 * n_kv) * D + n_heads * D * H + 3 * H * inter);
+  const int64_t work = B * M * (H * (n_heads + 2 * n_kv) * D + n_heads * D * H + 3 * H * inter + H * lm_head.N / n_layers);
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work >> 13)));
   // (uninitialized: every element is written before it is read)
   const std::unique_ptr<float[]> shared(new float[kernels::llama_shared_floats(p)]);
@@ -708,6 +755,31 @@ std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Te
   return out;
 }
 
+std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin,
+                                          const at::Tensor& mask, const c10::List<c10::optional<at::Tensor>>& params,
+                                          at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
+                                          at::IntArrayRef capture, double eps, double scaling, int64_t head_dim) {
+  return forward_impl(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
+                      nullptr);
+}
+
+// ---- eagle_forward: one EAGLE-3 head call, torch-free (kernels/llama_forward.h's EAGLE mode) ------
+// hidden [B, M, F] (the target's features when params hold fc, else the head's previous output [B, M, H]),
+// tokens [B, M] (their target-vocabulary embeddings from params[0]); the head's K/V cache in k_bufs /
+// v_bufs as llama_forward's, mask None: causal over the new rows. Returns (draft logits [B, M, Vd], or
+// [B, 1, Vd] of the last row with last_only; the head's output [B, M, H] before its final norm: the next
+// call's hidden).
+std::vector<at::Tensor> eagle_forward_cpu(const at::Tensor& tokens, const at::Tensor& hidden, const at::Tensor& cos,
+                                          const at::Tensor& sin, const c10::optional<at::Tensor>& mask,
+                                          const c10::List<c10::optional<at::Tensor>>& params, at::TensorList k_bufs,
+                                          at::TensorList v_bufs, int64_t past_len, double eps, double scaling,
+                                          int64_t head_dim, bool last_only) {
+  const int64_t n_layers = static_cast<int64_t>(k_bufs.size());
+  const std::vector<int64_t> capture{n_layers};  // the last layer's output, before the final norm
+  return forward_impl(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
+                      &hidden, last_only);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(radar_ext, m) {
@@ -724,6 +796,9 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("skinny_linear_quant_aten(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
   m.def("llama_layers_quant(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
         "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
+  m.def("eagle_forward(Tensor tokens, Tensor hidden, Tensor cos, Tensor sin, Tensor? mask, Tensor?[] params, "
+        "Tensor(a!)[] k_bufs, Tensor(b!)[] v_bufs, int past_len, float eps, float scaling, int head_dim, "
+        "bool last_only=False) -> Tensor[]");
   m.def("llama_forward(Tensor tokens, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
         "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
 }
@@ -736,6 +811,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
   m.impl("llama_forward", &llama_forward_cpu);
+  m.impl("eagle_forward", &eagle_forward_cpu);
 }
 
 // ATen calls only: the same code on every device, and traceable (no fake implementation needed).

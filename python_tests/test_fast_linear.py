@@ -138,11 +138,12 @@ def test_sdpa_gqa_switch_same_bits_and_restored(monkeypatch):
 
 def test_eagle_head_linears_on_kernel_during_draft_only(count_kernel_calls):
     """EagleDrafter(fast_linear=True) sends the head's W-beam linears (W >= MIN_ROWS rows) to the
-    kernel inside draft() only; the decoder stays exact and the drafts match an F.linear head's."""
+    kernel inside draft() only; the decoder stays exact and the drafts match an F.linear head's. (The
+    head's torch forward: fused=False; the default fused call is python_tests/test_head_forward.py's.)"""
     from radar_ext import EagleDrafter
     model = tiny_llama("sdpa")
-    on = EagleDrafter.init_random(model, seed=1)
-    off = EagleDrafter(on.head, model, fast_linear=False)
+    on = EagleDrafter(EagleDrafter.init_random(model, seed=1).head, model, fused=False)
+    off = EagleDrafter(on.head, model, fast_linear=False, fused=False)
     before = own_forwards(on.head)
     trees = {}
     for name, drafter in (("on", on), ("off", off)):

@@ -319,6 +319,19 @@ class HeadCache:
         self.length = need
         return self.k[:, :, :need], self.v[:, :, :need]
 
+    def reserve(self, B: int, H: int, need: int, D: int, dtype, exact: bool = False) -> None:
+        """Storage [B, H, >= need, D] (entries [0, length) kept; capacity doubling, or exactly `need` with
+        exact=True), for a writer that fills [length, need) itself (radar_ext.head_forward)."""
+        if self.k is not None and need <= self.k.shape[2] and self.k.shape[0] == B:
+            return
+        cap = need if exact else max(need, 2 * (self.k.shape[2] if self.k is not None else 64))
+        nk = torch.empty(B, H, cap, D, dtype=dtype)
+        nv = torch.empty(B, H, cap, D, dtype=dtype)
+        if self.k is not None and self.length:
+            nk[:, :, :self.length] = self.k[:, :, :self.length]
+            nv[:, :, :self.length] = self.v[:, :, :self.length]
+        self.k, self.v = nk, nv
+
     def crop(self, n: int) -> None:
         """Drop every entry at index >= n (speculative entries of a finished cycle)."""
         if not 0 <= n <= self.length:

@@ -148,3 +148,19 @@ def cached_exact_blocks(weight: torch.Tensor) -> QuantBlocks | None:
         return blocks
     _CACHE[key] = (ref, weight.data_ptr(), weight._version, blocks)
     return blocks
+
+
+def q8_0_rounded(weight: torch.Tensor) -> QuantBlocks:
+    """Q8_0 blocks nearest to `weight` (float32 [N, K], K % 32 == 0): d = max |w| / 127 per block of 32 (as
+    float16), q = round(w / d). Lossy (about 0.4% of a block's largest weight at most), unlike
+    exact_blocks: for a draft head, whose numerics change what is proposed, never what is emitted."""
+    if weight.dim() != 2 or weight.shape[1] % BLOCK or weight.dtype != torch.float32:
+        raise ValueError(f"weight must be float32 [N, K] with K divisible by {BLOCK}, got "
+                         f"{weight.dtype} {list(weight.shape)}")
+    N, K = weight.shape
+    with torch.no_grad():
+        b = weight.detach().reshape(N, K // BLOCK, BLOCK)
+        d = (b.abs().amax(2) / 127).half().float()
+        dd = d.unsqueeze(2)
+        q = torch.where(dd > 0, torch.round(b / torch.where(dd > 0, dd, 1.0)), 0.0).clamp_(-127, 127)
+        return QuantBlocks(q.to(torch.int8).reshape(N, K).contiguous(), d.half().contiguous(), None)

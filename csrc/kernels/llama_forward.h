@@ -54,7 +54,7 @@ struct LlamaLayerWeights {
 };
 
 struct LlamaForwardParams {
-  int64_t B, M, H, n_layers, n_heads, n_kv_heads, head_dim, inter, vocab;
+  int64_t B, M, H, n_layers, n_heads, n_kv_heads, head_dim, inter, vocab;  // inter: the largest layer's (gate.N)
   float eps, scaling;
   const int64_t* tokens;      // [B, M], each in [0, embed rows)
   const float* embed;         // [embed rows, H]
@@ -74,23 +74,38 @@ struct LlamaForwardParams {
   const int64_t* capture_slots;
   float* const* capture_out;
   int64_t n_capture;
+  // EAGLE-3 draft head mode (hidden set; radar_ext::eagle_forward): the residual stream x starts as
+  // fc(hidden) (fc.N > 0: hidden [R, fc.K], the target's features) or as hidden [R, H] itself (the
+  // head's own previous output), the tokens' embeddings go aside, and layer 0's attention input is
+  // [RMSNorm(embedding; input_norm) | RMSNorm(x; hidden_norm)], so its q/k/v take K = 2H. Layers 1..
+  // and the rest are a plain Llama's; logits cover the head's (draft) vocabulary.
+  const float* hidden = nullptr;
+  LinearWeights fc;                  // N = 0: none
+  const float* hidden_norm = nullptr;
+  // logits of each batch row's last tree row only ([B, vocab]; a head call over a prompt wants one).
+  // Capture slot n_layers + 1 is not available then.
+  bool logits_last_only = false;
 };
+
+// Width of layer 0's attention input: 2H in EAGLE mode, else H.
+static inline int64_t llama_attn_in0(const LlamaForwardParams& p) { return p.hidden ? 2 * p.H : p.H; }
 
 // Scratch, shared by the threads (each writes disjoint parts) plus per-thread parts at stride.
 struct LlamaForwardWorkspace {
   float *x, *q, *k, *v, *attn, *tmp, *gate, *up, *act;  // [R, H], [R, Hq*D], [R, Hkv*D] x2, [R, Hq*D], [R, H], [R, I] x3
+  float* emb;            // [R, H] the tokens' embeddings (EAGLE mode only)
   float* per_thread;     // nthreads * thread_floats
   int64_t thread_floats;
 };
 
 static inline int64_t llama_thread_floats(const LlamaForwardParams& p) {
   const int64_t R = p.B * p.M, T = p.past_len + p.M;
-  return R * p.H + p.M * p.head_dim + p.M * T + p.M * p.head_dim + 64;  // normed x, q of a head, scores, output
+  return R * llama_attn_in0(p) + p.M * p.head_dim + p.M * T + p.M * p.head_dim + 64;  // normed x, q of a head, scores, output
 }
 
 static inline int64_t llama_shared_floats(const LlamaForwardParams& p) {
   const int64_t R = p.B * p.M, QD = p.n_heads * p.head_dim, KD = p.n_kv_heads * p.head_dim;
-  return R * (p.H + QD + 2 * KD + QD + p.H + 3 * p.inter);
+  return R * (p.H + QD + 2 * KD + QD + p.H + 3 * p.inter + p.H);
 }
 
 static inline void llama_workspace_carve(LlamaForwardWorkspace& ws, const LlamaForwardParams& p, float* shared,
@@ -105,7 +120,8 @@ static inline void llama_workspace_carve(LlamaForwardWorkspace& ws, const LlamaF
   ws.tmp = s, s += R * p.H;
   ws.gate = s, s += R * p.inter;
   ws.up = s, s += R * p.inter;
-  ws.act = s;
+  ws.act = s, s += R * p.inter;
+  ws.emb = s;
   ws.per_thread = per_thread;
   ws.thread_floats = llama_thread_floats(p);
 }
@@ -173,8 +189,9 @@ static inline void llama_products(const SkinnyLinearParams* ps, int n, int64_t l
 }
 
 // out[r] = w * (x[r] * rsqrt(mean(x[r]^2) + eps)), LlamaRMSNorm in float32; the sum of squares in 16
-// lanes (lane k % 16), then the lanes pairwise.
-static inline void llama_rms_norm(const float* x, const float* w, float* out, int64_t rows, int64_t H, float eps) {
+// lanes (lane k % 16), then the lanes pairwise. Output rows out_stride apart (0: H).
+static inline void llama_rms_norm(const float* x, const float* w, float* out, int64_t rows, int64_t H, float eps,
+                                  int64_t out_stride = 0) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * H;
     float acc[16] = {};
@@ -185,7 +202,7 @@ static inline void llama_rms_norm(const float* x, const float* w, float* out, in
     for (int s = 8; s >= 1; s /= 2)
       for (int l = 0; l < s; ++l) acc[l] += acc[l + s];
     const float inv = 1.0f / sqrtf(acc[0] / static_cast<float>(H) + eps);
-    float* o = out + r * H;
+    float* o = out + r * (out_stride ? out_stride : H);
     for (int64_t j = 0; j < H; ++j) o[j] = w[j] * (xr[j] * inv);
   }
 }
@@ -363,8 +380,9 @@ static inline int64_t llama_block_col(const SkinnyLinearParams& s, int64_t block
   return block * kSkinnyNR < s.N ? block * kSkinnyNR : s.N;
 }
 
-// Phases of one forward: embedding, 6 per layer (q/k/v, rotary, attention, o, gate/up, down), the LM head.
-static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 2 + 6 * p.n_layers; }
+// Phases of one forward: embedding, EAGLE's fc (no work items elsewhere), 6 per layer (q/k/v, rotary,
+// attention, o, gate/up, down), the LM head.
+static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 3 + 6 * p.n_layers; }
 
 // The whole forward, as thread tid of nth (every thread calls it; see the top of the file). phases:
 // llama_n_phases(p) zeroed counters shared by the threads.
@@ -372,16 +390,25 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
                                         LlamaPhaseCounters* phases, int tid, int nth) {
   const int64_t R = p.B * p.M, H = p.H, D = p.head_dim, M = p.M, T = p.past_len + M;
   const int64_t QD = p.n_heads * D, KD = p.n_kv_heads * D;
-  float* h = ws.per_thread + tid * ws.thread_floats;  // [R, H] this thread's normed x
-  float* qh = h + R * H;                              // [M, D]
+  float* h = ws.per_thread + tid * ws.thread_floats;  // [R, H] this thread's normed x ([R, 2H] at EAGLE's layer 0)
+  float* qh = h + R * llama_attn_in0(p);              // [M, D]
   float* scores = qh + M * D;                         // [M, T]
   float* oh = scores + M * T;                         // [D]
   LlamaPhaseCounters* ph = phases;
   // Phase results that every later phase reads are complete when llama_phase returns; captures and
   // norms are recomputed by each thread that claims work in a phase needing them (norm: R * H flops).
+  const bool eagle = p.hidden != nullptr, eagle_fc = eagle && p.fc.N > 0;
   llama_phase(*ph++, R, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) memcpy(ws.x + r * H, p.embed + p.tokens[r] * H, H * sizeof(float));
+    for (int64_t r = lo; r < hi; ++r) {
+      memcpy((eagle ? ws.emb : ws.x) + r * H, p.embed + p.tokens[r] * H, H * sizeof(float));
+      if (eagle && !eagle_fc) memcpy(ws.x + r * H, p.hidden + r * H, H * sizeof(float));
+    }
   });
+  {
+    const SkinnyLinearParams fc = linear_params(p.fc, p.hidden, ws.x, R);
+    const int64_t nb = eagle_fc ? skinny_linear_blocks(fc) : 0;
+    llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
+  }
   for (int64_t l = 0; l < p.n_layers; ++l) {
     const LlamaLayerWeights& L = p.layers[l];
     const SkinnyLinearParams qkv[3] = {linear_params(L.q, h, ws.q, R), linear_params(L.k, h, ws.k, R),
@@ -393,7 +420,12 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
         if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
           for (int64_t i = 0; i < p.n_capture; ++i)
             if (p.capture_slots[i] == l) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
-        llama_rms_norm(ws.x, L.input_norm, h, R, H, p.eps);
+        if (eagle && l == 0) {  // [RMSNorm(embedding) | RMSNorm(x)]
+          llama_rms_norm(ws.emb, L.input_norm, h, R, H, p.eps, 2 * H);
+          llama_rms_norm(ws.x, p.hidden_norm, h + H, R, H, p.eps, 2 * H);
+        } else {
+          llama_rms_norm(ws.x, L.input_norm, h, R, H, p.eps);
+        }
         normed = true;
       }
       llama_products(qkv, 3, lo, hi);
@@ -431,7 +463,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     {
       // gate and up blocks claimed together, so one thread holds both halves of its act columns
       const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R), u = linear_params(L.up, h, ws.up, R);
-      const int64_t nb = skinny_linear_blocks(g), I = p.inter;
+      const int64_t nb = skinny_linear_blocks(g), I = L.gate.N;
       normed = false;
       llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth), [&](int64_t lo, int64_t hi) {
         if (!normed) {
@@ -454,7 +486,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       });
     }
   }
-  const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, R);
+  const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R);
   const int64_t nb = skinny_linear_blocks(head);
   bool normed = false;
   llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
@@ -462,6 +494,12 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)
           if (p.capture_slots[i] == p.n_layers) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
+      if (p.logits_last_only) {
+        for (int64_t b = 0; b < p.B; ++b) llama_rms_norm(ws.x + (b * M + M - 1) * H, p.final_norm, h + b * H, 1, H, p.eps);
+        normed = true;
+        llama_products(&head, 1, lo, hi);
+        return;
+      }
       llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)

@@ -13,6 +13,7 @@ causal call, so drafting resumes at any cycle for the cost of one call over a fe
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,10 @@ import torch
 from radar_ext import ops
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.policies.base import BudgetStep, DraftStep
+from radar_ext.head_forward import MAX_FUSED_ROWS
 from radar_ext.tree import CandidatePool, DraftTree
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,15 +37,26 @@ class DraftedPool:
 
 
 class EagleDrafter(Drafter):
-    def __init__(self, head, target, fast_linear: bool = True):
+    def __init__(self, head, target, fast_linear: bool = True, fused: bool = True, head_weights: str = "f16"):
         """fast_linear: a float32 CPU head runs its few-row linears on the radar_ext::skinny_linear kernel
         during draft(), from exact 16-bit copies of the weights where fp16 / bf16 holds them (a head
         loaded from an fp16 checkpoint, as the shipped one): radar_ext.fast_linear with weights16, a
         no-op elsewhere. Measured on the default head (static 2/4/2, three dev questions, the settings
         alternating in one process, identical outputs): 5.91 ms per draft call on MKL, 5.33 on the
-        float32 kernel, 4.27 from the fp16 copies; 17.7 / 18.4 / 19.0 tok/s."""
+        float32 kernel, 4.27 from the fp16 copies; 17.7 / 18.4 / 19.0 tok/s.
+        fused: each draft call is one radar_ext::eagle_forward call (radar_ext.head_forward: the whole head
+        call torch-free, from `head_weights` "f16" (the exact 16-bit copies) or "q8_0") where the head and
+        the CPU qualify (`fused_reason` says why not); a prompt-sized call 1 and any other case take
+        EagleHead's own forward."""
         from radar_ext.eagle_head import default_feature_layers
         from radar_ext.fast_linear import FastLinear
+        from radar_ext.head_forward import WEIGHT_FORMATS
+
+        if head_weights not in WEIGHT_FORMATS:
+            raise ValueError(f"head_weights must be one of {WEIGHT_FORMATS}, got {head_weights!r}")
+        self.fused, self.head_weights = bool(fused), head_weights
+        self._fused = None          # the HeadForward, built by start()
+        self.fused_reason = None    # why the fused call is not used (None: used, or fused=False)
 
         self.head = head
         self._head_linears = FastLinear(head, enabled=fast_linear, sdpa_gqa=False, weights16=True)
@@ -58,11 +73,13 @@ class EagleDrafter(Drafter):
 
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
-    def from_pretrained(cls, path, target, fast_linear: bool = True) -> "EagleDrafter":
+    def from_pretrained(cls, path, target, fast_linear: bool = True, fused: bool = True,
+                        head_weights: str = "f16") -> "EagleDrafter":
         from radar_ext.eagle_head import EagleHead
 
         dtype = next(target.parameters()).dtype
-        return cls(EagleHead.from_pretrained(path, dtype=dtype), target, fast_linear=fast_linear)
+        return cls(EagleHead.from_pretrained(path, dtype=dtype), target, fast_linear=fast_linear, fused=fused,
+                   head_weights=head_weights)
 
     @classmethod
     def init_random(cls, target, draft_vocab: int | None = None, seed: int = 0) -> "EagleDrafter":
@@ -96,8 +113,28 @@ class EagleDrafter(Drafter):
         if input_ids.shape[0] != 1:
             raise NotImplementedError(f"EagleDrafter: batch size must be 1 for now, got {input_ids.shape[0]}")
         self.cache = HeadCache()
+        self._prepare_fused()
         self._pending_feats = features                                          # [B, P, F]
         self._pending_tokens = torch.cat([input_ids[:, 1:], root.view(-1, 1)], 1)  # [B, P]
+
+    def _prepare_fused(self) -> None:
+        """The fused head call for this sequence: built once, its weight copies refreshed if the head changed."""
+        from radar_ext.head_forward import HeadForward, head_forward_reason
+
+        if not self.fused:
+            self._fused = None
+            return
+        reason = head_forward_reason(self.head, self.embed)
+        if reason is not None:
+            if reason != self.fused_reason:
+                log.info("radar_ext: EAGLE head runs its own forward, not the fused call (%s)", reason)
+            self._fused, self.fused_reason = None, reason
+            return
+        if self._fused is None or self._fused.head is not self.head or self._fused.weights != self.head_weights:
+            self._fused = HeadForward(self.head, self.embed, self.head_weights)
+        else:
+            self._fused.refresh()
+        self.fused_reason = None
 
     def commit(self, emitted, n_emitted, features) -> None:
         if self._pending_tokens is None:                                        # consumed by the last call 1
@@ -121,8 +158,18 @@ class EagleDrafter(Drafter):
     def draft_pool(self, req: DraftRequest) -> "DraftedPool":
         """The draft calls of one cycle (the policy decides how many), without the verify budget and the
         tree: the pool a HybridDrafter merges its lookup candidates into before choosing the best V."""
+        if self._fused is not None and self._pending_tokens.shape[1] <= MAX_FUSED_ROWS:
+            return self._draft(req)
         with self._head_linears:
             return self._draft(req)
+
+    def _call(self, hidden, tokens, positions, attn_mask, last_only: bool):
+        """One head call: (draft logits [B, M or 1, Vd], out_hidden [B, M, H]); the new K/V go to the cache."""
+        if self._fused is not None and tokens.shape[1] <= MAX_FUSED_ROWS:
+            return self._fused(tokens, hidden, positions, self.cache, attn_mask, last_only)
+        B, M = tokens.shape
+        out = self.head(hidden, self.embed(tokens), positions.expand(B, M), self.cache, attn_mask=attn_mask)
+        return self.head.logits(out[:, -1:] if last_only else out), out
 
     def _draft(self, req: DraftRequest) -> "DraftedPool":
         head, cache, W = self.head, self.cache, req.tree_topk
@@ -134,12 +181,12 @@ class EagleDrafter(Drafter):
 
         # call 1: the pending pairs, causal over the committed cache
         n_new = self._pending_tokens.shape[1]
-        pos = torch.arange(cache.length, cache.length + n_new, device=dev).expand(B, n_new)
-        out = head(self._pending_feats, self.embed(self._pending_tokens), pos, cache)  # [B, n, H]
+        pos = torch.arange(cache.length, cache.length + n_new, device=dev)
+        logits, out = self._call(self._pending_feats, self._pending_tokens, pos, None, True)  # [B, 1, Vd], [B, n, H]
         self._pending_feats = self._pending_tokens = None                       # now in the head cache
         committed = cache.length
         hidden = out[:, -1:]                                                    # [B, 1, H]
-        exp = ops.topk_expand(head.logits(hidden).float(), torch.zeros(B, 1, device=dev), W)
+        exp = ops.topk_expand(logits.float(), torch.zeros(B, 1, device=dev), W)
         ids = head.to_target_ids(exp.child_ids[:, 0])                           # [B, W]
         beam_pool = pool.add(ids, torch.full_like(ids, -1), exp.child_scores[:, 0]).expand(B, W)
         beam_ids, beam_scores = ids, exp.child_scores[:, 0]                     # children in score order
@@ -159,10 +206,10 @@ class EagleDrafter(Drafter):
             vis = torch.cat([vis, eye], 2)                                      # [B, W, (k-1)W]
             mask = torch.zeros(B, 1, W, committed + vis.shape[2], dtype=out.dtype, device=dev)
             mask[:, 0, :, committed:].masked_fill_(~vis, neg)
-            pos = torch.full((B, W), committed - 1 + calls, dtype=torch.int64, device=dev)
-            out = head(hidden, self.embed(beam_ids), pos, cache, attn_mask=mask)  # [B, W, H]
+            pos = torch.full((W,), committed - 1 + calls, dtype=torch.int64, device=dev)
+            logits, out = self._call(hidden, beam_ids, pos, mask, False)        # [B, W, Vd], [B, W, H]
             calls += 1
-            exp = ops.topk_expand(head.logits(out).float(), beam_scores, W)
+            exp = ops.topk_expand(logits.float(), beam_scores, W)
             child_ids = head.to_target_ids(exp.child_ids)                       # [B, W, W]
             child_pool = pool.add(child_ids.view(B, W * W),
                                   beam_pool.unsqueeze(2).expand(B, W, W).reshape(B, W * W),
