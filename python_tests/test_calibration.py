@@ -234,3 +234,14 @@ def test_cli_run_writes_json_and_plot(tiny, tmp_path, monkeypatch, capsys):
     assert "verify P=8 ms" in table and "draft call W=2" in table
     m = CostModel.load(out)
     assert m.v_set == [1, 3] and m.name == "smollm2-135m-instruct" and png.stat().st_size > 1000
+
+
+def test_verify_draft_shape():
+    """Each V is timed after the smallest draft whose pool holds V nodes (W + (calls - 1) W^2 >= V)."""
+    from radar_ext.calibration import verify_draft_shape
+    assert verify_draft_shape([4, 6, 8, 10], 8, 1) == (4, 1)
+    assert verify_draft_shape([4, 6, 8, 10], 8, 4) == (4, 1)
+    assert verify_draft_shape([4, 6, 8, 10], 8, 5) == (4, 2)
+    assert verify_draft_shape([4, 6, 8, 10], 8, 64) == (4, 5)
+    assert verify_draft_shape([2, 3], 3, 10) == (2, 3)   # the narrowest W that can hold V first
+    assert verify_draft_shape([2], 2, 50) == (2, 2)   # no draft holds 50: the widest, every call

@@ -4,8 +4,10 @@
   draft     one draft call at each tree_topk W: call 1 (it re-encodes the `pending` tokens the
             previous cycle accepted) separately from the later calls (W beams at once);
   verify    T_verify(V): one target forward (`radar_ext.verifier.verify`) over a real draft tree of
-            V draft tokens, at each prefix length, plus the tree build and the acceptance + cache
-            commit around it;
+            V draft tokens (right after the smallest draft that holds V nodes, as decoding drafts:
+            `verify_draft_shape`, and after an untimed cycle of the same shape: a verify right after a
+            much larger one runs up to ~15% slower on the 2-core Xeon), at each prefix length, plus the
+            tree build and the acceptance + cache commit around it;
   policy    one decision of a policy (StaticPolicy by default, or any Policy / callable);
   plain     a skipped cycle as the decoder runs it: the root alone through the same verify path
             (the drafter's target features captured), acceptance and commits; the 1-token forward
@@ -116,7 +118,7 @@ class CostModel:
     prefix_lens: list                 # [int] prefix lengths the curves were taken at
     v_set: list                       # [int] verify budgets of the T_verify curve
     tree_topks: list                  # [int] W of the draft-call timings
-    verify_tree_topk: int             # W of the trees the verify curve was taken on
+    verify_tree_topk: int             # the widest W measured: t_draft's default (verify trees: verify_draft_shape)
     max_draft_calls: int              # draft calls per timed draft (call 1 + max_draft_calls - 1 later)
     pending: int                      # tokens re-encoded by call 1 (accepted length + 1 of a cycle)
     verify: dict                      # {prefix_len: {V: Stat}} one target forward over a V-token tree
@@ -353,8 +355,11 @@ class _StampPolicy(Policy):
     `should_continue` is also asked after the last call (the decoder skips it at the cap)."""
 
     def __init__(self, calls: int):
-        self.calls, self.max_draft_calls = calls, calls + 1
+        self.set_calls(calls)
         self.stamps, self.steps, self.budget_steps = [], [], []
+
+    def set_calls(self, calls: int) -> None:
+        self.calls, self.max_draft_calls = calls, calls + 1
 
     def clear(self):
         self.stamps, self.steps, self.budget_steps = [], [], []
@@ -367,6 +372,19 @@ class _StampPolicy(Policy):
     def verify_budget(self, step):
         self.budget_steps.append(step)
         return step.default_budget
+
+
+def verify_draft_shape(tree_topks, max_draft_calls: int, V: int) -> tuple[int, int]:
+    """(W, calls): the smallest draft whose pool holds V nodes (W + (calls - 1) * W^2 >= V), the tree a verify of
+    budget V is timed on. Decoding verifies right after its own short draft (1-2 calls at W = 4 for the learned
+    policies), and a verify after a long wide draft runs slower (the default target after 8 calls at W = 10:
+    +1.2 ms on a 7-9 ms verify, the caches refilled), so timing every V after the widest draft overstated T_verify
+    against the plain step."""
+    for W in sorted(tree_topks):
+        for calls in range(1, max_draft_calls + 1):
+            if W + (calls - 1) * W * W >= V:
+                return W, calls
+    return max(tree_topks), max_draft_calls
 
 
 def _head_length(drafter):
@@ -618,6 +636,7 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
                                  fused_forward)
             # draft calls at each W (call 1 apart from the later ones)
             firsts, nexts = {W: [] for W in tree_topks}, {W: [] for W in tree_topks}
+            bench.stamp.set_calls(max_draft_calls)
             for r in range(rounds):
                 for W in tree_topks:
                     bench.reset()
@@ -625,6 +644,9 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
                     if timed(r):
                         firsts[W].append(f)
                         nexts[W].extend(n)
+                        if len(decisions) < 200:  # the policy is timed on these full-depth drafts' steps
+                            decisions.append(list(bench.stamp.steps))
+                            budgets.extend(bench.stamp.budget_steps)
                     tick()
             for W in tree_topks:
                 first_t.setdefault(W, {})[P] = Stat.of(firsts[W])
@@ -633,15 +655,16 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
             vt, bt, ot = ({V: [] for V in v_set} for _ in range(3))
             for r in range(rounds):
                 for V in v_set[r % len(v_set):] + v_set[:r % len(v_set)]:
+                    W, calls = verify_draft_shape(tree_topks, max_draft_calls, V)
+                    bench.stamp.set_calls(calls)
                     bench.reset()
-                    (_, _, _, build), t_verify, t_commit = bench.cycle(W_verify, V)
+                    bench.cycle(W, V)  # untimed: the cycle before a timed one is of the same shape, as in decoding
+                    bench.reset()
+                    (_, _, _, build), t_verify, t_commit = bench.cycle(W, V)
                     if timed(r):
                         vt[V].append(t_verify)
                         bt[V].append(build)
                         ot[V].append(t_commit)
-                        if len(decisions) < 200:
-                            decisions.append(list(bench.stamp.steps))
-                            budgets.extend(bench.stamp.budget_steps)
                     tick()
             verify_t[P], build_t[P], over_t[P] = ({V: Stat.of(x[V]) for V in v_set} for x in (vt, bt, ot))
             # a skipped cycle (what a policy's plain step costs), then the target's bare 1-token step and the
