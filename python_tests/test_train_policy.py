@@ -668,3 +668,25 @@ def test_offline_choices_are_the_inference_decisions(tmp_path, kind):
         if kind == "ltd" and n > 0:
             V = policy.verify_budget(BudgetStep(ep["pool_top"][c, n - 1][None], n, seq_len, 8, CostInfo(), temp, h))
             assert V == BUDGETS[int(v_off[c])], c
+
+
+def test_lookup_features_need_hybrid_episodes(tmp_path):
+    """--lookup (LTD reads the cycle's context lookup): refused by name on EAGLE-only episodes or for RADAR; on a
+    hybrid collection the trained policy carries the flag and reads the lookup features the episodes recorded."""
+    ep_dir = write_episodes(tmp_path / "e", "mixed", cycles=(32, 16))
+    costs = str(ep_dir / "costs.json")
+    with pytest.raises(ValueError, match="lookup features need --kind ltd and episodes collected with --drafter hybrid"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r0", kind="ltd", costs=costs, lookup=True,
+                                epochs=1, rounds=1), log=lambda *_: None)
+    meta = json.loads((ep_dir / "episodes_meta.json").read_text())
+    (ep_dir / "episodes_meta.json").write_text(json.dumps({**meta, "drafter": "hybrid"}))
+    with pytest.raises(ValueError, match="got --kind radar"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r1", kind="radar", costs=costs, lookup=True,
+                                verify_budget=4, epochs=1), log=lambda *_: None)
+    best = train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r2", kind="ltd", costs=costs, lookup=True,
+                                   skip=True, epochs=1, rounds=1), log=lambda *_: None)
+    policy = load_policy(best)
+    assert policy.lookup and policy.skip
+    assert main(["train-policy", "--kind", "ltd", "--episodes", str(ep_dir), "--out-dir", str(tmp_path / "r3"),
+                 "--costs", costs, "--epochs", "1", "--rounds", "1", "--lookup"]) == 0
+    assert load_policy(tmp_path / "r3" / "best").lookup

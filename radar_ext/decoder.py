@@ -261,7 +261,8 @@ class RadarDecoder:
                            verify_budget=self.verify_budget, policy=policy, costs=self.costs,
                            temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=history,
                            batch_size=batch_size)
-        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size)):
+        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size,
+                                                drafter.lookup_info())):
             stats.skipped_cycles += 1
             return root_only_tree(req.root)  # a plain step: no draft call, the drafter catches up next time
         tree = drafter.draft(req)

@@ -52,6 +52,9 @@ def add_arguments(p) -> None:
                         "plain step through our own verify path: t_plain of the calibration, else t_ar)")
     p.add_argument("--max-skip-run", type=int, default=32,
                    help="with --skip: plain steps in a row after which the policy drafts again (default: %(default)s)")
+    p.add_argument("--lookup", action="store_true",
+                   help="LTD: the decisions also read the cycle's context lookup (match length, occurrences, the best "
+                        "lookup node's calibrated score); needs `radar collect --drafter hybrid` episodes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -67,7 +70,7 @@ def run(args) -> int:
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
                             entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
                             cost_jitter=args.cost_jitter, history=args.history, skip=args.skip,
-                            max_skip_run=args.max_skip_run, seed=args.seed, threads=args.threads)
+                            max_skip_run=args.max_skip_run, lookup=args.lookup, seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")

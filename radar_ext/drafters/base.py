@@ -47,6 +47,12 @@ class Drafter:
     def draft(self, req: DraftRequest) -> DraftTree:
         raise NotImplementedError
 
+    def lookup_info(self) -> LookupInfo | None:
+        """What this drafter's context lookup finds for the coming cycle, before any draft call (the pre-draft
+        decision reads it), or None for a drafter without one. A HybridDrafter keeps what it found for the
+        cycle's draft()."""
+        return None
+
     def commit(self, emitted: torch.Tensor, n_emitted: int, features: torch.Tensor | None) -> None:
         """After acceptance. emitted [B, D+1] accepted draft tokens then the bonus (-1 padded),
         n_emitted = accepted_len + 1; features [B, n_emitted, F] target features at the root and

@@ -57,6 +57,7 @@ class HybridDrafter(Drafter):
         self.eagle, self.lookup, self.scores = eagle, lookup, scores
         self.feature_layers = eagle.feature_layers
         self.last_trie: LookupTrie | None = None  # the lookup side of the last cycle (episode collection reads it)
+        self._cycle_lookup = None  # (trie, scores, LookupInfo) found by lookup_info() for the coming draft()
 
     @classmethod
     def from_pretrained(cls, head_dir, target, scores=None, lookup=None) -> "HybridDrafter":
@@ -75,24 +76,37 @@ class HybridDrafter(Drafter):
         head weights and lookup scores."""
         twin = super().fork()
         twin.eagle, twin.lookup = self.eagle.fork(), self.lookup.fork()
+        twin._cycle_lookup = None
         return twin
 
     def start(self, input_ids, features, root) -> None:
+        self._cycle_lookup = None
         self.eagle.start(input_ids, features, root)
         self.lookup.start(input_ids, features, root)
 
     def commit(self, emitted, n_emitted, features) -> None:
+        self._cycle_lookup = None  # the context moved on
         self.eagle.commit(emitted, n_emitted, features)
         self.lookup.commit(emitted, n_emitted, features)
+
+    def lookup_info(self) -> LookupInfo:
+        """The coming cycle's lookup (its trie scored), found once: the pre-draft decision reads it, draft() uses it."""
+        if self._cycle_lookup is None:
+            trie = self.lookup.trie()
+            scores = self.scores.score(trie)
+            self._cycle_lookup = (trie, scores, lookup_info(trie, scores))
+        return self._cycle_lookup[2]
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
         if req.root.shape[0] != 1:
             raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
         # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
-        trie = self.last_trie = self.lookup.trie()
-        scores = self.scores.score(trie)
-        req = dataclasses.replace(req, lookup=lookup_info(trie, scores))
+        info = self.lookup_info()
+        trie, scores, _ = self._cycle_lookup
+        self._cycle_lookup = None
+        self.last_trie = trie
+        req = dataclasses.replace(req, lookup=info)
         drafted = self.eagle.draft_pool(req)
         return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
 

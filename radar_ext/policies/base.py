@@ -134,6 +134,7 @@ class PreDraftStep:
     history: History            # the sequence's history (History.features())
     temperature: float = 0.0    # the sampling temperature of the generation (0.0: greedy)
     batch_size: int = 1         # rows decoded together (the verify cost per row grows with it)
+    lookup: "LookupInfo | None" = None  # the cycle's context lookup (Drafter.lookup_info), found before any draft call
 
 
 @dataclass

@@ -66,6 +66,7 @@ class TrainPolicyConfig:
     history: bool = False           # every decision also reads the History features (format-2 episodes)
     skip: bool = False              # a decision before the first draft call: a plain step (n = 0)
     max_skip_run: int = 32          # skipping policies draft after this many plain steps in a row
+    lookup: bool = False            # LTD: the decisions also read the cycle's context-lookup features (hybrid episodes)
     seed: int = 0
     threads: int = 0
 
@@ -578,6 +579,9 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
     W, N, budgets = meta["tree_topk"], meta["max_draft_calls"], list(meta["budgets"])
     if cfg.history:  # refused here, before any work, when the episodes are format 1
         train_ep.history_features(), val_ep.history_features()
+    if cfg.lookup and (cfg.kind != "ltd" or meta.get("drafter", "eagle") != "hybrid"):
+        raise ValueError(f"lookup features need --kind ltd and episodes collected with --drafter hybrid, got --kind "
+                         f"{cfg.kind} and drafter {meta.get('drafter', 'eagle')!r} episodes")
     flags = dict(history=cfg.history, skip=cfg.skip, max_skip_run=cfg.max_skip_run)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -599,7 +603,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         phases = [("radar", 0)]
     else:
         policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed,
-                           **flags)
+                           lookup=cfg.lookup, **flags)
         phases = [(p, r) for r in range(cfg.rounds) for p in ("size", "depth")]
     opts = {"radar": lambda: torch.optim.Adam(policy.net.parameters(), lr=lr),
             "size": lambda: torch.optim.Adam(policy.size_net.parameters(), lr=lr),
