@@ -277,6 +277,45 @@ def test_the_policy_sees_the_cycles_lookup(models):  # noqa: F811
     assert any(s[2].count >= 1 and s[2].match_len >= 1 for s in pol.seen[1::2])
 
 
+@pytest.mark.parametrize("wants", [True, False])
+def test_the_pre_draft_decision_sees_the_cycles_lookup(models, wants):  # noqa: F811
+    """A policy whose skip decision reads the lookup (pre_draft_lookup: LTD with skip and lookup) gets the cycle's
+    LookupInfo before any draft call, the same one the cycle's draft then uses, also after skipped cycles (the
+    drafter finds it again once the context moved on); other policies get None and the output is the same."""
+    from radar_ext.drafters.hybrid import lookup_info
+
+    model = models["sdpa"]
+    d = hybrid(model)
+
+    class Recording(SkipPattern):
+        pre_draft_lookup = wants
+
+        def __init__(self):
+            super().__init__((True, False, False), depth=2)
+            self.pre, self.at_size = [], []
+
+        def should_draft(self, step):
+            drafts = super().should_draft(step)
+            self.pre.append((step.lookup, drafts))
+            return drafts
+
+        def verify_budget(self, step):
+            self.at_size.append((step.lookup, lookup_info(d.last_trie, d.scores.score(d.last_trie))))
+            return step.default_budget
+
+    pol = Recording()
+    ids = prompts()[2]
+    dec = RadarDecoder(model, d, pol, tree_topk=2, verify_budget=4)
+    assert torch.equal(dec.generate(ids, max_new_tokens=24), reference(model, ids, 24))
+    assert dec.last_stats.skipped_cycles > 0
+    if not wants:
+        assert all(info is None for info, _ in pol.pre)
+        return
+    drafted = [info for info, drafts in pol.pre if drafts]
+    assert len(drafted) == len(pol.at_size) and all(p == a == w for p, (a, w) in zip(drafted, pol.at_size))
+    assert any(info.count >= 1 for info, _ in pol.pre)
+
+
 def test_ltd_lookup_layout_inference_equals_training_and_configs_without_it_load_unchanged(tmp_path):
     from radar_ext.policies import LtdPolicy, load_policy
     from radar_ext.policies.base import LookupInfo, lookup_features

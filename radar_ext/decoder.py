@@ -89,6 +89,7 @@ class _TimedPolicy(Policy):
     def __init__(self, policy: Policy, stats: DecodeStats):
         self.policy, self.stats = policy, stats
         self.max_draft_calls = policy.max_draft_calls
+        self.pre_draft_lookup = policy.pre_draft_lookup
 
     def _timed(self, fn, *args):
         t0 = time.perf_counter()
@@ -261,8 +262,8 @@ class RadarDecoder:
                            verify_budget=self.verify_budget, policy=policy, costs=self.costs,
                            temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=history,
                            batch_size=batch_size)
-        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size,
-                                                drafter.lookup_info())):
+        lookup = drafter.lookup_info() if policy.pre_draft_lookup else None
+        if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size, lookup)):
             stats.skipped_cycles += 1
             return root_only_tree(req.root)  # a plain step: no draft call, the drafter catches up next time
         tree = drafter.draft(req)

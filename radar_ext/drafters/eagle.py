@@ -65,8 +65,9 @@ class EagleDrafter(Drafter):
         self.feature_layers = list(cfg.feature_layers or default_feature_layers(target.config.num_hidden_layers))
         self.check_target(target)
         self.cache = None
-        self._pending_feats = None   # [B, n, F]
-        self._pending_tokens = None  # [B, n]
+        # pairs committed since the last call 1, in chunks (skipped cycles append one each; call 1 joins them once)
+        self._pending_feats = []     # [B, n_i, F]
+        self._pending_tokens = []    # [B, n_i]
         # Optional observer (episode collection, radar_ext/training/episodes.py): called after every
         # draft call as recorder(draft_calls, pool, beam_scores [B, W], child_scores [B, N, W]).
         self.recorder = None
@@ -114,8 +115,8 @@ class EagleDrafter(Drafter):
             raise NotImplementedError(f"EagleDrafter: batch size must be 1 for now, got {input_ids.shape[0]}")
         self.cache = HeadCache()
         self._prepare_fused()
-        self._pending_feats = features                                          # [B, P, F]
-        self._pending_tokens = torch.cat([input_ids[:, 1:], root.view(-1, 1)], 1)  # [B, P]
+        self._pending_feats = [features]                                        # [B, P, F]
+        self._pending_tokens = [torch.cat([input_ids[:, 1:], root.view(-1, 1)], 1)]  # [B, P]
 
     def _prepare_fused(self) -> None:
         """The fused head call for this sequence: built once, its weight copies refreshed if the head changed."""
@@ -137,17 +138,26 @@ class EagleDrafter(Drafter):
         self.fused_reason = None
 
     def commit(self, emitted, n_emitted, features) -> None:
-        if self._pending_tokens is None:                                        # consumed by the last call 1
-            self._pending_feats = features                                      # [B, n, F]
-            self._pending_tokens = emitted[:, :n_emitted]                       # [B, n]
-        else:                                                                   # skipped cycles: keep them all
-            self._pending_feats = torch.cat([self._pending_feats, features], 1)
-            self._pending_tokens = torch.cat([self._pending_tokens, emitted[:, :n_emitted]], 1)
+        # after skipped cycles the chunks pile up (one append each, joined once by the next call 1)
+        self._pending_feats.append(features)                                    # [B, n, F]
+        self._pending_tokens.append(emitted[:, :n_emitted])                     # [B, n]
 
     def drop_pending(self) -> None:
         """Forget the pairs committed since the last call 1 (a caller that rewinds the head cache to a
         saved length and commits the same pairs again, as radar_ext.calibration does)."""
-        self._pending_feats = self._pending_tokens = None
+        self._pending_feats, self._pending_tokens = [], []
+
+    def _pending_rows(self) -> int:
+        return sum(t.shape[1] for t in self._pending_tokens)
+
+    def _take_pending(self):
+        """(features [B, n, F], tokens [B, n]) committed since the last call 1, now handed to it."""
+        if not self._pending_tokens:
+            raise RuntimeError("EagleDrafter.draft: nothing committed since the last draft; call commit() "
+                               "(or start()) first")
+        f, t = self._pending_feats, self._pending_tokens
+        self._pending_feats, self._pending_tokens = [], []
+        return (f[0], t[0]) if len(t) == 1 else (torch.cat(f, 1), torch.cat(t, 1))
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
@@ -158,7 +168,7 @@ class EagleDrafter(Drafter):
     def draft_pool(self, req: DraftRequest) -> "DraftedPool":
         """The draft calls of one cycle (the policy decides how many), without the verify budget and the
         tree: the pool a HybridDrafter merges its lookup candidates into before choosing the best V."""
-        if self._fused is not None and self._pending_tokens.shape[1] <= MAX_FUSED_ROWS:
+        if self._fused is not None and self._pending_rows() <= MAX_FUSED_ROWS:
             return self._draft(req)
         with self._head_linears:
             return self._draft(req)
@@ -180,10 +190,10 @@ class EagleDrafter(Drafter):
         pool = CandidatePool(B, W + (max_calls - 1) * W * W, dev)
 
         # call 1: the pending pairs, causal over the committed cache
-        n_new = self._pending_tokens.shape[1]
+        feats, tokens = self._take_pending()                                    # now into the head cache
+        n_new = tokens.shape[1]
         pos = torch.arange(cache.length, cache.length + n_new, device=dev)
-        logits, out = self._call(self._pending_feats, self._pending_tokens, pos, None, True)  # [B, 1, Vd], [B, n, H]
-        self._pending_feats = self._pending_tokens = None                       # now in the head cache
+        logits, out = self._call(feats, tokens, pos, None, True)                # [B, 1, Vd], [B, n, H]
         committed = cache.length
         hidden = out[:, -1:]                                                    # [B, 1, H]
         exp = ops.topk_expand(logits.float(), torch.zeros(B, 1, device=dev), W)

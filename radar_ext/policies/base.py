@@ -180,6 +180,8 @@ class Policy:
     """Base controller. `max_draft_calls` is a hard cap the decoder also uses to size its buffers."""
 
     max_draft_calls: int = 1
+    # should_draft reads PreDraftStep.lookup: the decoder asks the drafter's lookup before the decision only then
+    pre_draft_lookup: bool = False
 
     def fork(self) -> "Policy":
         """A policy for one more sequence of a batch (batch > 1: one controller per row, each with its own

@@ -150,6 +150,10 @@ class LtdPolicy(LearnedPolicy):
             row += lookup_features_of(lookup)
         return torch.tensor([row + self._costs_at(batch_size)], dtype=torch.float32)
 
+    @property
+    def pre_draft_lookup(self) -> bool:
+        return self.skip and self.lookup
+
     def should_draft(self, step: PreDraftStep) -> bool:
         """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run):
