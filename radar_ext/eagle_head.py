@@ -306,27 +306,20 @@ class HeadCache:
         """k, v [B, Hkv, T, D] -> views of the whole valid cache [B, Hkv, length+T, D]."""
         B, H, T, D = k.shape
         need = self.length + T
-        if self.k is None or need > self.k.shape[2]:
-            cap = max(need, 2 * (self.k.shape[2] if self.k is not None else 64))
-            nk = k.new_empty(B, H, cap, D)
-            nv = v.new_empty(B, H, cap, D)
-            if self.k is not None and self.length:
-                nk[:, :, :self.length] = self.k[:, :, :self.length]
-                nv[:, :, :self.length] = self.v[:, :, :self.length]
-            self.k, self.v = nk, nv
+        self.reserve(B, H, need, D, k.dtype, device=k.device)
         self.k[:, :, self.length:need] = k
         self.v[:, :, self.length:need] = v
         self.length = need
         return self.k[:, :, :need], self.v[:, :, :need]
 
-    def reserve(self, B: int, H: int, need: int, D: int, dtype, exact: bool = False) -> None:
+    def reserve(self, B: int, H: int, need: int, D: int, dtype, device=None, exact: bool = False) -> None:
         """Storage [B, H, >= need, D] (entries [0, length) kept; capacity doubling, or exactly `need` with
-        exact=True), for a writer that fills [length, need) itself (radar_ext.head_forward)."""
+        exact=True): append's, and a writer's that fills [length, need) itself (radar_ext.head_forward)."""
         if self.k is not None and need <= self.k.shape[2] and self.k.shape[0] == B:
             return
         cap = need if exact else max(need, 2 * (self.k.shape[2] if self.k is not None else 64))
-        nk = torch.empty(B, H, cap, D, dtype=dtype)
-        nv = torch.empty(B, H, cap, D, dtype=dtype)
+        nk = torch.empty(B, H, cap, D, dtype=dtype, device=device)
+        nv = torch.empty(B, H, cap, D, dtype=dtype, device=device)
         if self.k is not None and self.length:
             nk[:, :, :self.length] = self.k[:, :, :self.length]
             nv[:, :, :self.length] = self.v[:, :, :self.length]

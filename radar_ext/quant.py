@@ -97,20 +97,22 @@ def q4_1_blocks(weight: torch.Tensor) -> QuantBlocks | None:
     return QuantBlocks(packed, d.contiguous(), m.contiguous())
 
 
+def _q8_0_encode(blocks: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """q = round(w / d) in [-127, 127] per block (0 where d = 0): blocks [N, nb, 32], d [N, nb]."""
+    dd = d.unsqueeze(2)
+    q = torch.where(dd > 0, torch.round(blocks / torch.where(dd > 0, dd, 1.0)), 0.0)
+    return q.clamp_(-127, 127)
+
+
 def q8_0_blocks(weight: torch.Tensor) -> QuantBlocks | None:
     """Q8_0 blocks that decode exactly to `weight` (float32 [N, K], K % 32 == 0), or None."""
     N, K = weight.shape
     b = weight.detach().reshape(N, K // BLOCK, BLOCK)
 
-    def encode(blocks, d):
-        dd = d.unsqueeze(2)
-        q = torch.where(dd > 0, torch.round(blocks / torch.where(dd > 0, dd, 1.0)), 0.0)
-        return q.clamp_(-127, 127)
-
     def decode(q, d):
         return q * d.unsqueeze(2)
 
-    picked = _pick(b, _f16_candidates(b.abs().amax(2) / 127), encode, decode)
+    picked = _pick(b, _f16_candidates(b.abs().amax(2) / 127), _q8_0_encode, decode)
     if picked is None:
         return None
     q, d = picked
@@ -161,6 +163,5 @@ def q8_0_rounded(weight: torch.Tensor) -> QuantBlocks:
     with torch.no_grad():
         b = weight.detach().reshape(N, K // BLOCK, BLOCK)
         d = (b.abs().amax(2) / 127).half().float()
-        dd = d.unsqueeze(2)
-        q = torch.where(dd > 0, torch.round(b / torch.where(dd > 0, dd, 1.0)), 0.0).clamp_(-127, 127)
+        q = _q8_0_encode(b, d)
         return QuantBlocks(q.to(torch.int8).reshape(N, K).contiguous(), d.half().contiguous(), None)

@@ -494,16 +494,14 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)
           if (p.capture_slots[i] == p.n_layers) memcpy(p.capture_out[i], ws.x, R * H * sizeof(float));
-      if (p.logits_last_only) {
+      if (p.logits_last_only) {  // each batch row's last tree row, into h's first B rows
         for (int64_t b = 0; b < p.B; ++b) llama_rms_norm(ws.x + (b * M + M - 1) * H, p.final_norm, h + b * H, 1, H, p.eps);
-        normed = true;
-        llama_products(&head, 1, lo, hi);
-        return;
+      } else {
+        llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
+        if (lo == 0)
+          for (int64_t i = 0; i < p.n_capture; ++i)
+            if (p.capture_slots[i] == p.n_layers + 1) memcpy(p.capture_out[i], h, R * H * sizeof(float));
       }
-      llama_rms_norm(ws.x, p.final_norm, h, R, H, p.eps);
-      if (lo == 0)
-        for (int64_t i = 0; i < p.n_capture; ++i)
-          if (p.capture_slots[i] == p.n_layers + 1) memcpy(p.capture_out[i], h, R * H * sizeof(float));
       normed = true;
     }
     llama_products(&head, 1, lo, hi);
