@@ -4,8 +4,10 @@ MKL sgemm), `linear` (radar_ext.fast_linear's skinny_linear only, sdpa_gqa=False
 (fast_linear: skinny_linear + sdpa attention without the K/V copies, through the model's forward),
 `lean` (fast_linear inside radar_ext.lean_forward), `quant-py` (lean, with the weights read from their
 exact Q4_1 / Q8_0 blocks, skinny_linear_quant, the layer loop in Python) and `quant` (the same with the
-layer loop in C++, radar_ext::llama_layers_quant) and `fused` (the whole forward as one torch-free C++
-call, radar_ext::llama_forward: as RadarDecoder verifies by default).
+layer loop in C++, radar_ext::llama_layers_quant), `fused` (the whole forward as one torch-free C++
+call, radar_ext::llama_forward: as RadarDecoder verifies by default; its Q4_1 / Q8_0 products on the AMX
+tile unit where the CPU has one) and `fused-avx512` (the same with the AMX path turned off: the AVX-512
+register tiles).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -25,7 +27,7 @@ import time
 
 import torch
 
-from radar_ext import kv_cache
+from radar_ext import _C, kv_cache
 from radar_ext.fast_linear import DEFAULT_MAX_ROWS, fast_linear, fast_linear_available
 from radar_ext.tree import make_tree
 from radar_ext.verifier import prefill, verify
@@ -61,7 +63,7 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
-SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused")
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512")
 
 
 def main():
@@ -101,12 +103,17 @@ def main():
         return fast_linear(target, max_rows=args.max_rows, enabled=setting != "off", sdpa_gqa=setting == "fast",
                            quantized=setting.startswith("quant"))
 
+    amx_default = _C.amx_enabled()
+    print(f"AMX path for the Q4_1 / Q8_0 products: {'on' if amx_default else 'off (not on this CPU)'}")
+
     def run_verify(tree, setting):
+        _C.set_amx_enabled(amx_default and setting != "fused-avx512")
         with ctx(setting):
             t0 = time.perf_counter()
-            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant", "fused"),
-                         native=setting == "quant", fused=setting == "fused")
+            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant", "fused", "fused-avx512"),
+                         native=setting == "quant", fused=setting.startswith("fused"))
             dt = time.perf_counter() - t0
+        _C.set_amx_enabled(amx_default)
         kv_cache.crop(cache, P)
         return dt, out.logits
 
@@ -144,8 +151,8 @@ def main():
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
     titles = {"off": "off (MKL)", "linear": "linear (skinny only)", "fast": "fast (skinny + gqa)",
               "lean": "lean (fast + lean fwd)", "quant-py": "quant-py (+ Q blocks)", "quant": "quant (+ C++ layers)",
-              "fused": "fused (C++ forward)"}
-    ratios = [s for s in ("lean", "quant", "fused") if s in settings]
+              "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off"}
+    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512") if s in settings]
     print(f"{'M':>4} | " + " | ".join(f"{titles[s]:>24}" for s in settings) + "".join(f" | off/{s}" for s in ratios))
     for r in rows:
         print(f"{r['M']:>4} | " + " | ".join(cell(r[s]) for s in settings)

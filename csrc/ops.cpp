@@ -23,6 +23,7 @@
 #include "checks.h"
 #include "kernels/build_tree.h"
 #include "kernels/llama_forward.h"
+#include "kernels/amx_linear.h"
 #include "kernels/policy_step.h"
 #include "kernels/skinny_linear.h"
 #include "kernels/topk_expand.h"
@@ -340,8 +341,13 @@ namespace {
 // handed out as one range, each task running its part of each w, so every w is read once in total and
 // every y element is summed by one thread in a fixed order (thread-count invariant; the same bits as one
 // call per product, with one thread hand-off instead of n: q/k/v and gate/up of a verify forward's layer).
-void skinny_linear_run_many(const kernels::SkinnyLinearParams* ps, size_t n) {
+void skinny_linear_run_many(const kernels::SkinnyLinearParams* ps_in, size_t n) {
   const bool use_avx512 = skinny_linear_uses_avx512();
+  // one x_key per call: the AMX path splits each x once per thread, not once per task
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t key = (uint64_t{1} << 63) | calls.fetch_add(1);
+  std::vector<kernels::SkinnyLinearParams> ps(ps_in, ps_in + n);
+  for (auto& q : ps) q.x_key = key;
   std::vector<int64_t> start(n + 1, 0);
   int64_t per_block = 0;  // multiply-adds of one block, the largest of the products
   for (size_t i = 0; i < n; ++i) {
@@ -737,6 +743,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
   kernels::LlamaForwardWorkspace ws{};
   kernels::llama_workspace_carve(ws, p, shared.get(), per_thread.get());
   std::vector<kernels::LlamaPhaseCounters> phases(kernels::llama_n_phases(p));
+  static std::atomic<uint64_t> forwards{0};  // x_key_base: unique per forward, n_phases apart
+  p.x_key_base = forwards.fetch_add(static_cast<uint64_t>(phases.size()) + 1) + 1;
   const bool avx512 = skinny_linear_uses_avx512();
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt)
@@ -850,6 +858,25 @@ PyObject* skinny_linear_avx512(PyObject*, PyObject*) {
   Py_RETURN_FALSE;
 }
 
+PyObject* amx_supported(PyObject*, PyObject*) {
+  if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_supported()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* amx_enabled(PyObject*, PyObject*) {
+  if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_usable()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* amx_min_rows(PyObject*, PyObject*) { return PyLong_FromLongLong(radar_ext::kernels::kAmxMinRows); }
+
+PyObject* set_amx_enabled(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  if (radar_ext::kernels::amx_linear_set_enabled(on != 0)) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 // How many distinct threads at::parallel_for uses in this extension for 64 one-item tasks. 1 when the
 // extension was compiled without OpenMP: at::parallel_for is inline and then runs serially whatever
 // torch.get_num_threads() says (the bug that kept skinny_linear on one core). Each task busy-waits
@@ -874,6 +901,12 @@ PyMethodDef methods[] = {
     {"cuda_archs", cuda_archs, METH_NOARGS, "The CUDA architectures compiled in ('70PTX_75_80'), or None."},
     {"skinny_linear_avx512", skinny_linear_avx512, METH_NOARGS,
      "True when skinny_linear runs its AVX-512 kernel on this CPU (else the plain C++ one)."},
+    {"amx_supported", amx_supported, METH_NOARGS,
+     "True when this CPU and OS run the AMX path of the block-quantized products (Q4_1 / Q8_0)."},
+    {"amx_enabled", amx_enabled, METH_NOARGS, "True when the block-quantized products run on AMX now."},
+    {"amx_min_rows", amx_min_rows, METH_NOARGS, "Rows of x from which the block-quantized products use AMX."},
+    {"set_amx_enabled", set_amx_enabled, METH_O,
+     "Turns the AMX path of the block-quantized products on or off; returns the previous setting."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "radar_ext custom ops (torch.ops.radar_ext.*)", -1, methods};

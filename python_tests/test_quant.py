@@ -2,6 +2,7 @@
 reference and bit for bit against skinny_linear on the dequantized float32 weights; radar_ext.quant's
 exact recovery of GGUF blocks from float32 values (and its refusal of anything else); FastLinear's
 quantized path."""
+import contextlib
 import re
 
 import pytest
@@ -55,10 +56,62 @@ def test_same_bits_as_float32_kernel_and_close_to_reference(kind, M, N, K):
     bias = torch.randn(N)
     for b in (None, bias):
         y = ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, b)
-        assert torch.equal(y, ops.skinny_linear(x, w, b))
+        if ops.amx_rows(M):  # the AMX tile unit sums in another order (test_amx_path); without it, these bits
+            with amx_off():
+                assert torch.equal(ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, b), ops.skinny_linear(x, w, b))
+        else:
+            assert torch.equal(y, ops.skinny_linear(x, w, b))
         assert_close_to_reference(y, x, w, b)
     # the reference itself
     assert_close_to_reference(reference.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m), x, w)
+
+
+@contextlib.contextmanager
+def amx_off():
+    prev = ops._C.set_amx_enabled(False)
+    try:
+        yield
+    finally:
+        ops._C.set_amx_enabled(prev)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+@pytest.mark.parametrize("N,K", [(1, 32), (7, 64), (37, 576), (130, 96), (600, 1536)])
+def test_amx_path(kind, N, K):
+    """Where the CPU has AMX: products of amx_min_rows() rows and more run on the tile unit (x split into
+    three exact bfloat16 parts, float32 sums per block, then d * S + m * X). As close to the float64
+    reference as the AVX-512 path, each row independent of the others (its bits do not move with M, the
+    row order or the thread count), and the AVX-512 path's bits below the threshold."""
+    if not (ops.HAS_EXTENSION and ops._C.amx_supported()):
+        pytest.skip("no AMX on this CPU (or the extension is not built)")
+    assert ops._C.amx_enabled(), "the AMX path is supported but disabled (RADAR_EXT_AMX=0?)"
+    lo = ops._C.amx_min_rows()
+    blocks = gguf_blocks(N, K, kind, seed=N + K)
+    w = blocks.dequantize()
+    bias = torch.randn(N)
+    x = torch.randn(40, K) * torch.logspace(-3, 2, 40).unsqueeze(1)  # rows of very different scales
+    got = {}
+    for M in (lo, lo + 1, 16, 17, 40):
+        y = ops.skinny_linear_quant(x[:M], blocks.q, blocks.d, blocks.m, bias)
+        assert ops.amx_rows(M)
+        assert_close_to_reference(y, x[:M], w, bias)
+        got[M] = y
+    for M, y in got.items():
+        assert torch.equal(y, got[40][:M])                           # rows do not depend on M
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ops.skinny_linear_quant(x[perm], blocks.q, blocks.d, blocks.m, bias), got[40][perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, bias)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, got[40])
+    with amx_off():
+        avx = ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m, bias)
+    assert_close_to_reference(avx, x, w, bias)
+    below = ops.skinny_linear_quant(x[:lo - 1], blocks.q, blocks.d, blocks.m, bias)  # below: the AVX-512 bits
+    assert torch.equal(below, ops.skinny_linear(x[:lo - 1], w, bias))
 
 
 def test_opcheck_and_non_contiguous():

@@ -18,7 +18,7 @@ import torch
 from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
-__all__ = ["HAS_EXTENSION", "TopkExpandOut", "built_with_cuda", "has_kernel", "topk_expand", "policy_step", "build_tree",
+__all__ = ["HAS_EXTENSION", "TopkExpandOut", "amx_rows", "built_with_cuda", "has_kernel", "topk_expand", "policy_step", "build_tree",
            "skinny_linear", "skinny_linear_quant", "llama_layers_quant", "llama_forward"]
 
 try:
@@ -29,6 +29,14 @@ except ImportError as e:  # not built: the reference serves every op
     _C = None
     HAS_EXTENSION = False
     IMPORT_ERROR = e
+
+
+def amx_rows(M: int) -> bool:
+    """Whether a CPU block-quantized product (skinny_linear_quant, the fused forward's Q4_1 / Q8_0
+    linears) of M rows of x runs on the AMX tile unit (kernels/amx_linear.h): the CPU and OS have it, it
+    is enabled (_C.set_amx_enabled, RADAR_EXT_AMX=0 turns it off) and M >= _C.amx_min_rows(). Its sums are
+    as exact as the AVX-512 path's, in another order, so the bits differ from the float32 kernel's there."""
+    return bool(HAS_EXTENSION and _C.amx_enabled() and M >= _C.amx_min_rows())
 
 
 def built_with_cuda() -> bool:

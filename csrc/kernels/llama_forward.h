@@ -85,6 +85,9 @@ struct LlamaForwardParams {
   // logits of each batch row's last tree row only ([B, vocab]; a head call over a prompt wants one).
   // Capture slot n_layers + 1 is not available then.
   bool logits_last_only = false;
+  // Nonzero: a number unique to this forward, at least llama_n_phases apart from any other forward's; the
+  // products of phase i get x_key = x_key_base + i (SkinnyLinearParams::x_key: one split of x per phase).
+  uint64_t x_key_base = 0;
 };
 
 // Width of layer 0's attention input: 2H in EAGLE mode, else H.
@@ -126,8 +129,10 @@ static inline void llama_workspace_carve(LlamaForwardWorkspace& ws, const LlamaF
   ws.thread_floats = llama_thread_floats(p);
 }
 
-static inline SkinnyLinearParams linear_params(const LinearWeights& w, const float* x, float* y, int64_t rows) {
+static inline SkinnyLinearParams linear_params(const LinearWeights& w, const float* x, float* y, int64_t rows,
+                                               uint64_t x_key = 0) {
   SkinnyLinearParams s{x, w.w, w.bias, y, rows, w.N, w.K};
+  s.x_key = x_key;
   s.w16 = w.w16;
   s.w16_is_f16 = w.w16_is_f16;
   s.wq = w.wq;
@@ -171,8 +176,18 @@ static inline void llama_phase(LlamaPhaseCounters& c, int64_t n_items, int64_t c
 }
 
 // Chunk of 4-row blocks a thread claims at once: about 8 chunks per thread (load balance), at least
-// kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays.
-static inline int64_t llama_block_chunk(int64_t blocks, int nth) {
+// kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays. Products of `rows` rows of x
+// on the AMX path (block-quantized weights, rows >= kAmxMinRows) take 2 chunks per thread, whole groups of
+// 16 weight rows: each call of it decodes its first group without overlap and sets up the tile unit.
+static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows = 0) {
+#if defined(RADAR_SKINNY_AVX512)
+  if (rows >= kAmxMinRows && amx_linear_usable()) {
+    const int64_t c = (blocks + 2 * nth - 1) / (2 * nth);
+    return c < 4 ? 4 : (c + 3) / 4 * 4;
+  }
+#else
+  (void)rows;
+#endif
   const int64_t c = blocks / (8 * nth);
   return c > 2 * kSkinnyPrefetchBlocks ? c : 2 * kSkinnyPrefetchBlocks;
 }
@@ -395,6 +410,10 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
   float* scores = qh + M * D;                         // [M, T]
   float* oh = scores + M * T;                         // [D]
   LlamaPhaseCounters* ph = phases;
+  // the x_key of the products of the phase at ph (0: no reuse of the AMX split of x)
+  const auto key = [&](const LlamaPhaseCounters* at) -> uint64_t {
+    return p.x_key_base ? p.x_key_base + static_cast<uint64_t>(at - phases) : 0;
+  };
   // Phase results that every later phase reads are complete when llama_phase returns; captures and
   // norms are recomputed by each thread that claims work in a phase needing them (norm: R * H flops).
   const bool eagle = p.hidden != nullptr, eagle_fc = eagle && p.fc.N > 0;
@@ -405,17 +424,17 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     }
   });
   {
-    const SkinnyLinearParams fc = linear_params(p.fc, p.hidden, ws.x, R);
+    const SkinnyLinearParams fc = linear_params(p.fc, p.hidden, ws.x, R, key(ph));
     const int64_t nb = eagle_fc ? skinny_linear_blocks(fc) : 0;
-    llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
+    llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
   }
   for (int64_t l = 0; l < p.n_layers; ++l) {
     const LlamaLayerWeights& L = p.layers[l];
-    const SkinnyLinearParams qkv[3] = {linear_params(L.q, h, ws.q, R), linear_params(L.k, h, ws.k, R),
-                                       linear_params(L.v, h, ws.v, R)};
+    const SkinnyLinearParams qkv[3] = {linear_params(L.q, h, ws.q, R, key(ph)), linear_params(L.k, h, ws.k, R, key(ph)),
+                                       linear_params(L.v, h, ws.v, R, key(ph))};
     const int64_t qkv_blocks = skinny_linear_blocks(qkv[0]) + skinny_linear_blocks(qkv[1]) + skinny_linear_blocks(qkv[2]);
     bool normed = false;
-    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth), [&](int64_t lo, int64_t hi) {
+    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth, R), [&](int64_t lo, int64_t hi) {
       if (!normed) {
         if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
           for (int64_t i = 0; i < p.n_capture; ++i)
@@ -453,19 +472,19 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       for (int64_t it = lo; it < hi; ++it) llama_attention_head(p, ws, l, it / p.n_heads, it % p.n_heads, qh, scores, oh);
     });
     {
-      const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R);
+      const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(o);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(o, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(o, lo), llama_block_col(o, hi));
       });
     }
     {
       // gate and up blocks claimed together, so one thread holds both halves of its act columns
-      const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R), u = linear_params(L.up, h, ws.up, R);
+      const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R, key(ph)), u = linear_params(L.up, h, ws.up, R, key(ph));
       const int64_t nb = skinny_linear_blocks(g), I = L.gate.N;
       normed = false;
-      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth, R), [&](int64_t lo, int64_t hi) {
         if (!normed) {
           llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
           normed = true;
@@ -478,18 +497,18 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       });
     }
     {
-      const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R);
+      const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(dn);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(dn, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
       });
     }
   }
-  const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R);
+  const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R, key(ph));
   const int64_t nb = skinny_linear_blocks(head);
   bool normed = false;
-  llama_phase(*ph++, nb, llama_block_chunk(nb, nth), [&](int64_t lo, int64_t hi) {
+  llama_phase(*ph++, nb, llama_block_chunk(nb, nth, head.M), [&](int64_t lo, int64_t hi) {
     if (!normed) {
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)

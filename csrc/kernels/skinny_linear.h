@@ -61,6 +61,8 @@ struct SkinnyLinearParams {
   const float* wd = nullptr;      // [N, K/32] block scales
   const float* wm = nullptr;      // [N, K/32] block minima (Q4_1), or nullptr (Q8_0)
   bool scales_f16 = false;        // wd / wm hold float16 bits ([N, K/32] uint16 each), not float32
+  // Nonzero: calls with the same x_key, x, M and K see the same x (the AMX path reuses its split of x).
+  uint64_t x_key = 0;
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -542,9 +544,28 @@ static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f
   }
 }
 
+// The AMX path for block-quantized weights (kernels/amx_linear.h, csrc/amx_linear.cpp), from
+// kAmxMinRows rows of x: below that the AVX-512 tiles are faster. The AMX path pays a fixed ~200-290 cycles
+// per 16 x 32 weights whatever M (decoding them into a tile, three tile products, the scaling), the
+// AVX-512 tiles ~55 cycles per x row for the same weights. One thread, a 12288 x 576 Q4_1 weight in cache,
+// M = 1 / 4 / 8 / 16: AMX 1.05 / 1.10 / 1.19 / 1.42 ms, AVX-512 0.57 / 0.92 / 1.72 / 3.30 ms; the default
+// target's fused verify forward (2 threads, prefix 256), M = 6 / 8 / 12 / 16 / 32: AMX 22.0 / 22.6 / 25.8 /
+// 25.8 / 44.0 ms, AVX-512 20.5 / 23.1 / 32.5 / 39.6 / 71.9 ms. So a product's bits depend on whether M
+// reaches kAmxMinRows (each side is M-independent on its own).
+constexpr int64_t kAmxMinRows = 8;
+bool amx_linear_usable();
+void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
+
 // Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
-// translation unit was compiled for (see the top of the file).
+// translation unit was compiled for (see the top of the file); block-quantized weights on the AMX tile
+// unit where the CPU has one (amx_linear_usable()).
 static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
+#if defined(RADAR_SKINNY_AVX512)
+  if (p.wq && p.M >= kAmxMinRows && amx_linear_usable()) {
+    amx_linear_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
+    return;
+  }
+#endif
   const F16* d16 = reinterpret_cast<const F16*>(p.wd);
   const F16* m16 = reinterpret_cast<const F16*>(p.wm);
   if (p.wq && p.wm && p.scales_f16)

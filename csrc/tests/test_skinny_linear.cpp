@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "check.h"
+#include "kernels/amx_linear.h"
 #include "kernels/skinny_linear.h"
 
 using namespace radar_ext::kernels;
@@ -81,6 +82,25 @@ static void check_quant(BlocksFn fn, const std::vector<float>& x, const float* b
       }
     }
   const std::vector<float> y4 = run(fn, x, w4, b, M, N, K, 3), y8 = run(fn, x, w8, b, M, N, K, 3);
+  if (fn == skinny_linear_blocks_avx512 && amx_linear_usable() && M >= kAmxMinRows) {
+    // the AMX tile unit (kernels/amx_linear.h): exact parts, float32 sums in another order. Close to the
+    // float32 path (the bound of check_path), and the same bits whatever the split.
+    const std::vector<float> a4 = run(fn, x, w4, b, M, N, K, 1 << 20, nullptr, false, &q4);
+    const std::vector<float> a8 = run(fn, x, w8, b, M, N, K, 1 << 20, nullptr, false, &q8);
+    CHECK(run(fn, x, w4, b, M, N, K, 1, nullptr, false, &q4) == a4);
+    CHECK(run(fn, x, w8, b, M, N, K, 1, nullptr, false, &q8) == a8);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double mag4 = b ? std::fabs(b[n]) : 0.0, mag8 = mag4;
+        for (int64_t k = 0; k < K; ++k) {
+          mag4 += std::fabs(static_cast<double>(x[m * K + k]) * w4[n * K + k]);
+          mag8 += std::fabs(static_cast<double>(x[m * K + k]) * w8[n * K + k]);
+        }
+        CHECK(std::fabs(static_cast<double>(a4[m * N + n]) - y4[m * N + n]) <= 2e-6 * mag4 * (K + 1) + 1e-30);
+        CHECK(std::fabs(static_cast<double>(a8[m * N + n]) - y8[m * N + n]) <= 2e-6 * mag8 * (K + 1) + 1e-30);
+      }
+    return;
+  }
   CHECK(run(fn, x, w4, b, M, N, K, 1 << 20, nullptr, false, &q4) == y4);
   CHECK(run(fn, x, w4, b, M, N, K, 1, nullptr, false, &q4) == y4);
   CHECK(run(fn, x, w8, b, M, N, K, 1 << 20, nullptr, false, &q8) == y8);
@@ -159,9 +179,15 @@ int main() {
 #else
   const bool cpu_avx512 = false;
 #endif
-  if (skinny_linear_avx512_compiled() && cpu_avx512)
+  if (skinny_linear_avx512_compiled() && cpu_avx512) {
+    const bool amx = amx_linear_set_enabled(false);  // the AVX-512 tiles alone: the float32 path's bits
     check_path("avx512", skinny_linear_blocks_avx512);
-  else
+    amx_linear_set_enabled(amx);
+    if (amx_linear_usable())
+      check_path("avx512 + amx", skinny_linear_blocks_avx512);
+    else
+      std::printf("avx512 + amx: skipped (no AMX on this CPU, or RADAR_EXT_AMX=0)\n");
+  } else
     std::printf("avx512: skipped (compiled %d, cpu %d)\n", skinny_linear_avx512_compiled(), cpu_avx512);
   // The half decoder against known values: 1, -2, 65504 (max), 2^-14 (min normal), 2^-24 (min
   // subnormal), 3 * 2^-24, -0, inf.
