@@ -92,6 +92,11 @@ struct ThreadState {
   uint64_t key = 0;
   const float* x = nullptr;
   int64_t M = 0, K = 0;
+  // the packed path's split of x (natural order) and its key
+  Scratch xs, xsum, bbuf;
+  uint64_t pkey = 0;
+  const float* px = nullptr;
+  int64_t pM = 0, pK = 0;
 };
 thread_local ThreadState tls;
 
@@ -311,6 +316,153 @@ void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
 }
 #undef RADAR_AMX_BLOCK
 
+namespace {
+
+// ---- packed weights (amx_pack layout, kernels/amx_linear.h): x as the A operand ----------------------
+
+// x split into three bfloat16 parts in natural order, xs[s][m][k] (s = hi, mid, lo), and block sums
+// xsum[m][b] = sum_j x[m, 32b + j] (lanes of the two halves added, then reduced in a fixed order).
+void prepare_x_natural(const SkinnyLinearParams& p, uint16_t* xs, float* xsum) {
+  const int64_t M = p.M, K = p.K, nb = K / 32;
+  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xr = p.x + m * K + 32 * b;
+      const __m512 lo = _mm512_loadu_ps(xr), hi = _mm512_loadu_ps(xr + 16);
+      xsum[m * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+      __m512 r[2] = {lo, hi};
+      for (int s = 0; s < 3; ++s)
+        for (int h = 0; h < 2; ++h) {
+          const __m512 part = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r[h]), top));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(xs + (s * M + m) * K + 32 * b + 16 * h),
+                              _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(part), 16)));
+          r[h] = _mm512_sub_ps(r[h], part);
+        }
+    }
+}
+
+// The B tile (16 input pairs x 16 output rows, bf16) of one packed unit.
+inline void decode_packed_q41(const uint8_t* u, uint16_t* out, __m512i table) {
+  for (int t = 0; t < 8; ++t) {
+    const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + 32 * t)));
+    _mm512_store_si512(out + 32 * t, _mm512_permutexvar_epi16(v, table));  // low nibble (+ a bit the table ignores)
+    _mm512_store_si512(out + 32 * (t + 8), _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table));
+  }
+}
+inline void decode_packed_q80(const int8_t* u, uint16_t* out) {
+  for (int r = 0; r < 16; ++r) {
+    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u + 32 * r))));
+    const __m512 b =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u + 32 * r + 16))));
+    // the top halves of a (words 0..15) then of b (16..31): exact, an int8 has 8 significant bits
+    const __m512i idx = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000B0009, 0x000F000D, 0x00130011, 0x00170015,
+                                          0x001B0019, 0x001F001D, 0x00230021, 0x00270025, 0x002B0029, 0x002F002D,
+                                          0x00330031, 0x00370035, 0x003B0039, 0x003F003D);
+    _mm512_store_si512(out + 32 * r, _mm512_permutex2var_epi16(_mm512_castps_si512(a), idx, _mm512_castps_si512(b)));
+  }
+}
+
+void configure_packed(int mc) {
+  TileConfig cfg;
+  for (int t : {0, 5, 1, 2, 3}) cfg.rows[t] = static_cast<uint8_t>(mc), cfg.colsb[t] = 64;  // C x2, A (x parts)
+  cfg.rows[4] = 16, cfg.colsb[4] = 64;                                                     // B (weights)
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+#define RADAR_AMX_PACKED_BLOCK(ct, bt, x0, stride)            \
+  do {                                                        \
+    _tile_loadd(4, (bt), 64);                                 \
+    _tile_zero(ct);                                           \
+    _tile_loadd(1, (x0), (stride));                           \
+    _tile_dpbf16ps(ct, 1, 4);                                 \
+    _tile_loadd(2, (x0) + xs_part, (stride));                 \
+    _tile_dpbf16ps(ct, 2, 4);                                 \
+    _tile_loadd(3, (x0) + 2 * xs_part, (stride));             \
+    _tile_dpbf16ps(ct, 3, 4);                                 \
+  } while (0)
+
+constexpr int kRing = 4;  // decoded B tiles in flight: a unit is decoded 2 blocks before its tile load
+
+}  // namespace
+
+void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
+  if (n0 >= n1 || p.M <= 0) return;
+  const int64_t M = p.M, K = p.K, N = p.N, nb = K / 32;
+  const bool q41 = p.wm != nullptr;
+  const int64_t unit_bytes = q41 ? 256 : 512;
+  ThreadState& ts = tls;
+  uint16_t* xs = ts.xs.get<uint16_t>(3 * M * K);
+  float* xsum = ts.xsum.get<float>(M * nb);
+  if (!(p.x_key != 0 && ts.pkey == p.x_key && ts.px == p.x && ts.pM == M && ts.pK == K)) {
+    prepare_x_natural(p, xs, xsum);
+    ts.pkey = p.x_key, ts.px = p.x, ts.pM = M, ts.pK = K;
+  }
+  const int64_t xs_part = M * K;  // elements between the hi, mid and lo copies
+  uint16_t* ring = ts.bbuf.get<uint16_t>(kRing * 512);
+  const uint16_t* pd = reinterpret_cast<const uint16_t*>(p.wd);
+  const uint16_t* pm = reinterpret_cast<const uint16_t*>(p.wm);
+  const __m512i table = nibble_table();
+  alignas(64) float cbuf[2][16 * 16] = {};
+  int configured = -1;
+  for (int64_t g = n0 / 16; g * 16 < n1; ++g) {
+    const uint8_t* wg = p.wq + g * nb * unit_bytes;
+    const int64_t c0 = n0 > 16 * g ? n0 - 16 * g : 0, c1 = n1 - 16 * g < 16 ? n1 - 16 * g : 16;  // columns stored
+    const __mmask16 store_mask = static_cast<__mmask16>(((1u << c1) - 1u) & ~((1u << c0) - 1u));
+    __m512 bias = p.bias ? _mm512_maskz_loadu_ps(store_mask, p.bias + 16 * g) : _mm512_setzero_ps();
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+      const int64_t mc = M - m0 < 16 ? M - m0 : 16;
+      if (configured != mc) {
+        configure_packed(static_cast<int>(mc));
+        configured = static_cast<int>(mc);
+      }
+      auto decode = [&](int64_t b) {
+        uint16_t* out = ring + (b % kRing) * 512;
+        if (q41)
+          decode_packed_q41(wg + b * unit_bytes, out, table);
+        else
+          decode_packed_q80(reinterpret_cast<const int8_t*>(wg) + b * unit_bytes, out);
+      };
+      __m512 acc[16];
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+      auto scale = [&](int64_t b) {  // acc[m] += d * S (+ m * X) of block b, from cbuf[b & 1]
+        const float* cb = cbuf[b & 1];
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pd + (g * nb + b) * 16)));
+        const __m512 mv = q41 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm + (g * nb + b) * 16)))
+                              : _mm512_setzero_ps();
+        for (int i = 0; i < mc; ++i) {
+          acc[i] = _mm512_fmadd_ps(dv, _mm512_load_ps(cb + 16 * i), acc[i]);
+          if (q41) acc[i] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xsum[(m0 + i) * nb + b]), acc[i]);
+        }
+      };
+      const uint16_t* xr = xs + m0 * K;
+      const int stride = static_cast<int>(2 * K);
+      decode(0);
+      if (nb > 1) decode(1);
+      for (int64_t b = 0; b < nb; ++b) {
+        if (b + 2 < nb) decode(b + 2);
+        const uint16_t* bt = ring + (b % kRing) * 512;
+        if (b & 1) {
+          RADAR_AMX_PACKED_BLOCK(5, bt, xr + 32 * b, stride);
+          _tile_stored(0, cbuf[0], 64);  // block b - 1
+        } else {
+          RADAR_AMX_PACKED_BLOCK(0, bt, xr + 32 * b, stride);
+          if (b > 0) _tile_stored(5, cbuf[1], 64);
+        }
+        if (b >= 2) scale(b - 2);
+      }
+      if (nb & 1)
+        _tile_stored(0, cbuf[0], 64);
+      else
+        _tile_stored(5, cbuf[1], 64);
+      if (nb >= 2) scale(nb - 2);
+      scale(nb - 1);
+      for (int64_t i = 0; i < mc; ++i)
+        _mm512_mask_storeu_ps(p.y + (m0 + i) * N + 16 * g, store_mask, _mm512_add_ps(acc[i], bias));
+    }
+  }
+}
+#undef RADAR_AMX_PACKED_BLOCK
+
 #pragma GCC diagnostic pop
 #else  // no AMX build
 
@@ -318,6 +470,7 @@ bool amx_linear_supported() { return false; }
 bool amx_linear_usable() { return false; }
 bool amx_linear_set_enabled(bool) { return false; }
 void amx_linear_rows(const SkinnyLinearParams&, int64_t, int64_t) {}
+void amx_linear_packed_rows(const SkinnyLinearParams&, int64_t, int64_t) {}
 
 #endif
 

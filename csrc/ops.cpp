@@ -518,6 +518,51 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
   return out;
 }
 
+// skinny_linear_quant on weights in the AMX layout (kernels/amx_linear.h, radar_ext.quant.amx_pack): q as
+// GGUF's shape (Q4_1 uint8 [N, K/2], Q8_0 int8 [N, K]) holding the units, d / m float16 [N/16, K/32, 16].
+at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& d,
+                                        const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias_in) {
+  TORCH_CHECK_VALUE(skinny_linear_uses_avx512() && kernels::amx_linear_supported(),
+                    "skinny_linear_amx_packed needs a CPU with AMX (radar_ext._C.amx_supported() is False here)");
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 2 && x_in.size(1) % 32 == 0,
+                    "x must be float32 [M, K] with K divisible by 32, got ", describe(x_in));
+  const at::Tensor x = x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = q.dim() == 2 ? q.size(0) : -1;
+  const bool q41 = m.has_value();
+  TORCH_CHECK_VALUE(q.dim() == 2 && q.is_contiguous() && N % 16 == 0 &&
+                        (q41 ? q.scalar_type() == at::kByte && q.size(1) == K / 2
+                             : q.scalar_type() == at::kChar && q.size(1) == K),
+                    "q must be contiguous ", q41 ? "uint8 [N, K/2] (Q4_1)" : "int8 [N, K] (Q8_0)",
+                    " with N divisible by 16 and K = ", K, ", got ", describe(q));
+  const auto scales_ok = [&](const at::Tensor& t) {
+    return t.scalar_type() == at::kHalf && t.is_contiguous() && t.sizes().equals({N / 16, K / 32, 16});
+  };
+  TORCH_CHECK_VALUE(scales_ok(d), "d must be contiguous float16 [N/16, K/32, 16] = [", N / 16, ", ", K / 32,
+                    ", 16], got ", describe(d));
+  TORCH_CHECK_VALUE(!q41 || scales_ok(*m), "m must be contiguous float16 [N/16, K/32, 16] like d, got ",
+                    q41 ? describe(*m) : std::string());
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    TORCH_CHECK_VALUE(is_f32(*bias_in, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias_in));
+    bias = bias_in->contiguous();
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  kernels::SkinnyLinearParams p{x.data_ptr<float>(), nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                y.data_ptr<float>(), M, N, K};
+  p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
+  p.wd = static_cast<const float*>(d.const_data_ptr());
+  p.wm = q41 ? static_cast<const float*>(m->const_data_ptr()) : nullptr;
+  p.scales_f16 = true;
+  p.amx_packed = true;
+  static std::atomic<uint64_t> calls{0};
+  p.x_key = (uint64_t{1} << 62) | calls.fetch_add(1);
+  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
+    kernels::amx_linear_packed_rows(p, 16 * g0, 16 * g1);
+  });
+  return y;
+}
+
 // ---- llama_forward: the fused torch-free verify forward (kernels/llama_forward.h) ----------------
 // params: [embed [V_e, H], final_norm [H], lm_head (4 entries)] then per layer kLayerParams entries:
 // input norm [H], post-attention norm [H], then q, k, v, o, gate, up, down as 4 entries each:
@@ -549,6 +594,26 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
       r.w16 = static_cast<const uint16_t*>(w->const_data_ptr());
       r.w16_is_f16 = wt == at::kHalf;
     }
+  } else if (d->dim() == 3) {  // the AMX layout (radar_ext.quant.amx_pack, kernels/amx_linear.h)
+    TORCH_CHECK_VALUE(skinny_linear_uses_avx512() && kernels::amx_linear_supported(), name.str(),
+                      ": weights in the AMX layout need a CPU with AMX (radar_ext._C.amx_supported() is False)");
+    const bool q41 = m.has_value();
+    TORCH_CHECK_VALUE(K % 32 == 0 && r.N % 16 == 0 &&
+                          (q41 ? wt == at::kByte && w->size(1) == K / 2 : wt == at::kChar && w->size(1) == K),
+                      name.str(), " in the AMX layout must be ", q41 ? "uint8 [N, K/2]" : "int8 [N, K]",
+                      " with N divisible by 16 and K = ", K, " divisible by 32, got ", describe(*w));
+    const auto scales_ok = [&](const at::Tensor& t) {
+      return t.scalar_type() == at::kHalf && t.is_contiguous() && t.device().is_cpu() &&
+             t.sizes().equals({r.N / 16, K / 32, 16});
+    };
+    TORCH_CHECK_VALUE(scales_ok(*d) && (!q41 || scales_ok(*m)), "params[", i + 1, "] / [", i + 2, "] (scales of ",
+                      what, ") in the AMX layout must be float16 [", r.N / 16, ", ", K / 32, ", 16], got ",
+                      describe(*d));
+    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.wm = q41 ? static_cast<const float*>(m->const_data_ptr()) : nullptr;
+    r.scales_f16 = true;
+    r.amx_packed = true;
   } else {
     TORCH_CHECK_VALUE(K % 32 == 0, name.str(), ": quantized blocks need K divisible by 32, got K = ", K);
     if (m.has_value()) {
@@ -799,6 +864,7 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("build_tree(Tensor parents, Tensor n_nodes) -> (Tensor mask, Tensor depth, Tensor paths, Tensor n_paths)");
   m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
+  m.def("skinny_linear_amx_packed(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
   // What skinny_linear / skinny_linear_quant run on a GPU, callable on any device (tests, no GPU needed).
   m.def("skinny_linear_aten(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant_aten(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
@@ -817,6 +883,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("build_tree", &build_tree_cpu);
   m.impl("skinny_linear", &skinny_linear_cpu);
   m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
+  m.impl("skinny_linear_amx_packed", &skinny_linear_amx_packed_cpu);
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
   m.impl("llama_forward", &llama_forward_cpu);
   m.impl("eagle_forward", &eagle_forward_cpu);

@@ -313,3 +313,67 @@ def test_decoder_on_a_block_exact_target_is_token_identical(monkeypatch):
         assert torch.equal(dec.generate(ids, max_new_tokens=n), want)
         assert torch.equal(fused.generate(ids, max_new_tokens=n), want)  # the default: the fused forward
     assert calls and max(calls) <= 8
+
+
+# ----------------------------------------------------------------------------- the AMX layout
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_amx_pack_roundtrip(kind):
+    """radar_ext.quant.amx_pack reorders the same bytes into tile units (reference.amx_unpack inverts it);
+    it declines N % 16 != 0 and scales float16 does not hold."""
+    b = gguf_blocks(48, 96, kind, seed=5)
+    q, d, m = quant.amx_pack(b)
+    assert q.shape == b.q.shape and q.dtype == b.q.dtype and d.shape == (3, 3, 16) and d.dtype == torch.float16
+    if kind == "Q8_0":  # the same bytes, reordered
+        assert torch.equal(q.flatten().sort().values, b.q.flatten().sort().values)
+    uq, ud, um = reference.amx_unpack(q, d, m)
+    assert torch.equal(uq, b.q) and torch.equal(ud, b.d) and (um is None or torch.equal(um, b.m))
+    assert quant.amx_pack(gguf_blocks(40, 96, kind)) is None
+    odd = quant.QuantBlocks(b.q, b.d + 1e-4, b.m)
+    assert quant.amx_pack(odd) is None
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+@pytest.mark.parametrize("N,K", [(16, 32), (48, 64), (576, 576), (192, 1536)])
+def test_amx_packed_op(kind, N, K):
+    """skinny_linear_amx_packed: the products with x as the tile unit's A operand, on any number of rows;
+    close to the float64 reference like the AVX-512 path, rows independent of M, order and thread count."""
+    if not (ops.HAS_EXTENSION and ops._C.amx_supported()):
+        pytest.skip("no AMX on this CPU (or the extension is not built)")
+    b = gguf_blocks(N, K, kind, seed=N + K)
+    q, d, m = quant.amx_pack(b)
+    w, bias = b.dequantize(), torch.randn(N)
+    x = torch.randn(40, K) * torch.logspace(-3, 2, 40).unsqueeze(1)
+    op = torch.ops.radar_ext.skinny_linear_amx_packed
+    full = op(x, q, d, m, bias)
+    assert_close_to_reference(full, x, w, bias)
+    for M in (1, 2, 3, 8, 16, 17):
+        assert torch.equal(op(x[:M], q, d, m, bias), full[:M])
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(op(x[perm], q, d, m, bias), full[perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(op(x, q, d, m, bias), full)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close_to_reference(op(x, q, d, m), x, w)  # without a bias
+
+
+def test_amx_packed_op_errors():
+    if not (ops.HAS_EXTENSION and ops._C.amx_supported()):
+        pytest.skip("no AMX on this CPU (or the extension is not built)")
+    b = gguf_blocks(32, 64, "Q4_1", seed=2)
+    q, d, m = quant.amx_pack(b)
+    op = torch.ops.radar_ext.skinny_linear_amx_packed
+    with pytest.raises(ValueError, match="x must be float32"):
+        op(torch.randn(2, 60), q, d, m)
+    with pytest.raises(ValueError, match="q must be contiguous uint8"):
+        op(torch.randn(2, 64), q.view(torch.int8), d, m)
+    with pytest.raises(ValueError, match="d must be contiguous float16"):
+        op(torch.randn(2, 64), q, d.float(), m)
+    with pytest.raises(ValueError, match="m must be contiguous float16"):
+        op(torch.randn(2, 64), q, d, m[:1])
+    with pytest.raises(ValueError, match="bias must be float32"):
+        op(torch.randn(2, 64), q, d, m, torch.randn(5))

@@ -165,3 +165,32 @@ def q8_0_rounded(weight: torch.Tensor) -> QuantBlocks:
         d = (b.abs().amax(2) / 127).half().float()
         q = _q8_0_encode(b, d)
         return QuantBlocks(q.to(torch.int8).reshape(N, K).contiguous(), d.half().contiguous(), None)
+
+
+def amx_pack(blocks: QuantBlocks) -> tuple | None:
+    """The AMX layout of Q4_1 / Q8_0 blocks (csrc/kernels/amx_linear.h; skinny_linear_amx_packed and the fused
+    forward read it): (q, d, m) with q in GGUF's shape holding the same bytes reordered into tile units and d, m
+    float16 [N/16, K/32, 16]. None when N % 16 != 0 or a scale is not exactly a float16."""
+    q, d, m = blocks.q, blocks.d, blocks.m
+    N = q.shape[0]
+    if N % 16 or N == 0:
+        return None
+    nb = d.shape[1]
+    d16 = d.half()
+    m16 = None if m is None else m.half()
+    if not torch.equal(d16.float(), d) or (m16 is not None and not torch.equal(m16.float(), m)):
+        return None
+    G = N // 16
+    if m is not None:  # Q4_1: nibbles to values [N, K], input 32b + j low nibble of byte 16b + j, 32b + 16 + j high
+        byte = q.view(N, nb, 16)
+        vals = torch.cat([byte & 15, byte >> 4], dim=2)                       # [N, nb, 32]
+    else:
+        vals = q.view(N, nb, 32)
+    # B[g, b, r, 2n + p] = vals[16g + n, b, 2r + p]
+    B = vals.view(G, 16, nb, 16, 2).permute(0, 2, 3, 1, 4).reshape(G, nb, 16, 32)
+    if m is not None:
+        units = (B[:, :, :8, :] | (B[:, :, 8:, :] << 4)).contiguous().view(N, -1)   # [G, nb, 256] as [N, K/2]
+    else:
+        units = B.contiguous().view(N, -1)                                            # [G, nb, 512] as [N, K]
+    lanes = lambda s: s.view(G, 16, nb).transpose(1, 2).contiguous()                # noqa: E731  [G, nb, 16]
+    return units, lanes(d16), None if m16 is None else lanes(m16)

@@ -170,6 +170,25 @@ def dequantize_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None =
     return (nib * d.unsqueeze(2) + m.unsqueeze(2)).reshape(N, K)
 
 
+def amx_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None = None):
+    """GGUF blocks (q, d, m; float32 scales) from the AMX layout of radar_ext.quant.amx_pack (the inverse:
+    units [N/16, K/32, 256 or 512] in q's GGUF shape, scales float16 [N/16, K/32, 16])."""
+    G, nb = d.shape[0], d.shape[1]
+    N = 16 * G
+    if m is not None:
+        u = q.reshape(G, nb, 8, 32)
+        B = torch.cat([u & 15, u >> 4], dim=2)                                # [G, nb, 16 r, 32]
+    else:
+        B = q.reshape(G, nb, 16, 32)
+    vals = B.view(G, nb, 16, 16, 2).permute(0, 3, 1, 2, 4).reshape(N, nb, 32)  # [16g + n, b, 2r + p]
+    if m is not None:
+        q_out = (vals[:, :, :16] | (vals[:, :, 16:] << 4)).reshape(N, nb * 16).contiguous()
+    else:
+        q_out = vals.reshape(N, nb * 32).contiguous()
+    lanes = lambda s: s.transpose(1, 2).reshape(N, nb).float()              # noqa: E731
+    return q_out, lanes(d), None if m is None else lanes(m)
+
+
 def skinny_linear_quant(x, q, d, m=None, bias=None):
     """y = x @ w.T (+ bias) with w = dequantize_blocks(q, d, m) [N, K] -> y [M, N] float32, summed in float64."""
     check_skinny_linear_quant_args(x, q, d, m, bias)
@@ -256,6 +275,8 @@ def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len: int,
 
     def weight(i):
         w, d, m = params[i], params[i + 1], params[i + 2]
+        if d is not None and d.dim() == 3:  # the AMX layout (radar_ext.quant.amx_pack)
+            w, d, m = amx_unpack(w, d, m)
         return (w.to(f64) if d is None else dequantize_blocks(w, d, m).to(f64)), params[i + 3]
 
     def linear(h, i):

@@ -42,5 +42,18 @@ bool amx_linear_set_enabled(bool on);
 // x, M and K (the caller promises x did not change in between).
 void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
 
+// The AMX layout of Q4_1 / Q8_0 weights (radar_ext.quant.amx_pack; p.amx_packed): N % 16 == 0, groups of 16
+// output rows, and for group g, block b (32 inputs) a unit of the B operand with x as the A operand
+// (B[r][2n + p] = q[16g + n][32b + 2r + p], r = 0..15 input pairs, n = 0..15 rows):
+//   Q4_1: 256 bytes, for t = 0..7 32 bytes: byte i = B[t][i] | B[t + 8][i] << 4 (one widening and two permutes
+//         per 64 weights make the tile); wq = units [N / 16, K / 32, 256];
+//   Q8_0: 512 bytes, row r = B[r][0..31] as int8; wq = units [N / 16, K / 32, 512];
+//   scales wd / wm: float16 [N / 16, K / 32, 16] (row n of the group in lane n).
+// The same bytes as GGUF's, reordered. x rows are the A tile (up to 16 rows x 32 inputs, three bfloat16
+// parts, natural order), so a tile product costs the rows of x, not 16, and C [rows, 16 outputs] is scaled
+// along the outputs (y[m, 16g : 16g + 16] += d * C[m] + mn * X[m]). Same sums as amx_linear_rows (the parts
+// and the per-block scaling), so the same exactness; rows independent of M, the split and the thread count.
+void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
+
 }  // namespace kernels
 }  // namespace radar_ext

@@ -63,6 +63,9 @@ struct SkinnyLinearParams {
   bool scales_f16 = false;        // wd / wm hold float16 bits ([N, K/32] uint16 each), not float32
   // Nonzero: calls with the same x_key, x, M and K see the same x (the AMX path reuses its split of x).
   uint64_t x_key = 0;
+  // wq / wd / wm in the AMX layout (kernels/amx_linear.h, amx_pack; N % 16 == 0, float16 scales): only
+  // the AMX path reads it.
+  bool amx_packed = false;
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -555,11 +558,16 @@ static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f
 constexpr int64_t kAmxMinRows = 8;
 bool amx_linear_usable();
 void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
+void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
 
 // Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
 // translation unit was compiled for (see the top of the file); block-quantized weights on the AMX tile
 // unit where the CPU has one (amx_linear_usable()).
 static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
+  if (p.amx_packed) {  // (made only where the CPU has AMX: ops.cpp checks)
+    amx_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
+    return;
+  }
 #if defined(RADAR_SKINNY_AVX512)
   if (p.wq && p.M >= kAmxMinRows && amx_linear_usable()) {
     amx_linear_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
