@@ -831,9 +831,10 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
 std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin,
                                           const at::Tensor& mask, const c10::List<c10::optional<at::Tensor>>& params,
                                           at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
-                                          at::IntArrayRef capture, double eps, double scaling, int64_t head_dim) {
+                                          at::IntArrayRef capture, double eps, double scaling, int64_t head_dim,
+                                          bool last_only) {
   return forward_impl(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
-                      nullptr);
+                      nullptr, last_only);
 }
 
 // ---- eagle_forward: one EAGLE-3 head call, torch-free (kernels/llama_forward.h's EAGLE mode) ------
@@ -874,7 +875,8 @@ TORCH_LIBRARY(radar_ext, m) {
         "Tensor(a!)[] k_bufs, Tensor(b!)[] v_bufs, int past_len, float eps, float scaling, int head_dim, "
         "bool last_only=False) -> Tensor[]");
   m.def("llama_forward(Tensor tokens, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
-        "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim) -> Tensor[]");
+        "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim, "
+        "bool last_only=False) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {

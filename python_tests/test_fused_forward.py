@@ -256,3 +256,33 @@ def test_pinned_checks_once_and_a_changed_weight_is_seen_after_the_pin():
         model.train()
     with lean_forward.pinned(model, native=True, fused=True) as fwd:
         assert fwd is None and lean_forward.lean_forward_for(model, fused=True) is None  # no longer qualifies
+
+
+@needs_op
+@pytest.mark.parametrize("P", [1, 7, 64])
+def test_fused_prefill_matches_hf(P):
+    """prefill(fused=True): the prompt as one causal fused forward, last-row logits only; logits, features and
+    the cache within float32 rounding of HF's prefill. A prompt longer than FUSED_PREFILL_MAX, a batch or a
+    cache already holding tokens take HF's forward (the same bits as fused=False)."""
+    from radar_ext import verifier
+    model = llama(4, 2, 8, layers=3, hidden=32)
+    prompt = torch.randint(0, VOCAB, (1, P), generator=torch.Generator().manual_seed(P))
+    layers = [0, 2]
+    outs = []
+    for fused in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        outs.append((prefill(model, cache, prompt, layers, fused=fused), cache))
+    (fo, fc), (ho, hc) = outs
+    assert fo.logits.shape == ho.logits.shape == (1, 1, VOCAB)
+    close(fo.logits, ho.logits, "logits")
+    close(fo.features, ho.features, "features")
+    assert kv_cache.cache_length(fc) == kv_cache.cache_length(hc) == P
+    for a, b in zip(fc.layers, hc.layers):
+        close(a.keys[..., :P, :], b.keys[..., :P, :], "keys")
+        close(a.values[..., :P, :], b.values[..., :P, :], "values")
+    long = torch.randint(0, VOCAB, (1, verifier.FUSED_PREFILL_MAX + 1), generator=torch.Generator().manual_seed(1))
+    got = [prefill(model, kv_cache.new_target_cache(model), long, layers, fused=f).logits for f in (True, False)]
+    assert torch.equal(got[0], got[1])
+    two = prompt.expand(2, P).contiguous()
+    got = [prefill(model, kv_cache.new_target_cache(model), two, layers, fused=f).logits for f in (True, False)]
+    assert torch.equal(got[0], got[1])

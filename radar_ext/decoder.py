@@ -248,7 +248,8 @@ class RadarDecoder:
     def _prefill(self, input_ids, cfg, stats, generator):
         t0 = time.perf_counter()
         cache = kv_cache.new_target_cache(self.target)
-        res = prefill(self.target, cache, input_ids, self.drafter.feature_layers)
+        res = prefill(self.target, cache, input_ids, self.drafter.feature_layers,
+                      fused=self.fused_forward and self.lean_verify)
         root = self._first_token(res.logits[:, -1], cfg, generator)            # [B]
         self.drafter.start(input_ids, res.features, root)
         stats.time_prefill += time.perf_counter() - t0

@@ -223,6 +223,11 @@ def _fused_weights(target) -> _FusedWeights:
     return got
 
 
+def _last_only(out, last_only: bool):
+    logits, feats = out
+    return (logits[:, -1:], feats) if last_only else (logits, feats)
+
+
 class LeanLlamaForward:
     """`LeanLlamaForward(target)(input_ids, position_ids, attention_mask, cache, feature_layers)` ->
     (logits [B, M, vocab] float32, features [B, M, len(feature_layers) * H] or None), the cache extended
@@ -245,7 +250,7 @@ class LeanLlamaForward:
         self.fused = bool(fused)
         self.last_fused = False   # whether the last call took the fused forward (radar_ext::llama_forward)
 
-    def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots):
+    def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots, last_only=False):
         """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once)."""
         reason = fused_reason(self.target)
         if reason is None and (attention_mask.dtype != torch.float32 or attention_mask.device.type != "cpu"):
@@ -276,7 +281,7 @@ class LeanLlamaForward:
         op_slots = [] if slots is None else [s if s < L else (L + 1 if self.tie_last else L) for s in slots]
         uniq = sorted(set(op_slots))
         out = ops.llama_forward(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past, uniq,
-                                float(fw.eps), float(fw.scaling), self.head_dim)
+                                float(fw.eps), float(fw.scaling), self.head_dim, last_only=last_only)
         for layer_idx in fw.layer_ids:
             kv_cache.extend(cache, layer_idx, past + M)
         feats = None
@@ -341,15 +346,17 @@ class LeanLlamaForward:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 cache, feature_layers=None):
-        # input_ids, position_ids [B, M]; attention_mask [B, 1, M, P + M] additive (0 / finfo.min)
+                 cache, feature_layers=None, last_only: bool = False):
+        # input_ids, position_ids [B, M]; attention_mask [B, 1, M, P + M] additive (0 / finfo.min); last_only:
+        # the logits of each row's last position only ([B, 1, V]: a prompt's prefill)
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         slots = self._feature_slots(feature_layers)
         model = self.target.model
         for hook in model._forward_pre_hooks.values():  # observers only (lean_forward_reason)
             hook(model, (), {"input_ids": input_ids, "position_ids": position_ids})
-        fused = self._fused_forward(input_ids, position_ids, attention_mask, cache, slots) if self.fused else None
+        fused = (self._fused_forward(input_ids, position_ids, attention_mask, cache, slots, last_only)
+                 if self.fused else None)
         self.last_fused = fused is not None
         if fused is not None:
             return fused
@@ -361,7 +368,7 @@ class LeanLlamaForward:
         self.last_native = native is not None
         if native is not None:
             x, states = native
-            return self._finish(x, states, slots)
+            return _last_only(self._finish(x, states, slots), last_only)
         # The modules' own .forward (norms, MLP) and transformers' own rotary function: the same code as
         # the model's forward, so the same bits; .forward skips nn.Module.__call__ (no hooks qualify).
         for i, layer in enumerate(model.layers[:self.n_layers]):
@@ -379,7 +386,7 @@ class LeanLlamaForward:
             o = o.transpose(1, 2).reshape(B, M, -1).contiguous()
             x = x + attn.o_proj(o)
             x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
-        return self._finish(x, states, slots)
+        return _last_only(self._finish(x, states, slots), last_only)
 
     def _finish(self, x, states, slots):
         model = self.target.model

@@ -169,15 +169,18 @@ def llama_layers_quant(x, cos, sin, mask, params, k_bufs, v_bufs, past_len, capt
                                                   eps, scaling, head_dim)
 
 
-def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim):
+def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
+                  last_only: bool = False):
     """The whole verify forward of a plain Llama target (embedding, layers, final norm, LM head) as one
     torch-free C++ call (csrc/kernels/llama_forward.h; reference.llama_forward says what it computes):
-    [logits [B, M, V], the hidden states of the `capture` slots]. CPU, float32 activations only."""
+    [logits [B, M, V] (last_only: [B, 1, V], each batch row's last row: a prompt's prefill), the hidden states
+    of the `capture` slots]. CPU, float32 activations only."""
     if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_forward") or tokens.device.type != "cpu":
-        return reference.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps,
-                                       scaling, head_dim)
+        out = reference.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps,
+                                      scaling, head_dim)
+        return [out[0][:, -1:].contiguous(), *out[1:]] if last_only else out
     return torch.ops.radar_ext.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
-                                             eps, scaling, head_dim)
+                                             eps, scaling, head_dim, last_only)
 
 
 if HAS_EXTENSION:
