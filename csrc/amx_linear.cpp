@@ -87,18 +87,49 @@ struct Scratch {
   }
 };
 
-struct ThreadState {
-  Scratch xprep, sx, abuf, scales;
+// Which x a thread's split of x belongs to (SkinnyLinearParams::x_key): stale() is true until set(p), then
+// for any call with another key (or none), x, M or K.
+struct XSplitOf {
   uint64_t key = 0;
   const float* x = nullptr;
   int64_t M = 0, K = 0;
-  // the packed path's split of x (natural order) and its key
-  Scratch xs, xsum, bbuf;
-  uint64_t pkey = 0;
-  const float* px = nullptr;
-  int64_t pM = 0, pK = 0;
+  bool stale(const SkinnyLinearParams& p) const {
+    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
+  }
+  void set(const SkinnyLinearParams& p) { key = p.x_key, x = p.x, M = p.M, K = p.K; }
+};
+
+struct ThreadState {
+  Scratch xprep, sx, abuf, scales;  // amx_linear_rows
+  XSplitOf split;
+  Scratch xs, xsum, bbuf;           // amx_linear_packed_rows (x in natural order)
+  XSplitOf packed_split;
 };
 thread_local ThreadState tls;
+
+// The pipeline of a run of nb blocks on the two C tiles (0 and 5, blocks in turn): issue(b, odd) starts
+// block b's products into C tile 5 (odd) or 0; while they run the previous block's C is stored into
+// cbuf[(b - 1) & 1] and then between(b) runs (vector work: decoding ahead); scale(b) reads block b's sums
+// from cbuf[b & 1] two blocks later, when its store is long done (a tile store and a vector load of the
+// same bytes, like a vector store and a tile load, do not forward: each would wait otherwise).
+template <typename Issue, typename Between, typename Scale>
+inline void run_blocks(int64_t nb, float (&cbuf)[2][16 * 16], Issue&& issue, Between&& between, Scale&& scale) {
+  for (int64_t b = 0; b < nb; ++b) {
+    issue(b, (b & 1) != 0);
+    if (b & 1)
+      _tile_stored(0, cbuf[0], 64);
+    else if (b > 0)
+      _tile_stored(5, cbuf[1], 64);
+    between(b);
+    if (b >= 2) scale(b - 2);
+  }
+  if (nb & 1)
+    _tile_stored(0, cbuf[0], 64);
+  else
+    _tile_stored(5, cbuf[1], 64);
+  if (nb >= 2) scale(nb - 2);
+  scale(nb - 1);
+}
 
 constexpr int64_t kMc = 16;  // x rows per tile column chunk
 constexpr int64_t kPrefetchGroups = 2;  // groups of 16 weight rows ahead that the prefetch asks for
@@ -217,13 +248,12 @@ void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
   ThreadState& ts = tls;
   uint32_t* xprep = ts.xprep.get<uint32_t>(nchunks * nb * 3 * 16 * kMc);
   float* sx = ts.sx.get<float>(nchunks * nb * 16);
-  if (!(p.x_key != 0 && ts.key == p.x_key && ts.x == p.x && ts.M == M && ts.K == K)) {
+  if (ts.split.stale(p)) {
     prepare_x(p, xprep, sx);
-    ts.key = p.x_key, ts.x = p.x, ts.M = M, ts.K = K;
+    ts.split.set(p);
   }
   // The A tiles of two groups of 16 rows: the current one's, and the next one's, decoded (vector units)
-  // while the tile unit works on the current one. Tile stores and vector loads of the same bytes, and
-  // vector stores and tile loads, are a block or more apart: neither forwards, so each waits otherwise.
+  // while the tile unit works on the current one (run_blocks' between).
   uint16_t* abuf = ts.abuf.get<uint16_t>(2 * nb * 16 * 32);
   float* dsc = ts.scales.get<float>(2 * 16 * nb);
   float* msc = dsc + 16 * nb;
@@ -287,25 +317,19 @@ void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
         }
       };
       const uint32_t* xc = xprep + c * nb * 3 * 16 * kMc;
-      for (int64_t b = 0; b < nb; ++b) {
+      const auto issue = [&](int64_t b, bool odd) {
         const uint32_t* xt = xc + b * 3 * 16 * kMc;
-        if (b & 1) {
+        if (odd)
           RADAR_AMX_BLOCK(5, cur + b * 512, xt, mc);
-          _tile_stored(0, cbuf[0], 64);  // block b - 1
-        } else {
+        else
           RADAR_AMX_BLOCK(0, cur + b * 512, xt, mc);
-          if (b > 0) _tile_stored(5, cbuf[1], 64);
-        }
-        if (c == 0 && next) decode_block(g + 16, b, nxt + b * 512);
-        if (c == 0) prefetch(g + kPrefetchGroups * 16, b);
-        if (b >= 2) scale(b - 2);
-      }
-      if (nb & 1)
-        _tile_stored(0, cbuf[0], 64);
-      else
-        _tile_stored(5, cbuf[1], 64);
-      if (nb >= 2) scale(nb - 2);
-      scale(nb - 1);
+      };
+      const auto between = [&](int64_t b) {
+        if (c != 0) return;
+        if (next) decode_block(g + 16, b, nxt + b * 512);
+        prefetch(g + kPrefetchGroups * 16, b);
+      };
+      run_blocks(nb, cbuf, issue, between, scale);
       for (int i = 0; i < 16; ++i) _mm512_store_ps(accs + 16 * i, acc[i]);
       for (int64_t mm = 0; mm < mc; ++mm) {
         float* yr = p.y + (m0 + mm) * N + g;
@@ -393,9 +417,9 @@ void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1)
   ThreadState& ts = tls;
   uint16_t* xs = ts.xs.get<uint16_t>(3 * M * K);
   float* xsum = ts.xsum.get<float>(M * nb);
-  if (!(p.x_key != 0 && ts.pkey == p.x_key && ts.px == p.x && ts.pM == M && ts.pK == K)) {
+  if (ts.packed_split.stale(p)) {
     prepare_x_natural(p, xs, xsum);
-    ts.pkey = p.x_key, ts.px = p.x, ts.pM = M, ts.pK = K;
+    ts.packed_split.set(p);
   }
   const int64_t xs_part = M * K;  // elements between the hi, mid and lo copies
   uint16_t* ring = ts.bbuf.get<uint16_t>(kRing * 512);
@@ -438,24 +462,15 @@ void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1)
       const int stride = static_cast<int>(2 * K);
       decode(0);
       if (nb > 1) decode(1);
-      for (int64_t b = 0; b < nb; ++b) {
+      const auto issue = [&](int64_t b, bool odd) {
         if (b + 2 < nb) decode(b + 2);
         const uint16_t* bt = ring + (b % kRing) * 512;
-        if (b & 1) {
+        if (odd)
           RADAR_AMX_PACKED_BLOCK(5, bt, xr + 32 * b, stride);
-          _tile_stored(0, cbuf[0], 64);  // block b - 1
-        } else {
+        else
           RADAR_AMX_PACKED_BLOCK(0, bt, xr + 32 * b, stride);
-          if (b > 0) _tile_stored(5, cbuf[1], 64);
-        }
-        if (b >= 2) scale(b - 2);
-      }
-      if (nb & 1)
-        _tile_stored(0, cbuf[0], 64);
-      else
-        _tile_stored(5, cbuf[1], 64);
-      if (nb >= 2) scale(nb - 2);
-      scale(nb - 1);
+      };
+      run_blocks(nb, cbuf, issue, [](int64_t) {}, scale);
       for (int64_t i = 0; i < mc; ++i)
         _mm512_mask_storeu_ps(p.y + (m0 + i) * N + 16 * g, store_mask, _mm512_add_ps(acc[i], bias));
     }

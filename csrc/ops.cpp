@@ -337,6 +337,13 @@ bool skinny_linear_uses_avx512() {
 
 namespace {
 
+// n consecutive SkinnyLinearParams::x_key values no other call gets (never 0): one per product call or one
+// per phase of a forward, so a thread's AMX split of x is reused only within one.
+uint64_t fresh_x_keys(uint64_t n) {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(n);
+}
+
 // y = x @ w.T (+ bias) for few rows of x, for n products at once: the 4-row blocks of all the w's are
 // handed out as one range, each task running its part of each w, so every w is read once in total and
 // every y element is summed by one thread in a fixed order (thread-count invariant; the same bits as one
@@ -344,8 +351,7 @@ namespace {
 void skinny_linear_run_many(const kernels::SkinnyLinearParams* ps_in, size_t n) {
   const bool use_avx512 = skinny_linear_uses_avx512();
   // one x_key per call: the AMX path splits each x once per thread, not once per task
-  static std::atomic<uint64_t> calls{0};
-  const uint64_t key = (uint64_t{1} << 63) | calls.fetch_add(1);
+  const uint64_t key = fresh_x_keys(1);
   std::vector<kernels::SkinnyLinearParams> ps(ps_in, ps_in + n);
   for (auto& q : ps) q.x_key = key;
   std::vector<int64_t> start(n + 1, 0);
@@ -518,6 +524,17 @@ std::vector<at::Tensor> llama_layers_quant_cpu(const at::Tensor& x_in, const at:
   return out;
 }
 
+// The AMX layout's tensors (kernels/amx_linear.h, radar_ext.quant.amx_pack) for K inputs: q contiguous in
+// GGUF's shape (Q4_1 uint8 [N, K/2], Q8_0 int8 [N, K]) with N % 16 == 0; scales contiguous float16 CPU
+// [N/16, K/32, 16].
+bool amx_packed_q_ok(const at::Tensor& q, int64_t K, bool q41) {
+  return q.dim() == 2 && q.is_contiguous() && q.size(0) % 16 == 0 && K % 32 == 0 &&
+         (q41 ? q.scalar_type() == at::kByte && q.size(1) == K / 2 : q.scalar_type() == at::kChar && q.size(1) == K);
+}
+bool amx_packed_scales_ok(const at::Tensor& t, int64_t N, int64_t K) {
+  return t.scalar_type() == at::kHalf && t.is_contiguous() && t.device().is_cpu() && t.sizes().equals({N / 16, K / 32, 16});
+}
+
 // skinny_linear_quant on weights in the AMX layout (kernels/amx_linear.h, radar_ext.quant.amx_pack): q as
 // GGUF's shape (Q4_1 uint8 [N, K/2], Q8_0 int8 [N, K]) holding the units, d / m float16 [N/16, K/32, 16].
 at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& d,
@@ -529,17 +546,12 @@ at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor
   const at::Tensor x = x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = q.dim() == 2 ? q.size(0) : -1;
   const bool q41 = m.has_value();
-  TORCH_CHECK_VALUE(q.dim() == 2 && q.is_contiguous() && N % 16 == 0 &&
-                        (q41 ? q.scalar_type() == at::kByte && q.size(1) == K / 2
-                             : q.scalar_type() == at::kChar && q.size(1) == K),
-                    "q must be contiguous ", q41 ? "uint8 [N, K/2] (Q4_1)" : "int8 [N, K] (Q8_0)",
-                    " with N divisible by 16 and K = ", K, ", got ", describe(q));
-  const auto scales_ok = [&](const at::Tensor& t) {
-    return t.scalar_type() == at::kHalf && t.is_contiguous() && t.sizes().equals({N / 16, K / 32, 16});
-  };
-  TORCH_CHECK_VALUE(scales_ok(d), "d must be contiguous float16 [N/16, K/32, 16] = [", N / 16, ", ", K / 32,
-                    ", 16], got ", describe(d));
-  TORCH_CHECK_VALUE(!q41 || scales_ok(*m), "m must be contiguous float16 [N/16, K/32, 16] like d, got ",
+  TORCH_CHECK_VALUE(amx_packed_q_ok(q, K, q41), "q must be contiguous ",
+                    q41 ? "uint8 [N, K/2] (Q4_1)" : "int8 [N, K] (Q8_0)", " with N divisible by 16 and K = ", K,
+                    ", got ", describe(q));
+  TORCH_CHECK_VALUE(amx_packed_scales_ok(d, N, K), "d must be contiguous float16 [N/16, K/32, 16] = [", N / 16,
+                    ", ", K / 32, ", 16], got ", describe(d));
+  TORCH_CHECK_VALUE(!q41 || amx_packed_scales_ok(*m, N, K), "m must be contiguous float16 [N/16, K/32, 16] like d, got ",
                     q41 ? describe(*m) : std::string());
   at::Tensor bias;
   if (bias_in.has_value()) {
@@ -555,8 +567,7 @@ at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor
   p.wm = q41 ? static_cast<const float*>(m->const_data_ptr()) : nullptr;
   p.scales_f16 = true;
   p.amx_packed = true;
-  static std::atomic<uint64_t> calls{0};
-  p.x_key = (uint64_t{1} << 62) | calls.fetch_add(1);
+  p.x_key = fresh_x_keys(1);
   at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
     kernels::amx_linear_packed_rows(p, 16 * g0, 16 * g1);
   });
@@ -598,15 +609,11 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
     TORCH_CHECK_VALUE(skinny_linear_uses_avx512() && kernels::amx_linear_supported(), name.str(),
                       ": weights in the AMX layout need a CPU with AMX (radar_ext._C.amx_supported() is False)");
     const bool q41 = m.has_value();
-    TORCH_CHECK_VALUE(K % 32 == 0 && r.N % 16 == 0 &&
-                          (q41 ? wt == at::kByte && w->size(1) == K / 2 : wt == at::kChar && w->size(1) == K),
-                      name.str(), " in the AMX layout must be ", q41 ? "uint8 [N, K/2]" : "int8 [N, K]",
-                      " with N divisible by 16 and K = ", K, " divisible by 32, got ", describe(*w));
-    const auto scales_ok = [&](const at::Tensor& t) {
-      return t.scalar_type() == at::kHalf && t.is_contiguous() && t.device().is_cpu() &&
-             t.sizes().equals({r.N / 16, K / 32, 16});
-    };
-    TORCH_CHECK_VALUE(scales_ok(*d) && (!q41 || scales_ok(*m)), "params[", i + 1, "] / [", i + 2, "] (scales of ",
+    TORCH_CHECK_VALUE(amx_packed_q_ok(*w, K, q41), name.str(), " in the AMX layout must be ",
+                      q41 ? "uint8 [N, K/2]" : "int8 [N, K]", " with N divisible by 16 and K = ", K,
+                      " divisible by 32, got ", describe(*w));
+    TORCH_CHECK_VALUE(amx_packed_scales_ok(*d, r.N, K) && (!q41 || amx_packed_scales_ok(*m, r.N, K)), "params[",
+                      i + 1, "] / [", i + 2, "] (scales of ",
                       what, ") in the AMX layout must be float16 [", r.N / 16, ", ", K / 32, ", 16], got ",
                       describe(*d));
     r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
@@ -808,8 +815,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
   kernels::LlamaForwardWorkspace ws{};
   kernels::llama_workspace_carve(ws, p, shared.get(), per_thread.get());
   std::vector<kernels::LlamaPhaseCounters> phases(kernels::llama_n_phases(p));
-  static std::atomic<uint64_t> forwards{0};  // x_key_base: unique per forward, n_phases apart
-  p.x_key_base = forwards.fetch_add(static_cast<uint64_t>(phases.size()) + 1) + 1;
+  p.x_key_base = fresh_x_keys(phases.size());  // one x_key per phase
   const bool avx512 = skinny_linear_uses_avx512();
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nt)

@@ -198,7 +198,6 @@ class _FusedWeights:
         """Every module and tensor read is still in its place, each tensor with the same storage and version
         (plain dict checks: walking target.parameters() costs ~0.4 ms a verify on the default target)."""
         return (self.n_layers == target.config.num_hidden_layers
-                and self.amx == bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
                 and all(d.get(n) is m for d, n, m in self._modules)
                 and all(d.get(n) is t and t._version == v and t.data_ptr() == ptr for d, n, t, ptr, v in self._tensors)
                 and all(d.get(n) is None for d, n in self._absent))

@@ -181,19 +181,18 @@ static inline void llama_phase(LlamaPhaseCounters& c, int64_t n_items, int64_t c
 // kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays. Products of `rows` rows of x
 // on the AMX path (block-quantized weights, rows >= kAmxMinRows) take 2 chunks per thread, whole groups of
 // 16 weight rows: each call of it decodes its first group without overlap and sets up the tile unit.
+// Weights in the AMX layout (`packed`) always run there.
 static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows = 0, bool packed = false) {
-  if (packed) {  // weights in the AMX layout: whole groups, 2 chunks per thread
-    const int64_t c = (blocks + 2 * nth - 1) / (2 * nth);
-    return c < 4 ? 4 : (c + 3) / 4 * 4;
-  }
+  bool amx = packed;
 #if defined(RADAR_SKINNY_AVX512)
-  if (rows >= kAmxMinRows && amx_linear_usable()) {
-    const int64_t c = (blocks + 2 * nth - 1) / (2 * nth);
-    return c < 4 ? 4 : (c + 3) / 4 * 4;
-  }
+  amx = amx || (rows >= kAmxMinRows && amx_linear_usable());
 #else
   (void)rows;
 #endif
+  if (amx) {
+    const int64_t c = (blocks + 2 * nth - 1) / (2 * nth);
+    return c < 4 ? 4 : (c + 3) / 4 * 4;
+  }
   const int64_t c = blocks / (8 * nth);
   return c > 2 * kSkinnyPrefetchBlocks ? c : 2 * kSkinnyPrefetchBlocks;
 }
