@@ -34,6 +34,23 @@ def test_batch_features_are_a_rows_share_in_units_of_its_plain_step():
     assert again == pc and "per_batch" not in plain.to_dict()
 
 
+def test_at_batch_is_a_rows_curve_whose_features_are_batch_features():
+    """PolicyCosts.at_batch(B), what `train-policy --batch-costs` scores a batch with: a B = 1 curve whose
+    features are batch_features(B), whose draft call is B calls and whose verify and plain step are the
+    batched forward's; an uncalibrated B is refused by name."""
+    pc = PolicyCosts.load(dict(COSTS, per_batch=PER_BATCH, t_plain=0.009))
+    assert pc.at_batch(1) is pc
+    for B in (2, 8):
+        c = pc.at_batch(B, BUDGETS)
+        assert c.features(BUDGETS) == pytest.approx(pc.batch_features(BUDGETS, B), rel=1e-12), B
+        assert c.t_draft == pytest.approx(B * 0.002) and c.plain_step() == pytest.approx(0.009 * PER_BATCH[str(B)]["plain"])
+        assert c.t_verify(64) == pytest.approx(0.02 * PER_BATCH[str(B)]["verify"][-1]) and c.per_batch is None
+    with pytest.raises(ValueError, match=r"batch size 4 was not calibrated \(calibrated: \[2, 8\]\)"):
+        pc.at_batch(4)
+    with pytest.raises(ValueError, match="batch size 2 was not calibrated"):
+        PolicyCosts.load(COSTS).at_batch(2)
+
+
 @pytest.mark.parametrize("bad", [{"plain": 0, "V": [1], "verify": [1.0]}, {"plain": 1.0, "V": [4, 1], "verify": [1, 1]},
                                  {"plain": 1.0, "V": [1], "verify": []}, "fast"])
 def test_bad_batch_entries_are_refused_by_name(bad):

@@ -67,6 +67,21 @@ def test_shipped_policies_exact_on_real_target(target, kind):
     assert stats.cycles < 24 and stats.draft_calls >= stats.cycles  # it drafted and tokens got accepted
 
 
+def test_default_policy_path_per_drafter():
+    """Hybrid drafting reads the policy trained on hybrid episodes (`<kind>-hybrid`) where one is shipped,
+    else the EAGLE one; a bad kind or drafter is refused by name."""
+    from radar_ext.models import default_policy_path
+    for kind in ("radar", "ltd"):
+        eagle, hybrid = default_policy_path(kind), default_policy_path(kind, "hybrid")
+        assert eagle.name == kind and (eagle / "config.json").is_file()
+        assert hybrid == (eagle.parent / f"{kind}-hybrid" if (eagle.parent / f"{kind}-hybrid" / "config.json").is_file()
+                          else eagle)
+    with pytest.raises(ValueError, match="drafter must be 'eagle' or 'hybrid', got 'ngram'"):
+        default_policy_path("ltd", "ngram")
+    with pytest.raises(ValueError, match="kind must be 'radar' or 'ltd'"):
+        default_policy_path("static")
+
+
 def test_lean_verify_bit_identical_on_real_target(target):
     """radar_ext.lean_forward runs the default target (SmolLM2 is a plain Llama with sdpa attention)
     and returns the bits of its own forward: logits, the shipped head's feature layers, the cache."""

@@ -507,6 +507,14 @@ def test_skip_decision_and_forced_probe(kind):
         got.append(d)
         h.observe(CycleOutcome(0, 1 if d else 0, 2 if d else 0, skipped=not d))
     assert got == [False, False, False, True] * 2 + [False]
+    # without the history features a probe tells the policy nothing: it keeps skipping
+    policy = make2(kind, history=False, max_skip_run=3)
+    _bias(policy, -50.0)
+    h = History()
+    for _ in range(9):
+        assert not policy.should_draft(PreDraftStep(60, CostInfo(), h))
+        h.observe(CycleOutcome(0, 0, 0, skipped=True))
+    assert h.skip_run == 9
     policy = make2(kind, skip=False)
     _bias(policy, -50.0)
     assert policy.should_draft(PreDraftStep(60, CostInfo(), History()))

@@ -309,6 +309,32 @@ def test_ltd_trained_on_cost_curves_follows_this_machines_curve(tmp_path):
     assert len(rep["cost_curves"]) == 12 and rep["cost_curves"][0]["curve"] == "calibrated"
 
 
+def test_ltd_with_batch_costs_drafts_alone_and_skips_in_a_batch(tmp_path):
+    """`--batch-costs --skip`: one policy trained on the calibrated curve and a row's curve at B = 8, where
+    drafting pays alone (each call adds a token) but a row of 8 pays 8 draft calls and a verify 20x dearer:
+    it drafts the four calls at B = 1 and skips at B = 8, read from its cost features."""
+    from radar_ext.policies import CostInfo, History, PreDraftStep
+    ep_dir = write_episodes(tmp_path / "e", True)
+    costs = dict(COSTS, per_batch={"8": {"plain": 1.5, "V": [1, 16], "verify": [20.0, 20.0]}})
+    (ep_dir / "batch.json").write_text(json.dumps(costs))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "batch.json"),
+                            epochs=8, lr=1e-2, batch_size=32, seed=1, skip=True, batch_costs=True)
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    assert policy.batch_costs and policy.costs.per_batch
+    val = load_episodes(ep_dir, "val")
+    assert evaluate(policy, val, policy.costs)["mean_draft_calls"] == N
+    alone, batch = (PreDraftStep(100, CostInfo(), History(), 0.0, batch_size=B) for B in (1, 8))
+    assert policy.should_draft(alone) and not policy.should_draft(batch)
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [c["curve"] for c in rep["cost_curves"]] == ["calibrated", "B=8 calibrated"]
+    with pytest.raises(ValueError, match="batch_costs needs a calibration with batched verify times"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r2", kind="ltd", costs=str(ep_dir / "costs.json"),
+                                batch_costs=True), log=lambda *_: None)
+    with pytest.raises(ValueError, match="batch_costs needs kind 'ltd'"):
+        train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r3", kind="radar", batch_costs=True),
+              log=lambda *_: None)
+
+
 def test_from_pretrained_with_this_machines_costs(tmp_path):
     """costs= replaces the stored calibration (and so an LTD policy's cost features); bad costs are
     refused by name; generate's --costs needs a learned policy and an existing file."""

@@ -141,12 +141,18 @@ def default_head_path() -> Path:
     return Path(__file__).resolve().parent / "data" / "heads" / DEFAULT_TARGET_NAME
 
 
-def default_policy_path(kind: str) -> Path:
+def default_policy_path(kind: str, drafter: str = "eagle") -> Path:
     """The learned controller of `kind` ('radar' or 'ltd') trained for the default target + shipped
-    head with `radar train-policy` and shipped inside the package."""
+    head with `radar train-policy` and shipped inside the package. drafter "hybrid": the one trained on
+    hybrid episodes (`<kind>-hybrid`) where one is shipped, else the EAGLE one."""
     if kind not in ("radar", "ltd"):
         raise ValueError(f"kind must be 'radar' or 'ltd', got {kind!r}")
-    return Path(__file__).resolve().parent / "data" / "policies" / DEFAULT_TARGET_NAME / kind
+    if drafter not in ("eagle", "hybrid"):
+        raise ValueError(f"drafter must be 'eagle' or 'hybrid', got {drafter!r}")
+    root = Path(__file__).resolve().parent / "data" / "policies" / DEFAULT_TARGET_NAME
+    if drafter == "hybrid" and (root / f"{kind}-hybrid" / "config.json").is_file():
+        return root / f"{kind}-hybrid"
+    return root / kind
 
 
 def load_default(dtype=None, verbose: bool = True, drafter: str = "eagle"):

@@ -312,6 +312,7 @@ class StaticGS(Static):
 class _Learned(Static):
     policy_class = ""
     option = ""
+    drafter_kind = "eagle"  # whose shipped policy runs without --radar-policy / --ltd-policy
 
     @classmethod
     def check(cls, options):
@@ -325,7 +326,7 @@ class _Learned(Static):
         if costs and not Path(costs).is_file():  # else the FileNotFoundError below would blame the weights
             raise ValueError(f"--policy-costs {costs!r} is not a file (a `radar calibrate` JSON)")
         try:
-            policy = Policy.from_pretrained(path or None, costs=costs)
+            policy = Policy.from_pretrained(path or None, costs=costs, drafter=self.drafter_kind)
         except (FileNotFoundError, TypeError) as e:
             raise MethodUnavailable(f"method {self.name!r}: no shipped {self.policy_class} weights "
                                     f"({type(e).__name__}: {e}); pass --{self.option.replace('_path', '').replace('_', '-')} "
@@ -395,7 +396,9 @@ class Goodput(_Adaptive):
 
 class _Hybrid:
     """Mixin: the same method with the HybridDrafter (EAGLE pool + context lookups, radar_ext.drafters.hybrid)
-    in place of the EagleDrafter; everything else (policy, W, V) as the EAGLE-only method builds it."""
+    in place of the EagleDrafter; everything else (policy, W, V) as the EAGLE-only method builds it (a learned
+    policy: the one shipped for hybrid drafting where there is one, models.default_policy_path)."""
+    drafter_kind = "hybrid"
 
     @classmethod
     def check(cls, options):

@@ -49,7 +49,7 @@ def _speculative_parts(args):
                              f"(the {args.policy} policy chooses its own)")
         from .generate import load_learned_policy
         try:
-            policy = load_learned_policy(args.policy, args.costs)
+            policy = load_learned_policy(args.policy, args.costs, args.drafter)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(str(e)) from None
         return policy, policy.tree_topk, getattr(policy, "trained_verify_budget", None) or 60, f"shipped {args.policy} policy"

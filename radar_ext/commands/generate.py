@@ -68,16 +68,17 @@ def _check(args) -> None:
         raise ValueError("--costs needs a learned --policy (radar, ltd or a saved policy directory)")
 
 
-def load_learned_policy(name: str, costs=None):
-    """`radar` / `ltd`: the policy shipped for the default target and head; otherwise a directory
-    (e.g. <cache>/policy_runs/radar/best from `radar train-policy`)."""
+def load_learned_policy(name: str, costs=None, drafter: str = "eagle"):
+    """`radar` / `ltd`: the policy shipped for the default target and head (and `drafter`: eagle or hybrid,
+    models.default_policy_path); otherwise a directory (e.g. <cache>/policy_runs/radar/best from
+    `radar train-policy`)."""
     from pathlib import Path
 
     from radar_ext.models import default_policy_path
     from radar_ext.policies import load_policy
 
     if name in ("radar", "ltd"):
-        path = default_policy_path(name)
+        path = default_policy_path(name, drafter if drafter in ("eagle", "hybrid") else "eagle")
         if not (path / "config.json").is_file():
             raise ValueError(f"--policy {name}: this installation has no shipped {name} policy at {path}; "
                              f"train one with `radar train-policy --kind {name}` and pass its directory")
@@ -128,7 +129,7 @@ def run(args) -> int:
 
     try:
         _check(args)
-        policy = None if args.policy == "static" else load_learned_policy(args.policy, args.costs)
+        policy = None if args.policy == "static" else load_learned_policy(args.policy, args.costs, args.drafter)
         if policy is not None and args.tree_topk is not None and policy.tree_topk != args.tree_topk:
             raise ValueError(f"--tree-topk must match the policy's tree_topk = {policy.tree_topk}, got {args.tree_topk}")
     except (ValueError, FileNotFoundError) as e:

@@ -55,6 +55,10 @@ def add_arguments(p) -> None:
     p.add_argument("--lookup", action="store_true",
                    help="LTD: the decisions also read the cycle's context lookup (match length, occurrences, the best "
                         "lookup node's calibrated score); needs `radar collect --drafter hybrid` episodes")
+    p.add_argument("--batch-costs", action="store_true",
+                   help="LTD: also train on a row's costs at every batch size the calibration measured (`radar "
+                        "calibrate --batch-sizes 1,4,8`); the policy then reads the decoding's batch size through its "
+                        "cost features, so one policy serves every B")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -70,7 +74,8 @@ def run(args) -> int:
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, verify_budget=args.verify_budget,
                             entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
                             cost_jitter=args.cost_jitter, history=args.history, skip=args.skip,
-                            max_skip_run=args.max_skip_run, lookup=args.lookup, seed=args.seed, threads=args.threads)
+                            max_skip_run=args.max_skip_run, lookup=args.lookup, batch_costs=args.batch_costs,
+                            seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")

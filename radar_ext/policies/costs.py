@@ -82,6 +82,24 @@ class PolicyCosts:
         return ([B * self.t_draft / t_ar_b, B * self.t_policy / t_ar_b]
                 + [self.t_verify(v) * ratio(v) / t_ar_b for v in budgets])
 
+    def at_batch(self, batch_size: int, budgets=()) -> "PolicyCosts":
+        """One row's costs at batch `batch_size` as a B = 1 curve (what training scores a batch with): its
+        draft calls and decisions B times their seconds (run row by row, while the other rows wait), its
+        tree verified and its plain step taken in the batched forward (T_verify(V) and the plain step times
+        the measured ratios at B; its curve's points: both curves' and `budgets`). Its `features(budgets)` are
+        `batch_features(budgets, batch_size)`, and its rate is the batch's over B, so a policy trained on it
+        decides for a row of that batch."""
+        if batch_size == 1:
+            return self
+        if not self.per_batch or batch_size not in self.per_batch:
+            raise ValueError(f"costs: batch size {batch_size} was not calibrated (calibrated: "
+                             f"{sorted(self.per_batch or {})}); run `radar calibrate --batch-sizes` with it")
+        e = self.per_batch[batch_size]
+        ratio = PolicyCosts(0.0, 0.0, 1.0, e["V"], e["verify"]).t_verify
+        vs = sorted(set(self.verify_budgets) | set(e["V"]) | {int(v) for v in budgets})
+        return PolicyCosts(batch_size * self.t_draft, batch_size * self.t_policy, self.t_ar * e["plain"],
+                           vs, [self.t_verify(v) * ratio(v) for v in vs], self.plain_step() * e["plain"])
+
     def to_dict(self) -> dict:
         d = {"t_draft": self.t_draft, "t_policy": self.t_policy, "t_ar": self.t_ar,
              "t_verify": {"V": list(self.verify_budgets), "seconds": list(self.verify_seconds)}}

@@ -164,9 +164,9 @@ class LearnedPolicy(Policy):
         return cfg
 
     @classmethod
-    def from_pretrained(cls, path=None, costs=None, prefix_len: float | None = None):
+    def from_pretrained(cls, path=None, costs=None, prefix_len: float | None = None, drafter: str = "eagle"):
         """A saved policy directory (config.json + model.safetensors); None: the one shipped for the
-        default target and head (radar_ext/data/policies/<target>/<kind>).
+        default target and head and `drafter` (radar_ext/data/policies/<target>/<kind>, models.default_policy_path).
         costs: this machine's calibration (a `radar calibrate` JSON path, a CostModel, a PolicyCosts or
         a cost dict), read at the policy's tree_topk and at prefix_len tokens (default: the calibration's
         mean prefix); it replaces the calibration stored with the policy. An LTD policy's inputs are its
@@ -176,7 +176,7 @@ class LearnedPolicy(Policy):
 
         if path is None:
             from radar_ext.models import default_policy_path
-            path = default_policy_path(cls.kind)
+            path = default_policy_path(cls.kind, drafter)
         cfg = cls.read_config(path)
         if cfg.get("kind") != cls.kind:
             raise ValueError(f"{Path(path) / CONFIG} holds a {cfg.get('kind')!r} policy, not {cls.kind!r}; "
@@ -239,10 +239,13 @@ def check_flags(kind: str, history, skip, max_skip_run) -> None:
         raise ValueError(f"{kind}: max_skip_run must be an int >= 1, got {max_skip_run!r}")
 
 
-def must_draft(step, max_skip_run: int) -> bool:
-    """A skipping policy drafts once `max_skip_run` plain steps ran in a row: skipped cycles leave the
-    history features as they were, so without a probe one decision to skip would repeat to the end."""
-    return step.history is not None and step.history.skip_run >= max_skip_run
+def must_draft(step, max_skip_run: int, reads_history: bool) -> bool:
+    """A skipping policy that reads the history features drafts once `max_skip_run` plain steps ran in a
+    row: skipped cycles leave those features as they were, so without a probe one decision to skip would
+    repeat to the end. A policy that does not read them learns nothing from a probe (its pre-draft inputs,
+    temperature, position, costs and lookup, move without one), so it is never forced: a forced draft
+    there is a cycle its own decision called a loss."""
+    return reads_history and step.history is not None and step.history.skip_run >= max_skip_run
 
 
 def check_features(cfg: dict, key: str, expected: list, kind: str) -> None:

@@ -80,7 +80,7 @@ class LtdPolicy(LearnedPolicy):
                  generator: torch.Generator | None = None, history: bool = False, skip: bool = False,
                  max_skip_run: int = MAX_SKIP_RUN, batch_costs: bool = False, lookup: bool = False):
         """history: the heads also read the sequence's history features; skip: the depth head may stop
-        before the first draft call (a plain step), at most max_skip_run times in a row. batch_costs: at
+        before the first draft call (a plain step), with history at most max_skip_run times in a row. batch_costs: at
         batch size B > 1 the cost features are a row's share of the batch's costs (PolicyCosts.batch_features,
         from a `radar calibrate --batch-sizes` calibration); off, every B reads the B = 1 features (the
         layout is the same: a policy trained on costs of several B turns it on)."""
@@ -156,7 +156,7 @@ class LtdPolicy(LearnedPolicy):
 
     def should_draft(self, step: PreDraftStep) -> bool:
         """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
-        if not self.skip or must_draft(step, self.max_skip_run):
+        if not self.skip or must_draft(step, self.max_skip_run, self.history):
             return True
         x = self._features(self._pre_draft_scores, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
                            step.history, step.batch_size, getattr(step, "lookup", None))

@@ -49,7 +49,7 @@ class RadarPolicy(LearnedPolicy):
                  verify_budget: int | None = None, generator: torch.Generator | None = None, history: bool = False,
                  skip: bool = False, max_skip_run: int = MAX_SKIP_RUN):
         """history: every state also holds log seq_len and the sequence's history features; skip: a stop
-        decision before the first draft call (a plain step), at most max_skip_run times in a row."""
+        decision before the first draft call (a plain step), with history at most max_skip_run times in a row."""
         for name, v in (("tree_topk", tree_topk), ("max_draft_calls", max_draft_calls),
                         ("lstm_hidden", lstm_hidden), ("mlp_hidden", mlp_hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -88,7 +88,7 @@ class RadarPolicy(LearnedPolicy):
 
     def should_draft(self, step: PreDraftStep) -> bool:
         """skip=True: one step from the zero state, every beam score PRE_DRAFT_SCORE; its stop is a plain step."""
-        if not self.skip or must_draft(step, self.max_skip_run):
+        if not self.skip or must_draft(step, self.max_skip_run, self.history):
             return True
         self.head.reset(1)
         probs = self.head(self._row([PRE_DRAFT_SCORE] * self.tree_topk, step.temperature, step.seq_len, step.history))

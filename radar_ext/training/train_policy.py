@@ -67,6 +67,7 @@ class TrainPolicyConfig:
     skip: bool = False              # a decision before the first draft call: a plain step (n = 0)
     max_skip_run: int = 32          # skipping policies draft after this many plain steps in a row
     lookup: bool = False            # LTD: the decisions also read the cycle's context-lookup features (hybrid episodes)
+    batch_costs: bool = False       # LTD: also train on each calibrated batch size's curve (PolicyCosts.at_batch)
     seed: int = 0
     threads: int = 0
 
@@ -602,8 +603,11 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                              verify_budget=cfg.verify_budget, **flags)
         phases = [("radar", 0)]
     else:
+        if cfg.batch_costs and not costs.per_batch:
+            raise ValueError("batch_costs needs a calibration with batched verify times (`radar calibrate "
+                             "--batch-sizes 1,4,8`); the given costs have none")
         policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed,
-                           lookup=cfg.lookup, **flags)
+                           lookup=cfg.lookup, batch_costs=cfg.batch_costs, **flags)
         phases = [(p, r) for r in range(cfg.rounds) for p in ("size", "depth")]
     opts = {"radar": lambda: torch.optim.Adam(policy.net.parameters(), lr=lr),
             "size": lambda: torch.optim.Adam(policy.size_net.parameters(), lr=lr),
@@ -630,6 +634,10 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         log(f"[train-policy] resumed from {ckpt}: phase {state['phase']}, epoch {state['epoch']}")
 
     curves = cost_curves(costs, cfg.cost_curves, cfg.cost_jitter, cfg.seed)
+    if cfg.batch_costs:  # a row of each calibrated batch, as B = 1 curves whose features are batch_features(B)
+        for B in sorted(b for b in costs.per_batch if b > 1):
+            curves += [(f"B={B} {name}", c) for name, c in
+                       cost_curves(costs.at_batch(B, budgets), cfg.cost_curves, cfg.cost_jitter, cfg.seed + B)]
     K = len(curves)
     if K > 1:
         log("[train-policy] cost curves: " + "; ".join(name for name, _ in curves))
@@ -881,6 +889,10 @@ def _check(cfg: TrainPolicyConfig) -> None:
         raise ValueError(f"cost_curves must be an int >= 1, got {cfg.cost_curves!r}")
     if not (math.isfinite(cfg.cost_jitter) and cfg.cost_jitter >= 0):
         raise ValueError(f"cost_jitter must be a finite number >= 0, got {cfg.cost_jitter}")
+    if not isinstance(cfg.batch_costs, bool):
+        raise ValueError(f"batch_costs must be True or False, got {cfg.batch_costs!r}")
+    if cfg.batch_costs and cfg.kind != "ltd":
+        raise ValueError("batch_costs needs kind 'ltd' (RADAR's inputs hold no cost features)")
     if cfg.cost_curves > 1 and cfg.kind != "ltd":
         raise ValueError("cost_curves > 1 needs kind 'ltd' (RADAR's inputs hold no cost features)")
     if cfg.prefix_len is not None and not (math.isfinite(cfg.prefix_len) and cfg.prefix_len > 0):
