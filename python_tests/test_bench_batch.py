@@ -80,3 +80,27 @@ def test_cli_batch_run_writes_json_and_plot(tiny_ctx, tmp_path, monkeypatch, cap
     assert all(all(r["exact"]) for r in report["records"])
     assert png.stat().st_size > 1000 and "ar-fast" in capsys.readouterr().out
     assert main(["bench", "--questions", str(qfile), "--batch-size", "0"]) == 2
+
+
+def test_static_gs_b_runs_each_batch_sizes_own_tree(tiny_ctx, tmp_path):
+    """static-gs-b: B = 1 runs static_tree.json's top-level tree, B = 2 its by_batch["2"] tree (here one draft
+    token a row, against four at B = 1), every row exact; a B with no tuned tree is refused by name before
+    any timing."""
+    from radar_ext import EagleDrafter
+    from radar_ext.benchmark import BenchContext, MethodUnavailable
+    head = tmp_path / "head"
+    EagleDrafter.init_random(tiny_ctx.target, seed=1).save_pretrained(head)
+    tree = {"max_draft_calls": 2, "tree_topk": 2, "verify_budget": 4,
+            "by_batch": {"2": {"max_draft_calls": 1, "tree_topk": 2, "verify_budget": 1}}}
+    (head / "static_tree.json").write_text(json.dumps(tree))
+    ctx = BenchContext(tiny_ctx.target, tiny_ctx.tokenizer, eos_token_id=2, pad_token_id=0,
+                       options=BenchOptions(drafter_path=str(head)))
+    records = run_batch_benchmark(ctx, QS[:3], ["ar-fast", "static-gs-b"], [1, 2], max_new_tokens=8, repeats=1,
+                                  warmup=False, log=lambda s: None)
+    assert all(all(r.exact) for r in records)
+    mean_v = {B: sum(r.stats["verify_tokens"] for r in records if r.method == "static-gs-b" and r.batch_size == B)
+              / sum(r.stats["cycles"] - r.stats["skipped_cycles"] for r in records
+                    if r.method == "static-gs-b" and r.batch_size == B) for B in (1, 2)}
+    assert mean_v[2] == pytest.approx(1.0) and mean_v[1] > 1.0, mean_v
+    with pytest.raises(MethodUnavailable, match=r"no tree tuned for batch size 4 \(tuned: \[2\]\)"):
+        run_batch_benchmark(ctx, QS[:3], ["static-gs-b"], [1, 4], max_new_tokens=8, log=lambda s: None)

@@ -418,3 +418,68 @@ def test_cli_at_a_temperature_defaults_to_the_episodes_budgets(tiny, tmp_path, m
                "--max-new-tokens", "12", "--top", "1", "--repeats", "1", "--warmup", "0", "--out", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert json.loads(out.read_text())["search"]["verify_budget"] == [1, 2, 4, 8]
+
+
+def _batched_cost_model():
+    """_tiny_cost_model plus a batched verify: 2 rows cost 1.5x one row's plain step, 1.2x-3x one row's verify."""
+    return _tiny_cost_model().__class__(**{**vars(_tiny_cost_model()), "batch": {
+        1: {"plain": 0.010, "verify": {1: 0.010, 9: 0.020}}, 2: {"plain": 0.015, "verify": {1: 0.012, 9: 0.060}}}})
+
+
+def test_batched_cost_model_and_ranking():
+    """At B rows a cycle costs B times a row's drafting, building and committing plus the batched verify
+    (T_verify(V) x the calibrated ratio); tokens/s counts the B rows; an uncalibrated B is refused by name."""
+    from radar_ext.calibration import CalibrationError
+    cm = _batched_cost_model()
+    assert cm.verify_ratio(5, 1) == 1.0 and cm.verify_ratio(1, 2) == pytest.approx(1.2)
+    assert cm.verify_ratio(5, 2) == pytest.approx(1.2 + (3.0 - 1.2) * 4 / 8)
+    row = cm.t_cycle(2, 5, 2, 10) - cm.t_verify(5, 10)
+    assert cm.t_cycle(2, 5, 2, 10, batch_size=2) == pytest.approx(2 * row + cm.t_verify(5, 10) * cm.verify_ratio(5, 2))
+    assert cm.predicted_tokens_per_second(1.5, 2, 5, 2, 10, 2) == pytest.approx(3.0 / cm.t_cycle(2, 5, 2, 10, 2))
+    with pytest.raises(CalibrationError, match=r"batch size 4 was not calibrated \(calibrated: \[1, 2\]\)"):
+        cm.verify_ratio(5, 4)
+    # a steep batched verify moves the pick to a smaller tree
+    settings = make_grid([1, 2, 4], [2], [2, 4, 8])
+    reps = {2: [synthetic_replay(2, sorted({x.verify_budget for x in settings}))]}
+    one = rank_settings(reps, settings, cm, 10)[0]
+    two = rank_settings(reps, settings, cm, 10, batch_size=2)[0]
+    assert one.setting.verify_budget > two.setting.verify_budget, (one, two)
+    assert two.predicted_tokens_per_s == pytest.approx(cm.predicted_tokens_per_second(
+        two.tau, two.setting.max_draft_calls, two.setting.verify_budget, 2, 10, 2))
+
+
+def test_tune_static_for_a_batch(tiny, tmp_path):
+    """--batch-size 2: ranked with the batched costs, timed on batches of 2 prompts, every row of ours checked
+    against its single-row greedy answer (HF's batched rows are not checked); the result installs under
+    by_batch, which static-gs-b reads per B (the top-level tree at B = 1)."""
+    from radar_ext.benchmark.methods import MethodUnavailable, read_static_gs_batch
+    from radar_ext.commands.tune_static import merge_installed
+    target, drafter, prompts = tiny
+    three = prompts + [prompts[1][:, :5]]
+    cm = _batched_cost_model()
+    res = tune_static(target, drafter, cm, three, calls_list=[1, 2], topk_list=[2], budget_list=[2, 6],
+                      max_new_tokens=12, top=2, repeats=1, warmup=0, batch_size=2)
+    assert res["batch_size"] == 2 == res["search"]["batch_size"]
+    for t in res["timed"]:
+        m = t["measured"]
+        assert m["exact"] is True and m["answers"] == 2 and m["replay_cycles"] == m["cycles"]  # batches of 2, then 1
+    assert res["ar"]["exact"] is None and res["ar"]["answers"] == 2
+    path = tmp_path / "static_tree.json"
+    with pytest.raises(ValueError, match="holds no B = 1 tree yet"):
+        merge_installed(path, res, 2)
+    one = dict(res, max_draft_calls=1, tree_topk=2, verify_budget=2, batch_size=1)
+    path.write_text(json.dumps(merge_installed(path, one, 1)))
+    path.write_text(json.dumps(merge_installed(path, res, 2)))
+    installed = json.loads(path.read_text())
+    assert "table" not in installed["by_batch"]["2"] and installed["max_draft_calls"] == 1
+    keys = ("max_draft_calls", "tree_topk", "verify_budget")
+    assert {k: read_static_gs_batch(path, 2)[k] for k in keys} == {k: res[k] for k in keys}
+    assert {k: read_static_gs_batch(path, 1)[k] for k in keys} == {"max_draft_calls": 1, "tree_topk": 2, "verify_budget": 2}
+    path.write_text(json.dumps(merge_installed(path, one, 1)))  # re-installing B = 1 keeps by_batch
+    assert "2" in json.loads(path.read_text())["by_batch"]
+    with pytest.raises(MethodUnavailable, match=r"no tree tuned for batch size 4 \(tuned: \[2\]\)"):
+        read_static_gs_batch(path, 4)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        tune_static(target, drafter, cm, three, calls_list=[1], topk_list=[2], budget_list=[2], batch_size=0)
+    with pytest.raises(ValueError, match="batch size 4 was not calibrated"):
+        tune_static(target, drafter, cm, three, calls_list=[1], topk_list=[2], budget_list=[2], batch_size=4)

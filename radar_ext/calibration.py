@@ -203,15 +203,32 @@ class CostModel:
         the calibration predates its measurement."""
         return _interp_keyed(self.plain_step, self._prefix(prefix_len)) if self.plain_step else None
 
-    def t_cycle(self, calls: int, V: int, tree_topk: int | None = None, prefix_len: float | None = None) -> float:
+    def t_cycle(self, calls: int, V: int, tree_topk: int | None = None, prefix_len: float | None = None,
+                batch_size: int = 1) -> float:
         """Predicted wall time of one cycle: draft calls, one policy decision per call, tree build,
-        verify, acceptance and commits."""
-        return (self.t_draft(calls, tree_topk, prefix_len) + calls * self.t_policy()
-                + self.t_tree(V, prefix_len) + self.t_verify(V, prefix_len) + self.t_overhead(V, prefix_len))
+        verify, acceptance and commits. batch_size B > 1: a cycle of B rows, each drafting, building
+        and committing on its own (B times those costs) and verified together (T_verify(V) times the
+        calibrated batched-forward ratio at V, `verify_ratio`)."""
+        per_row = (self.t_draft(calls, tree_topk, prefix_len) + calls * self.t_policy()
+                   + self.t_tree(V, prefix_len) + self.t_overhead(V, prefix_len))
+        return batch_size * per_row + self.t_verify(V, prefix_len) * self.verify_ratio(V, batch_size)
 
     def predicted_tokens_per_second(self, tau: float, calls: int, V: int, tree_topk: int | None = None,
-                                    prefix_len: float | None = None) -> float:
-        return tau / self.t_cycle(calls, V, tree_topk, prefix_len)
+                                    prefix_len: float | None = None, batch_size: int = 1) -> float:
+        """Tokens/s of the whole batch (B rows of tau tokens a cycle each)."""
+        return batch_size * tau / self.t_cycle(calls, V, tree_topk, prefix_len, batch_size)
+
+    def verify_ratio(self, V: float, batch_size: int = 1) -> float:
+        """A verify of B rows of V draft tokens over the same verify of one row, as `radar calibrate
+        --batch-sizes` measured it (interpolated in V); 1 at B = 1; an uncalibrated B is refused by name."""
+        if batch_size == 1:
+            return 1.0
+        ratios = self.batch_ratios()
+        if batch_size not in ratios:
+            raise CalibrationError(f"batch size {batch_size} was not calibrated (calibrated: {sorted(self.batch)}); "
+                                   f"run `radar calibrate --batch-sizes 1,{batch_size}`")
+        e = ratios[batch_size]
+        return interp(e["V"], e["verify"], V)
 
     def cost_info(self, V: int, tree_topk: int | None = None, prefix_len: float | None = None):
         """The decoder-side `CostInfo` (what policies see) filled from the calibration."""

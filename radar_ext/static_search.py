@@ -185,9 +185,10 @@ class GridRow:
                 "predicted_speedup": self.predicted_speedup, **({"measured": self.measured} if self.measured else {})}
 
 
-def rank_settings(replays: dict, settings, cost_model, prefix_len: float) -> list:
+def rank_settings(replays: dict, settings, cost_model, prefix_len: float, batch_size: int = 1) -> list:
     """replays {tree_topk: [Replay]} -> GridRows sorted by predicted tokens/s (best first; ties:
-    fewer calls, then smaller V, then smaller W, i.e. the cheaper tree)."""
+    fewer calls, then smaller V, then smaller W, i.e. the cheaper tree). batch_size B: the batch's tokens/s
+    with B rows per verify (CostModel.t_cycle at B; at T = 0 a row's cycles do not depend on its batch)."""
     rows = []
     for s in settings:
         reps = replays.get(s.tree_topk)
@@ -200,7 +201,7 @@ def rank_settings(replays: dict, settings, cost_model, prefix_len: float) -> lis
             emitted += e
         tau = emitted / cycles if cycles else 0.0
         tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, s.tree_topk,
-                                                     prefix_len) if cycles else 0.0
+                                                     prefix_len, batch_size) if cycles else 0.0
         rows.append(GridRow(s, tau, cycles, tps, tps * cost_model.t_ar(prefix_len)))
     return _best_first(rows)
 
@@ -211,7 +212,7 @@ def _best_first(rows: list) -> list:
     return rows
 
 
-def rank_from_episodes(ep, settings, cost_model, prefix_len: float) -> list:
+def rank_from_episodes(ep, settings, cost_model, prefix_len: float, batch_size: int = 1) -> list:
     """Sampling (T > 0), where no replay is exact: each setting's tau is the mean expected (accepted + 1)
     over the cycles of `radar collect` episodes recorded at that temperature (their exact per-(n, V)
     accepted-length distributions), then the same cost model. The episodes fix tree_topk. GridRow.cycles
@@ -231,7 +232,7 @@ def rank_from_episodes(ep, settings, cost_model, prefix_len: float) -> list:
         if vi is None or (budgets[vi] != s.verify_budget and s.verify_budget < pool_size(W, s.max_draft_calls)):
             raise ValueError(f"verify_budget {s.verify_budget} is not among the episodes' budgets {budgets}")
         tau = float(E[:, s.max_draft_calls - 1, vi].mean()) if E.shape[0] else 0.0
-        tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, W, prefix_len)
+        tps = cost_model.predicted_tokens_per_second(tau, s.max_draft_calls, s.verify_budget, W, prefix_len, batch_size)
         rows.append(GridRow(s, tau, int(E.shape[0]), tps, tps * cost_model.t_ar(prefix_len)))
     return _best_first(rows)
 
@@ -271,7 +272,7 @@ def _pad(eos):
 
 def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: int, eos_token_id,
                   repeats: int = 2, warmup: int = 1, progress: bool = False, temperature: float = 0.0,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, batch_size: int = 1) -> dict:
     """time_decoders over one StaticPolicy RadarDecoder per StaticSetting, named str(setting)."""
     from radar_ext.decoder import RadarDecoder
     from radar_ext.policies import StaticPolicy
@@ -279,61 +280,86 @@ def time_settings(target, drafter, prompts, answers, settings, max_new_tokens: i
     decoders = {str(s): RadarDecoder(target, drafter, StaticPolicy(s.max_draft_calls), tree_topk=s.tree_topk,
                                      verify_budget=s.verify_budget) for s in settings}
     return time_decoders(target, decoders, prompts, answers, max_new_tokens, eos_token_id, repeats=repeats,
-                         warmup=warmup, progress=progress, temperature=temperature, seed=seed)
+                         warmup=warmup, progress=progress, temperature=temperature, seed=seed, batch_size=batch_size)
 
 
 def time_decoders(target, decoders: dict, prompts, answers, max_new_tokens: int, eos_token_id,
                   repeats: int = 2, warmup: int = 1, progress: bool = False, temperature: float = 0.0,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, batch_size: int = 1) -> dict:
     """Real tokens/s of each RadarDecoder in `decoders` {name: decoder} and of the target's own generate
     ("ar"), interleaved per prompt with the order rotated. Greedy (temperature 0): every answer is checked
     against `answers`. Sampling: plain temperature sampling for all (top_k 0, top_p 1), each answer's draws
-    seeded from `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare). Returns
-    {name: {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}."""
+    seeded from `seed`, the (repeat, prompt) and the method; `exact` is None (nothing to compare).
+    batch_size B > 1: consecutive prompts go in batches of B (HF's left padding; the last may be smaller),
+    every call decodes a batch, a row's tokens count up to and including its EOS, and every row of ours is
+    checked against its single-row greedy answer (HF's batched rows are not: padding may change them).
+    Returns {name: {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}."""
+    from radar_ext.benchmark.batch import left_pad, row_answers
     from radar_ext.benchmark.methods import sampling_kwargs
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     names = ["ar"] + list(decoders)
     pad = _pad(eos_token_id)
+    eos_ids = {int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+               if e is not None} if eos_token_id is not None else set()
+    if batch_size > 1:  # one "prompt" per batch: (ids [B, P], mask), its answers the rows' single-row ones
+        groups = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+        inputs = [left_pad([prompts[j][0].tolist() for j in g], pad) for g in groups]
+        refs = [[answers[j][0].tolist() for j in g] for g in groups] if answers is not None else [None] * len(groups)
+    else:
+        inputs = [(p, torch.ones_like(p)) for p in prompts]
+        refs = answers if answers is not None else [None] * len(prompts)
 
     sampling = sampling_kwargs(temperature)  # the same plain sampling as `radar bench`
 
-    def run(name, ids, draw=0):
+    def run(name, ids, mask, draw=0):
         t0 = time.perf_counter()
         with torch.no_grad():
             if name == "ar":
                 torch.manual_seed(seed + draw)  # HF samples from the global generator
-                out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       eos_token_id=eos_token_id, pad_token_id=pad, **sampling)
             else:
                 gen = torch.Generator().manual_seed(seed + draw) if temperature > 0 else None
-                out = decoders[name].generate(ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                                              generator=gen, **sampling)
+                out = decoders[name].generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                              eos_token_id=eos_token_id, generator=gen, **sampling)
         return out, time.perf_counter() - t0
 
     for _ in range(warmup):
         for name in names:
-            run(name, prompts[0][:, :min(prompts[0].shape[1], 64)])
+            ids, mask = inputs[0]
+            run(name, ids[:, -min(ids.shape[1], 64):], mask[:, -min(ids.shape[1], 64):])
     res = {n: {"tokens": [0] * repeats, "seconds": [0.0] * repeats, "cycles": 0, "emitted": 0,
                "exact": True if temperature == 0 else None, "answers": 0, "answer_tokens_per_s": []} for n in names}
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=repeats * len(prompts) * len(names), desc="time", unit="answer", leave=False)
+        bar = tqdm(total=repeats * len(inputs) * len(names), desc="time", unit="call", leave=False)
     k = 0
     for r in range(repeats):
-        for i, (ids, ans) in enumerate(zip(prompts, answers if answers is not None else [None] * len(prompts))):
+        for i, ((ids, mask), ans) in enumerate(zip(inputs, refs)):
             order = names[k % len(names):] + names[:k % len(names)]
             k += 1
             for name in order:
-                out, secs = run(name, ids, draw=1000 * (r * len(prompts) + i) + names.index(name))
-                new = out[:, ids.shape[1]:]
+                out, secs = run(name, ids, mask, draw=1000 * (r * len(inputs) + i) + names.index(name))
                 rec = res[name]
-                rec["tokens"][r] += new.shape[1]
+                if batch_size > 1:
+                    rows = row_answers(out, ids.shape[1], eos_ids)
+                    n_new = sum(len(a) for a in rows)
+                    if temperature == 0 and name != "ar":
+                        rec["exact"] = rec["exact"] and rows == ans
+                    elif name == "ar":
+                        rec["exact"] = None
+                else:
+                    new = out[:, ids.shape[1]:]
+                    n_new = new.shape[1]
+                    if temperature == 0:
+                        rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
+                rec["tokens"][r] += n_new
                 rec["seconds"][r] += secs
                 rec["answers"] += 1
-                rec["answer_tokens_per_s"].append(new.shape[1] / secs)  # (repeat, prompt) order for every name
-                if temperature == 0:
-                    rec["exact"] = rec["exact"] and new.shape == ans.shape and bool(torch.equal(new, ans))
+                rec["answer_tokens_per_s"].append(n_new / secs)  # (repeat, prompt or batch) order for every name
                 if name != "ar":
                     st = decoders[name].last_stats
                     rec["cycles"] += st.cycles
@@ -360,12 +386,14 @@ def time_decoders(target, decoders: dict, prompts, answers, max_new_tokens: int,
 def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, budget_list,
                 max_new_tokens: int = 128, eos_token_id=None, top: int = 3, time_prompts: int | None = None,
                 repeats: int = 2, warmup: int = 1, progress: bool = False, log=None, temperature: float = 0.0,
-                episodes=None, seed: int = 0) -> dict:
+                episodes=None, seed: int = 0, batch_size: int = 1) -> dict:
     """The whole search (module docstring). prompts: list of [1, P] int64 (chat-templated).
     temperature > 0: the ranking comes from `episodes` (`radar collect` at that temperature,
-    rank_from_episodes) and the timing samples (time_settings). Returns the static_tree.json object:
-    the best setting's three keys at the top level, the timed rows, the model's full table and the
-    protocol."""
+    rank_from_episodes) and the timing samples (time_settings). batch_size B > 1: the tree for batches
+    of B rows: ranked with the calibration's batched verify (`radar calibrate --batch-sizes`) and timed on
+    batches of B prompts (a row's greedy cycles, and so the replay, do not depend on its batch). Returns
+    the static_tree.json object: the best setting's three keys at the top level, the timed rows, the
+    model's full table and the protocol."""
     say = log or (lambda s: None)
     for name, xs in (("calls_list", calls_list), ("topk_list", topk_list), ("budget_list", budget_list)):
         if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs):
@@ -378,6 +406,9 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
         raise ValueError("prompts must not be empty")
     if not (isinstance(temperature, (int, float)) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    cost_model.verify_ratio(1, batch_size)  # an uncalibrated batch size is refused before any work
     sampled = temperature > 0
     if sampled:
         _check_episodes(episodes, temperature)
@@ -387,20 +418,20 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
     if sampled:
         answers, replays = None, None
         mean_len = float(episodes["seq_len"].double().mean())
-        rows = rank_from_episodes(episodes, settings, cost_model, mean_len)
+        rows = rank_from_episodes(episodes, settings, cost_model, mean_len, batch_size)
         say(f"[tune-static] T = {temperature:g}: {len(settings)} settings ranked on {episodes.cycles} recorded cycles")
     else:
         answers, replays = _replay_all(target, drafter, prompts, settings, calls_list, topk_list, max_new_tokens,
                                        eos_token_id, progress, say)
         mean_len = float(np.mean([p.shape[1] + a.shape[1] / 2 for p, a in zip(prompts, answers)]))
-        rows = rank_settings(replays, settings, cost_model, mean_len)
+        rows = rank_settings(replays, settings, cost_model, mean_len, batch_size)
     t_rank = time.perf_counter() - t_start
     timed = pick_distinct(rows, top)
     say(f"[tune-static] model's top {len(timed)}: " + "; ".join(
         f"{r.setting} tau {r.tau:.2f} pred {r.predicted_tokens_per_s:.1f} tok/s" for r in timed))
     meas = time_settings(target, drafter, prompts[:n_time], answers[:n_time] if answers else None,
                          [r.setting for r in timed], max_new_tokens, eos_token_id, repeats=repeats, warmup=warmup,
-                         progress=progress, temperature=temperature, seed=seed)
+                         progress=progress, temperature=temperature, seed=seed, batch_size=batch_size)
     for r in timed:
         r.measured = meas[str(r.setting)]
         if not sampled:  # the replay must reproduce the real decoder's cycles (greedy: deterministic)
@@ -421,6 +452,7 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
         **best.setting.as_dict(),
         "schema": SCHEMA,
         "temperature": float(temperature),
+        "batch_size": batch_size,
         "chosen_by": chosen,
         "separated": not tied if rivals else None,  # every other eligible timed tree's 95% interval vs the pick lies below 1 (None: no rival)
         "not_separated_from": tied,  # the eligible timed trees whose interval vs the pick reaches 1
@@ -431,6 +463,7 @@ def tune_static(target, drafter, cost_model, prompts, *, calls_list, topk_list, 
         "search": {"calls": sorted(calls_list), "tree_topk": sorted(topk_list), "verify_budget": sorted(budget_list),
                    "prompts": len(prompts), "time_prompts": n_time, "max_new_tokens": max_new_tokens,
                    "repeats": repeats, "warmup": warmup, "mean_prefix_len": mean_len, "temperature": float(temperature),
+                   "batch_size": batch_size,
                    "ranked_on": "episodes" if sampled else "greedy replay",
                    "rank_seconds": t_rank, "seconds": time.perf_counter() - t_start,
                    "threads": torch.get_num_threads(), "calibration": cost_model.name,

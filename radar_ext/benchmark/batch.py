@@ -114,7 +114,14 @@ def run_batch_benchmark(ctx: BenchContext, questions, methods: list, batch_sizes
     eos = _eos_set(ctx.eos_token_id)
     reference = {}  # question id -> its single-row greedy answer (T = 0)
     records = []
+    for B in sorted(batch_sizes):  # methods tuned per batch size (static-gs-b) are checked before any timing
+        for name in methods:
+            if hasattr(impl[name], "at_batch"):
+                impl[name].at_batch(B)
     for B in sorted(batch_sizes):
+        for name in methods:
+            if hasattr(impl[name], "at_batch"):
+                impl[name].at_batch(B)
         groups = _batches(prompts, B)
         if warmup:
             ids, mask = left_pad([p for _, p in groups[0]], pad_id)

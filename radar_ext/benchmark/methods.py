@@ -309,6 +309,42 @@ class StaticGS(Static):
         return read_static_gs(static_gs_path(ctx.options))
 
 
+def read_static_gs_batch(path: Path, batch_size: int) -> dict:
+    """The static setting grid-searched for `batch_size`: by_batch[B] of the static_tree.json (`radar
+    tune-static --batch-size B --install`), its top level at B = 1."""
+    obj = read_static_gs(path)
+    if batch_size == 1:
+        return obj
+    entry = (obj.get("by_batch") or {}).get(str(batch_size))
+    if entry is None:
+        raise MethodUnavailable(f"method 'static-gs-b': {path} has no tree tuned for batch size {batch_size} "
+                                f"(tuned: {sorted(int(b) for b in obj.get('by_batch') or {}) or 'none'}); run "
+                                f"`radar tune-static --batch-size {batch_size} --install`")
+    bad = [k for k in STATIC_GS_KEYS if not (isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)
+                                               and entry[k] >= 1)]
+    if bad:
+        raise MethodUnavailable(f"method 'static-gs-b': {path} by_batch[{batch_size}] must hold ints >= 1 for "
+                                f"{', '.join(STATIC_GS_KEYS)}; bad or missing: {', '.join(bad)}")
+    return entry
+
+
+class StaticGSBatch(StaticGS):
+    """static-gs with the tree tuned for the batch size the batched benchmark runs (`at_batch`)."""
+    name = "static-gs-b"
+    summary = ("like static-gs, with the tree grid-searched for the run's batch size (static_tree.json's by_batch[B] "
+               "from `radar tune-static --batch-size B --install`; B = 1: static-gs's tree)")
+    batch_size = 1
+
+    def _setting(self, ctx):
+        return read_static_gs_batch(static_gs_path(ctx.options), self.batch_size)
+
+    def at_batch(self, batch_size: int) -> None:
+        """Rebuild the decoder with the tree tuned for `batch_size` (the batched runner calls it per B)."""
+        if batch_size != self.batch_size:
+            self.batch_size = batch_size
+            _DecoderMethod.__init__(self, self.ctx)
+
+
 class _Learned(Static):
     policy_class = ""
     option = ""
@@ -454,7 +490,7 @@ class HybridGoodput(_Hybrid, Goodput):
     summary = "RadarDecoder + HybridDrafter + GoodputPolicy (goodput's tuned setting; V from the merged pool)"
 
 
-METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Static, StaticGS, Pmin, Ema, Goodput, Radar,
+METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Static, StaticGS, StaticGSBatch, Pmin, Ema, Goodput, Radar,
                                Ltd, HybridStatic, HybridPmin, HybridEma, HybridGoodput, HybridRadar, HybridLtd)}
 BASELINE = "ar"
 OWN_BASELINE = "ar-fast"  # our own plain decoding: speedup_vs_ar_fast is the speculation's own gain

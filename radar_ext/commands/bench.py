@@ -279,9 +279,13 @@ def run_batches(ctx, questions, methods, batch_sizes, args) -> int:
     from radar_ext.benchmark import machine_info
     from radar_ext.benchmark.batch import format_batch_table, plot_throughput, run_batch_benchmark, summarize
 
-    records = run_batch_benchmark(ctx, questions, methods, batch_sizes, args.max_new_tokens, args.temperature,
-                                  repeats=args.repeats, warmup=args.warmup > 0, seed=args.seed,
-                                  log=lambda s: print(s, file=sys.stderr))
+    from radar_ext.benchmark import MethodUnavailable
+    try:
+        records = run_batch_benchmark(ctx, questions, methods, batch_sizes, args.max_new_tokens, args.temperature,
+                                      repeats=args.repeats, warmup=args.warmup > 0, seed=args.seed,
+                                      log=lambda s: print(s, file=sys.stderr))
+    except MethodUnavailable as e:
+        return _fail(str(e))
     summary = summarize(records, methods)
     print(format_batch_table(summary))
     bad = [(r.method, r.batch_size, q) for r in records if r.exact for q, e in zip(r.question_ids, r.exact) if not e]

@@ -61,6 +61,12 @@ def add_arguments(p) -> None:
                         "--episodes recorded at it and the timing samples (no exactness check)")
     p.add_argument("--episodes", nargs="+", default=None,
                    help="`radar collect` directories recorded at --temperature (needed above 0; they fix tree_topk)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="tune the tree for batches of B rows: ranked with the calibration's batched verify (`radar "
+                        "calibrate --batch-sizes 1,B`), timed on batches of B prompts (HF's left padding), every row "
+                        "checked against its single-row greedy answer; --install stores it under by_batch[B] of the "
+                        "head's static_tree.json (read by `radar bench --batch-sizes ... --methods static-gs-b`) "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -102,6 +108,10 @@ def _common_checks(args) -> None:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size > 1 and args.policy is not None:
+        raise ValueError("--batch-size tunes the static tree; --policy pmin / ema / goodput are tuned at B = 1")
     if args.time_prompts > args.prompts:
         raise ValueError(f"--time-prompts must be <= --prompts ({args.prompts}), got {args.time_prompts}")
 
@@ -225,7 +235,8 @@ def run(args) -> int:
         result = tune_static(target, drafter, cost_model, prompts, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
                              top=args.top, time_prompts=args.time_prompts, repeats=args.repeats, warmup=args.warmup,
                              progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
-                             temperature=args.temperature, episodes=episodes, seed=args.seed, **grid)
+                             temperature=args.temperature, episodes=episodes, seed=args.seed,
+                             batch_size=args.batch_size, **grid)
     except ValueError as e:  # the grid against the episodes (tree_topk, depth, budgets)
         return _fail(str(e))
     result["search"].update(prompt_source=f"ShareGPT first user turns ({args.prompt_split} split), chat template",
@@ -249,13 +260,30 @@ def run(args) -> int:
         print(f"[tune-static] note: even the best static tree is slower than plain greedy generate here "
               f"({best['speedup_mean']:.2f}x, tau {result['best']['tau']:.2f}): the head accepts too little for "
               "this machine's verify cost", file=sys.stderr)
-    out = Path(args.out) if args.out else cache_dir() / "tune_static" / "static_tree.json"
+    B = args.batch_size
+    default_out = cache_dir() / "tune_static" / ("static_tree.json" if B == 1 else f"static_tree_b{B}.json")
+    out = Path(args.out) if args.out else default_out
     write(result, out)
     print(f"[tune-static] wrote {out}", file=sys.stderr)
     if args.install:
-        write(result, head / "static_tree.json")
-        print(f"[tune-static] installed {head / 'static_tree.json'}", file=sys.stderr)
+        installed = head / "static_tree.json"
+        write(merge_installed(installed, result, B), installed)
+        print(f"[tune-static] installed {installed}" + (f" (by_batch[{B}])" if B > 1 else ""), file=sys.stderr)
     return 0
+
+
+def merge_installed(path: Path, result: dict, batch_size: int) -> dict:
+    """The head's static_tree.json after installing `result`: at B = 1 the result itself (keeping the trees
+    installed for other batch sizes under by_batch); at B > 1 the file as it is with by_batch[B] = the result
+    (without its full ranking table)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    by_batch = dict(old.get("by_batch", {}))
+    if batch_size == 1:
+        return {**result, **({"by_batch": by_batch} if by_batch else {})}
+    if not old:
+        raise ValueError(f"{path} holds no B = 1 tree yet; install one first (`radar tune-static --install`)")
+    by_batch[str(batch_size)] = {k: v for k, v in result.items() if k != "table"}
+    return {**old, "by_batch": dict(sorted(by_batch.items(), key=lambda kv: int(kv[0])))}
 
 
 def load_parts(args, head):
