@@ -120,7 +120,7 @@ class LtdPolicy(LearnedPolicy):
     # ------------------------------------------------------------------ the Policy interface
     def refresh(self) -> None:
         self.depth_head, self.size_head = FusedHead(self.depth_net), FusedHead(self.size_net)
-        self._pre_draft_scores = torch.full((1, self.tree_topk * self.tree_topk), PRE_DRAFT_SCORE)
+        self._pre_draft_top = [PRE_DRAFT_SCORE / SCORE_SCALE] * (self.tree_topk * self.tree_topk)  # its sorted row
         self._cost_list = self.cost_tensor().tolist()
         self._batch_cost_lists = {1: self._cost_list}  # batch size -> cost features (batch_costs)
 
@@ -133,17 +133,20 @@ class LtdPolicy(LearnedPolicy):
                                                               dtype=torch.float32).tolist()
         return self._batch_cost_lists[batch_size]
 
-    def _features(self, scores: torch.Tensor, width: int, seq_len, draft_calls: int, temperature: float,
+    def _features(self, scores: torch.Tensor | None, width: int, seq_len, draft_calls: int, temperature: float,
                   history: History | None = None, batch_size: int = 1, lookup: LookupInfo | None = None) -> torch.Tensor:
         """[1, F]: the best `width` of scores [1, K] (descending, floored at SCORE_FLOOR, floor-padded) / 10,
         log seq_len, calls_frac, temperature, cost features: the values depth_features / size_features build for
         training, bit for bit (one host copy and Python floats instead of a dozen small ATen ops, which
         cost ~4x their standalone time between the forwards of a decode loop; float64 division then
         rounding to float32 is exact rounding for float32 operands)."""
-        top = sorted((max(v, SCORE_FLOOR) for v in scores[0].tolist()), reverse=True)[:width]
-        top += [SCORE_FLOOR] * (width - len(top))
-        row = [v / SCORE_SCALE for v in top] + [seq_len_feature(seq_len), draft_calls / self.max_draft_calls,
-                                                temperature_feature(temperature)]
+        if scores is None:  # before the first draft call: every child score PRE_DRAFT_SCORE (precomputed)
+            row = self._pre_draft_top + [seq_len_feature(seq_len), 0.0, temperature_feature(temperature)]
+        else:
+            top = sorted((max(v, SCORE_FLOOR) for v in scores[0].tolist()), reverse=True)[:width]
+            top += [SCORE_FLOOR] * (width - len(top))
+            row = [v / SCORE_SCALE for v in top] + [seq_len_feature(seq_len), draft_calls / self.max_draft_calls,
+                                                    temperature_feature(temperature)]
         if self.history:
             row += History.features_of(history)
         if self.lookup:
@@ -158,7 +161,7 @@ class LtdPolicy(LearnedPolicy):
         """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run, self.history):
             return True
-        x = self._features(self._pre_draft_scores, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
+        x = self._features(None, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
                            step.history, step.batch_size, getattr(step, "lookup", None))
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
