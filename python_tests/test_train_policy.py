@@ -498,7 +498,7 @@ def test_throughput_and_oracle_with_skip_are_exact(tmp_path):
     n, v = torch.tensor([0, 2, 0, 4]), torch.tensor([1, 1, 2, 0])
     res = policy_throughput(ep, costs, n, v, True, skip=True)
     tokens = 1 + float(E[1, 1, 1]) + 1 + float(E[3, 3, 0])
-    secs = 2 * (0.02 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    secs = 2 * (0.02 + 1e-5) + float(T[1, 1, 1]) + float(T[3, 3, 0])
     assert skip_time(costs) == 0.02 + 1e-5
     assert res["throughput"] == pytest.approx(tokens / secs) and res["skip_share"] == 0.5
     assert res["mean_verify_budget"] == pytest.approx((BUDGETS[1] + BUDGETS[0]) / 4)
@@ -507,7 +507,7 @@ def test_throughput_and_oracle_with_skip_are_exact(tmp_path):
     # a calibration's plain step (our own verify path) replaces t_ar as the skipped cycle's time
     fast = PolicyCosts.load(dict(STEEP, t_plain=0.01))
     assert skip_time(fast) == 0.01 + 1e-5 and fast.features(BUDGETS) == costs.features(BUDGETS)
-    secs_fast = 2 * (0.01 + 1e-5) + float(T[1, 1]) + float(T[3, 0])
+    secs_fast = 2 * (0.01 + 1e-5) + float(T[1, 1, 1]) + float(T[3, 3, 0])
     assert policy_throughput(ep, fast, n, v, True, skip=True)["throughput"] == pytest.approx(tokens / secs_fast)
     sub = subset(ep, torch.tensor([True, True, False, True]))
     actions = [(0, 0)] + [(k, j) for k in range(1, N + 1) for j in range(len(BUDGETS))]
@@ -716,3 +716,32 @@ def test_lookup_features_need_hybrid_episodes(tmp_path):
     assert main(["train-policy", "--kind", "ltd", "--episodes", str(ep_dir), "--out-dir", str(tmp_path / "r3"),
                  "--costs", costs, "--epochs", "1", "--rounds", "1", "--lookup"]) == 0
     assert load_policy(tmp_path / "r3" / "best").lookup
+
+
+def test_hybrid_cycles_pay_for_their_own_pool():
+    """A hybrid collection's pool holds the lookup nodes too, so a budget verifies min(V, that cycle's pool)
+    nodes (pool_top's finite entries), not the EAGLE pool's W + (n - 1) W^2; EAGLE collections keep the
+    formula, the same for every cycle."""
+    from radar_ext.training.episodes import Episodes
+    from radar_ext.training.train_policy import cycle_times, verify_times
+    costs = PolicyCosts.load(dict(COSTS, t_verify={"V": [1, 16], "seconds": [0.01, 0.025]}))
+    C = 3
+    pool_top = torch.full((C, N, K), -float("inf"))
+    for c, nodes in enumerate((2, 3, 4)):   # cycle c: `nodes` pool nodes after call 1, one more per call
+        for n in range(N):
+            pool_top[c, n, :nodes + n] = -torch.arange(1.0, nodes + n + 1)
+    meta = {"tree_topk": W, "max_draft_calls": N, "budgets": list(BUDGETS), "pool_topk": K}
+    hyb = Episodes(dict(meta, drafter="hybrid"), {"pool_top": pool_top})
+    T = cycle_times(hyb, costs, policy=False)
+    assert T.shape == (C, N, len(BUDGETS))
+    for c, nodes in enumerate((2, 3, 4)):
+        for n in range(N):
+            for j, v in enumerate(BUDGETS):
+                assert float(T[c, n, j]) == pytest.approx((n + 1) * costs.t_draft + costs.t_verify(min(v, nodes + n)))
+    eagle = Episodes(meta, {"pool_top": pool_top})
+    Te = cycle_times(eagle, costs, policy=False)
+    want = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1) * costs.t_draft + verify_times(costs, W, N, BUDGETS)
+    assert all(torch.equal(Te[c], want) for c in range(C))
+    full = torch.zeros(1, N, K)  # K scores after every call: the pool may hold more, every budget is verified whole
+    Tf = cycle_times(Episodes(dict(meta, drafter="hybrid"), {"pool_top": full}), costs, policy=False)
+    assert float(Tf[0, 0, -1]) == pytest.approx(costs.t_draft + costs.t_verify(BUDGETS[-1]))

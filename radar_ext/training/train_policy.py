@@ -92,14 +92,33 @@ def decisions(n: torch.Tensor, N: int) -> torch.Tensor:
     return torch.clamp(n, max=N - 1)
 
 
+def hybrid_verify_times(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
+    """T_verify of the tree each cycle of a hybrid collection sends for every (n, V): [C, N, nV] float64. Its
+    pool after n calls is the EAGLE pool plus the lookup nodes (pool_top's finite entries), so a budget
+    verifies min(V, that cycle's pool) nodes: not the EAGLE pool's count, which would price a 24-node tree of
+    lookups as 4 nodes. A full pool_top (K entries: the pool may be larger) verifies V."""
+    budgets = ep.meta["budgets"]
+    top = ep["pool_top"]
+    nodes = torch.isfinite(top).sum(-1)                                       # [C, N]
+    nodes = torch.where(nodes >= top.shape[-1], max(budgets), nodes)
+    V = torch.minimum(torch.tensor(budgets).view(1, 1, -1), nodes.unsqueeze(-1)).clamp(min=1)  # [C, N, nV]
+    table = torch.tensor([costs.t_verify(v) for v in range(int(V.max()) + 1)], dtype=torch.float64)
+    return table[V]
+
+
 def cycle_times(ep: Episodes, costs: PolicyCosts, policy: bool = True, size_decision: bool = True,
                 skip: bool = False) -> torch.Tensor:
-    """T_cycle of every stopping point and budget: [N, nV] float64, n t_draft + T_verify(V), plus with
+    """T_cycle of every cycle, stopping point and budget: [C, N, nV] float64, n t_draft + T_verify(V), plus with
     `policy` one t_policy per depth decision, (size_decision) one for the budget and (skip) one for the
-    decision before the first call."""
+    decision before the first call. EAGLE collections: the same for every cycle (verify_times); hybrid ones:
+    each cycle's own pool size (hybrid_verify_times)."""
     N = ep.meta["max_draft_calls"]
     n = torch.arange(1, N + 1, dtype=torch.float64).view(N, 1)
-    T = n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])
+    if ep.meta.get("drafter", "eagle") == "hybrid":
+        T = n * costs.t_draft + hybrid_verify_times(ep, costs)
+    else:
+        T = (n * costs.t_draft + verify_times(costs, ep.meta["tree_topk"], N, ep.meta["budgets"])).expand(
+            ep["pool_top"].shape[0], N, len(ep.meta["budgets"]))
     if policy:
         T = T + (decisions(n, N) + int(size_decision) + int(skip)) * costs.t_policy
     return T
@@ -118,7 +137,7 @@ def plain_throughput(costs: PolicyCosts) -> float:
 
 def static_grid(ep: Episodes, costs: PolicyCosts) -> torch.Tensor:
     """Expected throughput (tokens/s) of every static (n, V): [N, nV] float64."""
-    return expected_tokens(ep).sum(0) / (ep.cycles * cycle_times(ep, costs, policy=False))
+    return expected_tokens(ep).sum(0) / cycle_times(ep, costs, policy=False).sum(0)
 
 
 def best_static_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None) -> float:
@@ -149,7 +168,7 @@ def policy_throughput(ep: Episodes, costs: PolicyCosts, n: torch.Tensor, v_idx: 
     drafted = n > 0
     nd = n.clamp(min=1)
     e = torch.where(drafted, E[torch.arange(C), nd - 1, v_idx], torch.ones(C, dtype=torch.float64))
-    t = torch.where(drafted, cycle_times(ep, costs, size_decision=size_decision, skip=skip)[nd - 1, v_idx],
+    t = torch.where(drafted, cycle_times(ep, costs, size_decision=size_decision, skip=skip)[torch.arange(C), nd - 1, v_idx],
                     torch.full((C,), skip_time(costs), dtype=torch.float64))
     budgets = torch.tensor(ep.meta["budgets"])
     V = torch.where(drafted, budgets[v_idx], 0)
@@ -168,20 +187,20 @@ def oracle_throughput(ep: Episodes, costs: PolicyCosts, v_idx: int | None = None
     C = E.shape[0]
     T = cycle_times(ep, costs, size_decision=v_idx is None, skip=skip)
     if v_idx is not None:
-        E, T = E[:, :, v_idx:v_idx + 1], T[:, v_idx:v_idx + 1]
+        E, T = E[:, :, v_idx:v_idx + 1], T[:, :, v_idx:v_idx + 1]
     if C == 0:
         return {"throughput": 0.0, "cycles": 0, "mean_draft_calls": 0.0, "skip_share": 0.0}
-    Ef, Tf = E.reshape(C, -1), T.reshape(-1)
+    Ef, Tf = E.reshape(C, -1), T.reshape(C, -1)
     if skip:  # action 0: the plain step
         Ef = torch.cat([torch.ones(C, 1, dtype=torch.float64), Ef], 1)
-        Tf = torch.cat([torch.tensor([skip_time(costs)], dtype=torch.float64), Tf])
+        Tf = torch.cat([torch.full((C, 1), skip_time(costs), dtype=torch.float64), Tf], 1)
     lam, a = 0.0, None
     for _ in range(100):
         a_new = (Ef - lam * Tf).argmax(1)
         if a is not None and torch.equal(a_new, a):
             break
         a = a_new
-        lam = float(Ef.gather(1, a.view(C, 1)).sum() / Tf[a].sum())
+        lam = float(Ef.gather(1, a.view(C, 1)).sum() / Tf.gather(1, a.view(C, 1)).sum())
     if skip:
         n = torch.where(a == 0, 0, (a - 1) // E.shape[2] + 1)
         return {"throughput": lam, "cycles": C, "mean_draft_calls": float(n.double().mean()),
@@ -373,7 +392,7 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen, ex
     n = torch.where(stopped.any(1), first + 1 - s, torch.full((B,), N))  # calls made
     nd = n.clamp(min=1)
     L = torch.multinomial(dist[torch.arange(B), nd - 1].clamp(min=0) + 1e-12, 1, generator=gen).view(B)
-    T = cycle_times(ep, costs, size_decision=False, skip=bool(s))[nd - 1, v_idx]
+    T = cycle_times(ep, costs, size_decision=False, skip=bool(s))[idx, nd - 1, v_idx]
     if s:
         L = torch.where(n == 0, 0, L)
         T = torch.where(n == 0, skip_time(costs), T)
@@ -418,7 +437,7 @@ def _ltd_reward_table(ep, costs, reward: str = "ratio", skip: bool = False):
     """(_ltd_rewards [C, N, nV], the skipped cycle's reward [C] in the same scale): a plain step's 1 token
     in skip_time; with skip every drafted cycle also pays the pre-draft decision."""
     E = expected_tokens(ep)
-    T = cycle_times(ep, costs, skip=skip).unsqueeze(0)                      # [1, N, nV]
+    T = cycle_times(ep, costs, skip=skip)                                   # [C, N, nV]
     T0 = skip_time(costs)
     temp = ep["temperature"]
     R0 = torch.empty(E.shape[0], dtype=torch.float64)
@@ -435,10 +454,11 @@ def _ltd_reward_table(ep, costs, reward: str = "ratio", skip: bool = False):
     R = torch.empty_like(E)
     for t in temp.unique():
         m = temp == t
-        thr = E[m].mean(0) / T[0]                                           # static (n, V) throughputs
+        Tm = T[m].mean(0)
+        thr = E[m].mean(0) / Tm                                             # static (n, V) throughputs
         k = int(thr.argmax())
-        lam, t_best = float(thr.reshape(-1)[k]), float(T[0].reshape(-1)[k])
-        R[m] = 1 + (E[m] - lam * T) / (lam * t_best)
+        lam, t_best = float(thr.reshape(-1)[k]), float(Tm.reshape(-1)[k])
+        R[m] = 1 + (E[m] - lam * T[m]) / (lam * t_best)
         R0[m] = 1 + (1.0 - lam * T0) / (lam * t_best)
     return R.float(), R0.float()
 
