@@ -656,9 +656,6 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
             bench.stamp.set_calls(max_draft_calls)
             for r in range(rounds):
                 for W in tree_topks:
-                    # as in decoding, call 1 follows a target forward (which evicts the head's weights from the
-                    # caches: in a loop of drafts alone call 1 timed half of what a cycle pays)
-                    bench.plain_cycle()
                     bench.reset()
                     _, f, n, _ = bench.draft(W, V_max)
                     if timed(r):
