@@ -515,6 +515,9 @@ def test_skip_decision_and_forced_probe(kind):
         assert not policy.should_draft(PreDraftStep(60, CostInfo(), h))
         h.observe(CycleOutcome(0, 0, 0, skipped=True))
     assert h.skip_run == 9
+    # its decision reads no history: the same at every step, and refresh() (new weights) clears what was kept
+    _bias(policy, 100.0)  # refresh()es
+    assert policy.should_draft(PreDraftStep(60, CostInfo(), h)) and policy.should_draft(PreDraftStep(61, CostInfo(), h))
     policy = make2(kind, skip=False)
     _bias(policy, -50.0)
     assert policy.should_draft(PreDraftStep(60, CostInfo(), History()))

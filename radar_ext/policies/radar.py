@@ -72,6 +72,7 @@ class RadarPolicy(LearnedPolicy):
     # ------------------------------------------------------------------ the Policy interface
     def refresh(self) -> None:
         self.head = FusedHead(self.net)
+        self._pre_draft = {}  # temperature -> the pre-draft decision of a policy without history (greedy)
 
     def reset(self) -> None:
         self.head.reset(1)
@@ -91,8 +92,15 @@ class RadarPolicy(LearnedPolicy):
         if not self.skip or must_draft(step, self.max_skip_run, self.history):
             return True
         self.head.reset(1)
+        # without history its only input is the temperature: a greedy decision is kept per temperature
+        memo = not self.history and not self.sample
+        if memo and step.temperature in self._pre_draft:
+            return self._pre_draft[step.temperature]
         probs = self.head(self._row([PRE_DRAFT_SCORE] * self.tree_topk, step.temperature, step.seq_len, step.history))
-        return decide(probs, self.sample, self.generator) == CONTINUE
+        d = decide(probs, self.sample, self.generator) == CONTINUE
+        if memo:
+            self._pre_draft[step.temperature] = d
+        return d
 
     def _row(self, scores: list, temperature, seq_len, history: History | None) -> torch.Tensor:
         row = scores + [temperature_feature(temperature)]
