@@ -294,15 +294,14 @@ def time_decoders(target, decoders: dict, prompts, answers, max_new_tokens: int,
     every call decodes a batch, a row's tokens count up to and including its EOS, and every row of ours is
     checked against its single-row greedy answer (HF's batched rows are not: padding may change them).
     Returns {name: {"tokens_per_s": [per repeat], "speedup": [per repeat], "tau", "cycles", "exact"}}."""
-    from radar_ext.benchmark.batch import left_pad, row_answers
+    from radar_ext.benchmark.batch import _eos_set, left_pad, row_answers
     from radar_ext.benchmark.methods import sampling_kwargs
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     names = ["ar"] + list(decoders)
     pad = _pad(eos_token_id)
-    eos_ids = {int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
-               if e is not None} if eos_token_id is not None else set()
+    eos_ids = _eos_set(eos_token_id)
     if batch_size > 1:  # one "prompt" per batch: (ids [B, P], mask), its answers the rows' single-row ones
         groups = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
         inputs = [left_pad([prompts[j][0].tolist() for j in g], pad) for g in groups]

@@ -114,10 +114,9 @@ def run_batch_benchmark(ctx: BenchContext, questions, methods: list, batch_sizes
     eos = _eos_set(ctx.eos_token_id)
     reference = {}  # question id -> its single-row greedy answer (T = 0)
     records = []
-    for B in sorted(batch_sizes):  # methods tuned per batch size (static-gs-b) are checked before any timing
-        for name in methods:
-            if hasattr(impl[name], "at_batch"):
-                impl[name].at_batch(B)
+    for name in methods:  # methods tuned per batch size (static-gs-b) are checked before any timing
+        if hasattr(impl[name], "check_batches"):
+            impl[name].check_batches(batch_sizes)
     for B in sorted(batch_sizes):
         for name in methods:
             if hasattr(impl[name], "at_batch"):

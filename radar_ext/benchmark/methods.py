@@ -288,8 +288,7 @@ def read_static_gs(path: Path) -> dict:
                                 "--static-gs FILE)") from None
     except json.JSONDecodeError as e:
         raise MethodUnavailable(f"method 'static-gs': {path} is not valid JSON ({e})") from None
-    bad = [k for k in STATIC_GS_KEYS if not (isinstance(obj, dict) and isinstance(obj.get(k), int)
-                                               and not isinstance(obj.get(k), bool) and obj[k] >= 1)]
+    bad = _bad_static_keys(obj)
     if bad:
         raise MethodUnavailable(f"method 'static-gs': {path} must hold ints >= 1 for "
                                 f"{', '.join(STATIC_GS_KEYS)}; bad or missing: {', '.join(bad)}")
@@ -309,6 +308,12 @@ class StaticGS(Static):
         return read_static_gs(static_gs_path(ctx.options))
 
 
+def _bad_static_keys(obj) -> list:
+    """STATIC_GS_KEYS that `obj` does not hold as ints >= 1."""
+    return [k for k in STATIC_GS_KEYS if not (isinstance(obj, dict) and isinstance(obj.get(k), int)
+                                              and not isinstance(obj.get(k), bool) and obj[k] >= 1)]
+
+
 def read_static_gs_batch(path: Path, batch_size: int) -> dict:
     """The static setting grid-searched for `batch_size`: by_batch[B] of the static_tree.json (`radar
     tune-static --batch-size B --install`), its top level at B = 1."""
@@ -320,8 +325,7 @@ def read_static_gs_batch(path: Path, batch_size: int) -> dict:
         raise MethodUnavailable(f"method 'static-gs-b': {path} has no tree tuned for batch size {batch_size} "
                                 f"(tuned: {sorted(int(b) for b in obj.get('by_batch') or {}) or 'none'}); run "
                                 f"`radar tune-static --batch-size {batch_size} --install`")
-    bad = [k for k in STATIC_GS_KEYS if not (isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)
-                                               and entry[k] >= 1)]
+    bad = _bad_static_keys(entry)
     if bad:
         raise MethodUnavailable(f"method 'static-gs-b': {path} by_batch[{batch_size}] must hold ints >= 1 for "
                                 f"{', '.join(STATIC_GS_KEYS)}; bad or missing: {', '.join(bad)}")
@@ -337,6 +341,11 @@ class StaticGSBatch(StaticGS):
 
     def _setting(self, ctx):
         return read_static_gs_batch(static_gs_path(ctx.options), self.batch_size)
+
+    def check_batches(self, batch_sizes) -> None:
+        """MethodUnavailable, naming the file and B, where a batch size has no tuned tree (before any timing)."""
+        for B in batch_sizes:
+            read_static_gs_batch(static_gs_path(self.ctx.options), B)
 
     def at_batch(self, batch_size: int) -> None:
         """Rebuild the decoder with the tree tuned for `batch_size` (the batched runner calls it per B)."""
