@@ -566,3 +566,29 @@ def test_format2_config_round_trip_and_errors(kind, tmp_path):
         make2(kind, max_skip_run=0)
     with pytest.raises(ValueError, match="skip must be True or False, got 1"):
         make2(kind, skip=1)
+
+
+def test_ltd_pre_draft_memo_equals_one_row_at_a_time():
+    """LTD without history or lookup keeps its greedy pre-draft decisions per block of positions (one
+    policy_step over the block's rows): every kept decision equals the one its own row gives, across
+    positions, temperatures, block edges and batch sizes (batch costs on), and the position moves it."""
+    from radar_ext.policies import History, PreDraftStep
+    from radar_ext.policies.learned import decide
+    from radar_ext.policies.ltd import CONTINUE, PRE_DRAFT_BLOCK
+    seen = set()
+    for seed in range(4):
+        policy = make2("ltd", history=False, seed=seed, batch_costs=True)
+        with torch.no_grad():  # a decision that changes along the position: its weight on log(1 + seq_len)
+            policy.depth_net.fc1.weight[:, policy.tree_topk ** 2] *= 40.0
+        policy.refresh()
+        for T in (0.0, 1.0):
+            for B in (1, 4):
+                for L in list(range(1, 40)) + [PRE_DRAFT_BLOCK - 1, PRE_DRAFT_BLOCK, 3 * PRE_DRAFT_BLOCK + 5, 2000]:
+                    x = policy._features(None, policy.tree_topk ** 2, L, 0, T, None, B, None)
+                    want = decide(policy.depth_head(x), False, None) == CONTINUE
+                    assert policy.should_draft(PreDraftStep(L, CostInfo(), History(), T, B)) == want
+                    seen.add(want)
+        assert policy._pre_draft and all(len(v) == PRE_DRAFT_BLOCK for v in policy._pre_draft.values())
+        policy.refresh()
+        assert not policy._pre_draft
+    assert seen == {True, False}

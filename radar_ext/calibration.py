@@ -534,6 +534,15 @@ class _PrefixBench:
         self.drafter.commit(acc.tokens, n, out.features[:, path] if out.features is not None else None)
         return time.perf_counter() - t0
 
+    def target_step(self) -> None:
+        """One untimed target forward of the root on the prefix (its cache slot is cropped by the next
+        reset): what runs between two draft calls 1 in decoding, and evicts the head's weights from the
+        caches as the verify does there."""
+        from radar_ext.tree import root_only_tree
+        from radar_ext.verifier import verify
+        with self.linears:
+            verify(self.target, self.cache, root_only_tree(self.root), self.P, self.layers, fused=self.fused)
+
     def ar_step(self) -> float:
         """The plain decode step: one token through the target on the prefix cache, argmax read."""
         t0 = time.perf_counter()
@@ -656,6 +665,7 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
             bench.stamp.set_calls(max_draft_calls)
             for r in range(rounds):
                 for W in tree_topks:
+                    bench.target_step()  # as in decoding, call 1 follows a target forward (cold head weights)
                     bench.reset()
                     _, f, n, _ = bench.draft(W, V_max)
                     if timed(r):

@@ -37,6 +37,7 @@ from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, PRE_DRAFT_SCORE, S
                                         must_draft, seq_len_feature, temperature_feature)
 
 STOP, CONTINUE = 0, 1
+PRE_DRAFT_BLOCK = 256  # positions whose pre-draft decisions are computed together (_pre_draft_memo)
 
 
 CONTEXT_FEATURES = ["log_seq_len", "calls_frac", "temperature"]
@@ -123,6 +124,7 @@ class LtdPolicy(LearnedPolicy):
         self._pre_draft_top = [PRE_DRAFT_SCORE / SCORE_SCALE] * (self.tree_topk * self.tree_topk)  # its sorted row
         self._cost_list = self.cost_tensor().tolist()
         self._batch_cost_lists = {1: self._cost_list}  # batch size -> cost features (batch_costs)
+        self._pre_draft = {}  # (temperature, batch size, position block) -> greedy pre-draft decisions
 
     def _costs_at(self, batch_size: int) -> list:
         """The cost features at this batch size: float32-rounded as cost_tensor's, cached per B."""
@@ -161,9 +163,27 @@ class LtdPolicy(LearnedPolicy):
         """skip=True: the depth head at call 0 (every child score PRE_DRAFT_SCORE); its stop is a plain step."""
         if not self.skip or must_draft(step, self.max_skip_run, self.history):
             return True
+        if not self.history and not self.lookup and not self.sample:
+            return self._pre_draft_memo(step.seq_len, step.temperature, step.batch_size)
         x = self._features(None, self.tree_topk * self.tree_topk, step.seq_len, 0, step.temperature,
                            step.history, step.batch_size, getattr(step, "lookup", None))
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
+
+    def _pre_draft_memo(self, seq_len: int, temperature: float, batch_size: int) -> bool:
+        """The greedy pre-draft decision of a policy without history or lookup features: a function of
+        (position, temperature, batch size) alone, so it is computed for PRE_DRAFT_BLOCK positions at once
+        (one policy_step over their rows, the same per-row values as one row at a time) and kept."""
+        block, i = divmod(int(seq_len), PRE_DRAFT_BLOCK)
+        key = (float(temperature), int(batch_size), block)
+        got = self._pre_draft.get(key)
+        if got is None:
+            tail = [0.0, temperature_feature(temperature)]
+            costs = self._costs_at(batch_size)
+            rows = [self._pre_draft_top + [seq_len_feature(block * PRE_DRAFT_BLOCK + j)] + tail + costs
+                    for j in range(PRE_DRAFT_BLOCK)]
+            probs = self.depth_head(torch.tensor(rows, dtype=torch.float32)).tolist()  # host sync: once a block
+            got = self._pre_draft[key] = [max(range(len(p)), key=p.__getitem__) == CONTINUE for p in probs]
+        return got[i]
 
     def should_continue(self, step: DraftStep) -> bool:
         cs = step.child_scores
