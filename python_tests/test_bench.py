@@ -552,3 +552,40 @@ def test_hybrid_static_setting():
     ctx = BenchContext(None, None, None, None, BenchOptions(hybrid_static={"max_draft_calls": 2, "tree_topk": 4,
                                                                          "verify_budget": 6}))
     assert m._setting(ctx) == {"max_draft_calls": 2, "tree_topk": 4, "verify_budget": 6}
+
+
+def test_batch_memory_runs_each_method_in_its_own_process(tmp_path, monkeypatch, capsys):
+    """bench/batch_memory.py: its refusals by name, one child process per method (the child's command
+    line carries the settings), peaks compared with HF's (`ar`), and a failed child named."""
+    import json as _json
+    import subprocess
+    import types
+    mod = load_bench_script("batch_memory")
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question_id": 1, "category": "c", "turns": ["hi"]}\n')
+    for argv, msg in ((["--batch-size", "0"], "--batch-size"), (["--questions", str(tmp_path / "no")], "--questions"),
+                      (["--policy-costs", str(tmp_path / "no.json")], "--policy-costs")):
+        with pytest.raises(SystemExit):
+            mod.parse_args(["--questions", str(q)] + argv if argv[0] != "--questions" else argv)
+        assert msg in capsys.readouterr().err
+    calls = []
+    peaks = {"ar": 1000.0, "ltd": 1300.0}
+
+    def fake_run(cmd, capture_output, text):
+        calls.append(cmd)
+        m = cmd[cmd.index("--child") + 1]
+        if m == "bad":
+            return types.SimpleNamespace(returncode=1, stdout="", stderr="Traceback: boom\n")
+        res = {"method": m, "batch_size": 4, "rss_before_mb": 900.0, "peak_mb": peaks[m], "growth_mb": peaks[m] - 900,
+               "new_tokens": 8}
+        return types.SimpleNamespace(returncode=0, stdout="log line\nRESULT " + _json.dumps(res) + "\n", stderr="")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    out = tmp_path / "m.json"
+    assert mod.main(["--questions", str(q), "--batch-size", "4", "--methods", "ar,ltd", "--out", str(out)]) == 0
+    assert [c[c.index("--child") + 1] for c in calls] == ["ar", "ltd"]
+    assert all(c[c.index("--batch-size") + 1] == "4" for c in calls)
+    got = _json.loads(out.read_text())["results"]
+    assert [r["peak_vs_ar"] for r in got] == [1.0, pytest.approx(1.3)]
+    assert "1.30x" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="method 'bad'"):
+        mod.main(["--questions", str(q), "--methods", "ar,bad"])

@@ -286,3 +286,39 @@ def test_fused_prefill_matches_hf(P):
     two = prompt.expand(2, P).contiguous()
     got = [prefill(model, kv_cache.new_target_cache(model), two, layers, fused=f).logits for f in (True, False)]
     assert torch.equal(got[0], got[1])
+
+
+@needs_op
+@pytest.mark.parametrize("pads", [(0, 0), (3, 0, 5), (0, 6, 1, 2)])
+def test_fused_prefill_rows_matches_hf(pads):
+    """prefill_rows(fused=True): B left-padded prompts as one fused forward; every row's last logits, its
+    features and cache entries at its real positions within float32 rounding of HF's batched prefill (the
+    padding slots are never read later and are not compared). Too long a prompt takes HF's forward."""
+    from radar_ext import verifier
+    model = llama(4, 2, 8, layers=3, hidden=32)
+    P = 9
+    ids = torch.randint(0, VOCAB, (len(pads), P), generator=torch.Generator().manual_seed(len(pads)))
+    pads_t = torch.tensor(pads, dtype=torch.int64)
+    layers = [0, 2]
+    outs = []
+    for fused in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        outs.append((verifier.prefill_rows(model, cache, ids, pads_t, layers, fused=fused), cache))
+    (fo, fc), (ho, hc) = outs
+    assert fo.logits.shape == ho.logits.shape == (len(pads), 1, VOCAB)
+    close(fo.logits, ho.logits, "logits")
+    assert kv_cache.cache_length(fc) == kv_cache.cache_length(hc) == P
+    for b, p in enumerate(pads):
+        close(fo.features[b, p:], ho.features[b, p:], f"features row {b}")
+        for a, h in zip(fc.layers, hc.layers):
+            close(a.keys[b, :, p:P], h.keys[b, :, p:P], f"keys row {b}")
+            close(a.values[b, :, p:P], h.values[b, :, p:P], f"values row {b}")
+        # the row alone, unpadded, through the one-prompt fused prefill: the same last logits and features
+        alone = prefill(model, kv_cache.new_target_cache(model), ids[b:b + 1, p:], layers, fused=True)
+        close(alone.logits[0], fo.logits[b], f"row {b} alone")
+        close(alone.features[0], fo.features[b, p:], f"row {b} alone, features")
+    long = torch.randint(0, VOCAB, (2, verifier.FUSED_PREFILL_MAX + 1), generator=torch.Generator().manual_seed(1))
+    two = torch.zeros(2, dtype=torch.int64)
+    got = [verifier.prefill_rows(model, kv_cache.new_target_cache(model), long, two, layers, fused=f).logits
+           for f in (True, False)]
+    assert torch.equal(got[0], got[1])

@@ -2,7 +2,10 @@
 
 `calibrate()` measures, for one target + drafter:
   draft     one draft call at each tree_topk W: call 1 (it re-encodes the `pending` tokens the
-            previous cycle accepted) separately from the later calls (W beams at once);
+            previous cycle accepted) separately from the later calls (W beams at once); every timed
+            draft follows an untimed target forward, as in decoding, where the verify has evicted the
+            head's weights from the caches (timed in a loop of drafts alone, call 1 read 0.9 ms on the
+            AMX Xeon against the 1.3-1.8 ms decoding pays);
   verify    T_verify(V): one target forward (`radar_ext.verifier.verify`) over a real draft tree of
             V draft tokens (right after the smallest draft that holds V nodes, as decoding drafts:
             `verify_draft_shape`, and after an untimed cycle of the same shape: a verify right after a

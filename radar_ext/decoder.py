@@ -355,7 +355,8 @@ class RadarDecoder:
         B = given.shape[0]
         cache = kv_cache.new_target_cache(self.target)
         pads_t = torch.tensor(pads, dtype=torch.int64, device=given.device)
-        res = prefill_rows(self.target, cache, given, pads_t, self.drafter.feature_layers)
+        res = prefill_rows(self.target, cache, given, pads_t, self.drafter.feature_layers,
+                           fused=self.fused_forward and self.lean_verify)
         roots = self._first_token(res.logits[:, -1], cfg, generator)                  # [B]
         batch = _Batch(rows=list(range(B)), lengths=torch.full((B,), given.shape[1], dtype=torch.int64,
                                                                  device=given.device),

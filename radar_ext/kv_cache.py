@@ -121,15 +121,18 @@ def commit_path(cache, prefix_len: int, keep: torch.Tensor) -> None:
     n = keep.shape[0]
     src = keep + prefix_len                                       # [n]
     contiguous = bool(n == 0 or int(keep[-1]) == n - 1)  # host sync: keep is a small CPU tensor
+    end = prefix_len + n
     for layer in cache.layers:
         if not layer.is_initialized:
             continue
+        if contiguous and layer.keys.shape[2] == end and layer.values.shape[2] == end:
+            continue  # the whole block was kept (a plain step's root): nothing to move or crop
         if not contiguous:
             # index_select makes a copy before the write, so overlapping source/target is safe.
             layer.keys[:, :, prefix_len:prefix_len + n] = layer.keys.index_select(2, src)
             layer.values[:, :, prefix_len:prefix_len + n] = layer.values.index_select(2, src)
-        layer.keys = layer.keys[:, :, :prefix_len + n]
-        layer.values = layer.values[:, :, :prefix_len + n]
+        layer.keys = layer.keys[:, :, :end]
+        layer.values = layer.values[:, :, :end]
 
 
 # ---------------------------------------------------------------------------------------- batch > 1

@@ -69,13 +69,28 @@ def prefill(target, cache, input_ids: torch.Tensor, feature_layers=None, fused: 
 
 
 @torch.no_grad()
-def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, feature_layers=None) -> VerifyOut:
+def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, feature_layers=None,
+                 fused: bool = False) -> VerifyOut:
     """`prefill` of B left-padded prompts [B, P] (pads [B] int64 padding slots per row): HF's batched
     prefill (2-D attention mask, positions counted from each row's first real token, as HF generate does).
-    The padding slots get K/V too; every later mask hides them (rows_attention_mask)."""
+    The padding slots get K/V too; every later mask hides them (rows_attention_mask).
+    fused (prompts of at most FUSED_PREFILL_MAX tokens, a target the fused forward takes, an empty cache): one
+    radar_ext::llama_forward call over the B rows, each real token seeing its row's real tokens up to itself
+    (a padding slot sees only itself: its K/V are never read), as `prefill(fused=True)` runs one prompt."""
     B, P = input_ids.shape
     attention_mask = (torch.arange(P, device=input_ids.device) >= pads.view(B, 1)).long()  # [B, P]
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)                          # [B, P]
+    if fused and P <= FUSED_PREFILL_MAX and kv_cache.cache_length(cache) == 0:
+        fast = lean_forward_for(target, native=True, fused=True)
+        if fast is not None and fused_reason(target) is None:
+            slot = torch.arange(P, device=input_ids.device)
+            causal = slot.view(P, 1) >= slot.view(1, P)                                   # [P(query), P(key)]
+            visible = (causal & attention_mask.bool().view(B, 1, P)) | torch.eye(P, dtype=torch.bool,
+                                                                                  device=input_ids.device)
+            mask = torch.zeros(B, 1, P, P, dtype=torch.float32, device=input_ids.device)
+            mask.masked_fill_(~visible.unsqueeze(1), torch.finfo(torch.float32).min)
+            logits, feats = fast(input_ids, position_ids, mask, cache, feature_layers, last_only=True)
+            return VerifyOut(logits.float(), feats)
     out = target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  past_key_values=cache, use_cache=True, output_hidden_states=feature_layers is not None,
                  logits_to_keep=1)
