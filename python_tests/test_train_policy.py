@@ -13,7 +13,7 @@ from radar_ext.policies import PolicyCosts, load_policy
 from radar_ext.training.episodes import FORMAT, load_episodes
 from radar_ext.training.train_policy import (TrainPolicyConfig, evaluate, expected_tokens, ltd_choices,
                                              oracle_throughput, policy_throughput, radar_choices, static_grid, subset,
-                                             train)
+                                             train, _check)
 
 N, W, BUDGETS, K = 4, 3, (4, 8, 16), 8
 COSTS = {"t_draft": 0.002, "t_policy": 1e-5, "t_ar": 0.02, "t_verify": {"V": [1, 16], "seconds": [0.02, 0.02]}}
@@ -333,6 +333,33 @@ def test_ltd_with_batch_costs_drafts_alone_and_skips_in_a_batch(tmp_path):
     with pytest.raises(ValueError, match="batch_costs needs kind 'ltd'"):
         train(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r3", kind="radar", batch_costs=True),
               log=lambda *_: None)
+
+
+def test_ltd_trained_on_two_machines_reads_which_it_runs_on(tmp_path):
+    """`--extra-costs`: one skipping LTD trained on this machine's curve (drafting pays) and another machine's,
+    given as a policy's config.json (a verify 20x dearer and slow draft calls: it does not). With each machine's
+    costs it decides as that machine's own curve wants; the policy stores the --costs curve. Refused by name:
+    a missing file and a RADAR policy."""
+    from radar_ext.policies import CostInfo, History, PreDraftStep
+    ep_dir = write_episodes(tmp_path / "e", True)
+    dear = dict(COSTS, t_draft=0.02, t_verify={"V": [1, 16], "seconds": [0.2, 0.2]})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"kind": "ltd", "costs": dear}))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=8, lr=1e-2, batch_size=32, seed=1, skip=True,
+                            extra_costs=[str(tmp_path / "other" / "config.json")])
+    best = train(cfg, log=lambda *_: None)
+    here, there = load_policy(best), load_policy(best, costs=dear)
+    assert here.costs.t_draft == COSTS["t_draft"]
+    step = PreDraftStep(100, CostInfo(), History(), 0.0)
+    assert here.should_draft(step) and not there.should_draft(step)
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [c["curve"] for c in rep["cost_curves"]] == ["calibrated", "machine 2: calibrated"]
+    with pytest.raises(FileNotFoundError, match="extra_costs: .* is not a file"):
+        _check(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r2", kind="ltd", extra_costs=[str(tmp_path / "no")]))
+    with pytest.raises(ValueError, match="extra_costs .* needs --kind ltd"):
+        _check(TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "r3", kind="radar",
+                                 extra_costs=[str(ep_dir / "costs.json")]))
 
 
 def test_from_pretrained_with_this_machines_costs(tmp_path):

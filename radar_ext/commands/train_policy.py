@@ -59,6 +59,11 @@ def add_arguments(p) -> None:
                    help="LTD: also train on a row's costs at every batch size the calibration measured (`radar "
                         "calibrate --batch-sizes 1,4,8`); the policy then reads the decoding's batch size through its "
                         "cost features, so one policy serves every B")
+    p.add_argument("--extra-costs", nargs="+", default=[], metavar="PATH",
+                   help="LTD: other machines' costs to train on as well, each a `radar calibrate` JSON or a shipped "
+                        "policy's config.json (its stored costs): their curves, perturbed (--cost-curves) and batched "
+                        "(--batch-costs) as the --costs one, join the training curves, so one policy reads every "
+                        "machine's costs; the policy stores the --costs ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -75,7 +80,7 @@ def run(args) -> int:
                             entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
                             cost_jitter=args.cost_jitter, history=args.history, skip=args.skip,
                             max_skip_run=args.max_skip_run, lookup=args.lookup, batch_costs=args.batch_costs,
-                            seed=args.seed, threads=args.threads)
+                            extra_costs=[str(x) for x in args.extra_costs], seed=args.seed, threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")

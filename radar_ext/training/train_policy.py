@@ -30,7 +30,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,6 +69,8 @@ class TrainPolicyConfig:
     max_skip_run: int = 32          # skipping policies draft after this many plain steps in a row
     lookup: bool = False            # LTD: the decisions also read the cycle's context-lookup features (hybrid episodes)
     batch_costs: bool = False       # LTD: also train on each calibrated batch size's curve (PolicyCosts.at_batch)
+    extra_costs: list = field(default_factory=list)  # LTD: other machines' calibrations (or policy configs) whose
+                                    # curves (perturbed and batched as the main one's) join the training curves
     seed: int = 0
     threads: int = 0
 
@@ -653,11 +656,14 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                 opt.load_state_dict(saved["opt"])
         log(f"[train-policy] resumed from {ckpt}: phase {state['phase']}, epoch {state['epoch']}")
 
-    curves = cost_curves(costs, cfg.cost_curves, cfg.cost_jitter, cfg.seed)
-    if cfg.batch_costs:  # a row of each calibrated batch, as B = 1 curves whose features are batch_features(B)
-        for B in sorted(b for b in costs.per_batch if b > 1):
-            curves += [(f"B={B} {name}", c) for name, c in
-                       cost_curves(costs.at_batch(B, budgets), cfg.cost_curves, cfg.cost_jitter, cfg.seed + B)]
+    curves = []
+    for m, (tag, base) in enumerate([("", costs)] + _extra_costs(cfg, costs, W, train_ep, log)):
+        seed = cfg.seed + 100003 * m
+        curves += [(tag + name, c) for name, c in cost_curves(base, cfg.cost_curves, cfg.cost_jitter, seed)]
+        if cfg.batch_costs:  # a row of each calibrated batch, as B = 1 curves whose features are batch_features(B)
+            for B in sorted(b for b in (base.per_batch or {}) if b > 1):
+                curves += [(f"{tag}B={B} {name}", c) for name, c in
+                           cost_curves(base.at_batch(B, budgets), cfg.cost_curves, cfg.cost_jitter, seed + B)]
     K = len(curves)
     if K > 1:
         log("[train-policy] cost curves: " + "; ".join(name for name, _ in curves))
@@ -766,6 +772,22 @@ def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
         f"T_verify(0) {costs.t_ar * 1e3:.2f} ms, T_verify({budgets[-1]}) {costs.t_verify(budgets[-1]) * 1e3:.2f} ms, "
         f"t_policy {t_pol * 1e6:.0f} us); use `--costs` with a `radar calibrate` JSON for real runs")
     return costs
+
+
+def _extra_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> list:
+    """[(tag, PolicyCosts)] of cfg.extra_costs: each a `radar calibrate` JSON (read as --costs is) or a policy's
+    config.json (its stored costs), with this policy's own decision time."""
+    out = []
+    prefix = cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
+    for k, path in enumerate(cfg.extra_costs):
+        c = PolicyCosts.load(path, tree_topk=W, prefix_len=prefix)
+        c = dataclasses.replace(c, t_policy=costs.t_policy)
+        if cfg.batch_costs and not c.per_batch:
+            log(f"[train-policy] extra costs {path}: no batched verify times, its B = 1 curves only")
+        log(f"[train-policy] extra costs {k + 1} from {path}: t_draft {c.t_draft * 1e3:.2f} ms/call, T_verify(V) "
+            f"{c.t_verify(1) * 1e3:.2f}..{c.verify_seconds[-1] * 1e3:.2f} ms, t_ar {c.t_ar * 1e3:.2f} ms")
+        out.append((f"machine {k + 2}: ", c))
+    return out
 
 
 def _calibrated_policy(path):
@@ -909,6 +931,14 @@ def _check(cfg: TrainPolicyConfig) -> None:
         raise ValueError(f"cost_curves must be an int >= 1, got {cfg.cost_curves!r}")
     if not (math.isfinite(cfg.cost_jitter) and cfg.cost_jitter >= 0):
         raise ValueError(f"cost_jitter must be a finite number >= 0, got {cfg.cost_jitter}")
+    if not isinstance(cfg.extra_costs, (list, tuple)):
+        raise ValueError(f"extra_costs must be a list of paths, got {cfg.extra_costs!r}")
+    for path in cfg.extra_costs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"extra_costs: {path} is not a file (a `radar calibrate` JSON or a policy's "
+                                    "config.json)")
+    if cfg.extra_costs and cfg.kind != "ltd":
+        raise ValueError("extra_costs trains an LTD policy on several machines' cost curves: it needs --kind ltd")
     if not isinstance(cfg.batch_costs, bool):
         raise ValueError(f"batch_costs must be True or False, got {cfg.batch_costs!r}")
     if cfg.batch_costs and cfg.kind != "ltd":
