@@ -42,7 +42,21 @@ def test_greedy_walk():
 def test_greedy_root_only():
     tree = tree_of([4], [-1])
     acc = greedy_accept(tree, onehot_logits([2]))
-    assert acc.accepted_len == [0] and acc.tokens.tolist() == [[2]]
+    assert acc.accepted_len == [0] and acc.tokens.tolist() == [[2]] and acc.path.tolist() == [[0]]
+
+
+def test_greedy_root_only_rows_equal_the_tree_walk():
+    """Root-only trees (plain steps, a batch of them) take the one-argmax path: the same Acceptance as the
+    general walk over the same trees (a second, unused node appended to each row makes it run)."""
+    from radar_ext.tree import root_only_tree
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 11, generator=g)
+    fast = greedy_accept(root_only_tree(torch.tensor([1, 2, 3])), logits[:, :1])
+    walk = greedy_accept(tree_of([4, 5], [-1, 0]), logits[:1])  # root + one child: the general code
+    assert fast.tokens.dtype == walk.tokens.dtype == torch.int64 and fast.path.shape == (3, 1)
+    assert fast.tokens[:, 0].tolist() == logits[:, 0].argmax(-1).tolist() and fast.accepted_len == [0, 0, 0]
+    if walk.accepted_len == [0]:
+        assert walk.tokens[0, 0] == fast.tokens[0, 0]
 
 
 def test_sample_accept_onehot_is_greedy():

@@ -60,6 +60,9 @@ def target_probs(logits: torch.Tensor, params: SamplingParams, warpers=None) -> 
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     """logits [B, M, V]. The longest root-to-leaf prefix that matches the target's argmax."""
+    if logits.shape[1] == 1:  # root-only trees (plain steps): the argmax alone, one ATen op instead of ~15
+        return Acceptance(torch.zeros(logits.shape[0], 1, dtype=torch.int64, device=logits.device),
+                          logits[:, 0].argmax(dim=-1, keepdim=True), [0] * logits.shape[0])
     pred = logits.argmax(dim=-1)                                   # [B, M]
     paths = tree.paths                                             # [B, P, D+1]
     B, P, L = paths.shape

@@ -44,6 +44,10 @@ def tree_attention_mask(tree: DraftTree, prefix_len: int, dtype: torch.dtype) ->
 # it loses to HF's (MKL) from ~500 tokens. Default target, 2 threads, AMX Xeon: P = 32 / 128 / 512 / 1536 tokens
 # 27.8 / 99.1 / 659 / 3891 ms fused against 102 / 193 / 666 / 2156 ms through HF's forward.
 FUSED_PREFILL_MAX = 384
+# Most rows (batch x prompt length) `prefill_rows(fused=True)` runs fused: its products gain little over MKL's at
+# this size. Default target, 2 threads, 2-core AMD EPYC: B x P = 4 x 64 / 4 x 128 / 8 x 64 / 8 x 128 / 8 x 256
+# 372 / 746 / 811 / 1706 / 4271 ms fused against 399 / 826 / 850 / 1472 / 3744 ms through HF's forward.
+FUSED_PREFILL_MAX_ROWS = 768
 
 
 @torch.no_grad()
@@ -74,13 +78,14 @@ def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, fea
     """`prefill` of B left-padded prompts [B, P] (pads [B] int64 padding slots per row): HF's batched
     prefill (2-D attention mask, positions counted from each row's first real token, as HF generate does).
     The padding slots get K/V too; every later mask hides them (rows_attention_mask).
-    fused (prompts of at most FUSED_PREFILL_MAX tokens, a target the fused forward takes, an empty cache): one
+    fused (prompts of at most FUSED_PREFILL_MAX tokens, FUSED_PREFILL_MAX_ROWS in all, a target the fused forward
+    takes, an empty cache): one
     radar_ext::llama_forward call over the B rows, each real token seeing its row's real tokens up to itself
     (a padding slot sees only itself: its K/V are never read), as `prefill(fused=True)` runs one prompt."""
     B, P = input_ids.shape
     attention_mask = (torch.arange(P, device=input_ids.device) >= pads.view(B, 1)).long()  # [B, P]
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)                          # [B, P]
-    if fused and P <= FUSED_PREFILL_MAX and kv_cache.cache_length(cache) == 0:
+    if fused and P <= FUSED_PREFILL_MAX and B * P <= FUSED_PREFILL_MAX_ROWS and kv_cache.cache_length(cache) == 0:
         fast = lean_forward_for(target, native=True, fused=True)
         if fast is not None and fused_reason(target) is None:
             slot = torch.arange(P, device=input_ids.device)
