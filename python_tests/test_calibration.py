@@ -105,6 +105,17 @@ def test_json_round_trip(tmp_path):
     assert CostModel.from_dict(json.loads(json.dumps(mp.to_dict()))) == mp
     assert mp.t_plain(100) == pytest.approx(0.0095) and mp.t_plain(200) == pytest.approx(0.01425)
     assert "plain step (skipped cycle) P=100" in mp.format_table()
+    # decode_step (our plain decoding per token) is optional too; the loop's own time is what it adds to the plain step
+    assert d["decode_step"] == {} and mp.t_loop(100) == 0.0 and m.t_loop() == 0.0
+    ml = hand_model(plain_step={100: s(0.0095), 300: s(0.019)}, decode_step={100: s(0.0115), 300: s(0.020)})
+    assert CostModel.from_dict(json.loads(json.dumps(ml.to_dict()))) == ml
+    assert ml.t_loop(100) == pytest.approx(0.002) and ml.t_loop(300) == pytest.approx(0.001)
+    assert ml.t_cycle(2, 5, 4, 100) == pytest.approx(mp.t_cycle(2, 5, 4, 100) + 0.002)
+    assert "our plain decoding P=100" in ml.format_table()
+    from radar_ext.policies.costs import PolicyCosts
+    pl, pm = PolicyCosts.from_cost_model(ml, 4, 100), PolicyCosts.from_cost_model(mp, 4, 100)
+    assert pl.t_plain == pytest.approx(0.0115) and pm.t_plain == pytest.approx(0.0095)
+    assert pl.verify_seconds == pytest.approx([v + 0.002 for v in pm.verify_seconds])
     back = CostModel.load(path)
     assert back == m
     assert back.t_verify(7, 250) == m.t_verify(7, 250)
@@ -158,7 +169,8 @@ def test_calibrate_tiny_model(tiny, tmp_path):
     assert m.v_set == [1, 2, 4] and m.prefix_lens == [8, 16] and m.verify_tree_topk == 3
     assert set(m.verify) == {8, 16} and all(set(c) == {1, 2, 4} for c in m.verify.values())
     assert set(m.draft_first) == set(m.draft_next) == {2, 3}
-    assert set(m.ar_step) == set(m.ar_generate) == set(m.plain_step) == {8, 16}
+    assert set(m.ar_step) == set(m.ar_generate) == set(m.plain_step) == set(m.decode_step) == {8, 16}
+    assert all(st.n == 2 and st.median >= 0 for st in m.decode_step.values()) and m.t_loop(12) >= 0.0
     assert all(st.n == 3 and 0 < st.p10 <= st.median <= st.p90 for st in m.plain_step.values())
     assert m.t_plain(12) == pytest.approx((m.plain_step[8].median + m.plain_step[16].median) / 2)
     # every draft call 2..3 of each timed draft was split out: 2 later calls x 3 repeats

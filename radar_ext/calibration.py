@@ -133,6 +133,9 @@ class CostModel:
     ar_generate: dict                 # {prefix_len: Stat} per new token inside HF generate (the bench baseline)
     plain_step: dict = field(default_factory=dict)  # {prefix_len: Stat} a skipped cycle (root-only verify +
                                       # acceptance + commits); {}: not measured (calibrations before it)
+    decode_step: dict = field(default_factory=dict)  # {prefix_len: Stat} per new token of our own plain decoding
+                                      # (RadarDecoder(target).generate): the plain step with the decode loop around
+                                      # it; {}: not measured (calibrations before it)
     policy_name: str = "StaticPolicy"
     policy_decision: Stat | None = None  # one should_continue
     policy_budget: Stat | None = None    # one verify_budget choice
@@ -206,6 +209,15 @@ class CostModel:
         the calibration predates its measurement."""
         return _interp_keyed(self.plain_step, self._prefix(prefix_len)) if self.plain_step else None
 
+    def t_loop(self, prefix_len: float | None = None) -> float:
+        """The decode loop's own time per cycle beyond the measured cycle parts (emitting and checking the tokens,
+        the verify's Python around the forward, stats): our plain decoding's per-token time minus the plain step,
+        >= 0; 0 when the calibration predates that measurement. Every cycle pays it, drafted or not."""
+        if not self.decode_step or not self.plain_step:
+            return 0.0
+        p = self._prefix(prefix_len)
+        return max(0.0, _interp_keyed(self.decode_step, p) - _interp_keyed(self.plain_step, p))
+
     def t_cycle(self, calls: int, V: int, tree_topk: int | None = None, prefix_len: float | None = None,
                 batch_size: int = 1) -> float:
         """Predicted wall time of one cycle: draft calls, one policy decision per call, tree build,
@@ -213,7 +225,7 @@ class CostModel:
         and committing on its own (B times those costs) and verified together (T_verify(V) times the
         calibrated batched-forward ratio at V, `verify_ratio`)."""
         per_row = (self.t_draft(calls, tree_topk, prefix_len) + calls * self.t_policy()
-                   + self.t_tree(V, prefix_len) + self.t_overhead(V, prefix_len))
+                   + self.t_tree(V, prefix_len) + self.t_overhead(V, prefix_len) + self.t_loop(prefix_len))
         return batch_size * per_row + self.t_verify(V, prefix_len) * self.verify_ratio(V, batch_size)
 
     def predicted_tokens_per_second(self, tau: float, calls: int, V: int, tree_topk: int | None = None,
@@ -292,7 +304,7 @@ class CostModel:
                 continue
             v = d[k]
             if k in _NESTED:
-                v = {} if (k in ("ar_generate", "plain_step") and not v) else stats(v, _NESTED[k], k)  # {}: not measured
+                v = {} if (k in ("ar_generate", "plain_step", "decode_step") and not v) else stats(v, _NESTED[k], k)  # {}: not measured
             elif k in ("policy_decision", "policy_budget"):
                 v = None if v is None else Stat.from_dict(v, f"{where}: {k}")
             elif k == "batch":
@@ -351,6 +363,9 @@ class CostModel:
             lines.append(f"AR P={p}: 1-token forward {ms(self.ar_step[p]).strip()} ms{g}")
         for p in sorted(self.plain_step):
             lines.append(f"plain step (skipped cycle) P={p}: {ms(self.plain_step[p]).strip()} ms")
+        for p in sorted(self.decode_step):
+            lines.append(f"our plain decoding P={p}: {ms(self.decode_step[p]).strip()} ms per token (the decode loop "
+                         f"adds {1e3 * self.t_loop(p):.2f} ms a cycle)")
         if self.policy_decision is not None:
             b = f", verify_budget {1e6 * self.policy_budget.median:.1f} us" if self.policy_budget else ""
             lines.append(f"policy {self.policy_name}: one decision {1e6 * self.policy_decision.median:.1f} us "
@@ -359,7 +374,7 @@ class CostModel:
 
 
 _NESTED = {"verify": 2, "tree_build": 2, "overhead": 2, "draft_first": 2, "draft_next": 2,
-           "ar_step": 1, "ar_generate": 1, "plain_step": 1}
+           "ar_step": 1, "ar_generate": 1, "plain_step": 1, "decode_step": 1}
 
 
 def default_path(name: str) -> Path:
@@ -553,6 +568,19 @@ class _PrefixBench:
         int(o.logits[0, -1].argmax())  # host sync: generate reads the token too
         return time.perf_counter() - t0
 
+    def decode_generate(self, n_tokens: int) -> float:
+        """Seconds per new token of our own plain decoding (RadarDecoder(target) on this verify path, greedy),
+        as ar_generate times HF's: the difference of a 1-token and an (N + 1)-token generate over the tokens
+        between them (the prefill cancels). A random prompt may hit EOS early: the tokens actually made count."""
+        from radar_ext.decoder import RadarDecoder
+        dec = self.__dict__.setdefault("_plain_decoder", RadarDecoder(self.target, None, fused_forward=self.fused))
+        t0 = time.perf_counter()
+        n1 = dec.generate(self.ids, max_new_tokens=1, do_sample=False).shape[1]
+        t1 = time.perf_counter()
+        n2 = dec.generate(self.ids, max_new_tokens=n_tokens + 1, do_sample=False).shape[1]
+        t2 = time.perf_counter()
+        return max((t2 - t1) - (t1 - t0), 0.0) / max(n2 - n1, 1)
+
     def ar_generate(self, n_tokens: int) -> float:
         """Seconds per new token inside HF generate: (N + 1 tokens - 1 token) / N, the prefill cancels."""
         import torch
@@ -657,6 +685,7 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
     timed = lambda r: r >= warmup  # noqa: E731  (the first `warmup` rounds are not recorded)
 
     verify_t, build_t, over_t, first_t, next_t, ar_t, gen_t, plain_t = {}, {}, {}, {}, {}, {}, {}, {}
+    decode_t = {}
     decisions, budgets = [], []
     t_start = time.perf_counter()
     with torch.no_grad():
@@ -708,7 +737,10 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
                         times.append(t)
                     tick()
                 table[P] = Stat.of(times)
-            if ar_tokens > 0:
+            if ar_tokens > 0:  # our own plain decoding per token, the decode loop included
+                bench.decode_generate(ar_tokens)  # warm-up
+                dec_steps = [bench.decode_generate(ar_tokens) for _ in range(ar_repeats)]
+                decode_t[P] = Stat.of(dec_steps)
                 bench.ar_generate(ar_tokens)  # warm-up
                 per_token = []
                 for _ in range(ar_repeats):
@@ -746,7 +778,7 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
         prefix_lens=list(prefix_lens), v_set=list(v_set), tree_topks=list(tree_topks),
         verify_tree_topk=W_verify, max_draft_calls=max_draft_calls, pending=bench.pending,
         verify=verify_t, tree_build=build_t, overhead=over_t, draft_first=first_t, draft_next=next_t,
-        ar_step=ar_t, ar_generate=gen_t, plain_step=plain_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
+        ar_step=ar_t, ar_generate=gen_t, plain_step=plain_t, decode_step=decode_t, policy_name=pol_name, policy_decision=Stat.of(dec_t),
         policy_budget=Stat.of(bud_t) if bud_t else None, machine=machine, settings=settings, batch=batch)
 
 

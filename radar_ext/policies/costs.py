@@ -163,12 +163,14 @@ class PolicyCosts:
         p = None if prefix_len is None else float(prefix_len)
         t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
         vb = [int(v) for v in cm.v_set]
-        base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) for v in vb]
+        loop = cm.t_loop(p) if hasattr(cm, "t_loop") else 0.0  # the decode loop's own time, every cycle
+        base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + loop for v in vb]
         extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
         vs = [b + extra_first for b in base]
         t_plain = cm.t_plain(p)
         if t_plain is None:
             t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
+        t_plain += loop
         return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain),
                    cm.batch_ratios() or None)
 
