@@ -51,12 +51,13 @@ def test_greedy_root_only_rows_equal_the_tree_walk():
     from radar_ext.tree import root_only_tree
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 2, 11, generator=g)
+    logits[:, 0, 5] = -1e9  # the child below (token 5) is never the root's argmax: the walk accepts nothing
     fast = greedy_accept(root_only_tree(torch.tensor([1, 2, 3])), logits[:, :1])
-    walk = greedy_accept(tree_of([4, 5], [-1, 0]), logits[:1])  # root + one child: the general code
-    assert fast.tokens.dtype == walk.tokens.dtype == torch.int64 and fast.path.shape == (3, 1)
-    assert fast.tokens[:, 0].tolist() == logits[:, 0].argmax(-1).tolist() and fast.accepted_len == [0, 0, 0]
-    if walk.accepted_len == [0]:
-        assert walk.tokens[0, 0] == fast.tokens[0, 0]
+    assert fast.tokens.dtype == torch.int64 and fast.path.tolist() == [[0]] * 3 and fast.accepted_len == [0, 0, 0]
+    assert fast.tokens[:, 0].tolist() == logits[:, 0].argmax(-1).tolist()
+    for b in range(3):  # root + one child: the general code, the same emitted token and path
+        walk = greedy_accept(tree_of([4, 5], [-1, 0]), logits[b:b + 1])
+        assert walk.accepted_len == [0] and walk.tokens[0, 0] == fast.tokens[b, 0] and walk.path[0, 0] == 0
 
 
 def test_sample_accept_onehot_is_greedy():
