@@ -479,6 +479,7 @@ class _PrefixBench:
         self.linears = linears if linears is not None else contextlib.nullcontext()
         self.layers = drafter.feature_layers
         self.stamp = _StampPolicy(max_calls)
+        self.plain_decoder = None  # RadarDecoder(target) for decode_generate, built on first use
         vocab = target.get_input_embeddings().weight.shape[0]
         self.ids = torch.randint(0, vocab, (1, P), generator=gen).to(next(target.parameters()).device)
         self.cache = kv_cache.new_target_cache(target)
@@ -572,8 +573,10 @@ class _PrefixBench:
         """Seconds per new token of our own plain decoding (RadarDecoder(target) on this verify path, greedy),
         as ar_generate times HF's: the difference of a 1-token and an (N + 1)-token generate over the tokens
         between them (the prefill cancels). A random prompt may hit EOS early: the tokens actually made count."""
-        from radar_ext.decoder import RadarDecoder
-        dec = self.__dict__.setdefault("_plain_decoder", RadarDecoder(self.target, None, fused_forward=self.fused))
+        if self.plain_decoder is None:
+            from radar_ext.decoder import RadarDecoder
+            self.plain_decoder = RadarDecoder(self.target, None, fused_forward=self.fused)
+        dec = self.plain_decoder
         t0 = time.perf_counter()
         n1 = dec.generate(self.ids, max_new_tokens=1, do_sample=False).shape[1]
         t1 = time.perf_counter()

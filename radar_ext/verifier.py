@@ -56,20 +56,36 @@ def prefill(target, cache, input_ids: torch.Tensor, feature_layers=None, fused: 
     fused (one prompt of at most FUSED_PREFILL_MAX tokens, a target the fused forward takes, an empty cache):
     as one causal radar_ext::llama_forward call (HF's logits up to rounding, as every fused verify), else
     HF's forward."""
-    if fused and input_ids.shape[0] == 1 and input_ids.shape[1] <= FUSED_PREFILL_MAX and kv_cache.cache_length(cache) == 0:
-        fast = lean_forward_for(target, native=True, fused=True)
-        if fast is not None and fused_reason(target) is None:
-            P = input_ids.shape[1]
-            position_ids = torch.arange(P, device=input_ids.device).view(1, P)
-            causal = torch.ones(P, P, dtype=torch.bool, device=input_ids.device).tril()
-            mask = torch.zeros(1, 1, P, P, dtype=torch.float32, device=input_ids.device)
-            mask.masked_fill_(~causal, torch.finfo(torch.float32).min)
-            logits, feats = fast(input_ids, position_ids, mask, cache, feature_layers, last_only=True)
-            return VerifyOut(logits.float(), feats)
+    if fused and input_ids.shape[0] == 1:
+        P = input_ids.shape[1]
+        got = _fused_prefill(target, cache, input_ids, torch.arange(P, device=input_ids.device).view(1, P),
+                             torch.ones(1, P, dtype=torch.bool, device=input_ids.device), feature_layers)
+        if got is not None:
+            return got
     out = target(input_ids=input_ids, past_key_values=cache, use_cache=True,
                  output_hidden_states=feature_layers is not None, logits_to_keep=1)
     feats = target_features(out.hidden_states, feature_layers) if feature_layers is not None else None
     return VerifyOut(out.logits.float(), feats)
+
+
+def _fused_prefill(target, cache, input_ids, position_ids, real, feature_layers) -> VerifyOut | None:
+    """The prompts [B, P] (real [B, P] bool: not left padding) as one causal radar_ext::llama_forward call with
+    last-row logits, each real token seeing its row's real tokens up to itself and a padding slot only itself
+    (its K/V are never read); None where it does not run: longer than FUSED_PREFILL_MAX tokens or
+    FUSED_PREFILL_MAX_ROWS rows in all, a cache already holding tokens, a target the fused forward does not take."""
+    B, P = input_ids.shape
+    if P > FUSED_PREFILL_MAX or B * P > FUSED_PREFILL_MAX_ROWS or kv_cache.cache_length(cache) != 0:
+        return None
+    fast = lean_forward_for(target, native=True, fused=True)
+    if fast is None or fused_reason(target) is not None:
+        return None
+    slot = torch.arange(P, device=input_ids.device)
+    causal = slot.view(P, 1) >= slot.view(1, P)                                           # [P(query), P(key)]
+    visible = (causal & real.view(B, 1, P)) | torch.eye(P, dtype=torch.bool, device=input_ids.device)
+    mask = torch.zeros(B, 1, P, P, dtype=torch.float32, device=input_ids.device)
+    mask.masked_fill_(~visible.unsqueeze(1), torch.finfo(torch.float32).min)
+    logits, feats = fast(input_ids, position_ids, mask, cache, feature_layers, last_only=True)
+    return VerifyOut(logits.float(), feats)
 
 
 @torch.no_grad()
@@ -78,24 +94,14 @@ def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, fea
     """`prefill` of B left-padded prompts [B, P] (pads [B] int64 padding slots per row): HF's batched
     prefill (2-D attention mask, positions counted from each row's first real token, as HF generate does).
     The padding slots get K/V too; every later mask hides them (rows_attention_mask).
-    fused (prompts of at most FUSED_PREFILL_MAX tokens, FUSED_PREFILL_MAX_ROWS in all, a target the fused forward
-    takes, an empty cache): one
-    radar_ext::llama_forward call over the B rows, each real token seeing its row's real tokens up to itself
-    (a padding slot sees only itself: its K/V are never read), as `prefill(fused=True)` runs one prompt."""
+    fused: as `prefill(fused=True)` runs one prompt (_fused_prefill), the B rows in one fused forward."""
     B, P = input_ids.shape
     attention_mask = (torch.arange(P, device=input_ids.device) >= pads.view(B, 1)).long()  # [B, P]
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)                          # [B, P]
-    if fused and P <= FUSED_PREFILL_MAX and B * P <= FUSED_PREFILL_MAX_ROWS and kv_cache.cache_length(cache) == 0:
-        fast = lean_forward_for(target, native=True, fused=True)
-        if fast is not None and fused_reason(target) is None:
-            slot = torch.arange(P, device=input_ids.device)
-            causal = slot.view(P, 1) >= slot.view(1, P)                                   # [P(query), P(key)]
-            visible = (causal & attention_mask.bool().view(B, 1, P)) | torch.eye(P, dtype=torch.bool,
-                                                                                  device=input_ids.device)
-            mask = torch.zeros(B, 1, P, P, dtype=torch.float32, device=input_ids.device)
-            mask.masked_fill_(~visible.unsqueeze(1), torch.finfo(torch.float32).min)
-            logits, feats = fast(input_ids, position_ids, mask, cache, feature_layers, last_only=True)
-            return VerifyOut(logits.float(), feats)
+    if fused:
+        got = _fused_prefill(target, cache, input_ids, position_ids, attention_mask.bool(), feature_layers)
+        if got is not None:
+            return got
     out = target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  past_key_values=cache, use_cache=True, output_hidden_states=feature_layers is not None,
                  logits_to_keep=1)

@@ -163,7 +163,7 @@ class PolicyCosts:
         p = None if prefix_len is None else float(prefix_len)
         t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
         vb = [int(v) for v in cm.v_set]
-        loop = cm.t_loop(p) if hasattr(cm, "t_loop") else 0.0  # the decode loop's own time, every cycle
+        loop = cm.t_loop(p)  # the decode loop's own time, every cycle (0 for calibrations before it)
         base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + loop for v in vb]
         extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
         vs = [b + extra_first for b in base]

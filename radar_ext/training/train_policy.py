@@ -758,7 +758,7 @@ def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
     if cfg.costs:
         # T_verify grows with the context: read the calibration where the policy will decide (by default
         # the training cycles' mean sequence length, ~180 tokens on ShareGPT answers of 128 tokens)
-        prefix = cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
+        prefix = _prefix_len(cfg, train_ep)
         costs = PolicyCosts.load(cfg.costs, tree_topk=W, prefix_len=prefix)
         if _calibrated_policy(cfg.costs) == "StaticPolicy":
             # the calibration timed a trivial policy: use this controller's own fused decision time
@@ -774,13 +774,17 @@ def _costs(cfg, train_ep, probe, W, N, budgets, log) -> PolicyCosts:
     return costs
 
 
+def _prefix_len(cfg, train_ep) -> float:
+    """The context length calibrations are read at: --prefix-len, else the training cycles' mean sequence length."""
+    return cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
+
+
 def _extra_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> list:
     """[(tag, PolicyCosts)] of cfg.extra_costs: each a `radar calibrate` JSON (read as --costs is) or a policy's
     config.json (its stored costs), with this policy's own decision time."""
     out = []
-    prefix = cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
     for k, path in enumerate(cfg.extra_costs):
-        c = PolicyCosts.load(path, tree_topk=W, prefix_len=prefix)
+        c = PolicyCosts.load(path, tree_topk=W, prefix_len=_prefix_len(cfg, train_ep))
         c = dataclasses.replace(c, t_policy=costs.t_policy)
         if cfg.batch_costs and not c.per_batch:
             log(f"[train-policy] extra costs {path}: no batched verify times, its B = 1 curves only")
