@@ -772,3 +772,19 @@ def test_hybrid_cycles_pay_for_their_own_pool():
     full = torch.zeros(1, N, K)  # K scores after every call: the pool may hold more, every budget is verified whole
     Tf = cycle_times(Episodes(dict(meta, drafter="hybrid"), {"pool_top": full}), costs, policy=False)
     assert float(Tf[0, 0, -1]) == pytest.approx(costs.t_draft + costs.t_verify(BUDGETS[-1]))
+
+
+def test_ltd_learns_the_skip_in_a_last_phase_of_its_own(tmp_path):
+    """With skip, LTD's (size, depth) rounds train and are scored with every cycle drafted, and the pre-draft
+    decision is learned in one last depth phase ("skip") against the fitted heads, whose best state is the
+    policy saved (its selection starts afresh: the earlier phases' scores had no skip action)."""
+    ep_dir = write_episodes(tmp_path / "e", False)
+    (ep_dir / "costs.json").write_text(json.dumps(STEEP))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=3, rounds=2, lr=1e-2, batch_size=32, seed=1, skip=True)
+    policy = load_policy(train(cfg, log=lambda *_: None))
+    hist = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]["history"]
+    assert [h["phase"] for h in hist] == ["size"] * 3 + ["depth"] * 3 + ["size"] * 3 + ["depth"] * 3 + ["skip"] * 3
+    assert all(h["skip_share"] == 0.0 and not h["skip"] for h in hist[:12])   # drafting always: the heads are scored
+    assert all(h["skip"] for h in hist[12:]) and max(h["skip_share"] for h in hist[12:]) > 0.95
+    assert policy.skip and evaluate(policy, load_episodes(ep_dir, "val"), PolicyCosts.load(STEEP))["skip_share"] > 0.95

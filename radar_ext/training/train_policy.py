@@ -422,6 +422,53 @@ def _radar_reinforce_step(policy, opt, ep, idx, v_idx, costs, cfg, beta, gen, ex
     return float(G[:, 0].mean()), float(n.double().mean())
 
 
+@torch.no_grad()
+def _radar_skip_targets(policy: RadarPolicy, ep: Episodes, v_idx: int, costs: PolicyCosts):
+    """What RADAR's skip phase fits, from the policy as the earlier phase left it (every cycle drafted):
+    (the pre-draft label [C]: STOP where a plain step pays, its weight [C], the later decisions' actions [C, K]
+    to keep). A cycle's advantage of the plain step is the throughput's own, linearised around the drafting
+    policy's rate lam at that temperature: (1 - lam T_skip) - (E[L + 1] - lam T_cycle), so for cycles that the
+    pre-draft inputs cannot tell apart the fitted decision skips exactly when plain decoding's 1 / T_skip beats
+    the drafting's sum E / sum T; weights scaled by lam times the mean drafted cycle time per temperature."""
+    with _SkipAction(policy, False):
+        n = radar_choices(policy, ep)
+        _, calls = radar_logits(policy, ep)
+    C = n.shape[0]
+    E = expected_tokens(ep)[torch.arange(C), n - 1, v_idx]
+    T = cycle_times(ep, costs, size_decision=False, skip=True)[torch.arange(C), n - 1, v_idx]
+    T0 = skip_time(costs)
+    adv = torch.empty(C, dtype=torch.float64)
+    temp = ep["temperature"]
+    for t in temp.unique():
+        m = temp == t
+        lam = float(E[m].sum() / T[m].sum())
+        adv[m] = ((1.0 - lam * T0) - (E[m] - lam * T[m])) / (lam * float(T[m].mean()))
+    label = torch.where(adv > 0, STOP, CONTINUE)
+    return label, adv.abs().float(), calls.argmax(2)
+
+
+def _radar_skip_step(policy, opt, ep, idx, targets, extra=None) -> float:
+    """One update of RADAR's skip phase on the cycles idx: the pre-draft decision (one step from the zero
+    state) fitted to _radar_skip_targets' labels by cross-entropy weighted by the advantage at stake, and the
+    later decisions held at the actions they took before (cross-entropy to them: one network makes both).
+    Returns the weighted share of pre-draft decisions that agree with their labels."""
+    label, w, keep = (x[idx] for x in targets)
+    beams, temp = ep["beam_scores"][idx], ep["temperature"][idx]
+    ex = None if extra is None else extra[idx]
+    out = radar_decisions(policy, beams, temp, ex, keep.shape[1])
+    pre = out[0]
+    ce = torch.nn.functional.cross_entropy(pre, label, reduction="none")
+    loss = (w * ce).sum() / w.sum().clamp(min=1e-12)
+    if keep.shape[1]:
+        later = torch.stack(out[1:], 1)                                     # [B, K, 2]
+        loss = loss + torch.nn.functional.cross_entropy(later.reshape(-1, 2), keep.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        return float((w * (pre.argmax(1) == label).float()).sum() / w.sum().clamp(min=1e-12))
+
+
 def _ltd_rewards(ep, costs, reward: str = "ratio", skip: bool = False) -> torch.Tensor:
     """Reward of every (cycle, n, V): [C, N, nV], scaled per temperature so that its best static
     (n, V) has mean reward 1.0 (cycles of every temperature weigh alike; greedy cycles' rewards differ
@@ -504,6 +551,33 @@ class _AtCosts:
     def __exit__(self, *exc):
         self.policy.costs = self.saved
         self.policy.refresh()
+
+
+class _SkipAction:
+    """Context: the policy's skip action on or off (restored on exit)."""
+
+    def __init__(self, policy, on: bool):
+        self.policy, self.on = policy, bool(on)
+
+    def __enter__(self):
+        self.saved = self.policy.skip
+        self.policy.skip = self.on and self.saved
+        self.policy.refresh()
+        return self.policy
+
+    def __exit__(self, *exc):
+        self.policy.skip = self.saved
+        self.policy.refresh()
+
+
+def _skip_phase(phase: str, cfg: TrainPolicyConfig) -> bool:
+    """Whether `phase` trains and scores with the skip action. Both kinds learn it in a last phase of their own
+    ("skip": LTD a depth phase, RADAR more REINFORCE epochs), after the earlier phases fitted the policy with
+    every cycle drafted. Learned together from the start, the plain step beats the untrained policy on every
+    cycle: RADAR's episodes then end at the skip and its later decisions stop learning; LTD's heads go on
+    learning behind the skip, but every later state ties on the validation score (all cycles skipped) and
+    each phase restarts from the first of them."""
+    return cfg.skip and phase == "skip"
 
 
 def evaluate_curves(policy, ep: Episodes, curves, v_idx=None) -> dict:
@@ -632,9 +706,12 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
         policy = LtdPolicy(W, N, budgets, costs, pool_topk=meta["pool_topk"], mlp_hidden=cfg.mlp_hidden, seed=cfg.seed,
                            lookup=cfg.lookup, batch_costs=cfg.batch_costs, **flags)
         phases = [(p, r) for r in range(cfg.rounds) for p in ("size", "depth")]
+    if cfg.skip:  # the pre-draft decision is learned last, against a policy that already drafts well (_skip_phase)
+        phases.append(("skip", len(phases)))
     opts = {"radar": lambda: torch.optim.Adam(policy.net.parameters(), lr=lr),
             "size": lambda: torch.optim.Adam(policy.size_net.parameters(), lr=lr),
-            "depth": lambda: torch.optim.Adam(policy.depth_net.parameters(), lr=lr)}
+            "depth": lambda: torch.optim.Adam(policy.depth_net.parameters(), lr=lr),
+            "skip": lambda: torch.optim.Adam((policy.net if cfg.kind == "radar" else policy.depth_net).parameters(), lr=lr)}
     beta = cfg.beta if cfg.beta is not None else costs.t_ar
 
     grid = static_grid(val_ep, costs)
@@ -675,28 +752,35 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                 ltd_train.append(_ltd_inputs(policy, train_ep))
             R_train.append(_ltd_reward_table(train_ep, c, cfg.reward, cfg.skip))
 
-    def validate():
-        return evaluate_curves(policy, val_ep, curves, v_idx) if K > 1 else evaluate(policy, val_ep, costs, v_idx)
+    def validate(skip_on: bool):
+        with _SkipAction(policy, skip_on):
+            return evaluate_curves(policy, val_ep, curves, v_idx) if K > 1 else evaluate(policy, val_ep, costs, v_idx)
     C = train_ep.cycles
+    radar_targets = None  # RADAR's skip phase: _radar_skip_targets, from the policy the phase starts with
     total = len(phases) * cfg.epochs
     bar = tqdm(total=total, initial=state["phase"] * cfg.epochs + state["epoch"], desc=f"train {cfg.kind}", unit="epoch")
     while state["phase"] < len(phases):
         phase, rnd = phases[state["phase"]]
+        skip_on = _skip_phase(phase, cfg)
         if opt is None:
             opt = opts[phase]()
+            if phase == "skip" and state["epoch"] == 0:
+                state["best"] = -1.0  # the phases before were scored without the skip action
         perm = torch.randperm(C, generator=gen)
         stats = []
+        if phase == "skip" and cfg.kind == "radar" and (state["epoch"] == 0 or radar_targets is None):
+            radar_targets = _radar_skip_targets(policy, train_ep, v_idx, costs)
         if phase == "size":
             with torch.no_grad():
-                n_frozen = [ltd_choices(policy, train_ep, f)[0] for f in ltd_train]
-        if phase == "depth":
+                n_frozen = [ltd_choices(policy, train_ep, (fd, fs, None))[0] for fd, fs, _ in ltd_train]
+        if phase in ("depth", "skip"):
             Rn, Fd = [], []  # per curve: the reward of every stopping point and the depth features there
             with torch.no_grad():
                 for (fd, fs, f0), (R, R0) in zip(ltd_train, R_train):
                     lg, _, _ = policy.size_net.step(fs.reshape(C * N, -1), *policy.size_net.zero_state(C * N))
                     v_frozen = lg.argmax(1).view(C, N)
                     r = R.gather(2, v_frozen.unsqueeze(2)).squeeze(2)            # [C, N]
-                    if f0 is not None:  # stopping point 0: the plain step, decided from the call-0 features
+                    if skip_on:  # stopping point 0: the plain step, decided from the call-0 features
                         r, fd = torch.cat([R0.view(C, 1), r], 1), torch.cat([f0.unsqueeze(1), fd], 1)
                     Rn.append(r)
                     Fd.append(fd)
@@ -704,16 +788,19 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
             idx = perm[s:s + cfg.batch_size]
             # one cost curve per batch (always the calibrated one when training on a single curve)
             k = int(torch.randint(K, (1,), generator=gen)) if K > 1 else 0
-            if phase == "radar":
-                stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen,
-                                                   radar_train_extra)[0])
+            if cfg.kind == "radar" and skip_on:
+                stats.append(_radar_skip_step(policy, opt, train_ep, idx, radar_targets, radar_train_extra))
+            elif cfg.kind == "radar":
+                with _SkipAction(policy, False):
+                    stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen,
+                                                       radar_train_extra)[0])
             elif phase == "size":
                 stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][0][idx], n_frozen[k][idx],
                                             cfg.entropy))
             else:
                 stats.append(_ltd_depth_step(policy, opt, Fd[k][idx], Rn[k][idx], cfg.entropy))
         policy.refresh()
-        res = validate()
+        res = validate(skip_on)
         state["epoch"] += 1
         res.update(phase=phase, round=rnd, epoch=state["epoch"], train_objective=sum(stats) / max(len(stats), 1))
         state["history"].append(res)
@@ -728,7 +815,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
             state["phase"] += 1
             state["epoch"] = 0
             opt = None
-            if cfg.kind == "ltd" and state["best_state"] is not None:
+            if state["best_state"] is not None:
                 # next phase starts from the best policy so far (the frozen head is the selected one)
                 for k, net in policy.nets().items():
                     net.load_state_dict(state["best_state"][k])
