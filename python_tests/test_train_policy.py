@@ -362,6 +362,60 @@ def test_ltd_trained_on_two_machines_reads_which_it_runs_on(tmp_path):
                                  extra_costs=[str(ep_dir / "costs.json")]))
 
 
+def test_machine_costs_are_read_by_the_machine_profile(tmp_path, monkeypatch, capsys):
+    """`--machine-costs`: the policy stores a calibration per machine profile and, loaded without costs, reads
+    the one of ops.cost_profile() (a profile it has none for: its stored --costs ones; given costs always win);
+    a calibration that records its profile is stored without the flag. Bad profiles, files and specs are
+    refused by name."""
+    from radar_ext import ops
+    from radar_ext.policies import CostInfo, History, PreDraftStep
+    ep_dir = write_episodes(tmp_path / "e", True)
+    dear = dict(COSTS, t_draft=0.02, t_verify={"V": [1, 16], "seconds": [0.2, 0.2]})
+    (tmp_path / "dear.json").write_text(json.dumps(dear))
+    cfg = TrainPolicyConfig(episodes=ep_dir, out_dir=tmp_path / "run", kind="ltd", costs=str(ep_dir / "costs.json"),
+                            epochs=8, lr=1e-2, batch_size=32, seed=1, skip=True, extra_costs=[str(tmp_path / "dear.json")],
+                            machine_costs={"cpu-amx": str(ep_dir / "costs.json"), "cpu": str(tmp_path / "dear.json")})
+    best = train(cfg, log=lambda *_: None)
+    assert set(json.loads((best / "config.json").read_text())["machine_costs"]) == {"cpu", "cpu-amx"}
+    step = PreDraftStep(100, CostInfo(), History(), 0.0)
+    got = {}
+    for prof in ("cpu-amx", "cpu", "gpu-someday"):
+        monkeypatch.setattr(ops, "cost_profile", lambda prof=prof: prof)
+        p = load_policy(best)
+        got[prof] = (p.costs.t_draft, p.costs_source, p.should_draft(step))
+    assert got["cpu-amx"] == (COSTS["t_draft"], "stored for cpu-amx", True)
+    assert got["cpu"] == (0.02, "stored for cpu", False)
+    assert got["gpu-someday"] == (COSTS["t_draft"], "stored", True)
+    monkeypatch.setattr(ops, "cost_profile", lambda: "cpu")
+    given = load_policy(best, costs=ep_dir / "costs.json")
+    assert given.costs_source == "given" and given.should_draft(step)
+    # a calibration that records its machine's profile is stored under it without --machine-costs
+    cal = {"schema": "radar_ext.calibration/1", "machine": {"cost_profile": "cpu"}}
+    (tmp_path / "cal.json").write_text(json.dumps(cal))
+    from radar_ext.training.train_policy import _recorded_profile
+    assert _recorded_profile(tmp_path / "cal.json") == "cpu" and _recorded_profile(tmp_path / "dear.json") is None
+    base = dict(episodes=ep_dir, out_dir=tmp_path / "r2", kind="ltd", costs=str(ep_dir / "costs.json"))
+    with pytest.raises(ValueError, match=r"--machine-costs: unknown cost profile 'amx', expected one of \['cpu-amx', 'cpu'\]"):
+        _check(TrainPolicyConfig(**base, machine_costs={"amx": str(tmp_path / "dear.json")}))
+    with pytest.raises(FileNotFoundError, match="--machine-costs cpu=.*nope.json: no such file"):
+        _check(TrainPolicyConfig(**base, machine_costs={"cpu": str(tmp_path / "nope.json")}))
+    with pytest.raises(ValueError, match="machine_costs needs kind 'ltd'"):
+        _check(TrainPolicyConfig(**dict(base, kind="radar"), machine_costs={"cpu": str(tmp_path / "dear.json")}))
+    assert main(["train-policy", "--kind", "ltd", "--episodes", str(ep_dir), "--machine-costs", "cpu"]) == 2
+    assert "--machine-costs takes PROFILE=PATH, got 'cpu'" in capsys.readouterr().err
+    bad = json.loads((best / "config.json").read_text())
+    bad["machine_costs"] = {"cpu": [1, 2]}
+    (best / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="machine_costs must map a cost profile name to a costs object"):
+        load_policy(best)
+
+
+def test_cost_profile_names_this_machines_forward():
+    from radar_ext import ops
+    assert ops.cost_profile() in ops.COST_PROFILES
+    assert (ops.cost_profile() == "cpu-amx") == bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
+
+
 def test_from_pretrained_with_this_machines_costs(tmp_path):
     """costs= replaces the stored calibration (and so an LTD policy's cost features); bad costs are
     refused by name; generate's --costs needs a learned policy and an existing file."""

@@ -39,6 +39,17 @@ def amx_rows(M: int) -> bool:
     return bool(HAS_EXTENSION and _C.amx_enabled() and M >= _C.amx_min_rows())
 
 
+COST_PROFILES = ("cpu-amx", "cpu")
+
+
+def cost_profile() -> str:
+    """The kind of CPU forward this machine runs, as far as decoding costs go: "cpu-amx" where the fused forward's
+    quantized products use the AMX tile unit (a verify of 8 tokens costs ~1.4x one token's), else "cpu" (AVX-512 or
+    AVX2: ~2.8x). A learned policy trained on both stores a calibration for each (`radar train-policy
+    --machine-costs`) and, given no calibration, reads the one of this profile (LearnedPolicy.from_pretrained)."""
+    return "cpu-amx" if HAS_EXTENSION and _C.amx_enabled() else "cpu"
+
+
 def built_with_cuda() -> bool:
     """True when the extension was compiled with its CUDA kernels (says nothing about a GPU being present)."""
     return bool(HAS_EXTENSION and _C.built_with_cuda())

@@ -35,6 +35,8 @@ def machine_info() -> dict:
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    from radar_ext import ops
+    info["cost_profile"] = ops.cost_profile()
     try:
         info["git_commit"] = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(radar_ext.__file__).parent, capture_output=True,

@@ -52,7 +52,8 @@ def _speculative_parts(args):
             policy = load_learned_policy(args.policy, args.costs, args.drafter)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(str(e)) from None
-        return policy, policy.tree_topk, getattr(policy, "trained_verify_budget", None) or 60, f"shipped {args.policy} policy"
+        return (policy, policy.tree_topk, getattr(policy, "trained_verify_budget", None) or 60,
+                f"shipped {args.policy} policy, costs {policy.costs_source}")
     if args.costs is not None:
         raise SystemExit("--costs needs a learned --policy (ltd or radar)")
     setting = shipped_static_setting()

@@ -64,6 +64,11 @@ def add_arguments(p) -> None:
                         "policy's config.json (its stored costs): their curves, perturbed (--cost-curves) and batched "
                         "(--batch-costs) as the --costs one, join the training curves, so one policy reads every "
                         "machine's costs; the policy stores the --costs ones")
+    p.add_argument("--machine-costs", nargs="+", default=[], metavar="PROFILE=PATH",
+                   help="LTD: calibrations to store with the policy per machine profile (cpu-amx: the fused forward on "
+                        "the AMX tile unit; cpu: without it), e.g. cpu-amx=amx.json cpu=epyc.json; loaded without "
+                        "a calibration, the policy reads the one of the machine it runs on (calibrations that record "
+                        "their profile, from --costs and --extra-costs, are stored without this)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
 
@@ -73,6 +78,10 @@ def run(args) -> int:
     from radar_ext.training.train_policy import TrainPolicyConfig, _check, train
 
     out = args.out_dir or cache_dir() / "policy_runs" / args.kind
+    bad = [x for x in args.machine_costs if x.count("=") != 1 or not all(x.split("="))]
+    if bad:
+        print(f"radar train-policy: error: --machine-costs takes PROFILE=PATH, got {bad[0]!r}", file=sys.stderr)
+        return 2
     cfg = TrainPolicyConfig(episodes=args.episodes, out_dir=out, kind=args.kind, costs=args.costs,
                             prefix_len=args.prefix_len,
                             epochs=args.epochs, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
@@ -80,7 +89,9 @@ def run(args) -> int:
                             entropy=args.entropy, reward=args.reward, cost_curves=args.cost_curves,
                             cost_jitter=args.cost_jitter, history=args.history, skip=args.skip,
                             max_skip_run=args.max_skip_run, lookup=args.lookup, batch_costs=args.batch_costs,
-                            extra_costs=[str(x) for x in args.extra_costs], seed=args.seed, threads=args.threads)
+                            extra_costs=[str(x) for x in args.extra_costs],
+                            machine_costs=dict(x.split("=") for x in args.machine_costs), seed=args.seed,
+                            threads=args.threads)
     try:
         if args.threads < 0:
             raise ValueError(f"threads must be >= 0, got {args.threads}")

@@ -124,6 +124,8 @@ def seq_len_feature(seq_len) -> torch.Tensor | float:
 
 class LearnedPolicy(Policy):
     kind = ""
+    machine_costs: dict = {}       # cost profile -> PolicyCosts (from_pretrained, train-policy set their own dict)
+    costs_source = "constructor"   # where `costs` came from: "given", "stored", "stored for <profile>"
 
     def config_dict(self) -> dict:
         raise NotImplementedError
@@ -149,7 +151,10 @@ class LearnedPolicy(Policy):
         state = {f"{name}.{k}": v.detach().float().contiguous().clone()
                  for name, net in self.nets().items() for k, v in net.state_dict().items()}
         save_file(state, str(path / WEIGHTS), metadata={"format": "pt", "kind": self.kind})
-        (path / CONFIG).write_text(json.dumps(self.config_dict(), indent=1))
+        cfg = self.config_dict()
+        if getattr(self, "machine_costs", None):
+            cfg["machine_costs"] = {prof: c.to_dict() for prof, c in self.machine_costs.items()}
+        (path / CONFIG).write_text(json.dumps(cfg, indent=1))
 
     @classmethod
     def read_config(cls, path) -> dict:
@@ -169,9 +174,11 @@ class LearnedPolicy(Policy):
         default target and head and `drafter` (radar_ext/data/policies/<target>/<kind>, models.default_policy_path).
         costs: this machine's calibration (a `radar calibrate` JSON path, a CostModel, a PolicyCosts or
         a cost dict), read at the policy's tree_topk and at prefix_len tokens (default: the calibration's
-        mean prefix); it replaces the calibration stored with the policy. An LTD policy's inputs are its
-        cost features, so a policy trained on several cost curves (`radar train-policy --cost-curves`)
-        moves to this machine's curve; RADAR's decisions do not read costs (they are kept for reference)."""
+        mean prefix); it replaces the calibration stored with the policy. Without it, a policy that stores
+        calibrations per machine profile (`machine_costs`, `radar train-policy --machine-costs`) reads the one
+        of this machine's ops.cost_profile(), else its stored `costs` (`policy.costs_source` says which).
+        An LTD policy's inputs are its cost features, so a policy trained on several cost curves (`radar
+        train-policy --cost-curves`, `--extra-costs`) moves to this machine's curve; RADAR's decisions do not read costs (they are kept for reference)."""
         from safetensors.torch import load_file
 
         if path is None:
@@ -194,8 +201,18 @@ class LearnedPolicy(Policy):
                     raise ValueError(f"{Path(path) / WEIGHTS}: {name}.{k} has shape {list(got[k].shape)}, the "
                                      f"config ({CONFIG}) implies {list(v.shape)}")
             net.load_state_dict(got)
+        policy.machine_costs = machine_costs_from_config(cfg, Path(path) / CONFIG)
         if costs is not None:
             policy.costs = PolicyCosts.load(costs, tree_topk=policy.tree_topk, prefix_len=prefix_len)
+            policy.costs_source = "given"
+        else:
+            from radar_ext.ops import cost_profile
+            profile = cost_profile()
+            if profile in policy.machine_costs:
+                policy.costs = policy.machine_costs[profile]
+                policy.costs_source = f"stored for {profile}"
+            else:
+                policy.costs_source = "stored"
         policy.refresh()
         return policy
 
@@ -253,6 +270,17 @@ def check_features(cfg: dict, key: str, expected: list, kind: str) -> None:
     if got != expected:
         raise ValueError(f"{kind} policy config: {key} = {got} does not match the features this version "
                          f"computes ({expected}); retrain the policy")
+
+
+def machine_costs_from_config(cfg: dict, where) -> dict:
+    """A policy config's optional `machine_costs`: {cost profile: PolicyCosts} (absent: {})."""
+    raw = cfg.get("machine_costs", {})
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in raw.items()):
+        raise ValueError(f"{where}: machine_costs must map a cost profile name to a costs object, got {raw!r}")
+    try:
+        return {prof: PolicyCosts.from_dict(c) for prof, c in raw.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: machine_costs holds an invalid costs object ({type(e).__name__}: {e})") from None
 
 
 def costs_from_config(cfg: dict):

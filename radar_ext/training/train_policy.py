@@ -71,6 +71,8 @@ class TrainPolicyConfig:
     batch_costs: bool = False       # LTD: also train on each calibrated batch size's curve (PolicyCosts.at_batch)
     extra_costs: list = field(default_factory=list)  # LTD: other machines' calibrations (or policy configs) whose
                                     # curves (perturbed and batched as the main one's) join the training curves
+    machine_costs: dict = field(default_factory=dict)  # cost profile (ops.COST_PROFILES) -> calibration or policy
+                                    # config: stored with the policy, read where ops.cost_profile() matches
     seed: int = 0
     threads: int = 0
 
@@ -826,6 +828,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
     for k, net in policy.nets().items():
         net.load_state_dict(state["best_state"][k])
     policy.refresh()
+    policy.machine_costs = _machine_costs(cfg, costs, W, train_ep, log)
     best_dir = out / "best"
     policy.save_pretrained(best_dir)
     final = evaluate(policy, val_ep, costs, v_idx)
@@ -879,6 +882,32 @@ def _extra_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> list:
             f"{c.t_verify(1) * 1e3:.2f}..{c.verify_seconds[-1] * 1e3:.2f} ms, t_ar {c.t_ar * 1e3:.2f} ms")
         out.append((f"machine {k + 2}: ", c))
     return out
+
+
+def _machine_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> dict:
+    """{cost profile: PolicyCosts} the policy stores: cfg.machine_costs, plus every --costs / --extra-costs
+    calibration that records its machine's profile (`radar calibrate` writes machine.cost_profile), each read
+    as --costs is, with this policy's own decision time."""
+    paths = {}
+    for path in [cfg.costs] + list(cfg.extra_costs):
+        prof = _recorded_profile(path) if path else None
+        if prof is not None:
+            paths.setdefault(prof, path)
+    paths.update(cfg.machine_costs)
+    out = {}
+    for prof, path in sorted(paths.items()):
+        c = PolicyCosts.load(path, tree_topk=W, prefix_len=_prefix_len(cfg, train_ep))
+        out[prof] = dataclasses.replace(c, t_policy=costs.t_policy)
+        log(f"[train-policy] stored for machine profile {prof}: the costs of {path}")
+    return out
+
+
+def _recorded_profile(path):
+    """machine.cost_profile of a `radar calibrate` JSON (None when it records none, or is not one)."""
+    if _calibrated_policy(path) is None:
+        return None
+    prof = json.loads(Path(path).read_text()).get("machine", {}).get("cost_profile")
+    return prof if isinstance(prof, str) else None
 
 
 def _calibrated_policy(path):
@@ -997,6 +1026,17 @@ def _format_report(rep, grid, budgets) -> str:
 def _check(cfg: TrainPolicyConfig) -> None:
     if cfg.kind not in ("radar", "ltd"):
         raise ValueError(f"kind must be 'radar' or 'ltd', got {cfg.kind!r}")
+    from radar_ext.ops import COST_PROFILES
+    if not isinstance(cfg.machine_costs, dict):
+        raise ValueError(f"machine_costs must map a cost profile to a path, got {cfg.machine_costs!r}")
+    for prof, path in cfg.machine_costs.items():
+        if prof not in COST_PROFILES:
+            raise ValueError(f"--machine-costs: unknown cost profile {prof!r}, expected one of {list(COST_PROFILES)}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--machine-costs {prof}={path}: no such file (a `radar calibrate` JSON or a "
+                                    "policy's config.json)")
+    if cfg.machine_costs and cfg.kind != "ltd":
+        raise ValueError("machine_costs needs kind 'ltd' (RADAR's decisions do not read costs)")
     for name in ("history", "skip"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
