@@ -497,3 +497,67 @@ def test_drafter_state_stays_current_through_skipped_cycles(models, kind):
         want = fresh.draft(req)
         assert torch.equal(tree.tokens, want.tokens) and torch.equal(tree.parents, want.parents)
         torch.testing.assert_close(tree.guess_score, want.guess_score, rtol=0, atol=1e-4)
+
+
+class AlwaysSkip(StaticPolicy):
+    """A plain step every cycle; plans_plain_steps says so up front when `plans`."""
+
+    def __init__(self, plans):
+        super().__init__(3)
+        self.plans, self.asked = plans, 0
+
+    def should_draft(self, step):
+        self.asked += 1
+        return False
+
+    def plans_plain_steps(self, first_seq_len, last_seq_len, temperature, batch_size=1):
+        return self.plans
+
+
+class CountingDrafter(RecordingDrafter):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.commits = 0
+
+    def commit(self, emitted, n_emitted, features):
+        self.commits += 1
+        super().commit(emitted, n_emitted, features)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_planned_plain_steps_decode_as_plain_decoding(models, do_sample):
+    """A policy whose plain steps are known up front (plans_plain_steps) is decoded as plain decoding: no
+    decision per cycle, no feature capture or commit for the drafter; the tokens are those of the same policy
+    asked cycle by cycle and of plain decoding (greedy: HF's; sampling: the same generator draws)."""
+    model = models["sdpa"]
+    kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if do_sample else {}
+    outs = {}
+    for plans in (True, False):
+        drafter = CountingDrafter(make_drafter("eagle", model))
+        policy = AlwaysSkip(plans)
+        dec = RadarDecoder(model, drafter, policy, tree_topk=3, verify_budget=7)
+        for i, ids in enumerate(prompts()):
+            g = torch.Generator().manual_seed(i)
+            outs.setdefault(plans, []).append(dec.generate(ids, max_new_tokens=20, generator=g, **kw))
+            s = dec.last_stats
+            assert s.skipped_cycles == s.cycles > 0 and s.draft_calls == 0
+        assert (policy.asked == 0 and drafter.commits == 0) if plans else (policy.asked > 0 and drafter.commits > 0)
+    plain = RadarDecoder(model)
+    for i, (a, b, ids) in enumerate(zip(outs[True], outs[False], prompts())):
+        assert torch.equal(a, b)
+        g = torch.Generator().manual_seed(i)
+        assert torch.equal(a, plain.generate(ids, max_new_tokens=20, generator=g, **kw))
+        if not do_sample:
+            assert torch.equal(a, reference(model, ids, 20))
+
+
+def test_learned_policies_plan_plain_steps_exactly_where_they_skip():
+    """The shipped LTD and RADAR (no history): plans_plain_steps over a range is True exactly when should_draft
+    says False at every length in it (T = 1: every cycle a plain step on the shipped costs; T = 0: drafts)."""
+    from radar_ext.policies import CostInfo, History, LtdPolicy, PreDraftStep, RadarPolicy
+    for cls in (LtdPolicy, RadarPolicy):
+        policy = cls.from_pretrained()
+        for T in (0.0, 1.0):
+            each = [policy.should_draft(PreDraftStep(s, CostInfo(), History(), T)) for s in range(40, 300)]
+            assert policy.plans_plain_steps(40, 299, T) == (not any(each)), (cls.__name__, T)
+        assert policy.plans_plain_steps(40, 299, 1.0) and not policy.plans_plain_steps(40, 299, 0.0), cls.__name__

@@ -110,6 +110,9 @@ class _TimedPolicy(Policy):
     def should_draft(self, step):
         return self._timed(self.policy.should_draft, step)
 
+    def plans_plain_steps(self, *args):
+        return self._timed(self.policy.plans_plain_steps, *args)
+
     def should_continue(self, step):
         return self._timed(self.policy.should_continue, step)
 
@@ -204,6 +207,12 @@ class RadarDecoder:
         self.history.start()
         cache, out = self._prefill(input_ids, cfg, stats, generator)
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)  # entered by _verify only
+        P = input_ids.shape[1]
+        temperature = cfg.sampling.temperature if cfg.do_sample else 0.0
+        # every cycle a plain step, known before decoding: decode as plain decoding does (no feature capture for a
+        # drafter that will never draft, no per-cycle decision); the same trees, so the same tokens
+        plain = policy.plans_plain_steps(P + 1, P + cfg.max_new_tokens - 1, temperature)
+        drafter = None if plain else self.drafter
         emitted = out.new_empty(1, 0)
         while True:
             out, stopped = cfg.processing.cut(emitted, out)  # stopping criteria, per emitted token
@@ -212,15 +221,19 @@ class RadarDecoder:
                 streamer.put(out[0].cpu())
             if emitted.shape[1] >= cfg.max_new_tokens or self._hit_eos(out, cfg) or stopped:
                 break
-            tree = self._draft(self.drafter, policy, self.history, emitted[:, -1], input_ids.shape[1] + emitted.shape[1],
-                               stats, cfg)
-            logits, features = self._verify(cache, tree, input_ids.shape[1] + emitted.shape[1] - 1, stats)
+            if plain:
+                stats.skipped_cycles += 1
+                tree = root_only_tree(emitted[:, -1])
+            else:
+                tree = self._draft(self.drafter, policy, self.history, emitted[:, -1], P + emitted.shape[1], stats, cfg)
+            logits, features = self._verify(cache, tree, P + emitted.shape[1] - 1, stats, drafter)
             acc = self._accept(tree, logits, cfg, generator, emitted)
-            out = self._commit(cache, tree, acc, features, input_ids.shape[1] + emitted.shape[1] - 1,
-                               cfg, emitted.shape[1], stats)
-            outcome = _outcome(tree, acc)
-            self.history.observe(outcome)
-            policy.observe(outcome)
+            out = self._commit(cache, tree, acc, features, P + emitted.shape[1] - 1, cfg, emitted.shape[1], stats,
+                               drafter)
+            if not plain:
+                outcome = _outcome(tree, acc)
+                self.history.observe(outcome)
+                policy.observe(outcome)
         if streamer is not None:
             streamer.end()
         stats.tokens = emitted.shape[1]
@@ -281,11 +294,12 @@ class RadarDecoder:
         call took it: it reads no nn.Linear, and entering fast_linear costs ~0.06 ms a verify)."""
         return contextlib.nullcontext() if lean_forward.last_fused(self.target) else self._linears
 
-    def _verify(self, cache, tree, prefix_len, stats):
+    def _verify(self, cache, tree, prefix_len, stats, drafter):
+        """drafter: the one that drafts this sequence (its feature layers are captured), None for none."""
         t0 = time.perf_counter()
         with self._linears_ctx():
-            res = verify(self.target, cache, tree, prefix_len, self.drafter.feature_layers, lean=self.lean_verify,
-                         fused=self.fused_forward)
+            res = verify(self.target, cache, tree, prefix_len, drafter.feature_layers if drafter is not None else None,
+                         lean=self.lean_verify, fused=self.fused_forward)
         self._note_verify(t0, stats, 1, tree.verify_budget)
         return res.logits, res.features
 
@@ -315,14 +329,14 @@ class RadarDecoder:
             return sample_accept(tree, logits, cfg.sampling, generator)
         return greedy_accept(tree, logits)
 
-    def _commit(self, cache, tree, acc, features, prefix_len, cfg, n_done, stats):
-        """Compact the target cache to the accepted path, tell the drafter, and return the tokens
-        this cycle emits [1, n], cut at the first EOS and at max_new_tokens."""
+    def _commit(self, cache, tree, acc, features, prefix_len, cfg, n_done, stats, drafter):
+        """Compact the target cache to the accepted path, tell the drafter (None: no drafter to tell), and return
+        the tokens this cycle emits [1, n], cut at the first EOS and at max_new_tokens."""
         n = acc.accepted_len[0] + 1
         path = acc.path[0, :n]
         kv_cache.commit_path(cache, prefix_len, path)
-        feats = features[:, path] if features is not None else None
-        self.drafter.commit(acc.tokens, n, feats)
+        if drafter is not None:
+            drafter.commit(acc.tokens, n, features[:, path] if features is not None else None)
         _count_accepted(stats, tree, path, n)
         out = acc.tokens[:, :n]
         n_keep = min(n, cfg.max_new_tokens - n_done)

@@ -203,6 +203,13 @@ class Policy:
         verified). Default: always draft."""
         return True
 
+    def plans_plain_steps(self, first_seq_len: int, last_seq_len: int, temperature: float, batch_size: int = 1) -> bool:
+        """True when should_draft is known, before decoding, to answer False at every sequence length in
+        [first_seq_len, last_seq_len]: its inputs there do not depend on what decoding does (no history, no
+        lookup, greedy decisions). The decoder then decodes those cycles as plain decoding does, without the
+        drafter's feature capture (RadarDecoder._generate_one). Default: False (asked cycle by cycle)."""
+        return False
+
     def should_continue(self, step: DraftStep) -> bool:
         """After a draft call: True to make another call (never asked beyond max_draft_calls)."""
         raise NotImplementedError

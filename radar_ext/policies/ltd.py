@@ -169,6 +169,11 @@ class LtdPolicy(LearnedPolicy):
                            step.history, step.batch_size, getattr(step, "lookup", None))
         return decide(self.depth_head(x), self.sample, self.generator) == CONTINUE
 
+    def plans_plain_steps(self, first_seq_len: int, last_seq_len: int, temperature: float, batch_size: int = 1) -> bool:
+        if not self.skip or self.history or self.lookup or self.sample:
+            return False
+        return not any(self._pre_draft_memo(s, temperature, batch_size) for s in range(first_seq_len, last_seq_len + 1))
+
     def _pre_draft_memo(self, seq_len: int, temperature: float, batch_size: int) -> bool:
         """The greedy pre-draft decision of a policy without history or lookup features: a function of
         (position, temperature, batch size) alone, so it is computed for PRE_DRAFT_BLOCK positions at once

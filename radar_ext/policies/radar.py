@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from radar_ext.policies.base import HISTORY_FEATURES, DraftStep, History, PreDraftStep
+from radar_ext.policies.base import HISTORY_FEATURES, CostInfo, DraftStep, History, PreDraftStep
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.learned import (FORMAT, MAX_SKIP_RUN, PRE_DRAFT_SCORE, SCORE_FLOOR, ControllerNet,
                                         FusedHead, LearnedPolicy, check_batch, check_features, check_flags,
@@ -101,6 +101,11 @@ class RadarPolicy(LearnedPolicy):
         if memo:
             self._pre_draft[step.temperature] = d
         return d
+
+    def plans_plain_steps(self, first_seq_len: int, last_seq_len: int, temperature: float, batch_size: int = 1) -> bool:
+        if not self.skip or self.history or self.sample:
+            return False
+        return not self.should_draft(PreDraftStep(first_seq_len, CostInfo(), None, temperature, batch_size))
 
     def _row(self, scores: list, temperature, seq_len, history: History | None) -> torch.Tensor:
         row = scores + [temperature_feature(temperature)]
