@@ -267,3 +267,17 @@ def test_generator_on_another_device_is_refused(models, monkeypatch):
         dec.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=True, generator=OnCuda())
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
         dec.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=True, generator=1234)
+
+
+def test_eagle_forks_share_one_fused_head_call(models):
+    """Forked EAGLE drafters (one per batch row) share the parent's fused head call instead of each copying
+    every head weight again; each still starts its own head cache."""
+    model = models["sdpa"]
+    drafter = EagleDrafter.init_random(model, seed=1)
+    twins = [drafter.fork() for _ in range(3)]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    feats = torch.zeros(1, 4, len(drafter.feature_layers) * model.config.hidden_size)
+    for t in twins:
+        t.start(ids, feats, torch.tensor([9]))
+    assert drafter._fused is not None and all(t._fused is drafter._fused for t in twins)
+    assert len({id(t.cache) for t in twins}) == 3

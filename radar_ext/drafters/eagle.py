@@ -107,6 +107,13 @@ class EagleDrafter(Drafter):
         if bad:
             raise ValueError(f"EAGLE head feature_layers must index the target's {n_states} hidden states, got {bad}")
 
+    def fork(self) -> "EagleDrafter":
+        """A drafter for one more row of a batch. The twins share this drafter's fused head call, built here
+        once (its weight copies are read only, its rotary table replaced when it grows, never changed in place):
+        a twin that built its own would copy every head weight again, once per row and generate call."""
+        self._prepare_fused()
+        return super().fork()
+
     # ------------------------------------------------------------------ the sequence
     def start(self, input_ids, features, root) -> None:
         from radar_ext.eagle_head import HeadCache
