@@ -152,7 +152,7 @@ class LearnedPolicy(Policy):
                  for name, net in self.nets().items() for k, v in net.state_dict().items()}
         save_file(state, str(path / WEIGHTS), metadata={"format": "pt", "kind": self.kind})
         cfg = self.config_dict()
-        if getattr(self, "machine_costs", None):
+        if self.machine_costs:
             cfg["machine_costs"] = {prof: c.to_dict() for prof, c in self.machine_costs.items()}
         (path / CONFIG).write_text(json.dumps(cfg, indent=1))
 

@@ -770,7 +770,7 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                 state["best"] = -1.0  # the phases before were scored without the skip action
         perm = torch.randperm(C, generator=gen)
         stats = []
-        if phase == "skip" and cfg.kind == "radar" and (state["epoch"] == 0 or radar_targets is None):
+        if phase == "skip" and cfg.kind == "radar" and radar_targets is None:
             radar_targets = _radar_skip_targets(policy, train_ep, v_idx, costs)
         if phase == "size":
             with torch.no_grad():
@@ -786,22 +786,22 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
                         r, fd = torch.cat([R0.view(C, 1), r], 1), torch.cat([f0.unsqueeze(1), fd], 1)
                     Rn.append(r)
                     Fd.append(fd)
-        for s in range(0, C, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            # one cost curve per batch (always the calibrated one when training on a single curve)
-            k = int(torch.randint(K, (1,), generator=gen)) if K > 1 else 0
-            if cfg.kind == "radar" and skip_on:
-                stats.append(_radar_skip_step(policy, opt, train_ep, idx, radar_targets, radar_train_extra))
-            elif cfg.kind == "radar":
-                with _SkipAction(policy, False):
+        # RADAR's steps read policy.skip: set once per epoch (its exit refreshes the fused weights after the updates)
+        with _SkipAction(policy, skip_on):
+            for s in range(0, C, cfg.batch_size):
+                idx = perm[s:s + cfg.batch_size]
+                # one cost curve per batch (always the calibrated one when training on a single curve)
+                k = int(torch.randint(K, (1,), generator=gen)) if K > 1 else 0
+                if cfg.kind == "radar" and skip_on:
+                    stats.append(_radar_skip_step(policy, opt, train_ep, idx, radar_targets, radar_train_extra))
+                elif cfg.kind == "radar":
                     stats.append(_radar_reinforce_step(policy, opt, train_ep, idx, v_idx, costs, cfg, beta, gen,
                                                        radar_train_extra)[0])
-            elif phase == "size":
-                stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][0][idx], n_frozen[k][idx],
-                                            cfg.entropy))
-            else:
-                stats.append(_ltd_depth_step(policy, opt, Fd[k][idx], Rn[k][idx], cfg.entropy))
-        policy.refresh()
+                elif phase == "size":
+                    stats.append(_ltd_size_step(policy, opt, ltd_train[k][1][idx], R_train[k][0][idx], n_frozen[k][idx],
+                                                cfg.entropy))
+                else:
+                    stats.append(_ltd_depth_step(policy, opt, Fd[k][idx], Rn[k][idx], cfg.entropy))
         res = validate(skip_on)
         state["epoch"] += 1
         res.update(phase=phase, round=rnd, epoch=state["epoch"], train_objective=sum(stats) / max(len(stats), 1))
@@ -869,13 +869,18 @@ def _prefix_len(cfg, train_ep) -> float:
     return cfg.prefix_len if cfg.prefix_len is not None else float(train_ep["seq_len"].double().mean())
 
 
+def _costs_beside(cfg, path, costs: PolicyCosts, W: int, train_ep) -> PolicyCosts:
+    """Another machine's costs, a `radar calibrate` JSON (read as --costs is) or a policy's config.json (its stored
+    costs), with this policy's own decision time."""
+    c = PolicyCosts.load(path, tree_topk=W, prefix_len=_prefix_len(cfg, train_ep))
+    return dataclasses.replace(c, t_policy=costs.t_policy)
+
+
 def _extra_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> list:
-    """[(tag, PolicyCosts)] of cfg.extra_costs: each a `radar calibrate` JSON (read as --costs is) or a policy's
-    config.json (its stored costs), with this policy's own decision time."""
+    """[(tag, PolicyCosts)] of cfg.extra_costs (_costs_beside)."""
     out = []
     for k, path in enumerate(cfg.extra_costs):
-        c = PolicyCosts.load(path, tree_topk=W, prefix_len=_prefix_len(cfg, train_ep))
-        c = dataclasses.replace(c, t_policy=costs.t_policy)
+        c = _costs_beside(cfg, path, costs, W, train_ep)
         if cfg.batch_costs and not c.per_batch:
             log(f"[train-policy] extra costs {path}: no batched verify times, its B = 1 curves only")
         log(f"[train-policy] extra costs {k + 1} from {path}: t_draft {c.t_draft * 1e3:.2f} ms/call, T_verify(V) "
@@ -887,7 +892,7 @@ def _extra_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> list:
 def _machine_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> dict:
     """{cost profile: PolicyCosts} the policy stores: cfg.machine_costs, plus every --costs / --extra-costs
     calibration that records its machine's profile (`radar calibrate` writes machine.cost_profile), each read
-    as --costs is, with this policy's own decision time."""
+    by _costs_beside."""
     paths = {}
     for path in [cfg.costs] + list(cfg.extra_costs):
         prof = _recorded_profile(path) if path else None
@@ -896,29 +901,31 @@ def _machine_costs(cfg, costs: PolicyCosts, W: int, train_ep, log) -> dict:
     paths.update(cfg.machine_costs)
     out = {}
     for prof, path in sorted(paths.items()):
-        c = PolicyCosts.load(path, tree_topk=W, prefix_len=_prefix_len(cfg, train_ep))
-        out[prof] = dataclasses.replace(c, t_policy=costs.t_policy)
+        out[prof] = _costs_beside(cfg, path, costs, W, train_ep)
         log(f"[train-policy] stored for machine profile {prof}: the costs of {path}")
     return out
 
 
 def _recorded_profile(path):
     """machine.cost_profile of a `radar calibrate` JSON (None when it records none, or is not one)."""
-    if _calibrated_policy(path) is None:
-        return None
-    prof = json.loads(Path(path).read_text()).get("machine", {}).get("cost_profile")
+    d = _calibration_json(path)
+    prof = d.get("machine", {}).get("cost_profile") if d is not None else None
     return prof if isinstance(prof, str) else None
 
 
-def _calibrated_policy(path):
-    """policy_name of a `radar calibrate` JSON (None for plain cost dicts)."""
+def _calibration_json(path):
+    """The parsed `radar calibrate` JSON at path (None for anything else: plain cost dicts, policy configs)."""
     try:
         d = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if isinstance(d, dict) and str(d.get("schema", "")).startswith("radar_ext.calibration/"):
-        return d.get("policy_name", "StaticPolicy")
-    return None
+    return d if isinstance(d, dict) and str(d.get("schema", "")).startswith("radar_ext.calibration/") else None
+
+
+def _calibrated_policy(path):
+    """policy_name of a `radar calibrate` JSON (None for plain cost dicts)."""
+    d = _calibration_json(path)
+    return None if d is None else d.get("policy_name", "StaticPolicy")
 
 
 def _ckpt_config(cfg) -> dict:
