@@ -39,6 +39,49 @@ def test_greedy_walk():
     assert acc.accepted_len == [2] and acc.tokens[0, :3].tolist() == [1, 6, 3]
 
 
+def test_greedy_host_walk_equals_the_tensor_code(monkeypatch):
+    """One CPU row takes the walk over host lists (_greedy_walk): on random trees it gives the tensor code's
+    Acceptance exactly (path, tokens, lengths), and leaves the decision to it (None) exactly where two children
+    of a node on the walk carry the target's argmax token."""
+    import random
+    rng = random.Random(0)
+    g = torch.Generator().manual_seed(0)
+    walked = handed = 0
+    for _ in range(400):
+        M = rng.randint(2, 24)
+        parents = [-1] + [rng.randrange(j) for j in range(1, M)]
+        vocab = rng.choice([3, 40])
+        tokens = [rng.randrange(vocab) for _ in range(M)]
+        logits = torch.randn(1, M, vocab, generator=g)
+        for j in range(M):  # make long accepted paths likely: the argmax is some child's token
+            kids = [c for c in range(M) if parents[c] == j]
+            if kids and rng.random() < 0.8:
+                logits[0, j, tokens[rng.choice(kids)]] += 10.0
+        tree = tree_of(tokens, parents)
+        walk = acceptance._greedy_walk(tree, logits)
+        with monkeypatch.context() as m:
+            m.setattr(acceptance, "_greedy_walk", lambda *a: None)
+            ref = greedy_accept(tree, logits)
+        # is there a node on the reference path (or its end) with two children carrying its argmax?
+        pred = logits[0].argmax(-1).tolist()
+        path = [n for n in ref.path[0].tolist() if n >= 0]
+        dup = any(sum(1 for c in range(M) if parents[c] == n and tokens[c] == pred[n]) > 1 for n in path)
+        assert (walk is None) == dup
+        if walk is None:
+            handed += 1
+            continue
+        walked += 1
+        assert torch.equal(walk.path, ref.path) and torch.equal(walk.tokens, ref.tokens)
+        assert walk.accepted_len == ref.accepted_len and walk.tokens.dtype == walk.path.dtype == torch.int64
+    assert walked > 100 and handed > 20
+    # the decoder's entry point takes the walk for one row and the tensor code for two
+    tree = tree_of([5, 1, 2], [-1, 0, 0])
+    calls = []
+    monkeypatch.setattr(acceptance, "_greedy_walk", lambda *a: calls.append(1))
+    greedy_accept(tree, onehot_logits([2, 0, 4]))
+    assert calls == [1]
+
+
 def test_greedy_root_only():
     tree = tree_of([4], [-1])
     acc = greedy_accept(tree, onehot_logits([2]))

@@ -322,3 +322,48 @@ def test_fused_prefill_rows_matches_hf(pads):
     got = [verifier.prefill_rows(model, kv_cache.new_target_cache(model), long, two, layers, fused=f).logits
            for f in (True, False)]
     assert torch.equal(got[0], got[1])
+
+
+@needs_op
+def test_rotary_table_is_the_modules_own_values(monkeypatch):
+    """The fused forward reads a static rotary ('default') from a table the module made over arange(n): the
+    same bits as the module's own call at any positions, the table growing past its length; a dynamic rotary
+    is asked every call."""
+    model = llama(4, 2, 8)
+    fwd = LeanLlamaForward(model)
+    x = torch.zeros(1)
+    rotary = model.model.rotary_emb
+    for pos in (torch.tensor([[0, 5, 5, 6]]), torch.randint(0, 1000, (3, 7)), torch.tensor([[1500, 2047]])):
+        got, want = fwd._rotary(x, pos), rotary(x, pos)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert lean_forward._ROPE_TABLES[rotary][0].shape[0] >= 2048
+    calls = []
+    monkeypatch.setattr(rotary, "rope_type", "dynamic")
+    monkeypatch.setattr(type(rotary), "__call__", lambda self, *a: calls.append(1) or torch.nn.Module.__call__(self, *a))
+    fwd._rotary(x, torch.tensor([[3]]))
+    assert calls == [1]
+
+
+@needs_op
+def test_verify_keeps_every_layer_in_one_buffer():
+    """Fused verifies write the new K/V straight into the layers' slices of one stacked buffer (reserve_layers):
+    a verify, a commit and the next verify leave every layer a view of it, the cache equal to the HF forward's
+    over the same tokens."""
+    model = llama(4, 2, 8, layers=3)
+    tree = branching_tree(6, 0)
+    prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
+    caches = []
+    for fused in (True, False):
+        cache = kv_cache.new_target_cache(model)
+        prefill(model, cache, prompt)
+        for P, keep in ((9, [0, 1]), (11, [0, 1, 2, 3])):
+            verify(model, cache, tree, P, None, lean=fused, fused=fused)
+            kv_cache.commit_path(cache, P, torch.tensor(keep))
+        caches.append(cache)
+    st = caches[0].__dict__[kv_cache._STACK]
+    assert st.holds(caches[0]) and st.length == 15
+    for layer, kf in zip(caches[0].layers, st.k_full):
+        assert layer.keys.data_ptr() == kf.data_ptr()
+    for a, b in zip(*[c.layers for c in caches]):
+        close(a.keys, b.keys, "keys")
+        close(a.values, b.values, "values")

@@ -133,3 +133,63 @@ def test_append_matches_update_through_crop_commit_and_growth():
     empty = DynamicCache()                               # an uninitialized layer: the cache's own update
     k = torch.ones(1, 2, 3, 3)
     assert torch.equal(kv_cache.append(empty, k, -k, 0)[0], k) and empty.get_seq_length() == 3
+
+
+def test_stacked_layers_match_update_through_commit_crop_and_replacement():
+    """reserve_layers / extend_layers (the fused forward's cache steps: every layer in one stacked buffer) give
+    every layer the values DynamicCache.update would, across commits (one index_select for all layers), crops
+    (the layers are adopted again without a copy), growth past the capacity and the model's own concatenating
+    update in between (the stack is rebuilt from the layers)."""
+    g = torch.Generator().manual_seed(0)
+    ours, ref = fake_cache(3, 5), fake_cache(3, 5)
+    ids = [0, 1, 2]
+
+    def step(M):
+        got = kv_cache.reserve_layers(ours, ids, M, (1, 2, M, 3), torch.float32, "cpu", room=4)
+        assert got is not None
+        kb, vb, T = got
+        assert T == ref.get_seq_length()
+        for i in ids:
+            k, v = torch.randn(1, 2, M, 3, generator=g), torch.randn(1, 2, M, 3, generator=g)
+            kb[i][:, :, T:T + M] = k
+            vb[i][:, :, T:T + M] = v
+            ref.update(k, v, i)
+        kv_cache.extend_layers(ours, T + M)
+
+    def same():
+        assert ours.get_seq_length() == ref.get_seq_length()
+        for a, b in zip(ours.layers, ref.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+    step(3)
+    same()
+    stack = ours.__dict__[kv_cache._STACK].k
+    step(2)                                               # fits: written in place, no new stack
+    assert ours.__dict__[kv_cache._STACK].k is stack
+    for c in (ours, ref):
+        kv_cache.commit_path(c, 7, torch.tensor([0, 2]))  # [prefix 7 | tree 3] -> 7 + 2, all layers at once
+    same()
+    for c in (ours, ref):
+        kv_cache.crop(c, 8)
+    step(1)                                               # cropped views are adopted: the same stack
+    assert ours.__dict__[kv_cache._STACK].k is stack
+    same()
+    for c in (ours, ref):
+        kv_cache.commit_path(c, 8, torch.tensor([0]))     # a plain step's root: nothing moves
+    step(9)                                               # outgrows it: a new, larger stack
+    assert ours.__dict__[kv_cache._STACK].k is not stack
+    same()
+    for i in ids:                                         # the model's own update in between
+        k = torch.randn(1, 2, 2, 3, generator=g)
+        ours.update(k, -k, i), ref.update(k, -k, i)
+    step(2)
+    same()
+    for c in (ours, ref):
+        kv_cache.commit_path(c, ref.get_seq_length() - 2, torch.tensor([1]))
+    same()
+    # layers of different lengths or an uninitialized one: not for the stacked path
+    uneven = fake_cache(2, 4)
+    uneven.layers[1].keys = uneven.layers[1].keys[:, :, :3]
+    uneven.layers[1].values = uneven.layers[1].values[:, :, :3]
+    assert kv_cache.reserve_layers(uneven, [0, 1], 1, (1, 2, 1, 3), torch.float32, "cpu") is None
+    assert kv_cache.reserve_layers(DynamicCache(), [0], 1, (1, 2, 1, 3), torch.float32, "cpu") is None

@@ -63,6 +63,10 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     if logits.shape[1] == 1:  # root-only trees (plain steps): the argmax alone, one ATen op instead of ~15
         return Acceptance(torch.zeros(logits.shape[0], 1, dtype=torch.int64, device=logits.device),
                           logits[:, 0].argmax(dim=-1, keepdim=True), [0] * logits.shape[0])
+    if logits.shape[0] == 1 and logits.device.type == "cpu":
+        got = _greedy_walk(tree, logits)
+        if got is not None:
+            return got
     pred = logits.argmax(dim=-1)                                   # [B, M]
     paths = tree.paths                                             # [B, P, D+1]
     B, P, L = paths.shape
@@ -82,6 +86,37 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     last = path.gather(1, acc_len.view(B, 1))                      # [B, 1]
     tokens.scatter_(1, acc_len.view(B, 1), pred.gather(1, last))
     return Acceptance(path, tokens, acc_len.tolist())  # host sync: the loop needs the lengths
+
+
+def _greedy_walk(tree: DraftTree, logits: torch.Tensor) -> Acceptance | None:
+    """greedy_accept of one CPU row as a walk from the root over host lists: at each node the child whose token is
+    the target's argmax there. With distinct tokens among every node's children (what the drafters make) that
+    child is unique and the walk ends on the same longest matching path, so the same Acceptance as the tensor
+    code, for 2 ATen ops instead of ~15 (~0.2 ms a drafted cycle on a 2-core CPU); None (the tensor code decides)
+    where two children of a node on the walk carry the argmax token."""
+    M = logits.shape[1]
+    pred = logits[0].argmax(dim=-1).tolist()                        # host sync: M ints
+    tokens, parents = tree.tokens[0].tolist(), tree.parents[0].tolist()
+    L = tree.paths.shape[2]
+    path, out = [0], []
+    node = 0
+    while True:
+        want, nxt = pred[node], -1
+        for j in range(node + 1, M):  # children come after their parent (creation order)
+            if parents[j] == node and tokens[j] == want:
+                if nxt >= 0:
+                    return None
+                nxt = j
+        if nxt < 0:
+            break
+        path.append(nxt)
+        out.append(want)
+        node = nxt
+    acc = len(out)
+    out.append(pred[node])  # the bonus: the target's argmax at the last accepted node
+    pad = [-1] * (L - acc - 1)
+    return Acceptance(torch.tensor([path + pad], dtype=torch.int64), torch.tensor([out + pad], dtype=torch.int64),
+                      [acc])
 
 
 def uniform(shape, generator, device: torch.device, dtype=torch.float32) -> torch.Tensor:

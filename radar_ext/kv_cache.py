@@ -111,6 +111,125 @@ def extend(cache, layer_idx: int, length: int):
     return layer.keys, layer.values
 
 
+# ------------------------------------------------------------------ all layers in one buffer
+# The fused forward (radar_ext.lean_forward) writes every layer's new entries itself and only needs each layer's
+# buffer and the shared length. reserve_layers keeps every layer's buffer as a slice of one stacked buffer
+# [L, B, Hkv, capacity, D] (keys and values each) and remembers the views it gave the layers; while the layers
+# still hold exactly those views (nothing else replaced them), the next call skips the per-layer checks and
+# commit_path moves the accepted entries of all layers with one index_select. Default target, 2 threads, 2-core
+# AMD EPYC: the Python around a fused verify ~0.5 -> ~0.1 ms, commit_path of a 3-node path 0.22 -> 0.04 ms.
+_STACK = "_radar_kv_stack"  # attribute of a DynamicCache: its _Stack
+
+
+class _Stack:
+    __slots__ = ("layer_ids", "layers", "k", "v", "k_full", "v_full", "views", "length")
+
+    def __init__(self, layer_ids, layers, k, v):
+        self.layer_ids = layer_ids        # tuple of layer indices, in the order of k / v
+        self.layers = layers              # tuple of the DynamicLayer objects
+        self.k, self.v = k, v             # [L, B, Hkv, capacity, D]
+        self.k_full = [k[i] for i in range(k.shape[0])]  # [B, Hkv, capacity, D] views, one per layer
+        self.v_full = [v[i] for i in range(v.shape[0])]
+        self.views = ()                   # ((keys, values) per layer) as last set by _set_length
+        self.length = 0
+
+    def holds(self, cache) -> bool:
+        """Every layer still holds the views this stack gave it (identity: nothing replaced them)."""
+        layers = cache.layers
+        if len(layers) < len(self.layers) or not self.views:
+            return False
+        for i, layer, (kv, vv) in zip(self.layer_ids, self.layers, self.views):
+            if layers[i] is not layer or layer.keys is not kv or layer.values is not vv:
+                return False
+        return True
+
+    def adopt(self, cache) -> bool:
+        """The layers view prefixes of this stack's slices of one common length (after crop or commit_rows,
+        which slice or write in place): take that length, no copy."""
+        layers = cache.layers
+        T = None
+        for i, kf, vf in zip(self.layer_ids, self.k_full, self.v_full):
+            if i >= len(layers):
+                return False
+            layer = layers[i]
+            if (type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4
+                    or not _prefix_view_of(layer.keys, kf) or not _prefix_view_of(layer.values, vf)
+                    or layer.values.shape[2] != layer.keys.shape[2] or (T is not None and layer.keys.shape[2] != T)):
+                return False
+            T = layer.keys.shape[2]
+        self.layers = tuple(layers[i] for i in self.layer_ids)
+        self.views = tuple((layers[i].keys, layers[i].values) for i in self.layer_ids)
+        self.length = T
+        return True
+
+    def set_length(self, cache, length: int) -> None:
+        views = []
+        k = self.k
+        size, stride = (k.shape[1], k.shape[2], length, k.shape[4]), self.k_full[0].stride()
+        for layer, kf, vf in zip(self.layers, self.k_full, self.v_full):
+            # kf[:, :, :length] (as_strided: the same view, ~0.6 us cheaper than narrow; 60 of them a call)
+            layer.keys, layer.values = kf.as_strided(size, stride), vf.as_strided(size, stride)
+            views.append((layer.keys, layer.values))
+        self.views = tuple(views)
+        self.length = length
+
+
+def reserve_layers(cache, layer_ids, M: int, shape, dtype, device, room: int = 256):
+    """reserve() for the layers `layer_ids` (list of ints) at once: (key buffers, value buffers, T), one
+    [B, Hkv, capacity, D] buffer per layer in that order, with room for M entries after the T cached ones,
+    every layer at the same T; None where a layer is not an initialized DynamicCache layer of 4-D tensors,
+    the layers differ in length or the cache offloads. Write the new entries to buffer[:, :, T:T + M],
+    then extend_layers(cache, T + M). The buffers are slices of one stacked buffer (see above), also
+    registered as each layer's append / reserve buffer."""
+    if getattr(cache, "offloading", False):
+        return None
+    st = cache.__dict__.get(_STACK)
+    ids = tuple(layer_ids)
+    if st is not None and st.layer_ids == ids and (st.holds(cache) or st.adopt(cache)):
+        k = st.k
+        if (st.length + M <= k.shape[3] and k.dtype == dtype and k.device == torch.device(device)
+                and k.shape[1] == shape[0] and k.shape[2] == shape[1] and k.shape[4] == shape[3]):
+            return st.k_full, st.v_full, st.length
+    layers = cache.layers
+    T = None
+    for i in ids:
+        layer = layers[i] if i < len(layers) else None
+        if (type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4
+                or layer.values.shape != layer.keys.shape or (T is not None and layer.keys.shape[2] != T)):
+            return None
+        T = layer.keys.shape[2]
+    if T is None:
+        return None
+    cap = T + M + max(room, (T + M) // 2)
+    L = len(ids)
+    k = torch.empty(L, shape[0], shape[1], cap, shape[3], dtype=dtype, device=device)
+    v = torch.empty_like(k)
+    for j, i in enumerate(ids):
+        k[j, :, :, :T].copy_(layers[i].keys)
+        v[j, :, :, :T].copy_(layers[i].values)
+    st = _Stack(ids, tuple(layers[i] for i in ids), k, v)
+    for j, layer in enumerate(st.layers):
+        layer.__dict__[_BUFFERS] = (st.k_full[j], st.v_full[j])
+    st.set_length(cache, T)
+    cache.__dict__[_STACK] = st
+    return st.k_full, st.v_full, T
+
+
+def extend_layers(cache, length: int) -> None:
+    """Point the layers of reserve_layers' stack at the first `length` entries of their buffers."""
+    cache.__dict__[_STACK].set_length(cache, length)
+
+
+def _stacked(cache):
+    """The cache's stack if it covers every initialized layer and the layers still hold its views, else None."""
+    st = cache.__dict__.get(_STACK)
+    if st is None or not st.holds(cache):
+        return None
+    if len(st.layers) != sum(1 for layer in cache.layers if layer.is_initialized):
+        return None
+    return st
+
+
 def commit_path(cache, prefix_len: int, keep: torch.Tensor) -> None:
     """Compact the cache to [prefix | tree entries `keep`].
 
@@ -122,6 +241,15 @@ def commit_path(cache, prefix_len: int, keep: torch.Tensor) -> None:
     src = keep + prefix_len                                       # [n]
     contiguous = bool(n == 0 or int(keep[-1]) == n - 1)  # host sync: keep is a small CPU tensor
     end = prefix_len + n
+    st = _stacked(cache)
+    if st is not None and st.length >= end:  # every layer in one buffer: one move for all of them
+        if contiguous and st.length == end:
+            return
+        if not contiguous:
+            st.k[:, :, :, prefix_len:end] = st.k.index_select(3, src)
+            st.v[:, :, :, prefix_len:end] = st.v.index_select(3, src)
+        st.set_length(cache, end)
+        return
     for layer in cache.layers:
         if not layer.is_initialized:
             continue

@@ -251,43 +251,63 @@ class LeanLlamaForward:
 
     def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots, last_only=False):
         """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once)."""
-        reason = fused_reason(self.target)
-        if reason is None and (attention_mask.dtype != torch.float32 or attention_mask.device.type != "cpu"):
-            reason = f"the attention mask is {attention_mask.dtype} on {attention_mask.device.type}"
-        fw = _fused_weights(self.target) if reason is None else None
+        pin = _PINNED.get(self.target)
+        fw = pin.weights if pin is not None and pin.forward is self else None  # checked when pinned
+        reason = None
+        if fw is None:
+            reason = fused_reason(self.target)
+            fw = _fused_weights(self.target) if reason is None else None
         if fw is not None and (fw.eps is None or fw.scaling is None):
             reason = "the layers differ in norm epsilon or attention scaling"
+        if reason is None and (attention_mask.dtype != torch.float32 or attention_mask.device.type != "cpu"):
+            reason = f"the attention mask is {attention_mask.dtype} on {attention_mask.device.type}"
         if reason is not None:
             _log_fallback(reason)
             return None
         B, M = input_ids.shape
-        model = _sub(self.target, "model")
         n_kv = self.target.config.num_key_value_heads
-        k_bufs, v_bufs, past = [], [], None
-        empty = torch.empty(B, n_kv, 0, self.head_dim)
-        for layer_idx in fw.layer_ids:
-            if layer_idx >= len(cache.layers) or not cache.layers[layer_idx].is_initialized:
-                cache.update(empty, empty, layer_idx)  # an empty prefix (no prefill): the layer starts at length 0
-            got = kv_cache.reserve(cache, layer_idx, M, (B, n_kv, M, self.head_dim), torch.float32, input_ids.device)
-            if got is None or (past is not None and got[1] != past):
+        shape = (B, n_kv, M, self.head_dim)
+        got = kv_cache.reserve_layers(cache, fw.layer_ids, M, shape, torch.float32, input_ids.device)
+        if got is None:
+            empty = torch.empty(B, n_kv, 0, self.head_dim)
+            for layer_idx in fw.layer_ids:
+                if layer_idx >= len(cache.layers) or not cache.layers[layer_idx].is_initialized:
+                    cache.update(empty, empty, layer_idx)  # an empty prefix (no prefill): the layer starts at length 0
+            got = kv_cache.reserve_layers(cache, fw.layer_ids, M, shape, torch.float32, input_ids.device)
+            if got is None:
                 _log_fallback("the cache is not a DynamicCache with equal, initialized layers")
                 return None
-            (kb, vb), past = got
-            k_bufs.append(kb)
-            v_bufs.append(vb)
-        cos, sin = _sub(model, "rotary_emb")(attention_mask, position_ids)  # (x only gives dtype and device)
+        k_bufs, v_bufs, past = got
+        cos, sin = self._rotary(attention_mask, position_ids)
         L = self.n_layers
         op_slots = [] if slots is None else [s if s < L else (L + 1 if self.tie_last else L) for s in slots]
         uniq = sorted(set(op_slots))
         out = ops.llama_forward(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past, uniq,
                                 float(fw.eps), float(fw.scaling), self.head_dim, last_only=last_only)
-        for layer_idx in fw.layer_ids:
-            kv_cache.extend(cache, layer_idx, past + M)
+        kv_cache.extend_layers(cache, past + M)
         feats = None
         if slots is not None:
             by_slot = dict(zip(uniq, out[1:]))
-            feats = torch.cat([by_slot[s] for s in op_slots], dim=-1)
+            feats = torch.cat([by_slot[s] for s in op_slots], dim=-1) if len(op_slots) > 1 else by_slot[op_slots[0]]
         return out[0], feats
+
+    def _rotary(self, x, position_ids):
+        """The model's rotary (cos, sin) [B, M, D] at position_ids [B, M]. A static rotary (rope_type 'default')
+        is read from a table of every position up to the longest seen, made by the module itself over
+        arange(n): each entry is one product inv_freq * position, then cos / sin, so the same bits as the
+        module's own call (~0.1 ms a verify); any other rope type calls the module (dynamic kinds change with
+        the length)."""
+        rotary = _sub(_sub(self.target, "model"), "rotary_emb")
+        if getattr(rotary, "rope_type", None) != "default" or position_ids.device.type != "cpu":
+            return rotary(x, position_ids)
+        table = _ROPE_TABLES.get(rotary)
+        need = int(position_ids.max()) + 1  # host sync: one int (position_ids is a small CPU tensor)
+        inv = rotary.inv_freq
+        if table is None or table[0].shape[0] < need or table[2] is not inv or table[3] != inv._version:
+            n = max(need, 2 * table[0].shape[0] if table is not None else 1024)
+            cos, sin = rotary(x, torch.arange(n, device=position_ids.device).view(1, n))
+            table = _ROPE_TABLES[rotary] = (cos[0], sin[0], inv, inv._version)
+        return table[0][position_ids], table[1][position_ids]
 
     def _native_layers(self, x, cos, sin, attention_mask, cache, slots):
         """(x after the layers, {slot: captured input}) from radar_ext::llama_layers_quant, or None when
@@ -425,6 +445,7 @@ class _Pin:
 
 
 _PINNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ROPE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # rotary module -> (cos, sin, inv_freq, version)
 
 
 class pinned:
