@@ -1,13 +1,14 @@
 """Times one target verify forward (radar_ext.verifier.verify) over a tree of M tokens on the real
-default target, plus HF's own one-token decoding step, in six settings: `off` (plain HF forward,
+default target, plus HF's own one-token decoding step, in these settings: `off` (plain HF forward,
 MKL sgemm), `linear` (radar_ext.fast_linear's skinny_linear only, sdpa_gqa=False), `fast`
 (fast_linear: skinny_linear + sdpa attention without the K/V copies, through the model's forward),
 `lean` (fast_linear inside radar_ext.lean_forward), `quant-py` (lean, with the weights read from their
 exact Q4_1 / Q8_0 blocks, skinny_linear_quant, the layer loop in Python) and `quant` (the same with the
 layer loop in C++, radar_ext::llama_layers_quant), `fused` (the whole forward as one torch-free C++
 call, radar_ext::llama_forward: as RadarDecoder verifies by default; its Q4_1 / Q8_0 products on the AMX
-tile unit where the CPU has one) and `fused-avx512` (the same with the AMX path turned off: the AVX-512
-register tiles).
+tile unit where the CPU has one), `fused-avx512` (the same with the AMX path turned off: the AVX-512
+register tiles) and `fused-narrow` (fused with the AVX-512 tiles of the Q4_1 / Q8_0 products at most 4 rows
+of x tall instead of up to 6, _C.set_wide_tiles(False): the same bits, the layout before the wider tiles).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -72,7 +73,7 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
-SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512")
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow")
 
 
 def main():
@@ -117,12 +118,15 @@ def main():
 
     def run_verify(tree, setting):
         _C.set_amx_enabled(amx_default and setting != "fused-avx512")
+        _C.set_wide_tiles(setting != "fused-narrow")
         with ctx(setting):
             t0 = time.perf_counter()
-            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant", "fused", "fused-avx512"),
+            out = verify(target, cache, tree, P,
+                         lean=setting in ("lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow"),
                          native=setting == "quant", fused=setting.startswith("fused"))
             dt = time.perf_counter() - t0
         _C.set_amx_enabled(amx_default)
+        _C.set_wide_tiles(True)
         kv_cache.crop(cache, P)
         return dt, out.logits
 
@@ -160,8 +164,8 @@ def main():
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
     titles = {"off": "off (MKL)", "linear": "linear (skinny only)", "fast": "fast (skinny + gqa)",
               "lean": "lean (fast + lean fwd)", "quant-py": "quant-py (+ Q blocks)", "quant": "quant (+ C++ layers)",
-              "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off"}
-    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512") if s in settings]
+              "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off", "fused-narrow": "fused, 4-row tiles"}
+    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512", "fused-narrow") if s in settings]
     print(f"{'M':>4} | " + " | ".join(f"{titles[s]:>24}" for s in settings) + "".join(f" | off/{s}" for s in ratios))
     for r in rows:
         print(f"{r['M']:>4} | " + " | ".join(cell(r[s]) for s in settings)

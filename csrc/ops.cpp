@@ -943,6 +943,18 @@ PyObject* amx_enabled(PyObject*, PyObject*) {
   Py_RETURN_FALSE;
 }
 
+PyObject* wide_tiles(PyObject*, PyObject*) {
+  if (radar_ext::kernels::skinny_wide_tiles()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* set_wide_tiles(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  if (radar_ext::kernels::skinny_set_wide_tiles(on != 0)) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 PyObject* amx_min_rows(PyObject*, PyObject*) { return PyLong_FromLongLong(radar_ext::kernels::kAmxMinRows); }
 
 PyObject* set_amx_enabled(PyObject*, PyObject* arg) {
@@ -982,6 +994,10 @@ PyMethodDef methods[] = {
     {"amx_min_rows", amx_min_rows, METH_NOARGS, "Rows of x from which the block-quantized products use AMX."},
     {"set_amx_enabled", set_amx_enabled, METH_O,
      "Turns the AMX path of the block-quantized products on or off; returns the previous setting."},
+    {"wide_tiles", wide_tiles, METH_NOARGS,
+     "True when block-quantized AVX-512 products of 5+ rows run in register tiles of up to 6 rows (the default)."},
+    {"set_wide_tiles", set_wide_tiles, METH_O,
+     "Turns the tiles of up to 6 rows on or off (4-row tiles: the same bits); returns the previous setting."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "radar_ext custom ops (torch.ops.radar_ext.*)", -1, methods};

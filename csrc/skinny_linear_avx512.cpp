@@ -5,8 +5,17 @@
 #include "kernels/avx512_target.h"  // first: the rest of this file is compiled for AVX-512
 #include "kernels/skinny_linear.h"
 
+#include <atomic>
+
 namespace radar_ext {
 namespace kernels {
+
+namespace {
+std::atomic<bool> g_wide_tiles{true};
+}
+
+bool skinny_wide_tiles() { return g_wide_tiles.load(std::memory_order_relaxed); }
+bool skinny_set_wide_tiles(bool on) { return g_wide_tiles.exchange(on); }
 
 bool skinny_linear_avx512_compiled() {
 #if defined(RADAR_SKINNY_AVX512)

@@ -66,6 +66,30 @@ def test_same_bits_as_float32_kernel_and_close_to_reference(kind, M, N, K):
     assert_close_to_reference(reference.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m), x, w)
 
 
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_tall_tiles_same_bits_as_four_row_tiles_and_as_one_row(kind):
+    """The AVX-512 tiles of up to 6 rows of x (the default for 5+ rows) and the 4-row ones (_C.set_wide_tiles(False))
+    give the same bits at every M, and every row the bits of that row alone: each dot product is summed in an order
+    fixed by K, whatever its tile."""
+    if not hasattr(ops._C, "set_wide_tiles"):
+        pytest.skip("extension without the tile switch")
+    for N, K in ((37, 576), (130, 96)):
+        blocks = gguf_blocks(N, K, kind, seed=N)
+        x = torch.randn(20, K, generator=torch.Generator().manual_seed(K))
+        bias = torch.randn(N)
+        with amx_off():
+            alone = torch.cat([ops.skinny_linear_quant(x[m:m + 1], blocks.q, blocks.d, blocks.m, bias) for m in range(20)])
+            for M in range(1, 21):
+                prev = ops._C.set_wide_tiles(False)
+                try:
+                    narrow = ops.skinny_linear_quant(x[:M], blocks.q, blocks.d, blocks.m, bias)
+                finally:
+                    ops._C.set_wide_tiles(prev)
+                assert prev is True  # the default
+                wide = ops.skinny_linear_quant(x[:M], blocks.q, blocks.d, blocks.m, bias)
+                assert torch.equal(wide, narrow) and torch.equal(wide, alone[:M]), M
+
+
 @contextlib.contextmanager
 def amx_off():
     prev = ops._C.set_amx_enabled(False)

@@ -144,6 +144,12 @@ constexpr int64_t kSkinnyMR = 4;  // rows of x per register tile
 // one process); a 1-block prefetch into L1 from each block's first tile alone gained about half that.
 constexpr int64_t kSkinnyPrefetchBlocks = 4;
 
+// Whether block-quantized products of 5+ rows of x use the AVX-512 tiles of up to 6 rows (skinny_block_wide,
+// the default) or 4-row tiles only: the same bits either way, a switch for paired timing
+// (radar_ext._C.set_wide_tiles; bench/bench_verify.py's `fused-narrow`). Defined in csrc/skinny_linear_avx512.cpp.
+bool skinny_wide_tiles();
+bool skinny_set_wide_tiles(bool on);  // returns the previous setting
+
 // Number of w blocks: the parallel work items.
 static inline int64_t skinny_linear_blocks(const SkinnyLinearParams& p) {
   return (p.N + kSkinnyNR - 1) / kSkinnyNR;
@@ -284,23 +290,27 @@ static inline void skinny_tile_rows(const SkinnyLinearParams& p, const Fmt& f, i
   for (int64_t j = 0; j < pf_rows; ++j) pr[j] = pf.row(pf_n + j);
 }
 
-// What every AVX-512 tile ends with: its MR x NR accumulators reduced at once (slot i * NR + j;
-// skinny_reduce16 puts slot s's sum in lane 4 * (s % 4) + s / 4, in the same lane order for every slot,
-// so the slot does not change a result), + bias, stored for the m_valid valid rows.
+// What every AVX-512 tile ends with: its MR x NR accumulators reduced 16 at a time (slot i * NR + j; slot s
+// goes to reduction s / 16, and skinny_reduce16 puts slot q's sum in lane 4 * (q % 4) + q / 4, in the same lane
+// order for every slot, so the slot does not change a result), + bias, stored for the m_valid valid rows.
 template <int NR, int MR>
 static inline void skinny_tile_store(const SkinnyLinearParams& p, const __m512 (&acc)[MR][NR], int64_t n0, int64_t m0,
                                      int m_valid) {
-  static_assert(MR * NR <= 16, "one reduction holds 16 dot products");
-  __m512 all[16];  // slots outside the tile stay zero and are not stored
-  for (int q = 0; q < 16; ++q) all[q] = _mm512_setzero_ps();
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) all[i * NR + j] = acc[i][j];
-  float sums[16];
-  _mm512_storeu_ps(sums, skinny_reduce16(all));
+  constexpr int kSlots = MR * NR, kParts = (kSlots + 15) / 16;
+  float sums[kParts * 16];
+  for (int part = 0; part < kParts; ++part) {
+    __m512 all[16];  // slots outside the tile stay zero and are not stored
+    for (int q = 0; q < 16; ++q) {
+      const int slot = 16 * part + q;
+      all[q] = slot < kSlots ? acc[slot / NR][slot % NR] : _mm512_setzero_ps();
+    }
+    float lanes[16];
+    _mm512_storeu_ps(lanes, skinny_reduce16(all));
+    for (int q = 0; q < 16; ++q) sums[16 * part + q] = lanes[4 * (q % 4) + q / 4];
+  }
   for (int i = 0; i < m_valid; ++i)
     for (int j = 0; j < NR; ++j) {
-      const int slot = i * NR + j;
-      float s = sums[4 * (slot % 4) + slot / 4];
+      float s = sums[i * NR + j];
       if (p.bias) s += p.bias[n0 + j];
       p.y[(m0 + i) * p.N + n0 + j] = s;
     }
@@ -431,6 +441,38 @@ static inline void skinny_tile_any_avx512(const SkinnyLinearParams& p, const Fmt
 #define RADAR_SKINNY_TILE skinny_tile_plain
 #endif
 
+#if defined(RADAR_SKINNY_AVX512)
+// Most rows of x one register tile of a block-quantized block takes (kSkinnyNR x 6 = 24 accumulators, 8
+// decoded weight vectors and 2 of x: every register but two). Each tile decodes the block's weights again,
+// so fewer, taller tiles decode less: one thread, a 1536 x 576 Q4_1 weight in L2, 2-core AMD EPYC, M = 5 /
+// 6 / 10 / 12 rows 169 / 181 / 288 / 323 us in 4-row tiles against 121 / 140 / 242 / 280 us in tiles of 5-6.
+constexpr int64_t kSkinnyWideMR = 6;
+
+// skinny_block for block-quantized w in registers: the M rows of x in ceil(M / 6) tiles as even as possible
+// (5 rows: one tile of 5; 7: 4 + 3; 8: 4 + 4; 9: 5 + 4; 13: 5 + 4 + 4). Every dot product is summed and
+// reduced alone in the same order whatever its tile, so the same bits as 4-row tiles.
+template <int NR, typename Fmt, typename PfFmt>
+static inline void skinny_block_wide(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, const PfFmt& pf,
+                                     int64_t pf_n, int64_t pf_rows) {
+  const int64_t tiles = (p.M + kSkinnyWideMR - 1) / kSkinnyWideMR;
+  for (int64_t t = 0, m0 = 0; t < tiles; ++t) {
+    const int64_t rows = p.M * (t + 1) / tiles - p.M * t / tiles;  // sizes differ by at most one
+    const int64_t r0 = pf_rows * t / tiles, r1 = pf_rows * (t + 1) / tiles;
+    const int64_t q = pf_n + r0;
+    switch (rows) {
+      case 6: skinny_tile_blocks_avx512<NR, 6>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 5: skinny_tile_blocks_avx512<NR, 5>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 4: skinny_tile_blocks_avx512<NR, 4>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 3: skinny_tile_blocks_avx512<NR, 3>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 2: skinny_tile_blocks_avx512<NR, 2>(p, f, n0, m0, pf, q, r1 - r0); break;
+      case 1: skinny_tile_blocks_avx512<NR, 1>(p, f, n0, m0, pf, q, r1 - r0); break;
+      default: break;
+    }
+    m0 += rows;
+  }
+}
+#endif
+
 // One block of NR (or, for the last block, fewer) rows of w against all M rows of x. Its tiles share
 // the prefetch of a later block's pf_rows rows at pf between them, a few rows each (spread out, the
 // requests keep the memory busy through the whole block instead of queueing up in its first tile).
@@ -439,9 +481,20 @@ static inline void skinny_tile_any_avx512(const SkinnyLinearParams& p, const Fmt
 // rows stored. Every dot product accumulates and reduces alone (skinny_reduce16), so the bits do not
 // change; the 2- and 3-row tiles cost ~2x per row what the full one does (the default target's verify,
 // 2 threads: 6 and 7 rows 22.8 / 25.9 ms against 21.7 for 8 rows, bench/bench_verify.py).
+// wide: block-quantized w in registers runs skinny_block_wide's tiles of up to 6 rows (skinny_wide_tiles()).
 template <int NR, typename Fmt, typename PfFmt, bool kPadPartial = false>
 static inline void skinny_block(const SkinnyLinearParams& p, const Fmt& f, int64_t n0, const PfFmt& pf, int64_t pf_n,
-                                int64_t pf_rows) {
+                                int64_t pf_rows, bool wide = false) {
+#if defined(RADAR_SKINNY_AVX512)
+  if constexpr (IsBlockQuant<Fmt>::value && !kPadPartial) {
+    if (wide) {
+      skinny_block_wide<NR>(p, f, n0, pf, pf_n, pf_rows);
+      return;
+    }
+  }
+#else
+  (void)wide;
+#endif
   const int64_t tiles = (p.M + kSkinnyMR - 1) / kSkinnyMR;
   for (int64_t t = 0, m0 = 0; m0 < p.M; ++t, m0 += kSkinnyMR) {
     const int64_t r0 = pf_rows * t / tiles, r1 = pf_rows * (t + 1) / tiles;
@@ -520,6 +573,7 @@ template <typename Fmt>
 static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f, int64_t b0, int64_t b1) {
   static_assert(kSkinnyNR == 4 && kSkinnyMR == 4, "the tile dispatch below is written for 4 x 4");
   const bool decode_once = IsBlockQuant<Fmt>::value && p.M > kSkinnyDecodeOnceRows;
+  const bool wide = IsBlockQuant<Fmt>::value && p.M > kSkinnyMR && skinny_wide_tiles();
   std::vector<float> buf(decode_once ? kSkinnyNR * p.K : 0);
   for (int64_t b = b0; b < b1; ++b) {
     // prefetch the block kSkinnyPrefetchBlocks ahead in this range (other ranges are other threads')
@@ -538,10 +592,10 @@ static inline void skinny_blocks_typed(const SkinnyLinearParams& p, const Fmt& f
       continue;
     }
     switch (nr) {
-      case 4: skinny_block<4>(p, f, n0, f, pf_n, pf_rows); break;
-      case 3: skinny_block<3>(p, f, n0, f, pf_n, pf_rows); break;
-      case 2: skinny_block<2>(p, f, n0, f, pf_n, pf_rows); break;
-      case 1: skinny_block<1>(p, f, n0, f, pf_n, pf_rows); break;
+      case 4: skinny_block<4>(p, f, n0, f, pf_n, pf_rows, wide); break;
+      case 3: skinny_block<3>(p, f, n0, f, pf_n, pf_rows, wide); break;
+      case 2: skinny_block<2>(p, f, n0, f, pf_n, pf_rows, wide); break;
+      case 1: skinny_block<1>(p, f, n0, f, pf_n, pf_rows, wide); break;
       default: break;
     }
   }
