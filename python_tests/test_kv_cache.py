@@ -193,3 +193,37 @@ def test_stacked_layers_match_update_through_commit_crop_and_replacement():
     uneven.layers[1].values = uneven.layers[1].values[:, :, :3]
     assert kv_cache.reserve_layers(uneven, [0, 1], 1, (1, 2, 1, 3), torch.float32, "cpu") is None
     assert kv_cache.reserve_layers(DynamicCache(), [0], 1, (1, 2, 1, 3), torch.float32, "cpu") is None
+
+
+def test_commit_rows_on_the_stacked_buffer_matches_the_layer_loop():
+    """commit_rows on a cache whose layers live in reserve_layers' stacked buffer (one gather / scatter for every
+    layer, nothing moved when every entry already sits in its slot) leaves the same layers as on a plain
+    DynamicCache (the per-layer loop)."""
+    g = torch.Generator().manual_seed(0)
+    B, H, D, start, M = 3, 2, 3, 7, 4
+    for trial in range(6):
+        plain = DynamicCache()
+        for i in range(3):
+            k = torch.randn(B, H, start, D, generator=g)
+            plain.update(k, -k, i)
+        stacked = DynamicCache()
+        for i in range(3):
+            stacked.update(plain.layers[i].keys.clone(), plain.layers[i].values.clone(), i)
+        kb, vb, T = kv_cache.reserve_layers(stacked, [0, 1, 2], M, (B, H, M, D), torch.float32, "cpu")
+        for i in range(3):  # the tree block at the shared end, as a verify writes it
+            k = torch.randn(B, H, M, D, generator=g)
+            plain.update(k, -k, i)
+            kb[i][:, :, T:T + M], vb[i][:, :, T:T + M] = k, -k
+        kv_cache.extend_layers(stacked, T + M)
+        if trial == 0:  # plain steps of rows of equal length: each row keeps its root, already in its slot
+            lengths, paths, n_keep = torch.full((B,), start), torch.zeros(B, 1, dtype=torch.int64), torch.ones(B, dtype=torch.int64)
+        else:
+            lengths = torch.tensor([start - 2, start, start - 1])
+            paths = torch.tensor([[0, 1, 3, -1], [0, 2, -1, -1], [0, 1, 2, 3]])
+            n_keep = torch.tensor([int(torch.randint(1, 4, (), generator=g)), int(torch.randint(1, 3, (), generator=g)), 4])
+        got = kv_cache.commit_rows(stacked, start, lengths, paths, n_keep)
+        want = kv_cache.commit_rows(plain, start, lengths, paths, n_keep)
+        assert got == want and stacked.get_seq_length() == plain.get_seq_length() == want
+        for a, b in zip(stacked.layers, plain.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert kv_cache._stacked(stacked) is not None  # still one buffer, its views held

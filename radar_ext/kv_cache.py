@@ -285,6 +285,17 @@ def commit_rows(cache, start: int, lengths: torch.Tensor, paths: torch.Tensor, n
     src = paths.gather(1, i) + start                                # [B, L]
     dst = lengths.view(B, 1) + i                                    # [B, L]
     new_len = int((lengths + n_keep).max())  # host sync: the cache's new shared length
+    st = _stacked(cache)
+    if st is not None and st.length >= start + L and st.k.shape[1] == B:
+        # every layer in one buffer: one gather and one scatter for all of them, none where every entry already
+        # sits in its slot (plain steps of rows of equal length)
+        if not torch.equal(src, dst):
+            for buf in (st.k, st.v):
+                n_layers, _, H, _, D = buf.shape
+                moved = buf.gather(3, src.view(1, B, 1, L, 1).expand(n_layers, B, H, L, D))
+                buf.scatter_(3, dst.view(1, B, 1, L, 1).expand(n_layers, B, H, L, D), moved)
+        st.set_length(cache, new_len)
+        return new_len
     for layer in cache.layers:
         if not layer.is_initialized:
             continue
