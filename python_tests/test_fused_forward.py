@@ -324,6 +324,40 @@ def test_fused_prefill_rows_matches_hf(pads):
     assert torch.equal(got[0], got[1])
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("pads", [(0, 0), (3, 0, 5), (0, 6, 1, 2)])
+def test_prefill_each_row_is_each_rows_own_prefill(pads, fused):
+    """prefill_each_row (the batched decoder's prefill): every row's last logits, features and cache entries are
+    bit for bit those of that row's own single-prompt prefill (fused or HF's), at its slots of the dense
+    [B, Hkv, P, D] layout; the padding slots and features hold zeros; within float32 rounding of HF's batched
+    prefill (prefill_rows) at the real positions. A cache already holding tokens is refused by name."""
+    if fused and not (ops.HAS_EXTENSION and hasattr(torch.ops.radar_ext, "llama_forward")):
+        pytest.skip("needs the radar_ext extension with llama_forward")
+    from radar_ext import verifier
+    model = llama(4, 2, 8, layers=3, hidden=32)
+    P = 9
+    ids = torch.randint(0, VOCAB, (len(pads), P), generator=torch.Generator().manual_seed(len(pads)))
+    layers = [0, 2]
+    cache = kv_cache.new_target_cache(model)
+    got = verifier.prefill_each_row(model, cache, ids, list(pads), layers, fused=fused)
+    hc = kv_cache.new_target_cache(model)
+    hf = verifier.prefill_rows(model, hc, ids, torch.tensor(pads), layers)
+    assert got.logits.shape == (len(pads), 1, VOCAB) and got.features.shape == hf.features.shape
+    assert kv_cache.cache_length(cache) == P
+    for b, p in enumerate(pads):
+        own_cache = kv_cache.new_target_cache(model)
+        own = prefill(model, own_cache, ids[b:b + 1, p:], layers, fused=fused)
+        assert torch.equal(got.logits[b], own.logits[0, -1:]) and torch.equal(got.features[b, p:], own.features[0])
+        assert not got.features[b, :p].any()
+        close(got.logits[b], hf.logits[b], f"row {b} vs the batched prefill")
+        for a, o, h in zip(cache.layers, own_cache.layers, hc.layers):
+            assert torch.equal(a.keys[b, :, p:], o.keys[0]) and torch.equal(a.values[b, :, p:], o.values[0])
+            assert not a.keys[b, :, :p].any() and not a.values[b, :, :p].any()
+            close(a.keys[b, :, p:], h.keys[b, :, p:], f"keys row {b} vs the batched prefill")
+    with pytest.raises(ValueError, match="empty cache"):
+        verifier.prefill_each_row(model, cache, ids, list(pads), layers, fused=fused)
+
+
 @needs_op
 def test_rotary_table_is_the_modules_own_values(monkeypatch):
     """The fused forward reads a static rotary ('default') from a table the module made over arange(n): the

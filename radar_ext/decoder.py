@@ -21,7 +21,7 @@ from radar_ext.fast_linear import applies_to as fast_linear_applies, fast_linear
 from radar_ext.policies import CostInfo, CycleOutcome, History, Policy, PreDraftStep, StaticPolicy
 from radar_ext.policies.base import guess_probability
 from radar_ext.tree import SOURCE_BOTH, SOURCE_LOOKUP, root_only_tree, stack_trees
-from radar_ext.verifier import prefill, prefill_rows, verify, verify_rows
+from radar_ext.verifier import prefill, prefill_each_row, verify, verify_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -369,8 +369,9 @@ class RadarDecoder:
         B = given.shape[0]
         cache = kv_cache.new_target_cache(self.target)
         pads_t = torch.tensor(pads, dtype=torch.int64, device=given.device)
-        res = prefill_rows(self.target, cache, given, pads_t, self.drafter.feature_layers,
-                           fused=self.fused_forward and self.lean_verify)
+        # each row alone at its own length (no compute on left padding), its K/V into the batch's dense cache
+        res = prefill_each_row(self.target, cache, given, pads, self.drafter.feature_layers,
+                               fused=self.fused_forward and self.lean_verify)
         roots = self._first_token(res.logits[:, -1], cfg, generator)                  # [B]
         batch = _Batch(rows=list(range(B)), lengths=torch.full((B,), given.shape[1], dtype=torch.int64,
                                                                  device=given.device),

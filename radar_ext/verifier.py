@@ -110,6 +110,43 @@ def prefill_rows(target, cache, input_ids: torch.Tensor, pads: torch.Tensor, fea
 
 
 @torch.no_grad()
+def prefill_each_row(target, cache, input_ids: torch.Tensor, pads: list, feature_layers=None,
+                     fused: bool = False) -> VerifyOut:
+    """`prefill_rows` of B left-padded prompts [B, P] (pads: host ints, padding slots per row), each row run alone at
+    its own length (`prefill`: through the fused forward up to FUSED_PREFILL_MAX tokens, else HF's forward), its
+    K/V then copied into the empty `cache` at slots [pad_b, P) of a [B, Hkv, P, D] layer (the padding slots hold
+    zeros: every later mask hides them, rows_attention_mask). The same layout as the batched prefill, without its
+    compute on padding (the dev set's prompts padded to the longest of 8: ~half the rows) and with each row's
+    values those of its single-row prefill. logits [B, 1, V] (each row's last position), features [B, P, F]
+    (zeros at padding) or None."""
+    B, P = input_ids.shape
+    if kv_cache.cache_length(cache) != 0:
+        raise ValueError("prefill_each_row fills an empty cache")
+    rows = []
+    for b in range(B):
+        c = kv_cache.new_target_cache(target)
+        rows.append((int(pads[b]), c, prefill(target, c, input_ids[b:b + 1, int(pads[b]):], feature_layers, fused=fused)))
+    for i, first in enumerate(rows[0][1].layers):
+        if not first.is_initialized:
+            continue
+        k0 = first.keys
+        keys = k0.new_zeros(B, k0.shape[1], P, k0.shape[3])
+        values = keys.clone()
+        for b, (pad, c, _) in enumerate(rows):
+            keys[b, :, pad:] = c.layers[i].keys[0]
+            values[b, :, pad:] = c.layers[i].values[0]
+        cache.update(keys, values, i)
+    logits = torch.cat([res.logits[:, -1:] for _, _, res in rows])                      # [B, 1, V]
+    feats = None
+    if feature_layers is not None:
+        f0 = rows[0][2].features
+        feats = f0.new_zeros(B, P, f0.shape[-1])
+        for b, (pad, _, res) in enumerate(rows):
+            feats[b, pad:] = res.features[0]
+    return VerifyOut(logits, feats)
+
+
+@torch.no_grad()
 def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True,
            native: bool = True, fused: bool = False) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
