@@ -121,8 +121,7 @@ def main():
         _C.set_wide_tiles(setting != "fused-narrow")
         with ctx(setting):
             t0 = time.perf_counter()
-            out = verify(target, cache, tree, P,
-                         lean=setting in ("lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow"),
+            out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant") or setting.startswith("fused"),
                          native=setting == "quant", fused=setting.startswith("fused"))
             dt = time.perf_counter() - t0
         _C.set_amx_enabled(amx_default)

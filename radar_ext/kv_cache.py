@@ -54,6 +54,11 @@ def _dynamic_layer():
     return DynamicLayer
 
 
+def _plain_layer(layer) -> bool:
+    """An initialized DynamicCache layer of 4-D tensors: one whose entries the buffers here can hold."""
+    return type(layer) is _dynamic_layer() and layer.is_initialized and layer.keys.dim() == 4
+
+
 _BUFFERS = "_radar_kv_buffers"  # attribute of a DynamicLayer: (key buffer, value buffer) [B, Hkv, capacity, D]
 
 
@@ -88,7 +93,7 @@ def reserve(cache, layer_idx: int, M: int, shape, dtype, device, room: int = 256
     if getattr(cache, "offloading", False) or layer_idx >= len(layers):
         return None
     layer = layers[layer_idx]
-    if type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4:
+    if not _plain_layer(layer):
         return None
     keys, values = layer.keys, layer.values
     T = keys.shape[2]
@@ -130,7 +135,7 @@ class _Stack:
         self.k, self.v = k, v             # [L, B, Hkv, capacity, D]
         self.k_full = [k[i] for i in range(k.shape[0])]  # [B, Hkv, capacity, D] views, one per layer
         self.v_full = [v[i] for i in range(v.shape[0])]
-        self.views = ()                   # ((keys, values) per layer) as last set by _set_length
+        self.views = ()                   # ((keys, values) per layer) as last set by set_length
         self.length = 0
 
     def holds(self, cache) -> bool:
@@ -152,8 +157,7 @@ class _Stack:
             if i >= len(layers):
                 return False
             layer = layers[i]
-            if (type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4
-                    or not _prefix_view_of(layer.keys, kf) or not _prefix_view_of(layer.values, vf)
+            if (not _plain_layer(layer) or not _prefix_view_of(layer.keys, kf) or not _prefix_view_of(layer.values, vf)
                     or layer.values.shape[2] != layer.keys.shape[2] or (T is not None and layer.keys.shape[2] != T)):
                 return False
             T = layer.keys.shape[2]
@@ -194,8 +198,7 @@ def reserve_layers(cache, layer_ids, M: int, shape, dtype, device, room: int = 2
     T = None
     for i in ids:
         layer = layers[i] if i < len(layers) else None
-        if (type(layer) is not _dynamic_layer() or not layer.is_initialized or layer.keys.dim() != 4
-                or layer.values.shape != layer.keys.shape or (T is not None and layer.keys.shape[2] != T)):
+        if (not _plain_layer(layer) or layer.values.shape != layer.keys.shape or (T is not None and layer.keys.shape[2] != T)):
             return None
         T = layer.keys.shape[2]
     if T is None:

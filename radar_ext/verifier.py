@@ -124,8 +124,8 @@ def prefill_each_row(target, cache, input_ids: torch.Tensor, pads: list, feature
         raise ValueError("prefill_each_row fills an empty cache")
     rows = []
     for b in range(B):
-        c = kv_cache.new_target_cache(target)
-        rows.append((int(pads[b]), c, prefill(target, c, input_ids[b:b + 1, int(pads[b]):], feature_layers, fused=fused)))
+        pad, c = int(pads[b]), kv_cache.new_target_cache(target)
+        rows.append((pad, c, prefill(target, c, input_ids[b:b + 1, pad:], feature_layers, fused=fused)))
     for i, first in enumerate(rows[0][1].layers):
         if not first.is_initialized:
             continue

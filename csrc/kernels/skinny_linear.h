@@ -444,8 +444,9 @@ static inline void skinny_tile_any_avx512(const SkinnyLinearParams& p, const Fmt
 #if defined(RADAR_SKINNY_AVX512)
 // Most rows of x one register tile of a block-quantized block takes (kSkinnyNR x 6 = 24 accumulators, 8
 // decoded weight vectors and 2 of x: every register but two). Each tile decodes the block's weights again,
-// so fewer, taller tiles decode less: one thread, a 1536 x 576 Q4_1 weight in L2, 2-core AMD EPYC, M = 5 /
-// 6 / 10 / 12 rows 169 / 181 / 288 / 323 us in 4-row tiles against 121 / 140 / 242 / 280 us in tiles of 5-6.
+// so fewer, taller tiles decode less: the default target's products of one forward (bench/bench_products.cpp,
+// 2 threads, 2-core AMD EPYC), M = 5 / 6 / 10 / 12 rows 16.2 / 17.3 / 25.9 / 28.6 ms in 4-row tiles against
+// 12.6 / 14.4 / 22.3 / 25.7 ms in tiles of 5-6.
 constexpr int64_t kSkinnyWideMR = 6;
 
 // skinny_block for block-quantized w in registers: the M rows of x in ceil(M / 6) tiles as even as possible
