@@ -19,15 +19,25 @@ def test_batch_features_are_a_rows_share_in_units_of_its_plain_step():
     pc = PolicyCosts.load(dict(COSTS, per_batch=PER_BATCH))
     assert pc.batch_features(BUDGETS, 1) == plain.features(BUDGETS) == pc.features(BUDGETS)
     assert plain.batch_features(BUDGETS, 8) == plain.features(BUDGETS)  # nothing calibrated: B = 1's
-    for B, used in ((2, 2), (3, 2), (7, 2), (8, 8), (32, 8)):  # the largest calibrated B <= B
-        e = PER_BATCH[str(used)]
-        t_ar = 0.01 * e["plain"]
+    for B, lo, hi in ((2, 2, 2), (3, 2, 8), (7, 2, 8), (8, 8, 8), (32, 8, 8)):  # calibrated, between two, above
+        a = 0.0 if lo == hi else (B - lo) / (hi - lo)
+        e_lo, e_hi = PER_BATCH[str(lo)], PER_BATCH[str(hi)]
+        t_ar = 0.01 * ((1 - a) * e_lo["plain"] + a * e_hi["plain"])
 
-        def ratio(v):
+        def ratio(v, e):
             (v0, v1), (r0, r1) = e["V"], e["verify"]
             return r0 + (r1 - r0) * (v - v0) / (v1 - v0)
-        want = [used * 0.002 / t_ar, used * 1e-4 / t_ar] + [plain.t_verify(v) * ratio(v) / t_ar for v in BUDGETS]
+        ratios = [(1 - a) * ratio(v, e_lo) + a * ratio(v, e_hi) for v in BUDGETS]
+        want = [B * 0.002 / t_ar, B * 1e-4 / t_ar] + [plain.t_verify(v) * r / t_ar for v, r in zip(BUDGETS, ratios)]
         assert pc.batch_features(BUDGETS, B) == pytest.approx(want, rel=1e-12), B
+    # below the smallest calibrated B the line runs from B = 1 (every ratio 1)
+    only8 = PolicyCosts.load(dict(COSTS, per_batch={"8": PER_BATCH["8"]}))
+    e3 = only8.batch_entry(3)
+    assert e3["plain"] == pytest.approx(1 + 2 / 7 * (2.0 - 1)) and e3["verify"][0] == pytest.approx(1 + 2 / 7 * (2.5 - 1))
+    assert only8.batch_entry(1) is None and only8.batch_entry(8) is only8.per_batch[8]
+    # between two calibrated sizes a row's features lie between theirs
+    f2, f5, f8 = (pc.batch_features(BUDGETS, B) for B in (2, 5, 8))
+    assert all(min(x, z) <= y <= max(x, z) for x, y, z in zip(f2[2:], f5[2:], f8[2:]))
     # a row's verify share grows with B here: at B = 8 verifying 12 tokens costs more plain steps than at B = 1
     assert pc.batch_features(BUDGETS, 8)[-1] > pc.batch_features(BUDGETS, 1)[-1]
     again = PolicyCosts.from_dict(json.loads(json.dumps(pc.to_dict())))

@@ -257,3 +257,79 @@ def test_verify_draft_shape():
     assert verify_draft_shape([4, 6, 8, 10], 8, 64) == (4, 5)
     assert verify_draft_shape([2, 3], 3, 10) == (2, 3)   # the narrowest W that can hold V first
     assert verify_draft_shape([2], 2, 50) == (2, 2)   # no draft holds 50: the widest, every call
+
+
+# ----------------------------------------------------------------------------- whole cycles of real decoding
+def _tiny_calibration(**kw):
+    from radar_ext import EagleDrafter
+    from radar_ext.calibration import calibrate
+    from test_decoder import tiny_llama
+    model = tiny_llama()
+    drafter = EagleDrafter.init_random(model, seed=1)
+    cm = calibrate(model, drafter, None, name="tiny", v_set=[1, 2, 4, 8], prefix_lens=[8], tree_topks=[2, 3],
+                   max_draft_calls=3, pending=2, warmup=1, repeats=2, ar_tokens=4, ar_repeats=1, **kw)
+    return model, drafter, cm
+
+
+def test_measure_decoding_times_whole_cycles_of_the_settings_whose_pool_holds_V():
+    import json
+
+    from radar_ext.calibration import CostModel, measure_decoding, pool_holds
+    model, drafter, cm = _tiny_calibration()
+    d = measure_decoding(model, drafter, prefix_len=8, new_tokens=6, tree_topk=2, calls=(1, 2, 3), v_set=(1, 2, 4, 8),
+                         prompts=2, repeats=1)
+    assert d["prefix_len"] == 8 and d["new_tokens"] == 6 and d["tree_topk"] == 2 and d["plain"] > 0
+    # W = 2: 1 call drafts 2 nodes, 2 calls 6, 3 calls 10
+    assert {c: sorted(row) for c, row in d["cycles"].items()} == {1: [1, 2], 2: [1, 2, 4], 3: [1, 2, 4, 8]}
+    assert all(pool_holds(2, c, V) and t > 0 for c, row in d["cycles"].items() for V, t in row.items())
+    assert not pool_holds(2, 1, 3) and pool_holds(3, 2, 12) and not pool_holds(3, 2, 13)
+    cm.decoding = d
+    again = CostModel.from_dict(json.loads(json.dumps(cm.to_dict())))
+    assert again.decoding == d
+    assert "decoding (P=8, 6 new tokens, W=2)" in again.format_table()
+    with pytest.raises(CalibrationError, match="no \\(calls, V\\)"):
+        measure_decoding(model, drafter, prefix_len=8, tree_topk=2, calls=(1,), v_set=(5,))
+    with pytest.raises(CalibrationError, match="new_tokens must be an int >= 2"):
+        measure_decoding(model, drafter, new_tokens=1)
+
+
+def test_decoding_factors_scale_the_policy_costs_to_the_measured_cycles():
+    """Made-up decoding times built from the part-by-part model: a later call 2x, the rest of a cycle 1.5x at
+    every V, the plain step 1.25x; the factors come back and PolicyCosts' cycles are the measured ones."""
+    from radar_ext.policies import PolicyCosts
+    _, _, cm = _tiny_calibration()
+    P, W = 8, 3
+    base = PolicyCosts.from_cost_model(cm, tree_topk=W, prefix_len=P)
+    t_next = base.t_draft
+    cycles = {c: {V: 1.5 * base.t_verify(V) + c * 2 * t_next for V in (1, 2, 4, 8) if W + (c - 1) * W * W >= V}
+              for c in (1, 2, 3)}
+    cm.decoding = {"prefix_len": P, "new_tokens": 6, "tree_topk": W, "plain": 1.25 * base.plain_step(), "cycles": cycles}
+    f = cm.decoding_factors()
+    assert f["next"] == pytest.approx(2.0) and f["plain"] == pytest.approx(1.25)
+    assert f["V"] == [1, 2, 4, 8] and f["verify"] == pytest.approx([1.5] * 4)
+    pc = PolicyCosts.from_cost_model(cm, tree_topk=W, prefix_len=P)
+    assert pc.t_draft == pytest.approx(2 * t_next) and pc.plain_step() == pytest.approx(1.25 * base.plain_step())
+    for c, row in cycles.items():
+        for V, t in row.items():
+            assert c * pc.t_draft + pc.t_verify(V) == pytest.approx(t)
+    # outside the measured V the nearest measured factor; at another prefix the same factors
+    assert pc.t_verify(64) == pytest.approx(1.5 * base.t_verify(64))
+    cm.decoding = {}
+    assert cm.decoding_factors() is None and PolicyCosts.from_cost_model(cm, tree_topk=W, prefix_len=P) == base
+
+
+@pytest.mark.parametrize("bad", [{"prefix_len": 8}, {"prefix_len": 8, "new_tokens": 6, "tree_topk": 2, "plain": 0.01,
+                                                     "cycles": {}},
+                                 {"prefix_len": 8, "new_tokens": 6, "tree_topk": 2, "plain": -1.0,
+                                  "cycles": {"1": {"1": 0.01}}}])
+def test_bad_decoding_entries_are_refused_by_name(bad):
+    from radar_ext.calibration import check_decoding
+    with pytest.raises(CalibrationError, match="decoding"):
+        check_decoding(bad, "cal.json")
+
+
+def test_calibrate_cli_decoding_options_are_checked(capsys):
+    assert main(["calibrate", "--decoding", "--decoding-tokens", "1"]) == 2
+    assert "--decoding-tokens must be >= 2, got 1" in capsys.readouterr().err
+    assert main(["calibrate", "--decoding", "--decoding-tree-topk", "0"]) == 2
+    assert "--decoding-tree-topk must be >= 1, got 0" in capsys.readouterr().err

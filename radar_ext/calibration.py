@@ -144,6 +144,9 @@ class CostModel:
     # `--batch-sizes`: {B: {"plain": seconds, "verify": {V: seconds}}} medians of one batched verify forward
     # (radar_ext.verifier.verify_rows) of B rows at the first prefix length, root alone / V draft tokens each
     batch: dict = field(default_factory=dict)
+    # `--decoding`: whole cycles of real decoding (measure_decoding): {"prefix_len": P, "new_tokens": N,
+    # "tree_topk": W, "plain": seconds a cycle, "cycles": {calls: {V: seconds a cycle}}}; {}: not measured
+    decoding: dict = field(default_factory=dict)
 
     # -------------------------------------------------------------- costs
     def _prefix(self, prefix_len):
@@ -251,6 +254,41 @@ class CostModel:
         return CostInfo(draft_call=self.t_draft(2, tree_topk, prefix_len) - self.t_draft(1, tree_topk, prefix_len),
                         verify=self.t_verify(V, prefix_len), policy=self.t_policy(), mean_verify_budget=float(V))
 
+    def decoding_factors(self, tree_topk: int | None = None) -> dict | None:
+        """How far real decoding (`decoding`, measure_decoding) sits from the part-by-part model at the decoding's
+        prefix: {"next": f, "V": [...], "verify": [f per V], "plain": f}, each measured / modelled, for a later
+        draft call, the rest of a drafted cycle at V (everything that does not scale with the calls), and a plain
+        step; None when decoding was not measured. The later call's measured cost is the least-squares slope of
+        a cycle's time over its calls (mean over the V measured at several call counts; the part-by-part value
+        where none was), floored at a quarter of the modelled one; the rest of a drafted cycle at V is the mean
+        over the call counts measured at V of the cycle's time less that many later calls. tree_topk: the W the model is read at (default: the
+        decoding's)."""
+        d = self.decoding
+        if not d:
+            return None
+        P, W = d["prefix_len"], d["tree_topk"] if tree_topk is None else tree_topk
+        t_first, t_next = self.t_draft(1, W, P), self.t_draft(2, W, P) - self.t_draft(1, W, P)
+        loop = self.t_loop(P)
+        at = {}  # V -> the call counts measured at V
+        for c, row in d["cycles"].items():
+            for V in row:
+                at.setdefault(V, []).append(c)
+        vs = sorted(at)
+        slopes = []
+        for V in vs:
+            cs = sorted(at[V])
+            if len(cs) > 1:
+                m = sum(cs) / len(cs)
+                slopes.append(sum((c - m) * d["cycles"][c][V] for c in cs) / sum((c - m) ** 2 for c in cs))
+        slope = max(sum(slopes) / len(slopes), 0.25 * t_next) if slopes else t_next
+        model_rest = lambda V: (t_first - t_next + self.t_verify(V, P) + self.t_tree(V, P)  # noqa: E731
+                                + self.t_overhead(V, P) + loop)
+        rest = [sum(d["cycles"][c][V] - c * slope for c in at[V]) / len(at[V]) for V in vs]
+        plain_model = (self.t_plain(P) if self.t_plain(P) is not None
+                       else self.t_verify(min(self.v_set), P) + self.t_overhead(min(self.v_set), P)) + loop
+        return {"next": slope / t_next, "V": vs, "verify": [r / model_rest(V) for r, V in zip(rest, vs)],
+                "plain": d["plain"] / plain_model}
+
     def batch_ratios(self) -> dict:
         """PolicyCosts.per_batch: {B: {"plain": r, "V": [...], "verify": [...]}}, every batched time over the
         same forward at B = 1 ({} when no batch was calibrated)."""
@@ -307,6 +345,8 @@ class CostModel:
                 v = {} if (k in ("ar_generate", "plain_step", "decode_step") and not v) else stats(v, _NESTED[k], k)  # {}: not measured
             elif k in ("policy_decision", "policy_budget"):
                 v = None if v is None else Stat.from_dict(v, f"{where}: {k}")
+            elif k == "decoding":
+                v = check_decoding(v or {}, where)
             elif k == "batch":
                 try:
                     v = {int(B): {"plain": float(e["plain"]), "verify": {int(V): float(t) for V, t in e["verify"].items()}}
@@ -366,6 +406,16 @@ class CostModel:
         for p in sorted(self.decode_step):
             lines.append(f"our plain decoding P={p}: {ms(self.decode_step[p]).strip()} ms per token (the decode loop "
                          f"adds {1e3 * self.t_loop(p):.2f} ms a cycle)")
+        f = self.decoding_factors()
+        if f is not None:
+            d = self.decoding
+            lines.append(f"decoding (P={d['prefix_len']}, {d['new_tokens']} new tokens, W={d['tree_topk']}): plain step "
+                         f"{1e3 * d['plain']:.2f} ms a cycle; " + "; ".join(
+                             f"{c} call(s) V " + "/".join(map(str, sorted(row))) + " " + "/".join(
+                                 f"{1e3 * row[V]:.2f}" for V in sorted(row)) + " ms" for c, row in sorted(d["cycles"].items())))
+            lines.append(f"decoding over the part-by-part model: later draft call x{f['next']:.2f}, plain step "
+                         f"x{f['plain']:.2f}, the rest of a cycle x" + "/".join(f"{x:.2f}" for x in f["verify"])
+                         + " at V " + "/".join(map(str, f["V"])))
         if self.policy_decision is not None:
             b = f", verify_budget {1e6 * self.policy_budget.median:.1f} us" if self.policy_budget else ""
             lines.append(f"policy {self.policy_name}: one decision {1e6 * self.policy_decision.median:.1f} us "
@@ -637,6 +687,99 @@ def measure_batch_costs(target, batch_sizes, v_set, prefix_len: int, *, warmup: 
             times[V] = Stat.of(samples).median
         out[B] = {"plain": times.pop(0), "verify": times}
     return out
+
+
+DEFAULT_DECODING_CALLS = (1, 2, 3)
+DEFAULT_DECODING_V = (1, 2, 3, 4, 6, 8, 12)
+
+
+def check_decoding(d: dict, where: str = "calibration") -> dict:
+    """CostModel.decoding from JSON ({} stays {}): ints for the keys, floats > 0 for the seconds."""
+    if not d:
+        return {}
+    try:
+        out = {"prefix_len": int(d["prefix_len"]), "new_tokens": int(d["new_tokens"]), "tree_topk": int(d["tree_topk"]),
+               "plain": float(d["plain"]),
+               "cycles": {int(c): {int(V): float(t) for V, t in row.items()} for c, row in d["cycles"].items()}}
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise CalibrationError(f"{where}: decoding must be {{'prefix_len', 'new_tokens', 'tree_topk', 'plain': seconds, "
+                               f"'cycles': {{calls: {{V: seconds}}}}}}, got {d!r:.80}") from None
+    times = [out["plain"]] + [t for row in out["cycles"].values() for t in row.values()]
+    if not out["cycles"] or any(not row for row in out["cycles"].values()) or not all(t > 0 for t in times):
+        raise CalibrationError(f"{where}: decoding needs at least one (calls, V) cycle time and every time > 0")
+    return out
+
+
+class _PlainEveryCycle(Policy):
+    """A plain step every cycle, decided cycle by cycle (not planned up front), so each one pays what a
+    learned policy's skipped cycle pays: the drafter's features captured, its pending tokens growing."""
+    max_draft_calls = 1
+
+    def should_draft(self, step) -> bool:
+        return False
+
+    def should_continue(self, step) -> bool:
+        return False
+
+
+def measure_decoding(target, drafter, *, prefix_len: int = 128, new_tokens: int = 48, tree_topk: int = 4,
+                     calls=DEFAULT_DECODING_CALLS, v_set=DEFAULT_DECODING_V, prompts: int = 3, repeats: int = 3,
+                     seed: int = 0, fused_forward: bool = True, tick=None) -> dict:
+    """CostModel.decoding: seconds a cycle of real decoding (RadarDecoder.generate, greedy, after the prefill) with a
+    static tree of `calls` draft calls at `tree_topk` and verify budget V, for every (calls, V), and with a plain step
+    every cycle (only (calls, V) whose pool holds V nodes, `pool_holds`); each the total over `prompts` prompts of `prefix_len` random tokens x `repeats` (rounds interleave the
+    settings, so a drift of the machine's speed spreads over all of them): the median over those generate calls of
+    a call's time after its prefill over its cycles. These are what a
+    policy's choices cost in decoding, the Python of the loop and the caches the head and the target evict from each
+    other included, which the part-by-part timings above miss: on a 2-core AMD EPYC (default target, 2026-12-07) a
+    later draft call cost 0.5-1.7 ms in decoding against ~0.75 ms timed in a loop. PolicyCosts.from_cost_model reads
+    them where present."""
+    import torch
+
+    from radar_ext.decoder import RadarDecoder
+    from radar_ext.policies import StaticPolicy
+
+    for k, v, lo in (("prefix_len", prefix_len, 1), ("new_tokens", new_tokens, 2), ("tree_topk", tree_topk, 1),
+                     ("prompts", prompts, 1), ("repeats", repeats, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
+    for k, xs in (("calls", calls), ("v_set", v_set)):
+        if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs) or len(set(xs)) != len(xs):
+            raise CalibrationError(f"{k} must be a non-empty list of distinct ints >= 1, got {list(xs)!r}")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = target.get_input_embeddings().weight.shape[0]
+    ids = [torch.randint(0, vocab, (1, prefix_len), generator=gen) for _ in range(prompts)]
+    settings = [(0, 0)] + [(c, V) for c in sorted(calls) for V in sorted(v_set) if pool_holds(tree_topk, c, V)]
+    if len(settings) == 1:
+        raise CalibrationError(f"no (calls, V) in calls {list(calls)} x v_set {list(v_set)} fits the pool of tree_topk "
+                               f"{tree_topk} (W + (calls - 1) * W^2 nodes)")
+    decoders = {}
+    for c, V in settings:
+        policy = _PlainEveryCycle() if c == 0 else StaticPolicy(c)
+        decoders[c, V] = RadarDecoder(target, drafter, policy, tree_topk=tree_topk, verify_budget=max(V, 1),
+                                      fused_forward=fused_forward)
+    samples = {k: [] for k in settings}
+    for r in range(repeats + 1):  # round 0: warm-up
+        order = settings[r % len(settings):] + settings[:r % len(settings)]
+        for key in order:
+            dec = decoders[key]
+            for x in ids:
+                dec.generate(x, max_new_tokens=new_tokens, do_sample=False)
+                st = dec.last_stats
+                if r > 0 and st.cycles:
+                    samples[key].append((st.seconds - st.time_prefill) / st.cycles)
+            if tick is not None:
+                tick()
+    per = {k: Stat.of(samples[k]).median for k in settings}
+    return {"prefix_len": prefix_len, "new_tokens": new_tokens, "tree_topk": tree_topk, "plain": per[0, 0],
+            "cycles": {c: {V: per[c, V] for V in sorted(v_set) if (c, V) in per} for c in sorted(calls)
+                       if any((c, V) in per for V in v_set)}}
+
+
+def pool_holds(tree_topk: int, calls: int, V: int) -> bool:
+    """Whether `calls` draft calls at tree_topk W draft at least V nodes (W + (calls - 1) * W^2): a static tree with
+    fewer verifies all it has, so its cycle says nothing about V."""
+    return tree_topk + (calls - 1) * tree_topk * tree_topk >= V
 
 
 def calibrate(target, drafter, policy=None, *, fused_forward: bool = True, **kwargs) -> CostModel:

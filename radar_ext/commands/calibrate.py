@@ -46,6 +46,13 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
                    help="also time the batched verify forward at these batch sizes, e.g. 1,2,4,8 (root alone and "
                         "each V per row; the LTD policy's batch cost features read them)")
+    p.add_argument("--decoding", action="store_true",
+                   help="also time whole cycles of real decoding with static trees of 1-3 draft calls and V up to 12 "
+                        "and with plain steps (~2 min; the learned policies' costs are then scaled to them)")
+    p.add_argument("--decoding-tree-topk", type=int, default=4,
+                   help="tree_topk W of --decoding's trees (the shipped learned policies draft at 4; default: %(default)s)")
+    p.add_argument("--decoding-tokens", type=int, default=48,
+                   help="new tokens per prompt of --decoding (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (default: %(default)s)")
     p.add_argument("--ar-tokens", type=int, default=32,
@@ -77,7 +84,8 @@ def check_args(args) -> dict:
     for name, v, lo in (("--max-draft-calls", args.max_draft_calls, 1), ("--pending", args.pending, 1),
                         ("--warmup", args.warmup, 0), ("--repeats", args.repeats, 1),
                         ("--ar-tokens", args.ar_tokens, 0), ("--ar-repeats", args.ar_repeats, 1),
-                        ("--threads", args.threads, 1)):
+                        ("--threads", args.threads, 1), ("--decoding-tree-topk", args.decoding_tree_topk, 1),
+                        ("--decoding-tokens", args.decoding_tokens, 2)):
         if v is not None and v < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
     if args.pending > args.max_draft_calls + 1:
@@ -145,6 +153,8 @@ def run(args) -> int:
                           progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr),
                           fast_linear=args.fast_linear, batch_sizes=lists.pop("batch_sizes", ()),
                           fused_forward=args.fused_forward, **lists)
+        if args.decoding:
+            model.decoding = _measure_decoding(args, target, drafter, min(lists["prefix_lens"]))
     except CalibrationError as e:
         return _fail(str(e))
     print(model.format_table())
@@ -154,3 +164,20 @@ def run(args) -> int:
         plot(model, args.plot)
         print(f"[calibrate] wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _measure_decoding(args, target, drafter, prefix_len: int) -> dict:
+    from radar_ext.calibration import DEFAULT_DECODING_CALLS, DEFAULT_DECODING_V, measure_decoding, pool_holds
+    n = (1 + sum(pool_holds(args.decoding_tree_topk, c, V) for c in DEFAULT_DECODING_CALLS for V in DEFAULT_DECODING_V)) * 4
+    # settings x (warm-up + 3 rounds)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc="calibrate decoding", unit="setting", leave=False)
+    try:
+        return measure_decoding(target, drafter, prefix_len=prefix_len, new_tokens=args.decoding_tokens,
+                                tree_topk=args.decoding_tree_topk, seed=args.seed, fused_forward=args.fused_forward,
+                                tick=(lambda: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()

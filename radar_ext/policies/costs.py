@@ -65,18 +65,42 @@ class PolicyCosts:
         each over t_ar."""
         return [self.t_draft / self.t_ar, self.t_policy / self.t_ar] + [self.t_verify(v) / self.t_ar for v in budgets]
 
-    def batch_features(self, budgets, batch_size: int) -> list:
-        """`features` for a row of a batch of `batch_size` (the largest calibrated B <= batch_size; the
-        B = 1 features where none is calibrated). A row's share of a cycle at batch B, in units of its
-        share of a plain step t_ar(B) / B (t_ar(B) = t_ar * the measured plain-forward ratio): its draft
-        calls and decisions run alone (B * t / t_ar(B)), its tree in the batched forward
-        (T_verify(V) * the measured verify ratio at V, / t_ar(B)). At B = 1 these are `features`."""
+    def batch_entry(self, batch_size: int) -> dict | None:
+        """The per_batch entry for a row of a batch of `batch_size` ({"plain": r, "V": [...], "verify": [...]},
+        ratios over B = 1); None at B = 1 or with nothing calibrated. A calibrated B gives its own entry; a B
+        between two calibrated sizes (B = 1 counts as calibrated: every ratio 1) gives the entry linear in B
+        between them (a batched forward's cost grows about linearly with its rows: 2-core AMD EPYC, default
+        target, plain step B = 1 / 2 / 4 / 8 1 / 1.21 / 1.57 / 2.42); a B above the largest calibrated gives the
+        largest's (an underestimate: calibrate the sizes you serve)."""
         if not self.per_batch or batch_size <= 1:
+            return None
+        if batch_size in self.per_batch:
+            return self.per_batch[batch_size]
+        above = [b for b in self.per_batch if b > batch_size]
+        if not above:
+            return self.per_batch[max(self.per_batch)]
+        hi = min(above)
+        lo = max((b for b in self.per_batch if b < batch_size), default=1)
+        e_hi = self.per_batch[hi]
+        e_lo = self.per_batch.get(lo, {"plain": 1.0, "V": e_hi["V"], "verify": [1.0] * len(e_hi["V"])})
+        a = (batch_size - lo) / (hi - lo)
+        r_lo = PolicyCosts(0.0, 0.0, 1.0, e_lo["V"], e_lo["verify"]).t_verify
+        r_hi = PolicyCosts(0.0, 0.0, 1.0, e_hi["V"], e_hi["verify"]).t_verify
+        vs = sorted(set(e_lo["V"]) | set(e_hi["V"]))
+        return {"plain": (1 - a) * e_lo["plain"] + a * e_hi["plain"], "V": vs,
+                "verify": [(1 - a) * r_lo(v) + a * r_hi(v) for v in vs]}
+
+    def batch_features(self, budgets, batch_size: int) -> list:
+        """`features` for a row of a batch of `batch_size` (the measured ratios of `batch_entry`: a calibrated
+        B's, linear between calibrated sizes, the largest's above them; the B = 1 features where none is
+        calibrated). A row's share of a cycle at batch B, in units of its share of a plain step t_ar(B) / B
+        (t_ar(B) = t_ar * the plain-forward ratio): its draft calls and decisions run alone
+        (B * t / t_ar(B)), its tree in the batched forward (T_verify(V) * the verify ratio at V, / t_ar(B)).
+        At B = 1 these are `features`."""
+        e = self.batch_entry(batch_size)
+        if e is None:
             return self.features(budgets)
-        B = max((b for b in self.per_batch if b <= batch_size), default=1)
-        if B == 1:
-            return self.features(budgets)
-        e = self.per_batch[B]
+        B = batch_size
         t_ar_b = self.t_ar * e["plain"]
         ratio = PolicyCosts(0.0, 0.0, 1.0, e["V"], e["verify"]).t_verify  # piecewise linear in V
         return ([B * self.t_draft / t_ar_b, B * self.t_policy / t_ar_b]
@@ -88,7 +112,7 @@ class PolicyCosts:
         tree verified and its plain step taken in the batched forward (T_verify(V) and the plain step times
         the measured ratios at B; its curve's points: both curves' and `budgets`). Its `features(budgets)` are
         `batch_features(budgets, batch_size)`, and its rate is the batch's over B, so a policy trained on it
-        decides for a row of that batch."""
+        decides for a row of that batch. Only calibrated batch sizes (training scores measured costs)."""
         if batch_size == 1:
             return self
         if not self.per_batch or batch_size not in self.per_batch:
@@ -171,6 +195,12 @@ class PolicyCosts:
         if t_plain is None:
             t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
         t_plain += loop
+        f = cm.decoding_factors(tree_topk) if hasattr(cm, "decoding_factors") else None
+        if f is not None:  # scaled to what whole cycles of real decoding cost (`radar calibrate --decoding`)
+            fv = PolicyCosts(0.0, 0.0, 1.0, f["V"], f["verify"])
+            vs = [s * fv.t_verify(v) if f["V"][0] <= v <= f["V"][-1] else s * (f["verify"][0] if v < f["V"][0]
+                  else f["verify"][-1]) for s, v in zip(vs, vb)]
+            t_next, t_plain = t_next * f["next"], t_plain * f["plain"]
         return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain),
                    cm.batch_ratios() or None)
 
