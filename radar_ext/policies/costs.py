@@ -70,8 +70,9 @@ class PolicyCosts:
         ratios over B = 1); None at B = 1 or with nothing calibrated. A calibrated B gives its own entry; a B
         between two calibrated sizes (B = 1 counts as calibrated: every ratio 1) gives the entry linear in B
         between them (a batched forward's cost grows about linearly with its rows: 2-core AMD EPYC, default
-        target, plain step B = 1 / 2 / 4 / 8 1 / 1.21 / 1.57 / 2.42); a B above the largest calibrated gives the
-        largest's (an underestimate: calibrate the sizes you serve)."""
+        target, `radar calibrate --batch-sizes 1,2,3,4,8`: the plain step at B = 1 / 2 / 3 / 4 / 8 8.9 / 11.3 /
+        13.1 / 15.5 / 25.6 ms); a B above the largest calibrated gives the largest's (an underestimate: calibrate
+        the sizes you serve)."""
         if not self.per_batch or batch_size <= 1:
             return None
         if batch_size in self.per_batch:
