@@ -57,3 +57,14 @@ def test_root_only_and_make_tree():
     assert chain.paths.tolist() == [[[0, 1, 2]]] and chain.mask[0].tolist() == [[True, False, False],
                                                                                  [True, True, False],
                                                                                  [True, True, True]]
+
+
+def test_stack_trees_of_root_only_trees_is_one_root_only_tree():
+    """Every row a plain step: stack_trees' shortcut gives the tensors the padded stack gives."""
+    from radar_ext.tree import root_only_tree, stack_trees
+    roots = torch.tensor([5, 7, 11])
+    got = stack_trees([root_only_tree(roots[b:b + 1]) for b in range(3)])
+    want = root_only_tree(roots)
+    for name in ("tokens", "parents", "n_nodes", "depth", "mask", "paths", "n_paths"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.draft_calls == 0 and got.tokens.tolist() == [[5], [7], [11]]

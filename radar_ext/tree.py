@@ -126,6 +126,8 @@ def stack_trees(trees: list) -> DraftTree:
     M = max(t.tokens.shape[1] for t in trees)
     P = max(t.paths.shape[1] for t in trees)
     L = max(t.paths.shape[2] for t in trees)
+    if M == 1:  # every row a plain step (a one-node tree is the root alone): one root-only tree, no padding
+        return root_only_tree(torch.cat([t.tokens for t in trees]).view(-1))
 
     def pad(x, *shape):  # x [1, ...] -> [1, *shape], -1 (or False) beyond its own extent
         out = x.new_full((1, *shape), False if x.dtype == torch.bool else -1)
