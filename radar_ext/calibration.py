@@ -15,7 +15,10 @@
   plain     a skipped cycle as the decoder runs it: the root alone through the same verify path
             (the drafter's target features captured), acceptance and commits; the 1-token forward
             is ~8% cheaper than V = 1's 2-token one, which is what a skip decision weighs;
-  ar        the target's plain 1-token decode step, and its per-token cost inside HF `generate`.
+  ar        the target's plain 1-token decode step, and its per-token cost inside HF `generate`;
+  decoding  (optional, `measure_decoding`, `radar calibrate --decoding`) whole cycles of real decoding with static
+            trees of 1-3 draft calls and with plain steps, which the policies' costs are scaled to
+            (`CostModel.decoding_factors`).
 Every figure is a `Stat` (median, p10, p90 over the repeats, after warm-up). Cycles are timed
 inside the real code paths: a stamping policy records the clock at each `should_continue`, so the
 draft calls are split without touching the drafter. The prefix is random token ids (the cost of a
