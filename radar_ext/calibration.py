@@ -269,9 +269,9 @@ class CostModel:
         d = self.decoding
         if not d:
             return None
+        from radar_ext.policies.costs import PolicyCosts
         P, W = d["prefix_len"], d["tree_topk"] if tree_topk is None else tree_topk
-        t_first, t_next = self.t_draft(1, W, P), self.t_draft(2, W, P) - self.t_draft(1, W, P)
-        loop = self.t_loop(P)
+        t_next, vb, vs_model, plain_model = PolicyCosts.model_parts(self, W, P)  # what the model says there
         at = {}  # V -> the call counts measured at V
         for c, row in d["cycles"].items():
             for V in row:
@@ -284,12 +284,8 @@ class CostModel:
                 m = sum(cs) / len(cs)
                 slopes.append(sum((c - m) * d["cycles"][c][V] for c in cs) / sum((c - m) ** 2 for c in cs))
         slope = max(sum(slopes) / len(slopes), 0.25 * t_next) if slopes else t_next
-        model_rest = lambda V: (t_first - t_next + self.t_verify(V, P) + self.t_tree(V, P)  # noqa: E731
-                                + self.t_overhead(V, P) + loop)
         rest = [sum(d["cycles"][c][V] - c * slope for c in at[V]) / len(at[V]) for V in vs]
-        plain_model = (self.t_plain(P) if self.t_plain(P) is not None
-                       else self.t_verify(min(self.v_set), P) + self.t_overhead(min(self.v_set), P)) + loop
-        return {"next": slope / t_next, "V": vs, "verify": [r / model_rest(V) for r, V in zip(rest, vs)],
+        return {"next": slope / t_next, "V": vs, "verify": [r / interp(vb, vs_model, V) for r, V in zip(rest, vs)],
                 "plain": d["plain"] / plain_model}
 
     def batch_ratios(self) -> dict:

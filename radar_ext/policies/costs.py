@@ -186,24 +186,29 @@ class PolicyCosts:
                                            and prefix_len > 0):
             raise ValueError(f"prefix_len must be a finite number of tokens > 0, got {prefix_len!r}")
         p = None if prefix_len is None else float(prefix_len)
+        t_next, vb, vs, t_plain = cls.model_parts(cm, tree_topk, p)
+        f = cm.decoding_factors(tree_topk) if hasattr(cm, "decoding_factors") else None
+        if f is not None:  # scaled to what whole cycles of real decoding cost (`radar calibrate --decoding`)
+            from radar_ext.calibration import interp
+            lo, hi = f["V"][0], f["V"][-1]  # outside the measured V: the nearest measured factor
+            vs = [s * interp(f["V"], f["verify"], min(max(v, lo), hi)) for s, v in zip(vs, vb)]
+            t_next, t_plain = t_next * f["next"], t_plain * f["plain"]
+        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain),
+                   cm.batch_ratios() or None)
+
+    @staticmethod
+    def model_parts(cm, tree_topk: int | None, p: float | None) -> tuple:
+        """(t_next, V list, T_verify seconds per V, t_plain) of from_cost_model, from the CostModel's part-by-part
+        timings alone (no scaling to decoding cycles), at prefix p."""
         t_next = cm.t_draft(2, tree_topk, p) - cm.t_draft(1, tree_topk, p)
         vb = [int(v) for v in cm.v_set]
         loop = cm.t_loop(p)  # the decode loop's own time, every cycle (0 for calibrations before it)
         base = [cm.t_verify(v, p) + cm.t_tree(v, p) + cm.t_overhead(v, p) + loop for v in vb]
         extra_first = max(cm.t_draft(1, tree_topk, p) - t_next, -0.5 * min(base))
-        vs = [b + extra_first for b in base]
         t_plain = cm.t_plain(p)
         if t_plain is None:
             t_plain = cm.t_verify(vb[0], p) + cm.t_overhead(vb[0], p)
-        t_plain += loop
-        f = cm.decoding_factors(tree_topk) if hasattr(cm, "decoding_factors") else None
-        if f is not None:  # scaled to what whole cycles of real decoding cost (`radar calibrate --decoding`)
-            fv = PolicyCosts(0.0, 0.0, 1.0, f["V"], f["verify"])
-            vs = [s * fv.t_verify(v) if f["V"][0] <= v <= f["V"][-1] else s * (f["verify"][0] if v < f["V"][0]
-                  else f["verify"][-1]) for s, v in zip(vs, vb)]
-            t_next, t_plain = t_next * f["next"], t_plain * f["plain"]
-        return cls(float(t_next), float(cm.t_policy()), float(cm.t_ar(p)), vb, vs, float(t_plain),
-                   cm.batch_ratios() or None)
+        return t_next, vb, [b + extra_first for b in base], t_plain + loop
 
     @classmethod
     def load(cls, source, tree_topk: int | None = None, prefix_len: float | None = None) -> "PolicyCosts":
