@@ -738,20 +738,12 @@ def measure_decoding(target, drafter, *, prefix_len: int = 128, new_tokens: int 
     from radar_ext.decoder import RadarDecoder
     from radar_ext.policies import StaticPolicy
 
-    for k, v, lo in (("prefix_len", prefix_len, 1), ("new_tokens", new_tokens, 2), ("tree_topk", tree_topk, 1),
-                     ("prompts", prompts, 1), ("repeats", repeats, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
-    for k, xs in (("calls", calls), ("v_set", v_set)):
-        if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs) or len(set(xs)) != len(xs):
-            raise CalibrationError(f"{k} must be a non-empty list of distinct ints >= 1, got {list(xs)!r}")
+    _check_ints((("prefix_len", prefix_len, 1), ("new_tokens", new_tokens, 2), ("tree_topk", tree_topk, 1),
+                 ("prompts", prompts, 1), ("repeats", repeats, 1)))
+    settings = decoding_settings(tree_topk, calls, v_set)
     gen = torch.Generator().manual_seed(seed)
     vocab = target.get_input_embeddings().weight.shape[0]
     ids = [torch.randint(0, vocab, (1, prefix_len), generator=gen) for _ in range(prompts)]
-    settings = [(0, 0)] + [(c, V) for c in sorted(calls) for V in sorted(v_set) if pool_holds(tree_topk, c, V)]
-    if len(settings) == 1:
-        raise CalibrationError(f"no (calls, V) in calls {list(calls)} x v_set {list(v_set)} fits the pool of tree_topk "
-                               f"{tree_topk} (W + (calls - 1) * W^2 nodes)")
     decoders = {}
     for c, V in settings:
         policy = _PlainEveryCycle() if c == 0 else StaticPolicy(c)
@@ -769,10 +761,31 @@ def measure_decoding(target, drafter, *, prefix_len: int = 128, new_tokens: int 
                     samples[key].append((st.seconds - st.time_prefill) / st.cycles)
             if tick is not None:
                 tick()
-    per = {k: Stat.of(samples[k]).median for k in settings}
-    return {"prefix_len": prefix_len, "new_tokens": new_tokens, "tree_topk": tree_topk, "plain": per[0, 0],
-            "cycles": {c: {V: per[c, V] for V in sorted(v_set) if (c, V) in per} for c in sorted(calls)
-                       if any((c, V) in per for V in v_set)}}
+    cycles = {}
+    for c, V in settings[1:]:
+        cycles.setdefault(c, {})[V] = Stat.of(samples[c, V]).median
+    return {"prefix_len": prefix_len, "new_tokens": new_tokens, "tree_topk": tree_topk,
+            "plain": Stat.of(samples[0, 0]).median, "cycles": cycles}
+
+
+def decoding_settings(tree_topk: int, calls=DEFAULT_DECODING_CALLS, v_set=DEFAULT_DECODING_V) -> list:
+    """measure_decoding's settings in the order it keeps: (0, 0) the plain step, then (calls, V) by calls and V
+    where the pool holds V nodes (`pool_holds`)."""
+    for k, xs in (("calls", calls), ("v_set", v_set)):
+        if not xs or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in xs) or len(set(xs)) != len(xs):
+            raise CalibrationError(f"{k} must be a non-empty list of distinct ints >= 1, got {list(xs)!r}")
+    settings = [(0, 0)] + [(c, V) for c in sorted(calls) for V in sorted(v_set) if pool_holds(tree_topk, c, V)]
+    if len(settings) == 1:
+        raise CalibrationError(f"no (calls, V) in calls {list(calls)} x v_set {list(v_set)} fits the pool of tree_topk "
+                               f"{tree_topk} (W + (calls - 1) * W^2 nodes)")
+    return settings
+
+
+def _check_ints(checks) -> None:
+    """(name, value, lowest) triples: each value an int (not a bool) >= lowest, else CalibrationError naming it."""
+    for k, v, lo in checks:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
 
 
 def pool_holds(tree_topk: int, calls: int, V: int) -> bool:
@@ -810,10 +823,8 @@ def _calibrate(target, drafter, policy=None, *, name: str = "calibration", v_set
 
     v_set, prefix_lens, tree_topks = sorted(v_set), sorted(prefix_lens), sorted(tree_topks)
     check_lists(v_set, prefix_lens, tree_topks, getattr(target.config, "max_position_embeddings", None))
-    for k, v, lo in (("max_draft_calls", max_draft_calls, 1), ("pending", pending, 1), ("warmup", warmup, 0),
-                     ("repeats", repeats, 1), ("ar_tokens", ar_tokens, 0), ("ar_repeats", ar_repeats, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise CalibrationError(f"{k} must be an int >= {lo}, got {v!r}")
+    _check_ints((("max_draft_calls", max_draft_calls, 1), ("pending", pending, 1), ("warmup", warmup, 0),
+                 ("repeats", repeats, 1), ("ar_tokens", ar_tokens, 0), ("ar_repeats", ar_repeats, 1)))
     if pending > 1 + max_draft_calls:
         raise CalibrationError(f"pending must be <= max_draft_calls + 1 = {max_draft_calls + 1}, got {pending}")
     pol_name, decide, budget, reset = _policy_timer(policy, max_draft_calls)

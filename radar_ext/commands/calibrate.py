@@ -167,17 +167,17 @@ def run(args) -> int:
 
 
 def _measure_decoding(args, target, drafter, prefix_len: int) -> dict:
-    from radar_ext.calibration import DEFAULT_DECODING_CALLS, DEFAULT_DECODING_V, measure_decoding, pool_holds
-    n = (1 + sum(pool_holds(args.decoding_tree_topk, c, V) for c in DEFAULT_DECODING_CALLS for V in DEFAULT_DECODING_V)) * 4
-    # settings x (warm-up + 3 rounds)
+    from radar_ext.calibration import decoding_settings, measure_decoding
+    repeats = 3
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
-        bar = tqdm(total=n, desc="calibrate decoding", unit="setting", leave=False)
+        bar = tqdm(total=len(decoding_settings(args.decoding_tree_topk)) * (repeats + 1),  # settings x (warm-up + rounds)
+                   desc="calibrate decoding", unit="setting", leave=False)
     try:
         return measure_decoding(target, drafter, prefix_len=prefix_len, new_tokens=args.decoding_tokens,
-                                tree_topk=args.decoding_tree_topk, seed=args.seed, fused_forward=args.fused_forward,
-                                tick=(lambda: bar.update(1)) if bar is not None else None)
+                                tree_topk=args.decoding_tree_topk, repeats=repeats, seed=args.seed,
+                                fused_forward=args.fused_forward, tick=(lambda: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
