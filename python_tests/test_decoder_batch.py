@@ -146,6 +146,52 @@ def test_rows_may_take_plain_steps_while_others_draft(models, monkeypatch):
     assert dec.last_stats.skipped_cycles > 0
 
 
+class PlainFromBatch(StaticPolicy):
+    """Plain steps (planned up front) at batch sizes >= `from_size`, drafts below; counts its per-cycle asks."""
+
+    def __init__(self, from_size):
+        super().__init__(3)
+        self.from_size, self.asked = from_size, [0]
+
+    def should_draft(self, step):
+        self.asked[0] += 1
+        return step.batch_size < self.from_size
+
+    def plans_plain_steps(self, first_seq_len, last_seq_len, temperature, batch_size=1):
+        return batch_size >= self.from_size
+
+
+@pytest.mark.parametrize("from_size, plain", [(2, True), (3, False)])
+def test_batch_planned_plain_at_every_size_decodes_as_plain_decoding(models, monkeypatch, from_size, plain):
+    """A controller that plans plain steps at every batch size the call passes through with > 1 row (3, 2)
+    runs the batch as ar-fast does: no feature capture, no draft, no per-row decision, and its last row
+    stays plain; one that would draft at B = 2 keeps the per-row path. Both exact, both ending rows early."""
+    model = models["sdpa"]
+    prompts = rows(3)
+    n = 24
+    eos = eos_ending_row0_early(model, prompts, n)
+    refs = single_row_references(model, prompts, n, eos)
+    layers = []
+    real = decoder_mod.verify_rows
+
+    def recording(target, cache, tree, lengths, pads, feature_layers, **k):
+        layers.append(feature_layers)
+        return real(target, cache, tree, lengths, pads, feature_layers, **k)
+
+    monkeypatch.setattr(decoder_mod, "verify_rows", recording)
+    policy = PlainFromBatch(from_size)
+    dec = RadarDecoder(model, make_drafter("eagle", model), policy, tree_topk=3, verify_budget=7)
+    ids, mask = left_padded(prompts)
+    out = dec.generate(ids, attention_mask=mask, max_new_tokens=n, eos_token_id=eos, pad_token_id=0)
+    assert_rows_match(out, ids.shape[1], refs, pad=0)
+    s = dec.last_stats
+    if plain:
+        assert all(f is None for f in layers) and policy.asked[0] == 0
+        assert s.skipped_cycles == s.cycles > 0 and s.draft_calls == 0 and s.tokens == sum(len(r) for r in refs)
+    else:
+        assert all(f is not None for f in layers) and policy.asked[0] > 0 and s.draft_calls > 0
+
+
 def test_finished_rows_leave_the_verify_batch(models, monkeypatch):
     model = models["sdpa"]
     prompts = rows(3)

@@ -244,18 +244,37 @@ class RadarDecoder:
         rectangular verify [B, M] on a dense cache with per-row lengths, then every row accepts, moves its
         path to its own slots and stops on its own EOS / max_new_tokens; a finished row leaves the batch."""
         _check_batch_settings(given.shape[0], streamer, cfg)
-        cache, batch = self._prefill_batch(given, pads, cfg, generator, stats)
+        plain = self._plans_plain_batch(given, pads, cfg)
+        cache, batch = self._prefill_batch(given, pads, cfg, generator, stats, plain)
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)
+        skips = plain and not isinstance(self.drafter, PlainDrafter)  # the controller's plain steps, counted
         while batch.size:
-            trees = [self._draft(batch.drafters[b], batch.policies[b], batch.histories[b], batch.roots[b:b + 1],
-                                 batch.seq_len(b), stats, cfg, batch.size) for b in range(batch.size)]
+            if plain:  # plain decoding's batch: root-only trees, no draft, no decision
+                trees = [root_only_tree(batch.roots[b:b + 1]) for b in range(batch.size)]
+                stats.skipped_cycles += batch.size if skips else 0
+            else:
+                trees = [self._draft(batch.drafters[b], batch.policies[b], batch.histories[b], batch.roots[b:b + 1],
+                                     batch.seq_len(b), stats, cfg, batch.size) for b in range(batch.size)]
             tree = stack_trees(trees)                                          # [B, M], unused nodes masked
-            start, logits, features = self._verify_rows(cache, tree, batch, stats)
+            start, logits, features = self._verify_rows(cache, tree, batch, stats, plain)
             acc = self._accept(tree, logits, cfg, generator, None)
-            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats)
+            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats, plain)
             batch.drop_finished(cache)
         stats.tokens = sum(len(e) for e in batch.emitted)
         return batch.output(given, cfg.pad_token_id)
+
+    def _plans_plain_batch(self, given, pads, cfg) -> bool:
+        """True when the batch is plain decoding from the start: the drafter is PlainDrafter, or the controller
+        plans plain steps (Policy.plans_plain_steps) for every row's whole answer at every batch size the call
+        passes through with more than one row (B, B - 1, ..., 2, as rows finish). The batch then decodes as
+        `ar-fast` does: no feature capture, no drafter, no per-row decision. Its last row, once alone, stays
+        plain (the head never saw the target's features of this call, so it cannot draft there)."""
+        if isinstance(self.drafter, PlainDrafter):
+            return True
+        temperature = cfg.sampling.temperature if cfg.do_sample else 0.0
+        P = given.shape[1]
+        return all(self.policy.plans_plain_steps(P - pad + 1, P - pad + cfg.max_new_tokens - 1, temperature, size)
+                   for size in range(given.shape[0], 1, -1) for pad in sorted(set(pads)))
 
     # ------------------------------------------------------------------ steps
     def _prefill(self, input_ids, cfg, stats, generator):
@@ -303,13 +322,15 @@ class RadarDecoder:
         self._note_verify(t0, stats, 1, tree.verify_budget)
         return res.logits, res.features
 
-    def _verify_rows(self, cache, tree, batch, stats):
-        """Batch > 1: (the tree block's first slot, logits [B, M, V], features [B, M, F] or None)."""
+    def _verify_rows(self, cache, tree, batch, stats, plain: bool):
+        """Batch > 1: (the tree block's first slot, logits [B, M, V], features [B, M, F] or None; None when
+        `plain`: no drafter reads them)."""
         t0 = time.perf_counter()
         start = kv_cache.cache_length(cache)
         with self._linears_ctx():
-            res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads, self.drafter.feature_layers,
-                              lean=self.lean_verify, fused=self.fused_forward)
+            res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads,
+                              None if plain else self.drafter.feature_layers, lean=self.lean_verify,
+                              fused=self.fused_forward)
         self._note_verify(t0, stats, batch.size, tree.tokens.shape[1] - 1)
         return start, res.logits, res.features
 
@@ -347,15 +368,19 @@ class RadarDecoder:
                 n_keep = int(hit[0, 0]) + 1   # host sync: stop right after the first EOS
         return out[:, :n_keep]
 
-    def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats):
-        """Batch > 1: every row's accepted path to its own cache slots, its drafter and controller told,
-        its tokens cut at its first EOS and at max_new_tokens."""
+    def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats, plain: bool):
+        """Batch > 1: every row's accepted path to its own cache slots, its drafter and controller told (not
+        when `plain`: neither drafts), its tokens cut at its first EOS and at max_new_tokens."""
         n_keep = torch.tensor(acc.accepted_len, dtype=torch.int64) + 1                 # [B]
         kv_cache.commit_rows(cache, start, batch.lengths, acc.path, n_keep.to(batch.lengths.device))
         batch.lengths += n_keep.to(batch.lengths.device)
         eos = set(cfg.eos_token_ids)
         paths, tokens = acc.path.tolist(), acc.tokens.tolist()  # host sync: a few ints per row
         for b, n in enumerate(n_keep.tolist()):
+            if plain:
+                _count_accepted(stats, trees[b], paths[b], n)
+                batch.emit(b, tokens[b][:n], cfg.max_new_tokens, eos)
+                continue
             feats = features[b:b + 1, paths[b][:n]] if features is not None else None
             batch.drafters[b].commit(acc.tokens[b:b + 1], n, feats)
             _count_accepted(stats, trees[b], paths[b], n)
@@ -364,19 +389,22 @@ class RadarDecoder:
             batch.policies[b].observe(outcome)
             batch.emit(b, tokens[b][:n], cfg.max_new_tokens, eos)
 
-    def _prefill_batch(self, given, pads, cfg, generator, stats):
+    def _prefill_batch(self, given, pads, cfg, generator, stats, plain: bool):
+        """plain: the batch never drafts (_plans_plain_batch): its rows get PlainDrafters, the prompt's
+        features are not captured."""
         t0 = time.perf_counter()
         B = given.shape[0]
         cache = kv_cache.new_target_cache(self.target)
         pads_t = torch.tensor(pads, dtype=torch.int64, device=given.device)
+        drafter = PlainDrafter() if plain else self.drafter
         # each row alone at its own length (no compute on left padding), its K/V into the batch's dense cache
-        res = prefill_each_row(self.target, cache, given, pads, self.drafter.feature_layers,
+        res = prefill_each_row(self.target, cache, given, pads, drafter.feature_layers,
                                fused=self.fused_forward and self.lean_verify)
         roots = self._first_token(res.logits[:, -1], cfg, generator)                  # [B]
         batch = _Batch(rows=list(range(B)), lengths=torch.full((B,), given.shape[1], dtype=torch.int64,
                                                                  device=given.device),
                        pads=pads_t, prompt_lens=[given.shape[1] - p for p in pads], roots=roots.clone(),
-                       drafters=[self.drafter.fork() for _ in range(B)],
+                       drafters=[drafter.fork() for _ in range(B)],
                        policies=[_TimedPolicy(self.policy.fork(), stats) for _ in range(B)],
                        histories=[History() for _ in range(B)], emitted=[[] for _ in range(B)], done=[False] * B)
         for b in range(B):
