@@ -3,6 +3,7 @@ and a tiny end-to-end run on a random Llama."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 import math
 import re
 
@@ -15,6 +16,7 @@ from radar_ext.benchmark import (BASELINE, METHODS, BenchContext, BenchOptions, 
                                  format_table, load_questions, mismatches, parse_methods, plot,
                                  run_benchmark, select_questions, write_json)
 from radar_ext.benchmark.methods import HFGenerate, read_static_gs
+from radar_ext.benchmark.runner import balanced_orders, method_order
 from radar_ext.benchmark.questions import Question
 from radar_ext.benchmark.runner import ForwardCounter
 
@@ -355,9 +357,10 @@ def test_tiny_end_to_end(tiny_ctx, tmp_path):
     # ar: one target forward per token
     assert all(r["accepted_hist"] == [r["new_tokens"] - 1] and r["target_forwards"] == r["new_tokens"]
                for r in res.records if r["method"] == "ar")
-    # method order rotates per question and repeat
-    n = len(names)
-    assert {r["order"] for r in res.records if r["method"] == "ar"} == {-(rep + qi) % n for rep in (0, 1) for qi in (0, 1)}
+    # methods in the balanced orders, one per question and repeat
+    for slot, (rep, q) in enumerate((rep, q) for rep in (0, 1) for q in ("1", "b")):
+        order = sorted(names, key=lambda m: by[(m, rep, q, 0)]["order"])
+        assert order == method_order(names, slot), (rep, q, order)
     s = aggregate(res.records, names)
     assert s["methods"]["ar"]["speedup"] == pytest.approx(1.0)
     assert s["methods"]["ar"]["tau"] == pytest.approx(1.0)
@@ -589,3 +592,20 @@ def test_batch_memory_runs_each_method_in_its_own_process(tmp_path, monkeypatch,
     assert "1.30x" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="method 'bad'"):
         mod.main(["--questions", str(q), "--methods", "ar,bad"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_method_orders_are_carryover_balanced(n):
+    """Every order a permutation, every method first equally often, and every ordered pair (a right before b)
+    equally often over the cycle: a rotation of one order would put the same method before b every time."""
+    orders = balanced_orders(n)
+    assert len(orders) == (2 * n if n % 2 else n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    firsts = Counter(o[0] for o in orders)
+    assert len(set(firsts.values())) == 1 and len(firsts) == n
+    pairs = Counter((a, b) for o in orders for a, b in zip(o, o[1:]))
+    if n > 1:
+        assert len(pairs) == n * (n - 1) and len(set(pairs.values())) == 1, pairs
+    assert method_order(["x", "y", "z"][:min(n, 3)], 0)[0] == "x"
+    with pytest.raises(ValueError, match="n must be"):
+        balanced_orders(0)

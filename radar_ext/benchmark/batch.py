@@ -2,7 +2,7 @@
 run in batches of B left-padded prompts, every method on the same batches, paired in one process.
 
 Protocol: for each B, an untimed warm-up call per method on the first batch; then per repeat and batch the
-methods in an order rotated per batch, each timed as the wall time of its whole batched generate call.
+methods in a carryover-balanced order (runner.method_order), each timed as the wall time of its whole batched generate call.
 tokens/s = the batch's new tokens (each row up to and including its EOS, padding after it not counted)
 / the call's seconds, summed over the batches; per-sequence latency = the mean call time (every row of a
 batch is returned when the call returns). At temperature 0 every row of every method at every B is
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radar_ext.benchmark.methods import BASELINE, METHODS, BenchContext
-from radar_ext.benchmark.runner import encode_chat
+from radar_ext.benchmark.runner import encode_chat, method_order
 
 OWN_PLAIN = "ar-fast"
 
@@ -129,7 +129,7 @@ def run_batch_benchmark(ctx: BenchContext, questions, methods: list, batch_sizes
         for r in range(repeats):
             for k, group in enumerate(groups):
                 ids, mask = left_pad([p for _, p in group], pad_id)
-                order = methods[(k + r) % len(methods):] + methods[:(k + r) % len(methods)]
+                order = method_order(methods, r * len(groups) + k)
                 for name in order:
                     g = torch.Generator().manual_seed(seed + 1000 * r + k) if temperature > 0 else None
                     with _PeakRss() as mem:

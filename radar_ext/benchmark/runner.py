@@ -1,6 +1,8 @@
 """The paired protocol: one process, the same prompts for every method, warm-up first, methods
-interleaved per question (their order rotated per question and repeat), answers timed as the wall
-time of the whole generate call (tokenization and chat templating are outside the timer).
+interleaved per question (in a carryover-balanced order, `method_order`: over a cycle of orders every method
+runs right after every other equally often, so no method always follows the same one, as a plain rotation
+makes it), answers timed as the wall time of the whole generate call (tokenization and chat templating are
+outside the timer).
 
 Multi-turn questions run turn by turn: each method keeps its own conversation, so turn 2 sees that
 method's own answer to turn 1 (as in Spec-Bench). A question's records are kept only when every
@@ -177,6 +179,31 @@ def run_benchmark(ctx: BenchContext, questions, cfg: RunConfig, progress=True, l
     return result
 
 
+def balanced_orders(n: int) -> list:
+    """Williams' carryover-balanced orders of n methods (indices): n orders for even n, 2n for odd n, each a
+    permutation, in which every method comes right after every other one equally often (a rotation of one
+    order keeps every method's predecessor: whatever a method leaves behind, caches, allocator state, heat,
+    would always fall on the same next method)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:  # 0, 1, n-1, 2, n-2, ...
+        if len(first) % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    orders = [[(x + i) % n for x in first] for i in range(n)]
+    return orders + [o[::-1] for o in orders] if n % 2 else orders
+
+
+def method_order(names: list, slot: int) -> list:
+    """The methods' order for the slot-th timed unit (question or batch) of a run: balanced_orders in turn."""
+    orders = balanced_orders(len(names))
+    return [names[i] for i in orders[slot % len(orders)]]
+
+
 def _run_loop(ctx, questions, cfg, methods, counter, result, progress, log):
     from tqdm.auto import tqdm
 
@@ -186,8 +213,7 @@ def _run_loop(ctx, questions, cfg, methods, counter, result, progress, log):
     try:
         for repeat in range(cfg.repeats):
             for qi, q in enumerate(questions):
-                shift = (repeat + qi) % len(names)
-                order = names[shift:] + names[:shift]
+                order = method_order(names, repeat * len(questions) + qi)
                 pending = []
                 for name in order:
                     bar.set_postfix_str(f"{q.category} {q.question_id} {name}")

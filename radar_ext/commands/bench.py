@@ -1,7 +1,7 @@
 """End-to-end benchmark of radar_ext's decoders against the peers (HF generate, HF prompt lookup)
 on Spec-Bench style questions: a table per category, JSON with every raw answer record, and a plot.
 
-Protocol: one process, warm-up first, methods interleaved per question with the order rotated,
+Protocol: one process, warm-up first, methods interleaved per question in a carryover-balanced order,
 tokens/s = new tokens / wall time of the whole generate call; speedup = tokens/s over ar's tokens/s
 on the same answers; at temperature 0 every answer is checked token by token against ar."""
 from __future__ import annotations
