@@ -68,6 +68,28 @@ def eos_ending_row0_early(model, prompts, n):
                 and any(t not in other for other in free[1:]))
 
 
+def rows_ending_apart(model, n=24):
+    """Three prompts whose rows end at different steps (row 0 on an EOS, another at n): (prompts, n, eos,
+    each row's own greedy answer)."""
+    prompts = rows(3)
+    eos = eos_ending_row0_early(model, prompts, n)
+    return prompts, n, eos, single_row_references(model, prompts, n, eos)
+
+
+def record_verify_rows(monkeypatch) -> list:
+    """Every batched verify the decoder makes, as {rows, cache_rows, feature_layers}, appended to the list returned."""
+    calls = []
+    real = decoder_mod.verify_rows
+
+    def recording(target, cache, tree, lengths, pads, feature_layers=None, **k):
+        calls.append({"rows": tree.tokens.shape[0], "feature_layers": feature_layers,
+                      "cache_rows": {layer.keys.shape[0] for layer in cache.layers if layer.is_initialized}})
+        return real(target, cache, tree, lengths, pads, feature_layers, **k)
+
+    monkeypatch.setattr(decoder_mod, "verify_rows", recording)
+    return calls
+
+
 def make_policy(kind, skip=False):
     if kind == "static":
         return StaticPolicy(3)
@@ -167,18 +189,8 @@ def test_batch_planned_plain_at_every_size_decodes_as_plain_decoding(models, mon
     runs the batch as ar-fast does: no feature capture, no draft, no per-row decision, and its last row
     stays plain; one that would draft at B = 2 keeps the per-row path. Both exact, both ending rows early."""
     model = models["sdpa"]
-    prompts = rows(3)
-    n = 24
-    eos = eos_ending_row0_early(model, prompts, n)
-    refs = single_row_references(model, prompts, n, eos)
-    layers = []
-    real = decoder_mod.verify_rows
-
-    def recording(target, cache, tree, lengths, pads, feature_layers, **k):
-        layers.append(feature_layers)
-        return real(target, cache, tree, lengths, pads, feature_layers, **k)
-
-    monkeypatch.setattr(decoder_mod, "verify_rows", recording)
+    prompts, n, eos, refs = rows_ending_apart(model)
+    calls = record_verify_rows(monkeypatch)
     policy = PlainFromBatch(from_size)
     dec = RadarDecoder(model, make_drafter("eagle", model), policy, tree_topk=3, verify_budget=7)
     ids, mask = left_padded(prompts)
@@ -186,31 +198,22 @@ def test_batch_planned_plain_at_every_size_decodes_as_plain_decoding(models, mon
     assert_rows_match(out, ids.shape[1], refs, pad=0)
     s = dec.last_stats
     if plain:
-        assert all(f is None for f in layers) and policy.asked[0] == 0
+        assert all(c["feature_layers"] is None for c in calls) and policy.asked[0] == 0
         assert s.skipped_cycles == s.cycles > 0 and s.draft_calls == 0 and s.tokens == sum(len(r) for r in refs)
     else:
-        assert all(f is not None for f in layers) and policy.asked[0] > 0 and s.draft_calls > 0
+        assert all(c["feature_layers"] is not None for c in calls) and policy.asked[0] > 0 and s.draft_calls > 0
 
 
 def test_finished_rows_leave_the_verify_batch(models, monkeypatch):
     model = models["sdpa"]
-    prompts = rows(3)
-    n = 24
-    eos = eos_ending_row0_early(model, prompts, n)
-    refs = single_row_references(model, prompts, n, eos)
-    sizes = []
-    real = decoder_mod.verify_rows
-
-    def recording(target, cache, tree, lengths, pads, *a, **k):
-        sizes.append(tree.tokens.shape[0])
-        assert all(layer.keys.shape[0] == tree.tokens.shape[0] for layer in cache.layers if layer.is_initialized)
-        return real(target, cache, tree, lengths, pads, *a, **k)
-
-    monkeypatch.setattr(decoder_mod, "verify_rows", recording)
+    prompts, n, eos, refs = rows_ending_apart(model)
+    calls = record_verify_rows(monkeypatch)
     dec = RadarDecoder(model, make_drafter("ngram", model), StaticPolicy(1), verify_budget=7)
     ids, mask = left_padded(prompts)
     out = dec.generate(ids, attention_mask=mask, max_new_tokens=n, eos_token_id=eos, pad_token_id=0)
     assert_rows_match(out, ids.shape[1], refs, pad=0)
+    sizes = [c["rows"] for c in calls]
+    assert all(c["cache_rows"] == {c["rows"]} for c in calls)  # the cache holds the live rows only
     assert sizes[0] == 3 and sizes[-1] < 3 and sizes == sorted(sizes, reverse=True), sizes
 
 
