@@ -121,6 +121,25 @@ def test_target_probs_match_hf_warpers():
     assert torch.equal(target_probs(logits, SamplingParams()), torch.softmax(logits, -1))
 
 
+def test_root_only_sampling_is_one_draw_per_row_from_the_warped_distribution():
+    """Plain steps (root-only trees, B = 3) take sample_accept's shortcut: per row the draw of the walk's bonus
+    token (sample_node with no child) from the same generator stream, the same tokens; warpers are built
+    once per setting."""
+    from radar_ext.tree import root_only_tree
+    logits = torch.randn(3, 1, 50, generator=torch.Generator().manual_seed(1)) * 2
+    params = SamplingParams(temperature=0.8, top_k=7, top_p=0.9)
+    assert params.warpers() is SamplingParams(temperature=0.8, top_k=7, top_p=0.9).warpers()
+    tree = root_only_tree(torch.tensor([4, 5, 6]))
+    for seed in range(20):
+        acc = sample_accept(tree, logits, params, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        want = [acceptance.sample_node(target_probs(logits[b, 0:1], params)[0], [], g)[1] for b in range(3)]
+        assert acc.tokens.tolist() == [[t] for t in want] and acc.path.tolist() == [[0]] * 3
+        assert acc.accepted_len == [0, 0, 0]
+        probs = target_probs(logits[:, 0], params)
+        assert all(probs[b, t] > 0 for b, t in enumerate(want))  # never a token the warpers removed
+
+
 # ------------------------------------------------------------------ statistical losslessness
 
 VOCAB = 6

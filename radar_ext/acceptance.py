@@ -15,6 +15,7 @@ when generate has processors beyond temperature / top-k / top-p, or returns per-
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -35,19 +36,25 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
 
-    def warpers(self):
+    def warpers(self) -> tuple:
         """HF's own logits warpers in HF generate's order, so "the target's distribution" is the
-        same distribution `target.generate(do_sample=True)` samples from."""
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        same distribution `target.generate(do_sample=True)` samples from. Built once per setting (they keep
+        no state; importing them from transformers' lazy module cost ~0.1 ms a cycle)."""
+        return _warpers(self.temperature, self.top_k, self.top_p)
 
-        out = []
-        if self.temperature != 1.0:
-            out.append(TemperatureLogitsWarper(self.temperature))
-        if self.top_k != 0:
-            out.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
-        if self.top_p < 1.0:
-            out.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
-        return out
+
+@functools.lru_cache(maxsize=64)
+def _warpers(temperature: float, top_k: int, top_p: float) -> tuple:
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out = []
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k != 0:
+        out.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return tuple(out)
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams, warpers=None) -> torch.Tensor:
@@ -164,6 +171,12 @@ def sample_accept(tree: DraftTree, logits: torch.Tensor, params: SamplingParams,
     """logits [B, M, V]. Lossless sampling walk from the root (B = 1 rows processed one by one)."""
     B, M, _ = logits.shape
     warpers = params.warpers()
+    if M == 1:  # root-only trees (plain steps): one draw per row, no walk (sample_node with no child: the draw)
+        probs = target_probs(logits[:, 0], params, warpers)                     # [B, V]
+        drawn = [draw(probs[b], generator) for b in range(B)]
+        dev = tree.tokens.device
+        return Acceptance(torch.zeros(B, 1, dtype=torch.int64, device=dev),
+                          torch.tensor(drawn, dtype=torch.int64, device=dev).view(B, 1), [0] * B)
     tokens_h = tree.tokens.tolist()                                # host sync: tree structure
     parents_h = tree.parents.tolist()
     n_nodes = tree.n_nodes.tolist()
