@@ -249,16 +249,16 @@ class RadarDecoder:
         self._linears = fast_linear_ctx(self.target, enabled=self.fast_linear, quantized=True)
         skips = plain and not isinstance(self.drafter, PlainDrafter)  # the controller's plain steps, counted
         while batch.size:
-            if plain:  # plain decoding's batch: root-only trees, no draft, no decision
-                trees = [root_only_tree(batch.roots[b:b + 1]) for b in range(batch.size)]
+            if plain:  # plain decoding's batch: every row the root alone, no draft, no decision
+                trees, tree = None, root_only_tree(batch.roots)
                 stats.skipped_cycles += batch.size if skips else 0
             else:
                 trees = [self._draft(batch.drafters[b], batch.policies[b], batch.histories[b], batch.roots[b:b + 1],
                                      batch.seq_len(b), stats, cfg, batch.size) for b in range(batch.size)]
-            tree = stack_trees(trees)                                          # [B, M], unused nodes masked
+                tree = stack_trees(trees)                                      # [B, M], unused nodes masked
             start, logits, features = self._verify_rows(cache, tree, batch, stats, plain)
             acc = self._accept(tree, logits, cfg, generator, None)
-            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats, plain)
+            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats)
             batch.drop_finished(cache)
         stats.tokens = sum(len(e) for e in batch.emitted)
         return batch.output(given, cfg.pad_token_id)
@@ -368,25 +368,22 @@ class RadarDecoder:
                 n_keep = int(hit[0, 0]) + 1   # host sync: stop right after the first EOS
         return out[:, :n_keep]
 
-    def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats, plain: bool):
-        """Batch > 1: every row's accepted path to its own cache slots, its drafter and controller told (not
-        when `plain`: neither drafts), its tokens cut at its first EOS and at max_new_tokens."""
+    def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats):
+        """Batch > 1: every row's accepted path to its own cache slots, its drafter and controller told (trees
+        None: a batch of plain decoding, neither drafts), its tokens cut at its first EOS and at max_new_tokens."""
         n_keep = torch.tensor(acc.accepted_len, dtype=torch.int64) + 1                 # [B]
         kv_cache.commit_rows(cache, start, batch.lengths, acc.path, n_keep.to(batch.lengths.device))
         batch.lengths += n_keep.to(batch.lengths.device)
         eos = set(cfg.eos_token_ids)
         paths, tokens = acc.path.tolist(), acc.tokens.tolist()  # host sync: a few ints per row
         for b, n in enumerate(n_keep.tolist()):
-            if plain:
-                _count_accepted(stats, trees[b], paths[b], n)
-                batch.emit(b, tokens[b][:n], cfg.max_new_tokens, eos)
-                continue
-            feats = features[b:b + 1, paths[b][:n]] if features is not None else None
-            batch.drafters[b].commit(acc.tokens[b:b + 1], n, feats)
-            _count_accepted(stats, trees[b], paths[b], n)
-            outcome = _outcome(trees[b], acc, b)
-            batch.histories[b].observe(outcome)
-            batch.policies[b].observe(outcome)
+            _count_accepted(stats, None if trees is None else trees[b], paths[b], n)
+            if trees is not None:
+                feats = features[b:b + 1, paths[b][:n]] if features is not None else None
+                batch.drafters[b].commit(acc.tokens[b:b + 1], n, feats)
+                outcome = _outcome(trees[b], acc, b)
+                batch.histories[b].observe(outcome)
+                batch.policies[b].observe(outcome)
             batch.emit(b, tokens[b][:n], cfg.max_new_tokens, eos)
 
     def _prefill_batch(self, given, pads, cfg, generator, stats, plain: bool):
@@ -496,10 +493,11 @@ def _outcome(tree, acc, row: int = 0) -> CycleOutcome:
 
 def _count_accepted(stats: DecodeStats, tree, path, n: int) -> None:
     """A cycle that emitted n tokens (path: its accepted nodes, root first, in `tree`, that sequence's one-row
-    tree): the accepted-length histogram, and which accepted draft tokens came from context lookups."""
+    tree, None for a plain step): the accepted-length histogram, and which accepted draft tokens came from
+    context lookups."""
     stats.accepted_hist.extend([0] * (n - len(stats.accepted_hist)))
     stats.accepted_hist[n - 1] += 1
-    if tree.source is not None and n > 1:
+    if tree is not None and tree.source is not None and n > 1:
         src = tree.source[0, path[1:n]].tolist()  # host sync: a few ints per cycle
         stats.lookup_accepted += src.count(SOURCE_LOOKUP)
         stats.shared_accepted += src.count(SOURCE_BOTH)
