@@ -161,7 +161,8 @@ def extensions():
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     # skinny_linear_avx512.cpp and llama_forward_avx512.cpp compile themselves for AVX-512 (a target
     # pragma); ops.cpp checks the CPU.
-    sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp", "csrc/llama_forward_avx512.cpp", "csrc/amx_linear.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp", "csrc/llama_forward_avx512.cpp", "csrc/amx_linear.cpp",
+               "csrc/argmax_head_vnni.cpp"]
     archs = want_cuda()
     if archs:
         print(f"radar_ext: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")

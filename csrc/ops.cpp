@@ -335,6 +335,24 @@ bool skinny_linear_uses_avx512() {
   return use;
 }
 
+// The greedy LM head's bounds on AVX512-VNNI (csrc/argmax_head_vnni.cpp): compiled in, this CPU has it and it is
+// not turned off (set_argmax_vnni: the tests run the scalar reference of the same arithmetic too).
+std::atomic<bool> g_argmax_vnni_on{true};
+bool argmax_head_vnni_available();
+bool argmax_head_vnni() { return g_argmax_vnni_on.load(std::memory_order_relaxed) && argmax_head_vnni_available(); }
+bool argmax_head_vnni_available() {
+  static const bool use = [] {
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return kernels::argmax_vnni_compiled() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
 namespace {
 
 // n consecutive SkinnyLinearParams::x_key values no other call gets (never 0): one per product call or one
@@ -676,7 +694,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
                                      const c10::List<c10::optional<at::Tensor>>& params, at::TensorList k_bufs,
                                      at::TensorList v_bufs, int64_t past_len, at::IntArrayRef capture, double eps,
                                      double scaling, int64_t head_dim, const at::Tensor* hidden_in,
-                                     bool last_only = false) {
+                                     bool last_only = false, const at::Tensor* argmax_w = nullptr) {
   const bool eagle = hidden_in != nullptr;
   const int64_t n_head_params = eagle ? kEagleHeadParams : kForwardHeadParams;
   TORCH_CHECK_VALUE(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.device().is_cpu() &&
@@ -768,7 +786,44 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
     TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] <= n_layers + 1,
                       "capture must hold slots in [0, n_layers + 1] = [0, ", n_layers + 1, "], got ", capture);
   const auto f32 = tok.options().dtype(at::kFloat);
-  std::vector<at::Tensor> out{at::empty({B, last_only ? 1 : M, lm_head.N}, f32)};
+  const int64_t R = B * M, RH = last_only ? B : R;
+  kernels::ArgmaxHead argmax;
+  if (argmax_w != nullptr) {
+    TORCH_CHECK_VALUE(lm_head.wq != nullptr && lm_head.wm == nullptr && lm_head.scales_f16 && !lm_head.amx_packed,
+                      "llama_forward_argmax: the LM head (params[2..5]) must be Q8_0 blocks with float16 scales, "
+                      "not in the AMX layout");
+    TORCH_CHECK_VALUE(H % 32 == 0 && H <= kernels::kArgmaxMaxK, "llama_forward_argmax: hidden size must be a multiple "
+                      "of 32 up to ", kernels::kArgmaxMaxK, ", got ", H);
+    TORCH_CHECK_VALUE(!(skinny_linear_uses_avx512() && kernels::amx_linear_usable() && RH >= kernels::kAmxMinRows),
+                      "llama_forward_argmax: with AMX on, a head of ", RH, " rows runs on the tile unit (other bits); "
+                      "take the logits (llama_forward) there");
+    const int64_t G = kernels::argmax_groups(lm_head.N), nb = H / 32;
+    const at::Tensor &aq = argmax_w[0], &ad = argmax_w[1], &aa = argmax_w[2];
+    TORCH_CHECK_VALUE(aq.scalar_type() == at::kByte && aq.is_contiguous() && aq.device().is_cpu() &&
+                          aq.numel() == G * nb * 512,
+                      "argmax_q must be contiguous uint8 with ", G * nb * 512, " bytes (radar_ext.quant.argmax_pack), got ",
+                      describe(aq));
+    TORCH_CHECK_VALUE(ad.scalar_type() == at::kHalf && ad.is_contiguous() && ad.device().is_cpu() &&
+                          ad.numel() == G * nb * 16,
+                      "argmax_d must be contiguous float16 with ", G * nb * 16, " values, got ", describe(ad));
+    TORCH_CHECK_VALUE(aa.scalar_type() == at::kFloat && aa.is_contiguous() && aa.device().is_cpu() &&
+                          aa.numel() == G * nb * 16,
+                      "argmax_a must be contiguous float32 with ", G * nb * 16, " values, got ", describe(aa));
+    argmax.q = static_cast<const uint8_t*>(aq.const_data_ptr());
+    argmax.d = static_cast<const uint16_t*>(ad.const_data_ptr());
+    argmax.a = static_cast<const float*>(aa.const_data_ptr());
+    argmax.N = lm_head.N;
+    argmax.K = H;
+    argmax.vnni = argmax_head_vnni();
+  }
+  const auto i64 = tok.options().dtype(at::kLong);
+  std::vector<at::Tensor> out;
+  if (argmax_w != nullptr) {
+    out.push_back(at::empty({B, last_only ? 1 : M}, i64));
+    out.push_back(at::empty({B, last_only ? 1 : M}, i64));
+  } else {
+    out.push_back(at::empty({B, last_only ? 1 : M, lm_head.N}, f32));
+  }
   std::vector<float*> cap_ptrs;
   for (size_t j = 0; j < capture.size(); ++j) {
     out.push_back(at::empty({B, M, H}, f32));
@@ -797,9 +852,36 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
                                 cos.data_ptr<float>(), sin.data_ptr<float>(),
                                 mask.defined() ? mask.data_ptr<float>() : causal.data(), mask.defined() ? mask.size(3) : T,
                                 past_len, layers.data(), kp.data(), vp.data(), cap, final_norm, lm_head,
-                                out[0].data_ptr<float>(), capture.data(), cap_ptrs.data(),
+                                argmax_w ? nullptr : out[0].data_ptr<float>(), capture.data(), cap_ptrs.data(),
                                 static_cast<int64_t>(capture.size())};
   p.logits_last_only = last_only;
+  // greedy mode's scratch (kernels/llama_forward.h, LlamaForwardParams::argmax)
+  std::vector<float> a_f;
+  std::vector<int8_t> a_hq;
+  std::vector<int32_t> a_t;
+  std::vector<uint8_t> a_bad;
+  if (argmax_w != nullptr) {
+    const int64_t G = kernels::argmax_groups(lm_head.N), nb = H / 32, stride = G * kernels::kArgmaxGroup;
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    p.a_chunk = std::max<int64_t>(16, G / (8 * threads));
+    const int64_t n_chunks = (G + p.a_chunk - 1) / p.a_chunk;
+    a_f.resize(RH * H + 2 * RH * nb + RH * stride + n_chunks * RH * kernels::kArgmaxGroup);
+    a_hq.resize(RH * H);
+    a_t.resize(RH * nb);
+    a_bad.resize(RH);
+    p.a_h = a_f.data();
+    p.a_s = p.a_h + RH * H;
+    p.a_c = p.a_s + RH * nb;
+    p.a_hi = p.a_c + RH * nb;
+    p.a_lo = p.a_hi + RH * stride;
+    p.a_hq = a_hq.data();
+    p.a_t = a_t.data();
+    p.a_bad = a_bad.data();
+    p.argmax = &argmax;
+    p.argmax_out = out[0].data_ptr<int64_t>();
+    p.argmax_cand = out[1].data_ptr<int64_t>();
+    p.logits = nullptr;
+  }
   if (eagle) {
     p.hidden = hidden.data_ptr<float>();
     p.fc = fc;
@@ -832,6 +914,19 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
       kernels::llama_forward_thread(p, ws, phases.data(), tid, nth);
   }
   return out;
+}
+
+// Greedy mode: [argmax [B, M'] int64, candidates [B, M'] int64, captures...] (kernels/argmax_head.h).
+std::vector<at::Tensor> llama_forward_argmax_cpu(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin,
+                                                 const at::Tensor& mask,
+                                                 const c10::List<c10::optional<at::Tensor>>& params,
+                                                 at::TensorList k_bufs, at::TensorList v_bufs, int64_t past_len,
+                                                 at::IntArrayRef capture, double eps, double scaling, int64_t head_dim,
+                                                 bool last_only, const at::Tensor& argmax_q, const at::Tensor& argmax_d,
+                                                 const at::Tensor& argmax_a) {
+  const at::Tensor w[3] = {argmax_q, argmax_d, argmax_a};
+  return forward_impl(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
+                      nullptr, last_only, w);
 }
 
 std::vector<at::Tensor> llama_forward_cpu(const at::Tensor& tokens, const at::Tensor& cos, const at::Tensor& sin,
@@ -883,6 +978,9 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("llama_forward(Tensor tokens, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, Tensor(a!)[] k_bufs, "
         "Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, int head_dim, "
         "bool last_only=False) -> Tensor[]");
+  m.def("llama_forward_argmax(Tensor tokens, Tensor cos, Tensor sin, Tensor mask, Tensor?[] params, "
+        "Tensor(a!)[] k_bufs, Tensor(b!)[] v_bufs, int past_len, int[] capture, float eps, float scaling, "
+        "int head_dim, bool last_only, Tensor argmax_q, Tensor argmax_d, Tensor argmax_a) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
@@ -894,6 +992,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("skinny_linear_amx_packed", &skinny_linear_amx_packed_cpu);
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
   m.impl("llama_forward", &llama_forward_cpu);
+  m.impl("llama_forward_argmax", &llama_forward_argmax_cpu);
   m.impl("eagle_forward", &eagle_forward_cpu);
 }
 
@@ -940,6 +1039,20 @@ PyObject* amx_supported(PyObject*, PyObject*) {
 
 PyObject* amx_enabled(PyObject*, PyObject*) {
   if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_usable()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* argmax_vnni(PyObject*, PyObject*) {
+  if (radar_ext::argmax_head_vnni()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* set_argmax_vnni(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  const bool was = radar_ext::argmax_head_vnni();
+  radar_ext::g_argmax_vnni_on.store(on != 0);
+  if (was) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
 }
 
@@ -994,6 +1107,11 @@ PyMethodDef methods[] = {
     {"amx_min_rows", amx_min_rows, METH_NOARGS, "Rows of x from which the block-quantized products use AMX."},
     {"set_amx_enabled", set_amx_enabled, METH_O,
      "Turns the AMX path of the block-quantized products on or off; returns the previous setting."},
+    {"argmax_vnni", argmax_vnni, METH_NOARGS,
+     "True when the greedy LM head (llama_forward_argmax) runs its bounds with AVX512-VNNI on this CPU."},
+    {"set_argmax_vnni", set_argmax_vnni, METH_O,
+     "Turns the VNNI path of the greedy LM head on or off (off: its scalar reference, the same results); returns "
+     "the previous setting."},
     {"wide_tiles", wide_tiles, METH_NOARGS,
      "True when block-quantized AVX-512 products of 5+ rows run in register tiles of up to 6 rows (the default)."},
     {"set_wide_tiles", set_wide_tiles, METH_O,

@@ -58,7 +58,7 @@ def test_greedy_host_walk_equals_the_tensor_code(monkeypatch):
             if kids and rng.random() < 0.8:
                 logits[0, j, tokens[rng.choice(kids)]] += 10.0
         tree = tree_of(tokens, parents)
-        walk = acceptance._greedy_walk(tree, logits)
+        walk = acceptance._greedy_walk(tree, logits.argmax(-1))
         with monkeypatch.context() as m:
             m.setattr(acceptance, "_greedy_walk", lambda *a: None)
             ref = greedy_accept(tree, logits)

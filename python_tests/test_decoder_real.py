@@ -207,9 +207,10 @@ def test_hybrid_exact_on_real_target(target, kind):
 def test_fused_verify_matches_hf_on_real_target(target):
     """The fused forward (radar_ext::llama_forward, the default verify path) on the default target: logits and
     the shipped head's feature layers within float32 rounding of the HF forward (max |dlogit| ~2e-5 at
-    |logit| ~ 30), the same argmax at every node, over tree sizes 1..64 and prefixes 0..2k."""
+    |logit| ~ 30), the same argmax at every node, over tree sizes 1..64 and prefixes 0..2k; where the CPU runs the
+    greedy head, its argmax is the fused logits' at every node."""
     from radar_ext import kv_cache
-    from radar_ext.lean_forward import fused_reason
+    from radar_ext.lean_forward import fused_reason, greedy_head_usable
     from radar_ext.tree import make_tree
     from radar_ext.verifier import prefill, verify
 
@@ -229,6 +230,13 @@ def test_fused_verify_matches_hf_on_real_target(target):
                     prefill(model, cache, prompt)
                 outs.append(verify(model, cache, tree, P, [2, 15, 27], lean=fused, fused=fused))
             (f, h) = outs
+            if greedy_head_usable(M):  # the greedy head: the fused logits' argmax, from an int8 copy's bounds
+                cache = kv_cache.new_target_cache(model)
+                if P:
+                    prefill(model, cache, prompt)
+                gr = verify(model, cache, tree, P, [2, 15, 27], fused=True, greedy=True)
+                assert gr.logits is None and torch.equal(gr.argmax, f.logits.argmax(-1)), (P, M)
+                assert torch.equal(gr.features, f.features), (P, M)
             assert float((f.logits - h.logits).abs().max()) < 2e-4, (P, M)
             assert float((f.features - h.features).abs().max()) < 1e-3 * float(h.features.abs().max()), (P, M)
             assert torch.equal(f.logits.argmax(-1), h.logits.argmax(-1)), (P, M)

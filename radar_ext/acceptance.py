@@ -65,16 +65,23 @@ def target_probs(logits: torch.Tensor, params: SamplingParams, warpers=None) -> 
     return torch.softmax(scores, dim=-1)
 
 
-def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
-    """logits [B, M, V]. The longest root-to-leaf prefix that matches the target's argmax."""
-    if logits.shape[1] == 1:  # root-only trees (plain steps): the argmax alone, one ATen op instead of ~15
-        return Acceptance(torch.zeros(logits.shape[0], 1, dtype=torch.int64, device=logits.device),
-                          logits[:, 0].argmax(dim=-1, keepdim=True), [0] * logits.shape[0])
-    if logits.shape[0] == 1 and logits.device.type == "cpu":
-        got = _greedy_walk(tree, logits)
+def greedy_accept(tree: DraftTree, logits: torch.Tensor | None, pred: torch.Tensor | None = None) -> Acceptance:
+    """logits [B, M, V], or pred [B, M] int64: their argmax (VerifyOut.argmax, the greedy head's). The longest
+    root-to-leaf prefix that matches the target's argmax."""
+    if pred is None:
+        if logits is None:
+            raise ValueError("greedy_accept: give logits [B, M, V] or their argmax pred [B, M], got neither")
+        if logits.shape[1] == 1:  # root-only trees (plain steps): the argmax alone, one ATen op instead of ~15
+            return Acceptance(torch.zeros(logits.shape[0], 1, dtype=torch.int64, device=logits.device),
+                              logits[:, 0].argmax(dim=-1, keepdim=True), [0] * logits.shape[0])
+        pred = logits.argmax(dim=-1)                               # [B, M]
+    elif pred.shape[1] == 1:
+        return Acceptance(torch.zeros(pred.shape[0], 1, dtype=torch.int64, device=pred.device), pred.clone(),
+                          [0] * pred.shape[0])
+    if pred.shape[0] == 1 and pred.device.type == "cpu":
+        got = _greedy_walk(tree, pred)
         if got is not None:
             return got
-    pred = logits.argmax(dim=-1)                                   # [B, M]
     paths = tree.paths                                             # [B, P, D+1]
     B, P, L = paths.shape
     safe = paths.clamp(min=0)
@@ -95,14 +102,14 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     return Acceptance(path, tokens, acc_len.tolist())  # host sync: the loop needs the lengths
 
 
-def _greedy_walk(tree: DraftTree, logits: torch.Tensor) -> Acceptance | None:
+def _greedy_walk(tree: DraftTree, pred: torch.Tensor) -> Acceptance | None:
     """greedy_accept of one CPU row as a walk from the root over host lists: at each node the child whose token is
     the target's argmax there. With distinct tokens among every node's children (what the drafters make) that
     child is unique and the walk ends on the same longest matching path, so the same Acceptance as the tensor
     code, for 2 ATen ops instead of ~15 (~0.2 ms a drafted cycle on a 2-core CPU); None (the tensor code decides)
     where two children of a node on the walk carry the argmax token."""
-    M = logits.shape[1]
-    pred = logits[0].argmax(dim=-1).tolist()                        # host sync: M ints
+    M = pred.shape[1]
+    pred = pred[0].tolist()                                         # host sync: M ints
     tokens, parents = tree.tokens[0].tolist(), tree.parents[0].tolist()
     L = tree.paths.shape[2]
     path, out = [0], []

@@ -123,7 +123,7 @@ class _TimedPolicy(Policy):
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter | None = None, policy: Policy | None = None, tree_topk: int = 10,
                  verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True,
-                 fused_forward: bool = True):
+                 fused_forward: bool = True, greedy_head: bool = True):
         """drafter: None (PlainDrafter) decodes one token per target forward through the same verify path
         (our own plain decoding: token-identical to HF greedy generate, the `ar-fast` baseline).
         fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
@@ -144,7 +144,12 @@ class RadarDecoder:
         forward runs, the reason logged once). Its logits equal HF's up to float32 rounding (max |dlogit|
         1.5e-5..4.8e-5 on the default target, as the lean path's quantized linears: 1.1e-5..5e-5), greedy
         output identical to HF's on every dev-set answer; on the default target a 1 / 4 / 8 token verify takes
-        9.0 / 12.9 / 20.3 ms against 15.0 / 21.7 / 28.5 (bench/bench_verify.py). False: the lean forward."""
+        9.0 / 12.9 / 20.3 ms against 15.0 / 21.7 / 28.5 (bench/bench_verify.py). False: the lean forward.
+        greedy_head (on by default; with fused_forward): greedy decoding without logits processors or score
+        outputs takes the LM head's argmax without computing all its logits where the head is Q8_0 blocks and the
+        CPU has AVX512-VNNI (radar_ext.lean_forward.greedy_head_usable): every logit is bounded from an int8 copy
+        of the hidden state and only the few that can be the largest are computed exactly, so the same tokens
+        as the logits' argmax (csrc/kernels/argmax_head.h). False: the logits, every verify."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -165,6 +170,7 @@ class RadarDecoder:
         self.fast_linear = bool(fast_linear) and fast_linear_applies(target)
         self.lean_verify = bool(lean_verify)
         self.fused_forward = bool(fused_forward)
+        self.greedy_head = bool(greedy_head)
         self.costs = CostInfo()
         self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
@@ -226,9 +232,9 @@ class RadarDecoder:
                 tree = root_only_tree(emitted[:, -1])
             else:
                 tree = self._draft(self.drafter, policy, self.history, emitted[:, -1], P + emitted.shape[1], stats, cfg)
-            logits, features = self._verify(cache, tree, P + emitted.shape[1] - 1, stats, drafter)
-            acc = self._accept(tree, logits, cfg, generator, emitted)
-            out = self._commit(cache, tree, acc, features, P + emitted.shape[1] - 1, cfg, emitted.shape[1], stats,
+            res = self._verify(cache, tree, P + emitted.shape[1] - 1, stats, drafter, cfg)
+            acc = self._accept(tree, res, cfg, generator, emitted)
+            out = self._commit(cache, tree, acc, res.features, P + emitted.shape[1] - 1, cfg, emitted.shape[1], stats,
                                drafter)
             if not plain:
                 outcome = _outcome(tree, acc)
@@ -256,9 +262,9 @@ class RadarDecoder:
                 trees = [self._draft(batch.drafters[b], batch.policies[b], batch.histories[b], batch.roots[b:b + 1],
                                      batch.seq_len(b), stats, cfg, batch.size) for b in range(batch.size)]
                 tree = stack_trees(trees)                                      # [B, M], unused nodes masked
-            start, logits, features = self._verify_rows(cache, tree, batch, stats, plain)
-            acc = self._accept(tree, logits, cfg, generator, None)
-            self._commit_rows(cache, start, trees, acc, features, batch, cfg, stats)
+            start, res = self._verify_rows(cache, tree, batch, stats, plain, cfg)
+            acc = self._accept(tree, res, cfg, generator, None)
+            self._commit_rows(cache, start, trees, acc, res.features, batch, cfg, stats)
             batch.drop_finished(cache)
         stats.tokens = sum(len(e) for e in batch.emitted)
         return batch.output(given, cfg.pad_token_id)
@@ -313,26 +319,31 @@ class RadarDecoder:
         call took it: it reads no nn.Linear, and entering fast_linear costs ~0.06 ms a verify)."""
         return contextlib.nullcontext() if lean_forward.last_fused(self.target) else self._linears
 
-    def _verify(self, cache, tree, prefix_len, stats, drafter):
-        """drafter: the one that drafts this sequence (its feature layers are captured), None for none."""
+    def _greedy(self, cfg) -> bool:
+        """Whether this call's verifies may take the greedy head (VerifyOut.argmax instead of logits)."""
+        return self.greedy_head and self.fused_forward and not cfg.do_sample and not cfg.processing.walk
+
+    def _verify(self, cache, tree, prefix_len, stats, drafter, cfg):
+        """VerifyOut of one sequence's tree; drafter: the one that drafts this sequence (its feature layers are
+        captured), None for none."""
         t0 = time.perf_counter()
         with self._linears_ctx():
             res = verify(self.target, cache, tree, prefix_len, drafter.feature_layers if drafter is not None else None,
-                         lean=self.lean_verify, fused=self.fused_forward)
+                         lean=self.lean_verify, fused=self.fused_forward, greedy=self._greedy(cfg))
         self._note_verify(t0, stats, 1, tree.verify_budget)
-        return res.logits, res.features
+        return res
 
-    def _verify_rows(self, cache, tree, batch, stats, plain: bool):
-        """Batch > 1: (the tree block's first slot, logits [B, M, V], features [B, M, F] or None; None when
-        `plain`: no drafter reads them)."""
+    def _verify_rows(self, cache, tree, batch, stats, plain: bool, cfg):
+        """Batch > 1: (the tree block's first slot, VerifyOut: features [B, M, F] or None; None when `plain`: no
+        drafter reads them)."""
         t0 = time.perf_counter()
         start = kv_cache.cache_length(cache)
         with self._linears_ctx():
             res = verify_rows(self.target, cache, tree, batch.lengths, batch.pads,
                               None if plain else self.drafter.feature_layers, lean=self.lean_verify,
-                              fused=self.fused_forward)
+                              fused=self.fused_forward, greedy=self._greedy(cfg))
         self._note_verify(t0, stats, batch.size, tree.tokens.shape[1] - 1)
-        return start, res.logits, res.features
+        return start, res
 
     def _note_verify(self, t0, stats, rows: int, verify_budget: int) -> None:
         """One target forward of `rows` sequences, begun at t0: its time, and the measured costs the policies read."""
@@ -343,12 +354,14 @@ class RadarDecoder:
         self.costs.verify = _ema(self.costs.verify, dt)
         self.costs.mean_verify_budget = _ema(self.costs.mean_verify_budget, float(verify_budget))
 
-    def _accept(self, tree, logits, cfg, generator, emitted) -> Acceptance:
+    def _accept(self, tree, res, cfg, generator, emitted) -> Acceptance:
+        if res.logits is None:  # the greedy head's argmax (_greedy)
+            return greedy_accept(tree, None, res.argmax)
         if cfg.processing.walk:  # processors or score outputs: node by node, each with its own prefix
-            return cfg.processing.accept(tree, logits, emitted, cfg.do_sample, generator)
+            return cfg.processing.accept(tree, res.logits, emitted, cfg.do_sample, generator)
         if cfg.do_sample:
-            return sample_accept(tree, logits, cfg.sampling, generator)
-        return greedy_accept(tree, logits)
+            return sample_accept(tree, res.logits, cfg.sampling, generator)
+        return greedy_accept(tree, res.logits)
 
     def _commit(self, cache, tree, acc, features, prefix_len, cfg, n_done, stats, drafter):
         """Compact the target cache to the accepted path, tell the drafter (None: no drafter to tell), and return

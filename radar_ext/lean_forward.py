@@ -193,6 +193,18 @@ class _FusedWeights:
         self._tensors = [(d, n, t, t.data_ptr(), t._version) for d, n, t in sources
                          if isinstance(t, torch.Tensor)]
         self._absent = [(d, n) for d, n, t in sources if t is None]
+        self._argmax = None  # argmax_head(), packed on first use
+
+    def argmax_head(self):
+        """radar_ext.quant.argmax_pack of the LM head for llama_forward_argmax, or None where the head is not
+        Q8_0 blocks with float16 scales in GGUF's layout (then greedy verifies take the logits)."""
+        if self._argmax is None:
+            from radar_ext.quant import argmax_pack
+            q, d, m = self.params[2:5]
+            ok = (q.dtype == torch.int8 and q.dim() == 2 and d is not None and d.dtype == torch.float16
+                  and d.dim() == 2 and m is None and q.shape[1] % 32 == 0)
+            self._argmax = (argmax_pack(q, d),) if ok else (None,)
+        return self._argmax[0]
 
     def fresh(self, target) -> bool:
         """Every module and tensor read is still in its place, each tensor with the same storage and version
@@ -222,6 +234,13 @@ def _fused_weights(target) -> _FusedWeights:
     return got
 
 
+def greedy_head_usable(rows: int) -> bool:
+    """Whether a greedy forward of `rows` head rows may take the LM head's argmax without its logits
+    (llama_forward_argmax): the extension bounds the head with AVX512-VNNI here, and the full head would not
+    run on the AMX tile unit (whose sums are other bits) at that many rows."""
+    return ops.argmax_head_fast() and not (ops._C.amx_enabled() and rows >= ops._C.amx_min_rows())
+
+
 def _last_only(out, last_only: bool):
     logits, feats = out
     return (logits[:, -1:], feats) if last_only else (logits, feats)
@@ -249,8 +268,10 @@ class LeanLlamaForward:
         self.fused = bool(fused)
         self.last_fused = False   # whether the last call took the fused forward (radar_ext::llama_forward)
 
-    def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots, last_only=False):
-        """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once)."""
+    def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots, last_only=False, greedy=False):
+        """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once).
+        greedy: (None, features, argmax [B, M]) from radar_ext::llama_forward_argmax where the LM head allows it
+        (GreedyHead.usable)."""
         pin = _PINNED.get(self.target)
         fw = pin.weights if pin is not None and pin.forward is self else None  # checked when pinned
         reason = None
@@ -282,13 +303,22 @@ class LeanLlamaForward:
         L = self.n_layers
         op_slots = [] if slots is None else [s if s < L else (L + 1 if self.tie_last else L) for s in slots]
         uniq = sorted(set(op_slots))
-        out = ops.llama_forward(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past, uniq,
-                                float(fw.eps), float(fw.scaling), self.head_dim, last_only=last_only)
+        head = fw.argmax_head() if greedy and greedy_head_usable(B * (1 if last_only else M)) else None
+        if head is not None:
+            out = ops.llama_forward_argmax(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past,
+                                           uniq, float(fw.eps), float(fw.scaling), self.head_dim, *head,
+                                           last_only=last_only)
+            out = [out[0], *out[2:]]
+        else:
+            out = ops.llama_forward(input_ids, cos, sin, attention_mask, fw.params, k_bufs, v_bufs, past, uniq,
+                                    float(fw.eps), float(fw.scaling), self.head_dim, last_only=last_only)
         kv_cache.extend_layers(cache, past + M)
         feats = None
         if slots is not None:
             by_slot = dict(zip(uniq, out[1:]))
             feats = torch.cat([by_slot[s] for s in op_slots], dim=-1) if len(op_slots) > 1 else by_slot[op_slots[0]]
+        if greedy:
+            return (None, feats, out[0]) if head is not None else (out[0], feats, None)
         return out[0], feats
 
     def _rotary(self, x, position_ids):
@@ -365,20 +395,27 @@ class LeanLlamaForward:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 cache, feature_layers=None, last_only: bool = False):
+                 cache, feature_layers=None, last_only: bool = False, greedy: bool = False):
         # input_ids, position_ids [B, M]; attention_mask [B, 1, M, P + M] additive (0 / finfo.min); last_only:
-        # the logits of each row's last position only ([B, 1, V]: a prompt's prefill)
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
+        # the logits of each row's last position only ([B, 1, V]: a prompt's prefill); greedy: a third entry,
+        # the LM head's argmax [B, M] int64, and logits None where the fused forward took the greedy head
+        # (greedy_head_usable), else (logits, features, None)
         slots = self._feature_slots(feature_layers)
         model = self.target.model
         for hook in model._forward_pre_hooks.values():  # observers only (lean_forward_reason)
             hook(model, (), {"input_ids": input_ids, "position_ids": position_ids})
-        fused = (self._fused_forward(input_ids, position_ids, attention_mask, cache, slots, last_only)
+        fused = (self._fused_forward(input_ids, position_ids, attention_mask, cache, slots, last_only, greedy)
                  if self.fused else None)
         self.last_fused = fused is not None
         if fused is not None:
             return fused
+        out = self._unfused(input_ids, position_ids, attention_mask, cache, slots, last_only)
+        return (*out, None) if greedy else out
+
+    def _unfused(self, input_ids, position_ids, attention_mask, cache, slots, last_only):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        model = self.target.model
         x = model.embed_tokens(input_ids)                                  # [B, M, H]
         B, M, _ = x.shape
         cos, sin = model.rotary_emb(x, position_ids)                       # [B, M, D] each

@@ -19,7 +19,8 @@ from radar_ext import reference
 from radar_ext.reference import TopkExpandOut
 
 __all__ = ["HAS_EXTENSION", "TopkExpandOut", "amx_rows", "built_with_cuda", "has_kernel", "topk_expand", "policy_step", "build_tree",
-           "skinny_linear", "skinny_linear_quant", "llama_layers_quant", "llama_forward"]
+           "skinny_linear", "skinny_linear_quant", "llama_layers_quant", "llama_forward", "llama_forward_argmax",
+           "argmax_head_fast"]
 
 try:
     from radar_ext import _C  # noqa: F401  (loading it registers torch.ops.radar_ext.*)
@@ -192,6 +193,27 @@ def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capt
         return [out[0][:, -1:].contiguous(), *out[1:]] if last_only else out
     return torch.ops.radar_ext.llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
                                              eps, scaling, head_dim, last_only)
+
+
+def argmax_head_fast() -> bool:
+    """Whether llama_forward_argmax bounds the LM head with AVX512-VNNI here (elsewhere it runs a scalar
+    reference of the same arithmetic: correct, slower than the logits)."""
+    return bool(HAS_EXTENSION and hasattr(_C, "argmax_vnni") and _C.argmax_vnni())
+
+
+def llama_forward_argmax(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling, head_dim,
+                         argmax_q, argmax_d, argmax_a, last_only: bool = False):
+    """llama_forward at temperature 0: [the LM head's argmax [B, M] int64 (the first largest logit, as
+    torch.argmax of llama_forward's logits), the candidates whose logits it computed exactly [B, M] int64,
+    the captures]. params[2..5], the LM head, must be Q8_0 blocks with float16 scales; argmax_q / _d / _a:
+    radar_ext.quant.argmax_pack of them (csrc/kernels/argmax_head.h says how the argmax is exact)."""
+    if not HAS_EXTENSION or not hasattr(torch.ops.radar_ext, "llama_forward_argmax") or tokens.device.type != "cpu":
+        out = llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture, eps, scaling,
+                            head_dim, last_only)
+        n = torch.full(out[0].shape[:2], out[0].shape[-1], dtype=torch.int64)
+        return [out[0].argmax(-1), n, *out[1:]]
+    return torch.ops.radar_ext.llama_forward_argmax(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len, capture,
+                                                    eps, scaling, head_dim, last_only, argmax_q, argmax_d, argmax_a)
 
 
 if HAS_EXTENSION:

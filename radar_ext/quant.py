@@ -194,3 +194,28 @@ def amx_pack(blocks: QuantBlocks) -> tuple | None:
         units = B.contiguous().view(N, -1)                                            # [G, nb, 512] as [N, K]
     lanes = lambda s: s.view(G, 16, nb).transpose(1, 2).contiguous()                # noqa: E731  [G, nb, 16]
     return units, lanes(d16), None if m16 is None else lanes(m16)
+
+
+def argmax_pack(q: torch.Tensor, d: torch.Tensor) -> tuple:
+    """The grouped layout of a Q8_0 LM head for the greedy head (csrc/kernels/argmax_head.h, llama_forward_argmax):
+    q int8 [N, K], d float16 [N, K/32] -> (q uint8 [G, K/32, 8, 16, 4] = q XOR 0x80 with 16 vocabulary rows per group
+    (rows past N zero), d float16 [G, K/32, 16], a float32 [G, K/32, 16]: |d| * sum |q| per block, rounded up so the
+    bound it gives never falls short; a padded row gets +inf there so that it never bounds the largest logit)."""
+    if q.dtype != torch.int8 or q.dim() != 2 or q.shape[1] % BLOCK:
+        raise ValueError(f"q must be int8 [N, K] with K divisible by {BLOCK}, got {q.dtype} {list(q.shape)}")
+    N, K = q.shape
+    nb = K // BLOCK
+    if d.dtype != torch.float16 or tuple(d.shape) != (N, nb):
+        raise ValueError(f"d must be float16 [{N}, {nb}], got {d.dtype} {list(d.shape)}")
+    G = (N + 15) // 16
+    pad = G * 16 - N
+    qi = torch.nn.functional.pad(q.to(torch.int16), (0, 0, 0, pad))                     # [G*16, K]
+    a = (d.double().abs() * q.to(torch.int64).abs().view(N, nb, BLOCK).sum(2).double())  # [N, nb]
+    a32 = a.float()
+    a32 = torch.where(a32.double() < a, torch.nextafter(a32, torch.full_like(a32, float("inf"))), a32)
+    a32 = torch.cat([a32, torch.full((pad, nb), float("inf"))]) if pad else a32
+    d16 = torch.cat([d, d.new_zeros(pad, nb)]) if pad else d
+    # bytes[g, b, t, lane, u] = q[16 g + lane, 32 b + 4 t + u] ^ 0x80
+    u8 = (qi.view(G, 16, nb, 8, 4).permute(0, 2, 3, 1, 4) + 128).to(torch.uint8).contiguous()
+    lanes = lambda s: s.view(G, 16, nb).transpose(1, 2).contiguous()                    # noqa: E731  [G, nb, 16]
+    return u8, lanes(d16), lanes(a32)

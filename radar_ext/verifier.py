@@ -20,8 +20,9 @@ from radar_ext.tree import DraftTree
 
 @dataclass
 class VerifyOut:
-    logits: torch.Tensor           # [B, M, V] float32 target logits at every tree node
+    logits: torch.Tensor | None    # [B, M, V] float32 target logits at every tree node (None: greedy head, argmax)
     features: torch.Tensor | None  # [B, M, F] target features (drafter.feature_layers) or None
+    argmax: torch.Tensor | None = None  # [B, M] int64 the logits' argmax, from the greedy head (verify(greedy=True))
 
 
 def target_features(hidden_states, feature_layers) -> torch.Tensor | None:
@@ -148,17 +149,19 @@ def prefill_each_row(target, cache, input_ids: torch.Tensor, pads: list, feature
 
 @torch.no_grad()
 def verify(target, cache, tree: DraftTree, prefix_len: int, feature_layers=None, lean: bool = True,
-           native: bool = True, fused: bool = False) -> VerifyOut:
+           native: bool = True, fused: bool = False, greedy: bool = False) -> VerifyOut:
     """Target logits (and features) at every node of `tree`, whose root sits at position prefix_len.
     lean: use radar_ext.lean_forward when the target qualifies (same bits, less overhead); native: let it
     run its layer loop in C++ where every linear is on exact blocks (same bits again); fused (RadarDecoder's
     default, fused_forward=True): run the whole forward as one torch-free C++ call (radar_ext::llama_forward;
-    HF's logits up to rounding, not bit for bit)."""
+    HF's logits up to rounding, not bit for bit). greedy (with fused): where the fused forward can take the LM
+    head's argmax without its logits (lean_forward.greedy_head_usable), VerifyOut.argmax holds it and logits is
+    None: the same tokens as the logits' argmax (csrc/kernels/argmax_head.h), for less of the head's work."""
     dtype = next(target.parameters()).dtype
     input_ids = tree.tokens.clamp(min=0)                           # [B, M]
     position_ids = tree.depth.clamp(min=0) + prefix_len            # [B, M]
     mask = tree_attention_mask(tree, prefix_len, dtype)            # [B, 1, M, prefix_len + M]
-    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused)
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused, greedy)
 
 
 def rows_attention_mask(tree: DraftTree, start: int, lengths: torch.Tensor, pads: torch.Tensor,
@@ -176,7 +179,7 @@ def rows_attention_mask(tree: DraftTree, start: int, lengths: torch.Tensor, pads
 
 @torch.no_grad()
 def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: torch.Tensor, feature_layers=None,
-                lean: bool = True, native: bool = True, fused: bool = False) -> VerifyOut:
+                lean: bool = True, native: bool = True, fused: bool = False, greedy: bool = False) -> VerifyOut:
     """`verify` for B rows with their own cache lengths [B] and left padding [B] (int64): every row's tree
     [B, M] (unused nodes -1, masked) is appended at the cache's shared end; row b's root sits at position
     lengths_b - pads_b."""
@@ -185,12 +188,15 @@ def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: tor
     input_ids = tree.tokens.clamp(min=0)                                         # [B, M]
     position_ids = tree.depth.clamp(min=0) + (lengths - pads).view(-1, 1)        # [B, M]
     mask = rows_attention_mask(tree, start, lengths, pads, dtype)                # [B, 1, M, start + M]
-    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused)
+    return _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused, greedy)
 
 
-def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused) -> VerifyOut:
+def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused,
+                  greedy=False) -> VerifyOut:
     fast = lean_forward_for(target, native=native, fused=fused) if lean else None
     if fast is not None:
+        if greedy and fused:
+            return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers, greedy=True))
         return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))
     out = target(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                  use_cache=True, output_hidden_states=feature_layers is not None)

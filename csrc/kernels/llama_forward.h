@@ -28,6 +28,7 @@
 #include <atomic>
 #include <thread>
 
+#include "kernels/argmax_head.h"
 #include "kernels/common.h"
 #include "kernels/skinny_linear.h"
 
@@ -89,6 +90,19 @@ struct LlamaForwardParams {
   // Nonzero: a number unique to this forward, at least llama_n_phases apart from any other forward's; the
   // products of phase i get x_key = x_key_base + i (SkinnyLinearParams::x_key: one split of x per phase).
   uint64_t x_key_base = 0;
+  // Greedy mode (argmax set; radar_ext::llama_forward_argmax): no logits, the LM head's argmax per head row
+  // instead (kernels/argmax_head.h; lm_head is its Q8_0 blocks, not in the AMX layout), into argmax_out [R'] and
+  // its candidate count into argmax_cand [R'] (R' = B with logits_last_only, else R). Scratch from the caller:
+  // a_h [R', H] normed rows, a_hq [R', H], a_s / a_t / a_c [R', H/32], a_bad [R'] (a non-finite row),
+  // a_hi [R', 16 G], a_lo [ceil(G / a_chunk), R', 16] (each chunk of a_chunk groups its own lane maxima).
+  const ArgmaxHead* argmax = nullptr;
+  int64_t* argmax_out = nullptr;
+  int64_t* argmax_cand = nullptr;
+  float *a_h = nullptr, *a_s = nullptr, *a_c = nullptr, *a_hi = nullptr, *a_lo = nullptr;
+  int8_t* a_hq = nullptr;
+  int32_t* a_t = nullptr;
+  uint8_t* a_bad = nullptr;
+  int64_t a_chunk = 1;
 };
 
 // Width of layer 0's attention input: 2H in EAGLE mode, else H.
@@ -402,7 +416,59 @@ static inline int64_t llama_block_col(const SkinnyLinearParams& s, int64_t block
 
 // Phases of one forward: embedding, EAGLE's fc (no work items elsewhere), 6 per layer (q/k/v, rotary,
 // attention, o, gate/up, down), the LM head.
-static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 3 + 6 * p.n_layers; }
+static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 5 + 6 * p.n_layers; }
+
+// Greedy mode's LM head (p.argmax): three phases. 1: per row, the final norm, the captures and the int8 rows;
+// 2: the groups' bounds (kernels/argmax_head.h) in chunks of a_chunk groups; 3: per head row, its candidates'
+// exact logits and the first largest.
+static inline void llama_argmax_head(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
+                                     LlamaPhaseCounters* ph, int nth) {
+  (void)nth;
+  const int64_t R = p.B * p.M, H = p.H, M = p.M, nb = H / 32;
+  const ArgmaxHead& w = *p.argmax;
+  const int64_t G = argmax_groups(w.N), RH = p.logits_last_only ? p.B : R, stride = G * kArgmaxGroup;
+  const ArgmaxRows rows{p.a_hq, p.a_s, p.a_t, p.a_c, H};
+  llama_phase(*ph++, R, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      for (int64_t i = 0; i < p.n_capture; ++i)
+        if (p.capture_slots[i] == p.n_layers) memcpy(p.capture_out[i] + r * H, ws.x + r * H, H * sizeof(float));
+      if (p.logits_last_only && r % M != M - 1) continue;
+      const int64_t rh = p.logits_last_only ? r / M : r;
+      float* hr = p.a_h + rh * H;
+      llama_rms_norm(ws.x + r * H, p.final_norm, hr, 1, H, p.eps);
+      if (!p.logits_last_only)
+        for (int64_t i = 0; i < p.n_capture; ++i)
+          if (p.capture_slots[i] == p.n_layers + 1) memcpy(p.capture_out[i] + r * H, hr, H * sizeof(float));
+      const bool ok = argmax_quantize_row(hr, H, p.a_hq + rh * H, p.a_s + rh * nb, p.a_t + rh * nb, p.a_c + rh * nb);
+      p.a_bad[rh] = !ok;
+      if (!ok) {  // its bounds are not used: zeros keep the groups' arithmetic finite
+        memset(p.a_hq + rh * H, 0, H);
+        for (int64_t b = 0; b < nb; ++b) p.a_s[rh * nb + b] = p.a_c[rh * nb + b] = 0.0f, p.a_t[rh * nb + b] = 0;
+      }
+    }
+  });
+  llama_phase(*ph++, G, p.a_chunk, [&](int64_t lo, int64_t hi) {
+    float* lo16 = p.a_lo + (lo / p.a_chunk) * RH * kArgmaxGroup;
+    for (int64_t i = 0; i < RH * kArgmaxGroup; ++i) lo16[i] = -INFINITY;
+    argmax_groups(w, rows, RH, lo, hi, p.a_hi, stride, lo16);
+  });
+  const SkinnyLinearParams head = linear_params(p.lm_head, p.a_h, nullptr, 1);
+  const int64_t n_chunks = (G + p.a_chunk - 1) / p.a_chunk;
+  llama_phase(*ph++, RH, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* x = p.a_h + r * H;
+      if (p.a_bad[r]) {
+        p.argmax_out[r] = argmax_full_row(head, x, w.N);
+        p.argmax_cand[r] = w.N;
+        continue;
+      }
+      float L = -INFINITY;
+      for (int64_t k = 0; k < n_chunks; ++k)
+        for (int64_t l = 0; l < kArgmaxGroup; ++l) L = std::fmax(L, p.a_lo[(k * RH + r) * kArgmaxGroup + l]);
+      p.argmax_out[r] = argmax_resolve_row(head, x, p.a_hi + r * stride, w.N, L, p.argmax_cand + r);
+    }
+  });
+}
 
 // The whole forward, as thread tid of nth (every thread calls it; see the top of the file). phases:
 // llama_n_phases(p) zeroed counters shared by the threads.
@@ -509,6 +575,10 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
       });
     }
+  }
+  if (p.argmax) {
+    llama_argmax_head(p, ws, ph, nth);
+    return;
   }
   const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R, key(ph));
   const int64_t nb = skinny_linear_blocks(head);
