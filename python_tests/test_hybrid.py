@@ -357,3 +357,24 @@ def test_ltd_lookup_layout_inference_equals_training_and_configs_without_it_load
         load_policy(tmp_path / "q")
     with pytest.raises(ValueError, match="LtdPolicy: lookup must be True or False, got 1"):
         LtdPolicy(tree_topk=3, costs=costs, lookup=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_found_info_is_the_scored_tries_lookup_info(seed):
+    """HybridDrafter reads a cycle's LookupInfo from the occurrences alone (found_info, no trie): the same values as
+    lookup_info of the trie they build and its scores, over contexts with no, one and many occurrences (longer than
+    the table's match lengths, more than its count buckets)."""
+    from radar_ext.drafters.hybrid import found_info, lookup_info
+    g = torch.Generator().manual_seed(seed)
+    rates = -torch.rand(3, 5, COUNT_BUCKETS, generator=g, dtype=torch.float64).numpy() * 3 - 1e-3
+    scores = LookupScores(rates)
+    for n in (3, 20, 200):
+        lookup = NgramDrafter(max_ngram=4, min_ngram=1, max_depth=6, max_matches=8)
+        ctx = torch.randint(0, 4 + seed, (1, n), generator=g)
+        lookup.start(ctx[:, :-1], None, ctx[0, -1:])
+        ends, mlen = lookup.matches()
+        trie = lookup.trie(found=(ends, mlen))
+        assert found_info(lookup, scores, ends, mlen) == lookup_info(trie, scores.score(trie))
+        again = lookup.trie()
+        assert all(np.array_equal(getattr(again, f), getattr(trie, f))
+                   for f in ("tokens", "parents", "depth", "match_len", "count", "weight"))

@@ -594,3 +594,32 @@ def test_ltd_pre_draft_memo_equals_one_row_at_a_time():
         policy.refresh()
         assert not policy._pre_draft
     assert seen == {True, False}
+
+
+def test_ltd_pre_draft_memo_with_lookup_equals_one_row_at_a_time():
+    """A hybrid's LTD (lookup features, no history) keeps its greedy pre-draft decisions per block of positions and
+    per lookup finding: every kept decision equals the one its own row gives, the finding moves it, and a policy
+    that samples its decisions keeps none."""
+    from radar_ext.policies import History, PreDraftStep
+    from radar_ext.policies.base import LookupInfo
+    from radar_ext.policies.learned import decide
+    from radar_ext.policies.ltd import CONTINUE
+    seen = set()
+    findings = [None, LookupInfo(), LookupInfo(1, 1, -2.5), LookupInfo(3, 2, -0.4), LookupInfo(4, 8, -0.05)]
+    for seed in range(4):
+        policy = make2("ltd", history=False, seed=seed, lookup=True)
+        with torch.no_grad():  # a decision that turns on the lookup's best probability
+            policy.depth_net.fc1.weight[:, policy.tree_topk ** 2 + 3 + 2] *= 60.0
+        policy.refresh()
+        for T in (0.0, 1.0):
+            for L in (1, 17, 300, 2000):
+                for info in findings:
+                    x = policy._features(None, policy.tree_topk ** 2, L, 0, T, None, 1, info)
+                    want = decide(policy.depth_head(x), False, None) == CONTINUE
+                    assert policy.should_draft(PreDraftStep(L, CostInfo(), History(), T, 1, info)) == want
+                    seen.add(want)
+        assert len({k[3] for k in policy._pre_draft}) == len(findings) - 1  # None and no occurrence: (0, 0, 0.0)
+    assert seen == {True, False}
+    sampling = make2("ltd", history=False, lookup=True, sample=True)
+    sampling.should_draft(PreDraftStep(5, CostInfo(), History(), 1.0, 1, findings[3]))
+    assert not sampling._pre_draft

@@ -23,7 +23,7 @@ import torch
 
 from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.eagle import EagleDrafter, tree_from_pool
-from radar_ext.drafters.lookup_scores import LookupScores
+from radar_ext.drafters.lookup_scores import COUNT_BUCKETS, LookupScores
 from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
 from radar_ext.policies.base import LookupInfo
 from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree
@@ -90,11 +90,12 @@ class HybridDrafter(Drafter):
         self.lookup.commit(emitted, n_emitted, features)
 
     def lookup_info(self) -> LookupInfo:
-        """The coming cycle's lookup (its trie scored), found once: the pre-draft decision reads it, draft() uses it."""
+        """What the coming cycle's lookup finds, from its occurrences alone (found_info: the same LookupInfo as its
+        scored trie gives, without building the trie, which a cycle the policy skips never needs); kept for
+        draft()."""
         if self._cycle_lookup is None:
-            trie = self.lookup.trie()
-            scores = self.scores.score(trie)
-            self._cycle_lookup = (trie, scores, lookup_info(trie, scores))
+            ends, mlen = self.lookup.matches()
+            self._cycle_lookup = (ends, mlen, found_info(self.lookup, self.scores, ends, mlen))
         return self._cycle_lookup[2]
 
     @torch.no_grad()
@@ -103,12 +104,31 @@ class HybridDrafter(Drafter):
             raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
         # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
         info = self.lookup_info()
-        trie, scores, _ = self._cycle_lookup
+        ends, mlen, _ = self._cycle_lookup
+        trie = self.lookup.trie(found=(ends, mlen))
+        scores = self.scores.score(trie)
         self._cycle_lookup = None
         self.last_trie = trie
         req = dataclasses.replace(req, lookup=info)
         drafted = self.eagle.draft_pool(req)
         return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
+
+
+def found_info(lookup: NgramDrafter, scores: LookupScores, ends: np.ndarray, mlen: np.ndarray) -> LookupInfo:
+    """lookup_info of the trie `lookup` builds from these occurrences (NgramDrafter.matches) and its scores, from
+    the root's children alone: every occurrence passes through one (its continuation's first token), whose match
+    length is the longest and count the number of the occurrences through it, and the best node is a root child
+    (scores fall along a path) with score log_rate[its cell at depth 1] (the same float as LookupScores.score)."""
+    if ends.size == 0:
+        return LookupInfo()
+    first = lookup.next_tokens(ends)
+    best, count = {}, {}
+    for tok, m in zip(first, mlen.tolist()):
+        best[tok] = max(best.get(tok, 0), m)
+        count[tok] = count.get(tok, 0) + 1
+    lr, M = scores.log_rate, scores.max_match_len  # (LookupScores.cell of one node, in Python ints)
+    top = max(float(lr[min(best[t], M) - 1, 0, min(count[t], COUNT_BUCKETS) - 1]) for t in best)
+    return LookupInfo(int(mlen.max()), len(first), top)
 
 
 def lookup_info(trie: LookupTrie, scores: np.ndarray) -> LookupInfo:

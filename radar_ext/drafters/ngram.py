@@ -106,10 +106,15 @@ class NgramDrafter(Drafter):
         order = np.lexsort((-cand, -mlen))[:self.max_matches]   # longest match, then most recent
         return cand[order], mlen[order]
 
-    def trie(self, max_depth: int | None = None) -> "LookupTrie":
-        """The continuations of every occurrence (matches(), longest match first, then most recent) merged
-        into one trie below the root (distinct siblings), nodes in creation order (parents first)."""
-        ends, mlen = self.matches()
+    def next_tokens(self, ends: np.ndarray) -> list:
+        """The token after each occurrence (matches()' end positions): its continuation's first token."""
+        return self._ctx[ends + 1].tolist()
+
+    def trie(self, max_depth: int | None = None, found: tuple | None = None) -> "LookupTrie":
+        """The continuations of every occurrence (matches(), longest match first, then most recent; `found`: that
+        pair already computed) merged into one trie below the root (distinct siblings), nodes in creation order
+        (parents first)."""
+        ends, mlen = self.matches() if found is None else found
         max_depth = self.max_depth if max_depth is None else max_depth
         c, n = self._ctx, self._n
         children = [{}]                       # children[node + 1] = {token: node}; slot 0 = the root
