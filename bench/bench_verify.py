@@ -7,8 +7,10 @@ exact Q4_1 / Q8_0 blocks, skinny_linear_quant, the layer loop in Python) and `qu
 layer loop in C++, radar_ext::llama_layers_quant), `fused` (the whole forward as one torch-free C++
 call, radar_ext::llama_forward: as RadarDecoder verifies by default; its Q4_1 / Q8_0 products on the AMX
 tile unit where the CPU has one), `fused-avx512` (the same with the AMX path turned off: the AVX-512
-register tiles) and `fused-narrow` (fused with the AVX-512 tiles of the Q4_1 / Q8_0 products at most 4 rows
-of x tall instead of up to 6, _C.set_wide_tiles(False): the same bits, the layout before the wider tiles).
+register tiles), `fused-narrow` (fused with the AVX-512 tiles of the Q4_1 / Q8_0 products at most 4 rows
+of x tall instead of up to 6, _C.set_wide_tiles(False): the same bits, the layout before the wider tiles) and
+`fused-greedy` (fused with the greedy head, verify(greedy=True): each node's argmax without all the LM head's
+logits, as RadarDecoder verifies at temperature 0; checked by its argmax mismatches against `off` only).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -73,7 +75,7 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
-SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow")
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy")
 
 
 def main():
@@ -122,12 +124,12 @@ def main():
         with ctx(setting):
             t0 = time.perf_counter()
             out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant") or setting.startswith("fused"),
-                         native=setting == "quant", fused=setting.startswith("fused"))
+                         native=setting == "quant", fused=setting.startswith("fused"), greedy=setting == "fused-greedy")
             dt = time.perf_counter() - t0
         _C.set_amx_enabled(amx_default)
         _C.set_wide_tiles(True)
         kv_cache.crop(cache, P)
-        return dt, out.logits
+        return dt, (out.logits if out.logits is not None else out.argmax)
 
     rows = []
     for M in args.sizes:
@@ -136,13 +138,16 @@ def main():
         check = {}
         for s in settings[1:]:
             got = run_verify(tree, s)[1]
+            if got.dim() == 2:  # the greedy head's argmax [1, M]
+                check[s] = {"max_logit_diff": None, "argmax_mismatches": int((ref.argmax(-1) != got).sum())}
+                continue
             check[s] = {"max_logit_diff": float((ref - got).abs().max()),
                         "argmax_mismatches": int((ref.argmax(-1) != got.argmax(-1)).sum())}
         stats = time_settings(lambda s: run_verify(tree, s)[0], settings, args.repeats)
         rows.append({"M": M, **stats, "check": check})
         print(f"M={M:3d}  " + "  ".join(f"{s} {stats[s]['median']:7.2f} ms" for s in settings) + "  " +
-              "  ".join(f"{s}: max |dlogit| {c['max_logit_diff']:.2e}, argmax mismatches {c['argmax_mismatches']}"
-                        for s, c in check.items()), flush=True)
+              "  ".join(f"{s}: " + (f"max |dlogit| {c['max_logit_diff']:.2e}, " if c["max_logit_diff"] is not None else "")
+                        + f"argmax mismatches {c['argmax_mismatches']}" for s, c in check.items()), flush=True)
 
     # HF's own decoding step: one token, no attention mask, through the model's forward.
     token = prompt[:, -1:]
@@ -163,8 +168,9 @@ def main():
     cell = lambda st: f"{st['median']:7.2f} [{st['p10']:6.2f}-{st['p90']:6.2f}]"  # noqa: E731
     titles = {"off": "off (MKL)", "linear": "linear (skinny only)", "fast": "fast (skinny + gqa)",
               "lean": "lean (fast + lean fwd)", "quant-py": "quant-py (+ Q blocks)", "quant": "quant (+ C++ layers)",
-              "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off", "fused-narrow": "fused, 4-row tiles"}
-    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512", "fused-narrow") if s in settings]
+              "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off", "fused-narrow": "fused, 4-row tiles",
+              "fused-greedy": "fused, greedy head"}
+    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy") if s in settings]
     print(f"{'M':>4} | " + " | ".join(f"{titles[s]:>24}" for s in settings) + "".join(f" | off/{s}" for s in ratios))
     for r in rows:
         print(f"{r['M']:>4} | " + " | ".join(cell(r[s]) for s in settings)
