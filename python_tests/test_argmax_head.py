@@ -202,8 +202,20 @@ def test_pack_layout_and_bounds():
         argmax_pack(blocks.q, blocks.d)
 
 
+def count_greedy_calls(monkeypatch) -> list:
+    """The batch size of every llama_forward_argmax call from now on."""
+    calls, real = [], ops.llama_forward_argmax
+
+    def counted(tokens, *args, **kw):
+        calls.append(tokens.shape[0])
+        return real(tokens, *args, **kw)
+    monkeypatch.setattr(ops, "llama_forward_argmax", counted)
+    return calls
+
+
 @needs_op
-def test_greedy_decoding_identical_with_and_without_the_greedy_head(head_path):
+def test_greedy_decoding_identical_with_and_without_the_greedy_head(head_path, monkeypatch):
+    calls = count_greedy_calls(monkeypatch)
     model = q8_head_llama()
     prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
     outs = []
@@ -212,3 +224,25 @@ def test_greedy_decoding_identical_with_and_without_the_greedy_head(head_path):
         outs.append(dec.generate(prompt, max_new_tokens=24, do_sample=False))
     ref = model.generate(prompt, max_new_tokens=24, do_sample=False)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], ref)
+    assert len(calls) == 23  # every verify after the prefill took the greedy head
+
+
+@needs_op
+def test_batched_greedy_decoding_identical_with_and_without_the_greedy_head(head_path, monkeypatch):
+    """A left-padded batch (rows of their own lengths, a dense cache) through the greedy head: every row the same as
+    with the logits and as its own greedy generate."""
+    calls = count_greedy_calls(monkeypatch)
+    model = q8_head_llama()
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, VOCAB, (1, n), generator=g) for n in (4, 9, 6)]
+    P = max(r.shape[1] for r in prompts)
+    ids = torch.zeros(3, P, dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(prompts):
+        ids[b, P - r.shape[1]:], mask[b, P - r.shape[1]:] = r[0], 1
+    outs = [RadarDecoder(model, greedy_head=gh).generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                                         pad_token_id=0) for gh in (False, True)]
+    assert torch.equal(outs[0], outs[1]) and calls and max(calls) == 3  # the batch's verifies took the greedy head
+    for b, r in enumerate(prompts):
+        ref = model.generate(r, attention_mask=torch.ones_like(r), max_new_tokens=12, do_sample=False)
+        assert outs[1][b, P:].tolist() == ref[0, r.shape[1]:].tolist()

@@ -191,10 +191,14 @@ class LtdPolicy(LearnedPolicy):
             if self.lookup:
                 tail = tail + lookup_features_of(info)
             costs = self._costs_at(batch_size)
-            rows = [self._pre_draft_top + [seq_len_feature(block * PRE_DRAFT_BLOCK + j)] + tail + costs
-                    for j in range(PRE_DRAFT_BLOCK)]
-            probs = self.depth_head(torch.tensor(rows, dtype=torch.float32)).tolist()  # host sync: once a block
-            got = self._pre_draft[key] = [max(range(len(p)), key=p.__getitem__) == CONTINUE for p in probs]
+            col = len(self._pre_draft_top)  # the position's column; the rest of the row is the same for the block
+            rows = torch.tensor([self._pre_draft_top + [0.0] + tail + costs], dtype=torch.float32)
+            rows = rows.expand(PRE_DRAFT_BLOCK, -1).clone()
+            rows[:, col] = torch.tensor([seq_len_feature(block * PRE_DRAFT_BLOCK + j) for j in range(PRE_DRAFT_BLOCK)],
+                                        dtype=torch.float32)
+            probs = self.depth_head(rows)
+            # the greedy choice of `decide` (the first largest: a tie stops)
+            got = self._pre_draft[key] = (probs[:, CONTINUE] > probs[:, STOP]).tolist()  # host sync: once a block
         return got[i]
 
     def should_continue(self, step: DraftStep) -> bool:
