@@ -338,8 +338,6 @@ bool skinny_linear_uses_avx512() {
 // The greedy LM head's bounds on AVX512-VNNI (csrc/argmax_head_vnni.cpp): compiled in, this CPU has it and it is
 // not turned off (set_argmax_vnni: the tests run the scalar reference of the same arithmetic too).
 std::atomic<bool> g_argmax_vnni_on{true};
-bool argmax_head_vnni_available();
-bool argmax_head_vnni() { return g_argmax_vnni_on.load(std::memory_order_relaxed) && argmax_head_vnni_available(); }
 bool argmax_head_vnni_available() {
   static const bool use = [] {
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -352,6 +350,7 @@ bool argmax_head_vnni_available() {
   }();
   return use;
 }
+bool argmax_head_vnni() { return g_argmax_vnni_on.load(std::memory_order_relaxed) && argmax_head_vnni_available(); }
 
 namespace {
 

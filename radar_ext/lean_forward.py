@@ -271,7 +271,7 @@ class LeanLlamaForward:
     def _fused_forward(self, input_ids, position_ids, attention_mask, cache, slots, last_only=False, greedy=False):
         """(logits, features) from radar_ext::llama_forward, or None where it cannot run (logged once).
         greedy: (None, features, argmax [B, M]) from radar_ext::llama_forward_argmax where the LM head allows it
-        (GreedyHead.usable)."""
+        (greedy_head_usable, _FusedWeights.argmax_head), else (logits, features, None)."""
         pin = _PINNED.get(self.target)
         fw = pin.weights if pin is not None and pin.forward is self else None  # checked when pinned
         reason = None

@@ -167,6 +167,12 @@ def q8_0_rounded(weight: torch.Tensor) -> QuantBlocks:
         return QuantBlocks(q.to(torch.int8).reshape(N, K).contiguous(), d.half().contiguous(), None)
 
 
+def _group_lanes(s: torch.Tensor, G: int, nb: int) -> torch.Tensor:
+    """Per-row, per-block values [16 G, nb] -> [G, nb, 16]: each group of 16 rows as the lanes of one vector
+    (amx_pack's scales, argmax_pack's scales and bounds)."""
+    return s.view(G, 16, nb).transpose(1, 2).contiguous()
+
+
 def amx_pack(blocks: QuantBlocks) -> tuple | None:
     """The AMX layout of Q4_1 / Q8_0 blocks (csrc/kernels/amx_linear.h; skinny_linear_amx_packed and the fused
     forward read it): (q, d, m) with q in GGUF's shape holding the same bytes reordered into tile units and d, m
@@ -192,8 +198,7 @@ def amx_pack(blocks: QuantBlocks) -> tuple | None:
         units = (B[:, :, :8, :] | (B[:, :, 8:, :] << 4)).contiguous().view(N, -1)   # [G, nb, 256] as [N, K/2]
     else:
         units = B.contiguous().view(N, -1)                                            # [G, nb, 512] as [N, K]
-    lanes = lambda s: s.view(G, 16, nb).transpose(1, 2).contiguous()                # noqa: E731  [G, nb, 16]
-    return units, lanes(d16), None if m16 is None else lanes(m16)
+    return units, _group_lanes(d16, G, nb), None if m16 is None else _group_lanes(m16, G, nb)
 
 
 def argmax_pack(q: torch.Tensor, d: torch.Tensor) -> tuple:
@@ -217,5 +222,4 @@ def argmax_pack(q: torch.Tensor, d: torch.Tensor) -> tuple:
     d16 = torch.cat([d, d.new_zeros(pad, nb)]) if pad else d
     # bytes[g, b, t, lane, u] = q[16 g + lane, 32 b + 4 t + u] ^ 0x80
     u8 = (qi.view(G, 16, nb, 8, 4).permute(0, 2, 3, 1, 4) + 128).to(torch.uint8).contiguous()
-    lanes = lambda s: s.view(G, 16, nb).transpose(1, 2).contiguous()                    # noqa: E731  [G, nb, 16]
-    return u8, lanes(d16), lanes(a32)
+    return u8, _group_lanes(d16, G, nb), _group_lanes(a32, G, nb)

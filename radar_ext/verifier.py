@@ -194,10 +194,8 @@ def verify_rows(target, cache, tree: DraftTree, lengths: torch.Tensor, pads: tor
 def _tree_forward(target, cache, input_ids, position_ids, mask, feature_layers, lean, native, fused,
                   greedy=False) -> VerifyOut:
     fast = lean_forward_for(target, native=native, fused=fused) if lean else None
-    if fast is not None:
-        if greedy and fused:
-            return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers, greedy=True))
-        return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers))
+    if fast is not None:  # (greedy: a third entry, the argmax, when the fused forward took the greedy head)
+        return VerifyOut(*fast(input_ids, position_ids, mask, cache, feature_layers, greedy=greedy and fused))
     out = target(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                  use_cache=True, output_hidden_states=feature_layers is not None)
     feats = target_features(out.hidden_states, feature_layers) if feature_layers is not None else None

@@ -422,8 +422,7 @@ static inline int64_t llama_n_phases(const LlamaForwardParams& p) { return 5 + 6
 // 2: the groups' bounds (kernels/argmax_head.h) in chunks of a_chunk groups; 3: per head row, its candidates'
 // exact logits and the first largest.
 static inline void llama_argmax_head(const LlamaForwardParams& p, const LlamaForwardWorkspace& ws,
-                                     LlamaPhaseCounters* ph, int nth) {
-  (void)nth;
+                                     LlamaPhaseCounters* ph) {
   const int64_t R = p.B * p.M, H = p.H, M = p.M, nb = H / 32;
   const ArgmaxHead& w = *p.argmax;
   const int64_t G = argmax_groups(w.N), RH = p.logits_last_only ? p.B : R, stride = G * kArgmaxGroup;
@@ -577,7 +576,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     }
   }
   if (p.argmax) {
-    llama_argmax_head(p, ws, ph, nth);
+    llama_argmax_head(p, ws, ph);
     return;
   }
   const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R, key(ph));
