@@ -162,7 +162,7 @@ def extensions():
     # skinny_linear_avx512.cpp and llama_forward_avx512.cpp compile themselves for AVX-512 (a target
     # pragma); ops.cpp checks the CPU.
     sources = ["csrc/ops.cpp", "csrc/skinny_linear_avx512.cpp", "csrc/llama_forward_avx512.cpp", "csrc/amx_linear.cpp",
-               "csrc/argmax_head_vnni.cpp"]
+               "csrc/argmax_head_vnni.cpp", "csrc/vnni_linear.cpp"]
     archs = want_cuda()
     if archs:
         print(f"radar_ext: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")

@@ -10,7 +10,10 @@ tile unit where the CPU has one), `fused-avx512` (the same with the AMX path tur
 register tiles), `fused-narrow` (fused with the AVX-512 tiles of the Q4_1 / Q8_0 products at most 4 rows
 of x tall instead of up to 6, _C.set_wide_tiles(False): the same bits, the layout before the wider tiles) and
 `fused-greedy` (fused with the greedy head, verify(greedy=True): each node's argmax without all the LM head's
-logits, as RadarDecoder verifies at temperature 0; checked by its argmax mismatches against `off` only).
+logits, as RadarDecoder verifies at temperature 0; checked by its argmax mismatches against `off` only), and
+`fused-f32` / `fused-greedy-f32` (the same two with the integer VNNI products of the Q4_1 layers turned off,
+_C.set_vnni_linear(False): the float32 register tiles; on CPUs with AVX512-VNNI and no AMX the fused forward
+runs its Q4_1 layers in integers, csrc/kernels/vnni_linear.h).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix. The settings alternate sample by sample so that load from other
@@ -75,7 +78,8 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
-SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy")
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy",
+            "fused-f32", "fused-greedy-f32")
 
 
 def main():
@@ -117,17 +121,24 @@ def main():
 
     amx_default = _C.amx_enabled()
     print(f"AMX path for the Q4_1 / Q8_0 products: {'on' if amx_default else 'off (not on this CPU)'}")
+    vnni_default = _C.vnni_linear_enabled() if hasattr(_C, "vnni_linear_enabled") else None
+    print(f"VNNI integer products for the Q4_1 layers (where AMX is off): {'on' if vnni_default else 'off'}")
 
     def run_verify(tree, setting):
         _C.set_amx_enabled(amx_default and setting != "fused-avx512")
         _C.set_wide_tiles(setting != "fused-narrow")
+        if vnni_default is not None:
+            _C.set_vnni_linear(vnni_default and not setting.endswith("-f32"))
         with ctx(setting):
             t0 = time.perf_counter()
             out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant") or setting.startswith("fused"),
-                         native=setting == "quant", fused=setting.startswith("fused"), greedy=setting == "fused-greedy")
+                         native=setting == "quant", fused=setting.startswith("fused"),
+                         greedy=setting.startswith("fused-greedy"))
             dt = time.perf_counter() - t0
         _C.set_amx_enabled(amx_default)
         _C.set_wide_tiles(True)
+        if vnni_default is not None:
+            _C.set_vnni_linear(vnni_default)
         kv_cache.crop(cache, P)
         return dt, (out.logits if out.logits is not None else out.argmax)
 
@@ -169,8 +180,10 @@ def main():
     titles = {"off": "off (MKL)", "linear": "linear (skinny only)", "fast": "fast (skinny + gqa)",
               "lean": "lean (fast + lean fwd)", "quant-py": "quant-py (+ Q blocks)", "quant": "quant (+ C++ layers)",
               "fused": "fused (C++ forward)", "fused-avx512": "fused, AMX off", "fused-narrow": "fused, 4-row tiles",
-              "fused-greedy": "fused, greedy head"}
-    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy") if s in settings]
+              "fused-greedy": "fused, greedy head", "fused-f32": "fused, float32 tiles",
+              "fused-greedy-f32": "greedy head, f32 tiles"}
+    ratios = [s for s in ("lean", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy", "fused-f32",
+                          "fused-greedy-f32") if s in settings]
     print(f"{'M':>4} | " + " | ".join(f"{titles[s]:>24}" for s in settings) + "".join(f" | off/{s}" for s in ratios))
     for r in rows:
         print(f"{r['M']:>4} | " + " | ".join(cell(r[s]) for s in settings)

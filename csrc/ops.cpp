@@ -24,6 +24,7 @@
 #include "kernels/build_tree.h"
 #include "kernels/llama_forward.h"
 #include "kernels/amx_linear.h"
+#include "kernels/vnni_linear.h"
 #include "kernels/policy_step.h"
 #include "kernels/skinny_linear.h"
 #include "kernels/topk_expand.h"
@@ -591,6 +592,50 @@ at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor
   return y;
 }
 
+// The VNNI layout's tensors (kernels/vnni_linear.h, radar_ext.quant.vnni_pack) for K inputs: q contiguous uint8
+// [N/16, K/32, 256]; scales contiguous float16 CPU [N/16, K/32, 16].
+bool vnni_packed_ok(const at::Tensor& q, const at::Tensor& d, const c10::optional<at::Tensor>& m, int64_t K) {
+  return q.dim() == 3 && q.scalar_type() == at::kByte && q.is_contiguous() && q.device().is_cpu() && K % 32 == 0 &&
+         q.size(1) == K / 32 && q.size(2) == 256 && m.has_value() && amx_packed_scales_ok(d, 16 * q.size(0), K) &&
+         amx_packed_scales_ok(*m, 16 * q.size(0), K);
+}
+
+// skinny_linear_quant's product on Q4_1 weights in the VNNI layout (kernels/vnni_linear.h: x in three int8 digits
+// per block, integer sums): q uint8 [N/16, K/32, 256], d / m float16 [N/16, K/32, 16].
+at::Tensor skinny_linear_vnni_packed_cpu(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& d,
+                                         const at::Tensor& m, const c10::optional<at::Tensor>& bias_in) {
+  TORCH_CHECK_VALUE(kernels::vnni_linear_supported(),
+                    "skinny_linear_vnni_packed needs a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() is "
+                    "False here)");
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 2 && x_in.size(1) % 32 == 0,
+                    "x must be float32 [M, K] with K divisible by 32, got ", describe(x_in));
+  const at::Tensor x = x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK_VALUE(vnni_packed_ok(q, d, m, K), "q / d / m must be the VNNI layout of Q4_1 blocks for K = ", K,
+                    ": contiguous uint8 [N/16, ", K / 32, ", 256] and float16 [N/16, ", K / 32, ", 16] twice, got ",
+                    describe(q), ", ", describe(d), ", ", describe(m));
+  const int64_t N = 16 * q.size(0);
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    TORCH_CHECK_VALUE(is_f32(*bias_in, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias_in));
+    bias = bias_in->contiguous();
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  kernels::SkinnyLinearParams p{x.data_ptr<float>(), nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                                y.data_ptr<float>(), M, N, K};
+  p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
+  p.wd = static_cast<const float*>(d.const_data_ptr());
+  p.wm = static_cast<const float*>(m.const_data_ptr());
+  p.scales_f16 = true;
+  p.vnni_packed = true;
+  p.x_key = fresh_x_keys(1);
+  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
+    kernels::vnni_linear_packed_rows(p, 16 * g0, 16 * g1);
+  });
+  return y;
+}
+
 // ---- llama_forward: the fused torch-free verify forward (kernels/llama_forward.h) ----------------
 // params: [embed [V_e, H], final_norm [H], lm_head (4 entries)] then per layer kLayerParams entries:
 // input norm [H], post-attention norm [H], then q, k, v, o, gate, up, down as 4 entries each:
@@ -607,6 +652,28 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
   if (layer >= 0) name << " of layer " << layer;
   name << ")";
   TORCH_CHECK_VALUE(w.has_value(), name.str(), " must be a weight or quantized blocks, got None");
+  if (w->dim() == 3 && d.has_value()) {  // Q4_1 in the VNNI layout (radar_ext.quant.vnni_pack, kernels/vnni_linear.h)
+    TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(),
+                      ": weights in the VNNI layout need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() "
+                      "is False)");
+    TORCH_CHECK_VALUE(vnni_packed_ok(*w, *d, m, K), name.str(), " in the VNNI layout must be uint8 [N/16, ", K / 32,
+                      ", 256] with float16 scales and minima [N/16, ", K / 32, ", 16], got ", describe(*w), ", ",
+                      describe(*d), m.has_value() ? ", " + describe(*m) : std::string(", no minima"));
+    kernels::LinearWeights r;
+    r.N = 16 * w->size(0);
+    r.K = K;
+    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.wm = static_cast<const float*>(m->const_data_ptr());
+    r.scales_f16 = true;
+    r.vnni_packed = true;
+    if (bias.has_value()) {
+      TORCH_CHECK_VALUE(is_f32(*bias, {r.N}) && bias->is_contiguous() && bias->device().is_cpu(), "params[", i + 3,
+                        "] (bias of ", what, ") must be float32 [", r.N, "], got ", describe(*bias));
+      r.bias = bias->data_ptr<float>();
+    }
+    return r;
+  }
   TORCH_CHECK_VALUE(w->device().is_cpu() && w->is_contiguous() && w->dim() == 2, name.str(),
                     " must be a contiguous 2-D CPU tensor, got ", describe(*w));
   kernels::LinearWeights r;
@@ -966,6 +1033,7 @@ TORCH_LIBRARY(radar_ext, m) {
   m.def("skinny_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_amx_packed(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
+  m.def("skinny_linear_vnni_packed(Tensor x, Tensor q, Tensor d, Tensor m, Tensor? bias=None) -> Tensor");
   // What skinny_linear / skinny_linear_quant run on a GPU, callable on any device (tests, no GPU needed).
   m.def("skinny_linear_aten(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("skinny_linear_quant_aten(Tensor x, Tensor q, Tensor d, Tensor? m=None, Tensor? bias=None) -> Tensor");
@@ -989,6 +1057,7 @@ TORCH_LIBRARY_IMPL(radar_ext, CPU, m) {
   m.impl("skinny_linear", &skinny_linear_cpu);
   m.impl("skinny_linear_quant", &skinny_linear_quant_cpu);
   m.impl("skinny_linear_amx_packed", &skinny_linear_amx_packed_cpu);
+  m.impl("skinny_linear_vnni_packed", &skinny_linear_vnni_packed_cpu);
   m.impl("llama_layers_quant", &llama_layers_quant_cpu);
   m.impl("llama_forward", &llama_forward_cpu);
   m.impl("llama_forward_argmax", &llama_forward_argmax_cpu);
@@ -1038,6 +1107,23 @@ PyObject* amx_supported(PyObject*, PyObject*) {
 
 PyObject* amx_enabled(PyObject*, PyObject*) {
   if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_usable()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* vnni_linear_supported(PyObject*, PyObject*) {
+  if (radar_ext::kernels::vnni_linear_supported()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* vnni_linear_enabled(PyObject*, PyObject*) {
+  if (radar_ext::kernels::vnni_linear_usable()) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+PyObject* set_vnni_linear(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  if (radar_ext::kernels::vnni_linear_set_enabled(on != 0)) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
 }
 
@@ -1106,6 +1192,12 @@ PyMethodDef methods[] = {
     {"amx_min_rows", amx_min_rows, METH_NOARGS, "Rows of x from which the block-quantized products use AMX."},
     {"set_amx_enabled", set_amx_enabled, METH_O,
      "Turns the AMX path of the block-quantized products on or off; returns the previous setting."},
+    {"vnni_linear_supported", vnni_linear_supported, METH_NOARGS,
+     "True when this CPU runs the integer Q4_1 products (AVX512-VNNI, kernels/vnni_linear.h)."},
+    {"vnni_linear_enabled", vnni_linear_enabled, METH_NOARGS,
+     "True when the fused forward packs its Q4_1 weights for the VNNI products (supported, not turned off)."},
+    {"set_vnni_linear", set_vnni_linear, METH_O,
+     "Turns the VNNI Q4_1 products on or off for weights packed later; returns the previous setting."},
     {"argmax_vnni", argmax_vnni, METH_NOARGS,
      "True when the greedy LM head (llama_forward_argmax) runs its bounds with AVX512-VNNI on this CPU."},
     {"set_argmax_vnni", set_argmax_vnni, METH_O,

@@ -401,3 +401,138 @@ def test_amx_packed_op_errors():
         op(torch.randn(2, 64), q, d, m[:1])
     with pytest.raises(ValueError, match="bias must be float32"):
         op(torch.randn(2, 64), q, d, m, torch.randn(5))
+
+
+# ----------------------------------------------------------------------------- the VNNI layout
+
+needs_vnni = pytest.mark.skipif(not (ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_supported")
+                                     and ops._C.vnni_linear_supported()),
+                                reason="no AVX512-VNNI on this CPU (or the extension is not built)")
+
+
+def test_vnni_pack_layout():
+    """radar_ext.quant.vnni_pack: byte 4l + t of vector p of a unit holds input 4p + t of row 16g + l (low nibble)
+    and input 16 + 4p + t (high nibble); scales lane by lane; declines Q8_0, N % 16 != 0 and non-float16 scales."""
+    N, K = 48, 96
+    b = gguf_blocks(N, K, "Q4_1", seed=7)
+    q, d, m = quant.vnni_pack(b)
+    assert q.dtype == torch.uint8 and q.shape == (3, 3, 256) and d.shape == m.shape == (3, 3, 16)
+    byte = b.q.view(N, 3, 16)
+    vals = torch.cat([byte & 15, byte >> 4], 2)                                   # [N, nb, 32]
+    for g, blk, p, l, t in ((0, 0, 0, 0, 0), (1, 2, 3, 15, 3), (2, 1, 1, 7, 2), (0, 2, 2, 9, 1)):
+        got = int(q[g, blk, 64 * p + 4 * l + t])
+        assert got & 15 == int(vals[16 * g + l, blk, 4 * p + t])
+        assert got >> 4 == int(vals[16 * g + l, blk, 16 + 4 * p + t])
+    assert torch.equal(d.float().transpose(1, 2).reshape(N, 3), b.d)
+    assert torch.equal(m.float().transpose(1, 2).reshape(N, 3), b.m)
+    uq, ud, um = reference.vnni_unpack(q, d, m)                                   # the inverse
+    assert torch.equal(uq, b.q) and torch.equal(ud, b.d) and torch.equal(um, b.m)
+    assert quant.vnni_pack(gguf_blocks(48, 96, "Q8_0")) is None
+    assert quant.vnni_pack(gguf_blocks(40, 96, "Q4_1")) is None
+    assert quant.vnni_pack(quant.QuantBlocks(b.q, b.d + 1e-4, b.m)) is None
+
+
+def assert_close_to_reference_fixed_point(y, x, w, bias=None):
+    """The VNNI path's bound (csrc/kernels/vnni_linear.h): the float32 sums' (assert_close_to_reference) plus each
+    input's rounding to the block's fixed point, |dx| <= 2^-23 * max |x| over its block of 32."""
+    K = x.shape[1]
+    want = reference.skinny_linear(x, w, bias).double()
+    scale = x.double().abs() @ w.double().abs().T
+    if bias is not None:
+        scale = scale + bias.double().abs()
+    xmax = x.double().abs().view(x.shape[0], K // 32, 32).amax(2)                # [M, nb]
+    wsum = w.double().abs().view(w.shape[0], K // 32, 32).sum(2)                 # [N, nb]
+    bound = SUM_RTOL_Q * scale * max(1.0, K ** 0.5) + 2.0 ** -23 * (xmax @ wsum.T) + 1e-30
+    err = (y.double() - want).abs()
+    assert bool((err <= bound).all()), f"max err {float(err.max())}, at {divmod(int((err / bound).argmax()), y.shape[1])}"
+
+
+SUM_RTOL_Q = 4e-6  # test_op_skinny_linear's SUM_RTOL
+
+
+@needs_vnni
+@pytest.mark.parametrize("N,K", [(16, 32), (48, 64), (576, 576), (192, 1536)])
+def test_vnni_packed_op(N, K):
+    """skinny_linear_vnni_packed: x in three int8 digits per block, integer sums; close to the float64 reference
+    within the float32 sums' bound plus the fixed point's, rows independent of M, order and thread count."""
+    b = gguf_blocks(N, K, "Q4_1", seed=N + K)
+    q, d, m = quant.vnni_pack(b)
+    w, bias = b.dequantize(), torch.randn(N)
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(40, K, generator=g) * torch.logspace(-3, 2, 40).unsqueeze(1)
+    x[5, :32] = 0.0                                                  # an all-zero block
+    x[6, 3] = 1e4                                                    # one large value among small ones
+    x[7] = torch.randn(K, generator=g) * 1e-30                       # tiny blocks
+    op = torch.ops.radar_ext.skinny_linear_vnni_packed
+    full = op(x, q, d, m, bias)
+    assert_close_to_reference_fixed_point(full, x, w, bias)
+    for M in (1, 2, 3, 8, 9, 16, 17):
+        assert torch.equal(op(x[:M], q, d, m, bias), full[:M])
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(op(x[perm], q, d, m, bias), full[perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(op(x, q, d, m, bias), full)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close_to_reference_fixed_point(op(x, q, d, m), x, w)  # without a bias
+
+
+@needs_vnni
+def test_vnni_packed_op_on_the_default_targets_weights():
+    """The default target's Q4_1 weights and real activations: the integer products stay within the float32
+    tiles' own distance of a float64 product (each at most ~4e-7 of the sum of |terms| here)."""
+    from radar_ext.models import load_default_target
+    target, _ = load_default_target(verbose=False)
+    mlp = target.model.layers[3].mlp
+    blocks = quant.exact_blocks(mlp.down_proj.weight.detach())
+    q, d, m = quant.vnni_pack(blocks)
+    with torch.no_grad():
+        h = target.model.embed_tokens(torch.arange(100, 124)).float()
+        x = torch.nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h)           # [24, 1536]
+    w = blocks.dequantize()
+    ref = x.double() @ w.double().T
+    scale = x.double().abs() @ w.double().abs().T
+    vnni = torch.ops.radar_ext.skinny_linear_vnni_packed(x, q, d, m)
+    f32 = ops.skinny_linear_quant(x, blocks.q, blocks.d, blocks.m)
+    assert float(((vnni.double() - ref).abs() / scale).max()) < 4e-7
+    assert float(((f32.double() - ref).abs() / scale).max()) < 4e-7
+
+
+@needs_vnni
+def test_vnni_packed_op_errors():
+    b = gguf_blocks(32, 64, "Q4_1", seed=2)
+    q, d, m = quant.vnni_pack(b)
+    op = torch.ops.radar_ext.skinny_linear_vnni_packed
+    with pytest.raises(ValueError, match="x must be float32"):
+        op(torch.randn(2, 60), q, d, m)
+    with pytest.raises(ValueError, match="VNNI layout of Q4_1 blocks for K = 64"):
+        op(torch.randn(2, 64), q.view(torch.int8), d, m)
+    with pytest.raises(ValueError, match="VNNI layout"):
+        op(torch.randn(2, 64), q, d.float(), m)
+    with pytest.raises(ValueError, match="VNNI layout"):
+        op(torch.randn(2, 64), q, d, m[:1])
+    with pytest.raises(ValueError, match="bias must be float32"):
+        op(torch.randn(2, 64), q, d, m, torch.randn(5))
+
+
+@needs_vnni
+def test_fused_forward_packs_q4_1_for_vnni_and_switches_back():
+    """Where VNNI runs and AMX does not, the fused forward's Q4_1 linears are in the VNNI layout (3-D uint8), its
+    Q8_0 LM head in GGUF's; _C.set_vnni_linear(False) gives the float32 tiles' params (kept per switch state)."""
+    from radar_ext import lean_forward
+    from radar_ext.models import load_default_target
+    if ops._C.amx_enabled():
+        pytest.skip("AMX runs the products on this CPU")
+    target, _ = load_default_target(verbose=False)
+    on = lean_forward._fused_weights(target)
+    assert on.vnni and sum(p is not None and p.dtype == torch.uint8 and p.dim() == 3 for p in on.params) == 7 * 30
+    assert on.params[2].dtype == torch.int8 and on.params[2].dim() == 2      # the LM head: Q8_0, GGUF's layout
+    prev = ops._C.set_vnni_linear(False)
+    try:
+        off = lean_forward._fused_weights(target)
+        assert not off.vnni and not any(p is not None and p.dim() == 3 for p in off.params)
+    finally:
+        ops._C.set_vnni_linear(prev)
+    assert lean_forward._fused_weights(target) is on

@@ -134,10 +134,13 @@ class _FusedWeights:
     it has them, else its float32 weight."""
 
     def __init__(self, target):
-        from radar_ext.quant import amx_pack, cached_exact_blocks
+        from radar_ext.quant import amx_pack, cached_exact_blocks, vnni_pack
         # On CPUs with AMX the blocks are reordered into its tile layout (radar_ext.quant.amx_pack): every
-        # product of the forward then runs on the tile unit, faster at every tree size (bench_verify)
+        # product of the forward then runs on the tile unit, faster at every tree size (bench_verify). Elsewhere,
+        # on CPUs with AVX512-VNNI, Q4_1 blocks go to the VNNI layout (radar_ext.quant.vnni_pack): integer
+        # products, x in three int8 digits per block (csrc/kernels/vnni_linear.h)
         self.amx = bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
+        self.vnni = not self.amx and vnni_linear_enabled()
         sources = []  # (owner dict, name, object) of every module and tensor read, for fresh()
 
         def sub(mod, name):
@@ -158,8 +161,8 @@ class _FusedWeights:
                 return [w.detach().contiguous(), None, None, bias]
             # GGUF's scales and minima are float16: kept so, the block streams 1/5 fewer bytes (exact
             # whenever float16 holds them, which exact_blocks' scales always do; checked anyway)
-            if self.amx:
-                packed = amx_pack(blocks)
+            if self.amx or self.vnni:
+                packed = amx_pack(blocks) if self.amx else vnni_pack(blocks)
                 if packed is not None:
                     return [*packed, bias]
             d16 = blocks.d.half()
@@ -222,16 +225,23 @@ def _fused_weights(target) -> _FusedWeights:
     pin = _PINNED.get(target)
     if pin is not None and pin.weights is not None:  # checked when the pin was made (pinned())
         return pin.weights
-    # one params list per state of the AMX switch (radar_ext._C.set_amx_enabled), so that flipping it (a
-    # benchmark's paired settings) does not rebuild them each time
-    by_amx = _FUSED.get(target)
-    if by_amx is None:
-        by_amx = _FUSED[target] = {}
-    amx = bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
-    got = by_amx.get(amx)
+    # one params list per state of the AMX and VNNI switches (radar_ext._C.set_amx_enabled, set_vnni_linear), so
+    # that flipping them (a benchmark's paired settings) does not rebuild them each time
+    by_mode = _FUSED.get(target)
+    if by_mode is None:
+        by_mode = _FUSED[target] = {}
+    mode = (bool(ops.HAS_EXTENSION and ops._C.amx_enabled()), vnni_linear_enabled())
+    got = by_mode.get(mode)
     if got is None or not got.fresh(target):
-        got = by_amx[amx] = _FusedWeights(target)
+        got = by_mode[mode] = _FusedWeights(target)
     return got
+
+
+def vnni_linear_enabled() -> bool:
+    """Whether the fused forward packs its Q4_1 weights for the integer VNNI products (csrc/kernels/vnni_linear.h):
+    the CPU has AVX512-VNNI and the path is on (radar_ext._C.set_vnni_linear; RADAR_EXT_VNNI_LINEAR=0 turns it off).
+    Where AMX runs the products, it takes them instead."""
+    return bool(ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_enabled") and ops._C.vnni_linear_enabled())
 
 
 def greedy_head_usable(rows: int) -> bool:

@@ -201,6 +201,29 @@ def amx_pack(blocks: QuantBlocks) -> tuple | None:
     return units, _group_lanes(d16, G, nb), None if m16 is None else _group_lanes(m16, G, nb)
 
 
+def vnni_pack(blocks: QuantBlocks) -> tuple | None:
+    """The VNNI layout of Q4_1 blocks (csrc/kernels/vnni_linear.h; skinny_linear_vnni_packed and the fused forward
+    read it): (q uint8 [N/16, K/32, 256], d float16 [N/16, K/32, 16], m likewise): per group g of 16 rows and
+    block b, 4 vectors of 64 bytes, byte 4 l + t of vector p holding input 4p + t of row 16g + l in its low nibble
+    and input 16 + 4p + t in its high one. None for Q8_0 blocks, N % 16 != 0 or a scale that is not exactly a
+    float16."""
+    q, d, m = blocks.q, blocks.d, blocks.m
+    N = q.shape[0]
+    if m is None or N % 16 or N == 0:
+        return None
+    nb = d.shape[1]
+    d16, m16 = d.half(), m.half()
+    if not torch.equal(d16.float(), d) or not torch.equal(m16.float(), m):
+        return None
+    G = N // 16
+    byte = q.view(N, nb, 16)
+    vals = torch.cat([byte & 15, byte >> 4], dim=2)                            # [N, nb, 32] inputs in order
+    # V[g, b, p, l, t] = vals[16g + l, b, 4p + t] for the low nibbles (p < 4), 16 + 4p + t for the high ones
+    V = vals.view(G, 16, nb, 8, 4).permute(0, 2, 3, 1, 4)                      # [G, nb, 8 quads, 16 rows, 4]
+    units = (V[:, :, :4] | (V[:, :, 4:] << 4)).contiguous().view(G, nb, 256)
+    return units, _group_lanes(d16, G, nb), _group_lanes(m16, G, nb)
+
+
 def argmax_pack(q: torch.Tensor, d: torch.Tensor) -> tuple:
     """The grouped layout of a Q8_0 LM head for the greedy head (csrc/kernels/argmax_head.h, llama_forward_argmax):
     q int8 [N, K], d float16 [N, K/32] -> (q uint8 [G, K/32, 8, 16, 4] = q XOR 0x80 with 16 vocabulary rows per group

@@ -189,6 +189,19 @@ def amx_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None = None):
     return q_out, lanes(d), None if m is None else lanes(m)
 
 
+def vnni_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
+    """GGUF Q4_1 blocks (q, d, m; float32 scales) from the VNNI layout of radar_ext.quant.vnni_pack (the inverse:
+    units uint8 [N/16, K/32, 256], scales float16 [N/16, K/32, 16])."""
+    G, nb = q.shape[0], q.shape[1]
+    N = 16 * G
+    u = q.reshape(G, nb, 4, 16, 4)                                                  # [g, b, p, l, t]
+    quads = torch.cat([u & 15, u >> 4], dim=2)                                      # [g, b, 8 quads, l, t]
+    vals = quads.permute(0, 3, 1, 2, 4).reshape(N, nb, 32)                          # [16g + l, b, 4p + t]
+    q_out = (vals[:, :, :16] | (vals[:, :, 16:] << 4)).reshape(N, nb * 16).contiguous()
+    lanes = lambda s: s.transpose(1, 2).reshape(N, nb).float()              # noqa: E731
+    return q_out, lanes(d), lanes(m)
+
+
 def skinny_linear_quant(x, q, d, m=None, bias=None):
     """y = x @ w.T (+ bias) with w = dequantize_blocks(q, d, m) [N, K] -> y [M, N] float32, summed in float64."""
     check_skinny_linear_quant_args(x, q, d, m, bias)
@@ -275,7 +288,9 @@ def llama_forward(tokens, cos, sin, mask, params, k_bufs, v_bufs, past_len: int,
 
     def weight(i):
         w, d, m = params[i], params[i + 1], params[i + 2]
-        if d is not None and d.dim() == 3:  # the AMX layout (radar_ext.quant.amx_pack)
+        if d is not None and w.dim() == 3:  # the VNNI layout (radar_ext.quant.vnni_pack)
+            w, d, m = vnni_unpack(w, d, m)
+        elif d is not None and d.dim() == 3:  # the AMX layout (radar_ext.quant.amx_pack)
             w, d, m = amx_unpack(w, d, m)
         return (w.to(f64) if d is None else dequantize_blocks(w, d, m).to(f64)), params[i + 3]
 

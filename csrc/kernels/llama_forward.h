@@ -45,6 +45,7 @@ struct LinearWeights {
   const float* wm = nullptr;      // [N, K/32] or nullptr
   bool scales_f16 = false;        // wd / wm hold float16 bits (SkinnyLinearParams::scales_f16)
   bool amx_packed = false;        // wq / wd / wm in the AMX layout (kernels/amx_linear.h)
+  bool vnni_packed = false;       // wq / wd / wm in the VNNI layout (kernels/vnni_linear.h)
   const float* bias = nullptr;    // [N] or nullptr
   int64_t N = 0, K = 0;
 };
@@ -155,6 +156,7 @@ static inline SkinnyLinearParams linear_params(const LinearWeights& w, const flo
   s.wm = w.wm;
   s.scales_f16 = w.scales_f16;
   s.amx_packed = w.amx_packed;
+  s.vnni_packed = w.vnni_packed;
   return s;
 }
 
@@ -195,8 +197,14 @@ static inline void llama_phase(LlamaPhaseCounters& c, int64_t n_items, int64_t c
 // kSkinnyPrefetchBlocks * 2 blocks so the prefetch ahead within a chunk pays. Products of `rows` rows of x
 // on the AMX path (block-quantized weights, rows >= kAmxMinRows) take 2 chunks per thread, whole groups of
 // 16 weight rows: each call of it decodes its first group without overlap and sets up the tile unit.
-// Weights in the AMX layout (`packed`) always run there.
-static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows = 0, bool packed = false) {
+// Weights in the AMX layout (`packed`) always run there. Weights in the VNNI layout (`vnni`, kernels/vnni_linear.h)
+// take whole groups of 16 weight rows, about 8 chunks per thread.
+static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows = 0, bool packed = false,
+                                        bool vnni = false) {
+  if (vnni) {
+    const int64_t c = blocks / (8 * nth);
+    return c < 4 ? 4 : (c + 3) / 4 * 4;
+  }
   bool amx = packed;
 #if defined(RADAR_SKINNY_AVX512)
   amx = amx || (rows >= kAmxMinRows && amx_linear_usable());
@@ -496,7 +504,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
   {
     const SkinnyLinearParams fc = linear_params(p.fc, p.hidden, ws.x, R, key(ph));
     const int64_t nb = eagle_fc ? skinny_linear_blocks(fc) : 0;
-    llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, p.fc.amx_packed), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
+    llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, p.fc.amx_packed, p.fc.vnni_packed), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
   }
   for (int64_t l = 0; l < p.n_layers; ++l) {
     const LlamaLayerWeights& L = p.layers[l];
@@ -504,7 +512,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
                                        linear_params(L.v, h, ws.v, R, key(ph))};
     const int64_t qkv_blocks = skinny_linear_blocks(qkv[0]) + skinny_linear_blocks(qkv[1]) + skinny_linear_blocks(qkv[2]);
     bool normed = false;
-    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth, R, L.q.amx_packed), [&](int64_t lo, int64_t hi) {
+    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth, R, L.q.amx_packed, L.q.vnni_packed), [&](int64_t lo, int64_t hi) {
       if (!normed) {
         if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
           for (int64_t i = 0; i < p.n_capture; ++i)
@@ -544,7 +552,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     {
       const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(o);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.o.amx_packed), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.o.amx_packed, L.o.vnni_packed), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(o, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(o, lo), llama_block_col(o, hi));
       });
@@ -554,7 +562,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R, key(ph)), u = linear_params(L.up, h, ws.up, R, key(ph));
       const int64_t nb = skinny_linear_blocks(g), I = L.gate.N;
       normed = false;
-      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth, R, L.gate.amx_packed), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth, R, L.gate.amx_packed, L.gate.vnni_packed), [&](int64_t lo, int64_t hi) {
         if (!normed) {
           llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
           normed = true;
@@ -569,7 +577,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     {
       const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(dn);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.down.amx_packed), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.down.amx_packed, L.down.vnni_packed), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(dn, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
       });
@@ -582,7 +590,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
   const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R, key(ph));
   const int64_t nb = skinny_linear_blocks(head);
   bool normed = false;
-  llama_phase(*ph++, nb, llama_block_chunk(nb, nth, head.M, p.lm_head.amx_packed), [&](int64_t lo, int64_t hi) {
+  llama_phase(*ph++, nb, llama_block_chunk(nb, nth, head.M, p.lm_head.amx_packed, p.lm_head.vnni_packed), [&](int64_t lo, int64_t hi) {
     if (!normed) {
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)

@@ -66,6 +66,9 @@ struct SkinnyLinearParams {
   // wq / wd / wm in the AMX layout (kernels/amx_linear.h, amx_pack; N % 16 == 0, float16 scales): only
   // the AMX path reads it.
   bool amx_packed = false;
+  // wq / wd / wm in the VNNI layout (kernels/vnni_linear.h, vnni_pack; Q4_1, N % 16 == 0, float16 scales): only
+  // the VNNI path reads it.
+  bool vnni_packed = false;
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -614,6 +617,7 @@ constexpr int64_t kAmxMinRows = 8;
 bool amx_linear_usable();
 void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
 void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
+void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);  // kernels/vnni_linear.h
 
 // Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
 // translation unit was compiled for (see the top of the file); block-quantized weights on the AMX tile
@@ -621,6 +625,10 @@ void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1)
 static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int64_t b0, int64_t b1) {
   if (p.amx_packed) {  // (made only where the CPU has AMX: ops.cpp checks)
     amx_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
+    return;
+  }
+  if (p.vnni_packed) {  // (made only where the CPU has AVX512-VNNI: ops.cpp checks; b0, b1 multiples of 4)
+    vnni_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
     return;
   }
 #if defined(RADAR_SKINNY_AVX512)

@@ -1,0 +1,172 @@
+// The AVX512-VNNI build of the integer Q4_1 products (kernels/vnni_linear.h), torch-free. This file alone is
+// compiled for AVX512 F / BW / DQ / VNNI and F16C (the target pragma below, GCC on x86-64); the callers enter it
+// only where vnni_linear_supported().
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vnni,f16c")
+#define RADAR_VNNI_LINEAR 1
+#endif
+
+#include "kernels/vnni_linear.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+#include <vector>
+
+#if defined(RADAR_VNNI_LINEAR)
+#include <immintrin.h>
+#endif
+
+namespace radar_ext {
+namespace kernels {
+
+#if defined(RADAR_VNNI_LINEAR)
+namespace {
+
+bool detect() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
+}
+
+bool env_enabled() {
+  const char* e = getenv("RADAR_EXT_VNNI_LINEAR");
+  return !(e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0 || strcmp(e, "false") == 0));
+}
+
+const bool g_supported = detect();
+std::atomic<bool> g_enabled{env_enabled()};
+
+// One thread's split of x (kernels/vnni_linear.h): per row m and block b, 96 bytes of digits (a[32], b[32],
+// c[32], input order) at limbs[(m * nb + b) * 96], the scale 2^(e - 16) and the block's float32 sum X.
+struct XSplit {
+  std::vector<int8_t> limbs;
+  std::vector<float> scale, sum;
+  uint64_t key = 0;
+  const float* x = nullptr;
+  int64_t M = -1, K = -1;
+  bool stale(const SkinnyLinearParams& p) const {
+    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
+  }
+};
+thread_local XSplit tls;
+
+// The block's exponent: the smallest e with max |x| <= 126 * 2^e (0 for an all-zero block). Non-finite x are the
+// caller's business (llama_forward checks its outputs); they give some e and garbage, never a crash.
+inline int block_exponent(float mx) {
+  if (!(mx > 0.0f) || mx > 3.0e38f) return 0;
+  int e;
+  frexpf(mx / 126.0f, &e);  // mx / 126 in [2^(e-1), 2^e)
+  while (e > -149 && ldexpf(126.0f, e - 1) >= mx) --e;
+  while (ldexpf(126.0f, e) < mx) ++e;
+  return e;
+}
+
+void split_x(const SkinnyLinearParams& p, XSplit& s) {
+  const int64_t M = p.M, K = p.K, nb = K / 32;
+  s.limbs.resize(static_cast<size_t>(M * nb * 96));
+  s.scale.resize(static_cast<size_t>(M * nb));
+  s.sum.resize(static_cast<size_t>(M * nb));
+  const __m512i c128 = _mm512_set1_epi32(128), m255 = _mm512_set1_epi32(255);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = p.x + m * K + 32 * b;
+      const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+      const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      s.sum[m * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+      const int e = block_exponent(mx);
+      s.scale[m * nb + b] = ldexpf(1.0f, e - 16);
+      // x * 2^(16 - e) in two exact steps (2^(16 - e) alone may overflow a float for a block of tiny x)
+      const __m512 up1 = _mm512_set1_ps(ldexpf(1.0f, 16 - e - (16 - e) / 2)), up2 = _mm512_set1_ps(ldexpf(1.0f, (16 - e) / 2));
+      int8_t* L = s.limbs.data() + (m * nb + b) * 96;
+      for (int h = 0; h < 2; ++h) {
+        const __m512i T = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(h ? x1 : x0, up1), up2));  // nearest even
+        const __m512i c = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(T, c128), m255), c128);
+        const __m512i T1 = _mm512_srai_epi32(_mm512_sub_epi32(T, c), 8);
+        const __m512i bb = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(T1, c128), m255), c128);
+        const __m512i a = _mm512_srai_epi32(_mm512_sub_epi32(T1, bb), 8);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(L + 16 * h), _mm512_cvtepi32_epi8(a));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(L + 32 + 16 * h), _mm512_cvtepi32_epi8(bb));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(L + 64 + 16 * h), _mm512_cvtepi32_epi8(c));
+      }
+    }
+  s.key = p.x_key, s.x = p.x, s.M = M, s.K = K;
+}
+
+// Rows [m0, m0 + MR) of group g.
+template <int MR>
+inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, int64_t m0) {
+  const int64_t nb = p.K / 32;
+  const uint8_t* units = p.wq + g * nb * 256;
+  const uint16_t* wd = reinterpret_cast<const uint16_t*>(p.wd) + g * nb * 16;
+  const uint16_t* wm = reinterpret_cast<const uint16_t*>(p.wm) + g * nb * 16;
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512i lo4 = _mm512_set1_epi8(15);
+  const __m512 k256 = _mm512_set1_ps(256.0f), k65536 = _mm512_set1_ps(65536.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* u = units + b * 256;
+    if (b + 2 < nb) _mm_prefetch(reinterpret_cast<const char*>(u + 512), _MM_HINT_T0),
+                    _mm_prefetch(reinterpret_cast<const char*>(u + 576), _MM_HINT_T0),
+                    _mm_prefetch(reinterpret_cast<const char*>(u + 640), _MM_HINT_T0),
+                    _mm_prefetch(reinterpret_cast<const char*>(u + 704), _MM_HINT_T0);
+    __m512i w[8];
+    for (int v = 0; v < 4; ++v) {
+      const __m512i z = _mm512_loadu_si512(u + 64 * v);
+      w[v] = _mm512_and_si512(z, lo4);
+      w[v + 4] = _mm512_and_si512(_mm512_srli_epi16(z, 4), lo4);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 16 * b)));
+    const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wm + 16 * b)));
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = (m0 + i) * nb + b;
+      int32_t four[24];
+      memcpy(four, s.limbs.data() + r * 96, 96);
+      __m512i ia = _mm512_setzero_si512(), ib = _mm512_setzero_si512(), ic = _mm512_setzero_si512();
+      for (int v = 0; v < 8; ++v) {
+        ia = _mm512_dpbusd_epi32(ia, w[v], _mm512_set1_epi32(four[v]));
+        ib = _mm512_dpbusd_epi32(ib, w[v], _mm512_set1_epi32(four[8 + v]));
+        ic = _mm512_dpbusd_epi32(ic, w[v], _mm512_set1_epi32(four[16 + v]));
+      }
+      const __m512 low = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib), k256, _mm512_cvtepi32_ps(ic));  // exact
+      const __m512 S = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), k65536, low);
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.scale[r])), S, acc[i]);
+      acc[i] = _mm512_fmadd_ps(mn, _mm512_set1_ps(s.sum[r]), acc[i]);
+    }
+  }
+  const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + 16 * g) : _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.N + 16 * g, _mm512_add_ps(acc[i], bias));
+}
+
+}  // namespace
+
+bool vnni_linear_supported() { return g_supported; }
+bool vnni_linear_usable() { return g_supported && g_enabled.load(std::memory_order_relaxed); }
+bool vnni_linear_set_enabled(bool on) { return g_enabled.exchange(on); }
+
+void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
+  if (p.M <= 0 || n1 <= n0) return;
+  XSplit& s = tls;
+  if (s.stale(p)) split_x(p, s);
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
+    int64_t m0 = 0;
+    for (; p.M - m0 >= 8; m0 += 8) group_tile<8>(p, s, g, m0);
+    if (p.M - m0 >= 4) group_tile<4>(p, s, g, m0), m0 += 4;
+    if (p.M - m0 >= 2) group_tile<2>(p, s, g, m0), m0 += 2;
+    if (p.M - m0 >= 1) group_tile<1>(p, s, g, m0);
+  }
+}
+
+#else  // no VNNI build
+
+bool vnni_linear_supported() { return false; }
+bool vnni_linear_usable() { return false; }
+bool vnni_linear_set_enabled(bool) { return false; }
+void vnni_linear_packed_rows(const SkinnyLinearParams&, int64_t, int64_t) {}
+
+#endif
+
+}  // namespace kernels
+}  // namespace radar_ext
