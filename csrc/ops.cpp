@@ -652,6 +652,29 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
   if (layer >= 0) name << " of layer " << layer;
   name << ")";
   TORCH_CHECK_VALUE(w.has_value(), name.str(), " must be a weight or quantized blocks, got None");
+  if (w->dim() == 3 && d.has_value() && !m.has_value()) {
+    // draft-grade Q8_0 (radar_ext.quant.q8_draft_pack, kernels/vnni_linear.h): a draft head's weights only
+    TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(),
+                      ": draft-grade Q8_0 weights need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() "
+                      "is False)");
+    const bool ok = w->scalar_type() == at::kByte && w->is_contiguous() && w->device().is_cpu() && K % 32 == 0 &&
+                    w->size(1) == K / 32 && w->size(2) == 512 && amx_packed_scales_ok(*d, 16 * w->size(0), K);
+    TORCH_CHECK_VALUE(ok, name.str(), " as draft-grade Q8_0 must be uint8 [N/16, ", K / 32,
+                      ", 512] with float16 scales [N/16, ", K / 32, ", 16], got ", describe(*w), ", ", describe(*d));
+    kernels::LinearWeights r;
+    r.N = 16 * w->size(0);
+    r.K = K;
+    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.scales_f16 = true;
+    r.q8_draft = true;
+    if (bias.has_value()) {
+      TORCH_CHECK_VALUE(is_f32(*bias, {r.N}) && bias->is_contiguous() && bias->device().is_cpu(), "params[", i + 3,
+                        "] (bias of ", what, ") must be float32 [", r.N, "], got ", describe(*bias));
+      r.bias = bias->data_ptr<float>();
+    }
+    return r;
+  }
   if (w->dim() == 3 && d.has_value()) {  // Q4_1 in the VNNI layout (radar_ext.quant.vnni_pack, kernels/vnni_linear.h)
     TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(),
                       ": weights in the VNNI layout need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() "
@@ -835,6 +858,10 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
     inter = std::max(inter, L.gate.N);
     L.down = forward_linear(params, base + 26, L.gate.N, "down_proj", i);
     TORCH_CHECK_VALUE(L.down.N == H, "layer ", i, ": down_proj must have H = ", H, " outputs, got ", L.down.N);
+    TORCH_CHECK_VALUE(eagle || !(L.q.q8_draft || L.k.q8_draft || L.v.q8_draft || L.o.q8_draft || L.gate.q8_draft ||
+                                 L.up.q8_draft || L.down.q8_draft),
+                      "layer ", i, ": draft-grade Q8_0 weights (int8 activations, not exact) are for a draft head's "
+                      "eagle_forward only, not the target's forward");
     const at::Tensor &kb = k_bufs[i], &vb = v_bufs[i];
     if (i == 0) cap = kb.dim() == 4 ? kb.size(2) : 0;
     TORCH_CHECK_VALUE(kb.scalar_type() == at::kFloat && vb.scalar_type() == at::kFloat && kb.is_contiguous() &&
@@ -848,6 +875,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
   }
   const float* final_norm = forward_vector(params, 1, H, "final norm", -1);
   const kernels::LinearWeights lm_head = forward_linear(params, 2, H, "lm_head", -1);
+  TORCH_CHECK_VALUE(eagle || !lm_head.q8_draft, "lm_head: draft-grade Q8_0 weights (int8 activations, not exact) are "
+                    "for a draft head's eagle_forward only, not the target's forward");
   for (size_t j = 0; j < capture.size(); ++j)
     TORCH_CHECK_VALUE(capture[j] >= 0 && capture[j] <= n_layers + 1,
                       "capture must hold slots in [0, n_layers + 1] = [0, ", n_layers + 1, "], got ", capture);
@@ -900,7 +929,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
   const float* hidden_norm = nullptr;
   if (eagle) {
     const bool has_fc = params.get(kForwardHeadParams).has_value();
-    const int64_t F = has_fc ? params.get(kForwardHeadParams)->size(-1) : H;
+    const c10::optional<at::Tensor> fcw = params.get(kForwardHeadParams);
+    // (fc's inputs: its weight's columns, or 32 per block of a [N/16, K/32, units] packed layout)
+    const int64_t F = !has_fc ? H : fcw->dim() == 3 ? 32 * fcw->size(1) : fcw->size(-1);
     TORCH_CHECK_VALUE(hidden_in->scalar_type() == at::kFloat && hidden_in->device().is_cpu() &&
                           hidden_in->sizes().equals({B, M, F}),
                       "hidden must be float32 [B, M, ", F, "] = [", B, ", ", M, ", ", F, "] on the CPU (",

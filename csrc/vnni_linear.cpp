@@ -140,7 +140,84 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.N + 16 * g, _mm512_add_ps(acc[i], bias));
 }
 
+// ---- the draft-grade products: Q8_0 weights and x rounded to one int8 digit per block (not exact) ----
+struct XDigit {
+  std::vector<int8_t> digits;  // [M, nb, 32]
+  std::vector<float> scale;    // [M, nb]: max |x| / 127
+  std::vector<int32_t> t128;   // [M, nb]: 128 * sum of the digits
+  uint64_t key = 0;
+  const float* x = nullptr;
+  int64_t M = -1, K = -1;
+  bool stale(const SkinnyLinearParams& p) const {
+    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
+  }
+};
+thread_local XDigit tls_digit;
+
+void digit_x(const SkinnyLinearParams& p, XDigit& s) {
+  const int64_t M = p.M, K = p.K, nb = K / 32;
+  s.digits.resize(static_cast<size_t>(M * K));
+  s.scale.resize(static_cast<size_t>(M * nb));
+  s.t128.resize(static_cast<size_t>(M * nb));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = p.x + m * K + 32 * b;
+      const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+      const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      const float sc = mx > 0.0f && mx < 3.0e38f ? mx / 127.0f : 0.0f;
+      const __m512 inv = _mm512_set1_ps(sc > 0.0f ? 1.0f / sc : 0.0f);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
+      int8_t* D = s.digits.data() + m * K + 32 * b;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(D), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(D + 16), _mm512_cvtsepi32_epi8(q1));
+      s.scale[m * nb + b] = sc;
+      s.t128[m * nb + b] = 128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+  s.key = p.x_key, s.x = p.x, s.M = M, s.K = K;
+}
+
+// Rows [m0, m0 + MR) of group g (units of 512 bytes: 8 vectors of 16 rows x 4 inputs, q XOR 0x80).
+template <int MR>
+inline void q8_group_tile(const SkinnyLinearParams& p, const XDigit& s, int64_t g, int64_t m0) {
+  const int64_t nb = p.K / 32;
+  const uint8_t* units = p.wq + g * nb * 512;
+  const uint16_t* wd = reinterpret_cast<const uint16_t*>(p.wd) + g * nb * 16;
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* u = units + b * 512;
+    if (b + 1 < nb)
+      for (int v = 0; v < 8; ++v) _mm_prefetch(reinterpret_cast<const char*>(u + 512 + 64 * v), _MM_HINT_T0);
+    __m512i w[8];
+    for (int v = 0; v < 8; ++v) w[v] = _mm512_loadu_si512(u + 64 * v);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 16 * b)));
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = (m0 + i) * nb + b;
+      int32_t four[8];
+      memcpy(four, s.digits.data() + (m0 + i) * p.K + 32 * b, 32);
+      __m512i ia = _mm512_set1_epi32(-s.t128[r]);
+      for (int v = 0; v < 8; ++v) ia = _mm512_dpbusd_epi32(ia, w[v], _mm512_set1_epi32(four[v]));
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.scale[r])), _mm512_cvtepi32_ps(ia), acc[i]);
+    }
+  }
+  const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + 16 * g) : _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.N + 16 * g, _mm512_add_ps(acc[i], bias));
+}
+
 }  // namespace
+
+void vnni_q8_draft_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
+  if (p.M <= 0 || n1 <= n0) return;
+  XDigit& s = tls_digit;
+  if (s.stale(p)) digit_x(p, s);
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
+    int64_t m0 = 0;
+    for (; p.M - m0 >= 8; m0 += 8) q8_group_tile<8>(p, s, g, m0);
+    if (p.M - m0 >= 4) q8_group_tile<4>(p, s, g, m0), m0 += 4;
+    if (p.M - m0 >= 2) q8_group_tile<2>(p, s, g, m0), m0 += 2;
+    if (p.M - m0 >= 1) q8_group_tile<1>(p, s, g, m0);
+  }
+}
 
 bool vnni_linear_supported() { return g_supported; }
 bool vnni_linear_usable() { return g_supported && g_enabled.load(std::memory_order_relaxed); }
@@ -165,6 +242,7 @@ bool vnni_linear_supported() { return false; }
 bool vnni_linear_usable() { return false; }
 bool vnni_linear_set_enabled(bool) { return false; }
 void vnni_linear_packed_rows(const SkinnyLinearParams&, int64_t, int64_t) {}
+void vnni_q8_draft_rows(const SkinnyLinearParams&, int64_t, int64_t) {}
 
 #endif
 

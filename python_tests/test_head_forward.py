@@ -85,6 +85,49 @@ def test_q8_0_weights_close(target):
     assert 0 < err < 0.05
 
 
+needs_vnni = pytest.mark.skipif(not (hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported()),
+                                reason="no AVX512-VNNI on this CPU")
+
+
+@needs_vnni
+def test_q8_vnni_weights_close(target):
+    """Draft-grade integer products (Q8_0 weights, int8 activations per block): the linears whose sizes fit take
+    them, and a draft differs from the float head's by rounding, not more."""
+    head = make_head(target)
+    embed = target.get_input_embeddings()
+    fused = HeadForward(head, embed, "q8_vnni")
+    packed = [p for p in fused.params if p is not None and p.dtype == torch.uint8]
+    assert packed and all(p.dim() == 3 and p.shape[2] == 512 for p in packed)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, 5, 3 * target.config.hidden_size, generator=g)
+    toks = torch.randint(0, 61, (1, 5), generator=g)
+    exact, h_exact = HeadForward(head, embed)(toks, feats, torch.arange(5), HeadCache(), None)
+    q8, h_q8 = fused(toks, feats, torch.arange(5), HeadCache(), None)
+    for a, b in ((q8, exact), (h_q8, h_exact)):
+        err = (a - b).abs().max() / b.abs().max()
+        assert 0 < err < 0.05
+
+
+@needs_vnni
+def test_target_forward_refuses_draft_grade_weights():
+    """Draft-grade products round the activations: the target's exact forward does not take them."""
+    from radar_ext import lean_forward
+    from radar_ext.quant import q8_draft_pack
+    model = tiny_llama()
+    params = list(lean_forward._fused_weights(model).params)
+    i = next(i for i in range(6, len(params), 4) if params[i] is not None and params[i].dim() == 2
+             and params[i].dtype == torch.float32 and params[i].shape[0] % 16 == 0 and params[i].shape[1] % 32 == 0)
+    q, d = q8_draft_pack(params[i])
+    params[i:i + 3] = [q, d, None]
+    B, M, D = 1, 2, model.config.hidden_size // model.config.num_attention_heads
+    n_kv = model.config.num_key_value_heads
+    bufs = [[torch.zeros(B, n_kv, 8, D) for _ in range(model.config.num_hidden_layers)] for _ in range(2)]
+    cos, sin = model.model.rotary_emb(torch.zeros(1), torch.arange(M).view(1, M))
+    with pytest.raises(ValueError, match="draft-grade Q8_0"):
+        ops.llama_forward(torch.zeros(B, M, dtype=torch.int64), cos, sin, torch.zeros(B, 1, M, M), params, bufs[0],
+                          bufs[1], 0, [], 1e-5, D ** -0.5, D)
+
+
 def test_q8_0_rounded():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(6, 64, generator=g)
@@ -104,7 +147,7 @@ def test_bad_arguments(target):
     embed = target.get_input_embeddings()
     with pytest.raises(ValueError, match="weights must be one of"):
         HeadForward(head, embed, "q4")
-    with pytest.raises(ValueError, match="head_weights must be one of"):
+    with pytest.raises(ValueError, match="head_weights must be 'auto' or one of"):
         EagleDrafter(head, target, head_weights="int4")
     with pytest.raises(ValueError, match="float32 CPU head"):
         HeadForward(make_head(target).half(), embed)
@@ -115,12 +158,16 @@ def test_bad_arguments(target):
         fused(torch.tensor([[1, 99]]), torch.zeros(1, 2, 96), torch.arange(2), HeadCache(), None)
 
 
-@pytest.mark.parametrize("weights", ["f16", "q8_0"])
+@pytest.mark.parametrize("weights", ["f16", "q8_0", "q8_vnni", "auto"])
 def test_drafter_exact_through_fused_calls(target, weights):
     """The drafter takes the fused call for every draft call (its reason is None), keeps every layer's cache at
     the committed length, and the decoded text is the target's greedy text."""
+    if weights == "q8_vnni" and not (hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported()):
+        pytest.skip("no AVX512-VNNI on this CPU")
     head = make_head(target, layers=2)
     drafter = EagleDrafter(head, target, head_weights=weights)
+    assert drafter.head_weights == ("q8_vnni" if ops._C.vnni_linear_supported() else "f16") if weights == "auto" \
+        else drafter.head_weights == weights
     calls = []
     real = HeadForward.__call__
 

@@ -8,6 +8,10 @@ the LM head) and does little else, so its cost is those bytes plus the calls aro
   "f16"   the exact float16 / bfloat16 copies of the head's weights (a head saved in fp16, as shipped:
           the values EagleHead computes with), float32 where no 16-bit format holds a weight exactly;
   "q8_0"  Q8_0 blocks rounded from them (half the bytes; radar_ext.quant.q8_0_rounded).
+  "q8_vnni" the same Q8_0 blocks multiplied in integers against activations rounded to int8 per block of 32
+          (AVX512-VNNI, csrc/kernels/vnni_linear.h's draft-grade products; radar_ext.quant.q8_draft_pack), as
+          llama.cpp multiplies Q8_0: far fewer instructions than decoding the weights to float32. Needs a CPU with
+          AVX512-VNNI (head_forward_reason says so); linears whose sizes do not fit (N % 16, K % 32) keep float16.
 The head's numerics only decide what is drafted; the target verifies every token, so the output is the
 same either way (python_tests/test_head_forward.py checks the logits against EagleHead's and the decoded
 text against HF greedy).
@@ -18,10 +22,15 @@ import torch
 
 from radar_ext import ops
 
-WEIGHT_FORMATS = ("f16", "q8_0")
+WEIGHT_FORMATS = ("f16", "q8_0", "q8_vnni")
 # Call 1 over more pending rows than this (a prompt) takes EagleHead's own forward: the fused attention
 # keeps [rows, cache] scores per thread, and a prompt's call runs once.
 MAX_FUSED_ROWS = 256
+
+
+def vnni_draft_available() -> bool:
+    """Whether the draft-grade integer products ("q8_vnni" head weights) run on this CPU."""
+    return bool(ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported())
 
 
 def head_forward_reason(head, embed) -> str | None:
@@ -53,6 +62,8 @@ class HeadForward:
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
         reason = head_forward_reason(head, embed)
+        if reason is None and weights == "q8_vnni" and not vnni_draft_available():
+            reason = "weights 'q8_vnni' need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() is False)"
         if reason is not None:
             raise ValueError(f"HeadForward: {reason}")
         self.head, self.embed, self.weights = head, embed, weights
@@ -69,10 +80,14 @@ class HeadForward:
 
     def _build(self):
         from radar_ext.fast_linear import half_copy
-        from radar_ext.quant import q8_0_rounded
+        from radar_ext.quant import q8_0_rounded, q8_draft_pack
 
         def linear(mod):
             w = mod.weight.detach()
+            if self.weights == "q8_vnni":
+                packed = q8_draft_pack(w)
+                if packed is not None:
+                    return [*packed, None, None]
             if self.weights == "q8_0" and w.shape[1] % 32 == 0:
                 b = q8_0_rounded(w)
                 return [b.q, b.d, None, None]

@@ -224,6 +224,19 @@ def vnni_pack(blocks: QuantBlocks) -> tuple | None:
     return units, _group_lanes(d16, G, nb), _group_lanes(m16, G, nb)
 
 
+def q8_draft_pack(weight: torch.Tensor) -> tuple | None:
+    """Draft-grade weights for a draft head's fused call on AVX512-VNNI (csrc/kernels/vnni_linear.h,
+    vnni_q8_draft_rows): float32 [N, K] -> (q uint8 [N/16, K/32, 512], d float16 [N/16, K/32, 16]): the Q8_0 blocks
+    nearest to it (q8_0_rounded) in the greedy head's group layout (argmax_pack), the activations rounded to int8
+    at each call. Lossy, like q8_0_rounded: for a draft head only. None when N % 16 != 0 or K % 32 != 0."""
+    if weight.dim() != 2 or weight.shape[0] % 16 or weight.shape[1] % BLOCK or weight.shape[0] == 0:
+        return None
+    b = q8_0_rounded(weight.float())
+    q, d, _ = argmax_pack(b.q, b.d)
+    G, nb = d.shape[0], d.shape[1]
+    return q.reshape(G, nb, 512), d
+
+
 def argmax_pack(q: torch.Tensor, d: torch.Tensor) -> tuple:
     """The grouped layout of a Q8_0 LM head for the greedy head (csrc/kernels/argmax_head.h, llama_forward_argmax):
     q int8 [N, K], d float16 [N, K/32] -> (q uint8 [G, K/32, 8, 16, 4] = q XOR 0x80 with 16 vocabulary rows per group

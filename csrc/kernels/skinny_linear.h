@@ -69,6 +69,9 @@ struct SkinnyLinearParams {
   // wq / wd / wm in the VNNI layout (kernels/vnni_linear.h, vnni_pack; Q4_1, N % 16 == 0, float16 scales): only
   // the VNNI path reads it.
   bool vnni_packed = false;
+  // Q8_0 weights in the greedy head's group layout, x rounded to int8 (kernels/vnni_linear.h, vnni_q8_draft_rows):
+  // draft-grade, not exact; only a draft head's weights come so.
+  bool q8_draft = false;
 };
 
 // The two 16-bit weight formats, as distinct types for the templates below.
@@ -618,6 +621,7 @@ bool amx_linear_usable();
 void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
 void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);
 void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);  // kernels/vnni_linear.h
+void vnni_q8_draft_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);       // kernels/vnni_linear.h
 
 // Blocks [b0, b1) of w rows: y[:, 4*b0 : min(4*b1, N)], from w, w16 or wq. The widest path this
 // translation unit was compiled for (see the top of the file); block-quantized weights on the AMX tile
@@ -627,8 +631,12 @@ static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int6
     amx_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
     return;
   }
-  if (p.vnni_packed) {  // (made only where the CPU has AVX512-VNNI: ops.cpp checks; b0, b1 multiples of 4)
-    vnni_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
+  if (p.vnni_packed || p.q8_draft) {  // (made only where the CPU has AVX512-VNNI: ops.cpp checks; b0, b1 multiples of 4)
+    const int64_t n1 = b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N;
+    if (p.vnni_packed)
+      vnni_linear_packed_rows(p, b0 * kSkinnyNR, n1);
+    else
+      vnni_q8_draft_rows(p, b0 * kSkinnyNR, n1);
     return;
   }
 #if defined(RADAR_SKINNY_AVX512)
