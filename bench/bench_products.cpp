@@ -6,7 +6,7 @@
 // the phases' hand-offs). Random weights and inputs: timing only.
 //
 //   g++ -O3 -fopenmp -ffp-contract=off -Icsrc bench/bench_products.cpp csrc/skinny_linear_avx512.cpp \
-//       csrc/amx_linear.cpp -o build/bench_products
+//       csrc/amx_linear.cpp csrc/vnni_linear.cpp -o build/bench_products
 //   build/bench_products [THREADS=2] [--narrow]      (--narrow: 4-row tiles only, _C.set_wide_tiles(False))
 //
 // Prints the median of 7 passes per M, ms. Each product is one OpenMP region over chunks of 8 four-row blocks.

@@ -78,8 +78,8 @@ def time_settings(run, settings, repeats, warmup=3):
     return {s: percentiles(t) for s, t in times.items()}
 
 
-SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow", "fused-greedy",
-            "fused-f32", "fused-greedy-f32")
+SETTINGS = ("off", "linear", "fast", "lean", "quant-py", "quant", "fused", "fused-avx512", "fused-narrow",
+            "fused-greedy", "fused-f32", "fused-greedy-f32")
 
 
 def main():

@@ -79,7 +79,8 @@ void split_x(const SkinnyLinearParams& p, XSplit& s) {
       const int e = block_exponent(mx);
       s.scale[m * nb + b] = ldexpf(1.0f, e - 16);
       // x * 2^(16 - e) in two exact steps (2^(16 - e) alone may overflow a float for a block of tiny x)
-      const __m512 up1 = _mm512_set1_ps(ldexpf(1.0f, 16 - e - (16 - e) / 2)), up2 = _mm512_set1_ps(ldexpf(1.0f, (16 - e) / 2));
+      const int half = (16 - e) / 2;
+      const __m512 up1 = _mm512_set1_ps(ldexpf(1.0f, 16 - e - half)), up2 = _mm512_set1_ps(ldexpf(1.0f, half));
       int8_t* L = s.limbs.data() + (m * nb + b) * 96;
       for (int h = 0; h < 2; ++h) {
         const __m512i T = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(h ? x1 : x0, up1), up2));  // nearest even

@@ -444,7 +444,8 @@ def assert_close_to_reference_fixed_point(y, x, w, bias=None):
     wsum = w.double().abs().view(w.shape[0], K // 32, 32).sum(2)                 # [N, nb]
     bound = SUM_RTOL_Q * scale * max(1.0, K ** 0.5) + 2.0 ** -23 * (xmax @ wsum.T) + 1e-30
     err = (y.double() - want).abs()
-    assert bool((err <= bound).all()), f"max err {float(err.max())}, at {divmod(int((err / bound).argmax()), y.shape[1])}"
+    worst = divmod(int((err / bound).argmax()), y.shape[1])
+    assert bool((err <= bound).all()), f"max err {float(err.max())}, at {worst}"
 
 
 SUM_RTOL_Q = 4e-6  # test_op_skinny_linear's SUM_RTOL

@@ -379,12 +379,13 @@ def test_machine_costs_are_read_by_the_machine_profile(tmp_path, monkeypatch, ca
     assert set(json.loads((best / "config.json").read_text())["machine_costs"]) == {"cpu", "cpu-amx"}
     step = PreDraftStep(100, CostInfo(), History(), 0.0)
     got = {}
-    for prof in ("cpu-amx", "cpu", "gpu-someday"):
+    for prof in ("cpu-amx", "cpu", "cpu-vnni", "gpu-someday"):
         monkeypatch.setattr(ops, "cost_profile", lambda prof=prof: prof)
         p = load_policy(best)
         got[prof] = (p.costs.t_draft, p.costs_source, p.should_draft(step))
     assert got["cpu-amx"] == (COSTS["t_draft"], "stored for cpu-amx", True)
     assert got["cpu"] == (0.02, "stored for cpu", False)
+    assert got["cpu-vnni"] == (0.02, "stored for cpu", False)  # no calibration of its own: the float32 CPU's
     assert got["gpu-someday"] == (COSTS["t_draft"], "stored", True)
     monkeypatch.setattr(ops, "cost_profile", lambda: "cpu")
     given = load_policy(best, costs=ep_dir / "costs.json")
@@ -395,7 +396,7 @@ def test_machine_costs_are_read_by_the_machine_profile(tmp_path, monkeypatch, ca
     from radar_ext.training.train_policy import _recorded_profile
     assert _recorded_profile(tmp_path / "cal.json") == "cpu" and _recorded_profile(tmp_path / "dear.json") is None
     base = dict(episodes=ep_dir, out_dir=tmp_path / "r2", kind="ltd", costs=str(ep_dir / "costs.json"))
-    with pytest.raises(ValueError, match=r"--machine-costs: unknown cost profile 'amx', expected one of \['cpu-amx', 'cpu'\]"):
+    with pytest.raises(ValueError, match=r"--machine-costs: unknown cost profile 'amx', expected one of \['cpu-amx', 'cpu-vnni', 'cpu'\]"):
         _check(TrainPolicyConfig(**base, machine_costs={"amx": str(tmp_path / "dear.json")}))
     with pytest.raises(FileNotFoundError, match="--machine-costs cpu=.*nope.json: no such file"):
         _check(TrainPolicyConfig(**base, machine_costs={"cpu": str(tmp_path / "nope.json")}))
@@ -414,6 +415,13 @@ def test_cost_profile_names_this_machines_forward():
     from radar_ext import ops
     assert ops.cost_profile() in ops.COST_PROFILES
     assert (ops.cost_profile() == "cpu-amx") == bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
+    if ops.HAS_EXTENSION and not ops._C.amx_enabled() and ops._C.vnni_linear_supported():
+        assert ops.cost_profile() == "cpu-vnni"
+        prev = ops._C.set_vnni_linear(False)  # the float32 tiles: the plain AVX-512 profile
+        try:
+            assert ops.cost_profile() == "cpu"
+        finally:
+            ops._C.set_vnni_linear(prev)
 
 
 def test_from_pretrained_with_this_machines_costs(tmp_path):

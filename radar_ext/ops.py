@@ -40,15 +40,22 @@ def amx_rows(M: int) -> bool:
     return bool(HAS_EXTENSION and _C.amx_enabled() and M >= _C.amx_min_rows())
 
 
-COST_PROFILES = ("cpu-amx", "cpu")
+COST_PROFILES = ("cpu-amx", "cpu-vnni", "cpu")
 
 
 def cost_profile() -> str:
     """The kind of CPU forward this machine runs, as far as decoding costs go: "cpu-amx" where the fused forward's
-    quantized products use the AMX tile unit (a verify of 8 tokens costs ~1.4x one token's), else "cpu" (AVX-512 or
-    AVX2: ~2.8x). A learned policy trained on both stores a calibration for each (`radar train-policy
-    --machine-costs`) and, given no calibration, reads the one of this profile (LearnedPolicy.from_pretrained)."""
-    return "cpu-amx" if HAS_EXTENSION and _C.amx_enabled() else "cpu"
+    quantized products use the AMX tile unit (a verify of 8 tokens costs ~1.4x one token's), "cpu-vnni" where its
+    Q4_1 products run in integers on AVX512-VNNI (csrc/kernels/vnni_linear.h: one token ~20% cheaper than on the
+    float32 tiles, 8 tokens ~2.1x one token's), else "cpu" (AVX-512 or AVX2 float32 tiles: ~2.2-2.8x). A learned
+    policy trained on several stores a calibration for each (`radar train-policy --machine-costs`) and, given no
+    calibration, reads the one of this profile (LearnedPolicy.from_pretrained; a policy without one for this
+    profile reads "cpu"'s, then its stored costs)."""
+    if not HAS_EXTENSION:
+        return "cpu"
+    if _C.amx_enabled():
+        return "cpu-amx"
+    return "cpu-vnni" if hasattr(_C, "vnni_linear_enabled") and _C.vnni_linear_enabled() else "cpu"
 
 
 def built_with_cuda() -> bool:

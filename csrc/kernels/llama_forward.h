@@ -221,6 +221,11 @@ static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows = 
   return c > 2 * kSkinnyPrefetchBlocks ? c : 2 * kSkinnyPrefetchBlocks;
 }
 
+// The chunk for products on weights w (their layout decides: AMX units, VNNI units or GGUF blocks).
+static inline int64_t llama_block_chunk(int64_t blocks, int nth, int64_t rows, const LinearWeights& w) {
+  return llama_block_chunk(blocks, nth, rows, w.amx_packed, w.vnni_packed || w.q8_draft);
+}
+
 // Blocks [lo, hi) of the products ps[0..n) (all on the same x) taken as one range.
 static inline void llama_products(const SkinnyLinearParams* ps, int n, int64_t lo, int64_t hi) {
   int64_t start = 0;
@@ -506,7 +511,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
   {
     const SkinnyLinearParams fc = linear_params(p.fc, p.hidden, ws.x, R, key(ph));
     const int64_t nb = eagle_fc ? skinny_linear_blocks(fc) : 0;
-    llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, p.fc.amx_packed, p.fc.vnni_packed || p.fc.q8_draft), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
+    llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, p.fc), [&](int64_t lo, int64_t hi) { llama_products(&fc, 1, lo, hi); });
   }
   for (int64_t l = 0; l < p.n_layers; ++l) {
     const LlamaLayerWeights& L = p.layers[l];
@@ -514,7 +519,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
                                        linear_params(L.v, h, ws.v, R, key(ph))};
     const int64_t qkv_blocks = skinny_linear_blocks(qkv[0]) + skinny_linear_blocks(qkv[1]) + skinny_linear_blocks(qkv[2]);
     bool normed = false;
-    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth, R, L.q.amx_packed, L.q.vnni_packed || L.q.q8_draft), [&](int64_t lo, int64_t hi) {
+    llama_phase(*ph++, qkv_blocks, llama_block_chunk(qkv_blocks, nth, R, L.q), [&](int64_t lo, int64_t hi) {
       if (!normed) {
         if (lo == 0)  // the thread that takes the first chunk also keeps the layer's input
           for (int64_t i = 0; i < p.n_capture; ++i)
@@ -554,7 +559,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     {
       const SkinnyLinearParams o = linear_params(L.o, ws.attn, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(o);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.o.amx_packed, L.o.vnni_packed || L.o.q8_draft), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.o), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(o, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(o, lo), llama_block_col(o, hi));
       });
@@ -564,7 +569,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
       const SkinnyLinearParams g = linear_params(L.gate, h, ws.gate, R, key(ph)), u = linear_params(L.up, h, ws.up, R, key(ph));
       const int64_t nb = skinny_linear_blocks(g), I = L.gate.N;
       normed = false;
-      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth, R, L.gate.amx_packed, L.gate.vnni_packed || L.gate.q8_draft), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(2 * nb, nth, R, L.gate), [&](int64_t lo, int64_t hi) {
         if (!normed) {
           llama_rms_norm(ws.x, L.post_norm, h, R, H, p.eps);
           normed = true;
@@ -579,7 +584,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
     {
       const SkinnyLinearParams dn = linear_params(L.down, ws.act, ws.tmp, R, key(ph));
       const int64_t nb = skinny_linear_blocks(dn);
-      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.down.amx_packed, L.down.vnni_packed || L.down.q8_draft), [&](int64_t lo, int64_t hi) {
+      llama_phase(*ph++, nb, llama_block_chunk(nb, nth, R, L.down), [&](int64_t lo, int64_t hi) {
         skinny_linear_blocks_native(dn, lo, hi);
         llama_residual(ws.x, ws.tmp, R, H, llama_block_col(dn, lo), llama_block_col(dn, hi));
       });
@@ -592,7 +597,7 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
   const SkinnyLinearParams head = linear_params(p.lm_head, h, p.logits, p.logits_last_only ? p.B : R, key(ph));
   const int64_t nb = skinny_linear_blocks(head);
   bool normed = false;
-  llama_phase(*ph++, nb, llama_block_chunk(nb, nth, head.M, p.lm_head.amx_packed, p.lm_head.vnni_packed || p.lm_head.q8_draft), [&](int64_t lo, int64_t hi) {
+  llama_phase(*ph++, nb, llama_block_chunk(nb, nth, head.M, p.lm_head), [&](int64_t lo, int64_t hi) {
     if (!normed) {
       if (lo == 0)
         for (int64_t i = 0; i < p.n_capture; ++i)

@@ -631,7 +631,7 @@ static inline void skinny_linear_blocks_native(const SkinnyLinearParams& p, int6
     amx_linear_packed_rows(p, b0 * kSkinnyNR, b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N);
     return;
   }
-  if (p.vnni_packed || p.q8_draft) {  // (made only where the CPU has AVX512-VNNI: ops.cpp checks; b0, b1 multiples of 4)
+  if (p.vnni_packed || p.q8_draft) {  // (made only where the CPU has AVX512-VNNI: ops.cpp checks; b0, b1 % 4 == 0)
     const int64_t n1 = b1 * kSkinnyNR < p.N ? b1 * kSkinnyNR : p.N;
     if (p.vnni_packed)
       vnni_linear_packed_rows(p, b0 * kSkinnyNR, n1);

@@ -12,8 +12,8 @@
 // The one rounding of an input: each x_j moves by at most 2^(e - 17) < 2^-23 * max_j |x_j| (the block's largest
 // |x| loses at most its last bit; a tiny x next to a large one keeps its absolute accuracy, not its relative
 // one). Against the float32 tiles' own error (float32 sums over K, ~K / 16 * 2^-24 * sum |x w|) this is of the
-// same order: python_tests/test_vnni_linear.py bounds both against a float64 product on the default target's
-// weights and activations, and HF's forward stays within the same distance (test_llama_forward, decoding tests).
+// same order: python_tests/test_quant.py (test_vnni_packed_op*) bounds both against a float64 product, on random
+// rows and on the default target's weights and activations; the decoding tests keep the greedy output HF's.
 // X is the float32 sum of the block's x in a fixed order.
 // Sums: per block the integer sums, then float32: y = fma(d * 2^(e-16), S', y), y = fma(mn, X, y), blocks in order,
 // + bias at the end. Every y[m, n] depends on x row m and w row n only (not on M, the tile or the thread split).

@@ -66,7 +66,8 @@ def add_arguments(p) -> None:
                         "machine's costs; the policy stores the --costs ones")
     p.add_argument("--machine-costs", nargs="+", default=[], metavar="PROFILE=PATH",
                    help="LTD: calibrations to store with the policy per machine profile (cpu-amx: the fused forward on "
-                        "the AMX tile unit; cpu: without it), e.g. cpu-amx=amx.json cpu=epyc.json; loaded without "
+                        "the AMX tile unit; cpu-vnni: its Q4_1 products in integers on AVX512-VNNI; cpu: float32 "
+                        "tiles), e.g. cpu-amx=amx.json cpu-vnni=epyc.json; loaded without "
                         "a calibration, the policy reads the one of the machine it runs on (calibrations that record "
                         "their profile, from --costs and --extra-costs, are stored without this)")
     p.add_argument("--seed", type=int, default=0)

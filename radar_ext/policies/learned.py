@@ -208,9 +208,12 @@ class LearnedPolicy(Policy):
         else:
             from radar_ext.ops import cost_profile
             profile = cost_profile()
-            if profile in policy.machine_costs:
-                policy.costs = policy.machine_costs[profile]
-                policy.costs_source = f"stored for {profile}"
+            # a VNNI machine whose policy has no calibration for it reads the plain AVX-512 one (the nearest)
+            found = next((p for p in (profile, "cpu" if profile == "cpu-vnni" else None) if p in policy.machine_costs),
+                         None)
+            if found is not None:
+                policy.costs = policy.machine_costs[found]
+                policy.costs_source = f"stored for {found}"
             else:
                 policy.costs_source = "stored"
         policy.refresh()
