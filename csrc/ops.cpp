@@ -1126,71 +1126,58 @@ PyObject* cuda_archs(PyObject*, PyObject*) {
 #endif
 }
 
-PyObject* skinny_linear_avx512(PyObject*, PyObject*) {
-  if (radar_ext::skinny_linear_uses_avx512()) Py_RETURN_TRUE;
+// A C++ bool as a new Python reference.
+PyObject* py_bool(bool b) {
+  if (b) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
 }
 
+// A switch's setter: set(the truth of arg) returns the previous setting, handed back as a Python bool.
+template <typename Set>
+PyObject* py_switch(PyObject* arg, Set&& set) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return py_bool(set(on != 0));
+}
+
+PyObject* skinny_linear_avx512(PyObject*, PyObject*) { return py_bool(radar_ext::skinny_linear_uses_avx512()); }
+
 PyObject* amx_supported(PyObject*, PyObject*) {
-  if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_supported()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_bool(radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_supported());
 }
 
 PyObject* amx_enabled(PyObject*, PyObject*) {
-  if (radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_usable()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_bool(radar_ext::skinny_linear_uses_avx512() && radar_ext::kernels::amx_linear_usable());
 }
 
-PyObject* vnni_linear_supported(PyObject*, PyObject*) {
-  if (radar_ext::kernels::vnni_linear_supported()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
-}
+PyObject* vnni_linear_supported(PyObject*, PyObject*) { return py_bool(radar_ext::kernels::vnni_linear_supported()); }
 
-PyObject* vnni_linear_enabled(PyObject*, PyObject*) {
-  if (radar_ext::kernels::vnni_linear_usable()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
-}
+PyObject* vnni_linear_enabled(PyObject*, PyObject*) { return py_bool(radar_ext::kernels::vnni_linear_usable()); }
 
 PyObject* set_vnni_linear(PyObject*, PyObject* arg) {
-  const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
-  if (radar_ext::kernels::vnni_linear_set_enabled(on != 0)) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_switch(arg, [](bool on) { return radar_ext::kernels::vnni_linear_set_enabled(on); });
 }
 
-PyObject* argmax_vnni(PyObject*, PyObject*) {
-  if (radar_ext::argmax_head_vnni()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
-}
+PyObject* argmax_vnni(PyObject*, PyObject*) { return py_bool(radar_ext::argmax_head_vnni()); }
 
 PyObject* set_argmax_vnni(PyObject*, PyObject* arg) {
-  const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
-  const bool was = radar_ext::argmax_head_vnni();
-  radar_ext::g_argmax_vnni_on.store(on != 0);
-  if (was) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_switch(arg, [](bool on) {
+    const bool was = radar_ext::argmax_head_vnni();
+    radar_ext::g_argmax_vnni_on.store(on);
+    return was;
+  });
 }
 
-PyObject* wide_tiles(PyObject*, PyObject*) {
-  if (radar_ext::kernels::skinny_wide_tiles()) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
-}
+PyObject* wide_tiles(PyObject*, PyObject*) { return py_bool(radar_ext::kernels::skinny_wide_tiles()); }
 
 PyObject* set_wide_tiles(PyObject*, PyObject* arg) {
-  const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
-  if (radar_ext::kernels::skinny_set_wide_tiles(on != 0)) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_switch(arg, [](bool on) { return radar_ext::kernels::skinny_set_wide_tiles(on); });
 }
 
 PyObject* amx_min_rows(PyObject*, PyObject*) { return PyLong_FromLongLong(radar_ext::kernels::kAmxMinRows); }
 
 PyObject* set_amx_enabled(PyObject*, PyObject* arg) {
-  const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
-  if (radar_ext::kernels::amx_linear_set_enabled(on != 0)) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return py_switch(arg, [](bool on) { return radar_ext::kernels::amx_linear_set_enabled(on); });
 }
 
 // How many distinct threads at::parallel_for uses in this extension for 64 one-item tasks. 1 when the

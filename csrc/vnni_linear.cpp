@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #if defined(RADAR_VNNI_LINEAR)
@@ -141,6 +142,16 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.N + 16 * g, _mm512_add_ps(acc[i], bias));
 }
 
+// The M rows of x in tiles of 8, then one of 4, 2 and 1 as needed: tile(std::integral_constant<int, rows>, m0).
+template <typename Tile>
+inline void each_row_tile(int64_t M, Tile&& tile) {
+  int64_t m0 = 0;
+  for (; M - m0 >= 8; m0 += 8) tile(std::integral_constant<int, 8>(), m0);
+  if (M - m0 >= 4) tile(std::integral_constant<int, 4>(), m0), m0 += 4;
+  if (M - m0 >= 2) tile(std::integral_constant<int, 2>(), m0), m0 += 2;
+  if (M - m0 >= 1) tile(std::integral_constant<int, 1>(), m0);
+}
+
 // ---- the draft-grade products: Q8_0 weights and x rounded to one int8 digit per block (not exact) ----
 struct XDigit {
   std::vector<int8_t> digits;  // [M, nb, 32]
@@ -211,13 +222,8 @@ void vnni_q8_draft_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
   if (p.M <= 0 || n1 <= n0) return;
   XDigit& s = tls_digit;
   if (s.stale(p)) digit_x(p, s);
-  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
-    int64_t m0 = 0;
-    for (; p.M - m0 >= 8; m0 += 8) q8_group_tile<8>(p, s, g, m0);
-    if (p.M - m0 >= 4) q8_group_tile<4>(p, s, g, m0), m0 += 4;
-    if (p.M - m0 >= 2) q8_group_tile<2>(p, s, g, m0), m0 += 2;
-    if (p.M - m0 >= 1) q8_group_tile<1>(p, s, g, m0);
-  }
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g)
+    each_row_tile(p.M, [&](auto rows, int64_t m0) { q8_group_tile<decltype(rows)::value>(p, s, g, m0); });
 }
 
 bool vnni_linear_supported() { return g_supported; }
@@ -228,13 +234,8 @@ void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1
   if (p.M <= 0 || n1 <= n0) return;
   XSplit& s = tls;
   if (s.stale(p)) split_x(p, s);
-  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
-    int64_t m0 = 0;
-    for (; p.M - m0 >= 8; m0 += 8) group_tile<8>(p, s, g, m0);
-    if (p.M - m0 >= 4) group_tile<4>(p, s, g, m0), m0 += 4;
-    if (p.M - m0 >= 2) group_tile<2>(p, s, g, m0), m0 += 2;
-    if (p.M - m0 >= 1) group_tile<1>(p, s, g, m0);
-  }
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g)
+    each_row_tile(p.M, [&](auto rows, int64_t m0) { group_tile<decltype(rows)::value>(p, s, g, m0); });
 }
 
 #else  // no VNNI build

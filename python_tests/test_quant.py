@@ -358,6 +358,21 @@ def test_amx_pack_roundtrip(kind):
     assert quant.amx_pack(odd) is None
 
 
+def assert_rows_independent(call, x, full):
+    """call(rows of x) -> y: each row's result depends on its own row of x alone, not on how many rows come with it,
+    their order or the thread count (full = call(x))."""
+    for M in (1, 2, 3, 8, 9, 16, 17):
+        assert torch.equal(call(x[:M]), full[:M])
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(call(x[perm]), full[perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(call(x), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
 @pytest.mark.parametrize("N,K", [(16, 32), (48, 64), (576, 576), (192, 1536)])
 def test_amx_packed_op(kind, N, K):
@@ -372,32 +387,42 @@ def test_amx_packed_op(kind, N, K):
     op = torch.ops.radar_ext.skinny_linear_amx_packed
     full = op(x, q, d, m, bias)
     assert_close_to_reference(full, x, w, bias)
-    for M in (1, 2, 3, 8, 16, 17):
-        assert torch.equal(op(x[:M], q, d, m, bias), full[:M])
-    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(op(x[perm], q, d, m, bias), full[perm])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert torch.equal(op(x, q, d, m, bias), full)
-    finally:
-        torch.set_num_threads(threads)
+    assert_rows_independent(lambda rows: op(rows, q, d, m, bias), x, full)
     assert_close_to_reference(op(x, q, d, m), x, w)  # without a bias
 
 
-def test_amx_packed_op_errors():
-    if not (ops.HAS_EXTENSION and ops._C.amx_supported()):
-        pytest.skip("no AMX on this CPU (or the extension is not built)")
+def _supported(layout) -> bool:
+    if not ops.HAS_EXTENSION:
+        return False
+    return ops._C.amx_supported() if layout == "amx" else (hasattr(ops._C, "vnni_linear_supported")
+                                                           and ops._C.vnni_linear_supported())
+
+
+# per layout: its packing, its op and what its errors say about q, d and m
+PACKED_ERRORS = {
+    "amx": ("amx_pack", "skinny_linear_amx_packed",
+            ("q must be contiguous uint8", "d must be contiguous float16", "m must be contiguous float16")),
+    "vnni": ("vnni_pack", "skinny_linear_vnni_packed",
+             ("VNNI layout of Q4_1 blocks for K = 64", "VNNI layout", "VNNI layout")),
+}
+
+
+@pytest.mark.parametrize("layout", ["amx", "vnni"])
+def test_packed_op_errors(layout):
+    """The packed-layout ops name the argument and the layout they expected."""
+    if not _supported(layout):
+        pytest.skip(f"no {layout.upper()} on this CPU (or the extension is not built)")
+    pack, name, (q_msg, d_msg, m_msg) = PACKED_ERRORS[layout]
     b = gguf_blocks(32, 64, "Q4_1", seed=2)
-    q, d, m = quant.amx_pack(b)
-    op = torch.ops.radar_ext.skinny_linear_amx_packed
+    q, d, m = getattr(quant, pack)(b)
+    op = getattr(torch.ops.radar_ext, name)
     with pytest.raises(ValueError, match="x must be float32"):
         op(torch.randn(2, 60), q, d, m)
-    with pytest.raises(ValueError, match="q must be contiguous uint8"):
+    with pytest.raises(ValueError, match=q_msg):
         op(torch.randn(2, 64), q.view(torch.int8), d, m)
-    with pytest.raises(ValueError, match="d must be contiguous float16"):
+    with pytest.raises(ValueError, match=d_msg):
         op(torch.randn(2, 64), q, d.float(), m)
-    with pytest.raises(ValueError, match="m must be contiguous float16"):
+    with pytest.raises(ValueError, match=m_msg):
         op(torch.randn(2, 64), q, d, m[:1])
     with pytest.raises(ValueError, match="bias must be float32"):
         op(torch.randn(2, 64), q, d, m, torch.randn(5))
@@ -467,16 +492,7 @@ def test_vnni_packed_op(N, K):
     op = torch.ops.radar_ext.skinny_linear_vnni_packed
     full = op(x, q, d, m, bias)
     assert_close_to_reference_fixed_point(full, x, w, bias)
-    for M in (1, 2, 3, 8, 9, 16, 17):
-        assert torch.equal(op(x[:M], q, d, m, bias), full[:M])
-    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(op(x[perm], q, d, m, bias), full[perm])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert torch.equal(op(x, q, d, m, bias), full)
-    finally:
-        torch.set_num_threads(threads)
+    assert_rows_independent(lambda rows: op(rows, q, d, m, bias), x, full)
     assert_close_to_reference_fixed_point(op(x, q, d, m), x, w)  # without a bias
 
 
@@ -500,22 +516,6 @@ def test_vnni_packed_op_on_the_default_targets_weights():
     assert float(((vnni.double() - ref).abs() / scale).max()) < 4e-7
     assert float(((f32.double() - ref).abs() / scale).max()) < 4e-7
 
-
-@needs_vnni
-def test_vnni_packed_op_errors():
-    b = gguf_blocks(32, 64, "Q4_1", seed=2)
-    q, d, m = quant.vnni_pack(b)
-    op = torch.ops.radar_ext.skinny_linear_vnni_packed
-    with pytest.raises(ValueError, match="x must be float32"):
-        op(torch.randn(2, 60), q, d, m)
-    with pytest.raises(ValueError, match="VNNI layout of Q4_1 blocks for K = 64"):
-        op(torch.randn(2, 64), q.view(torch.int8), d, m)
-    with pytest.raises(ValueError, match="VNNI layout"):
-        op(torch.randn(2, 64), q, d.float(), m)
-    with pytest.raises(ValueError, match="VNNI layout"):
-        op(torch.randn(2, 64), q, d, m[:1])
-    with pytest.raises(ValueError, match="bias must be float32"):
-        op(torch.randn(2, 64), q, d, m, torch.randn(5))
 
 
 @needs_vnni
