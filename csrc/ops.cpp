@@ -553,24 +553,13 @@ bool amx_packed_scales_ok(const at::Tensor& t, int64_t N, int64_t K) {
   return t.scalar_type() == at::kHalf && t.is_contiguous() && t.device().is_cpu() && t.sizes().equals({N / 16, K / 32, 16});
 }
 
-// skinny_linear_quant on weights in the AMX layout (kernels/amx_linear.h, radar_ext.quant.amx_pack): q as
-// GGUF's shape (Q4_1 uint8 [N, K/2], Q8_0 int8 [N, K]) holding the units, d / m float16 [N/16, K/32, 16].
-at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& d,
-                                        const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias_in) {
-  TORCH_CHECK_VALUE(skinny_linear_uses_avx512() && kernels::amx_linear_supported(),
-                    "skinny_linear_amx_packed needs a CPU with AMX (radar_ext._C.amx_supported() is False here)");
-  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 2 && x_in.size(1) % 32 == 0,
-                    "x must be float32 [M, K] with K divisible by 32, got ", describe(x_in));
-  const at::Tensor x = x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = q.dim() == 2 ? q.size(0) : -1;
-  const bool q41 = m.has_value();
-  TORCH_CHECK_VALUE(amx_packed_q_ok(q, K, q41), "q must be contiguous ",
-                    q41 ? "uint8 [N, K/2] (Q4_1)" : "int8 [N, K] (Q8_0)", " with N divisible by 16 and K = ", K,
-                    ", got ", describe(q));
-  TORCH_CHECK_VALUE(amx_packed_scales_ok(d, N, K), "d must be contiguous float16 [N/16, K/32, 16] = [", N / 16,
-                    ", ", K / 32, ", 16], got ", describe(d));
-  TORCH_CHECK_VALUE(!q41 || amx_packed_scales_ok(*m, N, K), "m must be contiguous float16 [N/16, K/32, 16] like d, got ",
-                    q41 ? describe(*m) : std::string());
+// What the packed-layout ops share once their weights are checked: the bias checked, y [M, N] made, the params
+// (float16 scales, the layout's flag set by `layout`) and rows(p, n0, n1) over groups of 16 outputs in parallel.
+template <typename Layout>
+at::Tensor packed_product(const at::Tensor& x, int64_t N, const at::Tensor& q, const at::Tensor& d, const at::Tensor* m,
+                          const c10::optional<at::Tensor>& bias_in, Layout&& layout,
+                          void (*rows)(const kernels::SkinnyLinearParams&, int64_t, int64_t)) {
+  const int64_t M = x.size(0), K = x.size(1);
   at::Tensor bias;
   if (bias_in.has_value()) {
     TORCH_CHECK_VALUE(is_f32(*bias_in, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias_in));
@@ -582,14 +571,35 @@ at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor
                                 y.data_ptr<float>(), M, N, K};
   p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
   p.wd = static_cast<const float*>(d.const_data_ptr());
-  p.wm = q41 ? static_cast<const float*>(m->const_data_ptr()) : nullptr;
+  p.wm = m != nullptr ? static_cast<const float*>(m->const_data_ptr()) : nullptr;
   p.scales_f16 = true;
-  p.amx_packed = true;
+  layout(p);
   p.x_key = fresh_x_keys(1);
-  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
-    kernels::amx_linear_packed_rows(p, 16 * g0, 16 * g1);
-  });
+  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) { rows(p, 16 * g0, 16 * g1); });
   return y;
+}
+
+// skinny_linear_quant on weights in the AMX layout (kernels/amx_linear.h, radar_ext.quant.amx_pack): q as
+// GGUF's shape (Q4_1 uint8 [N, K/2], Q8_0 int8 [N, K]) holding the units, d / m float16 [N/16, K/32, 16].
+at::Tensor skinny_linear_amx_packed_cpu(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& d,
+                                        const c10::optional<at::Tensor>& m, const c10::optional<at::Tensor>& bias_in) {
+  TORCH_CHECK_VALUE(skinny_linear_uses_avx512() && kernels::amx_linear_supported(),
+                    "skinny_linear_amx_packed needs a CPU with AMX (radar_ext._C.amx_supported() is False here)");
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 2 && x_in.size(1) % 32 == 0,
+                    "x must be float32 [M, K] with K divisible by 32, got ", describe(x_in));
+  const at::Tensor x = x_in.contiguous();
+  const int64_t K = x.size(1), N = q.dim() == 2 ? q.size(0) : -1;
+  const bool q41 = m.has_value();
+  TORCH_CHECK_VALUE(amx_packed_q_ok(q, K, q41), "q must be contiguous ",
+                    q41 ? "uint8 [N, K/2] (Q4_1)" : "int8 [N, K] (Q8_0)", " with N divisible by 16 and K = ", K,
+                    ", got ", describe(q));
+  TORCH_CHECK_VALUE(amx_packed_scales_ok(d, N, K), "d must be contiguous float16 [N/16, K/32, 16] = [", N / 16,
+                    ", ", K / 32, ", 16], got ", describe(d));
+  TORCH_CHECK_VALUE(!q41 || amx_packed_scales_ok(*m, N, K), "m must be contiguous float16 [N/16, K/32, 16] like d, got ",
+                    q41 ? describe(*m) : std::string());
+  return packed_product(x, N, q, d, q41 ? &*m : nullptr, bias_in, [](kernels::SkinnyLinearParams& p) {
+    p.amx_packed = true;
+  }, kernels::amx_linear_packed_rows);
 }
 
 // The VNNI layout's tensors (kernels/vnni_linear.h, radar_ext.quant.vnni_pack) for K inputs: q contiguous uint8
@@ -610,30 +620,13 @@ at::Tensor skinny_linear_vnni_packed_cpu(const at::Tensor& x_in, const at::Tenso
   TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat && x_in.dim() == 2 && x_in.size(1) % 32 == 0,
                     "x must be float32 [M, K] with K divisible by 32, got ", describe(x_in));
   const at::Tensor x = x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t K = x.size(1);
   TORCH_CHECK_VALUE(vnni_packed_ok(q, d, m, K), "q / d / m must be the VNNI layout of Q4_1 blocks for K = ", K,
                     ": contiguous uint8 [N/16, ", K / 32, ", 256] and float16 [N/16, ", K / 32, ", 16] twice, got ",
                     describe(q), ", ", describe(d), ", ", describe(m));
   const int64_t N = 16 * q.size(0);
-  at::Tensor bias;
-  if (bias_in.has_value()) {
-    TORCH_CHECK_VALUE(is_f32(*bias_in, {N}), "bias must be float32 [N] = [", N, "], got ", describe(*bias_in));
-    bias = bias_in->contiguous();
-  }
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
-  kernels::SkinnyLinearParams p{x.data_ptr<float>(), nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
-                                y.data_ptr<float>(), M, N, K};
-  p.wq = static_cast<const uint8_t*>(q.const_data_ptr());
-  p.wd = static_cast<const float*>(d.const_data_ptr());
-  p.wm = static_cast<const float*>(m.const_data_ptr());
-  p.scales_f16 = true;
-  p.vnni_packed = true;
-  p.x_key = fresh_x_keys(1);
-  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
-    kernels::vnni_linear_packed_rows(p, 16 * g0, 16 * g1);
-  });
-  return y;
+  return packed_product(x, N, q, d, &m, bias_in, [](kernels::SkinnyLinearParams& p) { p.vnni_packed = true; },
+                        kernels::vnni_linear_packed_rows);
 }
 
 // ---- llama_forward: the fused torch-free verify forward (kernels/llama_forward.h) ----------------
