@@ -24,6 +24,10 @@ namespace radar_ext {
 namespace kernels {
 
 #if defined(RADAR_VNNI_LINEAR)
+// GCC 12 reports the _mm512_undefined_ps() inside its own conversion and reduction intrinsics as uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace {
 
 bool detect() {
@@ -238,6 +242,7 @@ void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1
     each_row_tile(p.M, [&](auto rows, int64_t m0) { group_tile<decltype(rows)::value>(p, s, g, m0); });
 }
 
+#pragma GCC diagnostic pop
 #else  // no VNNI build
 
 bool vnni_linear_supported() { return false; }
