@@ -121,14 +121,13 @@ def main():
 
     amx_default = _C.amx_enabled()
     print(f"AMX path for the Q4_1 / Q8_0 products: {'on' if amx_default else 'off (not on this CPU)'}")
-    vnni_default = _C.vnni_linear_enabled() if hasattr(_C, "vnni_linear_enabled") else None
+    vnni_default = _C.vnni_linear_enabled()
     print(f"VNNI integer products for the Q4_1 layers (where AMX is off): {'on' if vnni_default else 'off'}")
 
     def run_verify(tree, setting):
         _C.set_amx_enabled(amx_default and setting != "fused-avx512")
         _C.set_wide_tiles(setting != "fused-narrow")
-        if vnni_default is not None:
-            _C.set_vnni_linear(vnni_default and not setting.endswith("-f32"))
+        _C.set_vnni_linear(vnni_default and not setting.endswith("-f32"))
         with ctx(setting):
             t0 = time.perf_counter()
             out = verify(target, cache, tree, P, lean=setting in ("lean", "quant-py", "quant") or setting.startswith("fused"),
@@ -137,8 +136,7 @@ def main():
             dt = time.perf_counter() - t0
         _C.set_amx_enabled(amx_default)
         _C.set_wide_tiles(True)
-        if vnni_default is not None:
-            _C.set_vnni_linear(vnni_default)
+        _C.set_vnni_linear(vnni_default)
         kv_cache.crop(cache, P)
         return dt, (out.logits if out.logits is not None else out.argmax)
 

@@ -87,18 +87,6 @@ struct Scratch {
   }
 };
 
-// Which x a thread's split of x belongs to (SkinnyLinearParams::x_key): stale() is true until set(p), then
-// for any call with another key (or none), x, M or K.
-struct XSplitOf {
-  uint64_t key = 0;
-  const float* x = nullptr;
-  int64_t M = 0, K = 0;
-  bool stale(const SkinnyLinearParams& p) const {
-    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
-  }
-  void set(const SkinnyLinearParams& p) { key = p.x_key, x = p.x, M = p.M, K = p.K; }
-};
-
 struct ThreadState {
   Scratch xprep, sx, abuf, scales;  // amx_linear_rows
   XSplitOf split;
@@ -248,9 +236,9 @@ void amx_linear_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
   ThreadState& ts = tls;
   uint32_t* xprep = ts.xprep.get<uint32_t>(nchunks * nb * 3 * 16 * kMc);
   float* sx = ts.sx.get<float>(nchunks * nb * 16);
-  if (ts.split.stale(p)) {
+  if (x_split_stale(ts.split, p)) {
     prepare_x(p, xprep, sx);
-    ts.split.set(p);
+    x_split_set(ts.split, p);
   }
   // The A tiles of two groups of 16 rows: the current one's, and the next one's, decoded (vector units)
   // while the tile unit works on the current one (run_blocks' between).
@@ -417,9 +405,9 @@ void amx_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1)
   ThreadState& ts = tls;
   uint16_t* xs = ts.xs.get<uint16_t>(3 * M * K);
   float* xsum = ts.xsum.get<float>(M * nb);
-  if (ts.packed_split.stale(p)) {
+  if (x_split_stale(ts.packed_split, p)) {
     prepare_x_natural(p, xs, xsum);
-    ts.packed_split.set(p);
+    x_split_set(ts.packed_split, p);
   }
   const int64_t xs_part = M * K;  // elements between the hi, mid and lo copies
   uint16_t* ring = ts.bbuf.get<uint16_t>(kRing * 512);

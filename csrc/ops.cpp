@@ -645,58 +645,36 @@ kernels::LinearWeights forward_linear(const c10::List<c10::optional<at::Tensor>>
   if (layer >= 0) name << " of layer " << layer;
   name << ")";
   TORCH_CHECK_VALUE(w.has_value(), name.str(), " must be a weight or quantized blocks, got None");
-  if (w->dim() == 3 && d.has_value() && !m.has_value()) {
-    // draft-grade Q8_0 (radar_ext.quant.q8_draft_pack, kernels/vnni_linear.h): a draft head's weights only
-    TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(),
-                      ": draft-grade Q8_0 weights need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() "
-                      "is False)");
-    const bool ok = w->scalar_type() == at::kByte && w->is_contiguous() && w->device().is_cpu() && K % 32 == 0 &&
-                    w->size(1) == K / 32 && w->size(2) == 512 && amx_packed_scales_ok(*d, 16 * w->size(0), K);
-    TORCH_CHECK_VALUE(ok, name.str(), " as draft-grade Q8_0 must be uint8 [N/16, ", K / 32,
-                      ", 512] with float16 scales [N/16, ", K / 32, ", 16], got ", describe(*w), ", ", describe(*d));
-    kernels::LinearWeights r;
-    r.N = 16 * w->size(0);
-    r.K = K;
-    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
-    r.wd = static_cast<const float*>(d->const_data_ptr());
-    r.scales_f16 = true;
-    r.q8_draft = true;
-    if (bias.has_value()) {
-      TORCH_CHECK_VALUE(is_f32(*bias, {r.N}) && bias->is_contiguous() && bias->device().is_cpu(), "params[", i + 3,
-                        "] (bias of ", what, ") must be float32 [", r.N, "], got ", describe(*bias));
-      r.bias = bias->data_ptr<float>();
-    }
-    return r;
-  }
-  if (w->dim() == 3 && d.has_value()) {  // Q4_1 in the VNNI layout (radar_ext.quant.vnni_pack, kernels/vnni_linear.h)
-    TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(),
-                      ": weights in the VNNI layout need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() "
-                      "is False)");
-    TORCH_CHECK_VALUE(vnni_packed_ok(*w, *d, m, K), name.str(), " in the VNNI layout must be uint8 [N/16, ", K / 32,
-                      ", 256] with float16 scales and minima [N/16, ", K / 32, ", 16], got ", describe(*w), ", ",
-                      describe(*d), m.has_value() ? ", " + describe(*m) : std::string(", no minima"));
-    kernels::LinearWeights r;
-    r.N = 16 * w->size(0);
-    r.K = K;
-    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
-    r.wd = static_cast<const float*>(d->const_data_ptr());
-    r.wm = static_cast<const float*>(m->const_data_ptr());
-    r.scales_f16 = true;
-    r.vnni_packed = true;
-    if (bias.has_value()) {
-      TORCH_CHECK_VALUE(is_f32(*bias, {r.N}) && bias->is_contiguous() && bias->device().is_cpu(), "params[", i + 3,
-                        "] (bias of ", what, ") must be float32 [", r.N, "], got ", describe(*bias));
-      r.bias = bias->data_ptr<float>();
-    }
-    return r;
-  }
-  TORCH_CHECK_VALUE(w->device().is_cpu() && w->is_contiguous() && w->dim() == 2, name.str(),
+  // units [N/16, K/32, bytes] (kernels/vnni_linear.h): Q4_1 in the VNNI layout (radar_ext.quant.vnni_pack), or without
+  // minima draft-grade Q8_0 (radar_ext.quant.q8_draft_pack: a draft head's weights only)
+  const bool vnni = w->dim() == 3 && d.has_value();
+  TORCH_CHECK_VALUE(vnni || (w->device().is_cpu() && w->is_contiguous() && w->dim() == 2), name.str(),
                     " must be a contiguous 2-D CPU tensor, got ", describe(*w));
   kernels::LinearWeights r;
-  r.N = w->size(0);
+  r.N = vnni ? 16 * w->size(0) : w->size(0);
   r.K = K;
   const auto wt = w->scalar_type();
-  if (!d.has_value()) {
+  if (vnni) {
+    TORCH_CHECK_VALUE(kernels::vnni_linear_supported(), name.str(), ": ",
+                      m.has_value() ? "weights in the VNNI layout" : "draft-grade Q8_0 weights",
+                      " need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() is False)");
+    if (m.has_value()) {
+      TORCH_CHECK_VALUE(vnni_packed_ok(*w, *d, m, K), name.str(), " in the VNNI layout must be uint8 [N/16, ", K / 32,
+                        ", 256] with float16 scales and minima [N/16, ", K / 32, ", 16], got ", describe(*w), ", ",
+                        describe(*d), ", ", describe(*m));
+      r.wm = static_cast<const float*>(m->const_data_ptr());
+      r.vnni_packed = true;
+    } else {
+      const bool ok = wt == at::kByte && w->is_contiguous() && w->device().is_cpu() && K % 32 == 0 &&
+                      w->size(1) == K / 32 && w->size(2) == 512 && amx_packed_scales_ok(*d, r.N, K);
+      TORCH_CHECK_VALUE(ok, name.str(), " as draft-grade Q8_0 must be uint8 [N/16, ", K / 32,
+                        ", 512] with float16 scales [N/16, ", K / 32, ", 16], got ", describe(*w), ", ", describe(*d));
+      r.q8_draft = true;
+    }
+    r.wq = static_cast<const uint8_t*>(w->const_data_ptr());
+    r.wd = static_cast<const float*>(d->const_data_ptr());
+    r.scales_f16 = true;
+  } else if (!d.has_value()) {
     TORCH_CHECK_VALUE((wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf) && w->size(1) == K, name.str(),
                       " must be float32, bfloat16 or float16 [N, ", K, "], got ", describe(*w));
     if (wt == at::kFloat) {
@@ -921,8 +899,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& tokens, const at::Tensor&
   kernels::LinearWeights fc;
   const float* hidden_norm = nullptr;
   if (eagle) {
-    const bool has_fc = params.get(kForwardHeadParams).has_value();
     const c10::optional<at::Tensor> fcw = params.get(kForwardHeadParams);
+    const bool has_fc = fcw.has_value();
     // (fc's inputs: its weight's columns, or 32 per block of a [N/16, K/32, units] packed layout)
     const int64_t F = !has_fc ? H : fcw->dim() == 3 ? 32 * fcw->size(1) : fcw->size(-1);
     TORCH_CHECK_VALUE(hidden_in->scalar_type() == at::kFloat && hidden_in->device().is_cpu() &&

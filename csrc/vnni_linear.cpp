@@ -8,6 +8,8 @@
 
 #include "kernels/vnni_linear.h"
 
+#include "kernels/argmax_head.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,12 +51,7 @@ std::atomic<bool> g_enabled{env_enabled()};
 struct XSplit {
   std::vector<int8_t> limbs;
   std::vector<float> scale, sum;
-  uint64_t key = 0;
-  const float* x = nullptr;
-  int64_t M = -1, K = -1;
-  bool stale(const SkinnyLinearParams& p) const {
-    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
-  }
+  XSplitOf of;
 };
 thread_local XSplit tls;
 
@@ -98,7 +95,7 @@ void split_x(const SkinnyLinearParams& p, XSplit& s) {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(L + 64 + 16 * h), _mm512_cvtepi32_epi8(c));
       }
     }
-  s.key = p.x_key, s.x = p.x, s.M = M, s.K = K;
+  x_split_set(s.of, p);
 }
 
 // Rows [m0, m0 + MR) of group g.
@@ -157,16 +154,13 @@ inline void each_row_tile(int64_t M, Tile&& tile) {
 }
 
 // ---- the draft-grade products: Q8_0 weights and x rounded to one int8 digit per block (not exact) ----
+// x's rows rounded as the greedy head rounds its rows (argmax_quantize_row): digits [M, K], per row and block the
+// scale max |x| / 127 and -128 times the digits' sum (the correction of the weights' XOR 0x80).
 struct XDigit {
-  std::vector<int8_t> digits;  // [M, nb, 32]
-  std::vector<float> scale;    // [M, nb]: max |x| / 127
-  std::vector<int32_t> t128;   // [M, nb]: 128 * sum of the digits
-  uint64_t key = 0;
-  const float* x = nullptr;
-  int64_t M = -1, K = -1;
-  bool stale(const SkinnyLinearParams& p) const {
-    return !(p.x_key != 0 && key == p.x_key && x == p.x && M == p.M && K == p.K);
-  }
+  std::vector<int8_t> digits;  // [M, K]
+  std::vector<float> scale;    // [M, nb]
+  std::vector<int32_t> t128;   // [M, nb]
+  XSplitOf of;
 };
 thread_local XDigit tls_digit;
 
@@ -176,20 +170,10 @@ void digit_x(const SkinnyLinearParams& p, XDigit& s) {
   s.scale.resize(static_cast<size_t>(M * nb));
   s.t128.resize(static_cast<size_t>(M * nb));
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = p.x + m * K + 32 * b;
-      const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
-      const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-      const float sc = mx > 0.0f && mx < 3.0e38f ? mx / 127.0f : 0.0f;
-      const __m512 inv = _mm512_set1_ps(sc > 0.0f ? 1.0f / sc : 0.0f);
-      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
-      int8_t* D = s.digits.data() + m * K + 32 * b;
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(D), _mm512_cvtsepi32_epi8(q0));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(D + 16), _mm512_cvtsepi32_epi8(q1));
-      s.scale[m * nb + b] = sc;
-      s.t128[m * nb + b] = 128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    }
-  s.key = p.x_key, s.x = p.x, s.M = M, s.K = K;
+    if (!argmax_quantize_row(p.x + m * K, K, s.digits.data() + m * K, s.scale.data() + m * nb,
+                             s.t128.data() + m * nb, nullptr))
+      for (int64_t b = 0; b < nb; ++b) s.scale[m * nb + b] = 0.0f, s.t128[m * nb + b] = 0;  // a non-finite row: 0
+  x_split_set(s.of, p);
 }
 
 // Rows [m0, m0 + MR) of group g (units of 512 bytes: 8 vectors of 16 rows x 4 inputs, q XOR 0x80).
@@ -211,7 +195,7 @@ inline void q8_group_tile(const SkinnyLinearParams& p, const XDigit& s, int64_t 
       const int64_t r = (m0 + i) * nb + b;
       int32_t four[8];
       memcpy(four, s.digits.data() + (m0 + i) * p.K + 32 * b, 32);
-      __m512i ia = _mm512_set1_epi32(-s.t128[r]);
+      __m512i ia = _mm512_set1_epi32(s.t128[r]);
       for (int v = 0; v < 8; ++v) ia = _mm512_dpbusd_epi32(ia, w[v], _mm512_set1_epi32(four[v]));
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.scale[r])), _mm512_cvtepi32_ps(ia), acc[i]);
     }
@@ -225,7 +209,7 @@ inline void q8_group_tile(const SkinnyLinearParams& p, const XDigit& s, int64_t 
 void vnni_q8_draft_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
   if (p.M <= 0 || n1 <= n0) return;
   XDigit& s = tls_digit;
-  if (s.stale(p)) digit_x(p, s);
+  if (x_split_stale(s.of, p)) digit_x(p, s);
   for (int64_t g = n0 / 16; g < n1 / 16; ++g)
     each_row_tile(p.M, [&](auto rows, int64_t m0) { q8_group_tile<decltype(rows)::value>(p, s, g, m0); });
 }
@@ -237,7 +221,7 @@ bool vnni_linear_set_enabled(bool on) { return g_enabled.exchange(on); }
 void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1) {
   if (p.M <= 0 || n1 <= n0) return;
   XSplit& s = tls;
-  if (s.stale(p)) split_x(p, s);
+  if (x_split_stale(s.of, p)) split_x(p, s);
   for (int64_t g = n0 / 16; g < n1 / 16; ++g)
     each_row_tile(p.M, [&](auto rows, int64_t m0) { group_tile<decltype(rows)::value>(p, s, g, m0); });
 }

@@ -85,8 +85,7 @@ def test_q8_0_weights_close(target):
     assert 0 < err < 0.05
 
 
-needs_vnni = pytest.mark.skipif(not (hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported()),
-                                reason="no AVX512-VNNI on this CPU")
+needs_vnni = pytest.mark.skipif(not ops.vnni_linear_supported(), reason="no AVX512-VNNI on this CPU")
 
 
 @needs_vnni
@@ -162,11 +161,11 @@ def test_bad_arguments(target):
 def test_drafter_exact_through_fused_calls(target, weights):
     """The drafter takes the fused call for every draft call (its reason is None), keeps every layer's cache at
     the committed length, and the decoded text is the target's greedy text."""
-    if weights == "q8_vnni" and not (hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported()):
+    if weights == "q8_vnni" and not ops.vnni_linear_supported():
         pytest.skip("no AVX512-VNNI on this CPU")
     head = make_head(target, layers=2)
     drafter = EagleDrafter(head, target, head_weights=weights)
-    assert drafter.head_weights == ("q8_vnni" if ops._C.vnni_linear_supported() else "f16") if weights == "auto" \
+    assert drafter.head_weights == ("q8_vnni" if ops.vnni_linear_supported() else "f16") if weights == "auto" \
         else drafter.head_weights == weights
     calls = []
     real = HeadForward.__call__

@@ -394,8 +394,7 @@ def test_amx_packed_op(kind, N, K):
 def _supported(layout) -> bool:
     if not ops.HAS_EXTENSION:
         return False
-    return ops._C.amx_supported() if layout == "amx" else (hasattr(ops._C, "vnni_linear_supported")
-                                                           and ops._C.vnni_linear_supported())
+    return ops._C.amx_supported() if layout == "amx" else ops.vnni_linear_supported()
 
 
 # per layout: its packing, its op and what its errors say about q, d and m
@@ -430,8 +429,7 @@ def test_packed_op_errors(layout):
 
 # ----------------------------------------------------------------------------- the VNNI layout
 
-needs_vnni = pytest.mark.skipif(not (ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_supported")
-                                     and ops._C.vnni_linear_supported()),
+needs_vnni = pytest.mark.skipif(not ops.vnni_linear_supported(),
                                 reason="no AVX512-VNNI on this CPU (or the extension is not built)")
 
 

@@ -415,7 +415,7 @@ def test_cost_profile_names_this_machines_forward():
     from radar_ext import ops
     assert ops.cost_profile() in ops.COST_PROFILES
     assert (ops.cost_profile() == "cpu-amx") == bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
-    if ops.HAS_EXTENSION and not ops._C.amx_enabled() and ops._C.vnni_linear_supported():
+    if ops.HAS_EXTENSION and not ops._C.amx_enabled() and ops.vnni_linear_supported():
         assert ops.cost_profile() == "cpu-vnni"
         prev = ops._C.set_vnni_linear(False)  # the float32 tiles: the plain AVX-512 profile
         try:

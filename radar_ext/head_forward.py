@@ -28,11 +28,6 @@ WEIGHT_FORMATS = ("f16", "q8_0", "q8_vnni")
 MAX_FUSED_ROWS = 256
 
 
-def vnni_draft_available() -> bool:
-    """Whether the draft-grade integer products ("q8_vnni" head weights) run on this CPU."""
-    return bool(ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_supported") and ops._C.vnni_linear_supported())
-
-
 def head_forward_reason(head, embed) -> str | None:
     """None if `head` (an EagleHead) with the target's input embedding `embed` can run radar_ext::eagle_forward."""
     from radar_ext.fast_linear import fast_linear_available
@@ -62,7 +57,7 @@ class HeadForward:
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
         reason = head_forward_reason(head, embed)
-        if reason is None and weights == "q8_vnni" and not vnni_draft_available():
+        if reason is None and weights == "q8_vnni" and not ops.vnni_linear_supported():
             reason = "weights 'q8_vnni' need a CPU with AVX512-VNNI (radar_ext._C.vnni_linear_supported() is False)"
         if reason is not None:
             raise ValueError(f"HeadForward: {reason}")

@@ -140,7 +140,7 @@ class _FusedWeights:
         # on CPUs with AVX512-VNNI, Q4_1 blocks go to the VNNI layout (radar_ext.quant.vnni_pack): integer
         # products, x in three int8 digits per block (csrc/kernels/vnni_linear.h)
         self.amx = bool(ops.HAS_EXTENSION and ops._C.amx_enabled())
-        self.vnni = not self.amx and vnni_linear_enabled()
+        self.vnni = not self.amx and ops.vnni_linear_enabled()
         sources = []  # (owner dict, name, object) of every module and tensor read, for fresh()
 
         def sub(mod, name):
@@ -230,18 +230,11 @@ def _fused_weights(target) -> _FusedWeights:
     by_mode = _FUSED.get(target)
     if by_mode is None:
         by_mode = _FUSED[target] = {}
-    mode = (bool(ops.HAS_EXTENSION and ops._C.amx_enabled()), vnni_linear_enabled())
+    mode = (bool(ops.HAS_EXTENSION and ops._C.amx_enabled()), ops.vnni_linear_enabled())
     got = by_mode.get(mode)
     if got is None or not got.fresh(target):
         got = by_mode[mode] = _FusedWeights(target)
     return got
-
-
-def vnni_linear_enabled() -> bool:
-    """Whether the fused forward packs its Q4_1 weights for the integer VNNI products (csrc/kernels/vnni_linear.h):
-    the CPU has AVX512-VNNI and the path is on (radar_ext._C.set_vnni_linear; RADAR_EXT_VNNI_LINEAR=0 turns it off).
-    Where AMX runs the products, it takes them instead."""
-    return bool(ops.HAS_EXTENSION and hasattr(ops._C, "vnni_linear_enabled") and ops._C.vnni_linear_enabled())
 
 
 def greedy_head_usable(rows: int) -> bool:

@@ -40,6 +40,18 @@ def amx_rows(M: int) -> bool:
     return bool(HAS_EXTENSION and _C.amx_enabled() and M >= _C.amx_min_rows())
 
 
+def vnni_linear_supported() -> bool:
+    """Whether this CPU runs the integer products of csrc/kernels/vnni_linear.h (AVX512-VNNI): the target's Q4_1
+    layers where AMX does not run, and a draft head's "q8_vnni" weights."""
+    return bool(HAS_EXTENSION and _C.vnni_linear_supported())
+
+
+def vnni_linear_enabled() -> bool:
+    """Whether the fused forward packs its Q4_1 weights for the integer VNNI products: supported and on
+    (_C.set_vnni_linear; RADAR_EXT_VNNI_LINEAR=0 turns it off). Where AMX runs the products, it takes them instead."""
+    return bool(HAS_EXTENSION and _C.vnni_linear_enabled())
+
+
 COST_PROFILES = ("cpu-amx", "cpu-vnni", "cpu")
 
 
@@ -55,7 +67,7 @@ def cost_profile() -> str:
         return "cpu"
     if _C.amx_enabled():
         return "cpu-amx"
-    return "cpu-vnni" if hasattr(_C, "vnni_linear_enabled") and _C.vnni_linear_enabled() else "cpu"
+    return "cpu-vnni" if vnni_linear_enabled() else "cpu"
 
 
 def built_with_cuda() -> bool:

@@ -170,6 +170,12 @@ def dequantize_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None =
     return (nib * d.unsqueeze(2) + m.unsqueeze(2)).reshape(N, K)
 
 
+def _ungroup_lanes(s: torch.Tensor) -> torch.Tensor:
+    """Per-group lanes [G, nb, 16] (radar_ext.quant's grouped scales) -> per-row, per-block float32 [16 G, nb]."""
+    G, nb = s.shape[0], s.shape[1]
+    return s.transpose(1, 2).reshape(16 * G, nb).float()
+
+
 def amx_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None = None):
     """GGUF blocks (q, d, m; float32 scales) from the AMX layout of radar_ext.quant.amx_pack (the inverse:
     units [N/16, K/32, 256 or 512] in q's GGUF shape, scales float16 [N/16, K/32, 16])."""
@@ -185,8 +191,7 @@ def amx_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None = None):
         q_out = (vals[:, :, :16] | (vals[:, :, 16:] << 4)).reshape(N, nb * 16).contiguous()
     else:
         q_out = vals.reshape(N, nb * 32).contiguous()
-    lanes = lambda s: s.transpose(1, 2).reshape(N, nb).float()              # noqa: E731
-    return q_out, lanes(d), None if m is None else lanes(m)
+    return q_out, _ungroup_lanes(d), None if m is None else _ungroup_lanes(m)
 
 
 def vnni_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
@@ -198,8 +203,7 @@ def vnni_unpack(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
     quads = torch.cat([u & 15, u >> 4], dim=2)                                      # [g, b, 8 quads, l, t]
     vals = quads.permute(0, 3, 1, 2, 4).reshape(N, nb, 32)                          # [16g + l, b, 4p + t]
     q_out = (vals[:, :, :16] | (vals[:, :, 16:] << 4)).reshape(N, nb * 16).contiguous()
-    lanes = lambda s: s.transpose(1, 2).reshape(N, nb).float()              # noqa: E731
-    return q_out, lanes(d), lanes(m)
+    return q_out, _ungroup_lanes(d), _ungroup_lanes(m)
 
 
 def skinny_linear_quant(x, q, d, m=None, bias=None):

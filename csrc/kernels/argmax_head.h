@@ -59,7 +59,8 @@ static inline float argmax_half(uint16_t bits) {
   return load_weight(&h);
 }
 
-// Row h [K] -> hq, s, t128, c (nb = K / 32 blocks). False (nothing usable) if h holds a non-finite value.
+// Row h [K] -> hq, s, t128, c (nb = K / 32 blocks; c may be null: vnni_q8_draft_rows rounds its rows of x so too).
+// False (nothing usable) if h holds a non-finite value.
 static inline bool argmax_quantize_row(const float* h, int64_t K, int8_t* hq, float* s, int32_t* t128, float* c) {
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* x = h + 32 * b;
@@ -78,7 +79,7 @@ static inline bool argmax_quantize_row(const float* h, int64_t K, int8_t* hq, fl
     }
     s[b] = sb;
     t128[b] = -128 * sum;
-    c[b] = kArgmaxBoundScale * sb;
+    if (c != nullptr) c[b] = kArgmaxBoundScale * sb;
   }
   return true;
 }

@@ -74,6 +74,21 @@ struct SkinnyLinearParams {
   bool q8_draft = false;
 };
 
+// Which x a thread's split of x belongs to (SkinnyLinearParams::x_key; the AMX and VNNI paths keep one per thread
+// beside their split): x_split_stale is true until x_split_set(p), then for any call with another key (or none), x,
+// M or K. Free static functions, not members: this header is compiled for several ISAs (see the top of the file).
+struct XSplitOf {
+  uint64_t key = 0;
+  const float* x = nullptr;
+  int64_t M = 0, K = 0;
+};
+static inline bool x_split_stale(const XSplitOf& s, const SkinnyLinearParams& p) {
+  return !(p.x_key != 0 && s.key == p.x_key && s.x == p.x && s.M == p.M && s.K == p.K);
+}
+static inline void x_split_set(XSplitOf& s, const SkinnyLinearParams& p) {
+  s.key = p.x_key, s.x = p.x, s.M = p.M, s.K = p.K;
+}
+
 // The two 16-bit weight formats, as distinct types for the templates below.
 struct Bf16 { uint16_t bits; };
 struct F16 { uint16_t bits; };

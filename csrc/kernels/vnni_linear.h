@@ -50,7 +50,8 @@ void vnni_linear_packed_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1
 // Draft-grade products (not exact, for a draft head, whose numerics change what is proposed, never what is
 // emitted): Q8_0 weights in the greedy head's group layout (radar_ext.quant.argmax_pack: units of 512 bytes
 // [N/16, K/32, 512], q XOR 0x80; wd float16 [N/16, K/32, 16]) times x rounded to one int8 per input, per block of
-// 32 scaled by max |x| / 127, as llama.cpp's Q8_0 x Q8_0 dot: y = sum_b d * s_x * (sum_j (q_j + 128) x_j - 128
+// 32 scaled by max |x| / 127 (the greedy head's rounding, argmax_quantize_row; a row with a non-finite value gives
+// zeros plus the bias), as llama.cpp's Q8_0 x Q8_0 dot: y = sum_b d * s_x * (sum_j (q_j + 128) x_j - 128
 // sum_j x_j), the integer part exact, + bias (SkinnyLinearParams::q8_draft). n0, n1 multiples of 16; p.x_key as
 // above.
 void vnni_q8_draft_rows(const SkinnyLinearParams& p, int64_t n0, int64_t n1);

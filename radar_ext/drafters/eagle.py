@@ -54,8 +54,7 @@ class EagleDrafter(Drafter):
         from radar_ext.head_forward import WEIGHT_FORMATS
 
         if head_weights == "auto":
-            from radar_ext.head_forward import vnni_draft_available
-            head_weights = "q8_vnni" if vnni_draft_available() else "f16"
+            head_weights = "q8_vnni" if ops.vnni_linear_supported() else "f16"
         if head_weights not in WEIGHT_FORMATS:
             raise ValueError(f"head_weights must be 'auto' or one of {WEIGHT_FORMATS}, got {head_weights!r}")
         self.fused, self.head_weights = bool(fused), head_weights
