@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <atomic>
 #include <type_traits>
 #include <vector>
@@ -57,8 +58,24 @@ thread_local XSplit tls;
 
 // The block's exponent: the smallest e with max |x| <= 126 * 2^e (0 for an all-zero block). Non-finite x are the
 // caller's business (llama_forward checks its outputs); they give some e and garbage, never a crash.
+// 2^n as a float (ldexpf(1, n)), from its bits where that is a normal number.
+inline float pow2f(int n) {
+  if (n < -126 || n > 127) return ldexpf(1.0f, n);
+  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The least e with 126 * 2^e >= mx (0 for mx 0, non-finite or above 3e38). A normal mx = f 2^k, f in [1, 2),
+// from its bits: 126 = 1.96875 * 2^6, so e = k - 6 unless f > 1.96875 (mantissa bits above 0x7C0000), then
+// k - 5; a subnormal mx by search.
 inline int block_exponent(float mx) {
   if (!(mx > 0.0f) || mx > 3.0e38f) return 0;
+  uint32_t bits;
+  memcpy(&bits, &mx, sizeof bits);
+  const int k = static_cast<int>(bits >> 23) - 127;
+  if (k > -127) return (bits & 0x7FFFFFu) > 0x7C0000u ? k - 5 : k - 6;
   int e;
   frexpf(mx / 126.0f, &e);  // mx / 126 in [2^(e-1), 2^e)
   while (e > -149 && ldexpf(126.0f, e - 1) >= mx) --e;
@@ -79,10 +96,10 @@ void split_x(const SkinnyLinearParams& p, XSplit& s) {
       const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
       s.sum[m * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
       const int e = block_exponent(mx);
-      s.scale[m * nb + b] = ldexpf(1.0f, e - 16);
+      s.scale[m * nb + b] = pow2f(e - 16);
       // x * 2^(16 - e) in two exact steps (2^(16 - e) alone may overflow a float for a block of tiny x)
       const int half = (16 - e) / 2;
-      const __m512 up1 = _mm512_set1_ps(ldexpf(1.0f, 16 - e - half)), up2 = _mm512_set1_ps(ldexpf(1.0f, half));
+      const __m512 up1 = _mm512_set1_ps(pow2f(16 - e - half)), up2 = _mm512_set1_ps(pow2f(half));
       int8_t* L = s.limbs.data() + (m * nb + b) * 96;
       for (int h = 0; h < 2; ++h) {
         const __m512i T = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(h ? x1 : x0, up1), up2));  // nearest even
@@ -143,14 +160,26 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.N + 16 * g, _mm512_add_ps(acc[i], bias));
 }
 
-// The M rows of x in tiles of 8, then one of 4, 2 and 1 as needed: tile(std::integral_constant<int, rows>, m0).
+// The M rows of x in ceil(M / 8) tiles of near-equal size (M = 11: 6 + 5), each one pass over a group's
+// weights: tile(std::integral_constant<int, rows>, m0). Tiles of 8, 4, 2, 1 made M = 3, 5, 6, 7 pay for a
+// second or third pass with a one- or two-row tile (7 rows cost more than 8 in the calibration).
+template <int R, typename Tile>
+inline void row_tile_of(int rows, int64_t m0, Tile& tile) {
+  if constexpr (R > 1) {
+    if (rows < R) return row_tile_of<R - 1>(rows, m0, tile);
+  }
+  tile(std::integral_constant<int, R>(), m0);
+}
+
 template <typename Tile>
 inline void each_row_tile(int64_t M, Tile&& tile) {
+  const int64_t tiles = (M + 7) / 8, base = M / std::max<int64_t>(tiles, 1), longer = M - base * tiles;
   int64_t m0 = 0;
-  for (; M - m0 >= 8; m0 += 8) tile(std::integral_constant<int, 8>(), m0);
-  if (M - m0 >= 4) tile(std::integral_constant<int, 4>(), m0), m0 += 4;
-  if (M - m0 >= 2) tile(std::integral_constant<int, 2>(), m0), m0 += 2;
-  if (M - m0 >= 1) tile(std::integral_constant<int, 1>(), m0);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int rows = static_cast<int>(base + (t < longer ? 1 : 0));
+    row_tile_of<8>(rows, m0, tile);
+    m0 += rows;
+  }
 }
 
 // ---- the draft-grade products: Q8_0 weights and x rounded to one int8 digit per block (not exact) ----

@@ -307,6 +307,34 @@ static inline void llama_scores_row16(const float* q, const float* kc, int64_t T
     skinny_linear_blocks_native(s, 0, skinny_linear_blocks(s));
   }
 }
+
+// out = inv * sum_t e_t v_t over the T value rows (D = 16 * ND floats each), 16 dims per step in t order;
+// entries e_t == 0 (masked) add nothing. The ND accumulators stay in registers (a runtime ND kept them on the
+// stack, each step a store-to-load round trip).
+template <int ND>
+static inline void llama_value_sum_nd(const float* e, const float* vc, int64_t T, float inv, float* out) {
+  __m512 acc[ND];
+#pragma GCC unroll 16
+  for (int c = 0; c < ND; ++c) acc[c] = _mm512_setzero_ps();
+  for (int64_t u = 0; u < T; ++u) {
+    if (e[u] == 0.0f) continue;
+    const __m512 ev = _mm512_set1_ps(e[u]);
+    const float* vr = vc + u * 16 * ND;
+#pragma GCC unroll 16
+    for (int c = 0; c < ND; ++c) acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(ev, _mm512_loadu_ps(vr + 16 * c)));
+  }
+  const __m512 iv = _mm512_set1_ps(inv);
+#pragma GCC unroll 16
+  for (int c = 0; c < ND; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], iv));
+}
+
+template <int ND = 16>
+static inline void llama_value_sum(const float* e, const float* vc, int64_t T, int64_t D, float inv, float* out) {
+  if constexpr (ND > 1) {
+    if (D < 16 * ND) return llama_value_sum<ND - 1>(e, vc, T, D, inv, out);
+  }
+  llama_value_sum_nd<ND>(e, vc, T, inv, out);
+}
 #endif
 
 // Attention of query head h of batch row b, all M tree rows, over cache positions [0, past_len + M):
@@ -370,18 +398,7 @@ static inline void llama_attention_head(const LlamaForwardParams& p, const Llama
       _mm512_storeu_ps(ls, lanes);
       for (int w = 8; w >= 1; w /= 2)
         for (int l = 0; l < w; ++l) ls[l] += ls[l + w];
-      __m512 acc[16];
-      const int64_t nd = D / 16;
-      for (int64_t c = 0; c < nd; ++c) acc[c] = _mm512_setzero_ps();
-      for (int64_t u = 0; u < T; ++u) {
-        const float e = sr[u];
-        if (e == 0.0f) continue;  // hidden (masked) entries: exactly nothing to add
-        const __m512 ev = _mm512_set1_ps(e);
-        const float* vr = vc + u * D;
-        for (int64_t c = 0; c < nd; ++c) acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(ev, _mm512_loadu_ps(vr + 16 * c)));
-      }
-      const __m512 inv = _mm512_set1_ps(1.0f / ls[0]);
-      for (int64_t c = 0; c < nd; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
+      llama_value_sum(sr, vc, T, D, 1.0f / ls[0], out);
       continue;
     }
 #endif
