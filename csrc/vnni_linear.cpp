@@ -115,6 +115,35 @@ void split_x(const SkinnyLinearParams& p, XSplit& s) {
   x_split_set(s.of, p);
 }
 
+// Block b of R consecutive rows (r: the first row's index row * nb + b): acc[j] += d * scale * S + m * X for
+// row j, S its exact sum of digits x nibbles (the three digits' int32 sums, joined in one float32 rounding).
+template <int R>
+inline void row_block(const XSplit& s, int64_t r, int64_t nb, const __m512i (&w)[8], __m512 d, __m512 mn, __m512* acc) {
+  const __m512 k256 = _mm512_set1_ps(256.0f), k65536 = _mm512_set1_ps(65536.0f);
+  __m512i ia[R], ib[R], ic[R];
+  const int8_t* L[R];
+  for (int j = 0; j < R; ++j) {
+    ia[j] = ib[j] = ic[j] = _mm512_setzero_si512();
+    L[j] = s.limbs.data() + (r + j * nb) * 96;
+  }
+  for (int v = 0; v < 8; ++v)
+    for (int j = 0; j < R; ++j) {
+      int32_t qa, qb, qc;
+      memcpy(&qa, L[j] + 4 * v, 4);
+      memcpy(&qb, L[j] + 32 + 4 * v, 4);
+      memcpy(&qc, L[j] + 64 + 4 * v, 4);
+      ia[j] = _mm512_dpbusd_epi32(ia[j], w[v], _mm512_set1_epi32(qa));
+      ib[j] = _mm512_dpbusd_epi32(ib[j], w[v], _mm512_set1_epi32(qb));
+      ic[j] = _mm512_dpbusd_epi32(ic[j], w[v], _mm512_set1_epi32(qc));
+    }
+  for (int j = 0; j < R; ++j) {
+    const __m512 low = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib[j]), k256, _mm512_cvtepi32_ps(ic[j]));  // exact
+    const __m512 S = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[j]), k65536, low);
+    acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.scale[r + j * nb])), S, acc[j]);
+    acc[j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(s.sum[r + j * nb]), acc[j]);
+  }
+}
+
 // Rows [m0, m0 + MR) of group g.
 template <int MR>
 inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, int64_t m0) {
@@ -125,7 +154,6 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i lo4 = _mm512_set1_epi8(15);
-  const __m512 k256 = _mm512_set1_ps(256.0f), k65536 = _mm512_set1_ps(65536.0f);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* u = units + b * 256;
     if (b + 2 < nb) _mm_prefetch(reinterpret_cast<const char*>(u + 512), _MM_HINT_T0),
@@ -140,20 +168,13 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
     }
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 16 * b)));
     const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wm + 16 * b)));
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = (m0 + i) * nb + b;
-      int32_t four[24];
-      memcpy(four, s.limbs.data() + r * 96, 96);
-      __m512i ia = _mm512_setzero_si512(), ib = _mm512_setzero_si512(), ic = _mm512_setzero_si512();
-      for (int v = 0; v < 8; ++v) {
-        ia = _mm512_dpbusd_epi32(ia, w[v], _mm512_set1_epi32(four[v]));
-        ib = _mm512_dpbusd_epi32(ib, w[v], _mm512_set1_epi32(four[8 + v]));
-        ic = _mm512_dpbusd_epi32(ic, w[v], _mm512_set1_epi32(four[16 + v]));
-      }
-      const __m512 low = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib), k256, _mm512_cvtepi32_ps(ic));  // exact
-      const __m512 S = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), k65536, low);
-      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(s.scale[r])), S, acc[i]);
-      acc[i] = _mm512_fmadd_ps(mn, _mm512_set1_ps(s.sum[r]), acc[i]);
+    // Two rows at a time: six independent vpdpbusd chains in flight instead of three.
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i += 2) {
+      if (i + 1 < MR)
+        row_block<2>(s, (m0 + i) * nb + b, nb, w, d, mn, acc + i);
+      else
+        row_block<1>(s, (m0 + i) * nb + b, nb, w, d, mn, acc + i);
     }
   }
   const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + 16 * g) : _mm512_setzero_ps();
