@@ -570,7 +570,9 @@ static inline void llama_forward_thread(const LlamaForwardParams& p, const Llama
         memcpy(p.v_cache[l] + slot, ws.v + r * KD + g * D, D * sizeof(float));
       }
     });
-    llama_phase(*ph++, p.B * p.n_heads, 1, [&](int64_t lo, int64_t hi) {
+    // Contiguous heads per thread: the query heads of one K/V head mostly on one thread, which reads that
+    // head's cache from memory once and then from its own cache (chunks of 1 spread them over both threads).
+    llama_phase(*ph++, p.B * p.n_heads, (p.B * p.n_heads + nth - 1) / nth, [&](int64_t lo, int64_t hi) {
       for (int64_t it = lo; it < hi; ++it) llama_attention_head(p, ws, l, it / p.n_heads, it % p.n_heads, qh, scores, oh);
     });
     {
