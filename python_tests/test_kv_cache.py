@@ -138,7 +138,7 @@ def test_append_matches_update_through_crop_commit_and_growth():
 def test_stacked_layers_match_update_through_commit_crop_and_replacement():
     """reserve_layers / extend_layers (the fused forward's cache steps: every layer in one stacked buffer) give
     every layer the values DynamicCache.update would, across commits (one index_select for all layers), crops
-    (the layers are adopted again without a copy), growth past the capacity and the model's own concatenating
+    (the stack's own views set, or the layers adopted again without a copy), growth past the capacity and the model's own concatenating
     update in between (the stack is rebuilt from the layers)."""
     g = torch.Generator().manual_seed(0)
     ours, ref = fake_cache(3, 5), fake_cache(3, 5)
@@ -171,7 +171,17 @@ def test_stacked_layers_match_update_through_commit_crop_and_replacement():
     same()
     for c in (ours, ref):
         kv_cache.crop(c, 8)
-    step(1)                                               # cropped views are adopted: the same stack
+    same()
+    assert kv_cache._stacked(ours) is not None            # crop set the stack's own views: still held, no adopt
+    step(1)                                               # the same stack
+    assert ours.__dict__[kv_cache._STACK].k is stack
+    same()
+    ours.layers[0].keys = ours.layers[0].keys[:, :, :9]   # a view replaced from outside: crop slices, then adopted
+    ours.layers[0].values = ours.layers[0].values[:, :, :9]
+    assert kv_cache._stacked(ours) is None
+    for c in (ours, ref):
+        kv_cache.crop(c, 9)
+    step(1)
     assert ours.__dict__[kv_cache._STACK].k is stack
     same()
     for c in (ours, ref):

@@ -42,7 +42,12 @@ def cache_length(cache) -> int:
 
 
 def crop(cache, length: int) -> None:
-    """Keep the first `length` positions of every layer."""
+    """Keep the first `length` positions of every layer (a cache whose layers view one stacked buffer, the fused
+    forward's, keeps viewing it: the next reserve_layers needs no per-layer check)."""
+    st = _stacked(cache)
+    if st is not None and 0 <= length < st.length:
+        st.set_length(cache, length)
+        return
     for layer in cache.layers:
         if layer.is_initialized and layer.keys.shape[-2] > length:
             layer.keys = layer.keys[..., :length, :]
