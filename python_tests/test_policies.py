@@ -231,6 +231,10 @@ def test_costs_formats_and_errors(tmp_path):
     d = PolicyCosts.load(tmp_path / "c.json")
     assert a == b == c == d
     assert a.t_verify(16) == pytest.approx(0.012) and a.t_verify(40) == pytest.approx(0.016)
+    assert a.t_verify(128) == pytest.approx(0.02 + 0.008 * 64 / 48) and a.t_verify(0) == pytest.approx(0.01 - 0.002 / 15)
+    # a noisy curve whose last segment falls: beyond it no cheaper than its last point (not ~0 at large V)
+    noisy = PolicyCosts.load({"t_draft": 0.002, "t_policy": 1e-4, "t_ar": 0.01, "T_verify": {"1": 0.01, "4": 0.014, "8": 0.012}})
+    assert noisy.t_verify(6) == pytest.approx(0.013) and noisy.t_verify(64) == pytest.approx(0.012)
     with pytest.raises(ValueError, match=r"missing key\(s\) \['t_ar'\]"):
         PolicyCosts.load({"t_draft": 1, "t_policy": 1, "t_verify": {1: 1}})
     with pytest.raises(ValueError, match="t_ar must be > 0"):

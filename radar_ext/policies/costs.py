@@ -47,13 +47,18 @@ class PolicyCosts:
             self.per_batch = {int(B): _check_batch_entry(B, e) for B, e in self.per_batch.items()}
 
     def t_verify(self, V: float) -> float:
-        """T_verify(V): piecewise linear through the measured points, linear extrapolation outside."""
+        """T_verify(V): piecewise linear through the measured points, linear extrapolation outside; above the
+        largest measured V never below its time (a noisy last segment that falls would otherwise price big
+        trees near zero)."""
         vb, vs = self.verify_budgets, self.verify_seconds
         if len(vb) == 1:
             return vs[0]
         k = min(max(bisect.bisect_left(vb, V), 1), len(vb) - 1)
         v0, v1, s0, s1 = vb[k - 1], vb[k], vs[k - 1], vs[k]
-        return max(s0 + (s1 - s0) * (V - v0) / (v1 - v0), 1e-9)
+        slope = (s1 - s0) / (v1 - v0)
+        if V > v1:
+            return max(s1 + max(slope, 0.0) * (V - v1), 1e-9)
+        return max(s0 + slope * (V - v0), 1e-9)
 
     def plain_step(self) -> float:
         """Seconds of a skipped cycle's plain step (the root verified alone, no draft call): t_plain where
