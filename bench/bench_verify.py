@@ -17,10 +17,10 @@ runs its Q4_1 layers in integers, csrc/kernels/vnni_linear.h).
 
 Each sample: verify the tree on top of a fixed prefix in the target's DynamicCache, then crop the
 cache back to the prefix; the lean and fused settings with the target pinned (lean_forward.pinned), as
-RadarDecoder pins it for a generate call, so their model checks run once per sample outside the timing. The settings alternate sample by sample so that load from other
-processes hits them alike (all but `off`, whose half-gigabyte of float32 weights flushes the caches
-for whatever runs next: it is timed on its own after them). Validates first: reports the max logit difference to `off` and the
-number of nodes whose argmax differs (0 unless a genuine fp tie). Prints median and p10-p90 in ms; writes JSON.
+RadarDecoder pins it for a generate call, so their model checks run once per sample outside the timing.
+The settings alternate sample by sample so that load from other processes hits them alike (all but `off`,
+whose half-gigabyte of float32 weights flushes the caches for whatever runs next: it is timed on its own after
+them). Validates first: reports the max logit difference to `off` and the number of nodes whose argmax differs (0 unless a genuine fp tie). Prints median and p10-p90 in ms; writes JSON.
 
     python bench/bench_verify.py [--json PATH] [--repeats 30] [--threads 2] [--prefix 256]
 """
@@ -130,8 +130,8 @@ def main():
         _C.set_amx_enabled(amx_default and setting != "fused-avx512")
         _C.set_wide_tiles(setting != "fused-narrow")
         _C.set_vnni_linear(vnni_default and not setting.endswith("-f32"))
-        lean, native, fused = setting in ("lean", "quant-py", "quant") or setting.startswith("fused"), setting == "quant", \
-            setting.startswith("fused")
+        fused = setting.startswith("fused")
+        lean, native = fused or setting in ("lean", "quant-py", "quant"), setting == "quant"
         # pinned, as RadarDecoder pins the target for one generate call: the checks that the model still
         # qualifies and its weights are unchanged run once on entry, outside the timed verify
         with ctx(setting), lean_forward.pinned(target, native=native, fused=fused) if lean else contextlib.nullcontext():

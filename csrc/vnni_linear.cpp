@@ -56,8 +56,6 @@ struct XSplit {
 };
 thread_local XSplit tls;
 
-// The block's exponent: the smallest e with max |x| <= 126 * 2^e (0 for an all-zero block). Non-finite x are the
-// caller's business (llama_forward checks its outputs); they give some e and garbage, never a crash.
 // 2^n as a float (ldexpf(1, n)), from its bits where that is a normal number.
 inline float pow2f(int n) {
   if (n < -126 || n > 127) return ldexpf(1.0f, n);
@@ -67,9 +65,10 @@ inline float pow2f(int n) {
   return f;
 }
 
-// The least e with 126 * 2^e >= mx (0 for mx 0, non-finite or above 3e38). A normal mx = f 2^k, f in [1, 2),
-// from its bits: 126 = 1.96875 * 2^6, so e = k - 6 unless f > 1.96875 (mantissa bits above 0x7C0000), then
-// k - 5; a subnormal mx by search.
+// The block's exponent: the smallest e with max |x| = mx <= 126 * 2^e (0 for an all-zero block, or mx non-finite or
+// above 3e38: non-finite x are the caller's business (llama_forward checks its outputs); they give some e and
+// garbage, never a crash). A normal mx = f 2^k, f in [1, 2), from its bits: 126 = 1.96875 * 2^6, so e = k - 6
+// unless f > 1.96875 (mantissa bits above 0x7C0000), then k - 5; a subnormal mx by search.
 inline int block_exponent(float mx) {
   if (!(mx > 0.0f) || mx > 3.0e38f) return 0;
   uint32_t bits;
@@ -182,8 +181,8 @@ inline void group_tile(const SkinnyLinearParams& p, const XSplit& s, int64_t g, 
 }
 
 // The M rows of x in ceil(M / 8) tiles of near-equal size (M = 11: 6 + 5), each one pass over a group's
-// weights: tile(std::integral_constant<int, rows>, m0). Tiles of 8, 4, 2, 1 made M = 3, 5, 6, 7 pay for a
-// second or third pass with a one- or two-row tile (7 rows cost more than 8 in the calibration).
+// weights: tile(std::integral_constant<int, rows>, m0). (Tiles of 8, 4, 2 and 1 took up to three passes at
+// M = 7; the timings could not tell the two apart.)
 template <int R, typename Tile>
 inline void row_tile_of(int rows, int64_t m0, Tile& tile) {
   if constexpr (R > 1) {

@@ -14,9 +14,9 @@
 // so a descheduled thread does not hold the other one up). Products: chunks of 4-row blocks of their
 // output columns (every output is summed by one thread in the kernel's fixed order, so the result does
 // not depend on the thread count or the split); rotary: (row, head) pairs; attention: (batch row,
-// query head) pairs in contiguous ranges, one per thread (the query heads of a K/V head mostly on one thread,
-// which reads that head's cache once from memory). Each thread that takes product work first normalizes all R rows into its own
-// buffer (R * H flops, cheaper than another phase).
+// query head) pairs in contiguous ranges, one per thread (the query heads of a K/V head mostly on one
+// thread, which reads that head's cache once from memory). Each thread that takes product work first
+// normalizes all R rows into its own buffer (R * H flops, cheaper than another phase).
 // Numerics: float32 accumulation everywhere, no fast-math, no contraction (setup.py); logits differ
 // from the HF forward's by summation order only (python_tests/test_fused_forward.py).
 // All functions have internal linkage (static): this header is compiled for the baseline ISA in
