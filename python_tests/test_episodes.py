@@ -212,6 +212,43 @@ def test_collect_dataset_resume_and_split(model, drafter, tmp_path):
     assert both.cycles == 2 * tr.cycles
 
 
+class _ChatTokenizer:
+    """apply_chat_template of a tokenizer: the user message's characters as token ids (mod VOCAB)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        assert add_generation_prompt and tokenize and [m["role"] for m in messages] == ["user"]
+        return [1] + [ord(c) % VOCAB for c in messages[0]["content"]] + [2]
+
+
+def test_collect_on_benchmark_questions_is_for_measurement_only(model, drafter, tmp_path):
+    from radar_ext.training.episodes import _question_prompts, check_config
+    from radar_ext.training.train_policy import TrainPolicyConfig, train
+
+    qfile = tmp_path / "q.jsonl"
+    rows = [("writing", 1, "ab"), ("writing", 2, "cde"), ("math", 3, "fg"), ("coding", 4, "hij"), ("math", 5, "k")]
+    qfile.write_text("".join(json.dumps({"question_id": i, "category": c, "turns": [t, "second turn"]}) + "\n"
+                             for c, i, t in rows))
+    cfg = CollectConfig(out_dir=tmp_path / "ep", num_prompts=4, max_new_tokens=8, max_draft_calls=N, tree_topk=W,
+                        budgets=BUDGETS, val_fraction=0.0, prompts_per_shard=2, pool_topk=16, questions=str(qfile))
+    prompts = _question_prompts(cfg, _ChatTokenizer())
+    # first turns of 4 questions picked round-robin over categories, in file order, as `radar bench --limit`
+    assert [cid for cid, _ in prompts] == ["writing/1", "writing/2", "math/3", "coding/4"]
+    assert prompts[2][1] == [1, ord("f") % VOCAB, ord("g") % VOCAB, 2]
+    collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    meta = json.loads((cfg.out_dir / "episodes_meta.json").read_text())
+    assert meta["questions"] == str(qfile)
+    assert load_episodes(cfg.out_dir, "train").cycles > 4
+    with pytest.raises(ValueError, match="recorded on benchmark questions"):
+        train(TrainPolicyConfig(episodes=cfg.out_dir, out_dir=tmp_path / "run", kind="ltd"), log=lambda *_: None)
+    # the same directory without --questions is another collection
+    cfg.questions = None
+    with pytest.raises(ValueError, match="questions"):
+        collect(cfg, target=model, drafter=drafter, prompts=prompts)
+    cfg.questions = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="questions must be a Spec-Bench .jsonl file"):
+        check_config(cfg)
+
+
 def test_collector_argument_errors(model, drafter):
     from radar_ext import NgramDrafter
 

@@ -35,6 +35,11 @@ def add_arguments(p) -> None:
                         "episodes record the merged pool and the lookup features")
     p.add_argument("--lookup-scores", default=None,
                    help="with --drafter hybrid: calibrated lookup scores (default: lookup_scores.json beside the head)")
+    p.add_argument("--questions", default=None,
+                   help="a Spec-Bench .jsonl: record the first turns of its first --num-prompts questions (round-robin "
+                        "over categories, as `radar bench --limit`) instead of ShareGPT, to measure the controllers "
+                        "on the benchmark's own cycles (bench/controller_ceiling.py --split all); "
+                        "`radar train-policy` refuses these episodes")
 
 
 def parse_budgets(text: str) -> tuple:
@@ -59,12 +64,12 @@ def run(args) -> int:
                             tree_topk=args.tree_topk, budgets=parse_budgets(args.budgets),
                             temperature=args.temperature, pool_topk=args.pool_topk, seed=args.seed,
                             threads=args.threads, head=args.head, drafter=args.drafter,
-                            lookup_scores=args.lookup_scores)
+                            lookup_scores=args.lookup_scores, questions=args.questions)
         check_config(cfg)
     except ValueError as e:
         msg = str(e)
         for name in ("num_prompts", "prompt_offset", "val_fraction", "prompts_per_shard", "max_new_tokens",
-                     "max_draft_calls", "tree_topk", "temperature", "pool_topk", "lookup_scores"):
+                     "max_draft_calls", "tree_topk", "temperature", "pool_topk", "lookup_scores", "questions"):
             if msg.startswith(name + " "):
                 msg = "--" + name.replace("_", "-") + msg[len(name):]
         print(f"radar collect: error: {msg}", file=sys.stderr)

@@ -60,7 +60,8 @@ FORMAT = 2
 FORMATS = (1, 2)  # what loads
 # Keys of the meta JSON that must agree when a collection is resumed.
 _RESUME_KEYS = ("format", "tree_topk", "max_draft_calls", "budgets", "temperature", "pool_topk", "head",
-                "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard", "drafter")
+                "target", "prompt_offset", "seed", "max_new_tokens", "val_fraction", "prompts_per_shard", "drafter",
+                "questions")
 TENSOR_KEYS_V1 = ("beam_scores", "child_scores", "pool_top", "accept_dist", "t_draft", "t_verify",
                   "verify_nodes", "seq_len", "accepted_len", "prompt")
 HISTORY_KEYS = ("hist_accept_ema", "hist_accept_last", "hist_best_prob", "hist_best_accepted", "hist_drafted")
@@ -348,6 +349,10 @@ class CollectConfig:
     head: str | None = None
     drafter: str = "eagle"          # "eagle" or "hybrid" (EAGLE pool + context lookups, radar_ext.drafters.hybrid)
     lookup_scores: str | None = None  # hybrid: calibrated lookup scores (default: lookup_scores.json beside the head)
+    # A Spec-Bench .jsonl file: first turns of its questions (num_prompts of them, round-robin over categories as
+    # `radar bench --limit` picks them) instead of ShareGPT. For measuring the controllers on the benchmark's own
+    # cycles (bench/controller_ceiling.py); `radar train-policy` refuses such episodes.
+    questions: str | None = None
 
 
 def is_validation(conv_id: str, val_fraction: float) -> bool:
@@ -376,6 +381,8 @@ def check_config(cfg: CollectConfig) -> None:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
     if cfg.drafter not in ("eagle", "hybrid"):
         raise ValueError(f"drafter must be 'eagle' or 'hybrid', got {cfg.drafter!r}")
+    if cfg.questions is not None and not Path(cfg.questions).is_file():
+        raise ValueError(f"questions must be a Spec-Bench .jsonl file, got {cfg.questions!r} (no such file)")
     if cfg.lookup_scores is not None and cfg.drafter != "hybrid":
         raise ValueError(f"lookup_scores needs drafter 'hybrid', got drafter {cfg.drafter!r}")
     b = list(cfg.budgets)
@@ -418,7 +425,7 @@ def collect(cfg: CollectConfig, target=None, tokenizer=None, drafter=None, promp
     else:
         target_name = getattr(target.config, "_name_or_path", "") or target.config.model_type
     if prompts is None:
-        prompts = _sharegpt_prompts(cfg, tokenizer)
+        prompts = _question_prompts(cfg, tokenizer) if cfg.questions else _sharegpt_prompts(cfg, tokenizer)
     indexed = [(i, cid, ids) for i, (cid, ids) in enumerate(prompts)]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +492,18 @@ def _eos_ids(target, tokenizer) -> tuple:
     if eos is None and tokenizer is not None:
         eos = tokenizer.eos_token_id
     return () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+
+
+def _question_prompts(cfg: CollectConfig, tokenizer) -> list:
+    """("category/question id", input ids) of the first turns of the num_prompts questions of cfg.questions
+    that `radar bench --limit` runs (picked round-robin over categories, in file order), in the target's
+    chat template, every length kept (as the benchmark runs them)."""
+    from radar_ext.benchmark import load_questions, select_questions
+    from radar_ext.benchmark.runner import encode_chat
+
+    qs = select_questions(load_questions(cfg.questions), limit=cfg.num_prompts)
+    return [(f"{q.category}/{q.question_id}", encode_chat(tokenizer, [{"role": "user", "content": q.turns[0]}]))
+            for q in qs]
 
 
 def _sharegpt_prompts(cfg: CollectConfig, tokenizer) -> list:
@@ -607,4 +626,5 @@ def _load_one(path: Path, split: str) -> Episodes:
 
 def _cfg_from_meta(meta):
     return CollectConfig(out_dir=Path("."), max_draft_calls=meta["max_draft_calls"], tree_topk=meta["tree_topk"],
-                         budgets=tuple(meta["budgets"]), pool_topk=meta["pool_topk"])
+                         budgets=tuple(meta["budgets"]), pool_topk=meta["pool_topk"],
+                         drafter=meta.get("drafter", "eagle"))

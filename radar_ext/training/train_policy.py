@@ -670,6 +670,9 @@ def train(cfg: TrainPolicyConfig, log=print) -> Path:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     train_ep, val_ep = load_episodes(cfg.episodes, "train"), load_episodes(cfg.episodes, "val")
+    if train_ep.meta.get("questions"):
+        raise ValueError(f"episodes {cfg.episodes} were recorded on benchmark questions ({train_ep.meta['questions']}), "
+                         "for measurement only; train on ShareGPT episodes (`radar collect` without --questions)")
     if train_ep.cycles == 0:
         raise ValueError(f"{cfg.episodes} has no training cycles; run `radar collect` with more prompts")
     if val_ep.cycles == 0:
