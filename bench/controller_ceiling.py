@@ -21,12 +21,18 @@ tokens/s = sum E[L + 1] / sum T_cycle (radar_ext.training.train_policy):
 
     python bench/controller_ceiling.py --episodes T0_DIR T1_DIR --costs CALIBRATION.json [--split all]
         [--radar DIR [DIR ...]] [--ltd DIR [DIR ...]] [--json OUT]
+
+On episodes recorded on benchmark questions (`radar collect --questions FILE`), --by-category adds a row
+per category under each temperature's overall row, and --versus-plain gives every gain over plain
+decoding instead of over the best static tree (the benchmark's speedups are over `ar-fast`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+import torch
 
 
 def label(policy) -> str:
@@ -37,10 +43,35 @@ def _as_list(p) -> list:
     return [] if p is None else list(p) if isinstance(p, (list, tuple)) else [p]
 
 
-def ceiling_rows(ep, costs, radar=None, ltd=None) -> list:
+def categories(ep) -> list:
+    """[(category, mask [C])] of episodes recorded on benchmark questions (prompt ids "category/question id"),
+    in first-seen order."""
+    ids = ep.meta.get("prompt_ids") or []
+    if not ep.meta.get("questions") or not all("/" in i for i in ids):
+        raise ValueError("--by-category needs episodes recorded on benchmark questions (`radar collect "
+                         "--questions FILE`); these were recorded on ShareGPT prompts")
+    cat_of = [i.split("/", 1)[0] for i in ids]
+    cycle_cat = [cat_of[j] for j in ep["prompt_index"].tolist()]
+    names = list(dict.fromkeys(cycle_cat))
+    return [(c, torch.tensor([x == c for x in cycle_cat], dtype=torch.bool)) for c in names]
+
+
+def ceiling_rows(ep, costs, radar=None, ltd=None, by_category: bool = False) -> list:
     """One dict per temperature: best static, plain decoding, the oracle without and with skip, and every
     policy's expected tokens/s and gains (`policies`, in the order given, LTD first; `ltd` / `radar`: the
-    first of each kind). radar, ltd: a policy, a list of them, or None."""
+    first of each kind). radar, ltd: a policy, a list of them, or None. by_category: after each
+    temperature's row, one per category (`category` set) of the same temperature (see categories)."""
+    if by_category:
+        from radar_ext.training.train_policy import subset, temperatures
+        cats = categories(ep)
+        rows = []
+        for t in temperatures(ep):
+            at_t = ep["temperature"] == t
+            rows += ceiling_rows(subset(ep, at_t), costs, radar, ltd)
+            for name, mask in cats:
+                if bool((mask & at_t).any()):
+                    rows += [dict(r, category=name) for r in ceiling_rows(subset(ep, mask & at_t), costs, radar, ltd)]
+        return rows
     from radar_ext.training.train_policy import (_AtCosts, best_static_throughput, evaluate, oracle_room,
                                                  oracle_throughput, plain_throughput, static_grid, subset,
                                                  temperatures)
@@ -92,30 +123,45 @@ def ceiling_rows(ep, costs, radar=None, ltd=None) -> list:
     return rows
 
 
-def _policy_cell(p) -> str:
+def _gain(tokens_per_s: float, row, versus_plain: bool) -> str:
+    """A rate as a gain over the best static tree (default) or, versus_plain, as a ratio over plain decoding."""
+    if versus_plain:
+        return f"{tokens_per_s / row['plain']['tokens_per_s']:.2f}x"
+    return f"{tokens_per_s / row['best_static']['tokens_per_s'] - 1:+.1%}"
+
+
+def _policy_cell(p, row=None, versus_plain: bool = False) -> str:
     room = "-" if p["room"] is None else f"{p['room']:.0%}"
-    s = f"{p['gain']:+.1%} (room {room}, skip {p['skip_share']:.0%}, n {p['mean_draft_calls']:.2f}"
+    g = _gain(p["tokens_per_s"], row, True) if versus_plain else f"{p['gain']:+.1%}"
+    s = f"{g} (room {room}, skip {p['skip_share']:.0%}, n {p['mean_draft_calls']:.2f}"
     if p["kind"] == "ltd":
         return s + f", V {p['mean_verify_budget']:.1f})"
     return s + f"; V {p['verify_budget']}: {p['gain_at_V']:+.1%} / {p['oracle_gain_at_V']:+.1%})"
 
 
-def format_rows(rows) -> str:
+def format_rows(rows, versus_plain: bool = False) -> str:
+    """A markdown table; gains over the best static tree, or (versus_plain) rates over plain decoding."""
     labels = []
     for r in rows:
         for p in r["policies"]:
             if p["label"] not in labels:
                 labels.append(p["label"])
-    head = ["T", "cycles", "best static (n, V): tok/s", "plain", "oracle", "oracle + skip"] + labels
+    cat = any("category" in r for r in rows)
+    base = "plain: tok/s" if versus_plain else "plain"
+    head = (["T"] + ["category"] * cat + ["cycles", "best static (n, V): tok/s", base, "oracle", "oracle + skip"]
+            + labels)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         b, o, os_ = r["best_static"], r["oracle"], r["oracle_skip"]
-        cells = [f"{r['temperature']:g}", str(r["cycles"]), f"{b['max_draft_calls']}, {b['verify_budget']}: "
-                 f"{b['tokens_per_s']:.1f}", f"{r['plain']['gain']:+.1%}",
-                 f"{o['gain']:+.1%} (n {o['mean_draft_calls']:.2f})",
-                 f"{os_['gain']:+.1%} (skip {os_['skip_share']:.0%}, n {os_['mean_draft_calls']:.2f})"]
+        g = lambda x: _gain(x, r, versus_plain)  # noqa: E731
+        cells = ([f"{r['temperature']:g}"] + [r.get("category", "all")] * cat +
+                 [str(r["cycles"]), f"{b['max_draft_calls']}, {b['verify_budget']}: {b['tokens_per_s']:.1f}"
+                  + (f" ({g(b['tokens_per_s'])})" if versus_plain else ""),
+                  f"{r['plain']['tokens_per_s']:.1f}" if versus_plain else f"{r['plain']['gain']:+.1%}",
+                  f"{g(o['tokens_per_s'])} (n {o['mean_draft_calls']:.2f})",
+                  f"{g(os_['tokens_per_s'])} (skip {os_['skip_share']:.0%}, n {os_['mean_draft_calls']:.2f})"])
         by_label = {p["label"]: p for p in r["policies"]}
-        cells += [_policy_cell(by_label[l]) if l in by_label else "-" for l in labels]
+        cells += [_policy_cell(by_label[l], r, versus_plain) if l in by_label else "-" for l in labels]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -132,6 +178,11 @@ def main(argv=None) -> int:
                    help="RADAR policy directories, 'shipped' (default) or 'none'")
     p.add_argument("--ltd", nargs="+", default=["shipped"], help="LTD policy directories, 'shipped' (default) or 'none'")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--by-category", action="store_true",
+                   help="also a row per category (episodes of `radar collect --questions`)")
+    p.add_argument("--versus-plain", action="store_true",
+                   help="rates over plain decoding (as the benchmark's speedups over ar-fast) instead of gains "
+                        "over the best static tree")
     args = p.parse_args(argv)
     if args.prefix_len is not None and not args.prefix_len > 0:
         p.error(f"--prefix-len must be > 0, got {args.prefix_len}")
@@ -146,9 +197,13 @@ def main(argv=None) -> int:
     def policies(cls, specs):
         return [cls.from_pretrained(None if s == "shipped" else s) for s in specs if s != "none"]
 
-    rows = ceiling_rows(ep, costs, radar=policies(RadarPolicy, args.radar), ltd=policies(LtdPolicy, args.ltd))
+    try:
+        rows = ceiling_rows(ep, costs, radar=policies(RadarPolicy, args.radar), ltd=policies(LtdPolicy, args.ltd),
+                            by_category=args.by_category)
+    except ValueError as e:
+        p.error(str(e))
     print(f"expected tokens/s on {ep.cycles} recorded cycles ({args.split}), costs {args.costs} at prefix {prefix:.0f}:")
-    print(format_rows(rows))
+    print(format_rows(rows, args.versus_plain))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"episodes": args.episodes, "costs": args.costs, "split": args.split, "prefix_len": prefix,

@@ -237,7 +237,24 @@ def test_collect_on_benchmark_questions_is_for_measurement_only(model, drafter, 
     collect(cfg, target=model, drafter=drafter, prompts=prompts)
     meta = json.loads((cfg.out_dir / "episodes_meta.json").read_text())
     assert meta["questions"] == str(qfile)
-    assert load_episodes(cfg.out_dir, "train").cycles > 4
+    ep = load_episodes(cfg.out_dir, "all")
+    assert ep.cycles > 4 and sorted(ep.meta["prompt_ids"]) == sorted(cid for cid, _ in prompts)
+    # every cycle's prompt: the cycles of one prompt are contiguous, each prompt's first cycle at its seq_len
+    # (prompt + the root token), so prompt_index maps cycles to the right question
+    idx = ep["prompt_index"].tolist()
+    firsts = {i: ep["seq_len"][idx.index(i)].item() for i in set(idx)}
+    lens = dict(prompts)
+    assert all(firsts[i] == len(lens[ep.meta["prompt_ids"][i]]) + 1 for i in firsts)
+    both = load_episodes([cfg.out_dir, cfg.out_dir], "all")  # merged: indices renumbered into the joined ids
+    assert both.meta["prompt_ids"] == 2 * ep.meta["prompt_ids"] and both.meta["questions"] == str(qfile)
+    assert both["prompt_index"].tolist() == idx + [i + len(ep.meta["prompt_ids"]) for i in idx]
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from controller_ceiling import categories
+    cats = dict(categories(ep))
+    assert set(cats) == {"writing", "math", "coding"}
+    assert [c for c in cats["writing"].tolist()] == [ep.meta["prompt_ids"][i].startswith("writing/") for i in idx]
     with pytest.raises(ValueError, match="recorded on benchmark questions"):
         train(TrainPolicyConfig(episodes=cfg.out_dir, out_dir=tmp_path / "run", kind="ltd"), log=lambda *_: None)
     # the same directory without --questions is another collection

@@ -710,6 +710,44 @@ def test_bench_controller_ceiling_with_skip_and_history(tmp_path, capsys):
     assert plain_skip["room"] < 0.5
 
 
+def test_bench_controller_ceiling_by_category(tmp_path, capsys):
+    """--by-category on episodes recorded on benchmark questions: after the overall row, one row per category
+    with the ceiling of that category's cycles alone; --versus-plain prints rates over plain decoding.
+    Episodes of ShareGPT prompts have no categories: a clear error."""
+    mod = load_bench_script("controller_ceiling")
+    ep_dir = write_episodes(tmp_path / "e", "mixed")
+    cost_file = tmp_path / "costs.json"
+    cost_file.write_text(json.dumps(STEEP))
+    with pytest.raises(SystemExit):
+        mod.main(["--episodes", str(ep_dir), "--costs", str(cost_file), "--ltd", "none", "--radar", "none",
+                  "--by-category"])
+    assert "--by-category needs episodes recorded on benchmark questions" in capsys.readouterr().err
+    # the same cycles as recorded on 3 questions of 2 categories (prompt: its index in the shard's conv ids)
+    for shard in ep_dir.glob("*.safetensors"):
+        t = load_file(str(shard))
+        t["prompt"] = torch.arange(t["prompt"].shape[0]) * 3 // t["prompt"].shape[0]
+        save_file(t, str(shard), metadata={"conv_ids": json.dumps(["math/1", "code/2", "math/3"])})
+    meta = json.loads((ep_dir / "episodes_meta.json").read_text())
+    (ep_dir / "episodes_meta.json").write_text(json.dumps(dict(meta, questions="q.jsonl")))
+    out = tmp_path / "c.json"
+    assert mod.main(["--episodes", str(ep_dir), "--costs", str(cost_file), "--ltd", "none", "--radar", "none",
+                     "--by-category", "--versus-plain", "--json", str(out)]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
+    assert lines[0].startswith("| T | category | cycles |") and "| plain: tok/s |" in lines[0]
+    assert [l.split(" | ")[1] for l in lines[1:]] == ["all", "math", "code"]
+    rows = json.loads(out.read_text())["rows"]
+    ep = load_episodes(ep_dir, "all")
+    costs = PolicyCosts.load(str(cost_file), tree_topk=W, prefix_len=float(ep["seq_len"].double().mean()))
+    cat = [("code" if ep.meta["prompt_ids"][i].startswith("code/") else "math") for i in ep["prompt_index"].tolist()]
+    assert rows[0]["cycles"] == ep.cycles and "category" not in rows[0]
+    for r in rows[1:]:
+        sub = subset(ep, torch.tensor([c == r["category"] for c in cat]))
+        assert r["cycles"] == sub.cycles and sub.cycles > 0
+        assert r["oracle"]["tokens_per_s"] == pytest.approx(oracle_throughput(sub, costs)["throughput"])
+    r = rows[1]
+    assert f"{r['oracle']['tokens_per_s'] / r['plain']['tokens_per_s']:.2f}x (n" in lines[2]
+
+
 @pytest.mark.parametrize("kind", ["radar", "ltd"])
 def test_offline_choices_are_the_inference_decisions(tmp_path, kind):
     """radar_choices / ltd_choices (batched torch, what training scores) decide what the policy decides

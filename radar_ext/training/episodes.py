@@ -573,11 +573,13 @@ def load_episodes(path, split: str) -> Episodes:
     """Load the `train` or `val` shards of a `radar collect` directory, or of several (a list of
     directories, e.g. the T=0 and T=1 collections of one head): their cycles are concatenated and
     their W, N, budgets and pool_topk must agree; meta["temperature"] becomes the list of theirs.
-    Besides the stored fields, `temperature` [C] float32 is every cycle's collection temperature.
+    Besides the stored fields, `temperature` [C] float32 is every cycle's collection temperature and
+    `prompt_index` [C] int64 its prompt's position in meta["prompt_ids"] (the shards' conversation ids;
+    "category/question id" for episodes recorded on benchmark questions).
     split "all": the train cycles, then the validation ones (for scoring, not for training)."""
     if split == "all":
         tr, va = load_episodes(path, "train"), load_episodes(path, "val")
-        return Episodes(tr.meta, {k: torch.cat([tr[k], va[k]]) for k in tr.tensors})
+        return _concat([tr, va], dict(tr.meta))
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -594,10 +596,24 @@ def load_episodes(path, split: str) -> Episodes:
                              + ", ".join(f"{k} ({ep.meta.get(k)!r} vs {meta.get(k)!r})" for k in bad))
     meta["temperature"] = [ep.meta.get("temperature") for ep in loaded]
     meta["merged_from"] = [str(p) for p in paths]
-    return Episodes(meta, {k: torch.cat([ep[k] for ep in loaded]) for k in loaded[0].tensors})
+    meta["questions"] = next((ep.meta["questions"] for ep in loaded if ep.meta.get("questions")), None)
+    return _concat(loaded, meta)
+
+
+def _concat(parts: list, meta: dict) -> Episodes:
+    """parts' cycles in order under `meta`; prompt_index renumbered into the joined meta["prompt_ids"]."""
+    ids, index = [], []
+    for ep in parts:
+        index.append(ep["prompt_index"] + len(ids))
+        ids += ep.meta["prompt_ids"]
+    tensors = {k: torch.cat([ep[k] for ep in parts]) for k in parts[0].tensors if k != "prompt_index"}
+    tensors["prompt_index"] = torch.cat(index)
+    meta["prompt_ids"] = ids
+    return Episodes(meta, tensors)
 
 
 def _load_one(path: Path, split: str) -> Episodes:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     meta_path = path / "episodes_meta.json"
@@ -610,6 +626,15 @@ def _load_one(path: Path, split: str) -> Episodes:
     meta["path"] = str(path)
     shards = sorted(path.glob(f"{split}_*.safetensors"))
     parts = [load_file(str(s)) for s in shards]
+    # every cycle's prompt: prompt_index [C] into meta["prompt_ids"] (the shards' conversation / question ids)
+    meta["prompt_ids"], index = [], []
+    for s, p in zip(shards, parts):
+        with safe_open(str(s), "pt") as f:
+            stored = (f.metadata() or {}).get("conv_ids")
+        n = int(p["prompt"].max()) + 1 if p["prompt"].numel() else 0
+        ids = json.loads(stored) if stored else [f"{s.stem}/{i}" for i in range(n)]
+        index.append(p["prompt"] + len(meta["prompt_ids"]))
+        meta["prompt_ids"] += ids
     keys = tensor_keys(meta["format"])
     for s, p in zip(shards, parts):
         missing = [k for k in keys if k not in p]
@@ -621,6 +646,7 @@ def _load_one(path: Path, split: str) -> Episodes:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
         raise ValueError(f"{meta_path}: temperature must be a number >= 0, got {temperature!r}")
     tensors["temperature"] = torch.full((tensors["accept_dist"].shape[0],), float(temperature))
+    tensors["prompt_index"] = torch.cat(index) if index else torch.zeros(0, dtype=torch.int64)
     return Episodes(meta, tensors)
 
 
