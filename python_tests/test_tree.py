@@ -44,6 +44,35 @@ def test_to_tree():
     assert pool.to_tree(torch.tensor([3]), 100, 2).verify_budget == 6
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_one_row_to_tree_is_the_batched_selection(seed):
+    """A CPU row's host-list to_tree equals the tensor path's (a 2-row pool of the same row takes it) on random
+    pools with ties (scores on a coarse grid), -inf scores, every budget, and a source row."""
+    g = torch.Generator().manual_seed(seed)
+    n = 5 + seed * 4
+    pool1, pool2 = CandidatePool(1, n, "cpu"), CandidatePool(2, n, "cpu")
+    parents, scores = [], []
+    for i in range(n):  # a child never scores above its parent (cumulative log-probabilities)
+        p = int(torch.randint(-1, i, (1,), generator=g)) if i else -1
+        s = -float(torch.randint(0, 4, (1,), generator=g)) / 2 + (scores[p] if p >= 0 else 0.0)
+        parents.append(p)
+        scores.append(-float("inf") if i % 7 == 6 else s)
+    for i, (p, sc) in enumerate(zip(parents, scores)):  # an -inf node's children are -inf too
+        if p >= 0 and scores[p] == -float("inf"):
+            scores[i] = -float("inf")
+    tok = torch.randint(0, 50, (1, n), generator=g)
+    for pool, B in ((pool1, 1), (pool2, 2)):
+        pool.add(tok.expand(B, n), torch.tensor([parents]).expand(B, n), torch.tensor([scores]).expand(B, n))
+        pool.source = torch.randint(0, 3, (1, n), generator=torch.Generator().manual_seed(seed),
+                                    dtype=torch.int64).to(torch.int8).expand(B, n)
+    for V in range(0, n + 2):
+        one = pool1.to_tree(torch.tensor([3]), V, 2)
+        two = pool2.to_tree(torch.tensor([3, 3]), V, 2)
+        for f in ("tokens", "parents", "n_nodes", "depth", "mask", "source"):
+            assert getattr(one, f).tolist()[0] == getattr(two, f).tolist()[0], (V, f)
+        assert one.paths[0].tolist() == two.paths[0, :one.paths.shape[1]].tolist() and one.draft_calls == 2
+
+
 def test_pool_overflow_error():
     pool = CandidatePool(1, 2, "cpu")
     with pytest.raises(RuntimeError, match="candidate pool overflow: capacity 2, have 0, adding 3"):

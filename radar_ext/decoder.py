@@ -375,10 +375,10 @@ class RadarDecoder:
         out = acc.tokens[:, :n]
         n_keep = min(n, cfg.max_new_tokens - n_done)
         if cfg.eos_token_ids:
-            is_eos = torch.isin(out[0, :n_keep], torch.tensor(cfg.eos_token_ids, device=out.device))
-            hit = is_eos.nonzero()
-            if hit.numel():
-                n_keep = int(hit[0, 0]) + 1   # host sync: stop right after the first EOS
+            eos = cfg.eos_token_ids
+            hit = next((i for i, t in enumerate(out[0, :n_keep].tolist()) if t in eos), None)  # host sync: n ints
+            if hit is not None:
+                n_keep = hit + 1               # stop right after the first EOS
         return out[:, :n_keep]
 
     def _commit_rows(self, cache, start, trees, acc, features, batch, cfg, stats):
@@ -499,9 +499,13 @@ def _outcome(tree, acc, row: int = 0) -> CycleOutcome:
     n = acc.accepted_len[row]
     if tree.guess_token is None:
         return CycleOutcome(n, tree.draft_calls, tree.verify_budget, skipped=tree.draft_calls == 0)
-    score, hit = torch.stack([tree.guess_score[0].float(),
-                              (acc.tokens[row, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
-    return CycleOutcome(n, tree.draft_calls, tree.verify_budget, False, guess_probability(score), hit == 1.0)
+    if acc.tokens.device.type == "cpu":  # host values already: two reads, no ATen call
+        score, hit = float(tree.guess_score[0]), int(acc.tokens[row, 0]) == int(tree.guess_token[0])
+    else:
+        score, hit = torch.stack([tree.guess_score[0].float(),
+                                  (acc.tokens[row, 0] == tree.guess_token[0]).float()]).tolist()  # host sync: 2 floats
+        hit = hit == 1.0
+    return CycleOutcome(n, tree.draft_calls, tree.verify_budget, False, guess_probability(score), hit)
 
 
 def _count_accepted(stats: DecodeStats, tree, path, n: int) -> None:

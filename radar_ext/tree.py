@@ -73,6 +73,20 @@ class CandidatePool:
         self.source = None  # [B, C] int8 who proposed each node (a hybrid pool; None: one drafter)
         self.count = 0
 
+    @classmethod
+    def from_lists(cls, tokens: list, parents: list, scores: list, source: list | None = None,
+                   device=None) -> "CandidatePool":
+        """A full one-row pool (capacity = its nodes) from host lists: tokens, parents (pool indices, -1 the root),
+        scores (rounded to float32) and optionally source (int8 SOURCE_* values)."""
+        n = len(tokens)
+        pool = cls.__new__(cls)
+        pool.tokens = torch.tensor(tokens, dtype=torch.int64, device=device).view(1, n)
+        pool.parents = torch.tensor(parents, dtype=torch.int64, device=device).view(1, n)
+        pool.scores = torch.tensor(scores, dtype=torch.float32, device=device).view(1, n)
+        pool.source = None if source is None else torch.tensor(source, dtype=torch.int8, device=device).view(1, n)
+        pool.count = n
+        return pool
+
     def add(self, tokens: torch.Tensor, parents: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Append K nodes: tokens, parents [B, K] int64, scores [B, K] float32.
         Returns their pool indices [K] int64 (same for every row)."""
@@ -99,6 +113,8 @@ class CandidatePool:
     def to_tree(self, root: torch.Tensor, verify_budget: int, draft_calls: int) -> DraftTree:
         """The tree of the root [B] plus the best V pool nodes."""
         B = root.shape[0]
+        if B == 1 and root.device.type == "cpu":
+            return self._to_tree_one(root, verify_budget, draft_calls)
         picked = self.best(verify_budget)                           # [B, V]
         V = picked.shape[1]
         dev = root.device
@@ -114,6 +130,23 @@ class CandidatePool:
         if self.source is not None:
             tree.source = torch.cat([torch.full((B, 1), SOURCE_DRAFTER, dtype=torch.int8, device=dev),
                                      self.source[:, :self.count].gather(1, picked)], 1)
+        return tree
+
+    def _to_tree_one(self, root: torch.Tensor, verify_budget: int, draft_calls: int) -> DraftTree:
+        """to_tree of one CPU row on host lists (a pool holds tens of nodes): the same nodes in the same order as
+        best()'s stable sort (Python's sort is stable with reverse=True too), ~10 ATen calls fewer a cycle."""
+        C = self.count
+        V = max(0, min(verify_budget, C))
+        scores = self.scores[0, :C].tolist()
+        picked = sorted(sorted(range(C), key=scores.__getitem__, reverse=True)[:V])
+        node_of = {p: k + 1 for k, p in enumerate(picked)}     # pool index -> tree node (the root is node 0)
+        toks, pars = self.tokens[0, :C].tolist(), self.parents[0, :C].tolist()
+        tokens = torch.tensor([[int(root[0])] + [toks[p] for p in picked]], dtype=torch.int64)
+        parents = torch.tensor([[-1] + [node_of.get(pars[p], 0) for p in picked]], dtype=torch.int64)
+        tree = make_tree(tokens, parents, torch.tensor([V + 1], dtype=torch.int64), draft_calls)
+        if self.source is not None:
+            src = self.source[0, :C].tolist()
+            tree.source = torch.tensor([[SOURCE_DRAFTER] + [src[p] for p in picked]], dtype=torch.int8)
         return tree
 
 

@@ -155,38 +155,27 @@ def trie_positions(pool: CandidatePool, trie: LookupTrie) -> list:
 def merge_lookup(pool: CandidatePool, trie: LookupTrie, lookup_scores: np.ndarray) -> CandidatePool:
     """A new pool: `pool`'s nodes (row 0; B = 1) then the lookup nodes no pool node already is.
     lookup_scores [K] float: the trie nodes' cumulative scores. A shared node keeps the larger score.
-    Every node gets its source (SOURCE_DRAFTER / SOURCE_LOOKUP / SOURCE_BOTH)."""
+    Every node gets its source (SOURCE_DRAFTER / SOURCE_LOOKUP / SOURCE_BOTH). Built on host lists (tens of
+    nodes) and copied to tensors once."""
     C = pool.count
     dev = pool.tokens.device
-    K = trie.size
-    out = CandidatePool(1, C + K, dev)
-    out.source = torch.full((1, C + K), SOURCE_DRAFTER, dtype=torch.int8, device=dev)
-    out.tokens[:, :C] = pool.tokens[:, :C]
-    out.parents[:, :C] = pool.parents[:, :C]
-    out.scores[:, :C] = pool.scores[:, :C]
-    out.count = C
-    if K == 0:
-        return out
-    at = trie_positions(pool, trie)            # trie node -> merged index (host sync: one copy per cycle)
+    tokens, parents = pool.tokens[0, :C].tolist(), pool.parents[0, :C].tolist()
     scores = pool.scores[0, :C].tolist()
-    new_tokens, new_parents, new_scores = [], [], []
-    shared, shared_scores = [], []
-    for tok, tp, s, j in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist(), at):
-        if j >= C:                             # a lookup-only node, appended in trie order (its parent first)
-            new_tokens.append(tok)
-            new_parents.append(at[tp] if tp >= 0 else -1)
-            new_scores.append(s)
-        else:                                  # both sides proposed it: one node, the larger score
-            shared.append(j)
-            shared_scores.append(max(scores[j], s))
-    if shared:
-        idx = torch.tensor(shared, dtype=torch.int64, device=dev)
-        out.scores[0, idx] = torch.tensor(shared_scores, dtype=torch.float32, device=dev)
-        out.source[0, idx] = SOURCE_BOTH
-    if new_tokens:
-        n = len(new_tokens)
-        out.add(torch.tensor([new_tokens], dtype=torch.int64, device=dev),
-                torch.tensor([new_parents], dtype=torch.int64, device=dev),
-                torch.tensor([new_scores], dtype=torch.float32, device=dev))
-        out.source[0, C:C + n] = SOURCE_LOOKUP
-    return out
+    source = [SOURCE_DRAFTER] * C
+    if trie.size:
+        index = dict(zip(zip(parents, tokens), range(C)))    # as trie_positions: pool nodes only
+        at = []
+        for tok, tp, s in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist()):
+            parent = at[tp] if tp >= 0 else -1
+            j = index.get((parent, tok))
+            if j is None:                      # a lookup-only node, appended in trie order (its parent first)
+                j = len(tokens)
+                tokens.append(tok)
+                parents.append(parent)
+                scores.append(s)
+                source.append(SOURCE_LOOKUP)
+            else:                              # both sides proposed it: one node, the larger score
+                scores[j] = max(scores[j], s)
+                source[j] = SOURCE_BOTH
+            at.append(j)
+    return CandidatePool.from_lists(tokens, parents, scores, source, dev)
