@@ -169,6 +169,8 @@ def test_cli_help(command, capsys):
     (["collect", "--max-draft-calls", "0"], "--max-draft-calls must be an int >= 1, got 0"),
     (["collect", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),
     (["collect", "--temperature", "-1"], "--temperature must be >= 0 (0 = greedy), got -1.0"),
+    (["collect", "--questions", "/nonexistent/q.jsonl"],
+     "--questions must be a Spec-Bench .jsonl file, got '/nonexistent/q.jsonl' (no such file)"),
     (["train-policy", "--kind", "radar", "--episodes", "/nonexistent/eps"], "is not an episodes directory"),
     (["train-policy", "--kind", "ltd", "--epochs", "0"], "--epochs must be an int >= 1, got 0"),
     (["train-policy", "--kind", "radar", "--gamma", "2"], "--gamma must be in (0, 1], got 2.0"),
