@@ -162,20 +162,14 @@ def merge_lookup(pool: CandidatePool, trie: LookupTrie, lookup_scores: np.ndarra
     tokens, parents = pool.tokens[0, :C].tolist(), pool.parents[0, :C].tolist()
     scores = pool.scores[0, :C].tolist()
     source = [SOURCE_DRAFTER] * C
-    if trie.size:
-        index = dict(zip(zip(parents, tokens), range(C)))    # as trie_positions: pool nodes only
-        at = []
-        for tok, tp, s in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist()):
-            parent = at[tp] if tp >= 0 else -1
-            j = index.get((parent, tok))
-            if j is None:                      # a lookup-only node, appended in trie order (its parent first)
-                j = len(tokens)
-                tokens.append(tok)
-                parents.append(parent)
-                scores.append(s)
-                source.append(SOURCE_LOOKUP)
-            else:                              # both sides proposed it: one node, the larger score
-                scores[j] = max(scores[j], s)
-                source[j] = SOURCE_BOTH
-            at.append(j)
+    at = trie_positions(pool, trie)            # trie node -> merged index
+    for tok, tp, s, j in zip(trie.tokens.tolist(), trie.parents.tolist(), lookup_scores.tolist(), at):
+        if j >= C:                             # a lookup-only node, appended in trie order (its parent first)
+            tokens.append(tok)
+            parents.append(at[tp] if tp >= 0 else -1)
+            scores.append(s)
+            source.append(SOURCE_LOOKUP)
+        else:                                  # both sides proposed it: one node, the larger score
+            scores[j] = max(scores[j], s)
+            source[j] = SOURCE_BOTH
     return CandidatePool.from_lists(tokens, parents, scores, source, dev)

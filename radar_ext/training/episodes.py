@@ -614,7 +614,6 @@ def _concat(parts: list, meta: dict) -> Episodes:
 
 def _load_one(path: Path, split: str) -> Episodes:
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     meta_path = path / "episodes_meta.json"
     if not meta_path.is_file():
@@ -625,12 +624,14 @@ def _load_one(path: Path, split: str) -> Episodes:
                          f"(expected one of {list(FORMATS)})")
     meta["path"] = str(path)
     shards = sorted(path.glob(f"{split}_*.safetensors"))
-    parts = [load_file(str(s)) for s in shards]
+    parts, stored_ids = [], []
+    for s in shards:  # each shard opened once: its tensors and its prompts' ids (metadata conv_ids)
+        with safe_open(str(s), "pt") as f:
+            parts.append({k: f.get_tensor(k) for k in f.keys()})
+            stored_ids.append((f.metadata() or {}).get("conv_ids"))
     # every cycle's prompt: prompt_index [C] into meta["prompt_ids"] (the shards' conversation / question ids)
     meta["prompt_ids"], index = [], []
-    for s, p in zip(shards, parts):
-        with safe_open(str(s), "pt") as f:
-            stored = (f.metadata() or {}).get("conv_ids")
+    for s, p, stored in zip(shards, parts, stored_ids):
         n = int(p["prompt"].max()) + 1 if p["prompt"].numel() else 0
         ids = json.loads(stored) if stored else [f"{s.stem}/{i}" for i in range(n)]
         index.append(p["prompt"] + len(meta["prompt_ids"]))
