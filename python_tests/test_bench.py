@@ -135,20 +135,25 @@ def test_aggregation_math():
     x_block = text.split("== y ==")[0].splitlines()
     header = re.split(r"\s{2,}", next(l for l in x_block if l.startswith("method")))
     row = re.split(r"\s{2,}", next(l for l in x_block if l.startswith("fast")))
-    assert header[header.index("V") + 1] == "skip" and row[header.index("skip")] == "25%"
+    assert header[header.index("V") + 1] == "skip (lookup)" and row[header.index("skip (lookup)")] == "25%"
 
 
 def test_decoder_stats_carry_the_skipped_cycles():
     """RadarDecoder's DecodeStats -> the runner's record: skipped_cycles, summed per cell into skip_share."""
     from radar_ext.benchmark.methods import decoder_stats
     from radar_ext.decoder import DecodeStats
-    st = DecodeStats(tokens=20, seconds=1.0, cycles=10, skipped_cycles=4, draft_calls=12, verify_tokens=30,
-                     accepted_hist=[6, 2, 2])
+    st = DecodeStats(tokens=20, seconds=1.0, cycles=10, skipped_cycles=4, lookup_steps=3, draft_calls=12,
+                     verify_tokens=30, accepted_hist=[6, 2, 2])
     rec = decoder_stats(st)
-    assert rec["skipped_cycles"] == 4 and rec["cycles"] == 10 and st.skip_share == 0.4
-    assert st.as_dict()["skip_share"] == 0.4 and "skipped=4" in st.summary()
-    cell = aggregate([_rec("m", 0, 1, "x", 1.0, **rec), _rec("ar", 0, 1, "x", 2.0)], ["ar", "m"])["methods"]["m"]
-    assert cell["skip_share"] == pytest.approx(0.4)
+    assert rec["skipped_cycles"] == 4 and rec["lookup_steps"] == 3 and rec["cycles"] == 10 and st.skip_share == 0.4
+    assert st.as_dict()["skip_share"] == 0.4 and st.as_dict()["lookup_step_share"] == 0.3
+    assert "skipped=4 lookup_steps=3" in st.summary()
+    summary = aggregate([_rec("m", 0, 1, "x", 1.0, **rec), _rec("ar", 0, 1, "x", 2.0)], ["ar", "m"])
+    cell = summary["methods"]["m"]
+    assert cell["skip_share"] == pytest.approx(0.4) and cell["lookup_step_share"] == pytest.approx(0.3)
+    assert summary["methods"]["ar"]["lookup_step_share"] is None
+    row = re.split(r"\s{2,}", next(l for l in format_table(summary).splitlines() if l.startswith("m ")))
+    assert "40% (30%)" in row
 
 
 def test_speedup_vs_ar_fast_and_paired_comparisons():

@@ -378,3 +378,104 @@ def test_found_info_is_the_scored_tries_lookup_info(seed):
         again = lookup.trie()
         assert all(np.array_equal(getattr(again, f), getattr(trie, f))
                    for f in ("tokens", "parents", "depth", "match_len", "count", "weight"))
+
+
+# ------------------------------------------------------------------ lookup steps (cycles without a draft call)
+
+def step_costs(plain=1.0, verify=(1.1, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5)):
+    from radar_ext.policies.costs import PolicyCosts
+    return PolicyCosts(t_draft=0.5, t_policy=0.0, t_ar=plain, verify_budgets=list(range(1, len(verify) + 1)),
+                       verify_seconds=list(verify), t_plain=plain)
+
+
+def test_lookup_step_budget_maximises_expected_tokens_per_second():
+    from radar_ext.drafters.hybrid import lookup_step_budget, lookup_step_costs
+    table = lookup_step_costs(step_costs(), 4)
+    assert table.tolist() == pytest.approx([1.0, 1.1, 1.5, 2.0, 2.5])
+    logp = np.log([0.1, 0.9, 0.5])  # any order: the best V are the largest
+    # V = 0..3: 1 / 1.0, 1.9 / 1.1 = 1.73, 2.4 / 1.5 = 1.6, 2.5 / 2.0 = 1.25
+    assert lookup_step_budget(logp, table) == 1
+    cheap = np.array([1.0, 1.0, 1.0, 1.0])  # free verifies: every node pays
+    assert lookup_step_budget(logp, cheap) == 3
+    assert lookup_step_budget(logp, cheap[:3]) == 2          # capped by the table (the verify budget)
+    dear = np.array([1.0, 3.0, 4.0, 5.0])                    # 1.9 / 3 < 1: a plain step
+    assert lookup_step_budget(logp, dear) == 0
+    assert lookup_step_budget(np.array([]), table) == 0
+    # a tie between V = 0 and V = 1 goes to the plain step
+    assert lookup_step_budget(np.log([0.1]), np.array([1.0, 1.1])) == 0
+
+
+class CostedPattern(SkipPattern):
+    """SkipPattern carrying calibrated costs (PolicyCosts), as the learned policies do: lookup steps apply."""
+
+    def __init__(self, pattern, costs, depth=3):
+        super().__init__(pattern, depth)
+        self.costs = costs
+
+
+def test_lookup_step_is_the_lookups_best_nodes_without_a_draft_call(models):  # noqa: F811
+    from radar_ext.drafters.hybrid import lookup_step_costs
+
+    model = models["sdpa"]
+    d = hybrid(model, rate=0.9)
+    ctx = [3, 8, 9, 5, 1, 3, 8, 9, 2, 4, 3]
+    ids = torch.tensor([ctx[:-1]])
+    d.start(ids, torch.zeros(1, ids.shape[1], 3 * model.config.hidden_size), torch.tensor([ctx[-1]]))
+    req = DraftRequest(root=torch.tensor([3]), seq_len=len(ctx), tree_topk=2, verify_budget=4, policy=StaticPolicy(1),
+                       costs=CostInfo())
+    trie = d.lookup.trie()
+    scores = d.scores.score(trie)
+    tree = d.lookup_step(req, lookup_step_costs(step_costs(verify=[1.05] * 8), 8))
+    want = merge_lookup(CandidatePool.from_lists([], [], [], [], "cpu"), trie, scores).to_tree(torch.tensor([3]), 4, 0)
+    assert tree.draft_calls == 0 and tree.guess_token is None
+    assert tree.verify_budget == 4                           # every node pays at these costs; the request caps V at 4
+    assert tree.tokens.tolist() == want.tokens.tolist() and tree.parents.tolist() == want.parents.tolist()
+    assert tree.source[0, 1:].tolist() == [SOURCE_LOOKUP] * 4
+    assert d.last_trie is not None and d.last_trie.tokens.tolist() == trie.tokens.tolist()
+    # nothing pays: no tree, and the cycle's draft() reuses what the lookup found
+    assert d.lookup_step(req, lookup_step_costs(step_costs(verify=[5.0] * 8), 8)) is None
+    assert d._cycle_trie is not None
+    # nothing found (the root never occurred before): no tree
+    d2 = hybrid(model)
+    d2.start(torch.tensor([[1, 2]]), torch.zeros(1, 2, 3 * model.config.hidden_size), torch.tensor([7]))
+    assert d2.lookup_step(req, lookup_step_costs(step_costs(), 8)) is None
+
+
+@pytest.mark.parametrize("pattern", [(True,), (False, True), (True, False, False)])
+def test_greedy_exact_with_lookup_steps(models, pattern):  # noqa: F811
+    """A policy with calibrated costs: lookup steps, drafted cycles and plain steps mix; the output stays HF's greedy
+    one, the lookup steps are counted (and among the skipped cycles), lookup_steps=False takes none."""
+    model = models["sdpa"]
+    costs = step_costs(verify=[1.02, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+    dec = RadarDecoder(model, hybrid(model, rate=0.6), CostedPattern(pattern, costs), tree_topk=3, verify_budget=6)
+    off = RadarDecoder(model, hybrid(model, rate=0.6), CostedPattern(pattern, costs), tree_topk=3, verify_budget=6,
+                       lookup_steps=False)
+    steps = 0
+    for ids, n in zip(prompts(), (9, 30, 30)):
+        ref = reference(model, ids, n)
+        assert torch.equal(dec.generate(ids, max_new_tokens=n), ref), (pattern, n)
+        s = dec.last_stats
+        assert 0 <= s.lookup_steps <= s.skipped_cycles and s.tokens == n
+        steps += s.lookup_steps
+        assert torch.equal(off.generate(ids, max_new_tokens=n), ref)
+        assert off.last_stats.lookup_steps == 0
+    assert steps > 0
+
+
+def test_no_lookup_steps_when_sampling_without_costs_or_in_batches(models):  # noqa: F811
+    model = models["sdpa"]
+    costs = step_costs(verify=[1.02] * 8)
+    ids = prompts()[2]
+    dec = RadarDecoder(model, hybrid(model), CostedPattern((True,), costs), tree_topk=2, verify_budget=4)
+    dec.generate(ids, max_new_tokens=20)
+    assert dec.last_stats.lookup_steps > 0
+    dec.generate(ids, max_new_tokens=20, do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert dec.last_stats.lookup_steps == 0                  # the scores are rates of greedy acceptance
+    batch = torch.cat([ids, ids])
+    dec.generate(batch, max_new_tokens=8, attention_mask=torch.ones_like(batch))
+    assert dec.last_stats.lookup_steps == 0
+    plain = RadarDecoder(model, hybrid(model), SkipPattern((True,)), tree_topk=2, verify_budget=4)
+    plain.generate(ids, max_new_tokens=20)
+    assert plain.last_stats.lookup_steps == 0                # no calibrated costs: the policy decides every cycle
+    with pytest.raises(ValueError, match="lookup_steps must be True or False, got 1"):
+        RadarDecoder(model, hybrid(model), lookup_steps=1)

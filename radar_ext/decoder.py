@@ -32,7 +32,8 @@ class DecodeStats:
     seconds: float = 0.0            # wall time of generate()
     cycles: int = 0                 # target forwards after the prefill (batch > 1: rows verified, summed)
     forwards: int = 0               # target forwards after the prefill (= cycles at batch 1)
-    skipped_cycles: int = 0         # cycles the policy made plain steps (no draft call, root-only tree)
+    skipped_cycles: int = 0         # cycles without a draft call: the policy's plain steps and lookup steps
+    lookup_steps: int = 0           # of those, cycles that verified context-lookup nodes (Drafter.lookup_step)
     draft_calls: int = 0            # summed over cycles
     verify_tokens: int = 0          # draft tokens verified, summed over cycles (root excluded)
     accepted_hist: list = field(default_factory=list)  # accepted_hist[n] = cycles accepting n drafts
@@ -62,6 +63,10 @@ class DecodeStats:
         return self.skipped_cycles / self.cycles if self.cycles else 0.0
 
     @property
+    def lookup_step_share(self) -> float:
+        return self.lookup_steps / self.cycles if self.cycles else 0.0
+
+    @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
@@ -69,13 +74,13 @@ class DecodeStats:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d.update(tau=self.tau, mean_draft_calls=self.mean_draft_calls,
                  mean_verify_budget=self.mean_verify_budget, skip_share=self.skip_share,
-                 tokens_per_second=self.tokens_per_second)
+                 lookup_step_share=self.lookup_step_share, tokens_per_second=self.tokens_per_second)
         return d
 
     def summary(self) -> str:
         t = self.seconds or 1.0
         return (f"tokens={self.tokens} time={self.seconds:.2f}s tok/s={self.tokens_per_second:.2f} "
-                f"cycles={self.cycles} skipped={self.skipped_cycles} tau={self.tau:.2f} "
+                f"cycles={self.cycles} skipped={self.skipped_cycles} lookup_steps={self.lookup_steps} tau={self.tau:.2f} "
                 f"draft_calls={self.mean_draft_calls:.2f} "
                 f"V={self.mean_verify_budget:.1f} accepted_hist={self.accepted_hist} | time: "
                 f"prefill {self.time_prefill / t:.0%} draft {self.time_draft / t:.0%} "
@@ -123,7 +128,7 @@ class _TimedPolicy(Policy):
 class RadarDecoder:
     def __init__(self, target, drafter: Drafter | None = None, policy: Policy | None = None, tree_topk: int = 10,
                  verify_budget: int = 60, fast_linear: bool = True, lean_verify: bool = True,
-                 fused_forward: bool = True, greedy_head: bool = True):
+                 fused_forward: bool = True, greedy_head: bool = True, lookup_steps: bool = True):
         """drafter: None (PlainDrafter) decodes one token per target forward through the same verify path
         (our own plain decoding: token-identical to HF greedy generate, the `ar-fast` baseline).
         fast_linear: verify forwards of a float32 CPU target use the few-row skinny_linear kernel
@@ -149,7 +154,11 @@ class RadarDecoder:
         outputs takes the LM head's argmax without computing all its logits where the head is Q8_0 blocks and the
         CPU has AVX512-VNNI (radar_ext.lean_forward.greedy_head_usable): every logit is bounded from an int8 copy
         of the hidden state and only the few that can be the largest are computed exactly, so the same tokens
-        as the logits' argmax (csrc/kernels/argmax_head.h). False: the logits, every verify."""
+        as the logits' argmax (csrc/kernels/argmax_head.h). False: the logits, every verify.
+        lookup_steps (on by default): at temperature 0 and batch size 1, a drafter with a context lookup (HybridDrafter)
+        is asked before every pre-draft decision for a lookup step (Drafter.lookup_step: its lookup's best nodes
+        verified without a draft call, where they pay under the policy's calibrated costs, PolicyCosts); only
+        policies that carry such costs (the learned ones) take them. False: the policy decides every cycle."""
         model_type = getattr(getattr(target, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise NotImplementedError(f"target model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
@@ -171,6 +180,10 @@ class RadarDecoder:
         self.lean_verify = bool(lean_verify)
         self.fused_forward = bool(fused_forward)
         self.greedy_head = bool(greedy_head)
+        if not isinstance(lookup_steps, bool):
+            raise ValueError(f"lookup_steps must be True or False, got {lookup_steps!r}")
+        self.lookup_steps = lookup_steps
+        self._step_costs = None  # this call's lookup-step cost table (_lookup_step_costs), None: no lookup steps
         self.costs = CostInfo()
         self.history = History()  # the sequence's history features, handed to every policy decision
         self.last_stats = DecodeStats()
@@ -195,6 +208,7 @@ class RadarDecoder:
                                       has_attention_mask=attention_mask is not None, extra=kwargs)
         _check_generator(generator, given.device)
         stats = self.last_stats = DecodeStats()
+        self._step_costs = self._lookup_step_costs(cfg, given.shape[0])
         # the target is checked once per call, not before every verify (lean_forward.pinned)
         with lean_forward.pinned(self.target, native=True, fused=self.fused_forward):
             if given.shape[0] > 1:
@@ -217,7 +231,7 @@ class RadarDecoder:
         temperature = cfg.sampling.temperature if cfg.do_sample else 0.0
         # every cycle a plain step, known before decoding: decode as plain decoding does (no feature capture for a
         # drafter that will never draft, no per-cycle decision); the same trees, so the same tokens
-        plain = policy.plans_plain_steps(P + 1, P + cfg.max_new_tokens - 1, temperature)
+        plain = self._step_costs is None and policy.plans_plain_steps(P + 1, P + cfg.max_new_tokens - 1, temperature)
         drafter = None if plain else self.drafter
         emitted = out.new_empty(1, 0)
         while True:
@@ -293,6 +307,19 @@ class RadarDecoder:
         stats.time_prefill += time.perf_counter() - t0
         return cache, root.view(-1, 1)
 
+    def _lookup_step_costs(self, cfg, batch_size: int):
+        """The cost table of this call's lookup steps (drafters.hybrid.lookup_step_costs over the policy's PolicyCosts),
+        or None where none are taken: lookup_steps off, sampling or logits processors (the lookup scores are rates
+        of greedy acceptance), a batch (B > 1), a drafter without lookup steps, a policy without calibrated costs."""
+        from radar_ext.drafters.hybrid import lookup_step_costs
+        from radar_ext.policies.costs import PolicyCosts
+
+        costs = getattr(self.policy, "costs", None)
+        if (not self.lookup_steps or cfg.do_sample or cfg.processing.walk or batch_size != 1
+                or type(self.drafter).lookup_step is Drafter.lookup_step or not isinstance(costs, PolicyCosts)):
+            return None
+        return lookup_step_costs(costs, self.verify_budget)  # ~60 curve reads, once per generate
+
     def _draft(self, drafter, policy, history, root, seq_len, stats, cfg, batch_size: int = 1):
         """One sequence's tree: root [1] its last emitted token, seq_len its prompt + emitted tokens."""
         t0 = time.perf_counter()
@@ -301,6 +328,14 @@ class RadarDecoder:
                            verify_budget=self.verify_budget, policy=policy, costs=self.costs,
                            temperature=cfg.sampling.temperature if cfg.do_sample else 0.0, history=history,
                            batch_size=batch_size)
+        if self._step_costs is not None:
+            tree = drafter.lookup_step(req, self._step_costs)
+            if tree is not None:  # lookup nodes that pay without a draft call: the policy is not asked
+                stats.skipped_cycles += 1
+                stats.lookup_steps += 1
+                stats.verify_tokens += tree.verify_budget
+                stats.time_draft += time.perf_counter() - t0
+                return tree
         lookup = drafter.lookup_info() if policy.pre_draft_lookup else None
         if not policy.should_draft(PreDraftStep(req.seq_len, self.costs, history, req.temperature, batch_size, lookup)):
             stats.skipped_cycles += 1

@@ -10,8 +10,9 @@ Per method and per category (and overall), per repeat r:
                     speculation's own gain, beside `speedup` (vs HF generate), which also holds the forward's
 The reported value is the mean over repeats, with min, max and std (ddof=0) as the spread.
 tau = mean(accepted_len + 1) over cycles, from the summed accepted-length histogram;
-draft_calls and verify_budget are means per cycle; skip_share = the share of cycles the policy made plain
-steps (no draft call; RadarDecoder's skipped_cycles, our methods only); policy_share = policy seconds / total seconds;
+draft_calls and verify_budget are means per cycle; skip_share = the share of cycles without a draft call
+(RadarDecoder's skipped_cycles: the policy's plain steps and lookup steps, our methods only); lookup_step_share = the
+share of cycles that were lookup steps (lookup nodes verified without a draft call); policy_share = policy seconds / total seconds;
 lookup_share = the share of accepted draft tokens only a context lookup proposed (hybrid methods; shared_share:
 those both the EAGLE head and a lookup proposed);
 exact_match = fraction of answers token-identical to the baseline (T = 0 only); time_split =
@@ -134,6 +135,7 @@ def summarize(records, baseline_records, own_records=None) -> dict:
         "draft_calls": per_cycle("draft_calls") if ncyc else None,
         "verify_budget": per_cycle("verify_tokens") if ncyc else None,
         "skip_share": per_cycle("skipped_cycles") if ncyc else None,
+        "lookup_step_share": per_cycle("lookup_steps") if ncyc else None,
         "lookup_share": (sum(r["lookup_accepted"] for r in hyb) / hyb_accepted) if hyb_accepted else None,
         "shared_share": (sum(r["shared_accepted"] for r in hyb) / hyb_accepted) if hyb_accepted else None,
         "policy_share": (sum(r["policy_seconds"] for r in pol) / sum(r["seconds"] for r in pol)

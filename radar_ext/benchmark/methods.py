@@ -51,6 +51,7 @@ class BenchOptions:
     generate_kwargs: dict = field(default_factory=dict)  # more generate() arguments for every method, HF's
                                          # and ours (`radar bench --generate-kwargs`, e.g. repetition_penalty)
     fused_forward: bool = True           # our methods: RadarDecoder(fused_forward=...) (`radar bench --no-fused-forward`)
+    lookup_steps: bool = True            # our methods: RadarDecoder(lookup_steps=...) (`radar bench --no-lookup-steps`)
 
 
 @dataclass
@@ -181,7 +182,8 @@ class _DecoderMethod:
     def __init__(self, ctx: BenchContext):
         RadarDecoder = _import("radar_ext.decoder", "RadarDecoder", self.name)
         drafter, policy, kwargs = self._parts(ctx)
-        kwargs = {**kwargs, "fused_forward": bool(ctx.options.fused_forward)}
+        kwargs = {**kwargs, "fused_forward": bool(ctx.options.fused_forward),
+                  "lookup_steps": bool(ctx.options.lookup_steps)}
         self.decoder = RadarDecoder(ctx.target, drafter, policy=policy, **kwargs)
         self.settings = {"drafter": repr(self.decoder.drafter), "policy": repr(self.decoder.policy), **kwargs}
         self.ctx = ctx
@@ -208,7 +210,8 @@ def decoder_stats(stats) -> dict:
     """RadarDecoder.last_stats (DecodeStats: totals over the answer) -> the runner's additive keys."""
     if stats is None:
         return {}
-    return {"cycles": int(stats.cycles), "skipped_cycles": int(stats.skipped_cycles), "draft_calls": float(stats.draft_calls),
+    return {"cycles": int(stats.cycles), "skipped_cycles": int(stats.skipped_cycles),
+            "lookup_steps": int(getattr(stats, "lookup_steps", 0)), "draft_calls": float(stats.draft_calls),
             "lookup_accepted": int(getattr(stats, "lookup_accepted", 0)),
             "shared_accepted": int(getattr(stats, "shared_accepted", 0)),
             "verify_tokens": float(stats.verify_tokens), "accepted_hist": [int(c) for c in stats.accepted_hist],

@@ -75,7 +75,7 @@ def _range(cell, key, fmt):
 
 
 COLUMNS = ("method", "tok/s [min-max]", "decode tok/s", "vs HF [min-max]", "vs ar-fast [min-max]", "tau", "draft", "V",
-           "skip", "lookup", "policy", "exact", "n")
+           "skip (lookup)", "lookup", "policy", "exact", "n")
 
 
 def table_rows(cell_by_method: dict) -> list:
@@ -89,7 +89,8 @@ def table_rows(cell_by_method: dict) -> list:
                      (_f(c.get("speedup_vs_ar_fast"), ".2f") + "x" if c.get("speedup_vs_ar_fast") is not None else "-")
                      + _range(c, "speedup_vs_ar_fast", ".2f"),
                      _f(c["tau"], ".2f"), _f(c["draft_calls"], ".2f"), _f(c["verify_budget"], ".1f"),
-                     "-" if c.get("skip_share") is None else f"{100 * c['skip_share']:.0f}%",
+                     "-" if c.get("skip_share") is None else f"{100 * c['skip_share']:.0f}%"
+                     + ("" if not c.get("lookup_step_share") else f" ({100 * c['lookup_step_share']:.0f}%)"),
                      "-" if c.get("lookup_share") is None else f"{100 * c['lookup_share']:.0f}%",
                      "-" if c["policy_share"] is None else f"{100 * c['policy_share']:.1f}%",
                      "-" if c["exact_match"] is None else f"{100 * c['exact_match']:.0f}%",

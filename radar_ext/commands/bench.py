@@ -64,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="our methods (ar-fast included) verify through the fused C++ forward, as RadarDecoder does "
                         "by default (radar_ext::llama_forward); --no-fused-forward: the lean forward with its C++ "
                         "layer loop, RadarDecoder(fused_forward=False) (default: on)")
+    p.add_argument("--lookup-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="our methods with a context lookup (hybrid-*) and a policy with calibrated costs verify the "
+                        "lookup's best nodes without a draft call where they pay, at temperature 0 (RadarDecoder"
+                        "(lookup_steps=True)); --no-lookup-steps: the policy decides every cycle (default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--generate-kwargs", default=None, metavar="JSON",
                    help="more generate() arguments for every method, HF's and ours, as a JSON object, e.g. "
@@ -239,7 +243,8 @@ def run(args) -> int:
                                pld_tokens=args.pld_tokens, ngram_budget=args.ngram_budget,
                                adaptive_paths={k: getattr(args, k) for k in ("pmin", "ema", "goodput")
                                                if getattr(args, k, None)},
-                               generate_kwargs=generate_kwargs, fused_forward=args.fused_forward)
+                               generate_kwargs=generate_kwargs, fused_forward=args.fused_forward,
+                               lookup_steps=args.lookup_steps)
         batch_sizes = parse_batch_sizes(args.batch_size, args.batch_sizes)
         methods = resolve_methods(args.methods, options, batched=bool(batch_sizes))
         cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None

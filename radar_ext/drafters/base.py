@@ -47,6 +47,13 @@ class Drafter:
     def draft(self, req: DraftRequest) -> DraftTree:
         raise NotImplementedError
 
+    def lookup_step(self, req: DraftRequest, step_costs) -> DraftTree | None:
+        """A tree this drafter proposes without a draft call, asked before the policy's pre-draft decision (a
+        HybridDrafter's lookup step: its lookup's best nodes where they pay under step_costs, the calibrated seconds
+        of a plain step and of verifying V draft tokens, radar_ext.drafters.hybrid.lookup_step_costs), or None:
+        the policy decides the cycle. Default: None."""
+        return None
+
     def lookup_info(self) -> LookupInfo | None:
         """What this drafter's context lookup finds for the coming cycle, before any draft call (the pre-draft
         decision reads it), or None for a drafter without one. A HybridDrafter keeps what it found for the

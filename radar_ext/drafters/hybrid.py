@@ -10,6 +10,10 @@ Per cycle:
      run deeper than the EAGLE tree;
   4. the policy chooses V from the merged pool's scores and the best V nodes form the tree.
 Lookup nodes are deterministic proposals, so verification and acceptance (METHOD.md 4) are unchanged.
+A lookup step (lookup_step(): a cycle without a draft call, asked before the policy's pre-draft decision) verifies
+the lookup's best nodes alone when they pay under the calibrated costs: V maximises the expected tokens per
+second (1 + the top V nodes' acceptance probabilities) / T_verify(V) against a plain step's 1 / t_plain
+(lookup_step_budget); V = 0 (nothing pays, nothing found) leaves the cycle to the policy.
 The tree's `source` says which side proposed each node (the bench's lookup share). The first-call guess
 (History's best_prob) stays EAGLE's, so history features mean what the shipped policies were trained on.
 """
@@ -57,7 +61,8 @@ class HybridDrafter(Drafter):
         self.eagle, self.lookup, self.scores = eagle, lookup, scores
         self.feature_layers = eagle.feature_layers
         self.last_trie: LookupTrie | None = None  # the lookup side of the last cycle (episode collection reads it)
-        self._cycle_lookup = None  # (trie, scores, LookupInfo) found by lookup_info() for the coming draft()
+        self._cycle_lookup = None  # (ends, match lengths, LookupInfo) found by lookup_info() for the coming draft()
+        self._cycle_trie = None    # (trie, scores) built by lookup_step() for the same cycle
 
     @classmethod
     def from_pretrained(cls, head_dir, target, scores=None, lookup=None) -> "HybridDrafter":
@@ -76,16 +81,16 @@ class HybridDrafter(Drafter):
         head weights and lookup scores."""
         twin = super().fork()
         twin.eagle, twin.lookup = self.eagle.fork(), self.lookup.fork()
-        twin._cycle_lookup = None
+        twin._cycle_lookup = twin._cycle_trie = None
         return twin
 
     def start(self, input_ids, features, root) -> None:
-        self._cycle_lookup = None
+        self._cycle_lookup = self._cycle_trie = None
         self.eagle.start(input_ids, features, root)
         self.lookup.start(input_ids, features, root)
 
     def commit(self, emitted, n_emitted, features) -> None:
-        self._cycle_lookup = None  # the context moved on
+        self._cycle_lookup = self._cycle_trie = None  # the context moved on
         self.eagle.commit(emitted, n_emitted, features)
         self.lookup.commit(emitted, n_emitted, features)
 
@@ -104,14 +109,62 @@ class HybridDrafter(Drafter):
             raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
         # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
         info = self.lookup_info()
-        ends, mlen, _ = self._cycle_lookup
-        trie = self.lookup.trie(found=(ends, mlen))
-        scores = self.scores.score(trie)
-        self._cycle_lookup = None
+        trie, scores = self._scored_trie()
+        self._cycle_lookup = self._cycle_trie = None
         self.last_trie = trie
         req = dataclasses.replace(req, lookup=info)
         drafted = self.eagle.draft_pool(req)
         return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
+
+
+    def _scored_trie(self):
+        """The coming cycle's lookup trie and its nodes' scores (built once per cycle)."""
+        if self._cycle_trie is None:
+            self.lookup_info()
+            ends, mlen, _ = self._cycle_lookup
+            trie = self.lookup.trie(found=(ends, mlen))
+            self._cycle_trie = (trie, self.scores.score(trie))
+        return self._cycle_trie
+
+    @torch.no_grad()
+    def lookup_step(self, req: DraftRequest, step_costs: np.ndarray) -> DraftTree | None:
+        """The cycle's lookup step: a tree of the lookup's best V nodes (no draft call, draft_calls 0, every node
+        SOURCE_LOOKUP), V = lookup_step_budget(their scores, step_costs) capped at req.verify_budget, or None when
+        V = 0 (the lookup found nothing, or nothing it found pays): then the policy decides the cycle and a
+        draft() call reuses what was found. step_costs [V_max + 1]: seconds of a plain step (V = 0) and of a
+        verify of V lookup tokens (lookup_step_costs)."""
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        if self.lookup_info().count == 0:
+            return None
+        trie, scores = self._scored_trie()
+        V = lookup_step_budget(scores, step_costs[:req.verify_budget + 1])
+        if V == 0:
+            return None
+        self._cycle_lookup = self._cycle_trie = None
+        self.last_trie = trie
+        pool = CandidatePool.from_lists(trie.tokens.tolist(), trie.parents.tolist(), scores.tolist(),
+                                        [SOURCE_LOOKUP] * trie.size, req.root.device)
+        return pool.to_tree(req.root, V, 0)
+
+
+def lookup_step_costs(costs, max_budget: int) -> np.ndarray:
+    """[max_budget + 1] seconds: a plain step (index 0: PolicyCosts.plain_step) and a verify of V draft tokens
+    (PolicyCosts.t_verify(V), index V), the table lookup_step_budget reads."""
+    return np.array([costs.plain_step()] + [costs.t_verify(v) for v in range(1, max_budget + 1)], dtype=np.float64)
+
+
+def lookup_step_budget(scores: np.ndarray, step_costs: np.ndarray) -> int:
+    """How many of the lookup's nodes a cycle without a draft call should verify: the V in [0, len(step_costs))
+    maximising (1 + sum of the best V nodes' exp(score)) / step_costs[V]. A node's score estimates log P(its path
+    is accepted) (LookupScores), so the sum is the expected number of accepted lookup tokens; V = 0 is a plain
+    step (1 token). Ties go to the smaller V. scores [K] float (any order)."""
+    n = min(len(scores), len(step_costs) - 1)
+    if n <= 0:
+        return 0
+    p = np.sort(np.exp(np.asarray(scores, dtype=np.float64)))[::-1][:n]
+    gain = 1.0 + np.concatenate([[0.0], np.cumsum(p)])
+    return int(np.argmax(gain / step_costs[:n + 1]))
 
 
 def found_info(lookup: NgramDrafter, scores: LookupScores, ends: np.ndarray, mlen: np.ndarray) -> LookupInfo:
