@@ -479,3 +479,31 @@ def test_no_lookup_steps_when_sampling_without_costs_or_in_batches(models):  # n
     assert plain.last_stats.lookup_steps == 0                # no calibrated costs: the policy decides every cycle
     with pytest.raises(ValueError, match="lookup_steps must be True or False, got 1"):
         RadarDecoder(model, hybrid(model), lookup_steps=1)
+
+
+def test_lookup_drafter_alone_is_exact_without_a_head(models):  # noqa: F811
+    """LookupDrafter + LookupStepPolicy (the `lookup` method): every cycle a lookup step or a plain step, no draft
+    call, no target features; under StaticPolicy its draft() verifies the lookup's best nodes. Greedy output HF's."""
+    from radar_ext import LookupDrafter, LookupStepPolicy
+
+    model = models["sdpa"]
+    costs = step_costs(verify=[1.02, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+    lookup = lambda: LookupDrafter(NgramDrafter(max_ngram=3, min_ngram=1, max_depth=8), flat_scores(0.6))  # noqa: E731
+    assert lookup().feature_layers is None and "LookupDrafter(NgramDrafter(" in repr(lookup())
+    steps = RadarDecoder(model, lookup(), LookupStepPolicy(costs), tree_topk=2, verify_budget=6)
+    drafts = RadarDecoder(model, lookup(), StaticPolicy(1), tree_topk=2, verify_budget=3)
+    n_steps = 0
+    for ids, n in zip(prompts(), (9, 30, 30)):
+        ref = reference(model, ids, n)
+        assert torch.equal(steps.generate(ids, max_new_tokens=n), ref), n
+        s = steps.last_stats
+        assert s.draft_calls == 0 and s.skipped_cycles == s.cycles and s.lookup_steps <= s.cycles
+        n_steps += s.lookup_steps
+        assert torch.equal(drafts.generate(ids, max_new_tokens=n), ref), n
+        d = drafts.last_stats
+        assert d.draft_calls == 0 and 0 < d.verify_tokens <= 3 * d.cycles and d.lookup_steps == 0
+    assert n_steps > 0
+    with pytest.raises(ValueError, match="LookupStepPolicy: costs are required"):
+        LookupStepPolicy(None)
+    with pytest.raises(TypeError, match="LookupDrafter: lookup must be an NgramDrafter, got dict"):
+        LookupDrafter({}, flat_scores())

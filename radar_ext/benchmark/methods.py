@@ -502,8 +502,22 @@ class HybridGoodput(_Hybrid, Goodput):
     summary = "RadarDecoder + HybridDrafter + GoodputPolicy (goodput's tuned setting; V from the merged pool)"
 
 
-METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Static, StaticGS, StaticGSBatch, Pmin, Ema, Goodput, Radar,
-                               Ltd, HybridStatic, HybridPmin, HybridEma, HybridGoodput, HybridRadar, HybridLtd)}
+class Lookup(HybridLtd):
+    """`lookup`: the hybrid's lookup side alone under the same costs: the lookup-only opponent of `hybrid-ltd`."""
+    name = "lookup"
+    summary = ("RadarDecoder + LookupDrafter + LookupStepPolicy: context lookups alone, each cycle the lookup's "
+               "calibrated best nodes where they pay under the costs hybrid-ltd reads (lookup steps, T = 0), else a "
+               "plain step")
+
+    def _parts(self, ctx):
+        from radar_ext.drafters import LookupDrafter
+        from radar_ext.policies import LookupStepPolicy
+        hybrid, policy, kwargs = super()._parts(ctx)
+        return LookupDrafter(hybrid.lookup.fork(), hybrid.scores), LookupStepPolicy(policy.costs), kwargs
+
+
+METHODS = {m.name: m for m in (HFGenerate, ArFast, HFPromptLookup, Ngram, Lookup, Static, StaticGS, StaticGSBatch, Pmin, Ema,
+                               Goodput, Radar, Ltd, HybridStatic, HybridPmin, HybridEma, HybridGoodput, HybridRadar, HybridLtd)}
 BASELINE = "ar"
 OWN_BASELINE = "ar-fast"  # our own plain decoding: speedup_vs_ar_fast is the speculation's own gain
 

@@ -20,6 +20,7 @@ The tree's `source` says which side proposed each node (the bench's lookup share
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ from radar_ext.drafters.base import DraftRequest, Drafter
 from radar_ext.drafters.eagle import EagleDrafter, tree_from_pool
 from radar_ext.drafters.lookup_scores import COUNT_BUCKETS, LookupScores
 from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
-from radar_ext.policies.base import LookupInfo
-from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree
+from radar_ext.policies.base import BudgetStep, LookupInfo
+from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree, make_tree, root_only_tree
 
 LOOKUP_SCORES_FILE = "lookup_scores.json"  # shipped beside the head
 
@@ -143,9 +144,81 @@ class HybridDrafter(Drafter):
             return None
         self._cycle_lookup = self._cycle_trie = None
         self.last_trie = trie
-        pool = CandidatePool.from_lists(trie.tokens.tolist(), trie.parents.tolist(), scores.tolist(),
-                                        [SOURCE_LOOKUP] * trie.size, req.root.device)
-        return pool.to_tree(req.root, V, 0)
+        return best_lookup_tree(req.root, trie, scores, V)
+
+
+class LookupDrafter(HybridDrafter):
+    """The hybrid tree's lookup side alone (the same lookup, scores and lookup steps), no draft head, no target
+    features. draft() (a cycle the policy drafts) verifies the lookup's best nodes at the policy's verify budget over
+    their scores, draft_calls 0. With LookupStepPolicy (every other cycle a plain step) it is the cost-aware lookup-only
+    controller, `radar bench` method `lookup`: the lookup-only side the hybrid is compared with."""
+
+    feature_layers = None
+
+    def __init__(self, lookup: NgramDrafter | None = None, scores: LookupScores | None = None):
+        lookup = default_lookup() if lookup is None else lookup
+        if not isinstance(lookup, NgramDrafter):
+            raise TypeError(f"LookupDrafter: lookup must be an NgramDrafter, got {type(lookup).__name__}")
+        if scores is None:
+            scores = LookupScores.load(default_scores_path())
+        if not isinstance(scores, LookupScores):
+            raise TypeError(f"LookupDrafter: scores must be LookupScores, got {type(scores).__name__}")
+        self.eagle, self.lookup, self.scores = None, lookup, scores
+        self.last_trie, self._cycle_lookup, self._cycle_trie = None, None, None
+
+    @classmethod
+    def from_pretrained(cls, head_dir, target=None, scores=None, lookup=None) -> "LookupDrafter":
+        """The lookup scores beside the head in head_dir (or `scores`, a path); the head itself is not loaded."""
+        return cls(lookup, LookupScores.load(scores or default_scores_path(head_dir)))
+
+    def __repr__(self) -> str:
+        return f"LookupDrafter({self.lookup!r}, {self.scores!r})"
+
+    def check_target(self, target) -> None:
+        pass
+
+    def fork(self) -> "LookupDrafter":
+        twin = Drafter.fork(self)
+        twin.lookup, twin._cycle_lookup, twin._cycle_trie = self.lookup.fork(), None, None
+        return twin
+
+    def start(self, input_ids, features, root) -> None:
+        self._cycle_lookup = self._cycle_trie = None
+        self.lookup.start(input_ids, None, root)
+
+    def commit(self, emitted, n_emitted, features) -> None:
+        self._cycle_lookup = self._cycle_trie = None
+        self.lookup.commit(emitted, n_emitted, None)
+
+    @torch.no_grad()
+    def draft(self, req: DraftRequest) -> DraftTree:
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"LookupDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        info = self.lookup_info()
+        trie, scores = self._scored_trie()
+        self._cycle_lookup = self._cycle_trie = None
+        self.last_trie = trie
+        if trie.size == 0:
+            return root_only_tree(req.root)
+        V = req.policy.verify_budget(BudgetStep(torch.tensor([scores.tolist()], dtype=torch.float32), 0, req.seq_len,
+                                                req.verify_budget, req.costs, req.temperature, req.history,
+                                                batch_size=req.batch_size, lookup=info))
+        return best_lookup_tree(req.root, trie, scores, max(0, min(int(V), trie.size)))
+
+
+def best_lookup_tree(root: torch.Tensor, trie: LookupTrie, scores: np.ndarray, V: int) -> DraftTree:
+    """The tree of root [1] and the trie's best V nodes by score (stable: ties to the older node, so the set is
+    closed under parent; scores fall along a path), in trie order, every node SOURCE_LOOKUP, draft_calls 0."""
+    sc = scores.tolist()
+    picked = sorted(sorted(range(trie.size), key=sc.__getitem__, reverse=True)[:V])
+    node_of = {p: k + 1 for k, p in enumerate(picked)}     # trie index -> tree node (the root is node 0)
+    toks, pars = trie.tokens.tolist(), trie.parents.tolist()
+    dev = root.device
+    tree = make_tree(torch.tensor([[int(root[0])] + [toks[p] for p in picked]], dtype=torch.int64, device=dev),
+                     torch.tensor([[-1] + [node_of.get(pars[p], 0) for p in picked]], dtype=torch.int64, device=dev),
+                     torch.tensor([len(picked) + 1], dtype=torch.int64, device=dev), 0)
+    tree.source = torch.tensor([[SOURCE_DRAFTER] + [SOURCE_LOOKUP] * len(picked)], dtype=torch.int8, device=dev)
+    return tree
 
 
 def lookup_step_costs(costs, max_budget: int) -> np.ndarray:
@@ -162,9 +235,13 @@ def lookup_step_budget(scores: np.ndarray, step_costs: np.ndarray) -> int:
     n = min(len(scores), len(step_costs) - 1)
     if n <= 0:
         return 0
-    p = np.sort(np.exp(np.asarray(scores, dtype=np.float64)))[::-1][:n]
-    gain = 1.0 + np.concatenate([[0.0], np.cumsum(p)])
-    return int(np.argmax(gain / step_costs[:n + 1]))
+    costs = step_costs.tolist() if isinstance(step_costs, np.ndarray) else list(step_costs)
+    best_v, best, gain = 0, 1.0 / costs[0], 1.0
+    for v, s in enumerate(sorted(scores.tolist() if isinstance(scores, np.ndarray) else scores, reverse=True)[:n], 1):
+        gain += math.exp(s)                    # host floats: a few dozen nodes, cheaper than numpy's calls
+        if gain / costs[v] > best:
+            best_v, best = v, gain / costs[v]
+    return best_v
 
 
 def found_info(lookup: NgramDrafter, scores: LookupScores, ends: np.ndarray, mlen: np.ndarray) -> LookupInfo:

@@ -50,13 +50,11 @@ class LookupScores:
 
     def score(self, trie) -> np.ndarray:
         """Cumulative scores [K] float64 of a LookupTrie's nodes (parents come before children)."""
-        step = self.log_rate[self.cell(trie.match_len, trie.depth, trie.count)]
-        out = np.empty(trie.size, dtype=np.float64)
-        parents = trie.parents
-        for i in range(trie.size):  # a few dozen nodes; parents first, so one pass suffices
-            p = parents[i]
-            out[i] = step[i] + (out[p] if p >= 0 else 0.0)
-        return out
+        step = self.log_rate[self.cell(trie.match_len, trie.depth, trie.count)].tolist()
+        out = []
+        for s, p in zip(step, trie.parents.tolist()):  # a few dozen nodes; parents first, so one pass suffices
+            out.append(s + out[p] if p >= 0 else s)
+        return np.array(out, dtype=np.float64)
 
     # ------------------------------------------------------------------ fitting
     @classmethod

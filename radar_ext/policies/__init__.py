@@ -4,9 +4,9 @@ from radar_ext.policies.base import BudgetStep, CostInfo, CycleOutcome, DraftSte
 from radar_ext.policies.costs import PolicyCosts
 from radar_ext.policies.ltd import LtdPolicy
 from radar_ext.policies.radar import RadarPolicy
-from radar_ext.policies.static import StaticPolicy
+from radar_ext.policies.static import LookupStepPolicy, StaticPolicy
 
-__all__ = ["BudgetStep", "CostInfo", "CycleOutcome", "DraftStep", "EmaPolicy", "GoodputPolicy", "History", "LtdPolicy", "Policy",
+__all__ = ["BudgetStep", "CostInfo", "CycleOutcome", "DraftStep", "EmaPolicy", "GoodputPolicy", "History", "LookupStepPolicy", "LtdPolicy", "Policy",
            "PminPolicy", "PreDraftStep", "PolicyCosts", "RadarPolicy", "StaticPolicy", "load_policy"]
 
 

@@ -16,3 +16,27 @@ class StaticPolicy(Policy):
 
     def __repr__(self) -> str:
         return f"StaticPolicy(max_draft_calls={self.max_draft_calls})"
+
+
+class LookupStepPolicy(Policy):
+    """Never drafts: every cycle is the drafter's lookup step where its lookup nodes pay (RadarDecoder's lookup steps,
+    at temperature 0, read this policy's calibrated costs) or else a plain step. With a LookupDrafter it is the
+    cost-aware lookup-only controller (`radar bench` method `lookup`). costs: a calibration JSON path, dict or
+    PolicyCosts (a learned policy's `costs`, so both price the same verify curve)."""
+
+    max_draft_calls = 1
+
+    def __init__(self, costs):
+        from radar_ext.policies.costs import PolicyCosts
+        if costs is None:
+            raise ValueError("LookupStepPolicy: costs are required (a calibration JSON path, dict or PolicyCosts)")
+        self.costs = costs if isinstance(costs, PolicyCosts) else PolicyCosts.load(costs)
+
+    def should_draft(self, step) -> bool:
+        return False
+
+    def should_continue(self, step: DraftStep) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "LookupStepPolicy()"
