@@ -503,6 +503,14 @@ def test_lookup_drafter_alone_is_exact_without_a_head(models):  # noqa: F811
         d = drafts.last_stats
         assert d.draft_calls == 0 and 0 < d.verify_tokens <= 3 * d.cycles and d.lookup_steps == 0
     assert n_steps > 0
+    # sampling: no lookup steps, planned up front, so it decodes as plain decoding (no drafter state at all)
+    ids = prompts()[2]
+    out = steps.generate(ids, max_new_tokens=12, do_sample=True, generator=torch.Generator().manual_seed(5))
+    plain = RadarDecoder(model).generate(ids, max_new_tokens=12, do_sample=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out, plain) and steps.last_stats.lookup_steps == 0
+    assert steps.last_stats.skipped_cycles == steps.last_stats.cycles
+    pol = LookupStepPolicy(costs)
+    assert pol.plans_plain_steps(5, 20, 1.0) and pol.plans_plain_steps(5, 20, 0.0, 2) and not pol.plans_plain_steps(5, 20, 0.0)
     with pytest.raises(ValueError, match="LookupStepPolicy: costs are required"):
         LookupStepPolicy(None)
     with pytest.raises(TypeError, match="LookupDrafter: lookup must be an NgramDrafter, got dict"):

@@ -35,6 +35,11 @@ class LookupStepPolicy(Policy):
     def should_draft(self, step) -> bool:
         return False
 
+    def plans_plain_steps(self, first_seq_len: int, last_seq_len: int, temperature: float, batch_size: int = 1) -> bool:
+        """Sampling or a batch: the decoder takes no lookup steps there, so every cycle is a plain step, known up
+        front (it then decodes as `ar-fast` does). Greedy at batch size 1: asked cycle by cycle."""
+        return temperature > 0 or batch_size > 1
+
     def should_continue(self, step: DraftStep) -> bool:
         return False
 
