@@ -48,18 +48,25 @@ def default_scores_path(head_dir=None) -> Path:
     return Path(head_dir or default_head_path()) / LOOKUP_SCORES_FILE
 
 
+def lookup_parts(owner: str, lookup, scores) -> tuple:
+    """(lookup, scores) of a drafter with a lookup side: the defaults where None (default_lookup(), the shipped
+    scores), checked."""
+    lookup = default_lookup() if lookup is None else lookup
+    if not isinstance(lookup, NgramDrafter):
+        raise TypeError(f"{owner}: lookup must be an NgramDrafter, got {type(lookup).__name__}")
+    if scores is None:
+        scores = LookupScores.load(default_scores_path())
+    if not isinstance(scores, LookupScores):
+        raise TypeError(f"{owner}: scores must be LookupScores, got {type(scores).__name__}")
+    return lookup, scores
+
+
 class HybridDrafter(Drafter):
     def __init__(self, eagle: EagleDrafter, lookup: NgramDrafter | None = None, scores: LookupScores | None = None):
         if not isinstance(eagle, EagleDrafter):
             raise TypeError(f"HybridDrafter: eagle must be an EagleDrafter, got {type(eagle).__name__}")
-        lookup = default_lookup() if lookup is None else lookup
-        if not isinstance(lookup, NgramDrafter):
-            raise TypeError(f"HybridDrafter: lookup must be an NgramDrafter, got {type(lookup).__name__}")
-        if scores is None:
-            scores = LookupScores.load(default_scores_path())
-        if not isinstance(scores, LookupScores):
-            raise TypeError(f"HybridDrafter: scores must be LookupScores, got {type(scores).__name__}")
-        self.eagle, self.lookup, self.scores = eagle, lookup, scores
+        self.eagle = eagle
+        self.lookup, self.scores = lookup_parts("HybridDrafter", lookup, scores)
         self.feature_layers = eagle.feature_layers
         self.last_trie: LookupTrie | None = None  # the lookup side of the last cycle (episode collection reads it)
         self._cycle_lookup = None  # (ends, match lengths, LookupInfo) found by lookup_info() for the coming draft()
@@ -106,17 +113,22 @@ class HybridDrafter(Drafter):
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
-        if req.root.shape[0] != 1:
-            raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
         # the lookup first: it needs no draft call, and the policy may read what it found (LookupInfo)
-        info = self.lookup_info()
-        trie, scores = self._scored_trie()
-        self._cycle_lookup = self._cycle_trie = None
-        self.last_trie = trie
+        info, trie, scores = self._take_cycle(req)
         req = dataclasses.replace(req, lookup=info)
         drafted = self.eagle.draft_pool(req)
         return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
 
+
+    def _take_cycle(self, req: DraftRequest):
+        """(LookupInfo, trie, scores) of the cycle being drafted, now taken (the next cycle looks up afresh)."""
+        if req.root.shape[0] != 1:
+            raise NotImplementedError(f"{type(self).__name__}: batch size must be 1 for now, got {req.root.shape[0]}")
+        info = self.lookup_info()
+        trie, scores = self._scored_trie()
+        self._cycle_lookup = self._cycle_trie = None
+        self.last_trie = trie
+        return info, trie, scores
 
     def _scored_trie(self):
         """The coming cycle's lookup trie and its nodes' scores (built once per cycle)."""
@@ -156,14 +168,8 @@ class LookupDrafter(HybridDrafter):
     feature_layers = None
 
     def __init__(self, lookup: NgramDrafter | None = None, scores: LookupScores | None = None):
-        lookup = default_lookup() if lookup is None else lookup
-        if not isinstance(lookup, NgramDrafter):
-            raise TypeError(f"LookupDrafter: lookup must be an NgramDrafter, got {type(lookup).__name__}")
-        if scores is None:
-            scores = LookupScores.load(default_scores_path())
-        if not isinstance(scores, LookupScores):
-            raise TypeError(f"LookupDrafter: scores must be LookupScores, got {type(scores).__name__}")
-        self.eagle, self.lookup, self.scores = None, lookup, scores
+        self.eagle = None
+        self.lookup, self.scores = lookup_parts("LookupDrafter", lookup, scores)
         self.last_trie, self._cycle_lookup, self._cycle_trie = None, None, None
 
     @classmethod
@@ -192,12 +198,7 @@ class LookupDrafter(HybridDrafter):
 
     @torch.no_grad()
     def draft(self, req: DraftRequest) -> DraftTree:
-        if req.root.shape[0] != 1:
-            raise NotImplementedError(f"LookupDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
-        info = self.lookup_info()
-        trie, scores = self._scored_trie()
-        self._cycle_lookup = self._cycle_trie = None
-        self.last_trie = trie
+        info, trie, scores = self._take_cycle(req)
         if trie.size == 0:
             return root_only_tree(req.root)
         V = req.policy.verify_budget(BudgetStep(torch.tensor([scores.tolist()], dtype=torch.float32), 0, req.seq_len,
