@@ -134,20 +134,30 @@ class CandidatePool:
 
     def _to_tree_one(self, root: torch.Tensor, verify_budget: int, draft_calls: int) -> DraftTree:
         """to_tree of one CPU row on host lists (a pool holds tens of nodes): the same nodes in the same order as
-        best()'s stable sort (Python's sort is stable with reverse=True too), ~10 ATen calls fewer a cycle."""
+        best()'s stable sort, ~10 ATen calls fewer a cycle."""
         C = self.count
-        V = max(0, min(verify_budget, C))
-        scores = self.scores[0, :C].tolist()
-        picked = sorted(sorted(range(C), key=scores.__getitem__, reverse=True)[:V])
-        node_of = {p: k + 1 for k, p in enumerate(picked)}     # pool index -> tree node (the root is node 0)
-        toks, pars = self.tokens[0, :C].tolist(), self.parents[0, :C].tolist()
-        tokens = torch.tensor([[int(root[0])] + [toks[p] for p in picked]], dtype=torch.int64)
-        parents = torch.tensor([[-1] + [node_of.get(pars[p], 0) for p in picked]], dtype=torch.int64)
-        tree = make_tree(tokens, parents, torch.tensor([V + 1], dtype=torch.int64), draft_calls)
-        if self.source is not None:
-            src = self.source[0, :C].tolist()
-            tree.source = torch.tensor([[SOURCE_DRAFTER] + [src[p] for p in picked]], dtype=torch.int8)
-        return tree
+        return tree_of_best(root, self.tokens[0, :C].tolist(), self.parents[0, :C].tolist(),
+                            self.scores[0, :C].tolist(), verify_budget, draft_calls,
+                            None if self.source is None else self.source[0, :C].tolist())
+
+
+def tree_of_best(root: torch.Tensor, tokens: list, parents: list, scores: list, verify_budget: int, draft_calls: int,
+                 source: list | None = None) -> DraftTree:
+    """The tree of root [1] and the best verify_budget of C nodes given as host lists (parents: node indices, -1 the
+    root, parents first; scores falling along a path; source: SOURCE_* per node or None), in node order. Ties go to
+    the older node (Python's sort is stable with reverse=True too), so the picked set is closed under parent, as in
+    CandidatePool.best."""
+    C = len(tokens)
+    V = max(0, min(verify_budget, C))
+    picked = sorted(sorted(range(C), key=scores.__getitem__, reverse=True)[:V])
+    node_of = {p: k + 1 for k, p in enumerate(picked)}     # node index -> tree node (the root is node 0)
+    dev = root.device
+    tree = make_tree(torch.tensor([[int(root[0])] + [tokens[p] for p in picked]], dtype=torch.int64, device=dev),
+                     torch.tensor([[-1] + [node_of.get(parents[p], 0) for p in picked]], dtype=torch.int64, device=dev),
+                     torch.tensor([V + 1], dtype=torch.int64, device=dev), draft_calls)
+    if source is not None:
+        tree.source = torch.tensor([[SOURCE_DRAFTER] + [source[p] for p in picked]], dtype=torch.int8, device=dev)
+    return tree
 
 
 

@@ -31,7 +31,7 @@ from radar_ext.drafters.eagle import EagleDrafter, tree_from_pool
 from radar_ext.drafters.lookup_scores import COUNT_BUCKETS, LookupScores
 from radar_ext.drafters.ngram import LookupTrie, NgramDrafter
 from radar_ext.policies.base import BudgetStep, LookupInfo
-from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree, make_tree, root_only_tree
+from radar_ext.tree import SOURCE_BOTH, SOURCE_DRAFTER, SOURCE_LOOKUP, CandidatePool, DraftTree, root_only_tree, tree_of_best
 
 LOOKUP_SCORES_FILE = "lookup_scores.json"  # shipped beside the head
 
@@ -119,11 +119,9 @@ class HybridDrafter(Drafter):
         drafted = self.eagle.draft_pool(req)
         return tree_from_pool(req, drafted, merge_lookup(drafted.pool, trie, scores))
 
-
     def _take_cycle(self, req: DraftRequest):
         """(LookupInfo, trie, scores) of the cycle being drafted, now taken (the next cycle looks up afresh)."""
-        if req.root.shape[0] != 1:
-            raise NotImplementedError(f"{type(self).__name__}: batch size must be 1 for now, got {req.root.shape[0]}")
+        _check_one_row(self, req)
         info = self.lookup_info()
         trie, scores = self._scored_trie()
         self._cycle_lookup = self._cycle_trie = None
@@ -146,16 +144,13 @@ class HybridDrafter(Drafter):
         V = 0 (the lookup found nothing, or nothing it found pays): then the policy decides the cycle and a
         draft() call reuses what was found. step_costs [V_max + 1]: seconds of a plain step (V = 0) and of a
         verify of V lookup tokens (lookup_step_costs)."""
-        if req.root.shape[0] != 1:
-            raise NotImplementedError(f"HybridDrafter: batch size must be 1 for now, got {req.root.shape[0]}")
+        _check_one_row(self, req)
         if self.lookup_info().count == 0:
             return None
-        trie, scores = self._scored_trie()
-        V = lookup_step_budget(scores, step_costs[:req.verify_budget + 1])
+        V = lookup_step_budget(self._scored_trie()[1], step_costs[:req.verify_budget + 1])
         if V == 0:
             return None
-        self._cycle_lookup = self._cycle_trie = None
-        self.last_trie = trie
+        _, trie, scores = self._take_cycle(req)  # the cycle is taken: the next one looks up afresh
         return best_lookup_tree(req.root, trie, scores, V)
 
 
@@ -207,19 +202,16 @@ class LookupDrafter(HybridDrafter):
         return best_lookup_tree(req.root, trie, scores, max(0, min(int(V), trie.size)))
 
 
+def _check_one_row(drafter, req: DraftRequest) -> None:
+    if req.root.shape[0] != 1:
+        raise NotImplementedError(f"{type(drafter).__name__}: batch size must be 1 for now, got {req.root.shape[0]}")
+
+
 def best_lookup_tree(root: torch.Tensor, trie: LookupTrie, scores: np.ndarray, V: int) -> DraftTree:
-    """The tree of root [1] and the trie's best V nodes by score (stable: ties to the older node, so the set is
-    closed under parent; scores fall along a path), in trie order, every node SOURCE_LOOKUP, draft_calls 0."""
-    sc = scores.tolist()
-    picked = sorted(sorted(range(trie.size), key=sc.__getitem__, reverse=True)[:V])
-    node_of = {p: k + 1 for k, p in enumerate(picked)}     # trie index -> tree node (the root is node 0)
-    toks, pars = trie.tokens.tolist(), trie.parents.tolist()
-    dev = root.device
-    tree = make_tree(torch.tensor([[int(root[0])] + [toks[p] for p in picked]], dtype=torch.int64, device=dev),
-                     torch.tensor([[-1] + [node_of.get(pars[p], 0) for p in picked]], dtype=torch.int64, device=dev),
-                     torch.tensor([len(picked) + 1], dtype=torch.int64, device=dev), 0)
-    tree.source = torch.tensor([[SOURCE_DRAFTER] + [SOURCE_LOOKUP] * len(picked)], dtype=torch.int8, device=dev)
-    return tree
+    """The tree of root [1] and the trie's best V nodes by score (tree_of_best: scores fall along a path), every node
+    SOURCE_LOOKUP, draft_calls 0."""
+    return tree_of_best(root, trie.tokens.tolist(), trie.parents.tolist(), scores.tolist(), V, 0,
+                        [SOURCE_LOOKUP] * trie.size)
 
 
 def lookup_step_costs(costs, max_budget: int) -> np.ndarray:
@@ -236,9 +228,9 @@ def lookup_step_budget(scores: np.ndarray, step_costs: np.ndarray) -> int:
     n = min(len(scores), len(step_costs) - 1)
     if n <= 0:
         return 0
-    costs = step_costs.tolist() if isinstance(step_costs, np.ndarray) else list(step_costs)
+    costs = np.asarray(step_costs, dtype=np.float64).tolist()
     best_v, best, gain = 0, 1.0 / costs[0], 1.0
-    for v, s in enumerate(sorted(scores.tolist() if isinstance(scores, np.ndarray) else scores, reverse=True)[:n], 1):
+    for v, s in enumerate(sorted(np.asarray(scores, dtype=np.float64).tolist(), reverse=True)[:n], 1):
         gain += math.exp(s)                    # host floats: a few dozen nodes, cheaper than numpy's calls
         if gain / costs[v] > best:
             best_v, best = v, gain / costs[v]
